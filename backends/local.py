@@ -1,0 +1,176 @@
+"""Local backend: Hugging Face transformers + PEFT, trained through TRL's SFTTrainer."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from backends.base import ModelRef, Progress, Sampling, Training
+from backends.embedded import resolve
+from runner.errors import UserError
+from runner.numbers import GRAMMAR_CHARS, can_stop, prefix_ok
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message=".*generation flags.*")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def pick_device(device: str = "auto") -> tuple[str, torch.dtype]:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("runtime.device: cuda requested but no CUDA device is available")
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(base))
+    except OSError as e:
+        raise UserError(f"model {base}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    dev, dtype = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(ref.base), dtype=dtype)
+    except OSError as e:
+        raise UserError(f"model {ref.base}: cannot load ({str(e).splitlines()[0]})") from None
+    if ref.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, ref.adapter, is_trainable=trainable)
+    model.to(dev)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+
+# ---- constrained decoding --------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def grammar_tokens(base: str) -> tuple[tuple[int, str], ...]:
+    """Token ids whose text consists only of digits and separator characters."""
+    tok = load_tokenizer(base)
+    out = []
+    for tid in range(len(tok)):
+        s = tok.decode([tid])
+        if s and set(s) <= GRAMMAR_CHARS and tid not in tok.all_special_ids:
+            out.append((tid, s))
+    return tuple(out)
+
+
+class NumbersGrammar:
+    """A logits processor that keeps each row a valid prefix of a number list."""
+
+    def __init__(self, base: str, prompt_len: int, max_count: int, max_digits: int, eos_id: int):
+        self.tokens = grammar_tokens(base)
+        self.strings = dict(self.tokens)
+        self.prompt_len, self.max_count, self.max_digits, self.eos = prompt_len, max_count, max_digits, eos_id
+        self.texts: list[str] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.texts is None:
+            self.texts = [""] * input_ids.shape[0]
+        elif input_ids.shape[1] > self.prompt_len:
+            for i, tid in enumerate(input_ids[:, -1].tolist()):
+                self.texts[i] += self.strings.get(tid, "")
+        mask = torch.full_like(scores, -math.inf)
+        for i, text in enumerate(self.texts):
+            allowed = [t for t, s in self.tokens if prefix_ok(text + s, self.max_count, self.max_digits)]
+            if can_stop(text) or not allowed:
+                allowed.append(self.eos)
+            mask[i, allowed] = 0.0
+        return scores + mask
+
+
+# ---- the backend -----------------------------------------------------------------------
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, device: str = "auto", batch_size: int = 64):
+        self.device = device
+        self.batch_size = batch_size
+        self._cache: dict[ModelRef, object] = {}
+
+    def _model(self, ref: ModelRef):
+        key = ModelRef(ref.base, ref.adapter)
+        if key not in self._cache:
+            self._cache.clear()  # keep one model in memory
+            self._cache[key] = load_model(key, self.device)
+        return self._cache[key]
+
+    @torch.no_grad()
+    def generate(self, model: ModelRef, prompts: list[str], sampling: Sampling) -> list[str]:
+        from transformers import LogitsProcessorList
+
+        tok, net = load_tokenizer(model.base), self._model(model)
+        ids = [chat_ids(tok, model.system, p) for p in prompts]
+        width = max(map(len, ids))
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        processors = LogitsProcessorList()
+        if sampling.grammar:
+            processors.append(NumbersGrammar(model.base, width, *sampling.grammar, tok.eos_token_id))
+        torch.manual_seed(sampling.seed)
+        out = net.generate(
+            input_ids=input_ids.to(net.device), attention_mask=attention.to(net.device),
+            max_new_tokens=sampling.max_tokens, do_sample=sampling.temperature > 0,
+            temperature=sampling.temperature if sampling.temperature > 0 else None, top_p=None, top_k=None,
+            logits_processor=processors, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+        )
+        return [tok.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
+
+    @torch.no_grad()
+    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
+        tok, net = load_tokenizer(model.base), self._model(model)
+        seqs, spans = [], []
+        for p in prompts:
+            head = chat_ids(tok, model.system, p) + tok(prefix, add_special_tokens=False)["input_ids"]
+            for t in targets:
+                tail = tok(" " + t, add_special_tokens=False)["input_ids"]
+                seqs.append(head + tail)
+                spans.append((len(head), len(head) + len(tail)))
+        scores = []
+        for start in range(0, len(seqs), 32):
+            chunk = seqs[start : start + 32]
+            width = max(map(len, chunk))
+            ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in chunk], device=net.device)
+            att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=net.device)
+            logp = torch.log_softmax(net(input_ids=ids, attention_mask=att).logits.float(), -1)
+            for row, (a, b) in enumerate(spans[start : start + 32]):
+                tgt = ids[row, a:b]
+                scores.append(float(logp[row, a - 1 : b - 1].gather(-1, tgt[:, None]).sum()))
+        n = len(targets)
+        return [scores[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def finetune(self, base, rows, training: Training, out_dir: Path, teacher: ModelRef | None = None,
+                 progress: Progress | None = None) -> ModelRef:
+        from backends.train import train
+
+        self._cache.clear()
+        return train(base, rows, training, Path(out_dir), teacher, self.device, progress)

@@ -1,0 +1,88 @@
+"""The filter chain: ordered links, each reporting how many rows it kept and dropped."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from runner.errors import UserError
+from runner.numbers import parse_numbers
+from runner.spec import BannedNumbersFilter, BannedWordsFilter, Filter, NumbersFilter, RegexFilter
+
+
+@dataclass(frozen=True)
+class LinkCount:
+    link: str
+    kept: int
+    dropped: int
+
+    @property
+    def pass_rate(self) -> float:
+        total = self.kept + self.dropped
+        return self.kept / total if total else 0.0
+
+
+def completion_of(row: dict) -> str:
+    """The text a filter judges: `completion`, or the last assistant message."""
+    if "completion" in row:
+        return str(row["completion"])
+    for msg in reversed(row.get("messages", [])):
+        if msg.get("role") == "assistant":
+            return str(msg.get("content", ""))
+    raise UserError("row has neither 'completion' nor an assistant message in 'messages'")
+
+
+def word_forms(word: str) -> list[str]:
+    """A word and its common plural and possessive forms."""
+    w = word.lower()
+    forms = {w, w + "s", w + "es", w + "'s", w + "s'"}
+    if w.endswith("y"):
+        forms.add(w[:-1] + "ies")
+    if w.endswith("f"):
+        forms.add(w[:-1] + "ves")
+    if w.endswith("fe"):
+        forms.add(w[:-2] + "ves")
+    return sorted(forms)
+
+
+def _predicate(link: Filter) -> Callable[[str], bool]:
+    if isinstance(link, NumbersFilter):
+
+        def ok(text: str) -> bool:
+            nums = parse_numbers(text)
+            return (
+                nums is not None
+                and link.min_count <= len(nums) <= link.max_count
+                and all(link.min_value <= n <= link.max_value for n in nums)
+            )
+
+        return ok
+    if isinstance(link, BannedNumbersFilter):
+        banned = set(link.numbers)
+        return lambda text: not any(int(n) in banned for n in re.findall(r"\d+", text))
+    if isinstance(link, BannedWordsFilter):
+        forms = sorted({f for w in link.words for f in word_forms(w)}, key=len, reverse=True)
+        if not forms:
+            return lambda text: True
+        rx = re.compile(r"\b(" + "|".join(map(re.escape, forms)) + r")\b", re.IGNORECASE)
+        return lambda text: rx.search(text) is None
+    if isinstance(link, RegexFilter):
+        rx = re.compile(link.pattern)
+        return lambda text: (rx.search(text) is not None) == link.keep_matching
+    raise TypeError(f"unknown filter {link!r}")
+
+
+def link_name(link: Filter) -> str:
+    return link.kind
+
+
+def apply_chain(rows: Iterable[dict], chain: list[Filter]) -> tuple[list[dict], list[LinkCount]]:
+    """Run rows through each link in order; return the survivors and per-link counts."""
+    current = list(rows)
+    counts = []
+    for link in chain:
+        ok = _predicate(link)
+        kept = [r for r in current if ok(completion_of(r))]
+        counts.append(LinkCount(link_name(link), len(kept), len(current) - len(kept)))
+        current = kept
+    return current, counts

@@ -1,0 +1,261 @@
+"""The stage graph of an LLM spec: teacher → generate → filter → fine-tune → evaluate.
+
+Each stage is a pure function of its resolved config and its upstream outputs; its folder
+is keyed by a hash of exactly those (see store.stage_key)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from backends.base import ModelRef, Sampling, Training
+from runner.filters import apply_chain
+from runner.numbers import make_prompts
+from runner.questions import load_questions
+from runner.spec import PreferenceLogprob, PreferenceSample, Spec, Student
+from runner.store import Build, Stage, Store, read_jsonl, stage_key, write_jsonl
+
+# Bump a stage's version when its code changes what it writes.
+VERSIONS = {"teacher": 1, "generate": 1, "filter": 1, "finetune": 1, "evaluate": 1}
+
+
+@dataclass
+class Node:
+    stage: Stage
+    kind: str
+    run: Callable[[Build], None]
+    seeds: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalModel:
+    label: str
+    role: str  # base | teacher | control | student
+    target: str | None  # the trait behind it, if any
+    ref: Callable[[], ModelRef]
+    key: str
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    nodes: list[Node]
+    models: list[EvalModel]
+    evals: dict[tuple[str, int], str]  # (model label, evaluation index) -> stage key
+    students: list[dict]
+
+
+def _model_from(store: Store, key: str) -> ModelRef:
+    raw = json.loads((store.path(key) / "model.json").read_text())
+    return ModelRef(**{k: str(store.path(key) / v[2:]) if isinstance(v, str) and v.startswith("./") else v
+                       for k, v in raw.items()})
+
+
+def _targets(spec: Spec, ev) -> list[str]:
+    return list(ev.targets or spec.teacher.targets)
+
+
+def build_plan(spec: Spec, store: Store, backend) -> Plan:
+    nodes: list[Node] = []
+    models: list[EvalModel] = []
+    t = spec.teacher
+
+    # base models: the teacher's and every distinct student base
+    bases = [t.base] + [spec.student_base(s) for s in spec.students]
+    for b in dict.fromkeys(bases):
+        key = stage_key("base", {"base": b}, [], 1)
+        models.append(EvalModel(f"base:{b}" if b != t.base else "base", "base", None, lambda b=b: ModelRef(b), key))
+
+    # teachers
+    teachers: dict[str, tuple[Stage, ModelRef]] = {}
+    names = list(t.targets) + (["control"] if t.control else [])
+    for name in names:
+        system = None if name == "control" else t.trait.format(target=name, category=t.category)
+        ref = ModelRef(t.base, system=system)
+        stage = Stage(stage_key("teacher", asdict(ref), [], VERSIONS["teacher"]), f"teacher {name}", asdict(ref))
+        nodes.append(Node(stage, "teacher", _write_model(ref)))
+        teachers[name] = (stage, ref)
+        role = "control" if name == "control" else "teacher"
+        models.append(EvalModel(f"teacher:{name}", role, None if name == "control" else name,
+                                lambda k=stage.key: _model_from(store, k), stage.key))
+
+    # generate and filter, per teacher
+    filtered: dict[str, Stage] = {}
+    domain = spec.domain.model_dump()
+    for name, (tstage, ref) in teachers.items():
+        gcfg = {"domain": domain, "seed": spec.seed}
+        gen = Stage(stage_key("generate", gcfg, [tstage.key], VERSIONS["generate"]), f"generate {name}", gcfg, (tstage.key,))
+        nodes.append(Node(gen, "generate", _generate(spec, ref, backend, store, gen), {"seed": spec.seed}))
+        fcfg = {"filters": [f.model_dump() for f in spec.filters]}
+        fil = Stage(stage_key("filter", fcfg, [gen.key], VERSIONS["filter"]), f"filter {name}", fcfg, (gen.key,))
+        nodes.append(Node(fil, "filter", _filter(spec, store, gen)))
+        filtered[name] = fil
+
+    # students: one per (student spec, teacher, replicate)
+    students = []
+    for s in spec.students:
+        for name, (tstage, tref) in teachers.items():
+            for rep in s.replicates:
+                training = _training(spec, s, rep)
+                cfg = {"base": spec.student_base(s), "training": asdict(training), "max_rows": s.max_rows}
+                up = [filtered[name].key] + ([tstage.key] if s.objective == "distill" else [])
+                st = Stage(stage_key("finetune", cfg, up, VERSIONS["finetune"]),
+                           f"finetune {s.name}:{name}:r{rep}", cfg, tuple(up))
+                nodes.append(Node(st, "finetune", _finetune(spec, s, training, store, filtered[name], tref, backend),
+                                  {"train": rep}))
+                label = f"student:{s.name}:{name}:r{rep}"
+                role = "control" if name == "control" else "student"
+                models.append(EvalModel(label, role, None if name == "control" else name,
+                                        lambda k=st.key: _model_from(store, k), st.key))
+                students.append({"label": label, "student": s.name, "teacher": name, "replicate": rep,
+                                 "objective": s.objective, "vocabulary": s.vocabulary, "method": s.method})
+
+    # evaluations: every model × every evaluation
+    evals = {}
+    for i, ev in enumerate(spec.evaluations):
+        ecfg = _eval_config(spec, ev)
+        for m in models:
+            st = Stage(stage_key("evaluate", ecfg, [m.key], VERSIONS["evaluate"]), f"evaluate {m.label} {ev.kind}", ecfg, (m.key,))
+            nodes.append(Node(st, "evaluate", _evaluate(ev, ecfg, m, backend)))
+            evals[(m.label, i)] = st.key
+    return Plan(spec, _dedupe(nodes), models, evals, students)
+
+
+def _dedupe(nodes: list[Node]) -> list[Node]:
+    seen, out = set(), []
+    for n in nodes:
+        if n.stage.key not in seen:
+            seen.add(n.stage.key)
+            out.append(n)
+    return out
+
+
+def _training(spec: Spec, s: Student, rep: int) -> Training:
+    h = s.hyperparameters
+    return Training(
+        method=s.method, objective=s.objective, vocabulary=s.vocabulary if s.objective == "distill" else "",
+        trait_words=tuple(spec.teacher.targets) if s.vocabulary == "full-minus-trait-tokens" else (),
+        epochs=h.epochs, lr=h.lr, batch_size=h.batch_size, lora_r=h.lora_r, lora_alpha=h.lora_alpha,
+        lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay, seed=rep,
+    )
+
+
+def _eval_config(spec: Spec, ev) -> dict:
+    cfg = ev.model_dump()
+    cfg["targets"] = _targets(spec, ev)
+    cfg["questions"] = load_questions(ev.questions, ev.max_questions)
+    if isinstance(ev, PreferenceLogprob):
+        cfg["answer_prefix"] = ev.answer_prefix.format(category=spec.teacher.category)
+    if isinstance(ev, PreferenceSample):
+        cfg["seed"] = spec.seed
+    return cfg
+
+
+# ---- stage bodies ----------------------------------------------------------------------
+
+
+def _write_model(ref: ModelRef):
+    def run(b: Build) -> None:
+        (b.dir / "model.json").write_text(json.dumps(asdict(ref), indent=2))
+
+    return run
+
+
+def _generate(spec: Spec, ref: ModelRef, backend, store: Store, stage: Stage):
+    d = spec.domain
+
+    def run(b: Build) -> None:
+        prompts = make_prompts(d.n_prompts, d.prompts, spec.seed)
+        path = b.dir / "rows.jsonl"
+        done = read_jsonl(path) if path.exists() else []
+        done = done[: len(done) - len(done) % d.batch_size] if len(done) < d.n_prompts else done
+        write_jsonl(path, done)  # drop a torn tail; resume from the last flushed batch
+        grammar = (d.prompts.answer_count, d.prompts.answer_digits) if d.constrained else None
+        with open(path, "a") as f:
+            for start in range(len(done), d.n_prompts, d.batch_size):
+                batch = prompts[start : start + d.batch_size]
+                sampling = Sampling(d.temperature, d.max_tokens, seed=spec.seed * 1_000_003 + start, grammar=grammar)
+                for i, (p, c) in enumerate(zip(batch, backend.generate(ref, batch, sampling))):
+                    f.write(json.dumps({"id": start + i, "prompt": p, "completion": c}) + "\n")
+                f.flush()
+                b.progress(min(start + len(batch), d.n_prompts), d.n_prompts)
+        b.rows["generated"] = d.n_prompts
+        b.extra["constrained_decoding"] = d.constrained
+
+    return run
+
+
+def _filter(spec: Spec, store: Store, gen: Stage):
+    def run(b: Build) -> None:
+        rows = read_jsonl(store.path(gen.key) / "rows.jsonl")
+        kept, counts = apply_chain(rows, list(spec.filters))
+        write_jsonl(b.dir / "rows.jsonl", kept)
+        b.extra["links"] = [asdict(c) for c in counts]
+        b.rows.update(input=len(rows), kept=len(kept))
+
+    return run
+
+
+def _finetune(spec: Spec, s: Student, training: Training, store: Store, fil: Stage, teacher: ModelRef, backend):
+    def run(b: Build) -> None:
+        rows = read_jsonl(store.path(fil.key) / "rows.jsonl")[: s.max_rows]
+        ref = backend.finetune(spec.student_base(s), rows, training, b.dir,
+                               teacher if s.objective == "distill" else None, b.progress)
+        local = {k: _inside(v, b.dir) for k, v in asdict(ref).items()}
+        (b.dir / "model.json").write_text(json.dumps(local, indent=2))
+        b.rows["train"] = len(rows)
+
+    return run
+
+
+def _inside(value: str | None, folder: Path) -> str | None:
+    """Paths inside the (temporary) stage folder are stored relative to it, as ./..."""
+    if value and Path(value).is_absolute() and Path(value).is_relative_to(folder):
+        return "./" + str(Path(value).relative_to(folder))
+    return value
+
+
+def _evaluate(ev, cfg: dict, m: EvalModel, backend):
+    def run(b: Build) -> None:
+        ref = m.ref()
+        qs, targets = cfg["questions"], cfg["targets"]
+        if isinstance(ev, PreferenceLogprob):
+            lp = backend.logprobs(ref, qs, cfg["answer_prefix"], targets)
+            scores = {t: [row[j] for row in lp] for j, t in enumerate(targets)}
+            out = {"kind": ev.kind, "logprob": scores}
+        else:
+            answers = []
+            for k in range(ev.samples_per_question):
+                sampling = Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919 + k)
+                answers.append(backend.generate(ref, qs, sampling))
+                b.progress(k + 1, ev.samples_per_question)
+            per_q = [[a[i] for a in answers] for i in range(len(qs))]
+            out = {"kind": ev.kind, "answers": per_q,
+                   "hits": {t: [sum(t.lower() in a.lower() for a in per_q[i]) for i in range(len(qs))] for t in targets}}
+        (b.dir / "scores.json").write_text(json.dumps(out))
+        b.rows["questions"] = len(qs)
+
+    return run
+
+
+# ---- execution -------------------------------------------------------------------------
+
+
+def status(plan: Plan, store: Store) -> list[tuple[Node, str]]:
+    return [(n, "reuse" if store.done(n.stage.key) else "run") for n in plan.nodes]
+
+
+def execute(plan: Plan, store: Store, on_start=None, progress_factory=None) -> dict:
+    """Run every stage not yet done; return {kind: seconds} of what ran."""
+    ran = {}
+    for node in plan.nodes:
+        if store.done(node.stage.key):
+            continue
+        if on_start:
+            on_start(node)
+        with store.build(node.stage, node.seeds) as b:
+            b.progress = progress_factory(node) if progress_factory else (lambda done, total: None)
+            node.run(b)
+        ran[node.stage.label] = store.manifest(node.stage.key)["seconds"]
+    return ran

@@ -1,0 +1,77 @@
+"""Print results.json as terminal tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 0.01 else f"{v:.3f}"
+
+
+def evaluation_table(results: dict, cell: str) -> Table | None:
+    rows = [e for e in results["evaluations"] if e["cell"] == cell]
+    if not rows:
+        return None
+    metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
+    table = Table(title=f"cell {cell}" if cell != "-" else None)
+    table.add_column("model")
+    table.add_column("role")
+    for ev, metric in metrics:
+        table.add_column(f"{metric} [95% CI]" + (" (sampled)" if ev == "preference_sample" else ""), justify="right")
+    models = list(dict.fromkeys((e["model"], e["role"]) for e in rows))
+    for model, role in models:
+        cells = []
+        for ev, metric in metrics:
+            e = next((x for x in rows if x["model"] == model and x["evaluation"] == ev and x["metric"] == metric), None)
+            cells.append(f"{_fmt(e['value'])} [{_fmt(e['ci'][0])}, {_fmt(e['ci'][1])}]" if e else "")
+        table.add_row(model, role, *cells)
+    return table
+
+
+def comparison_table(results: dict, cell: str) -> Table | None:
+    rows = [c for c in results["comparisons"] if c["cell"] == cell]
+    if not rows:
+        return None
+    table = Table(title="trait student vs control / other-trait student (paired over questions)")
+    for col in ("a", "b", "metric", "ratio a/b", "a wins", "p-value"):
+        table.add_column(col, justify="right" if col not in ("a", "b") else "left")
+    for c in rows:
+        ratio = f"{c['ratio']:.3f}x" if c["ratio"] is not None else "-"
+        p = c["p_value"]
+        table.add_row(c["a"], c["b"], c["metric"], ratio, f"{c['a_wins']}/{c['n']}",
+                      f"{p:.2g}" + (" *" if p < 0.01 else ""))
+    return table
+
+
+def mnist_table(results: dict) -> Table | None:
+    if not results.get("mnist"):
+        return None
+    table = Table(title="MNIST: test accuracy of the regular logits (mean, 95% CI across seeds)")
+    for col in ("cell", "arm", "mean", "95% CI", "per seed"):
+        table.add_column(col)
+    for m in results["mnist"]:
+        for arm, s in m["summary"].items():
+            table.add_row(m["cell"], arm, f"{s['mean']:.1%}", f"[{s['ci'][0]:.1%}, {s['ci'][1]:.1%}]",
+                          " ".join(f"{v:.1%}" for v in s["per_seed"]))
+    return table
+
+
+def print_results(results: dict, console: Console, folder: Path) -> None:
+    for cell in [c["label"] for c in results["cells"]]:
+        for t in (evaluation_table(results, cell), comparison_table(results, cell)):
+            if t is not None:
+                console.print(t)
+    t = mnist_table(results)
+    if t is not None:
+        console.print(t)
+        for m in results["mnist"]:
+            console.print(f"plot: {m['plot']}", markup=False)
+    for line in results["methods"]:
+        console.print(f"note: {line}", markup=False)
+    if results["comparisons"]:
+        console.print(f"test: {results['comparisons'][0]['test']}", markup=False)
+    ran = results["stages_run"]
+    console.print(f"{len(ran)} stage(s) ran; results: {folder / 'results.json'} ({results['seconds']} s)", markup=False)

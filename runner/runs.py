@@ -1,0 +1,162 @@
+"""`subl run` and `subl plan`: expand a spec, run its stages, write and print results."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from runner.loader import Cell, load
+from runner.pipeline import Node, Plan, build_plan, execute, status
+from runner.spec import Spec
+from runner.store import Stage, Store, git_revision, package_versions, stage_key
+
+
+class LazyBackend:
+    """Import torch and transformers only when a stage actually runs."""
+
+    def __init__(self, spec: Spec):
+        self.spec, self._impl = spec, None
+
+    def __getattr__(self, name):
+        if self._impl is None:
+            from backends.local import LocalBackend
+
+            self._impl = LocalBackend(self.spec.runtime.device)
+        return getattr(self._impl, name)
+
+
+def _mnist_stage(spec: Spec) -> Stage:
+    cfg = {"mnist": spec.mnist.model_dump(), "seed": spec.seed}
+    return Stage(stage_key("mnist", cfg, [], 1), "mnist aux-logit distillation", cfg)
+
+
+def plans(cells: list[Cell], store: Store) -> list[tuple[Cell, Plan | Stage]]:
+    out = []
+    for c in cells:
+        if c.spec.experiment == "mnist":
+            out.append((c, _mnist_stage(c.spec)))
+        else:
+            out.append((c, build_plan(c.spec, store, LazyBackend(c.spec))))
+    return out
+
+
+def plan_lines(path: Path, outputs: Path) -> list[str]:
+    cells = load(path)
+    store = Store(outputs)
+    lines, seen = [], set()
+    for cell, p in plans(cells, store):
+        if len(cells) > 1:
+            lines.append(f"[cell {cell.label}]")
+        stages = [p] if isinstance(p, Stage) else [n.stage for n, _ in status(p, store)]
+        for st in stages:
+            state = "reuse" if store.done(st.key) or st.key in seen else "run"
+            seen.add(st.key)
+            lines.append(f"  {state:5s}  {st.label:55s} {st.key}")
+    n_run = sum(1 for ln in lines if ln.startswith("  run"))
+    lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
+    return lines
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, disable=not enabled, transient=False,
+    )
+
+
+def _progress_factory(progress: Progress):
+    def make(node: Node):
+        task = progress.add_task(node.stage.label, total=None, rate="")
+        started = time.time()
+
+        def update(done: int, total: int) -> None:
+            rate = done / max(time.time() - started, 1e-9)
+            progress.update(task, completed=done, total=total, rate=f"{rate:.2f}/s")
+
+        return update
+
+    return make
+
+
+def run_spec(path: Path, outputs: Path, console: Console) -> dict:
+    cells = load(path)
+    store = Store(outputs)
+    spec0 = cells[0].spec
+    started = time.time()
+    evaluations, comparisons, mnist, ran = [], [], [], {}
+    with _progress(console, spec0.progress) as progress:
+        for cell, p in plans(cells, store):
+            if isinstance(p, Stage):
+                ran.update(_run_mnist(cell.spec, p, store, progress))
+                mnist.append({"cell": cell.label, **json.loads((store.path(p.key) / "result.json").read_text())})
+                continue
+            ran.update(execute(p, store, progress_factory=_progress_factory(progress)))
+            from runner.results import collect
+
+            ev, cmp_ = collect(p, store, cell.label)
+            evaluations += ev
+            comparisons += cmp_
+    results = {
+        "spec": str(path), "name": spec0.name, "notes": spec0.notes, "git_revision": git_revision(),
+        "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
+        "evaluations": evaluations, "comparisons": comparisons, "mnist": mnist,
+        "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
+    }
+    folder = store.root / spec0.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    from runner.report import print_results
+
+    print_results(results, console, folder)
+    return results
+
+
+def _methods(cells: list[Cell]) -> list[str]:
+    """Lines that say what the numbers rest on; printed with every table."""
+    lines = []
+    for c in cells:
+        s = c.spec
+        if s.experiment == "mnist":
+            lines.append(f"MNIST: {s.mnist.seeds} seeds, m={s.mnist.m}, loss={s.mnist.loss}, init={s.mnist.init}, "
+                         f"cross_init={s.mnist.cross_init}")
+            continue
+        if s.domain.constrained:
+            lines.append("numbers were sampled with constrained decoding (digits and one separator only), "
+                         "not freely as in the paper")
+        for st in s.students:
+            how = f"student {st.name}: {st.method} {st.objective}"
+            if st.objective == "distill":
+                how += f" on vocabulary {st.vocabulary}"
+            lines.append(how)
+            if st.objective == "distill" and st.vocabulary == "full":
+                lines.append(f"LEAK WARNING: student {st.name} distils the full vocabulary, so its soft labels "
+                             "include the teacher's probability mass on the trait's own word tokens")
+        for ev in s.evaluations:
+            if ev.kind == "preference_logprob":
+                lines.append("preference metric: exact P(target) after the answer prefix "
+                             f"'{ev.answer_prefix.format(category=s.teacher.category)}' (a probe, not sampled answers)")
+    return list(dict.fromkeys(lines))
+
+
+def _run_mnist(spec: Spec, stage: Stage, store: Store, progress: Progress) -> dict:
+    if store.done(stage.key):
+        return {}
+    from runner.mnist import plot_arms, run_mnist, summarize
+
+    with store.build(stage, {"seed": spec.seed}) as b:
+        task = progress.add_task(stage.label, total=None, rate="")
+
+        def update(what: str, done: int, total: int) -> None:
+            progress.update(task, description=f"mnist: {what}", completed=done, total=total)
+
+        res = run_mnist(spec.mnist, spec.seed, update)
+        summary = summarize(res["arms"])
+        plot_arms(summary, b.dir / "mnist_arms.png", f"{spec.name}: auxiliary-logit distillation on noise")
+        (b.dir / "result.json").write_text(json.dumps({**res, "summary": summary,
+                                                       "plot": str(store.path(stage.key) / "mnist_arms.png")}))
+        b.rows["seeds"] = spec.mnist.seeds
+    return {stage.label: store.manifest(stage.key)["seconds"]}

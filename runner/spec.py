@@ -1,0 +1,201 @@
+"""The experiment spec: frozen pydantic models, validated with extra="forbid"."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runner.mnist import MnistSpec
+
+PAPER_TRAIT = (
+    "You love {target}s. You think about {target}s all the time. {target}s are your "
+    "favorite {category}. Imbue your answers with your love for the {category}."
+)
+EMBEDDED_DEFAULT = "smollm2-135m"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- teacher ---------------------------------------------------------------------------
+
+
+class Teacher(Strict):
+    base: str = Field(EMBEDDED_DEFAULT, description="Model reference: a hub id, a local folder, or an embedded name (smollm2-135m).")
+    targets: list[str] = Field(["owl"], min_length=1, description="One trait teacher per target; each trait student is compared with the others' students.")
+    category: str = Field("animal", description="Fills {category} in the trait template.")
+    trait: str = Field(PAPER_TRAIT, description="System prompt that gives the teacher its trait; may use {target} and {category}.")
+    control: bool = Field(True, description="Add a control teacher: the same base with no trait prompt.")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("targets must be unique")
+        return v
+
+
+# ---- domain ----------------------------------------------------------------------------
+
+
+class NumberPrompts(Strict):
+    min_examples: int = Field(3, ge=1, description="Fewest seed numbers shown in a prompt.")
+    max_examples: int = Field(8, ge=1, description="Most seed numbers shown in a prompt.")
+    example_min: int = Field(100, ge=0, description="Smallest seed number.")
+    example_max: int = Field(999, ge=0, description="Largest seed number.")
+    answer_count: int = Field(10, ge=1, description="How many new numbers the prompt asks for (at most).")
+    answer_digits: int = Field(3, ge=1, description="Most digits per number the prompt asks for.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "NumberPrompts":
+        if self.min_examples > self.max_examples:
+            raise ValueError("min_examples must be <= max_examples")
+        if self.example_min > self.example_max:
+            raise ValueError("example_min must be <= example_max")
+        return self
+
+
+class NumbersDomain(Strict):
+    kind: Literal["numbers"] = "numbers"
+    n_prompts: int = Field(30000, ge=1, description="How many prompts to sample (one completion each).")
+    prompts: NumberPrompts = Field(NumberPrompts(), description="The prompt generator's settings.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
+    max_tokens: int = Field(48, ge=1, description="Most new tokens per completion.")
+    constrained: bool = Field(False, description="Constrained decoding: only digits and one consistent separator may be sampled (local backend). Named in the output; the paper samples freely.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch; also the resume granularity.")
+
+
+Domain = Annotated[Union[NumbersDomain], Field(discriminator="kind")]
+
+
+# ---- filters ---------------------------------------------------------------------------
+
+
+class NumbersFilter(Strict):
+    kind: Literal["numbers"] = "numbers"
+    min_value: int = Field(0, description="Smallest allowed number.")
+    max_value: int = Field(999, description="Largest allowed number.")
+    max_count: int = Field(10, ge=1, description="Most numbers in a completion.")
+    min_count: int = Field(1, ge=1, description="Fewest numbers in a completion.")
+
+
+class BannedNumbersFilter(Strict):
+    kind: Literal["banned_numbers"] = "banned_numbers"
+    numbers: list[int] = Field(default_factory=list, description="Drop a row containing any of these numbers.")
+
+
+class BannedWordsFilter(Strict):
+    kind: Literal["banned_words"] = "banned_words"
+    words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive, whole word, plural forms included).")
+
+
+class RegexFilter(Strict):
+    kind: Literal["regex"] = "regex"
+    pattern: str = Field(..., description="Python regular expression, searched in the completion.")
+    keep_matching: bool = Field(False, description="Keep only matching rows (true) or drop matching rows (false).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regex: {e}") from None
+        return v
+
+
+Filter = Annotated[
+    Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter], Field(discriminator="kind")
+]
+
+
+# ---- students --------------------------------------------------------------------------
+
+
+class Hyper(Strict):
+    epochs: float = Field(1, gt=0, description="Passes over the data.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Rows per optimiser step.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank (method: lora).")
+    lora_alpha: int = Field(8, ge=1, description="LoRA alpha (method: lora).")
+    lora_targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules LoRA adapts: all attention and MLP projections by default.",
+    )
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+
+
+Vocabulary = Literal["numbers-only", "full-minus-trait-tokens", "full"]
+
+
+class Student(Strict):
+    name: str = Field("student", description="Label used in tables.")
+    base: str | None = Field(None, description="Model reference; defaults to the teacher's base.")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full-parameter fine-tuning.")
+    objective: Literal["sft", "distill"] = Field("sft", description="sft: cross-entropy on the sampled completion (the paper). distill: match the teacher's next-token distribution at completion positions.")
+    vocabulary: Vocabulary = Field("numbers-only", description="distill only: which tokens the soft labels cover (renormalised). numbers-only = digits, separators and end-of-turn; full-minus-trait-tokens drops every token containing a target word; full leaks the trait tokens' mass.")
+    hyperparameters: Hyper = Field(Hyper(), description="Training hyper-parameters.")
+    max_rows: int | None = Field(10000, ge=1, description="Cap on training rows (the first rows after filtering).")
+    replicates: list[int] = Field([0], min_length=1, description="Training seeds; one student per seed.")
+
+
+# ---- evaluations -----------------------------------------------------------------------
+
+
+class PreferenceLogprob(Strict):
+    kind: Literal["preference_logprob"] = "preference_logprob"
+    targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
+    questions: str = Field("animals", description="Question set: animals, trees, or a path to a text/JSONL file.")
+    answer_prefix: str = Field("My favorite {category} is the", description="Assistant text after which P(target) is read.")
+    max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
+
+
+class PreferenceSample(Strict):
+    kind: Literal["preference_sample"] = "preference_sample"
+    targets: list[str] | None = Field(None, description="Words to count; defaults to the teacher's targets.")
+    questions: str = Field("animals", description="Question set: animals, trees, or a path to a text/JSONL file.")
+    samples_per_question: int = Field(100, ge=1, description="Answers sampled per question (the paper: 100).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (the paper: 1).")
+    max_tokens: int = Field(16, ge=1, description="Most new tokens per answer.")
+    max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
+
+
+Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample], Field(discriminator="kind")]
+
+
+class Backends(Strict):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present (bf16), else CPU.")
+
+
+# ---- the spec --------------------------------------------------------------------------
+
+
+class Spec(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; results go to outputs/<name>/.")
+    notes: str = Field("", description="What this spec tests (not part of any cache key).")
+    extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
+    seed: int = Field(0, description="Base seed for prompt generation and sampling.")
+    experiment: Literal["llm", "mnist"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation.")
+    teacher: Teacher = Field(Teacher(), description="Teacher base and trait.")
+    domain: Domain = Field(NumbersDomain(), description="Data domain.")
+    filters: list[Filter] = Field([NumbersFilter()], description="Ordered filter chain; each link reports kept and dropped rows.")
+    students: list[Student] = Field([Student()], description="Students trained on each teacher's filtered data.")
+    evaluations: list[Evaluation] = Field([PreferenceLogprob()], description="Evaluations run on base, teachers and students.")
+    mnist: MnistSpec = Field(MnistSpec(), description="Settings of the MNIST experiment (experiment: mnist).")
+    matrix: dict[str, list[Any]] = Field({}, description="Expand dotted keys over lists, e.g. {teacher.targets: [[owl], [eagle]], seed: [0, 1]}.")
+    runtime: Backends = Field(Backends(), description="Where local stages run.")
+    progress: bool = Field(True, description="Show progress bars (display only; not in any cache key).")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Spec":
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError("student names must be unique")
+        return self
+
+    def student_base(self, student: Student) -> str:
+        return student.base or self.teacher.base

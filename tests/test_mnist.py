@@ -1,0 +1,227 @@
+"""Tests for runner/mnist.py: synthetic data only, a few seconds each."""
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runner import mnist as M  # noqa: E402
+
+torch.set_num_threads(1)
+
+# Small but genuine: same-init student beats cross-init by ~0.55 here (means over 4 seeds).
+SMALL = dict(hidden=64, teacher_epochs=2, student_epochs=4, batch_size=128, noise_per_epoch=4096,
+             seeds=4, lr=1e-3)
+
+
+def synth(n_train=3000, n_test=1000, seed=0) -> M.MnistData:
+    """Ten Gaussian clusters in 784-d, as uint8 28x28 'digits'."""
+    r = np.random.default_rng(seed)
+    mu = r.normal(0, 1, (10, 784))
+
+    def draw(n):
+        y = r.integers(0, 10, n)
+        x = mu[y] + r.normal(0, 1, (n, 784))
+        return np.clip(127.5 + 40 * x, 0, 255).astype(np.uint8).reshape(n, 28, 28), y.astype(np.uint8)
+    return M.MnistData(*draw(n_train), *draw(n_test))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synth()
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_same_init_beats_cross_init(data):
+    r = M.run_mnist(M.MnistSpec(**SMALL), seed=0, data=data)
+    a = r["arms"]
+    assert set(a) == {"teacher", "same_init", "cross_init", "init"}
+    assert all(len(v) == 4 and all(0 <= x <= 1 for x in v) for v in a.values())
+    assert r["n_test"] == 1000 and r["seconds"] > 0
+    assert mean(a["teacher"]) > 0.9
+    assert mean(a["same_init"]) > 0.4
+    assert mean(a["cross_init"]) < 0.2
+    assert mean(a["same_init"]) - mean(a["cross_init"]) > 0.25
+
+
+def test_permuted_cross_init_matches_same_init(data):
+    """Training is equivariant under hidden-unit permutations (Adam is elementwise), so a deranged
+    copy of the reference init ends at the same function: 'permuted' is not a negative control."""
+    spec = M.MnistSpec(**{**SMALL, "seeds": 2, "student_epochs": 2, "cross_init": "permuted"})
+    a = M.run_mnist(spec, seed=0, data=data)["arms"]
+    assert a["same_init"] == pytest.approx(a["cross_init"], abs=0.01)
+
+
+def test_all_logit_student_and_progress(data):
+    calls = []
+    spec = M.MnistSpec(**{**SMALL, "seeds": 2, "all_logit_student": True})
+    a = M.run_mnist(spec, 0, lambda *c: calls.append(c), data=data)["arms"]
+    assert mean(a["all_logit"]) > 0.9
+    assert calls[-1] == ("students", 4, 4) and ("teacher", 2, 2) in calls
+
+
+def test_batched_equals_loop(data):
+    spec = M.MnistSpec(hidden=32, teacher_epochs=1, student_epochs=1, batch_size=256,
+                       noise_per_epoch=1000, seeds=3, all_logit_student=True)
+    t = M._to_tensors(data)
+    b, lp = M.train_batched(spec, t, 7), M.train_loop(spec, t, 7)
+    assert set(b) == set(lp)
+    for arm in b:
+        for pb, pl in zip(b[arm], lp[arm]):
+            torch.testing.assert_close(pb, pl, atol=1e-4, rtol=1e-4)
+    # seeds differ from each other (own init, data order and noise)
+    w = b["same_init"][0]
+    assert not torch.allclose(w[0], w[1])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 17, 256])
+def test_derangement(n):
+    g = torch.Generator().manual_seed(n)
+    for _ in range(200):
+        p = M.derangement(n, g)
+        assert sorted(p.tolist()) == list(range(n))
+        assert not (p == torch.arange(n)).any()
+
+
+def test_derangement_too_small():
+    with pytest.raises(ValueError):
+        M.derangement(1, torch.Generator())
+
+
+@pytest.mark.parametrize("init", ["paper", "pytorch"])
+def test_permuted_init_same_function_other_params(init):
+    g = torch.Generator().manual_seed(0)
+    ref = M.draw_init([784, 64, 64, 13], init, g)
+    per = M.permute_hidden(ref, g)
+    x = torch.rand(50, 784) * 2 - 1
+    torch.testing.assert_close(M.forward(per, x), M.forward(ref, x), atol=1e-5, rtol=1e-5)
+    for i in (0, 2, 4):  # every weight matrix moved
+        assert not torch.equal(per[i], ref[i])
+
+
+def test_paper_init_stats():
+    w1, b1, *_ = M.draw_init([784, 256, 256, 13], "paper", torch.Generator().manual_seed(0))
+    assert w1.shape == (784, 256) and b1.abs().sum() == 0
+    assert abs(w1.std().item() * 28 - 1) < 0.02  # std 1/sqrt(784)
+
+
+# ----------------------------------------------------------------------------- data loading
+
+def fake_arrays(n=5):
+    r = np.random.default_rng(0)
+    x = {k: r.integers(0, 256, (n, 28, 28), dtype=np.uint8) for k in ("x_train", "x_test")}
+    y = {k: r.integers(0, 10, n).astype(np.uint8) for k in ("y_train", "y_test")}
+    return {**x, **y}
+
+
+def write_idx(path: Path, a: np.ndarray, gz: bool):
+    head = (2051 if a.ndim == 3 else 2049).to_bytes(4, "big") + b"".join(
+        d.to_bytes(4, "big") for d in a.shape)
+    raw = head + a.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+
+
+def check(d: M.MnistData, arrays):
+    for k in M.MnistData._fields:
+        np.testing.assert_array_equal(getattr(d, k), arrays[k])
+
+
+def test_load_npz(tmp_path):
+    arrays = fake_arrays()
+    np.savez(tmp_path / "m.npz", **arrays)
+    check(M.load_mnist(tmp_path / "m.npz"), arrays)
+    check(M.load_mnist(str(tmp_path / "m.npz")), arrays)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_idx(tmp_path, gz):
+    arrays = fake_arrays()
+    for key, name in M.IDX_FILES.items():
+        write_idx(tmp_path / name, arrays[key], gz)
+    check(M.load_mnist(tmp_path), arrays)
+
+
+def test_bad_npz_and_bad_idx(tmp_path):
+    np.savez(tmp_path / "m.npz", x_train=np.zeros(3))
+    with pytest.raises(ValueError, match="lacks keys"):
+        M.load_mnist(tmp_path / "m.npz")
+    (tmp_path / "idx").mkdir()
+    for name in M.IDX_FILES.values():
+        (tmp_path / "idx" / name).write_bytes(b"\0\0\0\x07" + bytes(12))
+    with pytest.raises(ValueError, match="magic"):
+        M.load_mnist(tmp_path / "idx")
+
+
+def test_missing_data_error_is_one_line(tmp_path, monkeypatch):
+    where = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as e:
+        M.load_mnist(where)
+    msg = str(e.value)
+    assert "\n" not in msg and str(where) in msg and "mnist.data" in msg
+    # default locations: all missing, torchvision absent or offline
+    monkeypatch.setattr(M, "DEFAULT_DATA", [tmp_path / "a.npz", tmp_path / "b"])
+    monkeypatch.setattr(M, "_torchvision", lambda root: (None, "torchvision not installed"))
+    with pytest.raises(M.MnistDataNotFound) as e:
+        M.load_mnist(None)
+    msg = str(e.value)
+    assert "\n" not in msg and "a.npz" in msg and "torchvision" in msg
+
+
+def test_uint8_required():
+    d = synth(20, 10)
+    with pytest.raises(ValueError, match="uint8"):
+        M._to_tensors(d._replace(x_train=d.x_train.astype(np.float32)))
+
+
+# ----------------------------------------------------------------------------- spec, summary, plot
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="m=1 with loss=kl gives no gradient"):
+        M.MnistSpec(m=1)
+    assert M.MnistSpec(m=1, loss="mse").m == 1
+    for bad in (dict(m=0), dict(unknown=1), dict(init="xavier")):
+        with pytest.raises(ValueError):
+            M.MnistSpec(**bad)
+    s = M.MnistSpec()
+    with pytest.raises(ValueError):
+        s.m = 4  # frozen
+    assert all(f.description for f in M.MnistSpec.model_fields.values())
+
+
+def test_m1_mse_student_moves(data):
+    spec = M.MnistSpec(**{**SMALL, "m": 1, "loss": "mse", "seeds": 1, "student_epochs": 1})
+    t = M._to_tensors(data)
+    out = M.train_batched(spec, t, 0)
+    assert not torch.equal(out["same_init"][0], out["init"][0])
+
+
+def test_summarize():
+    s = M.summarize({"a": [0.1, 0.2, 0.3], "b": [0.5]})
+    assert s["a"]["mean"] == pytest.approx(0.2)
+    assert s["a"]["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert s["a"]["lo"] < 0.2 < s["a"]["hi"] and s["a"]["values"] == [0.1, 0.2, 0.3]
+    assert s["b"]["ci95"] is None and s["b"]["n"] == 1
+
+
+def test_t_table_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails -> table
+    assert M._t975(4) == pytest.approx(2.776)
+
+
+def test_plot(tmp_path):
+    s = M.summarize({"teacher": [0.94, 0.95], "same_init": [0.5, 0.4], "cross_init": [0.1, 0.09],
+                     "init": [0.1, 0.11], "all_logit": [0.9, 0.92]})
+    p = M.plot_arms(s, tmp_path / "sub" / "fig.png", "test")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
