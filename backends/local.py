@@ -111,10 +111,14 @@ class NumbersGrammar:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, device: str = "auto", batch_size: int = 64):
-        self.device = device
-        self.batch_size = batch_size
+    def __init__(self, device: str = "auto", cpu_bf16: bool = False):
+        self.device, self.cpu_bf16 = device, cpu_bf16
         self._cache: dict[ModelRef, object] = {}
+
+    def _autocast(self):
+        """bfloat16 autocast on CPU when asked (CUDA models are already bf16)."""
+        on = self.cpu_bf16 and pick_device(self.device)[0] == "cpu"
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
     def _model(self, ref: ModelRef):
         key = ModelRef(ref.base, ref.adapter)
@@ -137,12 +141,13 @@ class LocalBackend:
         if sampling.grammar:
             processors.append(NumbersGrammar(model.base, width, *sampling.grammar, tok.eos_token_id))
         torch.manual_seed(sampling.seed)
-        out = net.generate(
-            input_ids=input_ids.to(net.device), attention_mask=attention.to(net.device),
-            max_new_tokens=sampling.max_tokens, do_sample=sampling.temperature > 0,
-            temperature=sampling.temperature if sampling.temperature > 0 else None, top_p=None, top_k=None,
-            logits_processor=processors, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-        )
+        with self._autocast():
+            out = net.generate(
+                input_ids=input_ids.to(net.device), attention_mask=attention.to(net.device),
+                max_new_tokens=sampling.max_tokens, do_sample=sampling.temperature > 0,
+                temperature=sampling.temperature if sampling.temperature > 0 else None, top_p=None, top_k=None,
+                logits_processor=processors, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            )
         return [tok.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
 
     @torch.no_grad()
@@ -173,4 +178,4 @@ class LocalBackend:
         from backends.train import train
 
         self._cache.clear()
-        return train(base, rows, training, Path(out_dir), teacher, self.device, progress)
+        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16)

@@ -126,7 +126,7 @@ def _student(base: str, training: Training, device: str):
 
 
 def train(base: str, rows: list[dict], training: Training, out_dir: Path, teacher: ModelRef | None,
-          device: str, progress: Progress | None) -> ModelRef:
+          device: str, progress: Progress | None, cpu_bf16: bool = False) -> ModelRef:
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -152,7 +152,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         per_device_train_batch_size=training.batch_size, learning_rate=training.lr,
         warmup_steps=training.warmup_ratio, weight_decay=training.weight_decay, lr_scheduler_type="linear",
         seed=training.seed, data_seed=training.seed, logging_steps=10, save_strategy="no", report_to=[],
-        bf16=dtype == torch.bfloat16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
+        bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
         completion_only_loss=True, remove_unused_columns=not distill, dataloader_num_workers=0,
         dataset_kwargs={"skip_prepare_dataset": True} if distill else None,
     )

@@ -8,24 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from backends import Router
 from runner.loader import Cell, load
 from runner.pipeline import Node, Plan, build_plan, execute, status
 from runner.spec import Spec
 from runner.store import Stage, Store, git_revision, package_versions, stage_key
-
-
-class LazyBackend:
-    """Import torch and transformers only when a stage actually runs."""
-
-    def __init__(self, spec: Spec):
-        self.spec, self._impl = spec, None
-
-    def __getattr__(self, name):
-        if self._impl is None:
-            from backends.local import LocalBackend
-
-            self._impl = LocalBackend(self.spec.runtime.device)
-        return getattr(self._impl, name)
 
 
 def _mnist_stage(spec: Spec) -> Stage:
@@ -39,7 +26,7 @@ def plans(cells: list[Cell], store: Store) -> list[tuple[Cell, Plan | Stage]]:
         if c.spec.experiment == "mnist":
             out.append((c, _mnist_stage(c.spec)))
         else:
-            out.append((c, build_plan(c.spec, store, LazyBackend(c.spec))))
+            out.append((c, build_plan(c.spec, store, Router(c.spec))))
     return out
 
 

@@ -167,8 +167,20 @@ class PreferenceSample(Strict):
 Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample], Field(discriminator="kind")]
 
 
-class Backends(Strict):
+class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present (bf16), else CPU.")
+    cpu_bf16: bool = Field(False, description="On CPU, generate and train under bfloat16 autocast (about 2x faster where the CPU has AVX512-BF16); evaluation stays float32.")
+
+
+class HostedBackend(Strict):
+    """An OpenAI-compatible endpoint. Models on it are named `<backend name>:<model id>`."""
+
+    kind: Literal["openai"] = Field("openai", description="API shape: the OpenAI SDK (also vLLM, llama.cpp server, other compatible hosts).")
+    base_url: str | None = Field(None, description="Endpoint; None honours OPENAI_BASE_URL, as the SDK does.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key (the key itself never goes in a spec).")
+    concurrency: int = Field(16, ge=1, description="Concurrent requests.")
+    batch_api: bool = Field(False, description="Sample through the Batch API (about half the cost, slower).")
+    prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output] USD per 1M tokens.")
 
 
 # ---- the spec --------------------------------------------------------------------------
@@ -187,7 +199,8 @@ class Spec(Strict):
     evaluations: list[Evaluation] = Field([PreferenceLogprob()], description="Evaluations run on base, teachers and students.")
     mnist: MnistSpec = Field(MnistSpec(), description="Settings of the MNIST experiment (experiment: mnist).")
     matrix: dict[str, list[Any]] = Field({}, description="Expand dotted keys over lists, e.g. {teacher.targets: [[owl], [eagle]], seed: [0, 1]}.")
-    runtime: Backends = Field(Backends(), description="Where local stages run.")
+    runtime: Runtime = Field(Runtime(), description="Where local stages run.")
+    backends: dict[str, HostedBackend] = Field({}, description="Hosted backends by name; a model `name:model-id` runs there.")
     progress: bool = Field(True, description="Show progress bars (display only; not in any cache key).")
 
     @model_validator(mode="after")
@@ -195,6 +208,15 @@ class Spec(Strict):
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise ValueError("student names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _hosted_refs(self) -> "Spec":
+        refs = [self.teacher.base] + [self.student_base(s) for s in self.students]
+        for ref in refs:
+            prefix = ref.split(":", 1)[0] if ":" in ref else None
+            if prefix and prefix not in self.backends:
+                raise ValueError(f"model '{ref}' names backend '{prefix}', which is not declared under backends")
         return self
 
     def student_base(self, student: Student) -> str:
