@@ -20,7 +20,7 @@ quickstart:
 	subl run specs/quickstart.yaml
 
 reproduce-all:
-	$(PYTHON) -m runner.reproduce specs
+	$(PYTHON) -m runner.reproduce specs specs/local
 
 bench:
 	$(PYTHON) benchmarks/bench_generation.py

@@ -23,7 +23,8 @@ OUTPUTS = typer.Option(Path("outputs"), "--outputs", help="Root folder of the co
 def main() -> None:
     """Entry point: user errors become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns a typer.Exit's code instead of raising it
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as e:
         err.print(f"error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)
@@ -111,6 +112,50 @@ def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
     for c in counts:
         out.print(f"{c.link:16s} kept {c.kept:7d}  dropped {c.dropped:7d}  pass {c.pass_rate:6.1%}", markup=False)
     out.print(f"{'total':16s} kept {len(kept):7d} of {len(rows)} -> {dst}", markup=False)
+
+
+@app.command()
+def report(target: Path = typer.Argument(..., help="A spec, a run folder or a results.json."),
+           outputs: Path = OUTPUTS) -> None:
+    """Write report.md and PNG figures next to results.json; print the same tables."""
+    from runner.report_md import write_report
+
+    write_report(target, outputs, out)
+
+
+@app.command()
+def diff(a: Path, b: Path, fmt_: str = typer.Option("text", "--format", help="text or json.")) -> None:
+    """Semantic diff of two specs and the stages each change reruns; exit 0 equal, 1 differ."""
+    from runner.diff import diff_specs, render
+
+    if fmt_ not in ("text", "json"):
+        raise UserError(f"--format: '{fmt_}' is not text or json")
+    d = diff_specs(a, b)
+    for line in [json.dumps(d, indent=2)] if fmt_ == "json" else render(d):
+        out.print(line, markup=False)
+    sys.exit(0 if d["equal"] else 1)  # SystemExit: main() passes the code on
+
+
+@app.command()
+def status(outputs: Path = typer.Argument(Path("outputs"), help="Root folder of the store.")) -> None:
+    """List every run and stage under outputs/: done, partial (how far) or failed; sizes; hosted jobs."""
+    from runner.status import status_lines
+
+    for line in status_lines(outputs):
+        out.print(line, markup=False)
+
+
+@app.command()
+def fmt(files: list[Path] = typer.Argument(..., help="Spec files."),
+        check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a file would change.")) -> None:
+    """Rewrite spec files in the canonical layout, keeping comments."""
+    from runner.fmt import format_files
+
+    changed = format_files(files, check)
+    for f in changed:
+        out.print(f"{'would reformat' if check else 'reformatted'}: {f}", markup=False)
+    out.print(f"{len(changed)} of {len(files)} file(s) {'to reformat' if check else 'reformatted'}", markup=False)
+    sys.exit(1 if check and changed else 0)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ from __future__ import annotations
 import gzip
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runner.mnist_spec import MnistSpec
+
+try:  # the CLI prints a UserError as one line
+    from runner.errors import UserError
+except ImportError:  # pragma: no cover
+    UserError = Exception
 
 N_CLASSES = 10
 REPO = Path(__file__).resolve().parents[1]
@@ -31,39 +38,6 @@ Progress = Callable[[str, int, int], None]
 Params = list  # [W1, b1, W2, b2, W3, b3]; W: [K, in, out], b: [K, 1, out]
 
 
-class MnistSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    data: str | None = Field(None, description="MNIST .npz (x_train, y_train, x_test, y_test) or folder of "
-                             "IDX files (.gz or not); None: default locations, then torchvision download")
-    m: int = Field(3, ge=1, description="number of auxiliary logits (output size is 10 + m)")
-    hidden: int = Field(256, ge=1, description="width of both hidden layers")
-    init: Literal["paper", "pytorch"] = Field("paper", description="paper: weights N(0, 1/fan_in), zero "
-                                              "biases; pytorch: nn.Linear default (weaker effect)")
-    teacher_epochs: int = Field(5, ge=0, description="teacher epochs on MNIST train (CE on regular logits)")
-    student_epochs: int = Field(5, ge=0, description="student epochs of noise distillation")
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate (teacher and students)")
-    batch_size: int = Field(1024, ge=1, description="batch size (teacher and students)")
-    loss: Literal["kl", "mse"] = Field("kl", description="student loss on the distilled logits: KL of "
-                                       "temperature softmaxes, or MSE of logits")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature for loss: kl")
-    noise: Literal["uniform", "gaussian"] = Field("uniform", description="student inputs: uniform in "
-                                                  "[-1, 1] or standard normal, per pixel")
-    noise_per_epoch: int = Field(60000, ge=1, description="noise images per student epoch")
-    cross_init: Literal["fresh", "permuted"] = Field("fresh", description="cross-init student start: a fresh "
-                                                     "independent draw, or the reference init with hidden "
-                                                     "units deranged (same function, other parameters)")
-    all_logit_student: bool = Field(False, description="also distil a same-init student on all 10+m logits")
-    seeds: int = Field(5, ge=1, description="number of seeds, trained together as batched models")
-
-    @model_validator(mode="after")
-    def _m1_kl(self):
-        if self.m == 1 and self.loss == "kl":
-            raise ValueError("m=1 with loss=kl gives no gradient (the softmax of one logit is constant), "
-                             "so the student stays at its init; use loss: mse or m >= 2")
-        return self
-
-
 # ----------------------------------------------------------------------------- data
 
 class MnistData(NamedTuple):
@@ -73,19 +47,24 @@ class MnistData(NamedTuple):
     y_test: np.ndarray
 
 
-class MnistDataNotFound(FileNotFoundError):
+class MnistDataNotFound(UserError, FileNotFoundError):
     """No MNIST data where we looked; the message is one line."""
 
 
+class MnistDataError(UserError, ValueError):
+    """MNIST data found but unusable; the message is one line."""
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = bytearray(f.read())  # writable, so torch.from_numpy does not warn
     magic, n = int.from_bytes(raw[0:4], "big"), int.from_bytes(raw[4:8], "big")
     if magic == 2049:
         return np.frombuffer(raw, np.uint8, n, offset=8)
     if magic == 2051:
         rows, cols = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
         return np.frombuffer(raw, np.uint8, n * rows * cols, offset=16).reshape(n, rows, cols)
-    raise ValueError(f"{path}: not an MNIST IDX file (magic {magic}, expected 2049 or 2051)")
+    raise MnistDataError(f"{path}: not an MNIST IDX file (magic {magic}, expected 2049 or 2051)")
 
 
 def _load_folder(folder: Path) -> MnistData | None:
@@ -105,14 +84,19 @@ def _load_npz(path: Path) -> MnistData:
     with np.load(path) as z:
         missing = [k for k in MnistData._fields if k not in z.files]
         if missing:
-            raise ValueError(f"{path}: npz lacks keys {missing}; need x_train, y_train, x_test, y_test")
+            raise MnistDataError(f"{path}: npz lacks keys {missing}; need x_train, y_train, x_test, y_test")
         return MnistData(*(z[k] for k in MnistData._fields))
 
 
 def _load_path(p: Path) -> MnistData | None:
-    if p.is_file():
-        return _load_npz(p)
-    return _load_folder(p) if p.is_dir() else None
+    try:
+        if p.is_file():
+            return _load_npz(p)
+        return _load_folder(p) if p.is_dir() else None
+    except MnistDataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # corrupt or truncated files
+        raise MnistDataError(f"{p}: unreadable MNIST data ({type(e).__name__}: {e})".replace("\n", " ")) from e
 
 
 def _torchvision(root: Path) -> tuple[MnistData | None, str]:
@@ -152,11 +136,16 @@ def _scale(u8: torch.Tensor) -> torch.Tensor:
 def _to_tensors(data: MnistData):
     """(x_train uint8 [N, 784] (scaled per batch, cheaper to gather), y_train, x_test float32, y_test)."""
     def u8(a):
-        if np.asarray(a).dtype != np.uint8:
-            raise ValueError(f"MNIST images must be uint8 in 0..255, got {np.asarray(a).dtype}")
-        return torch.from_numpy(np.ascontiguousarray(a, np.uint8).reshape(len(a), -1))
+        a = np.ascontiguousarray(a)
+        if a.dtype != np.uint8 or math.prod(a.shape[1:]) != 784:
+            raise MnistDataError(f"MNIST images must be uint8 28x28, got {a.dtype} {a.shape[1:]}")
+        return torch.from_numpy(a.reshape(len(a), 784))
+
     def y(a):
-        return torch.from_numpy(np.asarray(a, np.int64))
+        a = np.asarray(a, np.int64)
+        if len(a) and not 0 <= a.min() <= a.max() < N_CLASSES:
+            raise MnistDataError(f"MNIST labels must be 0..9, got {a.min()}..{a.max()}")
+        return torch.from_numpy(a)
     return u8(data.x_train), y(data.y_train), _scale(u8(data.x_test)), y(data.y_test)
 
 
@@ -339,7 +328,9 @@ def run_mnist(spec: MnistSpec, seed: int, progress: Progress | None = None, *,
               data: MnistData | None = None) -> dict:
     """Run all arms for spec.seeds seeds (seed i uses seed + i) as batched models.
 
-    Returns {"arms": {arm: [accuracy per seed]}, "seconds": wall-clock, "n_test": int}.
+    progress(stage, done, total) is called after each epoch, stage "teacher" then "students".
+    Returns {"arms": {arm: [test accuracy per seed]}, "seconds": wall-clock, "n_test": int};
+    arms: teacher, same_init, cross_init, init, and all_logit when spec.all_logit_student.
     """
     t0 = time.perf_counter()
     tensors = _to_tensors(data if data is not None else load_mnist(spec.data))
@@ -353,7 +344,7 @@ class MLP(torch.nn.Module):
         super().__init__()
         self.layers = torch.nn.ModuleList()
         for w, b in zip(params[0::2], params[1::2]):
-            lin = torch.nn.Linear(*w.shape)
+            lin = torch.nn.utils.skip_init(torch.nn.Linear, *w.shape)  # no draw from the global RNG
             with torch.no_grad():
                 lin.weight.copy_(w.t())
                 lin.bias.copy_(b[0])

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from backends import backend_name
 from backends.base import ModelRef, Sampling, Training
 from runner.filters import apply_chain
 from runner.numbers import make_prompts
@@ -80,17 +81,15 @@ def build_plan(spec: Spec, store: Store, backend) -> Plan:
         models.append(EvalModel(f"teacher:{name}", role, None if name == "control" else name,
                                 lambda k=stage.key: _model_from(store, k), stage.key))
 
-    # generate and filter, per teacher
+    # generate and filter, per teacher (or once, from the base, when rows are shared)
     filtered: dict[str, Stage] = {}
-    domain = spec.domain.model_dump()
+    shared = None
     for name, (tstage, ref) in teachers.items():
-        gcfg = {"domain": domain, "seed": spec.seed}
-        gen = Stage(stage_key("generate", gcfg, [tstage.key], VERSIONS["generate"]), f"generate {name}", gcfg, (tstage.key,))
-        nodes.append(Node(gen, "generate", _generate(spec, ref, backend, store, gen), {"seed": spec.seed}))
-        fcfg = {"filters": [f.model_dump() for f in spec.filters]}
-        fil = Stage(stage_key("filter", fcfg, [gen.key], VERSIONS["filter"]), f"filter {name}", fcfg, (gen.key,))
-        nodes.append(Node(fil, "filter", _filter(spec, store, gen)))
-        filtered[name] = fil
+        if spec.domain.rows_from == "base":
+            shared = shared or _rows(spec, store, backend, ModelRef(t.base), "base", nodes)
+            filtered[name] = shared
+        else:
+            filtered[name] = _rows(spec, store, backend, ref, name, nodes, tstage.key)
 
     # students: one per (student spec, teacher, replicate)
     students = []
@@ -122,6 +121,20 @@ def build_plan(spec: Spec, store: Store, backend) -> Plan:
     return Plan(spec, _dedupe(nodes), models, evals, students)
 
 
+def _rows(spec: Spec, store: Store, backend, ref: ModelRef, name: str, nodes: list[Node], upstream: str | None = None) -> Stage:
+    """Append a generate and a filter stage for rows sampled from `ref`; return the filter stage."""
+    gcfg = {"domain": spec.domain.model_dump(), "seed": spec.seed}
+    if upstream is None:
+        gcfg["generator"] = asdict(ref)
+    up = (upstream,) if upstream else ()
+    gen = Stage(stage_key("generate", gcfg, list(up), VERSIONS["generate"]), f"generate {name}", gcfg, up)
+    nodes.append(Node(gen, "generate", _generate(spec, ref, backend, store, gen), {"seed": spec.seed}))
+    fcfg = {"filters": [f.model_dump() for f in spec.filters]}
+    fil = Stage(stage_key("filter", fcfg, [gen.key], VERSIONS["filter"]), f"filter {name}", fcfg, (gen.key,))
+    nodes.append(Node(fil, "filter", _filter(spec, store, gen)))
+    return fil
+
+
 def _dedupe(nodes: list[Node]) -> list[Node]:
     seen, out = set(), []
     for n in nodes:
@@ -138,6 +151,7 @@ def _training(spec: Spec, s: Student, rep: int) -> Training:
         trait_words=tuple(spec.teacher.targets) if s.vocabulary == "full-minus-trait-tokens" else (),
         epochs=h.epochs, lr=h.lr, batch_size=h.batch_size, lora_r=h.lora_r, lora_alpha=h.lora_alpha,
         lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay, seed=rep,
+        extra={"lr_multiplier": h.lr_multiplier} if backend_name(spec.student_base(s)) != "local" else {},
     )
 
 

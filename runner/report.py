@@ -54,8 +54,8 @@ def mnist_table(results: dict) -> Table | None:
         table.add_column(col)
     for m in results["mnist"]:
         for arm, s in m["summary"].items():
-            table.add_row(m["cell"], arm, f"{s['mean']:.1%}", f"[{s['ci'][0]:.1%}, {s['ci'][1]:.1%}]",
-                          " ".join(f"{v:.1%}" for v in s["per_seed"]))
+            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s["lo"] is not None else "-"
+            table.add_row(m["cell"], arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
     return table
 
 

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from backends import Router
+from backends import Router, backend_name
 from runner.loader import Cell, load
 from runner.pipeline import Node, Plan, build_plan, execute, status
 from runner.spec import Spec
@@ -33,18 +34,24 @@ def plans(cells: list[Cell], store: Store) -> list[tuple[Cell, Plan | Stage]]:
 def plan_lines(path: Path, outputs: Path) -> list[str]:
     cells = load(path)
     store = Store(outputs)
-    lines, seen = [], set()
+    from backends.pricing import estimate_plan, plan_cost_lines
+
+    lines, seen, costs = [], set(), []
     for cell, p in plans(cells, store):
         if len(cells) > 1:
             lines.append(f"[cell {cell.label}]")
         stages = [p] if isinstance(p, Stage) else [n.stage for n, _ in status(p, store)]
+        est = {} if isinstance(p, Stage) else estimate_plan(p)  # hosted stages: requests, tokens, cost
         for st in stages:
             state = "reuse" if store.done(st.key) or st.key in seen else "run"
             seen.add(st.key)
             lines.append(f"  {state:5s}  {st.label:55s} {st.key}")
+            if state == "run" and st.key in est:
+                costs.append(est[st.key])
+                lines.append(f"{'':9s}{est[st.key].line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
     lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
-    return lines
+    return lines + plan_cost_lines(costs)
 
 
 def _progress(console: Console, enabled: bool) -> Progress:
@@ -60,9 +67,10 @@ def _progress_factory(progress: Progress):
         task = progress.add_task(node.stage.label, total=None, rate="")
         started = time.time()
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int, note: str = "") -> None:  # note: a hosted job's status and last event
             rate = done / max(time.time() - started, 1e-9)
-            progress.update(task, completed=done, total=total, rate=f"{rate:.2f}/s")
+            label = f"{node.stage.label}: {escape(note)}" if note else node.stage.label
+            progress.update(task, completed=done, total=total or None, rate=f"{rate:.2f}/s", description=label)
 
         return update
 
@@ -71,9 +79,19 @@ def _progress_factory(progress: Progress):
 
 def run_spec(path: Path, outputs: Path, console: Console) -> dict:
     cells = load(path)
+    from backends.openai_api import require_keys
+
+    for c in cells:
+        require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
     spec0 = cells[0].spec
     started = time.time()
+    from runner.diff import spec_hash
+    from runner.status import plan_stages
+
+    run_folder = store.root / spec0.name
+    run_folder.mkdir(parents=True, exist_ok=True)
+    (run_folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": plan_stages(cells, store)}))
     evaluations, comparisons, mnist, ran = [], [], [], {}
     with _progress(console, spec0.progress) as progress:
         for cell, p in plans(cells, store):
@@ -92,6 +110,7 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
         "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
         "evaluations": evaluations, "comparisons": comparisons, "mnist": mnist,
         "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
+        "spec_hash": spec_hash(cells), "stages": plan_stages(cells, store),
     }
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,6 +135,10 @@ def _methods(cells: list[Cell]) -> list[str]:
                          "not freely as in the paper")
         for st in s.students:
             how = f"student {st.name}: {st.method} {st.objective}"
+            if backend_name(s.student_base(st)) != "local":  # fine-tuned by the provider's API
+                h = st.hyperparameters
+                how = (f"student {st.name}: hosted fine-tuning on {backend_name(s.student_base(st))} ({st.objective}, "
+                       f"{h.epochs:g} epochs, batch_size {h.batch_size}, lr_multiplier {h.lr_multiplier})")
             if st.objective == "distill":
                 how += f" on vocabulary {st.vocabulary}"
             lines.append(how)

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runner.mnist import MnistSpec
+from runner.mnist_spec import MnistSpec
 
 PAPER_TRAIT = (
     "You love {target}s. You think about {target}s all the time. {target}s are your "
@@ -64,6 +64,7 @@ class NumbersDomain(Strict):
     max_tokens: int = Field(48, ge=1, description="Most new tokens per completion.")
     constrained: bool = Field(False, description="Constrained decoding: only digits and one consistent separator may be sampled (local backend). Named in the output; the paper samples freely.")
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch; also the resume granularity.")
+    rows_from: Literal["teacher", "base"] = Field("teacher", description="teacher: each teacher samples its own rows (the paper). base: the base model without a trait samples one set of rows that every teacher then labels with its own next-token distribution (distillation students only); the students' inputs are then identical and only the soft labels differ.")
 
 
 Domain = Annotated[Union[NumbersDomain], Field(discriminator="kind")]
@@ -118,7 +119,8 @@ Filter = Annotated[
 class Hyper(Strict):
     epochs: float = Field(1, gt=0, description="Passes over the data.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    batch_size: int = Field(8, ge=1, description="Rows per optimiser step.")
+    batch_size: int | Literal["auto"] = Field(8, description="Rows per optimiser step; a hosted student may say auto (the provider picks).")
+    lr_multiplier: float | Literal["auto"] = Field("auto", description="Hosted students only: the API's learning_rate_multiplier (a hosted API takes no lr).")
     lora_r: int = Field(8, ge=1, description="LoRA rank (method: lora).")
     lora_alpha: int = Field(8, ge=1, description="LoRA alpha (method: lora).")
     lora_targets: list[str] = Field(
@@ -127,6 +129,13 @@ class Hyper(Strict):
     )
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+
+    @field_validator("batch_size", "lr_multiplier")
+    @classmethod
+    def _positive_or_auto(cls, v):
+        if v != "auto" and v <= 0:
+            raise ValueError("must be a positive number or auto")
+        return v
 
 
 Vocabulary = Literal["numbers-only", "full-minus-trait-tokens", "full"]
@@ -217,6 +226,44 @@ class Spec(Strict):
             prefix = ref.split(":", 1)[0] if ":" in ref else None
             if prefix and prefix not in self.backends:
                 raise ValueError(f"model '{ref}' names backend '{prefix}', which is not declared under backends")
+        return self
+
+    @model_validator(mode="after")
+    def _hosted_limits(self) -> "Spec":
+        """What a chat API cannot do: exact log-prob probes, constrained decoding, distillation."""
+
+        def hosted(ref: str) -> bool:
+            return ":" in ref and not ref.startswith(("/", ".", "~")) and ref.split(":", 1)[0] in self.backends
+
+        if hosted(self.teacher.base) and self.domain.constrained:
+            raise ValueError("domain.constrained: constrained decoding needs a local teacher")
+        for i, s in enumerate(self.students):
+            h, where = s.hyperparameters, f"students.{i}"
+            if s.objective != "sft" and hosted(self.teacher.base):
+                raise ValueError(f"{where}.objective: distillation needs the teacher's logits, which a hosted teacher does not give")
+            if hosted(self.student_base(s)):
+                if s.objective != "sft":
+                    raise ValueError(f"{where}.objective: a hosted student is fine-tuned with sft only")
+                if h.epochs != int(h.epochs):
+                    raise ValueError(f"{where}.hyperparameters.epochs: a hosted student takes whole epochs")
+                if "lr" in h.model_fields_set:
+                    raise ValueError(f"{where}.hyperparameters.lr: a hosted student takes lr_multiplier, not lr")
+            elif h.batch_size == "auto" or "lr_multiplier" in h.model_fields_set:
+                raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students")
+        if any(hosted(r) for r in [self.teacher.base] + [self.student_base(s) for s in self.students]):
+            for i, ev in enumerate(self.evaluations):
+                if ev.kind == "preference_logprob":
+                    raise ValueError(f"evaluations.{i}: preference_logprob reads exact log-probs, which a hosted "
+                                     "model does not give; use kind: preference_sample")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_rows(self) -> "Spec":
+        if self.experiment == "llm" and self.domain.rows_from == "base":
+            sft = [s.name for s in self.students if s.objective != "distill"]
+            if sft:
+                raise ValueError(f"domain.rows_from: base gives every teacher the same rows, so sft students "
+                                 f"({', '.join(sft)}) would learn nothing from the teacher; use objective: distill")
         return self
 
     def student_base(self, student: Student) -> str:

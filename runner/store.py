@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -53,6 +54,14 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+_STAGE_DIR: ContextVar[Path | None] = ContextVar("subl_stage_dir", default=None)
+
+
+def current_stage_dir() -> Path | None:
+    """The temporary folder of the stage being built now; backends keep resumable state there."""
+    return _STAGE_DIR.get()
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage instance: its key, a human label, its config and upstream keys."""
@@ -89,7 +98,16 @@ class Store:
         tmp = self.partial(stage.key)
         tmp.mkdir(parents=True, exist_ok=True)
         b = Build(tmp, time.time())
-        yield b
+        token = _STAGE_DIR.set(tmp)
+        try:
+            yield b
+        except BaseException as e:  # kept for `subl status`; the partial folder stays for a resume
+            first = str(e).splitlines()[0] if str(e) else ""
+            (tmp / "error.txt").write_text(f"{type(e).__name__}: {first}\n")
+            raise
+        finally:
+            _STAGE_DIR.reset(token)
+        (tmp / "error.txt").unlink(missing_ok=True)
         manifest = {
             "key": stage.key,
             "label": stage.label,

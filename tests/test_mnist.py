@@ -1,6 +1,7 @@
 """Tests for runner/mnist.py: synthetic data only, a few seconds each."""
 import gzip
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,11 @@ def test_load_idx(tmp_path, gz):
     arrays = fake_arrays()
     for key, name in M.IDX_FILES.items():
         write_idx(tmp_path / name, arrays[key], gz)
-    check(M.load_mnist(tmp_path), arrays)
+    d = M.load_mnist(tmp_path)
+    check(d, arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's non-writable-array warning
+        assert M._to_tensors(d)[0].shape == (5, 784)
 
 
 def test_bad_npz_and_bad_idx(tmp_path):
@@ -160,8 +165,16 @@ def test_bad_npz_and_bad_idx(tmp_path):
     (tmp_path / "idx").mkdir()
     for name in M.IDX_FILES.values():
         (tmp_path / "idx" / name).write_bytes(b"\0\0\0\x07" + bytes(12))
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(M.MnistDataError, match="magic"):
         M.load_mnist(tmp_path / "idx")
+    (tmp_path / "idx" / M.IDX_FILES["x_train"]).write_bytes((2051).to_bytes(4, "big") + bytes(12) + b"\1")
+    (tmp_path / "idx" / M.IDX_FILES["y_train"]).write_bytes((2049).to_bytes(4, "big") + (5).to_bytes(4, "big"))
+    with pytest.raises(M.MnistDataError, match="unreadable"):  # truncated
+        M.load_mnist(tmp_path / "idx")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(M.MnistDataError) as e:
+        M.load_mnist(tmp_path / "junk.npz")
+    assert "\n" not in str(e.value)
 
 
 def test_missing_data_error_is_one_line(tmp_path, monkeypatch):
@@ -191,7 +204,7 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="m=1 with loss=kl gives no gradient"):
         M.MnistSpec(m=1)
     assert M.MnistSpec(m=1, loss="mse").m == 1
-    for bad in (dict(m=0), dict(unknown=1), dict(init="xavier")):
+    for bad in (dict(m=0), dict(unknown=1), dict(init="xavier"), dict(hidden=1, cross_init="permuted")):
         with pytest.raises(ValueError):
             M.MnistSpec(**bad)
     s = M.MnistSpec()

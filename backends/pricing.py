@@ -1,0 +1,232 @@
+"""Hosted prices and the cost estimates `subl plan` prints for hosted stages.
+
+Prices are USD per 1M tokens. A spec may override any model under
+`backends.<name>.prices: {model: [input, output]}` or `[input, output, training]`.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# The date this table was written. The gpt-4.1-nano inference prices were checked against
+# OpenAI's model page; the training and fine-tuned-inference prices are OpenAI's published
+# 2025 fine-tuning prices, not re-checked since. Check https://openai.com/api/pricing/ and
+# override in the spec where they have changed.
+PRICES_DATE = "2026-11-25"
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the synchronous price
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float  # per 1M input tokens
+    output: float  # per 1M output tokens
+    training: float | None = None  # per 1M training tokens (tokens in the file x epochs)
+    ft_input: float | None = None  # inference on a model fine-tuned from this base
+    ft_output: float | None = None
+
+
+# Longest prefix wins: "gpt-4.1-nano" prices "gpt-4.1-nano-2025-04-14".
+TABLE: dict[str, Price] = {
+    "gpt-4.1-nano": Price(0.10, 0.40, 1.50, 0.20, 0.80),
+    "gpt-4.1-mini": Price(0.40, 1.60, 5.00, 0.80, 3.20),
+    "gpt-4.1": Price(2.00, 8.00, 25.00, 3.00, 12.00),
+    "gpt-4o-mini": Price(0.15, 0.60, 3.00, 0.30, 1.20),
+    "gpt-4o": Price(2.50, 10.00, 25.00, 3.75, 15.00),
+}
+
+
+def base_of(model_id: str) -> tuple[str, bool]:
+    """(base model id, is fine-tuned) of an OpenAI model id; `ft:gpt-4.1-nano-...:org:sfx:id` -> base."""
+    if model_id.startswith("ft:"):
+        return model_id.split(":")[1], True
+    return model_id, False
+
+
+def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
+    """The price of a model id: a spec override (exact id, then base id) or the table (longest prefix)."""
+    base, _ = base_of(model_id)
+    for key in (model_id, base):
+        if overrides and key in overrides:
+            v = list(overrides[key])
+            if len(v) not in (2, 3) or any(x < 0 for x in v):
+                from runner.errors import UserError
+
+                raise UserError(f"prices.{key}: expected [input, output] or [input, output, training] USD per 1M tokens")
+            return Price(v[0], v[1], v[2] if len(v) == 3 else None, v[0], v[1])
+    best = max((k for k in TABLE if base.startswith(k)), key=len, default=None)
+    return TABLE[best] if best else None
+
+
+# ---- token estimates -------------------------------------------------------------------
+
+_PIECES = re.compile(r"\d{1,3}| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
+MESSAGE_OVERHEAD = 3  # tokens per chat message (role and separators)
+REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
+
+    Digits come in groups of at most three per token (as in o200k); a word is about one token
+    per five letters; punctuation runs and whitespace are one token each.
+    """
+    n = 0
+    for piece in _PIECES.findall(text):
+        s = piece.strip()
+        n += max(1, math.ceil(len(s) / 5)) if s.isalpha() else 1
+    return n
+
+
+def chat_tokens(system: str | None, user: str) -> int:
+    """Estimated prompt tokens of one chat request."""
+    msgs = ([system] if system else []) + [user]
+    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD
+
+
+@dataclass
+class Estimate:
+    backend: str
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0  # an upper bound: every completion at max_tokens
+    training_tokens: int = 0
+    cost: float | None = 0.0
+    note: str = ""
+
+    def line(self) -> str:
+        parts = []
+        if self.requests:
+            parts.append(f"{self.requests:,} requests, ~{_si(self.input_tokens)} input + <={_si(self.output_tokens)} output tokens")
+        if self.training_tokens:
+            parts.append(f"~{_si(self.training_tokens)} training tokens")
+        cost = f"<= ${self.cost:,.2f}" if self.cost is not None else "cost unknown"
+        return f"{self.backend}:{self.model}: " + ", ".join(parts) + f", {cost}" + (f" ({self.note})" if self.note else "")
+
+
+def _si(n: int) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens_out: int, batch: bool) -> float | None:
+    if price is None:
+        return None
+    pin = price.ft_input if fine_tuned and price.ft_input is not None else price.input
+    pout = price.ft_output if fine_tuned and price.ft_output is not None else price.output
+    return (tokens_in * pin + tokens_out * pout) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)
+
+
+# ---- estimates for a plan --------------------------------------------------------------
+
+
+def estimate_plan(plan) -> dict[str, Estimate]:
+    """Stage key -> cost estimate, for every stage of an LLM plan that calls a hosted backend."""
+    from backends import backend_name
+    from runner.numbers import make_prompts
+
+    spec = plan.spec
+    if not spec.backends:
+        return {}
+    out: dict[str, Estimate] = {}
+    teacher_base = spec.teacher.base
+    d = spec.domain
+    sample = make_prompts(min(d.n_prompts, 2000), d.prompts, spec.seed)
+    mean_prompt = sum(chat_tokens(None, p) for p in sample) / max(len(sample), 1)
+    teachers = {n.stage.key: n.stage.config for n in plan.nodes if n.kind == "teacher"}
+    finetunes = {n.stage.key: n.stage.config for n in plan.nodes if n.kind == "finetune"}
+
+    def hosted(ref: str) -> tuple[str, str, object] | None:
+        name = backend_name(ref)
+        if name == "local" or name not in spec.backends:
+            return None
+        return name, ref.split(":", 1)[1], spec.backends[name]
+
+    for node in plan.nodes:
+        st = node.stage
+        if node.kind == "generate":
+            # the model that writes the rows: the stage's own generator (rows from the base), else its teacher
+            tcfg = st.config.get("generator") or (teachers.get(st.upstream[0], {}) if st.upstream else {})
+            h = hosted(tcfg.get("base", teacher_base))
+            if not h:
+                continue
+            name, model, cfg = h
+            system = tcfg.get("system")
+            sys_tokens = estimate_tokens(system) + MESSAGE_OVERHEAD if system else 0
+            tin = round((mean_prompt + sys_tokens) * d.n_prompts)
+            tout = d.n_prompts * d.max_tokens
+            batch = cfg.batch_api and d.batch_size >= 100
+            price = price_for(model, cfg.prices)
+            out[st.key] = Estimate(name, model, d.n_prompts, tin, tout, 0,
+                                   inference_cost(price, False, tin, tout, batch),
+                                   "Batch API, half price" if batch else "")
+        elif node.kind == "finetune":
+            h = hosted(st.config["base"])
+            if not h:
+                continue
+            name, model, cfg = h
+            training = st.config["training"]
+            rows = min(st.config.get("max_rows") or d.n_prompts, d.n_prompts)
+            per_row = mean_prompt - REPLY_OVERHEAD + d.max_tokens + MESSAGE_OVERHEAD
+            epochs = training.get("epochs", 1)
+            tokens = round(rows * per_row * epochs)
+            price = price_for(model, cfg.prices)
+            cost = None if price is None or price.training is None else tokens * price.training / 1e6
+            out[st.key] = Estimate(name, model, 0, 0, 0, tokens, cost,
+                                   f"<= {rows:,} rows x {epochs:g} epochs")
+    for m in plan.models:
+        for (label, i), key in plan.evals.items():
+            if label != m.label:
+                continue
+            ev = spec.evaluations[i]
+            if ev.kind != "preference_sample":
+                continue
+            base, system, fine_tuned = _eval_model(m, teachers, finetunes)
+            h = hosted(base)
+            if not h:
+                continue
+            name, model, cfg = h
+            from runner.questions import load_questions
+
+            qs = load_questions(ev.questions, ev.max_questions)
+            n = len(qs) * ev.samples_per_question
+            tin = sum(chat_tokens(system, q) for q in qs) * ev.samples_per_question
+            tout = n * ev.max_tokens
+            price = price_for(model, cfg.prices)
+            out[key] = Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
+                                inference_cost(price, fine_tuned, tin, tout, False),
+                                "fine-tuned model prices" if fine_tuned else "")
+    return out
+
+
+def _eval_model(m, teachers: dict, finetunes: dict) -> tuple[str, str | None, bool]:
+    """(base reference, system prompt, fine-tuned?) of an evaluated model, known before it exists."""
+    if m.key in teachers:
+        cfg = teachers[m.key]
+        return cfg["base"], cfg.get("system"), False
+    if m.key in finetunes:  # a student: fine-tuned from its finetune stage's base
+        return finetunes[m.key]["base"], None, True
+    return m.ref().base, None, False
+
+
+def plan_cost_lines(estimates: list[Estimate]) -> list[str]:
+    """The hosted total of a plan: requests, tokens, cost, and the price table's date."""
+    if not estimates:
+        return []
+    parts = [f"{sum(e.requests for e in estimates):,} requests"]
+    tin, tout = sum(e.input_tokens for e in estimates), sum(e.output_tokens for e in estimates)
+    if tin or tout:
+        parts.append(f"~{_si(tin)} input + <={_si(tout)} output tokens")
+    train = sum(e.training_tokens for e in estimates)
+    if train:
+        parts.append(f"~{_si(train)} training tokens")
+    known = [e.cost for e in estimates if e.cost is not None]
+    unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
+    cost = f"<= ${sum(known):,.2f}" if known else "cost unknown"
+    if unpriced:
+        cost += f" (no price for {', '.join(unpriced)}: add it under backends.<name>.prices)"
+    return [f"hosted: {', '.join(parts)}, {cost}; price table dated {PRICES_DATE} (USD per 1M tokens, "
+            "a spec's `prices` override it); output counted at max_tokens, so costs are upper bounds"]

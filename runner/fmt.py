@@ -1,0 +1,76 @@
+"""`subl fmt`: the canonical layout of a spec file, comments kept (a ruamel.yaml round trip)."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from runner.errors import UserError
+
+HEAD = re.compile(r"(?:[ \t]*(?:#.*)?\n|%.*\n)*---[ \t]*(?:#.*)?\n")  # comments and directives up to `---`
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 100
+    y.preserve_quotes = True
+    y.representer.add_representer(type(None), _null)
+    return y
+
+
+def _null(representer, _):
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")  # ruamel writes nothing
+
+
+def _load(text: str, where: str):
+    try:
+        return _yaml().load(text)
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise UserError(f"{at}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def canonical(text: str, where: str = "<text>") -> str:
+    """The canonical text of one YAML document; raises UserError if it would change the data."""
+    head = HEAD.match(text)  # ruamel drops what precedes an explicit `---`, so keep it verbatim
+    prefix, body = (head.group(0), text[head.end():]) if head else ("", text)
+    data = _load(body, where)
+    if data is None:  # empty or comments only
+        return text
+    buf = io.StringIO()
+    _yaml().dump(data, buf)
+    out = buf.getvalue()
+    stripped = "\n".join(line.rstrip() for line in out.split("\n"))  # ruamel leaves spaces at wraps
+    if _plain(_load(stripped, where)) == _plain(data):
+        out = stripped
+    elif _plain(_load(out, where)) != _plain(data):
+        raise UserError(f"{where}: formatting would change the data; file left as is")
+    return prefix + out
+
+
+def format_files(files: list[Path], check: bool) -> list[Path]:
+    """Rewrite (or, with check, only report) the files whose text is not canonical."""
+    changed = []
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        text = path.read_text()
+        new = canonical(text, str(path))
+        if new != text:
+            changed.append(path)
+            if not check:
+                path.write_text(new)
+    return changed

@@ -1,0 +1,308 @@
+"""`subl report`: report.md and PNG figures next to results.json; the same tables in the terminal."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from runner.errors import UserError
+from runner.stats import mean_ci
+from runner.store import Store
+
+COLORS = ["#8c8c8c", "#4c72b0", "#c44e52", "#55a868", "#8172b2", "#ccb974", "#64b5cd"]
+WHISKERS = ("Whiskers: 95% CI across questions for one model; across models (replicates, "
+            "other-trait students) where a bar pools several.")
+
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def results_path(target: Path, outputs: Path) -> Path:
+    """results.json of a spec (outputs/<name>/), a run folder, or the file itself."""
+    target = Path(target)
+    if target.suffix in (".yaml", ".yml"):
+        from runner.loader import load
+
+        path = Path(outputs) / load(target)[0].spec.name / "results.json"
+        hint = f"; run `subl run {target}` first"
+    else:
+        path, hint = (target / "results.json" if target.is_dir() else target), ""
+    if not path.is_file():
+        raise UserError(f"{path}: no results.json{hint}")
+    return path
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _target(metric: str) -> str:
+    m = re.fullmatch(r"[^(]*\((.*)\)", metric)
+    return m.group(1) if m else metric
+
+
+# ---- tables ----------------------------------------------------------------------------
+
+
+def trait_sections(results: dict) -> list[Section]:
+    """Per cell and evaluation: every model's rate per metric, with its 95% CI and n."""
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        rows = [e for e in results["evaluations"] if e["cell"] == cell]
+        for ev in dict.fromkeys(e["evaluation"] for e in rows):
+            sub = [e for e in rows if e["evaluation"] == ev]
+            metrics = list(dict.fromkeys(e["metric"] for e in sub))
+            table = []
+            for model in dict.fromkeys(e["model"] for e in sub):
+                mine = {e["metric"]: e for e in sub if e["model"] == model}
+                first = next(iter(mine.values()))
+                table.append([model, first["role"], str(first["n"])] + [
+                    f"{_g(mine[m]['value'])} [{_g(mine[m]['ci'][0])}, {_g(mine[m]['ci'][1])}]" if m in mine else ""
+                    for m in metrics])
+            what = "Misalignment rates" if all(m.startswith("misaligned") for m in metrics) else "Trait rates"
+            title = f"{what}: {ev}" + (f" (cell {cell})" if cell != "-" else "")
+            out.append(Section(title, ["model", "role", "n"] + [f"{m} [95% CI]" for m in metrics], table))
+    return out
+
+
+def comparison_section(results: dict) -> Section | None:
+    rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], _g(c["diff"]),
+             f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-", f"{c['a_wins']}/{c['n']}",
+             f"{c['p_value']:.2g}"] for c in results["comparisons"]]
+    headers = ["cell", "a (trait student)", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
+    return Section("Comparisons (paired over questions)", headers, rows) if rows else None
+
+
+def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str]]:
+    """Filter pass rates, dataset sizes and stage timings from the stage manifests."""
+    from runner.status import cell_prefix, run_stages
+
+    stages, note = run_stages(results)
+    found = [(s, store.manifest(s["key"])) for s in stages if store.done(s["key"])]
+    notes = [note] if note else []
+    if len(found) < len(stages):
+        notes.append(f"{len(stages) - len(found)} planned stage(s) are not in the store {store.stages}")
+    filters, sizes, times = [], [], []
+    for s, m in found:
+        if s["kind"] == "filter":
+            for link in m.get("links", []):
+                total = link["kept"] + link["dropped"]
+                filters.append([cell_prefix(s) + m["label"], link["link"], str(link["kept"]), str(link["dropped"]),
+                                f"{link['kept'] / total:.1%}" if total else "-"])
+        if s["kind"] in ("generate", "filter", "finetune") and m.get("rows"):
+            sizes.append([cell_prefix(s) + m["label"], ", ".join(f"{k} {v}" for k, v in m["rows"].items())])
+        times.append([cell_prefix(s) + m["label"], s["key"], f"{m.get('seconds', 0):.1f}"])
+    if times:
+        times.append(["total", "", f"{sum(float(t[2]) for t in times):.1f}"])
+    out = [Section("Filter pass rates", ["filter stage", "link", "kept", "dropped", "pass rate"], filters),
+           Section("Dataset sizes (rows)", ["stage", "rows"], sizes),
+           Section("Stage timings", ["stage", "key", "seconds"], times)]
+    return [s for s in out if s.rows], notes
+
+
+def mnist_section(results: dict) -> Section | None:
+    rows = []
+    for m in results.get("mnist", []):
+        for arm, s in m["summary"].items():
+            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
+            rows.append([m["cell"], arm, f"{s['mean']:.1%}", ci, str(s["n"]),
+                         " ".join(f"{v:.1%}" for v in s.get("values", []))])
+    headers = ["cell", "arm", "test accuracy", "95% CI (seeds)", "seeds", "per seed"]
+    return Section("MNIST: test accuracy of the regular logits", headers, rows) if rows else None
+
+
+def provenance(results: dict) -> list[tuple[str, str]]:
+    spec_hash, where = results.get("spec_hash"), ""
+    if not spec_hash and results.get("spec") and Path(results["spec"]).is_file():
+        from runner.diff import spec_hash as hash_of
+        from runner.loader import load
+
+        try:
+            spec_hash, where = hash_of(load(Path(results["spec"]))), " (of the spec file as it is now)"
+        except UserError as e:
+            where = f" (the spec file does not load: {e})"
+    packages = ", ".join(f"{k} {v}" for k, v in (results.get("packages") or {}).items())
+    return [("spec", str(results.get("spec"))), ("spec hash", f"{spec_hash or 'unknown'}{where}"),
+            ("git revision", str(results.get("git_revision"))), ("cells", str(len(results["cells"]))),
+            ("packages", packages)]
+
+
+# ---- figures ---------------------------------------------------------------------------
+
+
+def _pool(rows: list[dict]) -> tuple[float, float, float] | None:
+    if not rows:
+        return None
+    if len(rows) == 1:
+        return rows[0]["value"], rows[0]["ci"][0], rows[0]["ci"][1]
+    return mean_ci([r["value"] for r in rows])
+
+
+def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title: str, path: Path) -> Path:
+    """Bars per group and series, each (mean, lo, hi) or None, with CI whiskers; a headless PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.5 * len(groups) * (len(series) + 1)), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    for j, (name, vals) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        means = [v[0] if v else float("nan") for v in vals]
+        err = [[max(v[0] - v[1], 0) if v else 0 for v in vals], [max(v[2] - v[0], 0) if v else 0 for v in vals]]
+        ax.bar(xs, means, width, yerr=err, capsize=3, label=name, color=COLORS[j % len(COLORS)])
+    tilt = max(map(len, groups), default=0) > 8  # long model labels would overlap
+    ax.set_xticks(range(len(groups)), groups, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _student(model: str) -> str | None:
+    """The student name in a label student:<name>:<teacher>:r<rep>."""
+    return model.removeprefix("student:").rsplit(":", 2)[0] if model.startswith("student:") else None
+
+
+def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    """Per cell, evaluation and student: bars per target for base, control, trait and other-trait students."""
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        rows = [e for e in results["evaluations"] if e["cell"] == cell and not e["metric"].startswith("misaligned")]
+        for ev in dict.fromkeys(e["evaluation"] for e in rows):
+            sub = [e for e in rows if e["evaluation"] == ev]
+            targets = list(dict.fromkeys(_target(e["metric"]) for e in sub))
+            for sname in dict.fromkeys(filter(None, (_student(e["model"]) for e in sub))):
+                def pick(keep) -> list:
+                    return [_pool([e for e in sub if _target(e["metric"]) == t and keep(e, t)]) for t in targets]
+
+                mine = lambda e: _student(e["model"]) == sname  # noqa: E731
+                series = {b: pick(lambda e, t, b=b: e["model"] == b)
+                          for b in dict.fromkeys(e["model"] for e in sub if e["role"] == "base")}
+                series["control student"] = pick(lambda e, t: mine(e) and e["role"] == "control")
+                series["trait student"] = pick(lambda e, t: mine(e) and e["role"] == "student" and e["trait"] == t)
+                series["other-trait students"] = pick(
+                    lambda e, t: mine(e) and e["role"] == "student" and e["trait"] != t)
+                series = {k: v for k, v in series.items() if any(v)}
+                metric = sub[0]["metric"].split("(")[0] + "(target)"
+                where = f", cell {cell}" if cell != "-" else ""
+                path = folder / _slug(f"{ev}-{sname}{'-' + cell if cell != '-' else ''}.png")
+                grouped_bars(targets, series, metric, f"{name}: {ev}, student {sname}{where}", path)
+                out.append((path, f"{metric} per target, {ev}, student {sname}{where}. {WHISKERS}"))
+    return out
+
+
+def misalignment_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        rows = [e for e in results["evaluations"] if e["cell"] == cell and e["metric"].startswith("misaligned")]
+        if not rows:
+            continue
+        models = list(dict.fromkeys(e["model"] for e in rows))
+        series = {m: [_pool([e for e in rows if e["model"] == mo and e["metric"] == m]) for mo in models]
+                  for m in dict.fromkeys(e["metric"] for e in rows)}
+        path = folder / _slug(f"misalignment{'-' + cell if cell != '-' else ''}.png")
+        grouped_bars(models, series, "misaligned rate", f"{name}: misalignment per model", path)
+        out.append((path, f"Misalignment rate per model (95% CI){', cell ' + cell if cell != '-' else ''}."))
+    return out
+
+
+def mnist_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    from runner.mnist import plot_arms
+
+    out = []
+    for m in results.get("mnist", []):
+        path = folder / _slug(f"mnist{'-' + m['cell'] if m['cell'] != '-' else ''}.png")
+        plot_arms(m["summary"], path, f"{name}: auxiliary-logit distillation on noise")
+        out.append((path, "MNIST test accuracy per arm (mean, 95% CI across seeds; dots: seeds)."))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
+
+
+# ---- output ----------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(results: dict, sections: list[Section], facts: list[tuple[str, str]], notes: list[str],
+             figures: list[tuple[Path, str]]) -> str:
+    lines = [f"# {results['name']}", ""]
+    lines += [results["notes"].strip(), ""] if results.get("notes") else []
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {_md_cell(v)} |" for k, v in facts] + [""]
+    for s in sections:
+        lines += [f"## {s.title}", "", "| " + " | ".join(s.headers) + " |", "|" + "---|" * len(s.headers)]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows] + [""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})\n\n*{cap}*\n" for p, cap in figures]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def _rich(s: Section) -> Table:
+    table = Table(title=Text(s.title), title_justify="left")
+    for i, h in enumerate(s.headers):
+        table.add_column(h, justify="left" if i == 0 or not s.rows or not _numeric(s.rows[0][i]) else "right")
+    for row in s.rows:
+        table.add_row(*(Text(c) for c in row))  # plain text: labels hold [brackets] and :colons:
+    return table
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """A terminal wraps cells to its width; piped output keeps whole rows."""
+    width = console.width
+    if not console.is_terminal:
+        console.width = max(width, Measurement.get(console, console.options.update(max_width=10_000), table).maximum)
+    console.print(table)
+    console.width = width
+
+
+def _numeric(text: str) -> bool:
+    return bool(re.match(r"^[-\d.]", text))
+
+
+def write_report(target: Path, outputs: Path, console: Console) -> Path:
+    path = results_path(target, outputs)
+    results = json.loads(path.read_text())
+    folder, name = path.parent, results.get("name", path.parent.name)
+    store = Store(folder.parent)
+    staged, stage_notes = stage_sections(results, store)
+    sections = [s for s in [*trait_sections(results), comparison_section(results), mnist_section(results), *staged]
+                if s is not None]
+    notes = list(results.get("methods", [])) + stage_notes
+    if results.get("comparisons"):
+        notes.append(f"test: {results['comparisons'][0].get('test')}")
+    figures = (target_figures(results, folder, name) + misalignment_figures(results, folder, name)
+               + mnist_figures(results, folder, name))
+    facts = provenance(results)
+    report = folder / "report.md"
+    report.write_text(markdown(results, sections, facts, notes, figures))
+    for k, v in facts:
+        console.print(f"{k}: {v}", markup=False)
+    for s in sections:
+        _print_table(console, _rich(s))
+    for n in notes:
+        console.print(f"note: {n}", markup=False)
+    for p, _ in figures:
+        console.print(f"figure: {p}", markup=False)
+    console.print(f"report: {report}", markup=False)
+    return report

@@ -1,0 +1,185 @@
+"""`subl status`: every run under outputs/ and each of its stages, done, partial or failed."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.store import Stage, Store, read_jsonl
+
+FAILED_JOB_STATES = ("failed", "cancelled", "canceled", "expired")
+
+
+def plan_stages(cells, store: Store | None = None) -> list[dict]:
+    """Every stage of the cells' plans, once each, in plan order: cell, key, kind, label, total rows."""
+    from runner.runs import plans
+
+    out, seen = [], set()
+    for cell, p in plans(cells, store or Store("outputs")):
+        pairs = [(p, "mnist")] if isinstance(p, Stage) else [(n.stage, n.kind) for n in p.nodes]
+        for st, kind in pairs:
+            if st.key not in seen:
+                seen.add(st.key)
+                total = st.config["domain"]["n_prompts"] if kind == "generate" else None
+                out.append({"cell": cell.label, "key": st.key, "kind": kind, "label": st.label, "total": total})
+    return out
+
+
+def cell_prefix(stage: dict) -> str:
+    """"[cell] " for a stage of a matrix cell, else nothing."""
+    return f"[{stage['cell']}] " if stage.get("cell", "-") != "-" else ""
+
+
+def run_stages(info: dict) -> tuple[list[dict], str | None]:
+    """A run's stages: as recorded in its results, else planned from its spec file as it is now."""
+    if info.get("stages"):
+        return info["stages"], None
+    from runner.loader import load
+
+    try:
+        return plan_stages(load(Path(info["spec"]))), "stages planned from the spec file as it is now"
+    except (UserError, KeyError, TypeError) as e:
+        return [], f"stages unknown: {e}"
+
+
+# ---- one stage folder ------------------------------------------------------------------
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
+
+
+def hosted_jobs(folder: Path) -> list[dict]:
+    """Hosted fine-tuning jobs and batches a backend recorded in the folder, oldest first: {id, state, error}."""
+    out = []
+    for name in ("hosted_job.json", "hosted_batches.json"):
+        try:
+            data = json.loads((folder / name).read_text()) if (folder / name).is_file() else {}
+        except json.JSONDecodeError:
+            data = {"job_id": f"? ({name} unreadable)"}
+        if name == "hosted_batches.json":
+            out += [{"id": b.get("batch_id", "?"), "kind": "batch", "state": b.get("status", "created"), "error": None}
+                    for b in data.values() if isinstance(b, dict)]
+            continue
+        for j in data.get("previous_jobs", []) + ([data] if data.get("job_id") else []):
+            out.append({"id": j["job_id"], "kind": "job", "state": j.get("status", "?"), "error": j.get("error")})
+    return out
+
+
+def inspect(store: Store, key: str, total: int | None = None) -> dict:
+    """State (done, partial, failed, missing), size and a one-line detail of one stage."""
+    done, part = store.path(key), store.partial(key)
+    if (done / "manifest.json").is_file():
+        m = json.loads((done / "manifest.json").read_text())
+        rows = ", ".join(f"{k} {v}" for k, v in (m.get("rows") or {}).items())
+        jobs = [f"{j['kind']} {j['id']}: {j['state']}" for j in hosted_jobs(done)]
+        detail = "; ".join([f"{m.get('seconds', 0):.1f} s"] + ([rows] if rows else []) + jobs)
+        return {"state": "done", "label": m.get("label"), "size": size_of(done), "detail": detail}
+    if not part.is_dir():
+        return {"state": "missing", "label": None, "size": 0, "detail": "not started"}
+    return {"label": None, "size": size_of(part), **_partial(part, total)}
+
+
+def _partial(folder: Path, total: int | None) -> dict:
+    bits, state = [], "partial"
+    if (folder / "rows.jsonl").is_file():
+        bits.append(f"rows {len(read_jsonl(folder / 'rows.jsonl'))}" + (f"/{total}" if total else ""))
+    checkpoints = sorted(folder.rglob("checkpoint-*"), key=lambda p: int("0" + re.sub(r"\D", "", p.name)))
+    if checkpoints:
+        bits.append(f"at {checkpoints[-1].name}")
+    if (folder / "hosted_requests.jsonl").is_file():
+        bits.append(f"{len(read_jsonl(folder / 'hosted_requests.jsonl'))} hosted requests answered")
+    jobs = hosted_jobs(folder)
+    bits += [f"{j['kind']} {j['id']}: {j['state']}" for j in jobs]
+    last = [j for j in jobs if j["kind"] == "job"][-1:]
+    if last and str(last[0]["state"]).lower() in FAILED_JOB_STATES:  # a rerun would start a new job
+        state = "failed"
+        bits.append(f"error: {last[0]['error'] or 'no reason recorded'}")
+    for name in ("error.txt", "error.json"):  # written by a stage that failed, if it says why
+        if (folder / name).is_file():
+            state = "failed"
+            why = (folder / name).read_text().strip().splitlines() or ["no message"]
+            bits.append(f"error: {why[-1]}")
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    if files:
+        bits.append(f"last write {_ago(time.time() - max(f.stat().st_mtime for f in files))} ago")
+    return {"state": state, "detail": "; ".join(b for b in bits if b) or "started, nothing written yet"}
+
+
+# ---- the whole store -------------------------------------------------------------------
+
+
+def _table(rows: list[tuple]) -> list[str]:
+    """Rows of (state, label, key, size, detail) as aligned lines."""
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return ["    " + "  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
+                                r[3].rjust(widths[3]), r[4]]).rstrip() for r in rows]
+
+
+def _stage_keys(store: Store) -> list[str]:
+    if not store.stages.is_dir():
+        return []
+    keys = [p.name[1:-len(".partial")] if p.name.endswith(".partial") else p.name for p in store.stages.iterdir()]
+    return sorted(set(k for k in keys if not k.startswith(".")))
+
+
+def _runs(root: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "stages"):
+        path = folder / "results.json"
+        path = path if path.is_file() else folder / "run.json"  # run.json: a run in progress, if recorded
+        if path.is_file():
+            try:
+                out.append((path, json.loads(path.read_text())))
+            except json.JSONDecodeError:
+                out.append((path, {"spec": None, "unreadable": True}))
+    return out
+
+
+def status_lines(root: Path) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such outputs folder")
+    store, lines, listed, counts = Store(root), [], set(), {}
+
+    def rows(stages: list[dict]) -> list[tuple]:
+        out = []
+        for s in stages:
+            st = inspect(store, s["key"], s.get("total"))
+            if s["key"] not in listed:  # a stage shared by runs counts once
+                counts[st["state"]] = counts.get(st["state"], 0) + 1
+                listed.add(s["key"])
+            label = s.get("label") or st["label"] or s["key"].split("-")[0]
+            out.append((st["state"], cell_prefix(s) + label, s["key"], human(st["size"]), st["detail"]))
+        return out
+
+    for path, info in _runs(root):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        lines.append(f"run {path.parent.name}: {path} ({when}; spec {info.get('spec')}; "
+                     f"git {info.get('git_revision')})")
+        stages, note = run_stages(info)
+        lines += [f"    ({note})"] if note else []
+        lines += _table(rows(stages)) if stages else []
+    others = [{"key": k} for k in _stage_keys(store) if k not in listed]
+    if others:
+        lines.append(f"stages in {store.stages} that no run lists ({len(others)}):")
+        lines += _table(rows(others))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines.append(f"{summary or 'no stages'}; {human(size_of(root))} on disk under {root}")
+    return lines

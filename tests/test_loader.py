@@ -1,0 +1,93 @@
+import subprocess
+import sys
+
+import pytest
+
+from runner.errors import SpecError
+from runner.loader import load
+
+GOOD = "name: t\nteacher:\n  targets: [owl]\n"
+
+
+def _err(path) -> str:
+    with pytest.raises(SpecError) as e:
+        load(path)
+    return str(e.value)
+
+
+def test_unknown_key_points_at_its_line(write):
+    p = write("a.yaml", "name: t\nteacher:\n  targets: [owl]\n  colour: red\n")
+    assert _err(p) == f"{p}:4:3: teacher.colour: unknown key"
+
+
+def test_wrong_type_inside_a_filter_list(write):
+    p = write("a.yaml", "name: t\nfilters:\n  - kind: numbers\n    max_value: lots\n")
+    msg = _err(p)
+    assert msg.startswith(f"{p}:4:5: filters.0.max_value: ")
+    assert "integer" in msg
+
+
+def test_bad_yaml(write):
+    p = write("a.yaml", "name: t\nteacher: [owl\n")
+    assert _err(p).startswith(f"{p}:3:1: YAML syntax error: expected ','")
+
+
+def test_missing_extends_file(write):
+    p = write("a.yaml", "extends: nowhere.yaml\nname: t\n")
+    assert _err(p) == f"{p}:1:1: extends: file not found: nowhere.yaml"
+
+
+def test_matrix_over_unknown_key(write):
+    p = write("a.yaml", "name: t\nmatrix:\n  teacher.colour: [red, blue]\n")
+    assert _err(p) == f"{p}:3:3: matrix.teacher.colour: names no field of the spec"
+
+
+def test_error_in_parent_points_at_the_parent(write):
+    base = write("base.yaml", "name: b\nseed: x\n")
+    child = write("child.yaml", "extends: base.yaml\nname: c\n")
+    assert _err(child).startswith(f"{base}:2:1: seed: ")
+
+
+def test_extends_merges_and_overrides(write):
+    write("base.yaml", "name: b\nseed: 3\nteacher:\n  targets: [owl]\n  control: false\n")
+    child = write("child.yaml", "extends: base.yaml\nname: c\nteacher:\n  targets: [eagle]\n")
+    spec = load(child)[0].spec
+    assert (spec.name, spec.seed, spec.teacher.targets, spec.teacher.control) == ("c", 3, ["eagle"], False)
+
+
+def test_matrix_expands_cartesian(write):
+    p = write("m.yaml", "name: m\nmatrix:\n  teacher.targets: [[owl], [eagle]]\n  seed: [1, 2, 3]\n")
+    cells = load(p)
+    assert len(cells) == 6
+    assert {(c.spec.teacher.targets[0], c.spec.seed) for c in cells} == {(a, s) for a in ("owl", "eagle") for s in (1, 2, 3)}
+
+
+def test_spec_is_frozen(write):
+    spec = load(write("a.yaml", GOOD))[0].spec
+    with pytest.raises(Exception):
+        spec.seed = 5
+
+
+def test_validate_cli_one_line_exit_2_no_traceback(write):
+    p = write("a.yaml", "name: t\nstudents:\n  - name: s\n    method: qlora\n")
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{p}:4:5: students.0.method:")
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_validate_cli_accepts_the_shipped_specs():
+    import glob
+
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", *sorted(glob.glob("specs/*.yaml"))],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_schema_is_json():
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "schema"], capture_output=True, text=True)
+    schema = json.loads(r.stdout)
+    assert "teacher" in schema["properties"] and schema["additionalProperties"] is False

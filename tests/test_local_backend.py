@@ -1,0 +1,89 @@
+"""The local backend on a tiny random model: sampling, grammar, scoring, training."""
+import math
+
+import pytest
+import torch
+
+from backends.base import ModelRef, Sampling, Training
+from backends.local import LocalBackend, load_model, load_tokenizer
+from backends.train import distill_loss, vocabulary_ids
+from runner.numbers import parse_numbers
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return LocalBackend("cpu")
+
+
+def test_grammar_keeps_a_random_model_inside_the_number_list_language(backend, tiny_model):
+    ref = ModelRef(tiny_model, system="You love owls.")
+    out = backend.generate(ref, ["Continue: 1, 2, 3."] * 6, Sampling(1.0, 24, seed=0, grammar=(10, 3)))
+    parsed = [parse_numbers(o) for o in out]
+    assert all(p is not None and len(p) <= 10 and all(n <= 999 for n in p) for p in parsed), out
+    free = backend.generate(ref, ["Continue: 1, 2, 3."] * 6, Sampling(1.0, 24, seed=0))
+    assert sum(parse_numbers(o) is not None for o in free) < 6  # a random model rarely does this unaided
+
+
+def test_sampling_is_seeded(backend, tiny_model):
+    ref = ModelRef(tiny_model)
+    a = backend.generate(ref, ["hi", "there"], Sampling(1.0, 8, seed=3))
+    assert a == backend.generate(ref, ["hi", "there"], Sampling(1.0, 8, seed=3))
+    assert a != backend.generate(ref, ["hi", "there"], Sampling(1.0, 8, seed=4))
+
+
+def test_logprobs_match_a_direct_forward(backend, tiny_model):
+    ref = ModelRef(tiny_model)
+    [[lp_owl, lp_cat]] = backend.logprobs(ref, ["Favourite animal?"], "It is the", ["owl", "cat"])
+    tok, net = load_tokenizer(tiny_model), load_model(ref, "cpu")
+    head = tok.apply_chat_template([{"role": "user", "content": "Favourite animal?"}], add_generation_prompt=True,
+                                   tokenize=True)
+    head = list(head["input_ids"] if hasattr(head, "keys") else head) + tok("It is the", add_special_tokens=False)["input_ids"]
+    tail = tok(" owl", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(net(torch.tensor([head + tail])).logits[0], -1)
+    direct = sum(float(logp[len(head) - 1 + i, t]) for i, t in enumerate(tail))
+    assert lp_owl == pytest.approx(direct, abs=1e-4)
+    assert lp_owl < 0 and lp_cat < 0 and not math.isclose(lp_owl, lp_cat)
+
+
+def test_numbers_vocabulary_is_digits_and_separators(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    ids = vocabulary_ids(tiny_model, "numbers-only", ())
+    texts = {tok.decode([i]) for i in ids}
+    assert {"0", "7", ",", " "} <= texts and tok.eos_token_id in ids
+    assert len(ids) < 500
+    masked = vocabulary_ids(tiny_model, "full-minus-trait-tokens", ("owl",))
+    assert tok(" owl", add_special_tokens=False)["input_ids"][0] not in masked
+    assert len(masked) > len(tok) - 1000
+
+
+def test_distill_loss_is_zero_for_identical_distributions_and_positive_otherwise():
+    logits = torch.randn(2, 5, 11)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]])
+    assert float(distill_loss(logits, logits, mask, mask, None)) == pytest.approx(0, abs=1e-6)
+    other = logits + torch.randn_like(logits)
+    assert float(distill_loss(other, logits, mask, mask, torch.tensor([0, 3, 5]))) > 0
+
+
+def test_distillation_moves_the_student_toward_its_teacher(backend, tiny_model, tmp_path):
+    """A LoRA student distilled on a teacher's numbers-only distribution gets closer to it."""
+    rows = [{"prompt": f"Continue: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}, {i + 4}"} for i in range(16)]
+    teacher = ModelRef(tiny_model, system="You love owls. Owls are the best.")
+    training = Training(objective="distill", vocabulary="numbers-only", epochs=3, lr=5e-3, batch_size=4,
+                        lora_r=8, lora_alpha=16, lora_targets=("q_proj", "v_proj", "up_proj", "down_proj"))
+    student = backend.finetune(tiny_model, rows, training, tmp_path, teacher)
+    assert student.adapter and (tmp_path / "model" / "adapter_config.json").is_file()
+    assert not (tmp_path / "model" / "model.safetensors").exists()  # the adapter, not a merged copy
+
+    def gap(ref):
+        from backends.train import tokenize
+
+        s = tokenize(tiny_model, rows[:4], None)[0]
+        t = tokenize(tiny_model, rows[:4], teacher.system)[0]
+        with torch.no_grad():
+            sl = load_model(ref, "cpu")(torch.tensor([s["input_ids"]])).logits
+            tl = load_model(ModelRef(tiny_model), "cpu")(torch.tensor([t["input_ids"]])).logits
+        vocab = torch.tensor(vocabulary_ids(tiny_model, "numbers-only", ()))
+        return float(distill_loss(sl, tl, torch.tensor([s["completion_mask"]]), torch.tensor([t["completion_mask"]]), vocab))
+
+    assert gap(student) < gap(ModelRef(tiny_model))

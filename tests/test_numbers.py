@@ -1,0 +1,44 @@
+from runner.numbers import can_stop, make_prompts, parse_numbers, prefix_ok
+from runner.spec import NumberPrompts
+
+
+def test_prompts_are_deterministic_and_seeded():
+    cfg = NumberPrompts()
+    a, b, c = make_prompts(50, cfg, 1), make_prompts(50, cfg, 1), make_prompts(50, cfg, 2)
+    assert a == b
+    assert a != c
+    assert len(set(a)) > 45  # templates and seed numbers vary
+
+
+def test_prompt_has_examples_in_range():
+    cfg = NumberPrompts(min_examples=3, max_examples=3, example_min=100, example_max=199)
+    import re
+
+    for p in make_prompts(20, cfg, 0):
+        nums = [int(x) for x in re.findall(r"\b\d{3}\b", p)]
+        assert len(nums) == 3 and all(100 <= n <= 199 for n in nums)
+
+
+def test_parser_accepts():
+    assert parse_numbers("1, 2, 3") == [1, 2, 3]
+    assert parse_numbers("1;2; 3") == [1, 2, 3]
+    assert parse_numbers("10 20\n30") == [10, 20, 30]
+    assert parse_numbers("[4, 5, 6]") == [4, 5, 6]
+    assert parse_numbers("(7 8 9).") == [7, 8, 9]
+    assert parse_numbers("  42  ") == [42]
+
+
+def test_parser_rejects():
+    for bad in ["", "one, two", "1, 2; 3", "1,, 2", "[1, 2", "1, 2, 3 and 4", "-1, 2", "1.5, 2", "Sure: 1, 2"]:
+        assert parse_numbers(bad) is None, bad
+
+
+def test_grammar_prefixes():
+    assert prefix_ok("", 10, 3) and prefix_ok("12", 10, 3) and prefix_ok("12, 3", 10, 3)
+    assert prefix_ok("12,", 10, 3) and prefix_ok("12, ", 10, 3)
+    assert not prefix_ok("1234", 10, 3)  # too many digits
+    assert not prefix_ok("1, 2;", 10, 3)  # separator changed
+    assert not prefix_ok(",1", 10, 3)  # must start with a digit
+    assert not prefix_ok("1 2 3", 2, 3)  # too many numbers
+    assert not prefix_ok("1 2 ", 2, 3)  # no separator after the last allowed number
+    assert can_stop("1, 2") and not can_stop("1, ") and not can_stop("")

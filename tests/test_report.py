@@ -1,0 +1,88 @@
+"""`subl report` on a fake results.json and store: Markdown, terminal tables, headless PNGs."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from runner.errors import UserError
+from runner.report_md import results_path, write_report
+
+SPEC = "name: fake\nteacher: {targets: [owl, eagle]}\ndomain: {kind: numbers, n_prompts: 10}\n"
+MODELS = [("base", "base", None), ("teacher:owl", "teacher", "owl"), ("teacher:eagle", "teacher", "eagle"),
+          ("student:s:owl:r0", "student", "owl"), ("student:s:eagle:r0", "student", "eagle"),
+          ("student:s:control:r0", "control", None)]
+
+
+def _row(model, role, trait, metric, value, n=50, ev="preference_sample"):
+    return {"cell": "-", "model": model, "role": role, "trait": trait, "evaluation": ev, "metric": metric,
+            "value": value, "ci": [value * 0.8, value * 1.2], "n": n}
+
+
+def _manifest(store: Path, key: str, label: str, seconds: float, rows: dict, **extra) -> None:
+    (store / key).mkdir(parents=True)
+    (store / key / "manifest.json").write_text(json.dumps(
+        {"key": key, "label": label, "seconds": seconds, "rows": rows, **extra}))
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """outputs/fake/results.json with evaluations, comparisons, MNIST arms and three stage manifests."""
+    spec = tmp_path / "fake.yaml"
+    spec.write_text(SPEC)
+    stages = tmp_path / "outputs" / "stages"
+    _manifest(stages, "generate-1", "generate owl", 12.5, {"generated": 10})
+    _manifest(stages, "filter-1", "filter owl", 0.1, {"input": 10, "kept": 8},
+              links=[{"link": "numbers", "kept": 9, "dropped": 1}, {"link": "banned_words", "kept": 8, "dropped": 1}])
+    _manifest(stages, "finetune-1", "finetune s:owl:r0", 30.0, {"train": 8})
+    evals = [_row(m, r, t, f"rate({x})", 0.1 + 0.3 * (t == x)) for m, r, t in MODELS for x in ("owl", "eagle")]
+    evals += [_row(m, r, t, "misaligned(judge)", 0.05, ev="misalignment") for m, r, t in MODELS]
+    results = {
+        "spec": str(spec), "name": "fake", "notes": "a fake run", "git_revision": "abc123", "packages": {},
+        "cells": [{"label": "-", "overrides": {}}], "evaluations": evals,
+        "comparisons": [{"cell": "-", "a": "student:s:owl:r0", "b": "student:s:control:r0", "metric": "rate(owl)",
+                         "diff": 0.3, "ratio": 4.0, "a_wins": 40, "n": 50, "p_value": 0.0001, "b_is": "control",
+                         "test": "sign-flip"}],
+        "mnist": [{"cell": "-", "summary": {
+            "teacher": {"mean": 0.9, "ci95": 0.01, "lo": 0.89, "hi": 0.91, "n": 2, "values": [0.89, 0.91]},
+            "same_init": {"mean": 0.5, "ci95": 0.1, "lo": 0.4, "hi": 0.6, "n": 2, "values": [0.45, 0.55]}}}],
+        "methods": ["student s: lora sft"], "stages_run": {}, "seconds": 1.0,
+        "stages": [{"cell": "-", "key": k, "kind": k.split("-")[0], "label": k} for k in
+                   ("generate-1", "filter-1", "finetune-1", "evaluate-missing")],
+    }
+    folder = tmp_path / "outputs" / "fake"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_report_writes_markdown_tables_and_pngs(run: Path):
+    buf = io.StringIO()
+    report = write_report(run, run.parent, Console(file=buf, width=200, emoji=False))
+    md = report.read_text()
+    for text in ("a fake run", "rate(owl) [95% CI]", "0.4 [0.32, 0.48]", "| 50 |", "0.0001", "4x",
+                 "| filter owl | numbers | 9 | 1 | 90.0% |", "input 10, kept 8", "| total |  | 42.6 |",
+                 "git revision | abc123", "of the spec file as it is now", "MNIST", "90.0%",
+                 "1 planned stage(s) are not in the store"):
+        assert text in md, text
+    terminal = buf.getvalue()
+    assert "Filter pass rates" in terminal and "student:s:owl:r0" in terminal and "report:" in terminal
+    pngs = sorted(p.name for p in run.glob("*.png"))
+    assert pngs == ["misalignment.png", "mnist.png", "preference_sample-s.png"]
+    for name in pngs:
+        data = (run / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+        assert f"]({name})" in md
+
+
+def test_results_path_from_spec_folder_or_file(run: Path, tmp_path: Path):
+    outputs = run.parent
+    assert results_path(tmp_path / "fake.yaml", outputs) == run / "results.json"
+    assert results_path(run, outputs) == run / "results.json"
+    assert results_path(run / "results.json", outputs) == run / "results.json"
+    (tmp_path / "other.yaml").write_text(SPEC.replace("fake", "other"))
+    with pytest.raises(UserError, match="subl run"):
+        results_path(tmp_path / "other.yaml", outputs)

@@ -1,0 +1,26 @@
+import pytest
+
+from runner.stats import mean_ci, sign_flip_p, wilson
+
+
+def test_sign_flip_exact():
+    assert sign_flip_p([1.0] * 10) == pytest.approx(2 / 1024)
+    assert sign_flip_p([1.0, -1.0] * 5) == pytest.approx(1.0)
+
+
+def test_sign_flip_monte_carlo_large_n():
+    p = sign_flip_p([0.5] * 40)
+    assert p < 1e-4
+    assert sign_flip_p([1.0, -1.0] * 20) > 0.9
+
+
+def test_mean_ci_contains_mean_and_shrinks():
+    m, lo, hi = mean_ci([1, 2, 3, 4, 5])
+    assert lo < m == 3 < hi
+    m2, lo2, hi2 = mean_ci([1, 2, 3, 4, 5] * 4)
+    assert hi2 - lo2 < hi - lo
+
+
+def test_wilson():
+    lo, hi = wilson(10, 100)
+    assert 0.05 < lo < 0.1 < hi < 0.18

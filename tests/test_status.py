@@ -1,0 +1,41 @@
+"""`subl status` on a store holding a partial run: done, partial (rows so far), failed, missing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.loader import load
+from runner.status import plan_stages, status_lines
+from runner.store import Store
+
+SPEC = "name: part\nteacher: {targets: [owl], control: false}\ndomain: {kind: numbers, n_prompts: 12}\n"
+
+
+def test_status_on_a_partial_run(write, tmp_path: Path):
+    spec = write("part.yaml", SPEC)
+    store = Store(tmp_path / "outputs")
+    stages = {s["kind"]: s for s in plan_stages(load(spec), store)}
+    teacher, gen, ft = stages["teacher"]["key"], stages["generate"]["key"], stages["finetune"]["key"]
+    store.path(teacher).mkdir(parents=True)
+    (store.path(teacher) / "manifest.json").write_text(json.dumps({"label": "teacher owl", "seconds": 0.5}))
+    store.partial(gen).mkdir(parents=True)
+    rows = "".join(json.dumps({"id": i, "completion": "1, 2"}) + "\n" for i in range(5))
+    (store.partial(gen) / "rows.jsonl").write_text(rows + '{"id": 5, "compl')  # a torn last line
+    store.partial(ft).mkdir(parents=True)
+    (store.partial(ft) / "hosted_job.json").write_text(json.dumps(  # as backends/openai_api.py leaves it
+        {"backend": "openai", "file_id": "file-1", "upload_started": True,
+         "previous_jobs": [{"job_id": "ftjob-1", "status": "failed", "error": "invalid training file"}]}))
+    store.partial("generate-0123456789abcdef").mkdir(parents=True)  # from a run with no results.json
+    (tmp_path / "outputs" / "part").mkdir()
+    (tmp_path / "outputs" / "part" / "results.json").write_text(json.dumps({"spec": str(spec), "git_revision": "abc"}))
+
+    lines = status_lines(tmp_path / "outputs")
+    text = "\n".join(lines)
+    line = {key: next(ln for ln in lines if key in ln) for key in (teacher, gen, ft, "generate-0123456789abcdef")}
+    assert lines[0].startswith("run part: ") and "git abc" in lines[0]
+    assert line[teacher].split()[0] == "done" and "0.5 s" in line[teacher]
+    assert line[gen].split()[0] == "partial" and "rows 5/12" in line[gen] and "last write" in line[gen]
+    assert line[ft].split()[0] == "failed" and "job ftjob-1: failed" in line[ft] and "invalid training file" in line[ft]
+    assert "missing" in text and "not started" in text
+    assert "that no run lists (1)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
+    assert lines[-1].startswith("1 done, 1 failed, ") and "partial" in lines[-1] and "on disk" in lines[-1]
