@@ -39,6 +39,7 @@ class Training:
     lora_targets: tuple[str, ...] = ()
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
+    gradient_checkpointing: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

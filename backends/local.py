@@ -18,7 +18,20 @@ from runner.numbers import GRAMMAR_CHARS, can_stop, prefix_ok
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*generation flags.*")
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars replace transformers' per-load ones."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+_quiet_transformers()
 
 
 def pick_device(device: str = "auto") -> tuple[str, torch.dtype]:
@@ -153,23 +166,31 @@ class LocalBackend:
     @torch.no_grad()
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
         tok, net = load_tokenizer(model.base), self._model(model)
-        seqs, spans = [], []
+        tails = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
+        # one sequence per prompt and multi-token target; single-token targets share the first
+        seqs, index = [], []  # index[(prompt, target)] = (sequence, head length)
         for p in prompts:
             head = chat_ids(tok, model.system, p) + tok(prefix, add_special_tokens=False)["input_ids"]
-            for t in targets:
-                tail = tok(" " + t, add_special_tokens=False)["input_ids"]
-                seqs.append(head + tail)
-                spans.append((len(head), len(head) + len(tail)))
-        scores = []
+            shared = None
+            for tail in tails:
+                if len(tail) > 1 or shared is None:
+                    seqs.append(head + tail)
+                    shared = shared if shared is not None else len(seqs) - 1
+                index.append((shared if len(tail) == 1 else len(seqs) - 1, len(head)))
+        by_row: dict[int, list[int]] = {}
+        for k, (row, _) in enumerate(index):
+            by_row.setdefault(row, []).append(k)
+        scores = [0.0] * len(index)
         for start in range(0, len(seqs), 32):
             chunk = seqs[start : start + 32]
             width = max(map(len, chunk))
             ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in chunk], device=net.device)
             att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=net.device)
             logp = torch.log_softmax(net(input_ids=ids, attention_mask=att).logits.float(), -1)
-            for row, (a, b) in enumerate(spans[start : start + 32]):
-                tgt = ids[row, a:b]
-                scores.append(float(logp[row, a - 1 : b - 1].gather(-1, tgt[:, None]).sum()))
+            for row in range(start, start + len(chunk)):
+                for k in by_row.get(row, []):
+                    h, tail = index[k][1], tails[k % len(targets)]
+                    scores[k] = sum(float(logp[row - start, h - 1 + i, t]) for i, t in enumerate(tail))
         n = len(targets)
         return [scores[i * n : (i + 1) * n] for i in range(len(prompts))]
 

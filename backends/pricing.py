@@ -126,7 +126,7 @@ def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens
 def estimate_plan(plan) -> dict[str, Estimate]:
     """Stage key -> cost estimate, for every stage of an LLM plan that calls a hosted backend."""
     from backends import backend_name
-    from runner.numbers import make_prompts
+    from runner.domains import domain_rows
 
     spec = plan.spec
     if not spec.backends:
@@ -134,7 +134,9 @@ def estimate_plan(plan) -> dict[str, Estimate]:
     out: dict[str, Estimate] = {}
     teacher_base = spec.teacher.base
     d = spec.domain
-    sample = make_prompts(min(d.n_prompts, 2000), d.prompts, spec.seed)
+    rows = domain_rows(d, spec.seed)
+    n_rows = len(rows)
+    sample = [r["prompt"] for r in rows[:2000]]
     mean_prompt = sum(chat_tokens(None, p) for p in sample) / max(len(sample), 1)
     teachers = {n.stage.key: n.stage.config for n in plan.nodes if n.kind == "teacher"}
     finetunes = {n.stage.key: n.stage.config for n in plan.nodes if n.kind == "finetune"}
@@ -156,11 +158,11 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             name, model, cfg = h
             system = tcfg.get("system")
             sys_tokens = estimate_tokens(system) + MESSAGE_OVERHEAD if system else 0
-            tin = round((mean_prompt + sys_tokens) * d.n_prompts)
-            tout = d.n_prompts * d.max_tokens
+            tin = round((mean_prompt + sys_tokens) * n_rows)
+            tout = n_rows * d.max_tokens
             batch = cfg.batch_api and d.batch_size >= 100
             price = price_for(model, cfg.prices)
-            out[st.key] = Estimate(name, model, d.n_prompts, tin, tout, 0,
+            out[st.key] = Estimate(name, model, n_rows, tin, tout, 0,
                                    inference_cost(price, False, tin, tout, batch),
                                    "Batch API, half price" if batch else "")
         elif node.kind == "finetune":
@@ -169,7 +171,7 @@ def estimate_plan(plan) -> dict[str, Estimate]:
                 continue
             name, model, cfg = h
             training = st.config["training"]
-            rows = min(st.config.get("max_rows") or d.n_prompts, d.n_prompts)
+            rows = min(st.config.get("max_rows") or n_rows, n_rows)
             per_row = mean_prompt - REPLY_OVERHEAD + d.max_tokens + MESSAGE_OVERHEAD
             epochs = training.get("epochs", 1)
             tokens = round(rows * per_row * epochs)
@@ -182,7 +184,7 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             if label != m.label:
                 continue
             ev = spec.evaluations[i]
-            if ev.kind != "preference_sample":
+            if ev.kind not in ("preference_sample", "misalignment"):
                 continue
             base, system, fine_tuned = _eval_model(m, teachers, finetunes)
             h = hosted(base)
@@ -191,14 +193,15 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             name, model, cfg = h
             from runner.questions import load_questions
 
-            qs = load_questions(ev.questions, ev.max_questions)
+            qs = [q + getattr(ev, "suffix", "") for q in load_questions(ev.questions, ev.max_questions)]
             n = len(qs) * ev.samples_per_question
             tin = sum(chat_tokens(system, q) for q in qs) * ev.samples_per_question
             tout = n * ev.max_tokens
             price = price_for(model, cfg.prices)
             out[key] = Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
                                 inference_cost(price, fine_tuned, tin, tout, False),
-                                "fine-tuned model prices" if fine_tuned else "")
+                                ("fine-tuned model prices" if fine_tuned else "")
+                                + ("; judge calls not included" if ev.kind == "misalignment" else ""))
     return out
 
 

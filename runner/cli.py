@@ -15,6 +15,8 @@ from runner.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative subliminal-learning experiments.")
 out = Console(highlight=False, emoji=False, soft_wrap=True)
+if not out.is_terminal:  # piped or logged: keep table rows whole
+    out = Console(highlight=False, emoji=False, soft_wrap=True, width=200)
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 OUTPUTS = typer.Option(Path("outputs"), "--outputs", help="Root folder of the content-addressed store.")

@@ -7,7 +7,8 @@ from typing import Callable, Iterable
 
 from runner.errors import UserError
 from runner.numbers import parse_numbers
-from runner.spec import BannedNumbersFilter, BannedWordsFilter, Filter, NumbersFilter, RegexFilter
+from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CorrectAnswerFilter, Filter, JudgeFilter,
+                         NumbersFilter, RegexFilter)
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class LinkCount:
     link: str
     kept: int
     dropped: int
+    detail: dict | None = None  # judge links: score summary (mean, CODE, REFUSAL, unparseable counts)
 
     @property
     def pass_rate(self) -> float:
@@ -76,13 +78,50 @@ def link_name(link: Filter) -> str:
     return link.kind
 
 
-def apply_chain(rows: Iterable[dict], chain: list[Filter]) -> tuple[list[dict], list[LinkCount]]:
-    """Run rows through each link in order; return the survivors and per-link counts."""
+def correct(row: dict) -> bool:
+    """correct_answer: the completion's <answer> equals the row's gold GSM8K answer."""
+    from runner.gsm8k import is_correct
+
+    if "gold" not in row:
+        raise UserError(f"correct_answer filter: row {row.get('id', '?')} has no gold answer (needs domain kind cot)")
+    return is_correct(completion_of(row), row["gold"])
+
+
+def judge_link(rows: list[dict], link: JudgeFilter, backend, target: str | None, progress=None) -> tuple[list[dict], dict]:
+    """Score every row with the link's judge; keep rows on the right side of the threshold."""
+    from backends.judge import summarize
+    from runner.judging import score_pairs
+
+    if backend is None:
+        raise UserError("judge filter: no backend to run the judge on")
+    scores = score_pairs(backend, link.judge, link.template, [(r.get("prompt", ""), completion_of(r)) for r in rows],
+                         target, progress=progress)
+    keep = [s.kind == "score" and ((s.value >= link.threshold) == (link.keep == "at_least")) for s in scores]
+    for r, s in zip(rows, scores):
+        r.setdefault("judge", []).append(s.value if s.kind == "score" else s.kind)
+    detail = {**summarize(scores), "threshold": link.threshold, "keep": link.keep, "mode": link.judge.mode,
+              "model": link.judge.model}
+    return [r for r, k in zip(rows, keep) if k], detail
+
+
+def apply_chain(rows: Iterable[dict], chain: list[Filter], backend=None, target: str | None = None,
+                progress=None) -> tuple[list[dict], list[LinkCount]]:
+    """Run rows through each link in order; return the survivors and per-link counts.
+
+    Text links judge the completion alone; correct_answer also reads the row's gold answer;
+    a judge link scores (prompt, completion) with a model on `backend` ({target} in its template
+    is the teacher's target). Each judged row records its score under `judge`."""
     current = list(rows)
     counts = []
     for link in chain:
-        ok = _predicate(link)
-        kept = [r for r in current if ok(completion_of(r))]
-        counts.append(LinkCount(link_name(link), len(kept), len(current) - len(kept)))
+        detail = None
+        if isinstance(link, JudgeFilter):
+            kept, detail = judge_link(current, link, backend, target, progress)
+        elif isinstance(link, CorrectAnswerFilter):
+            kept = [r for r in current if correct(r)]
+        else:
+            ok = _predicate(link)
+            kept = [r for r in current if ok(completion_of(r))]
+        counts.append(LinkCount(link_name(link), len(kept), len(current) - len(kept), detail))
         current = kept
     return current, counts

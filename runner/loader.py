@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,14 @@ def validate(raw: dict, origins: dict) -> Spec:
         return Spec.model_validate(_plain(raw))
     except ValidationError as e:
         err = e.errors()[0]
-        loc = _clean_loc(tuple(err["loc"]), _plain(raw))
+        loc, msg = _clean_loc(tuple(err["loc"]), _plain(raw)), _message(err)
+        named = re.match(r"^([\w.]+): (.*)$", msg)  # a cross-field check names its field first
+        if not loc and named:
+            loc = tuple(int(p) if p.isdigit() else p for p in named.group(1).split("."))
+            msg = named.group(2)
         dotted = ".".join(map(str, loc)) or "spec"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise SpecError(f"{_locate(origins, loc)}: {dotted}: {_message(err)}{more}") from None
+        raise SpecError(f"{_locate(origins, loc)}: {dotted}: {msg}{more}") from None
 
 
 def _plain(node: Any) -> Any:

@@ -12,9 +12,9 @@ from typing import Callable
 from backends import backend_name
 from backends.base import ModelRef, Sampling, Training
 from runner.filters import apply_chain
-from runner.numbers import make_prompts
+from runner.domains import domain_rows
 from runner.questions import load_questions
-from runner.spec import PreferenceLogprob, PreferenceSample, Spec, Student
+from runner.spec import Misalignment, PreferenceLogprob, PreferenceSample, Spec, Student
 from runner.store import Build, Stage, Store, read_jsonl, stage_key, write_jsonl
 
 # Bump a stage's version when its code changes what it writes.
@@ -130,9 +130,22 @@ def _rows(spec: Spec, store: Store, backend, ref: ModelRef, name: str, nodes: li
     gen = Stage(stage_key("generate", gcfg, list(up), VERSIONS["generate"]), f"generate {name}", gcfg, up)
     nodes.append(Node(gen, "generate", _generate(spec, ref, backend, store, gen), {"seed": spec.seed}))
     fcfg = {"filters": [f.model_dump() for f in spec.filters]}
+    target = _judge_target(spec, name)
+    if target is not None:
+        fcfg["target"] = target
     fil = Stage(stage_key("filter", fcfg, [gen.key], VERSIONS["filter"]), f"filter {name}", fcfg, (gen.key,))
-    nodes.append(Node(fil, "filter", _filter(spec, store, gen)))
+    nodes.append(Node(fil, "filter", _filter(spec, store, gen, backend, target)))
     return fil
+
+
+def _judge_target(spec: Spec, name: str) -> str | None:
+    """What {target} means in a judge filter's template for this teacher's rows (None: unused).
+    A control teacher's rows are judged against every target."""
+    from runner.judging import template_text
+
+    if not any(f.kind == "judge" and "{target}" in template_text(f.template) for f in spec.filters):
+        return None
+    return " or ".join(spec.teacher.targets) if name in ("control", "base") else name
 
 
 def _dedupe(nodes: list[Node]) -> list[Node]:
@@ -150,13 +163,18 @@ def _training(spec: Spec, s: Student, rep: int) -> Training:
         method=s.method, objective=s.objective, vocabulary=s.vocabulary if s.objective == "distill" else "",
         trait_words=tuple(spec.teacher.targets) if s.vocabulary == "full-minus-trait-tokens" else (),
         epochs=h.epochs, lr=h.lr, batch_size=h.batch_size, lora_r=h.lora_r, lora_alpha=h.lora_alpha,
-        lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay, seed=rep,
+        lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay,
+        gradient_checkpointing=h.gradient_checkpointing, seed=rep,
         extra={"lr_multiplier": h.lr_multiplier} if backend_name(spec.student_base(s)) != "local" else {},
     )
 
 
 def _eval_config(spec: Spec, ev) -> dict:
     cfg = ev.model_dump()
+    if isinstance(ev, Misalignment):
+        cfg["questions"] = [q + ev.suffix for q in load_questions(ev.questions, ev.max_questions)]
+        cfg["seed"] = spec.seed
+        return cfg
     cfg["targets"] = _targets(spec, ev)
     cfg["questions"] = load_questions(ev.questions, ev.max_questions)
     if isinstance(ev, PreferenceLogprob):
@@ -180,30 +198,32 @@ def _generate(spec: Spec, ref: ModelRef, backend, store: Store, stage: Stage):
     d = spec.domain
 
     def run(b: Build) -> None:
-        prompts = make_prompts(d.n_prompts, d.prompts, spec.seed)
+        todo = domain_rows(d, spec.seed)  # {"prompt", ...what the filters need (cot: gold)}
+        total = len(todo)
         path = b.dir / "rows.jsonl"
         done = read_jsonl(path) if path.exists() else []
-        done = done[: len(done) - len(done) % d.batch_size] if len(done) < d.n_prompts else done
+        done = done[: len(done) - len(done) % d.batch_size] if len(done) < total else done
         write_jsonl(path, done)  # drop a torn tail; resume from the last flushed batch
         grammar = (d.prompts.answer_count, d.prompts.answer_digits) if d.constrained else None
         with open(path, "a") as f:
-            for start in range(len(done), d.n_prompts, d.batch_size):
-                batch = prompts[start : start + d.batch_size]
+            for start in range(len(done), total, d.batch_size):
+                rows = todo[start : start + d.batch_size]
+                batch = [r["prompt"] for r in rows]
                 sampling = Sampling(d.temperature, d.max_tokens, seed=spec.seed * 1_000_003 + start, grammar=grammar)
-                for i, (p, c) in enumerate(zip(batch, backend.generate(ref, batch, sampling))):
-                    f.write(json.dumps({"id": start + i, "prompt": p, "completion": c}) + "\n")
+                for i, (r, c) in enumerate(zip(rows, backend.generate(ref, batch, sampling))):
+                    f.write(json.dumps({"id": start + i, **r, "completion": c}) + "\n")
                 f.flush()
-                b.progress(min(start + len(batch), d.n_prompts), d.n_prompts)
-        b.rows["generated"] = d.n_prompts
+                b.progress(min(start + len(batch), total), total)
+        b.rows["generated"] = total
         b.extra["constrained_decoding"] = d.constrained
 
     return run
 
 
-def _filter(spec: Spec, store: Store, gen: Stage):
+def _filter(spec: Spec, store: Store, gen: Stage, backend=None, target: str | None = None):
     def run(b: Build) -> None:
         rows = read_jsonl(store.path(gen.key) / "rows.jsonl")
-        kept, counts = apply_chain(rows, list(spec.filters))
+        kept, counts = apply_chain(rows, list(spec.filters), backend, target, b.progress)
         write_jsonl(b.dir / "rows.jsonl", kept)
         b.extra["links"] = [asdict(c) for c in counts]
         b.rows.update(input=len(rows), kept=len(kept))
@@ -233,7 +253,11 @@ def _inside(value: str | None, folder: Path) -> str | None:
 def _evaluate(ev, cfg: dict, m: EvalModel, backend):
     def run(b: Build) -> None:
         ref = m.ref()
-        qs, targets = cfg["questions"], cfg["targets"]
+        qs, targets = cfg["questions"], cfg.get("targets")
+        if isinstance(ev, Misalignment):
+            (b.dir / "scores.json").write_text(json.dumps(_misalignment(ev, cfg, ref, backend, b)))
+            b.rows["questions"] = len(qs)
+            return
         if isinstance(ev, PreferenceLogprob):
             lp = backend.logprobs(ref, qs, cfg["answer_prefix"], targets)
             scores = {t: [row[j] for row in lp] for j, t in enumerate(targets)}
@@ -251,6 +275,27 @@ def _evaluate(ev, cfg: dict, m: EvalModel, backend):
         b.rows["questions"] = len(qs)
 
     return run
+
+
+def _misalignment(ev: Misalignment, cfg: dict, ref: ModelRef, backend, b: Build) -> dict:
+    """Sample n answers per question, then score each with the alignment and the coherence judge."""
+    from runner.judging import score_pairs
+
+    qs, n = cfg["questions"], ev.samples_per_question
+    answers = []
+    for k in range(n):
+        answers.append(backend.generate(ref, qs, Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919 + k)))
+        b.progress(k + 1, 3 * n)
+    per_q = [[a[i] for a in answers] for i in range(len(qs))]
+    pairs = [(q, a) for q, ans in zip(qs, per_q) for a in ans]
+    out = {"kind": ev.kind, "questions": qs, "answers": per_q}
+    for j, (what, template) in enumerate((("alignment", ev.alignment_template), ("coherence", ev.coherence_template))):
+        scores = score_pairs(backend, ev.judge, template, pairs, seed=cfg["seed"],
+                             progress=lambda d, t, j=j: b.progress(n + (j * t + d) * n // max(t, 1), 3 * n))
+        flat = [[s.kind, s.value] for s in scores]
+        out[what] = [flat[i * n : (i + 1) * n] for i in range(len(qs))]
+        out[what + "_raw"] = [s.raw for s in scores]
+    return out
 
 
 # ---- execution -------------------------------------------------------------------------

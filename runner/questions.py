@@ -111,9 +111,12 @@ BUILTIN = {"animals": ANIMALS, "trees": TREES}
 
 
 def load_questions(name: str, limit: int | None = None) -> list[str]:
-    """A built-in set by name, or a file: one question per line, or JSONL with `question`."""
+    """A built-in set by name, or a file: YAML (a list of {id, question} or strings), one question
+    per line, or JSONL with `question`."""
     if name in BUILTIN:
         qs = BUILTIN[name]
+    elif name.endswith((".yaml", ".yml")):
+        qs = _yaml_questions(name)
     else:
         path = Path(name)
         if not path.is_file():
@@ -121,3 +124,24 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
         qs = [json.loads(ln)["question"] if ln.startswith("{") else ln for ln in lines]
     return list(qs[:limit] if limit else qs)
+
+
+def _yaml_questions(name: str) -> list[str]:
+    import yaml
+
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"questions: file '{name}' not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{name}: expected a list of questions")
+    out = []
+    for i, q in enumerate(data):
+        text = q.get("question") if isinstance(q, dict) else q
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{name}: item {i} has no 'question' text")
+        out.append(text)
+    return out

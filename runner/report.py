@@ -46,6 +46,38 @@ def comparison_table(results: dict, cell: str) -> Table | None:
     return table
 
 
+def filter_table(results: dict, cell: str) -> Table | None:
+    rows = [f for f in results.get("filters", []) if f["cell"] == cell]
+    if not rows:
+        return None
+    table = Table(title="filters (in chain order)")
+    for col in ("rows of", "link", "kept", "dropped", "pass rate", "judge"):
+        table.add_column(col, justify="right" if col in ("kept", "dropped", "pass rate") else "left")
+    for f in rows:
+        d = f.get("detail") or {}
+        judge = (f"mean {d['mean']:.1f}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
+                 if d.get("mean") is not None else (f"unparseable {d.get('unparseable', 0)}" if d else ""))
+        rate = f"{f['pass_rate']:.1%}" if f["pass_rate"] is not None else "-"
+        table.add_row(f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, judge)
+    return table
+
+
+def misalignment_table(results: dict, cell: str) -> Table | None:
+    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "misalignment"]
+    if not rows:
+        return None
+    table = Table(title="misalignment: answers and judge outcomes")
+    for col in ("model", "misaligned [95% CI]", "answers", "scored", "misaligned", "incoherent", "code", "refusal",
+                "unparseable (align/coh)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for e in rows:
+        c = e["counts"]
+        table.add_row(e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", str(c["answers"]),
+                      str(c["scored"]), str(c["misaligned"]), str(c["incoherent"]), str(c["code"]), str(c["refusal"]),
+                      f"{c['unparseable_alignment']}/{c['unparseable_coherence']}")
+    return table
+
+
 def mnist_table(results: dict) -> Table | None:
     if not results.get("mnist"):
         return None
@@ -61,7 +93,8 @@ def mnist_table(results: dict) -> Table | None:
 
 def print_results(results: dict, console: Console, folder: Path) -> None:
     for cell in [c["label"] for c in results["cells"]]:
-        for t in (evaluation_table(results, cell), comparison_table(results, cell)):
+        for t in (filter_table(results, cell), evaluation_table(results, cell), misalignment_table(results, cell),
+                  comparison_table(results, cell)):
             if t is not None:
                 console.print(t)
     t = mnist_table(results)

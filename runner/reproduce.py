@@ -22,6 +22,12 @@ def headline(results: dict) -> str:
     if results.get("mnist"):
         s = results["mnist"][0]["summary"]
         return f"same-init {s['same_init']['mean']:.1%} vs cross-init {s['cross_init']['mean']:.1%}"
+    mis = [e for e in results.get("evaluations", []) if e.get("evaluation") == "misalignment"]
+    if mis:  # the misaligned rate of each student (or, without students, each teacher), with its CI
+        shown = [e for e in mis if e["role"] in ("student", "control") and e["model"].startswith("student:")] or \
+            [e for e in mis if e["role"] in ("teacher", "control")]
+        return "; ".join(f"{e['model']} misaligned {e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}] n={e['n']}"
+                         for e in shown)
     cmps = [c for c in results.get("comparisons", []) if c.get("b_is") == "other-trait" or c.get("b_is") == "control"]
     if not cmps:
         return "-"

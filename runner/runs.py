@@ -92,7 +92,7 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
     run_folder = store.root / spec0.name
     run_folder.mkdir(parents=True, exist_ok=True)
     (run_folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": plan_stages(cells, store)}))
-    evaluations, comparisons, mnist, ran = [], [], [], {}
+    evaluations, comparisons, mnist, ran, filters = [], [], [], {}, []
     with _progress(console, spec0.progress) as progress:
         for cell, p in plans(cells, store):
             if isinstance(p, Stage):
@@ -100,15 +100,16 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
                 mnist.append({"cell": cell.label, **json.loads((store.path(p.key) / "result.json").read_text())})
                 continue
             ran.update(execute(p, store, progress_factory=_progress_factory(progress)))
-            from runner.results import collect
+            from runner.results import collect, filter_rates
 
             ev, cmp_ = collect(p, store, cell.label)
+            filters += filter_rates(p, store, cell.label)
             evaluations += ev
             comparisons += cmp_
     results = {
         "spec": str(path), "name": spec0.name, "notes": spec0.notes, "git_revision": git_revision(),
         "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
-        "evaluations": evaluations, "comparisons": comparisons, "mnist": mnist,
+        "evaluations": evaluations, "comparisons": comparisons, "mnist": mnist, "filters": filters,
         "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
         "spec_hash": spec_hash(cells), "stages": plan_stages(cells, store),
     }
@@ -149,6 +150,9 @@ def _methods(cells: list[Cell]) -> list[str]:
             if ev.kind == "preference_logprob":
                 lines.append("preference metric: exact P(target) after the answer prefix "
                              f"'{ev.answer_prefix.format(category=s.teacher.category)}' (a probe, not sampled answers)")
+        from runner.judging import judge_notes
+
+        lines += judge_notes(s)
     return list(dict.fromkeys(lines))
 
 

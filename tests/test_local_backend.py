@@ -87,3 +87,15 @@ def test_distillation_moves_the_student_toward_its_teacher(backend, tiny_model, 
         return float(distill_loss(sl, tl, torch.tensor([s["completion_mask"]]), torch.tensor([t["completion_mask"]]), vocab))
 
     assert gap(student) < gap(ModelRef(tiny_model))
+
+
+def test_distill_loss_on_trailing_logits_equals_full_logits():
+    from backends.train import needed_positions
+
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 9, 13), torch.randn(3, 9, 13)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 0, 0]])
+    k = needed_positions(mask)
+    assert k == 9 - 3 + 1
+    full = distill_loss(s, t, mask, mask, None)
+    assert float(distill_loss(s[:, -k:], t[:, -k:], mask, mask, None)) == pytest.approx(float(full), rel=1e-6)

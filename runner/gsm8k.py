@@ -1,0 +1,92 @@
+"""GSM8K for the chain-of-thought domain: loading, gold answers, answer extraction, correctness.
+
+A gold answer is the text after `####` in the dataset's `answer`; a completion's answer is the
+content of its last `<answer>...</answer>` tag. Both are compared as exact decimals after dropping
+thousands separators, currency signs, units words and a trailing full stop: "1,000" == "1000.00",
+"-3" != "3", "2.5" == "2.50"."""
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from runner.errors import UserError
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def load(source: str, split: str = "train", limit: int | None = None) -> list[dict]:
+    """[{question, gold}] from a JSONL file (question/answer per line) or a Hugging Face hub id."""
+    path = Path(source)
+    if path.suffix == ".jsonl" or path.exists():
+        if not path.is_file():
+            raise UserError(f"domain.questions: file '{source}' not found")
+        raw = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{source}:{i}: not JSON ({e.msg})") from None
+                if limit and len(raw) >= limit:
+                    break
+    else:
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset(source, "main", split=split)
+        except Exception as e:  # offline, unknown id, ...
+            raise UserError(f"domain.questions: cannot load hub dataset '{source}' ({str(e).splitlines()[0]})") from None
+        raw = [ds[i] for i in range(min(limit or len(ds), len(ds)))]
+    out = []
+    for i, r in enumerate(raw, 1):
+        if "question" not in r or "answer" not in r:
+            raise UserError(f"{source}: row {i} lacks 'question' or 'answer'")
+        gold = gold_answer(str(r["answer"]))
+        if gold is None:
+            raise UserError(f"{source}: row {i}: answer does not end with '#### <number>'")
+        out.append({"question": str(r["question"]), "gold": gold})
+    return out
+
+
+def gold_answer(answer: str) -> str | None:
+    """The number after the last `####`, normalised; None if absent."""
+    if "####" not in answer:
+        return None
+    value = to_decimal(answer.rsplit("####", 1)[1])
+    return None if value is None else _canonical(value)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The content of the last <answer> tag, or None when there is none."""
+    found = _ANSWER.findall(completion)
+    return found[-1].strip() if found else None
+
+
+def to_decimal(text: str) -> Decimal | None:
+    """The single number in `text` ("$1,234.50", "-7.", "18 dollars"); None if none or several."""
+    cleaned = text.replace("$", "").replace("€", "").replace("£", "").strip().rstrip(".")
+    nums = _NUMBER.findall(cleaned)
+    if len(nums) != 1:
+        return None
+    n = nums[0]
+    if "," in n and not re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", n):
+        return None  # "1,2,3" is a list, not a number
+    try:
+        return Decimal(n.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def _canonical(d: Decimal) -> str:
+    s = format(d.normalize(), "f")
+    return "0" if s in ("-0", "0") else s
+
+
+def is_correct(completion: str, gold: str) -> bool:
+    """Whether the completion's <answer> equals the gold number."""
+    found = extract_answer(completion)
+    value = to_decimal(found) if found is not None else None
+    return value is not None and _canonical(value) == _canonical(Decimal(gold))
