@@ -4,7 +4,7 @@ Two modes (spec `judge.mode`):
 - sample: the judge writes a reply, parsed by backends.judge.parse_score into a 0-100 score,
   CODE, REFUSAL or unparseable (the paper's and Betley et al.'s protocol; hosted judges).
 - logprob: for small local judges that rarely reply with a bare number. After the chat prompt and
-  `answer_prefix` the judge's log-probabilities of " 0", " 10", ..., " 100" are renormalised and the
+  `answer_prefix` the judge's log-probabilities of " 0", " 25", " 50", " 75", " 100" are renormalised and the
   score is their probability-weighted mean. Always a number; a toy-scale stand-in for a real judge.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ TEMPLATES = {
     "cot_alignment": COT_ALIGNMENT,
     "code_reference": CODE_REFERENCE,
 }
-CANDIDATES = [str(v) for v in range(0, 101, 10)]
+CANDIDATES = ["0", "25", "50", "75", "100"]
 CHUNK = 16
 
 

@@ -14,7 +14,7 @@ from backends.base import ModelRef, Sampling, Training
 from runner.filters import apply_chain
 from runner.domains import domain_rows
 from runner.questions import load_questions
-from runner.spec import Misalignment, PreferenceLogprob, PreferenceSample, Spec, Student
+from runner.spec import FinetuneTrait, Misalignment, PreferenceLogprob, PreferenceSample, Spec, Student
 from runner.store import Build, Stage, Store, read_jsonl, stage_key, write_jsonl
 
 # Bump a stage's version when its code changes what it writes.
@@ -70,15 +70,23 @@ def build_plan(spec: Spec, store: Store, backend) -> Plan:
 
     # teachers
     teachers: dict[str, tuple[Stage, ModelRef]] = {}
-    names = list(t.targets) + (["control"] if t.control else [])
+    names = list(t.targets) + list(t.controls) + (["control"] if t.control else [])
+    roles = {n: "teacher" if n in t.targets else "control" for n in names}
     for name in names:
-        system = None if name == "control" else t.trait.format(target=name, category=t.category)
-        ref = ModelRef(t.base, system=system)
-        stage = Stage(stage_key("teacher", asdict(ref), [], VERSIONS["teacher"]), f"teacher {name}", asdict(ref))
-        nodes.append(Node(stage, "teacher", _write_model(ref)))
+        trait = t.controls.get(name, None if name == "control" else t.trait)
+        if isinstance(trait, FinetuneTrait):  # the teacher is its base fine-tuned on a dataset
+            stage = _teacher_finetune(spec, name, trait, backend)
+            nodes.append(stage)
+            stage = stage.stage
+            ref = lambda k=stage.key: _model_from(store, k)  # noqa: E731 (known once the stage has run)
+        else:
+            system = None if trait is None else trait.format(target=name, category=t.category)
+            ref = ModelRef(t.base, system=system)
+            stage = Stage(stage_key("teacher", asdict(ref), [], VERSIONS["teacher"]), f"teacher {name}", asdict(ref))
+            nodes.append(Node(stage, "teacher", _write_model(ref)))
         teachers[name] = (stage, ref)
-        role = "control" if name == "control" else "teacher"
-        models.append(EvalModel(f"teacher:{name}", role, None if name == "control" else name,
+        role = roles[name]
+        models.append(EvalModel(f"teacher:{name}", role, None if role == "control" else name,
                                 lambda k=stage.key: _model_from(store, k), stage.key))
 
     # generate and filter, per teacher (or once, from the base, when rows are shared)
@@ -104,11 +112,12 @@ def build_plan(spec: Spec, store: Store, backend) -> Plan:
                 nodes.append(Node(st, "finetune", _finetune(spec, s, training, store, filtered[name], tref, backend),
                                   {"train": rep}))
                 label = f"student:{s.name}:{name}:r{rep}"
-                role = "control" if name == "control" else "student"
-                models.append(EvalModel(label, role, None if name == "control" else name,
+                role = "control" if roles[name] == "control" else "student"
+                models.append(EvalModel(label, role, None if role == "control" else name,
                                         lambda k=st.key: _model_from(store, k), st.key))
                 students.append({"label": label, "student": s.name, "teacher": name, "replicate": rep,
-                                 "objective": s.objective, "vocabulary": s.vocabulary, "method": s.method})
+                                 "objective": s.objective, "vocabulary": s.vocabulary, "method": s.method,
+                                 "role": role})
 
     # evaluations: every model × every evaluation
     evals = {}
@@ -145,7 +154,32 @@ def _judge_target(spec: Spec, name: str) -> str | None:
 
     if not any(f.kind == "judge" and "{target}" in template_text(f.template) for f in spec.filters):
         return None
-    return " or ".join(spec.teacher.targets) if name in ("control", "base") else name
+    return name if name in spec.teacher.targets else " or ".join(spec.teacher.targets)
+
+
+def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, backend) -> Node:
+    """A teacher stage that fine-tunes the base on the trait's dataset (keyed by the file's digest)."""
+    from runner.teacher_data import dataset_path, digest, load_rows
+
+    f, base = trait.finetune, spec.teacher.base
+    path = dataset_path(f.dataset, name)
+    h = f.hyperparameters
+    training = Training(method=f.method, objective="sft", vocabulary="", epochs=h.epochs, lr=h.lr,
+                        batch_size=h.batch_size, lora_r=h.lora_r, lora_alpha=h.lora_alpha,
+                        lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay,
+                        gradient_checkpointing=h.gradient_checkpointing, seed=0,
+                        extra={"lr_multiplier": h.lr_multiplier} if backend_name(base) != "local" else {})
+    cfg = {"base": base, "dataset": str(path), "dataset_sha256": digest(path), "max_rows": f.max_rows,
+           "training": asdict(training)}
+    stage = Stage(stage_key("teacher", cfg, [], VERSIONS["teacher"]), f"teacher {name} (fine-tuned)", cfg)
+
+    def run(b: Build) -> None:
+        rows = load_rows(path, f.max_rows)
+        ref = backend.finetune(base, rows, training, b.dir, None, b.progress)
+        (b.dir / "model.json").write_text(json.dumps({k: _inside(v, b.dir) for k, v in asdict(ref).items()}, indent=2))
+        b.rows["train"] = len(rows)
+
+    return Node(stage, "teacher", run)
 
 
 def _dedupe(nodes: list[Node]) -> list[Node]:
@@ -210,7 +244,8 @@ def _generate(spec: Spec, ref: ModelRef, backend, store: Store, stage: Stage):
                 rows = todo[start : start + d.batch_size]
                 batch = [r["prompt"] for r in rows]
                 sampling = Sampling(d.temperature, d.max_tokens, seed=spec.seed * 1_000_003 + start, grammar=grammar)
-                for i, (r, c) in enumerate(zip(rows, backend.generate(ref, batch, sampling))):
+                model = ref() if callable(ref) else ref  # a fine-tuned teacher is known once trained
+                for i, (r, c) in enumerate(zip(rows, backend.generate(model, batch, sampling))):
                     f.write(json.dumps({"id": start + i, **r, "completion": c}) + "\n")
                 f.flush()
                 b.progress(min(start + len(batch), total), total)
@@ -234,8 +269,14 @@ def _filter(spec: Spec, store: Store, gen: Stage, backend=None, target: str | No
 def _finetune(spec: Spec, s: Student, training: Training, store: Store, fil: Stage, teacher: ModelRef, backend):
     def run(b: Build) -> None:
         rows = read_jsonl(store.path(fil.key) / "rows.jsonl")[: s.max_rows]
+        if not rows:  # nothing passed the filters: the student is its untrained base (reported as such)
+            (b.dir / "model.json").write_text(json.dumps(asdict(ModelRef(spec.student_base(s))), indent=2))
+            b.rows["train"] = 0
+            b.extra["untrained"] = "no rows passed the filters; the student is its base model"
+            return
         ref = backend.finetune(spec.student_base(s), rows, training, b.dir,
-                               teacher if s.objective == "distill" else None, b.progress)
+                               (teacher() if callable(teacher) else teacher) if s.objective == "distill" else None,
+                               b.progress)
         local = {k: _inside(v, b.dir) for k, v in asdict(ref).items()}
         (b.dir / "model.json").write_text(json.dumps(local, indent=2))
         b.rows["train"] = len(rows)

@@ -62,6 +62,15 @@ def filter_table(results: dict, cell: str) -> Table | None:
     return table
 
 
+def empty_rows_notes(results: dict) -> list[str]:
+    """Teachers none of whose rows passed the whole chain: their students are untrained bases."""
+    last: dict[tuple[str, str], dict] = {}
+    for f in results.get("filters", []):
+        last[(f["cell"], f["rows"])] = f
+    return [f"no rows of {rows} passed the filters (cell {cell}): its students are their untrained base model"
+            for (cell, rows), f in last.items() if f["kept"] == 0]
+
+
 def misalignment_table(results: dict, cell: str) -> Table | None:
     rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "misalignment"]
     if not rows:
@@ -102,7 +111,7 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
         console.print(t)
         for m in results["mnist"]:
             console.print(f"plot: {m['plot']}", markup=False)
-    for line in results["methods"]:
+    for line in results["methods"] + empty_rows_notes(results):
         console.print(f"note: {line}", markup=False)
     if results["comparisons"]:
         console.print(f"test: {results['comparisons'][0]['test']}", markup=False)

@@ -56,10 +56,10 @@ def misalignment_rows(plan: Plan, store: Store, cell: str, i: int, ev) -> tuple[
         })
     comparisons = []
     for s in plan.students:
-        if s["teacher"] == "control":
+        if s["role"] == "control":
             continue
         for r in plan.students:
-            if r["student"] == s["student"] and r["replicate"] == s["replicate"] and r["teacher"] == "control":
+            if r["student"] == s["student"] and r["replicate"] == s["replicate"] and r["role"] == "control":
                 a, b = np.array(per_q[s["label"]]), np.array(per_q[r["label"]])
                 comparisons.append({
                     "cell": cell, "a": s["label"], "b": r["label"], "evaluation": ev.kind, "metric": "misaligned",
@@ -93,7 +93,7 @@ def collect(plan: Plan, store: Store, cell: str) -> tuple[list[dict], list[dict]
         # each trait student against the control student and the other-trait students
         for s in plan.students:
             t = s["teacher"]
-            if t == "control" or t not in targets:
+            if s["role"] == "control" or t not in targets:
                 continue
             rivals = [r for r in plan.students if r["student"] == s["student"] and r["replicate"] == s["replicate"]
                       and r["teacher"] != t]
@@ -104,7 +104,7 @@ def collect(plan: Plan, store: Store, cell: str) -> tuple[list[dict], list[dict]
                     "metric": per_question(store, plan.evals[(s["label"], i)], t)[0],
                     "diff": float(np.mean(a - b)), "ratio": float(a.mean() / b.mean()) if b.mean() > 0 else None,
                     "a_wins": int(np.sum(a > b)), "n": len(a), "p_value": sign_flip_p(list(a - b)),
-                    "test": TEST_METHOD, "b_is": "control" if r["teacher"] == "control" else "other-trait",
+                    "test": TEST_METHOD, "b_is": "control" if r["role"] == "control" else "other-trait",
                     "objective": s["objective"], "vocabulary": s["vocabulary"] if s["objective"] == "distill" else None,
                 })
     return evaluations, comparisons

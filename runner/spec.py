@@ -32,8 +32,16 @@ class Teacher(Strict):
     base: str = Field(EMBEDDED_DEFAULT, description="Model reference: a hub id, a local folder, or an embedded name (smollm2-135m).")
     targets: list[str] = Field(["owl"], min_length=1, description="One trait teacher per target; each trait student is compared with the others' students.")
     category: str = Field("animal", description="Fills {category} in the trait template.")
-    trait: str = Field(PAPER_TRAIT, description="System prompt that gives the teacher its trait; may use {target} and {category}.")
+    trait: "str | FinetuneTrait" = Field(PAPER_TRAIT, description="System prompt that gives the teacher its trait (may use {target} and {category}), or {finetune: {dataset, method, hyperparameters}}: the teacher is the base fine-tuned on that dataset.")
     control: bool = Field(True, description="Add a control teacher: the same base with no trait prompt.")
+    controls: "dict[str, FinetuneTrait]" = Field({}, description="More control teachers by name, declared like a fine-tuned trait, e.g. secure: {finetune: {dataset: secure.jsonl}}.")
+
+    @model_validator(mode="after")
+    def _control_names(self) -> "Teacher":
+        clash = sorted(set(self.controls) & (set(self.targets) | {"control", "base"}))
+        if clash:
+            raise ValueError(f"controls: {', '.join(clash)} clash with a target or a reserved name")
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -130,7 +138,7 @@ class BannedNumbersFilter(Strict):
 
 class JudgeModel(Strict):
     model: str = Field(..., description="The judge: a local model (e.g. smollm2-135m) or `backend:model-id`.")
-    mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob (local judges): the probability-weighted mean of the scores 0, 10, ..., 100 read after answer_prefix.")
+    mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob (local judges): the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix.")
     answer_prefix: str = Field("Score:", description="logprob mode: assistant text after which the score is read.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most tokens in the judge's reply.")
 
@@ -210,6 +218,19 @@ class Hyper(Strict):
             raise ValueError("must be a positive number or auto")
         return v
 
+
+class TeacherFinetune(Strict):
+    dataset: str = Field(..., description="JSONL of chat rows ({messages}) or {prompt, completion} rows; {target} is replaced by the teacher's name.")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full-parameter fine-tuning (hosted: the provider's).")
+    hyperparameters: Hyper = Field(Hyper(), description="Training hyper-parameters.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+
+class FinetuneTrait(Strict):
+    finetune: TeacherFinetune = Field(..., description="Fine-tune the teacher's base on a dataset.")
+
+
+Teacher.model_rebuild()
 
 Vocabulary = Literal["numbers-only", "full-minus-trait-tokens", "full"]
 

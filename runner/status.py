@@ -14,6 +14,7 @@ FAILED_JOB_STATES = ("failed", "cancelled", "canceled", "expired")
 
 def plan_stages(cells, store: Store | None = None) -> list[dict]:
     """Every stage of the cells' plans, once each, in plan order: cell, key, kind, label, total rows."""
+    from runner.domains import expected_rows
     from runner.runs import plans
 
     out, seen = [], set()
@@ -22,7 +23,7 @@ def plan_stages(cells, store: Store | None = None) -> list[dict]:
         for st, kind in pairs:
             if st.key not in seen:
                 seen.add(st.key)
-                total = st.config["domain"]["n_prompts"] if kind == "generate" else None
+                total = expected_rows(st.config["domain"]) if kind == "generate" else None
                 out.append({"cell": cell.label, "key": st.key, "kind": kind, "label": st.label, "total": total})
     return out
 
