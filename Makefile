@@ -11,6 +11,7 @@ setup:
 	$(PYTHON) -m backends.embedded smollm2-135m
 
 test:
+	subl fmt --check specs/*.yaml specs/local/*.yaml
 	$(PYTHON) -m pytest -q -ra
 
 test-fast:

@@ -34,7 +34,7 @@ def local():
 
 def test_constrained_generation_gives_number_lists(local):
     prompts = make_prompts(8, NumberPrompts(), 0)
-    out = local.generate(ModelRef("smollm2-135m"), prompts, Sampling(1.0, 40, seed=0, grammar=(10, 3)))
+    out = local.generate(ModelRef("smollm2-135m"), prompts, Sampling(1.0, 50, seed=0, grammar=(10, 3)))
     assert all(parse_numbers(o) is not None for o in out), out
 
 
