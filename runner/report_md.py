@@ -153,7 +153,7 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(5.0, 1.0 + 0.5 * len(groups) * (len(series) + 1)), 4.2))
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.6 * len(groups) * (len(series) + 1)), 4.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(len(series), 1)
@@ -162,7 +162,7 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
         means = [v[0] if v else float("nan") for v in vals]
         err = [[max(v[0] - v[1], 0) if v else 0 for v in vals], [max(v[2] - v[0], 0) if v else 0 for v in vals]]
         ax.bar(xs, means, width, yerr=err, capsize=3, label=name, color=COLORS[j % len(COLORS)])
-    tilt = max(map(len, groups), default=0) > 8  # long model labels would overlap
+    tilt = max(len(g.split("\n")[0]) for g in groups) > 8 if groups else False  # long labels overlap
     ax.set_xticks(range(len(groups)), groups, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -176,6 +176,17 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
 def _student(model: str) -> str | None:
     """The student name in a label student:<name>:<teacher>:r<rep>."""
     return model.removeprefix("student:").rsplit(":", 2)[0] if model.startswith("student:") else None
+
+
+def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> str:
+    """The paired test under a target's bars: whiskers across questions hide a shift that
+    every question shares, so the figure states the paired ratio and p-value."""
+    for c in results.get("comparisons", []):
+        if (c["cell"] == cell and c["evaluation"] == ev and _student(c["a"]) == sname
+                and _target(c["metric"]) == target and c.get("ratio")):
+            vs = "control" if c.get("b_is") == "control" else "other"
+            return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.1g}"
+    return ""
 
 
 def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
@@ -201,7 +212,8 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
                 metric = sub[0]["metric"].split("(")[0] + "(target)"
                 where = f", cell {cell}" if cell != "-" else ""
                 path = folder / _slug(f"{ev}-{sname}{'-' + cell if cell != '-' else ''}.png")
-                grouped_bars(targets, series, metric, f"{name}: {ev}, student {sname}{where}", path)
+                labels = [t + _paired_note(results, cell, ev, sname, t) for t in targets]
+                grouped_bars(labels, series, metric, f"{name}: {ev}, student {sname}{where}", path)
                 out.append((path, f"{metric} per target, {ev}, student {sname}{where}. {WHISKERS}"))
     return out
 
