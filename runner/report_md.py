@@ -182,7 +182,7 @@ def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> 
     """The paired test under a target's bars: whiskers across questions hide a shift that
     every question shares, so the figure states the paired ratio and p-value."""
     for c in results.get("comparisons", []):
-        if (c["cell"] == cell and c["evaluation"] == ev and _student(c["a"]) == sname
+        if (c["cell"] == cell and c.get("evaluation", ev) == ev and _student(c["a"]) == sname
                 and _target(c["metric"]) == target and c.get("ratio")):
             vs = "control" if c.get("b_is") == "control" else "other"
             return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.1g}"
