@@ -144,6 +144,9 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
 
     if not rows:
         raise UserError("fine-tune: no training rows survived the filters")
+    import datasets
+
+    datasets.disable_progress_bars()  # subl shows its own progress
     torch.manual_seed(training.seed)
     tok = load_tokenizer(base)
     data = tokenize(base, rows, None)

@@ -42,7 +42,7 @@ def comparison_table(results: dict, cell: str) -> Table | None:
         ratio = f"{c['ratio']:.3f}x" if c["ratio"] is not None else "-"
         p = c["p_value"]
         table.add_row(c["a"], c["b"], c["metric"], ratio, f"{c['a_wins']}/{c['n']}",
-                      f"{p:.2g}" + (" *" if p < 0.01 else ""))
+                      f"{p:.2g}" + ((" *" if c["diff"] > 0 else " (a lower)") if p < 0.01 else ""))
     return table
 
 
