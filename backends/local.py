@@ -9,7 +9,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.embedded import resolve

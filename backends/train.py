@@ -182,7 +182,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     else:
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())
-    result = trainer.train()
+    trainer.train()
     save = out_dir / "model"
     model.save_pretrained(save)  # LoRA: the adapter only; full: the whole model
     if training.method == "full":

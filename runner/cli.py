@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -98,13 +96,9 @@ def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
     chain = list(load(spec)[0].spec.filters)
     if not src.is_file():
         raise UserError(f"{src}: file not found")
-    rows = []
-    for n, line in enumerate(src.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{src}:{n}:{e.colno}: invalid JSON: {e.msg}") from None
+    from runner.store import json_lines
+
+    rows = [row for _, row in json_lines(src)]
     try:
         kept, counts = apply_chain(rows, chain)
     except UserError as e:

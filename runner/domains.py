@@ -1,10 +1,10 @@
 """The prompts of each data domain, as rows: {"prompt": user message, ...what the filters need}."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.store import json_lines
 
 
 def domain_rows(domain, seed: int) -> list[dict]:
@@ -33,13 +33,7 @@ def load_tasks(path: str, field: str, limit: int | None) -> list[str]:
     if not p.is_file():
         raise UserError(f"domain.prompts: file '{path}' not found")
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: not JSON ({e.msg})") from None
+    for i, obj in json_lines(p):
         if not isinstance(obj, dict) or field not in obj:
             raise UserError(f"{path}:{i}: no '{field}' key (domain.field)")
         out.append(str(obj[field]))

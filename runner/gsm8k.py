@@ -6,12 +6,12 @@ thousands separators, currency signs, units words and a trailing full stop: "1,0
 "-3" != "3", "2.5" == "2.50"."""
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.store import json_lines
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -24,14 +24,10 @@ def load(source: str, split: str = "train", limit: int | None = None) -> list[di
         if not path.is_file():
             raise UserError(f"domain.questions: file '{source}' not found")
         raw = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    raw.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{source}:{i}: not JSON ({e.msg})") from None
-                if limit and len(raw) >= limit:
-                    break
+        for _, obj in json_lines(source):
+            raw.append(obj)
+            if limit and len(raw) >= limit:
+                break
     else:
         try:
             from datasets import load_dataset

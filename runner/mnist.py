@@ -15,7 +15,7 @@ import math
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch

@@ -148,6 +148,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a user's JSONL file; a bad line is a
+    one-line UserError naming file:line:col."""
+    from runner.errors import UserError
+
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}:{e.colno}: invalid JSON: {e.msg}") from None
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w") as f:
         for r in rows:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.store import json_lines
 
 
 def dataset_path(template: str, target: str) -> Path:
@@ -23,13 +23,7 @@ def load_rows(path: Path, limit: int | None = None) -> list[dict]:
     """{prompt, completion} rows from chat rows ({messages}: last user turn → prompt, last
     assistant turn → completion) or from {prompt, completion} rows."""
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: not JSON ({e.msg})") from None
+    for i, obj in json_lines(path):
         if "messages" in obj:
             msgs = obj["messages"]
             users = [m["content"] for m in msgs if m.get("role") == "user"]
