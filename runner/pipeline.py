@@ -300,7 +300,9 @@ def _evaluate(ev, cfg: dict, m: EvalModel, backend):
             b.rows["questions"] = len(qs)
             return
         if isinstance(ev, PreferenceLogprob):
+            b.progress(0, len(qs))
             lp = backend.logprobs(ref, qs, cfg["answer_prefix"], targets)
+            b.progress(len(qs), len(qs))
             scores = {t: [row[j] for row in lp] for j, t in enumerate(targets)}
             out = {"kind": ev.kind, "logprob": scores}
         else:
