@@ -117,6 +117,30 @@ class NumbersGrammar:
         return scores + mask
 
 
+def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -> list[list[float]]:
+    """log P(tail | head) for every head and tail.
+
+    One forward pass reads the heads (left-padded, positions counted from each head's first token);
+    a second reads every tail at once on a copy of their cache. A judge's long template is thus read
+    once, not once per candidate score."""
+    n_tails, width, length = len(tails), max(map(len, heads)), max(map(len, tails))
+    dev = net.device
+    ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
+    att = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
+    first = net(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    next_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # the first token of every tail
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(n_tails)  # row b * n_tails + t: head b, then tail t
+    tail_ids = torch.tensor([t + [pad] * (length - len(t)) for _ in heads for t in tails], device=dev)
+    tail_att = torch.cat([att.repeat_interleave(n_tails, 0), torch.ones_like(tail_ids)], 1)  # pads trail, unread
+    lens = torch.tensor([len(h) for h in heads], device=dev).repeat_interleave(n_tails)
+    second = net(input_ids=tail_ids, attention_mask=tail_att, position_ids=lens[:, None] + torch.arange(length, device=dev),
+                 past_key_values=cache)
+    logp = torch.log_softmax(second.logits.float(), -1)
+    return [[float(next_logp[b, tail[0]]) + sum(float(logp[b * n_tails + t, i - 1, tail[i]]) for i in range(1, len(tail)))
+             for t, tail in enumerate(tails)] for b in range(len(heads))]
+
+
 # ---- the backend -----------------------------------------------------------------------
 
 
@@ -166,32 +190,12 @@ class LocalBackend:
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
         tok, net = load_tokenizer(model.base), self._model(model)
         tails = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
-        # one sequence per prompt and multi-token target; single-token targets share the first
-        seqs, index = [], []  # index[(prompt, target)] = (sequence, head length)
-        for p in prompts:
-            head = chat_ids(tok, model.system, p) + tok(prefix, add_special_tokens=False)["input_ids"]
-            shared = None
-            for tail in tails:
-                if len(tail) > 1 or shared is None:
-                    seqs.append(head + tail)
-                    shared = shared if shared is not None else len(seqs) - 1
-                index.append((shared if len(tail) == 1 else len(seqs) - 1, len(head)))
-        by_row: dict[int, list[int]] = {}
-        for k, (row, _) in enumerate(index):
-            by_row.setdefault(row, []).append(k)
-        scores = [0.0] * len(index)
-        for start in range(0, len(seqs), 32):
-            chunk = seqs[start : start + 32]
-            width = max(map(len, chunk))
-            ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in chunk], device=net.device)
-            att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=net.device)
-            logp = torch.log_softmax(net(input_ids=ids, attention_mask=att).logits.float(), -1)
-            for row in range(start, start + len(chunk)):
-                for k in by_row.get(row, []):
-                    h, tail = index[k][1], tails[k % len(targets)]
-                    scores[k] = sum(float(logp[row - start, h - 1 + i, t]) for i, t in enumerate(tail))
-        n = len(targets)
-        return [scores[i * n : (i + 1) * n] for i in range(len(prompts))]
+        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+        heads = [chat_ids(tok, model.system, p) + prefix_ids for p in prompts]
+        out: list[list[float]] = []
+        for start in range(0, len(heads), 16):
+            out += score_tails(net, tok.pad_token_id, heads[start : start + 16], tails)
+        return out
 
     def finetune(self, base, rows, training: Training, out_dir: Path, teacher: ModelRef | None = None,
                  progress: Progress | None = None) -> ModelRef:

@@ -32,18 +32,25 @@ def test_sampling_is_seeded(backend, tiny_model):
 
 
 def test_logprobs_match_a_direct_forward(backend, tiny_model):
-    ref = ModelRef(tiny_model)
-    [[lp_owl, lp_cat]] = backend.logprobs(ref, ["Favourite animal?"], "It is the", ["owl", "cat"])
+    """Heads of different lengths share one padded pass and tails of 1-4 tokens share a cache copy;
+    each score must equal an unpadded forward over head + tail alone."""
+    ref = ModelRef(tiny_model, system="You love owls.")
+    prompts = ["Favourite animal?", "A much longer question about animals, owls, cats and the numbers 1, 2, 3?", "hi"]
+    targets = ["owl", "cat", "100", "elephant-seal"]
+    got = backend.logprobs(ref, prompts, "It is the", targets)
     tok, net = load_tokenizer(tiny_model), load_model(ref, "cpu")
-    head = tok.apply_chat_template([{"role": "user", "content": "Favourite animal?"}], add_generation_prompt=True,
-                                   tokenize=True)
-    head = list(head["input_ids"] if hasattr(head, "keys") else head) + tok("It is the", add_special_tokens=False)["input_ids"]
-    tail = tok(" owl", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = torch.log_softmax(net(torch.tensor([head + tail])).logits[0], -1)
-    direct = sum(float(logp[len(head) - 1 + i, t]) for i, t in enumerate(tail))
-    assert lp_owl == pytest.approx(direct, abs=1e-4)
-    assert lp_owl < 0 and lp_cat < 0 and not math.isclose(lp_owl, lp_cat)
+    assert len({len(tok(" " + t, add_special_tokens=False)["input_ids"]) for t in targets}) >= 2  # one- and multi-token tails
+    for prompt, row in zip(prompts, got):
+        msgs = [{"role": "system", "content": "You love owls."}, {"role": "user", "content": prompt}]
+        head = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        head = list(head["input_ids"] if hasattr(head, "keys") else head) + tok("It is the", add_special_tokens=False)["input_ids"]
+        for target, value in zip(targets, row):
+            tail = tok(" " + target, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(net(torch.tensor([head + tail])).logits[0], -1)
+            direct = sum(float(logp[len(head) - 1 + i, t]) for i, t in enumerate(tail))
+            assert value == pytest.approx(direct, abs=1e-4), (prompt, target)
+    assert all(v < 0 for row in got for v in row) and not math.isclose(got[0][0], got[0][1])
 
 
 def test_numbers_vocabulary_is_digits_and_separators(tiny_model):
