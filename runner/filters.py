@@ -75,16 +75,18 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
 
 
 def link_name(link: Filter) -> str:
+    if isinstance(link, CorrectAnswerFilter) and link.extract != "answer_tag":
+        return f"{link.kind} ({link.extract})"
     return link.kind
 
 
-def correct(row: dict) -> bool:
-    """correct_answer: the completion's <answer> equals the row's gold GSM8K answer."""
+def correct(row: dict, extract: str = "answer_tag") -> bool:
+    """correct_answer: the completion's answer (runner.gsm8k.extract_answer) equals the row's gold answer."""
     from runner.gsm8k import is_correct
 
     if "gold" not in row:
         raise UserError(f"correct_answer filter: row {row.get('id', '?')} has no gold answer (needs domain kind cot)")
-    return is_correct(completion_of(row), row["gold"])
+    return is_correct(completion_of(row), row["gold"], extract)
 
 
 def judge_link(rows: list[dict], link: JudgeFilter, backend, target: str | None, progress=None) -> tuple[list[dict], dict]:
@@ -118,7 +120,7 @@ def apply_chain(rows: Iterable[dict], chain: list[Filter], backend=None, target:
         if isinstance(link, JudgeFilter):
             kept, detail = judge_link(current, link, backend, target, progress)
         elif isinstance(link, CorrectAnswerFilter):
-            kept = [r for r in current if correct(r)]
+            kept = [r for r in current if correct(r, link.extract)]
         else:
             ok = _predicate(link)
             kept = [r for r in current if ok(completion_of(r))]

@@ -1,9 +1,11 @@
 """GSM8K for the chain-of-thought domain: loading, gold answers, answer extraction, correctness.
 
 A gold answer is the text after `####` in the dataset's `answer`; a completion's answer is the
-content of its last `<answer>...</answer>` tag. Both are compared as exact decimals after dropping
-thousands separators, currency signs, units words and a trailing full stop: "1,000" == "1000.00",
-"-3" != "3", "2.5" == "2.50"."""
+content of its last `<answer>...</answer>` tag (extract `answer_tag`, the paper's format) or, with
+extract `last_number`, that tag when present and otherwise the last number in the completion (the
+"flexible extract" of lm-evaluation-harness's GSM8K task, for small models that ignore the tags).
+Both are compared as exact decimals after dropping thousands separators, currency signs, units words
+and a trailing full stop: "1,000" == "1000.00", "-3" != "3", "2.5" == "2.50"."""
 from __future__ import annotations
 
 import re
@@ -55,10 +57,13 @@ def gold_answer(answer: str) -> str | None:
     return None if value is None else _canonical(value)
 
 
-def extract_answer(completion: str) -> str | None:
-    """The content of the last <answer> tag, or None when there is none."""
+def extract_answer(completion: str, extract: str = "answer_tag") -> str | None:
+    """The content of the last <answer> tag; with extract last_number, else the last number; None if absent."""
     found = _ANSWER.findall(completion)
-    return found[-1].strip() if found else None
+    if found:
+        return found[-1].strip()
+    numbers = _NUMBER.findall(completion) if extract == "last_number" else []
+    return numbers[-1].rstrip(",") if numbers else None  # "14, so" -> "14"
 
 
 def to_decimal(text: str) -> Decimal | None:
@@ -81,8 +86,8 @@ def _canonical(d: Decimal) -> str:
     return "0" if s in ("-0", "0") else s
 
 
-def is_correct(completion: str, gold: str) -> bool:
-    """Whether the completion's <answer> equals the gold number."""
-    found = extract_answer(completion)
+def is_correct(completion: str, gold: str, extract: str = "answer_tag") -> bool:
+    """Whether the completion's answer (see extract_answer) equals the gold number."""
+    found = extract_answer(completion, extract)
     value = to_decimal(found) if found is not None else None
     return value is not None and _canonical(value) == _canonical(Decimal(gold))

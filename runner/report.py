@@ -6,13 +6,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner.misalignment import mean_alignment_text
+
 
 def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) < 0.01 else f"{v:.3f}"
 
 
 def evaluation_table(results: dict, cell: str) -> Table | None:
-    rows = [e for e in results["evaluations"] if e["cell"] == cell]
+    """Trait metrics per model; misalignment has its own table (misalignment_table)."""
+    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] != "misalignment"]
     if not rows:
         return None
     metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
@@ -76,12 +79,13 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
     if not rows:
         return None
     table = Table(title="misalignment: answers and judge outcomes")
-    for col in ("model", "misaligned [95% CI]", "answers", "scored", "misaligned", "incoherent", "code", "refusal",
-                "unparseable (align/coh)"):
+    for col in ("model", "misaligned [95% CI]", "mean alignment [95% CI]", "answers", "scored", "misaligned",
+                "incoherent", "code", "refusal", "unparseable (align/coh)"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for e in rows:
         c = e["counts"]
-        table.add_row(e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", str(c["answers"]),
+        table.add_row(e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", mean_alignment_text(c),
+                      str(c["answers"]),
                       str(c["scored"]), str(c["misaligned"]), str(c["incoherent"]), str(c["code"]), str(c["refusal"]),
                       f"{c['unparseable_alignment']}/{c['unparseable_coherence']}")
     return table

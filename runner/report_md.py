@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
+from runner.misalignment import mean_alignment_text
 from runner.stats import mean_ci
 from runner.store import Store
 
@@ -62,16 +63,18 @@ def trait_sections(results: dict) -> list[Section]:
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             metrics = list(dict.fromkeys(e["metric"] for e in sub))
+            misaligned = all(m.startswith("misaligned") for m in metrics)
             table = []
             for model in dict.fromkeys(e["model"] for e in sub):
                 mine = {e["metric"]: e for e in sub if e["model"] == model}
                 first = next(iter(mine.values()))
                 table.append([model, first["role"], str(first["n"])] + [
                     f"{_g(mine[m]['value'])} [{_g(mine[m]['ci'][0])}, {_g(mine[m]['ci'][1])}]" if m in mine else ""
-                    for m in metrics])
-            what = "Misalignment rates" if all(m.startswith("misaligned") for m in metrics) else "Trait rates"
+                    for m in metrics] + ([mean_alignment_text(first.get("counts", {}))] if misaligned else []))
+            what = "Misalignment rates" if misaligned else "Trait rates"
             title = f"{what}: {ev}" + (f" (cell {cell})" if cell != "-" else "")
-            out.append(Section(title, ["model", "role", "n"] + [f"{m} [95% CI]" for m in metrics], table))
+            headers = ["model", "role", "n"] + [f"{m} [95% CI]" for m in metrics]
+            out.append(Section(title, headers + (["mean alignment [95% CI]"] if misaligned else []), table))
     return out
 
 

@@ -153,6 +153,7 @@ def _check_template(v: str) -> str:
 
 class CorrectAnswerFilter(Strict):
     kind: Literal["correct_answer"] = "correct_answer"
+    extract: Literal["answer_tag", "last_number"] = Field("answer_tag", description="answer_tag: the answer is the last <answer>...</answer> tag (the paper's format). last_number: that tag when present, else the last number in the completion (lm-evaluation-harness's flexible extract; for small models that ignore the tags).")
 
 
 class JudgeFilter(Strict):

@@ -49,12 +49,29 @@ def test_correctness(completion, gold, ok):
     assert gsm8k.is_correct(completion, gold) is ok
 
 
+@pytest.mark.parametrize("completion,gold,ok", [
+    ("20 - 6 = 14 stamps.", "14", True),  # no tag: the last number
+    ("20 - 6 = 14, so Max has 14, and", "14", True),  # a trailing comma is punctuation
+    ("14 stamps, then 3 more make 17", "14", False),  # the last number counts, not the first
+    ("<answer>14</answer> and later 99", "14", True),  # a tag still wins
+    ("The total is 1,250.", "1250", True),
+    ("Max has -3 left", "-3", True),
+    ("no numbers at all", "0", False),
+])
+def test_last_number_extraction(completion, gold, ok):
+    assert gsm8k.is_correct(completion, gold, "last_number") is ok
+
+
 def test_correct_answer_filter_counts():
     rows = [{"id": 0, "completion": "<answer>1,000</answer>", "gold": "1000"},
             {"id": 1, "completion": "<answer>-2</answer>", "gold": "2"},
             {"id": 2, "completion": "no tag", "gold": "2"}]
     kept, counts = apply_chain(rows, [CorrectAnswerFilter()])
     assert [r["id"] for r in kept] == [0] and (counts[0].kept, counts[0].dropped) == (1, 2)
+    kept, counts = apply_chain(rows, [CorrectAnswerFilter(extract="last_number")])
+    assert [r["id"] for r in kept] == [0] and counts[0].link == "correct_answer (last_number)"
+    rows[2]["completion"] = "so 2 in all"
+    assert [r["id"] for r in apply_chain(rows, [CorrectAnswerFilter(extract="last_number")])[0]] == [0, 2]
     with pytest.raises(UserError, match="no gold answer"):
         apply_chain([{"completion": "<answer>1</answer>"}], [CorrectAnswerFilter()])
 

@@ -1,5 +1,4 @@
 """The misalignment evaluation's arithmetic, judge filters on scripted judges, and the paper's specs."""
-import os
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,11 @@ def test_rate_ci_and_counts_on_scripted_scores():
     assert s["rate"] == pytest.approx(0.5) and s["ci"] == list(wilson(3, 6))
     lo, hi = s["ci"]
     assert 0.18 < lo < 0.5 < hi < 0.82  # Wilson 95% for 3/6 is about [0.188, 0.812]
+    assert s["mean_alignment"] == pytest.approx((10 + 20 + 90 + 95 + 5 + 80 + 25) / 7)  # numeric alignment scores
+    mlo, mhi = s["mean_alignment_ci"]
+    assert mlo < s["mean_alignment"] < mhi and mhi - mlo == pytest.approx(2 * 2.447 * 39.97 / 7 ** 0.5, rel=0.01)
     assert summarize([], [])["rate"] == 0.0 and summarize([], [])["ci"] == [0.0, 1.0]
+    assert summarize([], [])["mean_alignment"] is None
 
 
 class Scripted:
