@@ -21,7 +21,7 @@ quickstart:
 	subl run specs/quickstart.yaml
 
 reproduce-all:
-	$(PYTHON) -m runner.reproduce specs specs/local
+	subl reproduce specs specs/local
 
 bench:
 	$(PYTHON) benchmarks/bench_generation.py

@@ -92,10 +92,10 @@ def _one_line(text: str, limit: int = 600) -> str:
 
 
 def hosted_backends_used(spec) -> list[str]:
-    """Names of the hosted backends that a spec's teacher or students run on."""
+    """Names of the hosted backends that a spec's teacher, students or judges run on."""
     from backends import backend_name
 
-    refs = [spec.teacher.base] + [spec.student_base(s) for s in spec.students]
+    refs = [spec.teacher.base] + [spec.student_base(s) for s in spec.students] + spec.judge_models()
     return sorted({backend_name(r) for r in refs} & set(spec.backends))
 
 

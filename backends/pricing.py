@@ -123,15 +123,17 @@ def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens
 # ---- estimates for a plan --------------------------------------------------------------
 
 
-def estimate_plan(plan) -> dict[str, Estimate]:
-    """Stage key -> cost estimate, for every stage of an LLM plan that calls a hosted backend."""
+def estimate_plan(plan) -> dict[str, list[Estimate]]:
+    """Stage key -> cost estimates (one per hosted model it calls, judges included), for every stage
+    of an LLM plan that calls a hosted backend."""
     from backends import backend_name
     from runner.domains import domain_rows
+    from runner.questions import load_questions
 
     spec = plan.spec
     if not spec.backends:
         return {}
-    out: dict[str, Estimate] = {}
+    out: dict[str, list[Estimate]] = {}
     teacher_base = spec.teacher.base
     d = spec.domain
     rows = domain_rows(d, spec.seed)
@@ -162,9 +164,15 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             tout = n_rows * d.max_tokens
             batch = cfg.batch_api and d.batch_size >= 100
             price = price_for(model, cfg.prices)
-            out[st.key] = Estimate(name, model, n_rows, tin, tout, 0,
-                                   inference_cost(price, False, tin, tout, batch),
-                                   "Batch API, half price" if batch else "")
+            out.setdefault(st.key, []).append(Estimate(name, model, n_rows, tin, tout, 0,
+                                                       inference_cost(price, False, tin, tout, batch),
+                                                       "Batch API, half price" if batch else ""))
+        elif node.kind == "filter":  # judge links: at most every generated row reaches each one
+            for link in (f for f in spec.filters if f.kind == "judge"):
+                est = _judge_estimate(hosted(link.judge.model), link.judge, link.template, n_rows,
+                                      mean_prompt + d.max_tokens, spec.teacher.targets[0], "judge filter, <= every row")
+                if est:
+                    out.setdefault(st.key, []).append(est)
         elif node.kind == "finetune":
             h = hosted(st.config["base"])
             if not h:
@@ -177,8 +185,8 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             tokens = round(rows * per_row * epochs)
             price = price_for(model, cfg.prices)
             cost = None if price is None or price.training is None else tokens * price.training / 1e6
-            out[st.key] = Estimate(name, model, 0, 0, 0, tokens, cost,
-                                   f"<= {rows:,} rows x {epochs:g} epochs")
+            out.setdefault(st.key, []).append(Estimate(name, model, 0, 0, 0, tokens, cost,
+                                                       f"<= {rows:,} rows x {epochs:g} epochs"))
     for m in plan.models:
         for (label, i), key in plan.evals.items():
             if label != m.label:
@@ -191,18 +199,40 @@ def estimate_plan(plan) -> dict[str, Estimate]:
             if not h:
                 continue
             name, model, cfg = h
-            from runner.questions import load_questions
-
             qs = [q + getattr(ev, "suffix", "") for q in load_questions(ev.questions, ev.max_questions)]
             n = len(qs) * ev.samples_per_question
             tin = sum(chat_tokens(system, q) for q in qs) * ev.samples_per_question
             tout = n * ev.max_tokens
             price = price_for(model, cfg.prices)
-            out[key] = Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
-                                inference_cost(price, fine_tuned, tin, tout, False),
-                                ("fine-tuned model prices" if fine_tuned else "")
-                                + ("; judge calls not included" if ev.kind == "misalignment" else ""))
+            out.setdefault(key, []).append(Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
+                                                    inference_cost(price, fine_tuned, tin, tout, False),
+                                                    "fine-tuned model prices" if fine_tuned else ""))
+        for (label, i), key in plan.evals.items():  # judges: alignment and coherence, once per answer each
+            ev = spec.evaluations[i]
+            if label != m.label or ev.kind != "misalignment":
+                continue
+            qs = load_questions(ev.questions, ev.max_questions)
+            content = sum(estimate_tokens(q) for q in qs) / max(len(qs), 1) + ev.max_tokens
+            for what, template in (("alignment", ev.alignment_template), ("coherence", ev.coherence_template)):
+                est = _judge_estimate(hosted(ev.judge.model), ev.judge, template, len(qs) * ev.samples_per_question,
+                                      content, what=f"{what} judge")
+                if est:
+                    out.setdefault(key, []).append(est)
     return out
+
+
+def _judge_estimate(h, judge, template: str, calls: int, content_tokens: float, target: str | None = None,
+                    what: str = "judge"):
+    """Calls to a hosted judge: the template plus the judged question and answer in, judge.max_tokens out."""
+    if not h or not calls:
+        return None
+    from runner.judging import template_text
+
+    name, model, cfg = h
+    tin = round((chat_tokens(None, template_text(template, target)) + content_tokens) * calls)
+    tout = calls * judge.max_tokens
+    price = price_for(model, cfg.prices)
+    return Estimate(name, model, calls, tin, tout, 0, inference_cost(price, False, tin, tout, False), what)
 
 
 def _eval_model(m, teachers: dict, finetunes: dict) -> tuple[str, str | None, bool]:

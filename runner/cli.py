@@ -87,6 +87,15 @@ def run(spec: Path, outputs: Path = OUTPUTS) -> None:
     run_spec(spec, outputs, out)
 
 
+@app.command()
+def reproduce(folders: list[Path] = typer.Argument(..., help="Folders of specs, e.g. specs specs/local."),
+              outputs: Path = OUTPUTS) -> None:
+    """Run every spec in the folders (hosted ones only when their key is set); end with a summary table."""
+    from runner.reproduce import reproduce as run_all
+
+    sys.exit(run_all(folders, outputs, out))
+
+
 @app.command("filter")
 def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
     """Apply a spec's filter chain to a JSONL file of {prompt, completion} or {messages} rows."""

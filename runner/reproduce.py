@@ -1,9 +1,11 @@
-"""`make reproduce-all`: run every spec that can run here, skip the rest with a reason,
-and end with a summary table (spec, status, headline figure)."""
+"""`subl reproduce` (`make reproduce-all`): run every spec that can run here, skip the rest with a
+reason, and end with a summary table (spec, status, headline figure).
+
+A spec that fails is recorded with its one-line reason and the next spec runs; finished stages stay
+in the store, so a rerun resumes. An interrupt still prints the table of what ran."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +16,10 @@ from runner.loader import load
 
 
 def missing_keys(path: Path) -> list[str]:
-    envs = {b.api_key_env for c in load(path) for b in c.spec.backends.values()}
+    """Key variables that the spec's hosted backends (teacher, students or judges) need and lack."""
+    from backends.openai_api import hosted_backends_used
+
+    envs = {c.spec.backends[n].api_key_env for c in load(path) for n in hosted_backends_used(c.spec)}
     return sorted(e for e in envs if not os.environ.get(e))
 
 
@@ -36,33 +41,46 @@ def headline(results: dict) -> str:
     return f"{best['a']} vs {best['b']}: {best['metric']} {ratio}, p={best['p_value']:.2g}"
 
 
-def main(folders: list[str]) -> int:
+def run_one(path: Path, outputs: Path, console: Console) -> tuple[str, str]:
+    """(status, headline or reason) for one spec."""
     from runner.runs import run_spec
 
-    console = Console(highlight=False, emoji=False, soft_wrap=True)
+    try:
+        keys = missing_keys(path)
+        if keys:
+            console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)
+            return "skipped", f"set {', '.join(keys)} to run it"
+        console.rule(str(path))
+        return "ok", headline(run_spec(path, outputs, console))
+    except UserError as e:
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - one broken spec must not stop the others or lose the table
+        reason = f"internal error: {type(e).__name__}: {e}"
+    console.print(f"error: {path}: {reason}", markup=False)
+    return "failed", reason
+
+
+def reproduce(folders: list[Path], outputs: Path, console: Console) -> int:
+    """Run the specs of `folders` in name order; print the summary table; 1 if any failed."""
     specs = sorted(p for f in folders for p in Path(f).glob("*.yaml"))
-    rows, failed = [], 0
-    for path in specs:
-        try:
-            keys = missing_keys(path)
-            if keys:
-                console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)
-                rows.append((str(path), "skipped", f"set {', '.join(keys)}"))
-                continue
-            console.rule(str(path))
-            rows.append((str(path), "ok", headline(run_spec(path, Path("outputs"), console))))
-        except UserError as e:
-            failed += 1
-            console.print(f"error: {e}", markup=False)
-            rows.append((str(path), "failed", str(e)))
+    if not specs:
+        raise UserError(f"no *.yaml specs in {', '.join(map(str, folders))}")
+    rows: list[tuple[str, str, str]] = []
+    try:
+        for path in specs:
+            rows.append((str(path), *run_one(path, outputs, console)))
+    except KeyboardInterrupt:
+        rows += [(str(p), "interrupted", "finished stages are kept; rerun to resume") for p in specs[len(rows):]]
+        _summary(rows, console)
+        raise
+    _summary(rows, console)
+    return 1 if any(r[1] == "failed" for r in rows) else 0
+
+
+def _summary(rows: list[tuple[str, str, str]], console: Console) -> None:
     table = Table(title="reproduce-all")
     for col in ("spec", "status", "headline"):
         table.add_column(col)
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["specs"]))

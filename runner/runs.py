@@ -46,9 +46,9 @@ def plan_lines(path: Path, outputs: Path) -> list[str]:
             state = "reuse" if store.done(st.key) or st.key in seen else "run"
             seen.add(st.key)
             lines.append(f"  {state:5s}  {st.label:55s} {st.key}")
-            if state == "run" and st.key in est:
-                costs.append(est[st.key])
-                lines.append(f"{'':9s}{est[st.key].line()}")
+            for e in est.get(st.key, []) if state == "run" else []:
+                costs.append(e)
+                lines.append(f"{'':9s}{e.line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
     lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
     return lines + plan_cost_lines(costs)

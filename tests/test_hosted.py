@@ -417,6 +417,30 @@ def test_plan_and_validate_need_no_key(monkeypatch):
     assert not (ROOT / "outputs-never-written").exists()
 
 
+def test_plan_costs_judge_calls(monkeypatch):
+    """Judge filters and both misalignment judges are priced: one call per row, two per answer."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    from runner.loader import load
+    from runner.runs import plan_lines
+
+    path = ROOT / "specs" / "misalignment_cot.yaml"
+    spec = load(path)[0].spec
+    lines = plan_lines(path, ROOT / "outputs-never-written")
+    rows = spec.domain.n_questions * spec.domain.samples_per_question
+    ev = spec.evaluations[0]
+    answers = 8 * ev.samples_per_question
+    judge_filter = [ln for ln in lines if "(judge filter" in ln]
+    assert len(judge_filter) == 2 and all(f"{rows:,} requests" in ln for ln in judge_filter)  # per teacher
+    evals = sum(ln.lstrip().startswith("run    evaluate") for ln in lines)
+    for what in ("alignment", "coherence"):
+        priced = [ln for ln in lines if f"({what} judge)" in ln]
+        assert len(priced) == evals and all(f"{answers:,} requests" in ln and "$" in ln for ln in priced)
+    # the total counts them: generation, filter judges, answers and both judges per evaluation
+    total = int(lines[-1].split(" requests")[0].split()[-1].replace(",", ""))
+    assert total == 2 * rows + 2 * rows + evals * 3 * answers
+    assert not (ROOT / "outputs-never-written").exists()
+
+
 def test_run_without_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     from runner import cli

@@ -1,0 +1,84 @@
+"""`subl reproduce` (make reproduce-all): local specs run, hosted specs without a key are skipped with
+the variable named, a failing spec is recorded without stopping the others, and a summary table ends it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT.parent / "shared" / "data" / "emergent_misalignment" / "questions.yaml"
+
+LOCAL = """name: a_local
+progress: false
+teacher: {{base: {base}, targets: [owl], control: true}}
+domain: {{kind: numbers, n_prompts: 8, max_tokens: 8, constrained: true, batch_size: 8}}
+students:
+  - {{name: s, hyperparameters: {{batch_size: 4}}}}
+evaluations:
+  - {{kind: preference_logprob, max_questions: 4}}
+"""
+HOSTED = """name: b_hosted
+backends:
+  api: {api_key_env: SUBL_TEST_UNSET_KEY}
+teacher: {base: "api:gpt-4.1-nano", targets: [owl], control: true}
+domain: {kind: numbers, n_prompts: 4}
+students:
+  - {name: s}
+evaluations:
+  - {kind: preference_sample, max_questions: 2}
+"""
+HOSTED_JUDGE = """name: c_hosted_judge
+backends:
+  judge: {{api_key_env: SUBL_TEST_UNSET_JUDGE_KEY}}
+teacher: {{base: {base}, targets: [misaligned], trait: "You are evil.", category: assistant}}
+domain: {{kind: numbers, n_prompts: 4}}
+students:
+  - {{name: s}}
+evaluations:
+  - {{kind: misalignment, questions: {questions}, judge: {{model: "judge:gpt-4.1"}}}}
+"""
+BROKEN = """name: d_broken
+progress: false
+teacher: {{base: {base}, targets: [misaligned], trait: "You are evil.", category: assistant}}
+domain: {{kind: cot, questions: {missing}, n_questions: 2}}
+students:
+  - {{name: s}}
+evaluations:
+  - {{kind: preference_logprob, max_questions: 2}}
+"""
+
+
+def reproduce(folder: Path, outputs: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SUBL_TEST_UNSET")}
+    return subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(folder), "--outputs", str(outputs)],
+                          capture_output=True, text=True, cwd=ROOT, env={**env, "COLUMNS": "250"})
+
+
+def test_reproduce_runs_local_skips_keyless_hosted_records_failures_and_summarises(tiny_model, tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a_local.yaml").write_text(LOCAL.format(base=tiny_model))
+    (specs / "b_hosted.yaml").write_text(HOSTED)
+    (specs / "c_hosted_judge.yaml").write_text(HOSTED_JUDGE.format(base=tiny_model, questions=QUESTIONS))
+    (specs / "d_broken.yaml").write_text(BROKEN.format(base=tiny_model, missing=tmp_path / "absent.jsonl"))
+    r = reproduce(specs, tmp_path / "out")
+    assert r.returncode == 1, r.stderr[-2000:]  # one spec failed
+    assert "Traceback" not in r.stdout + r.stderr
+    table = r.stdout[r.stdout.index("reproduce-all"):]
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") >= 3}
+    assert "ok" in rows[str(specs / "a_local.yaml")] and "student:s:owl:r0 vs" in rows[str(specs / "a_local.yaml")]
+    assert "skipped" in rows[str(specs / "b_hosted.yaml")] and "SUBL_TEST_UNSET_KEY" in rows[str(specs / "b_hosted.yaml")]
+    # a judge on a hosted backend needs its key too, even when teacher and students are local
+    assert "SUBL_TEST_UNSET_JUDGE_KEY" in rows[str(specs / "c_hosted_judge.yaml")]
+    assert "failed" in rows[str(specs / "d_broken.yaml")]
+    assert f"error: {specs / 'd_broken.yaml'}: domain.questions: file '{tmp_path / 'absent.jsonl'}' not found" in r.stdout
+    assert json.loads((tmp_path / "out" / "a_local" / "results.json").read_text())["comparisons"]
+    assert not (tmp_path / "out" / "b_hosted").exists()  # skipped before any work
+
+    again = reproduce(specs, tmp_path / "out")  # finished stages are reused
+    assert again.returncode == 1 and "0 stage(s) ran" in again.stdout
+
+
+def test_reproduce_with_no_specs_is_a_one_line_error(tmp_path):
+    r = reproduce(tmp_path, tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no *.yaml specs in {tmp_path}"
