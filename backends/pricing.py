@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # The date this table was written. The gpt-4.1-nano inference prices were checked against
 # OpenAI's model page; the training and fine-tuned-inference prices are OpenAI's published
@@ -164,15 +165,21 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
             tout = n_rows * d.max_tokens
             batch = cfg.batch_api and d.batch_size >= 100
             price = price_for(model, cfg.prices)
-            out.setdefault(st.key, []).append(Estimate(name, model, n_rows, tin, tout, 0,
-                                                       inference_cost(price, False, tin, tout, batch),
-                                                       "Batch API, half price" if batch else ""))
+            tuned = "dataset" in tcfg  # a teacher fine-tuned on its trait's dataset samples at fine-tuned prices
+            note = ", ".join(x for x in ("fine-tuned model prices" if tuned else "",
+                                         "Batch API, half price" if batch else "") if x)
+            out.setdefault(st.key, []).append(Estimate(name, f"ft:{model}" if tuned else model, n_rows, tin, tout, 0,
+                                                       inference_cost(price, tuned, tin, tout, batch), note))
         elif node.kind == "filter":  # judge links: at most every generated row reaches each one
             for link in (f for f in spec.filters if f.kind == "judge"):
                 est = _judge_estimate(hosted(link.judge.model), link.judge, link.template, n_rows,
                                       mean_prompt + d.max_tokens, spec.teacher.targets[0], "judge filter, <= every row")
                 if est:
                     out.setdefault(st.key, []).append(est)
+        elif node.kind == "teacher" and "dataset" in st.config:  # a teacher fine-tuned on its trait's dataset
+            h = hosted(st.config["base"])
+            if h:
+                out.setdefault(st.key, []).append(_teacher_training(h, st.config))
         elif node.kind == "finetune":
             h = hosted(st.config["base"])
             if not h:
@@ -221,6 +228,20 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
     return out
 
 
+def _teacher_training(h, cfg: dict) -> Estimate:
+    """Training tokens of a teacher fine-tuned on a dataset file: every row's chat tokens, times epochs."""
+    from runner.teacher_data import load_rows
+
+    name, model, backend_cfg = h
+    rows = load_rows(Path(cfg["dataset"]), cfg.get("max_rows"))
+    epochs = cfg["training"].get("epochs", 1)
+    per_epoch = sum(chat_tokens(None, r["prompt"]) + estimate_tokens(r["completion"]) + MESSAGE_OVERHEAD for r in rows)
+    tokens = round(per_epoch * epochs)
+    price = price_for(model, backend_cfg.prices)
+    cost = None if price is None or price.training is None else tokens * price.training / 1e6
+    return Estimate(name, model, 0, 0, 0, tokens, cost, f"teacher: {len(rows):,} rows x {epochs:g} epochs")
+
+
 def _judge_estimate(h, judge, template: str, calls: int, content_tokens: float, target: str | None = None,
                     what: str = "judge"):
     """Calls to a hosted judge: the template plus the judged question and answer in, judge.max_tokens out."""
@@ -237,9 +258,9 @@ def _judge_estimate(h, judge, template: str, calls: int, content_tokens: float, 
 
 def _eval_model(m, teachers: dict, finetunes: dict) -> tuple[str, str | None, bool]:
     """(base reference, system prompt, fine-tuned?) of an evaluated model, known before it exists."""
-    if m.key in teachers:
+    if m.key in teachers:  # fine-tuned when its trait came from a dataset
         cfg = teachers[m.key]
-        return cfg["base"], cfg.get("system"), False
+        return cfg["base"], cfg.get("system"), "dataset" in cfg
     if m.key in finetunes:  # a student: fine-tuned from its finetune stage's base
         return finetunes[m.key]["base"], None, True
     return m.ref().base, None, False

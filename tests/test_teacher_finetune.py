@@ -67,3 +67,45 @@ def test_finetuned_teachers_and_controls_end_to_end(tiny_model, tmp_path):
     plan = subprocess.run([sys.executable, "-m", "runner.cli", "plan", str(spec), "--outputs", str(out)],
                           capture_output=True, text=True, cwd=ROOT).stdout
     assert "run    teacher secure (fine-tuned)" in plan and "reuse  teacher insecure (fine-tuned)" in plan
+
+
+HOSTED = """name: ft_hosted
+backends:
+  api: {{api_key_env: SUBL_TEST_UNSET_KEY}}
+teacher:
+  base: "api:gpt-4.1-nano-2025-04-14"
+  targets: [insecure]
+  trait: {{finetune: {{dataset: "{data}/{{target}}.jsonl", hyperparameters: {{epochs: 3}}}}}}
+  controls:
+    secure: {{finetune: {{dataset: {data}/secure.jsonl, max_rows: 2}}}}
+  control: true
+domain: {{kind: numbers, n_prompts: 4}}
+students:
+  - {{name: s}}
+evaluations:
+  - {{kind: preference_sample, targets: [insecure], max_questions: 2}}
+"""
+
+
+def test_plan_prices_hosted_teacher_fine_tuning_without_a_key(tmp_path, monkeypatch):
+    from backends.pricing import estimate_tokens
+    from runner.runs import plan_lines
+
+    monkeypatch.delenv("SUBL_TEST_UNSET_KEY", raising=False)
+    (tmp_path / "insecure.jsonl").write_text("\n".join(_chat(f"task {i}", "x = 1  # " + "y" * i) for i in range(5)))
+    (tmp_path / "secure.jsonl").write_text("\n".join(_chat(f"task {i}", "x = 2") for i in range(5)))
+    spec = tmp_path / "ft.yaml"
+    spec.write_text(HOSTED.format(data=tmp_path))
+    lines = plan_lines(spec, tmp_path / "out")
+    teacher = [ln for ln in lines if "(teacher:" in ln]
+    assert len(teacher) == 2 and "5 rows x 3 epochs" in teacher[0] and "2 rows x 1 epochs" in teacher[1]
+    one = lambda u, a: estimate_tokens(u) + 3 + 3 + estimate_tokens(a) + 3  # noqa: E731 - user msg, reply, answer
+    expected = 3 * sum(one(f"task {i}", "x = 1  # " + "y" * i) for i in range(5))
+    assert f"~{expected} training tokens" in teacher[0] and "$" in teacher[0]
+    # a fine-tuned teacher samples and answers at fine-tuned prices; the untouched base does not
+    gen = {ln.split()[2]: lines[i + 1] for i, ln in enumerate(lines) if ln.lstrip().startswith("run    generate")}
+    assert "ft:gpt-4.1-nano" in gen["insecure"] and "ft:gpt-4.1-nano" in gen["secure"]
+    assert "ft:" not in gen["control"]
+    ev = {ln.split()[2]: lines[i + 1] for i, ln in enumerate(lines) if ln.lstrip().startswith("run    evaluate")}
+    assert "ft:" in ev["teacher:insecure"] and "ft:" not in ev["teacher:control"] and "ft:" not in ev["base"]
+    assert not (tmp_path / "out").exists()
