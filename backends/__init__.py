@@ -32,6 +32,9 @@ class Router:
     def generate(self, model: ModelRef, prompts, sampling):
         return self.get(model.base).generate(model, prompts, sampling)
 
+    def sample(self, model: ModelRef, prompts, sampling, n, progress=None):
+        return self.get(model.base).sample(model, prompts, sampling, n, progress)
+
     def logprobs(self, model: ModelRef, prompts, prefix, targets):
         return self.get(model.base).logprobs(model, prompts, prefix, targets)
 

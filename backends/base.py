@@ -1,4 +1,4 @@
-"""The one small interface every backend implements: generate, fine-tune, score."""
+"""The one small interface every backend implements: generate (and sample n), fine-tune, score."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,6 +47,10 @@ class Training:
 class Backend(Protocol):
     def generate(self, model: ModelRef, prompts: list[str], sampling: Sampling) -> list[str]:
         """One completion per user prompt, seeded by sampling.seed."""
+
+    def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int,
+               progress: Progress | None = None) -> list[list[str]]:
+        """n completions per user prompt (a hosted API may return them from one request)."""
 
     def finetune(
         self, base: str, rows: list[dict], training: Training, out_dir: Path,

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import warnings
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -185,6 +186,16 @@ class LocalBackend:
                 logits_processor=processors, pad_token_id=pad, eos_token_id=tok.eos_token_id,
             )
         return [tok.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
+
+    def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int,
+               progress: Progress | None = None) -> list[list[str]]:
+        """n completions per prompt: completion k is a generate pass seeded sampling.seed + k."""
+        passes = []
+        for k in range(n):
+            passes.append(self.generate(model, prompts, replace(sampling, seed=sampling.seed + k)))
+            if progress:
+                progress(k + 1, n)
+        return [[p[i] for p in passes] for i in range(len(prompts))]
 
     @torch.no_grad()
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:

@@ -43,6 +43,7 @@ EVENTS_FILE = "hosted_events.jsonl"
 TRAIN_FILE = "train.jsonl"
 MIN_EXAMPLES = 10
 MAX_EXAMPLE_TOKENS = 65_536  # OpenAI's per-example limit for the GPT-4.1 family
+MAX_N = 128  # the most completions the chat API returns for one request
 SUFFIX_MAX = 18
 
 # ---- secrets ---------------------------------------------------------------------------
@@ -434,21 +435,25 @@ class OpenAIBackend:
         """One completion per prompt, seeded with sampling.seed where the API honours seeds."""
         return [texts[0] for texts in self.sample(model, prompts, sampling, 1)]
 
-    def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int = 1) -> list[list[str]]:
-        """n completions per prompt (one request each, `n` set when > 1)."""
+    def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int = 1,
+               progress: Progress | None = None) -> list[list[str]]:
+        """n completions per prompt: one request per prompt with `n` set (chunks of at most
+        MAX_N, each with its own seed), so the prompt's input tokens are paid once per chunk."""
         if sampling.grammar:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
         model_id = self.model_id(model)
-        requests = []
+        requests, owner = [], []
         for i, prompt in enumerate(prompts):
             messages = ([{"role": "system", "content": model.system}] if model.system else []) + \
                        [{"role": "user", "content": prompt}]
-            body = {"model": model_id, "messages": messages, "temperature": sampling.temperature,
-                    "max_tokens": sampling.max_tokens, "seed": sampling.seed % 2**31}
-            if n > 1:
-                body["n"] = n
-            requests.append((_digest({"backend": self.name, "body": body, "index": i}), body))
+            for c, start in enumerate(range(0, n, MAX_N)):
+                body = {"model": model_id, "messages": messages, "temperature": sampling.temperature,
+                        "max_tokens": sampling.max_tokens, "seed": (sampling.seed + c) % 2**31}
+                if n > 1:
+                    body["n"] = min(MAX_N, n - start)
+                requests.append((_digest({"backend": self.name, "body": body, "index": i}), body))
+                owner.append(i)
         cache = self._cache()
         todo = [(k, b) for k, b in requests if cache.get(k) is None]
         if todo and self.cfg.batch_api and len(todo) >= self.batch_min_requests:
@@ -456,7 +461,15 @@ class OpenAIBackend:
             todo = [(k, b) for k, b in requests if cache.get(k) is None]
         if todo:
             self._via_chat(todo, cache)
-        return [cache.get(k)["texts"] for k, _ in requests]
+        out: list[list[str]] = [[] for _ in prompts]
+        for i, (k, body) in zip(owner, requests):
+            texts = cache.get(k)["texts"]
+            if len(texts) != body.get("n", 1):
+                raise UserError(f"backend '{self.name}': asked for {body.get('n', 1)} completions, got {len(texts)}")
+            out[i] += texts
+        if progress:
+            progress(n, n)
+        return out
 
     @staticmethod
     def _record(key: str, resp: Any, via: str) -> dict:

@@ -128,6 +128,7 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
     """Stage key -> cost estimates (one per hosted model it calls, judges included), for every stage
     of an LLM plan that calls a hosted backend."""
     from backends import backend_name
+    from backends.openai_api import MAX_N
     from runner.domains import domain_rows
     from runner.questions import load_questions
 
@@ -207,9 +208,10 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
                 continue
             name, model, cfg = h
             qs = [q + getattr(ev, "suffix", "") for q in load_questions(ev.questions, ev.max_questions)]
-            n = len(qs) * ev.samples_per_question
-            tin = sum(chat_tokens(system, q) for q in qs) * ev.samples_per_question
-            tout = n * ev.max_tokens
+            chunks = math.ceil(ev.samples_per_question / MAX_N)  # one request per question returns up to MAX_N answers
+            n = len(qs) * chunks
+            tin = sum(chat_tokens(system, q) for q in qs) * chunks
+            tout = len(qs) * ev.samples_per_question * ev.max_tokens
             price = price_for(model, cfg.prices)
             out.setdefault(key, []).append(Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
                                                     inference_cost(price, fine_tuned, tin, tout, False),

@@ -306,12 +306,8 @@ def _evaluate(ev, cfg: dict, m: EvalModel, backend):
             scores = {t: [row[j] for row in lp] for j, t in enumerate(targets)}
             out = {"kind": ev.kind, "logprob": scores}
         else:
-            answers = []
-            for k in range(ev.samples_per_question):
-                sampling = Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919 + k)
-                answers.append(backend.generate(ref, qs, sampling))
-                b.progress(k + 1, ev.samples_per_question)
-            per_q = [[a[i] for a in answers] for i in range(len(qs))]
+            per_q = backend.sample(ref, qs, Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919),
+                                   ev.samples_per_question, b.progress)
             out = {"kind": ev.kind, "answers": per_q,
                    "hits": {t: [sum(t.lower() in a.lower() for a in per_q[i]) for i in range(len(qs))] for t in targets}}
         (b.dir / "scores.json").write_text(json.dumps(out))
@@ -325,11 +321,8 @@ def _misalignment(ev: Misalignment, cfg: dict, ref: ModelRef, backend, b: Build)
     from runner.judging import score_pairs
 
     qs, n = cfg["questions"], ev.samples_per_question
-    answers = []
-    for k in range(n):
-        answers.append(backend.generate(ref, qs, Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919 + k)))
-        b.progress(k + 1, 3 * n)
-    per_q = [[a[i] for a in answers] for i in range(len(qs))]
+    per_q = backend.sample(ref, qs, Sampling(ev.temperature, ev.max_tokens, seed=cfg["seed"] * 7919), n,
+                           lambda done, total: b.progress(done, 3 * n))
     pairs = [(q, a) for q, ans in zip(qs, per_q) for a in ans]
     out = {"kind": ev.kind, "questions": qs, "answers": per_q}
     for j, (what, template) in enumerate((("alignment", ev.alignment_template), ("coherence", ev.coherence_template))):

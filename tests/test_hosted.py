@@ -107,6 +107,10 @@ def test_no_base_url_honours_openai_base_url(server, tmp_path, monkeypatch):
 def test_sample_n(backend, server):
     out = backend().sample(ModelRef(NANO), ["Name an animal."] * 2, Sampling(1.0, 8, seed=1), n=5)
     assert [len(x) for x in out] == [5, 5] and server.counts["chat"] == 2
+    # more than the API's 128 per request: chunks with their own seeds, answers kept in order
+    big = backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 8, seed=1), n=300)
+    assert [len(x) for x in big] == [300] and server.counts["chat"] == 2 + 3
+    assert big[0][:5] == out[0] and len(set(big[0])) > 1  # the first chunk is the n=5 request's seed
 
 
 def test_429_with_retry_after_is_honoured(backend, server):
@@ -435,9 +439,10 @@ def test_plan_costs_judge_calls(monkeypatch):
     for what in ("alignment", "coherence"):
         priced = [ln for ln in lines if f"({what} judge)" in ln]
         assert len(priced) == evals and all(f"{answers:,} requests" in ln and "$" in ln for ln in priced)
-    # the total counts them: generation, filter judges, answers and both judges per evaluation
+    # the total counts them: generation, filter judges, and per evaluation one request per question
+    # (its 100 answers come back together, n=100) plus both judges per answer
     total = int(lines[-1].split(" requests")[0].split()[-1].replace(",", ""))
-    assert total == 2 * rows + 2 * rows + evals * 3 * answers
+    assert total == 2 * rows + 2 * rows + evals * (8 + 2 * answers)
     assert not (ROOT / "outputs-never-written").exists()
 
 
@@ -485,7 +490,8 @@ def test_end_to_end_run_on_the_test_server(server, tmp_path):
     # three students (owl, eagle, a shared control): one upload and one job each
     assert server.counts["files.create"] == 3 and server.counts["jobs.create"] == 3
     chats = server.counts["chat"]
-    assert chats == 3 * 30 + 2 * 5 * 3 * 2  # generate owl, eagle, control (shared); 5 models x 6 samples per cell
+    # generate owl, eagle, control (shared); per cell 5 models x 3 questions, both samples in one request (n=2)
+    assert chats == 3 * 30 + 2 * 5 * 3
     assert assert_clean(out) > 20 and no_secret(r.stdout + r.stderr)
     # a second run reuses every stage and pays for nothing
     r2 = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})

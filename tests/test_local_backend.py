@@ -31,6 +31,16 @@ def test_sampling_is_seeded(backend, tiny_model):
     assert a != backend.generate(ref, ["hi", "there"], Sampling(1.0, 8, seed=4))
 
 
+def test_sample_n_is_n_generate_passes_with_consecutive_seeds(backend, tiny_model):
+    """Evaluation results (and their cache) depend on this: answer k of a question is seed + k."""
+    ref, prompts = ModelRef(tiny_model), ["hi", "there", "owls?"]
+    seen = []
+    got = backend.sample(ref, prompts, Sampling(1.0, 6, seed=3), 3, lambda d, t: seen.append((d, t)))
+    passes = [backend.generate(ref, prompts, Sampling(1.0, 6, seed=3 + k)) for k in range(3)]
+    assert got == [[p[i] for p in passes] for i in range(3)] and seen == [(1, 3), (2, 3), (3, 3)]
+    assert len(set(got[0])) > 1
+
+
 def test_logprobs_match_a_direct_forward(backend, tiny_model):
     """Heads of different lengths share one padded pass and tails of 1-4 tokens share a cache copy;
     each score must equal an unpadded forward over head + tail alone."""
