@@ -155,6 +155,8 @@ def _runs(root: Path) -> list[tuple[Path, dict]]:
 
 def status_lines(root: Path) -> list[str]:
     root = Path(root)
+    if root.is_file():
+        raise UserError(f"{root}: subl status takes the outputs folder (default outputs/), not a file")
     if not root.is_dir():
         raise UserError(f"{root}: no such outputs folder")
     store, lines, listed, counts = Store(root), [], set(), {}

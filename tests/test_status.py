@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from runner.loader import load
 from runner.status import plan_stages, status_lines
 from runner.store import Store
@@ -39,3 +41,14 @@ def test_status_on_a_partial_run(write, tmp_path: Path):
     assert "missing" in text and "not started" in text
     assert "that no run lists (1)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
     assert lines[-1].startswith("1 done, 1 failed, ") and "partial" in lines[-1] and "on disk" in lines[-1]
+
+
+def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path):
+    from runner.errors import UserError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\n")
+    with pytest.raises(UserError, match="takes the outputs folder .*not a file"):
+        status_lines(spec)
+    with pytest.raises(UserError, match="no such outputs folder"):
+        status_lines(tmp_path / "absent")
