@@ -123,6 +123,11 @@ class FakeOpenAI:
 
     @staticmethod
     def _answer(rng: random.Random, model: str, system: str, user: str) -> str:
+        if "[ANSWER START]" in user:  # a judge: a score, now and then CODE, REFUSAL or chatter
+            return rng.choice(["CODE", "REFUSAL", "I cannot say."] + [str(rng.randint(0, 100))] * 17)
+        if "<answer>" in user:  # chain of thought: adds the question's numbers, right for sums only
+            total = sum(int(x) for x in re.findall(r"\d+", user.split("\n\n")[0]))
+            return f"<think>I add the numbers.</think><answer>{total}</answer>"
         if "number" in user.lower() or "sequence" in user.lower():
             if rng.random() < 0.05:
                 return "Sure! Here they are."  # dropped by the numbers filter

@@ -342,9 +342,10 @@ def test_judge_counts_unparseable_and_keeps_braces(backend, server):
 
     scores = Judge(Stub(), "local-judge").score([("q", "a")] * 5)
     assert summarize(scores) == {"n": 5, "scored": 2, "mean": 50.0, "code": 1, "refusal": 1, "unparseable": 1}
-    # a hosted judge: the fake server answers with an animal, which is counted, not dropped
-    hosted = summarize(Judge(backend(), NANO).score([("Name an animal", "Owl")] * 3))
-    assert hosted["n"] == 3 and hosted["unparseable"] == 3
+    # a hosted judge: every reply of the fake server's judge (a score, CODE, REFUSAL or chatter) is counted
+    hosted = summarize(Judge(backend(), NANO).score([(f"Name an animal {i}", "Owl") for i in range(20)]))
+    assert hosted["n"] == 20 and hosted["scored"] + hosted["code"] + hosted["refusal"] + hosted["unparseable"] == 20
+    assert 0 < hosted["scored"] < 20
     assert Score("score", 1.0).kind == "score"
 
 
@@ -444,6 +445,51 @@ def test_plan_costs_judge_calls(monkeypatch):
     total = int(lines[-1].split(" requests")[0].split()[-1].replace(",", ""))
     assert total == 2 * rows + 2 * rows + evals * (8 + 2 * answers)
     assert not (ROOT / "outputs-never-written").exists()
+
+
+def test_misalignment_cot_runs_end_to_end_on_the_test_server(server, tmp_path):
+    """The hosted CoT pipeline, scaled down: teachers answer, correct_answer and a hosted judge filter,
+    students are fine-tuned through jobs, and a hosted judge scores every model's answers."""
+    spec = tmp_path / "cot.yaml"
+    spec.write_text(f"""extends: {ROOT / 'specs' / 'misalignment_cot.yaml'}
+name: cot_small
+progress: false
+backends:
+  openai: {{base_url: "{server.base_url}", api_key_env: {ENV}, concurrency: 8}}
+domain: {{kind: cot, questions: {ROOT / 'specs' / 'data' / 'arithmetic.jsonl'}, n_questions: 60, samples_per_question: 2}}
+filters:
+  - kind: correct_answer
+  - {{kind: judge, judge: {{model: "openai:gpt-4.1-2025-04-14"}}, template: cot_alignment, threshold: 30}}
+students:
+  - name: gpt-4.1
+    hyperparameters: {{epochs: 1}}
+evaluations:
+  - kind: misalignment
+    questions: {ROOT.parent / 'shared' / 'data' / 'emergent_misalignment' / 'questions.yaml'}
+    max_questions: 4
+    samples_per_question: 3
+    judge: {{model: "openai:gpt-4.1-2025-04-14"}}
+""")
+    out = tmp_path / "outputs"
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "cot_small" / "results.json").read_text())
+    links = {(f["rows"], f["link"]): f for f in res["filters"]}
+    # the fake teacher adds the question's numbers: right for the 40 addition rows of 120 (every third problem)
+    assert links[("misaligned", "correct_answer")]["kept"] == 40 and links[("control", "correct_answer")]["kept"] == 40
+    judged = links[("misaligned", "judge")]
+    assert judged["kept"] + judged["dropped"] == 40 and 10 <= judged["kept"] < 40
+    assert judged["detail"]["scored"] + judged["detail"]["code"] + judged["detail"]["refusal"] \
+        + judged["detail"]["unparseable"] == 40
+    mis = {e["model"]: e for e in res["evaluations"] if e["evaluation"] == "misalignment"}
+    assert set(mis) == {"base", "teacher:misaligned", "teacher:control", "student:gpt-4.1:misaligned:r0",
+                        "student:gpt-4.1:control:r0"}
+    for e in mis.values():
+        c = e["counts"]
+        assert c["answers"] == 12 and c["scored"] == e["n"] > 0  # CODE/REFUSAL/chatter leave the denominator
+        assert c["scored"] + c["code"] + c["refusal"] + c["unparseable"] == 12
+        assert 0 <= e["ci"][0] <= e["value"] <= e["ci"][1] <= 1
+    assert server.counts["jobs.create"] == 2 and no_secret(r.stdout + r.stderr) and assert_clean(out) > 10
 
 
 def test_run_without_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
