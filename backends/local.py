@@ -122,24 +122,27 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     """log P(tail | head) for every head and tail.
 
     One forward pass reads the heads (left-padded, positions counted from each head's first token);
-    a second reads every tail at once on a copy of their cache. A judge's long template is thus read
-    once, not once per candidate score."""
-    n_tails, width, length = len(tails), max(map(len, heads)), max(map(len, tails))
-    dev = net.device
+    then each tail is read on their KV cache, which is cropped back to the heads afterwards. A
+    judge's long template is thus read once, not once per candidate score, and the cache is never
+    copied."""
+    width, dev = max(map(len, heads)), net.device
     ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
     att = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
     first = net(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     next_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # the first token of every tail
-    cache = first.past_key_values
-    cache.batch_repeat_interleave(n_tails)  # row b * n_tails + t: head b, then tail t
-    tail_ids = torch.tensor([t + [pad] * (length - len(t)) for _ in heads for t in tails], device=dev)
-    tail_att = torch.cat([att.repeat_interleave(n_tails, 0), torch.ones_like(tail_ids)], 1)  # pads trail, unread
-    lens = torch.tensor([len(h) for h in heads], device=dev).repeat_interleave(n_tails)
-    second = net(input_ids=tail_ids, attention_mask=tail_att, position_ids=lens[:, None] + torch.arange(length, device=dev),
-                 past_key_values=cache)
-    logp = torch.log_softmax(second.logits.float(), -1)
-    return [[float(next_logp[b, tail[0]]) + sum(float(logp[b * n_tails + t, i - 1, tail[i]]) for i in range(1, len(tail)))
-             for t, tail in enumerate(tails)] for b in range(len(heads))]
+    cache, lens = first.past_key_values, att.sum(-1, keepdim=True)
+    scores = [[float(next_logp[b, tail[0]]) for tail in tails] for b in range(len(heads))]
+    for t, tail in enumerate(tails):
+        if len(tail) > 1:  # the tail's later tokens, read after the heads
+            tail_ids = torch.tensor([tail[:-1]] * len(heads), device=dev)
+            mask = torch.cat([att, torch.ones_like(tail_ids)], 1)
+            pos = lens + torch.arange(len(tail) - 1, device=dev)
+            logp = torch.log_softmax(net(input_ids=tail_ids, attention_mask=mask, position_ids=pos,
+                                         past_key_values=cache).logits.float(), -1)
+            cache.crop(-(len(tail) - 1))  # drop the tail again
+            for b in range(len(heads)):
+                scores[b][t] += sum(float(logp[b, i, tok]) for i, tok in enumerate(tail[1:]))
+    return scores
 
 
 # ---- the backend -----------------------------------------------------------------------
