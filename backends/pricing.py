@@ -166,7 +166,7 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
             tout = n_rows * d.max_tokens
             batch = cfg.batch_api and d.batch_size >= 100
             price = price_for(model, cfg.prices)
-            tuned = "dataset" in tcfg  # a teacher fine-tuned on its trait's dataset samples at fine-tuned prices
+            tuned = _fine_tuned_teacher(tcfg)  # it samples at fine-tuned prices
             note = ", ".join(x for x in ("fine-tuned model prices" if tuned else "",
                                          "Batch API, half price" if batch else "") if x)
             out.setdefault(st.key, []).append(Estimate(name, f"ft:{model}" if tuned else model, n_rows, tin, tout, 0,
@@ -177,7 +177,7 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
                                       mean_prompt + d.max_tokens, spec.teacher.targets[0], "judge filter, <= every row")
                 if est:
                     out.setdefault(st.key, []).append(est)
-        elif node.kind == "teacher" and "dataset" in st.config:  # a teacher fine-tuned on its trait's dataset
+        elif node.kind == "teacher" and _fine_tuned_teacher(st.config):
             h = hosted(st.config["base"])
             if h:
                 out.setdefault(st.key, []).append(_teacher_training(h, st.config))
@@ -195,32 +195,25 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
             cost = None if price is None or price.training is None else tokens * price.training / 1e6
             out.setdefault(st.key, []).append(Estimate(name, model, 0, 0, 0, tokens, cost,
                                                        f"<= {rows:,} rows x {epochs:g} epochs"))
-    for m in plan.models:
-        for (label, i), key in plan.evals.items():
-            if label != m.label:
-                continue
-            ev = spec.evaluations[i]
-            if ev.kind not in ("preference_sample", "misalignment"):
-                continue
-            base, system, fine_tuned = _eval_model(m, teachers, finetunes)
-            h = hosted(base)
-            if not h:
-                continue
+    models = {m.label: m for m in plan.models}
+    questions = {i: load_questions(ev.questions, ev.max_questions) for i, ev in enumerate(spec.evaluations)
+                 if ev.kind in ("preference_sample", "misalignment")}  # read once, not once per model
+    for (label, i), key in plan.evals.items():
+        if i not in questions or label not in models:
+            continue
+        ev, qs = spec.evaluations[i], questions[i]
+        base, system, fine_tuned = _eval_model(models[label], teachers, finetunes)
+        h = hosted(base)
+        if h:  # the answers: one request per question returns up to MAX_N of them
             name, model, cfg = h
-            qs = [q + getattr(ev, "suffix", "") for q in load_questions(ev.questions, ev.max_questions)]
-            chunks = math.ceil(ev.samples_per_question / MAX_N)  # one request per question returns up to MAX_N answers
-            n = len(qs) * chunks
-            tin = sum(chat_tokens(system, q) for q in qs) * chunks
+            chunks = math.ceil(ev.samples_per_question / MAX_N)
+            tin = sum(chat_tokens(system, q + getattr(ev, "suffix", "")) for q in qs) * chunks
             tout = len(qs) * ev.samples_per_question * ev.max_tokens
             price = price_for(model, cfg.prices)
-            out.setdefault(key, []).append(Estimate(name, model if not fine_tuned else f"ft:{model}", n, tin, tout, 0,
-                                                    inference_cost(price, fine_tuned, tin, tout, False),
+            out.setdefault(key, []).append(Estimate(name, model if not fine_tuned else f"ft:{model}", len(qs) * chunks,
+                                                    tin, tout, 0, inference_cost(price, fine_tuned, tin, tout, False),
                                                     "fine-tuned model prices" if fine_tuned else ""))
-        for (label, i), key in plan.evals.items():  # judges: alignment and coherence, once per answer each
-            ev = spec.evaluations[i]
-            if label != m.label or ev.kind != "misalignment":
-                continue
-            qs = load_questions(ev.questions, ev.max_questions)
+        if ev.kind == "misalignment":  # judges: alignment and coherence, once per answer each
             content = sum(estimate_tokens(q) for q in qs) / max(len(qs), 1) + ev.max_tokens
             for what, template in (("alignment", ev.alignment_template), ("coherence", ev.coherence_template)):
                 est = _judge_estimate(hosted(ev.judge.model), ev.judge, template, len(qs) * ev.samples_per_question,
@@ -228,6 +221,11 @@ def estimate_plan(plan) -> dict[str, list[Estimate]]:
                 if est:
                     out.setdefault(key, []).append(est)
     return out
+
+
+def _fine_tuned_teacher(cfg: dict) -> bool:
+    """Whether a teacher stage's config fine-tunes its base on a trait dataset (trait: {finetune})."""
+    return "dataset" in cfg
 
 
 def _teacher_training(h, cfg: dict) -> Estimate:
@@ -260,9 +258,9 @@ def _judge_estimate(h, judge, template: str, calls: int, content_tokens: float, 
 
 def _eval_model(m, teachers: dict, finetunes: dict) -> tuple[str, str | None, bool]:
     """(base reference, system prompt, fine-tuned?) of an evaluated model, known before it exists."""
-    if m.key in teachers:  # fine-tuned when its trait came from a dataset
+    if m.key in teachers:
         cfg = teachers[m.key]
-        return cfg["base"], cfg.get("system"), "dataset" in cfg
+        return cfg["base"], cfg.get("system"), _fine_tuned_teacher(cfg)
     if m.key in finetunes:  # a student: fine-tuned from its finetune stage's base
         return finetunes[m.key]["base"], None, True
     return m.ref().base, None, False
