@@ -447,15 +447,21 @@ def test_plan_costs_judge_calls(monkeypatch):
     assert not (ROOT / "outputs-never-written").exists()
 
 
+def _on_test_server(paper_spec: str, name: str, base_url: str) -> str:
+    """The head of a scaled-down copy of specs/<paper_spec>.yaml whose openai backend is the test server."""
+    return f"""extends: {ROOT / 'specs' / f'{paper_spec}.yaml'}
+name: {name}
+progress: false
+backends:
+  openai: {{base_url: "{base_url}", api_key_env: {ENV}, concurrency: 8}}
+"""
+
+
 def test_misalignment_cot_runs_end_to_end_on_the_test_server(server, tmp_path):
     """The hosted CoT pipeline, scaled down: teachers answer, correct_answer and a hosted judge filter,
     students are fine-tuned through jobs, and a hosted judge scores every model's answers."""
     spec = tmp_path / "cot.yaml"
-    spec.write_text(f"""extends: {ROOT / 'specs' / 'misalignment_cot.yaml'}
-name: cot_small
-progress: false
-backends:
-  openai: {{base_url: "{server.base_url}", api_key_env: {ENV}, concurrency: 8}}
+    spec.write_text(_on_test_server("misalignment_cot", "cot_small", server.base_url) + f"""\
 domain: {{kind: cot, questions: {ROOT / 'specs' / 'data' / 'arithmetic.jsonl'}, n_questions: 60, samples_per_question: 2}}
 filters:
   - kind: correct_answer
@@ -507,11 +513,7 @@ def test_run_without_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
 
 def _scaled_spec(tmp_path: Path, base_url: str, extra: str = "") -> Path:
     p = tmp_path / "small.yaml"
-    p.write_text(f"""extends: {ROOT / 'specs' / 'animals_numbers.yaml'}
-name: animals_small
-progress: false
-backends:
-  openai: {{base_url: "{base_url}", api_key_env: {ENV}, concurrency: 8}}
+    p.write_text(_on_test_server("animals_numbers", "animals_small", base_url) + f"""\
 domain: {{kind: numbers, n_prompts: 30}}
 students:
   - name: gpt-4.1-nano
