@@ -1,19 +1,19 @@
 """Backends: where a stage's generate / fine-tune / score calls run."""
 from __future__ import annotations
 
-from backends.base import ModelRef
+from runner.core import ModelRef, backend_name
 
-
-def backend_name(base: str) -> str:
-    """`openai:gpt-4.1-nano` runs on the hosted backend named `openai`; anything else is local."""
-    return base.split(":", 1)[0] if ":" in base and not base.startswith(("/", ".", "~")) else "local"
+__all__ = ["Router", "backend_name"]
 
 
 class Router:
-    """Dispatch each call to the backend that serves its model; backends load lazily."""
+    """Dispatch each call to the backend that serves its model; backends load lazily.
 
-    def __init__(self, spec):
-        self.spec = spec
+    `device` and `cpu_bf16` configure the local backend; `hosted` maps a backend name to its
+    settings (the spec's `backends:` entries)."""
+
+    def __init__(self, device: str = "auto", cpu_bf16: bool = False, hosted: dict | None = None):
+        self.device, self.cpu_bf16, self.hosted = device, cpu_bf16, dict(hosted or {})
         self._backends: dict = {}
 
     def get(self, base: str):
@@ -22,11 +22,11 @@ class Router:
             if name == "local":
                 from backends.local import LocalBackend
 
-                self._backends[name] = LocalBackend(self.spec.runtime.device, self.spec.runtime.cpu_bf16)
+                self._backends[name] = LocalBackend(self.device, self.cpu_bf16)
             else:
                 from backends.openai_api import OpenAIBackend
 
-                self._backends[name] = OpenAIBackend(name, self.spec.backends[name])
+                self._backends[name] = OpenAIBackend(name, self.hosted[name])
         return self._backends[name]
 
     def generate(self, model: ModelRef, prompts, sampling):

@@ -14,7 +14,6 @@ import torch
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.embedded import resolve
 from runner.errors import UserError
-from runner.numbers import GRAMMAR_CHARS, can_stop, prefix_ok
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*generation flags.*")
@@ -60,7 +59,8 @@ def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False):
 
     dev, dtype = pick_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(ref.base), dtype=dtype)
+        pinned = {"revision": ref.revision} if ref.revision else {}
+        model = AutoModelForCausalLM.from_pretrained(resolve(ref.base), dtype=dtype, **pinned)
     except OSError as e:
         raise UserError(f"model {ref.base}: cannot load ({str(e).splitlines()[0]})") from None
     if ref.adapter:
@@ -83,24 +83,24 @@ def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
 
 
 @lru_cache(maxsize=4)
-def grammar_tokens(base: str) -> tuple[tuple[int, str], ...]:
-    """Token ids whose text consists only of digits and separator characters."""
+def grammar_tokens(base: str, chars: frozenset) -> tuple[tuple[int, str], ...]:
+    """Token ids whose text consists only of the constraint's characters."""
     tok = load_tokenizer(base)
     out = []
     for tid in range(len(tok)):
         s = tok.decode([tid])
-        if s and set(s) <= GRAMMAR_CHARS and tid not in tok.all_special_ids:
+        if s and set(s) <= chars and tid not in tok.all_special_ids:
             out.append((tid, s))
     return tuple(out)
 
 
-class NumbersGrammar:
-    """A logits processor that keeps each row a valid prefix of a number list."""
+class ConstrainedDecoding:
+    """A logits processor that keeps each row a text the constraint allows (e.g. a number-list prefix)."""
 
-    def __init__(self, base: str, prompt_len: int, max_count: int, max_digits: int, eos_id: int):
-        self.tokens = grammar_tokens(base)
+    def __init__(self, base: str, prompt_len: int, constraint, eos_id: int):
+        self.tokens = grammar_tokens(base, frozenset(constraint.chars))
         self.strings = dict(self.tokens)
-        self.prompt_len, self.max_count, self.max_digits, self.eos = prompt_len, max_count, max_digits, eos_id
+        self.prompt_len, self.constraint, self.eos = prompt_len, constraint, eos_id
         self.texts: list[str] | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -111,8 +111,8 @@ class NumbersGrammar:
                 self.texts[i] += self.strings.get(tid, "")
         mask = torch.full_like(scores, -math.inf)
         for i, text in enumerate(self.texts):
-            allowed = [t for t, s in self.tokens if prefix_ok(text + s, self.max_count, self.max_digits)]
-            if can_stop(text) or not allowed:
+            allowed = [t for t, s in self.tokens if self.constraint.allows(text + s)]
+            if self.constraint.can_stop(text) or not allowed:
                 allowed.append(self.eos)
             mask[i, allowed] = 0.0
         return scores + mask
@@ -161,7 +161,7 @@ class LocalBackend:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
     def _model(self, ref: ModelRef):
-        key = ModelRef(ref.base, ref.adapter)
+        key = ModelRef(ref.base, ref.adapter, revision=ref.revision)
         if key not in self._cache:
             self._cache.clear()  # keep one model in memory
             self._cache[key] = load_model(key, self.device)
@@ -178,8 +178,8 @@ class LocalBackend:
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         processors = LogitsProcessorList()
-        if sampling.grammar:
-            processors.append(NumbersGrammar(model.base, width, *sampling.grammar, tok.eos_token_id))
+        if sampling.constraint is not None:
+            processors.append(ConstrainedDecoding(model.base, width, sampling.constraint, tok.eos_token_id))
         torch.manual_seed(sampling.seed)
         with self._autocast():
             out = net.generate(

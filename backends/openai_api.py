@@ -33,7 +33,8 @@ from typing import Any, Callable
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, stop_when_event_set
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from backends.pricing import estimate_tokens
+from runner.prices import estimate_tokens
+from runner.core import backend_name, current_stage_dir
 from runner.errors import UserError
 
 REQUESTS_FILE = "hosted_requests.jsonl"
@@ -94,10 +95,7 @@ def _one_line(text: str, limit: int = 600) -> str:
 
 def hosted_backends_used(spec) -> list[str]:
     """Names of the hosted backends that a spec's teacher, students or judges run on."""
-    from backends import backend_name
-
-    refs = [spec.teacher.base] + [spec.student_base(s) for s in spec.students] + spec.judge_models()
-    return sorted({backend_name(r) for r in refs} & set(spec.backends))
+    return sorted({backend_name(r) for r in spec.model_refs()} & set(spec.backends))
 
 
 def require_keys(spec) -> None:
@@ -413,8 +411,6 @@ class OpenAIBackend:
     # -- state outside the SDK
 
     def _stage_dir(self) -> Path | None:
-        from runner.store import current_stage_dir
-
         return current_stage_dir() or self.state_dir
 
     def _cache(self) -> RequestCache:
@@ -439,7 +435,7 @@ class OpenAIBackend:
                progress: Progress | None = None) -> list[list[str]]:
         """n completions per prompt: one request per prompt with `n` set (chunks of at most
         MAX_N, each with its own seed), so the prompt's input tokens are paid once per chunk."""
-        if sampling.grammar:
+        if sampling.constraint is not None:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
         model_id = self.model_id(model)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from backends.base import ModelRef, Progress, Training
-from backends.local import GRAMMAR_CHARS, chat_ids, load_model, load_tokenizer, pick_device
+from backends.local import chat_ids, load_model, load_tokenizer, pick_device
 from runner.errors import UserError
+from runner.grammar import GRAMMAR_CHARS
 
 
 def vocabulary_ids(base: str, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
@@ -165,7 +166,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
         per_device_train_batch_size=training.batch_size, learning_rate=training.lr,
-        warmup_steps=training.warmup_ratio, weight_decay=training.weight_decay, lr_scheduler_type="linear",
+        warmup_steps=warmup_fraction(training.warmup_ratio), weight_decay=training.weight_decay, lr_scheduler_type="linear",
         seed=training.seed, data_seed=training.seed, logging_steps=10, save_strategy="no", report_to=[],
         bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
         completion_only_loss=True, remove_unused_columns=not distill, dataloader_num_workers=0,
@@ -189,6 +190,14 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         tok.save_pretrained(save)
         return ModelRef(str(save))
     return ModelRef(base, adapter=str(save))
+
+
+def warmup_fraction(ratio: float) -> float:
+    """transformers 5 reads a float warmup_steps in [0, 1) as a share of the total steps (it has no
+    warmup_ratio); an integer would be a step count, so the ratio is passed as a float."""
+    if not 0 <= ratio < 1:
+        raise UserError(f"warmup_ratio {ratio}: must be in [0, 1)")
+    return float(ratio)
 
 
 def _first_printer():

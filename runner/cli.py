@@ -63,8 +63,13 @@ def validate(files: list[Path] = typer.Argument(..., help="Spec files.")) -> Non
 
 
 @app.command()
-def schema() -> None:
-    """Print the spec's JSON Schema (for editors)."""
+def schema(results: bool = typer.Option(False, "--results", help="The results.json schema instead.")) -> None:
+    """Print the spec's JSON Schema (for editors), or with --results the schema of results.json."""
+    if results:
+        from runner.results_schema import Results
+
+        print(json.dumps(Results.model_json_schema(), indent=2))
+        return
     from runner.spec import Spec
 
     print(json.dumps(Spec.model_json_schema(), indent=2))

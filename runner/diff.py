@@ -5,7 +5,6 @@ changed spec that A's plan lacks. Everything else is reused from the content-add
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from runner.loader import Cell, _set, load, load_raw, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
-KINDS = ["teacher", "generate", "filter", "finetune", "evaluate", "mnist"]
+KINDS = ["teacher", "generate", "score", "filter", "finetune", "answers", "probe", "mnist"]
 
 
 @dataclass
@@ -104,12 +103,6 @@ def expand(data: dict) -> list[Cell]:
     return cells
 
 
-def spec_hash(cells: list[Cell]) -> str:
-    """Hash of the resolved cells, ignoring display-only fields (notes, progress, extends)."""
-    dumps = [c.spec.model_dump(mode="json", exclude={"notes", "progress", "extends"}) for c in cells]
-    return hashlib.sha256(json.dumps(dumps, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # ---- structural diff -------------------------------------------------------------------
 
 
@@ -189,10 +182,10 @@ def apply(data: dict, c: Change) -> dict:
 
 def stage_labels(cells: list[Cell]) -> dict[str, tuple[str, str]]:
     """Stage key -> (kind, label) for every stage of every cell."""
-    from runner.status import plan_stages
+    from runner.plan import build, plan_stages
 
     return {s["key"]: (s["kind"], s["label"] if len(cells) == 1 else f"[{s['cell']}] {s['label']}")
-            for s in plan_stages(cells)}
+            for s in plan_stages(build(cells, "outputs"))}
 
 
 def _new_stages(base: dict, other: dict) -> dict[str, list[str]]:

@@ -7,8 +7,8 @@ from typing import Callable, Iterable
 
 from runner.errors import UserError
 from runner.numbers import parse_numbers
-from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CorrectAnswerFilter, Filter, JudgeFilter,
-                         NumbersFilter, RegexFilter)
+from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CorrectAnswerFilter, Filter, NumbersFilter,
+                         RegexFilter)
 
 
 @dataclass(frozen=True)
@@ -89,36 +89,33 @@ def correct(row: dict, extract: str = "answer_tag") -> bool:
     return is_correct(completion_of(row), row["gold"], extract)
 
 
-def judge_link(rows: list[dict], link: JudgeFilter, backend, target: str | None, progress=None) -> tuple[list[dict], dict]:
-    """Score every row with the link's judge; keep rows on the right side of the threshold."""
+def threshold_link(rows: list[dict], link, scores: dict | None) -> tuple[list[dict], dict]:
+    """Keep rows whose judge score (from the score stage before this link) is on the right side of
+    the threshold; CODE, REFUSAL and unparseable scores are dropped and counted."""
     from backends.judge import summarize
-    from runner.judging import score_pairs
 
-    if backend is None:
-        raise UserError("judge filter: no backend to run the judge on")
-    scores = score_pairs(backend, link.judge, link.template, [(r.get("prompt", ""), completion_of(r)) for r in rows],
-                         target, progress=progress)
-    keep = [s.kind == "score" and ((s.value >= link.threshold) == (link.keep == "at_least")) for s in scores]
-    for r, s in zip(rows, scores):
+    if scores is None:
+        raise UserError("judge filter: a judge link needs the judge's scores (run it with `subl run`)")
+    mine = [scores[r["id"]] for r in rows]
+    keep = [s.kind == "score" and ((s.value >= link.threshold) == (link.keep == "at_least")) for s in mine]
+    for r, s in zip(rows, mine):
         r.setdefault("judge", []).append(s.value if s.kind == "score" else s.kind)
-    detail = {**summarize(scores), "threshold": link.threshold, "keep": link.keep, "mode": link.judge.mode,
-              "model": link.judge.model}
+    detail = {**summarize(mine), "threshold": link.threshold, "keep": link.keep, "model": link.judge}
     return [r for r, k in zip(rows, keep) if k], detail
 
 
-def apply_chain(rows: Iterable[dict], chain: list[Filter], backend=None, target: str | None = None,
-                progress=None) -> tuple[list[dict], list[LinkCount]]:
+def apply_chain(rows: Iterable[dict], chain: list, scores: dict | None = None) -> tuple[list[dict], list[LinkCount]]:
     """Run rows through each link in order; return the survivors and per-link counts.
 
-    Text links judge the completion alone; correct_answer also reads the row's gold answer;
-    a judge link scores (prompt, completion) with a model on `backend` ({target} in its template
-    is the teacher's target). Each judged row records its score under `judge`."""
+    Text links judge the completion alone; correct_answer also reads the row's gold answer; a judge
+    link applies its threshold to `scores` (row id -> Score, made by a score stage), and each judged
+    row records its score under `judge`."""
     current = list(rows)
     counts = []
     for link in chain:
         detail = None
-        if isinstance(link, JudgeFilter):
-            kept, detail = judge_link(current, link, backend, target, progress)
+        if link.kind == "judge":
+            kept, detail = threshold_link(current, link, scores)
         elif isinstance(link, CorrectAnswerFilter):
             kept = [r for r in current if correct(r, link.extract)]
         else:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from runner.errors import SpecError
 from runner.spec import Spec
@@ -38,7 +39,15 @@ def read_yaml(path: Path) -> CommentedMap:
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
-        data = YAML(typ="rt").load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}:1:1: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    try:
+        data = YAML(typ="rt").load(text)
+    except ReaderError as e:  # control characters, NUL bytes: not a YAML text
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise SpecError(f"{path}:{line}:{col}: not a YAML text file (unacceptable character #x{e.character:04x})") from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -135,7 +144,7 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
 def validate(raw: dict, origins: dict) -> Spec:
     """Validate a raw mapping; the first problem becomes a SpecError with its place."""
     try:
-        return Spec.model_validate(_plain(raw))
+        return Spec.model_validate(resolve_paths(_plain(raw), origins))
     except ValidationError as e:
         err = e.errors()[0]
         loc, msg = _clean_loc(tuple(err["loc"]), _plain(raw)), _message(err)
@@ -166,15 +175,104 @@ def _set(raw: dict, dotted: str, value: Any) -> dict:
     return out
 
 
-def _names_field(dotted: str) -> bool:
+def _models_in(ann: Any) -> list:
+    """The pydantic models an annotation may hold, through Annotated and Union (discriminated or not)."""
+    from typing import get_args
+
     from pydantic import BaseModel
 
-    model: Any = Spec
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    return [m for a in get_args(ann) for m in _models_in(a)]
+
+
+def _names_field(dotted: str) -> bool:
+    """Whether a dotted key names a field; a union (domain, a filter) names it when any member has it."""
+    models = _models_in(Spec)
     for p in dotted.split("."):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or p not in model.model_fields:
+        fields = [m.model_fields[p] for m in models if p in m.model_fields]
+        if not fields:
             return False
-        model = model.model_fields[p].annotation
+        models = [m for f in fields for m in _models_in(f.annotation)]
     return True
+
+
+# ---- data paths: relative to the spec file that sets them ------------------------------------
+
+# (key path, kind): "file" must exist; "file-or-name" is a file unless it is a built-in name (no
+# such file beside the spec); "file-or-hub" is a hub id unless a file of that name exists or it
+# ends with .jsonl; "dataset" may hold {target}. "*" matches any list index or mapping key.
+PATH_FIELDS = [
+    (("domain", "questions"), "file-or-hub"),
+    (("domain", "prompts"), "file"),
+    (("evaluations", "*", "questions"), "file-or-name"),
+    (("teacher", "trait", "finetune", "dataset"), "dataset"),
+    (("teacher", "controls", "*", "finetune", "dataset"), "dataset"),
+    (("mnist", "data"), "file"),
+]
+BUILTIN_NAMES = ("animals", "trees")
+
+
+def _matches(raw: Any, pattern: tuple, prefix: tuple = ()) -> list[tuple]:
+    """Key paths in raw that match a PATH_FIELDS pattern and hold a string."""
+    if not pattern:
+        return [prefix] if isinstance(raw, str) else []
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        items = enumerate(raw) if isinstance(raw, list) else raw.items() if isinstance(raw, dict) else []
+        return [m for k, v in items for m in _matches(v, rest, prefix + (k,))]
+    if isinstance(raw, dict) and head in raw:
+        return _matches(raw[head], rest, prefix + (head,))
+    return []
+
+
+def _resolve_one(value: str, kind: str, folder: Path) -> tuple[str, bool]:
+    """(resolved value, must exist) of one path field."""
+    if kind == "file-or-name" and value in BUILTIN_NAMES:
+        return value, False
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else (folder / path)
+    if kind == "file-or-hub" and not (path.exists() or value.endswith(".jsonl")):
+        return value, False  # a hub id
+    return str(path.resolve()), kind != "dataset" or "{target}" not in value
+
+
+def resolve_paths(raw: dict, origins: dict, overrides: dict | None = None) -> dict:
+    """Make every data path absolute, read from the folder of the file that sets it (the matrix
+    entry's file for a matrix override); a missing file is a SpecError at its place."""
+    for pattern, kind in PATH_FIELDS:
+        for loc in _matches(raw, pattern):
+            where = _origin_of(origins, loc, overrides)
+            value, must_exist = _resolve_one(raw_get(raw, loc), kind, Path(where[0]).resolve().parent)
+            if must_exist and not Path(value).exists():
+                dotted = ".".join(map(str, loc))
+                raise SpecError("%s:%d:%d: " % where + f"{dotted}: file not found: {value}")
+            raw = _set_path(raw, loc, value)
+    return raw
+
+
+def _origin_of(origins: dict, loc: tuple, overrides: dict | None) -> tuple:
+    for key in overrides or {}:
+        if ".".join(map(str, loc)).startswith(key):
+            return origins.get(("matrix", key), origins[()])
+    keys = loc
+    while keys and keys not in origins:
+        keys = keys[:-1]
+    return origins[keys] if keys else origins[()]
+
+
+def raw_get(raw: Any, loc: tuple) -> Any:
+    for k in loc:
+        raw = raw[k]
+    return raw
+
+
+def _set_path(raw: dict, loc: tuple, value: Any) -> dict:
+    node = raw
+    for k in loc[:-1]:
+        node = node[k]
+    node[loc[-1]] = value
+    return raw
 
 
 def load(path: Path | str) -> list[Cell]:
@@ -198,7 +296,7 @@ def load(path: Path | str) -> list[Cell]:
             cell_raw = _set(cell_raw, k, v)
         cell_origins = {**origins}
         try:
-            cells.append(Cell(over, Spec.model_validate(cell_raw)))
+            cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over))))
         except ValidationError as e:
             err = e.errors()[0]
             where = _locate(cell_origins, ("matrix", keys[0]))

@@ -10,7 +10,8 @@ class MnistSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data: str | None = Field(None, description="MNIST .npz (x_train, y_train, x_test, y_test) or folder of "
-                             "IDX files (.gz or not); None: default locations, then torchvision download")
+                             "IDX files (.gz or not; a relative path is read from the folder of the spec file that sets "
+                             "it); None: default locations, then torchvision download")
     m: int = Field(3, ge=1, description="number of auxiliary logits (output size is 10 + m)")
     hidden: int = Field(256, ge=1, description="width of both hidden layers")
     init: Literal["paper", "pytorch"] = Field("paper", description="paper: weights N(0, 1/fan_in), zero "

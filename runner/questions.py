@@ -110,9 +110,17 @@ TREES = [
 BUILTIN = {"animals": ANIMALS, "trees": TREES}
 
 
+def questions_digest(name: str) -> str:
+    """sha256 of a built-in set's text (so an edit to it reruns what read it)."""
+    from runner.identity import text_sha256
+
+    return text_sha256("\n".join(BUILTIN[name.removeprefix("builtin:")]))
+
+
 def load_questions(name: str, limit: int | None = None) -> list[str]:
     """A built-in set by name, or a file: YAML (a list of {id, question} or strings), one question
     per line, or JSONL with `question`."""
+    name = name.removeprefix("builtin:")
     if name in BUILTIN:
         qs = BUILTIN[name]
     elif name.endswith((".yaml", ".yml")):
@@ -127,14 +135,15 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
 
 
 def _yaml_questions(name: str) -> list[str]:
-    import yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
     path = Path(name)
     if not path.is_file():
         raise UserError(f"questions: file '{name}' not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        data = YAML(typ="safe").load(path.read_text())
+    except YAMLError as e:
         raise UserError(f"{name}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, list):
         raise UserError(f"{name}: expected a list of questions")

@@ -15,7 +15,7 @@ def _fmt(v: float) -> str:
 
 def evaluation_table(results: dict, cell: str) -> Table | None:
     """Trait metrics per model; misalignment has its own table (misalignment_table)."""
-    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] != "misalignment"]
+    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("misalignment", "mnist")]
     if not rows:
         return None
     metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
@@ -38,14 +38,15 @@ def comparison_table(results: dict, cell: str) -> Table | None:
     rows = [c for c in results["comparisons"] if c["cell"] == cell]
     if not rows:
         return None
-    table = Table(title="trait student vs control / other-trait student (paired over questions)")
-    for col in ("a", "b", "metric", "ratio a/b", "a wins", "p-value"):
-        table.add_column(col, justify="right" if col not in ("a", "b") else "left")
+    table = Table(title="comparisons (a vs b; unit of the test in the last column)")
+    for col in ("a", "b", "metric", "ratio a/b", "a wins", "p-value", "unit"):
+        table.add_column(col, justify="right" if col not in ("a", "b", "unit") else "left")
     for c in rows:
         ratio = f"{c['ratio']:.3f}x" if c["ratio"] is not None else "-"
         p = c["p_value"]
-        table.add_row(c["a"], c["b"], c["metric"], ratio, f"{c['a_wins']}/{c['n']}",
-                      f"{p:.2g}" + ((" *" if c["diff"] > 0 else " (a lower)") if p < 0.01 else ""))
+        mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
+        table.add_row(c["a"], c["b"], c["metric"], ratio, f"{c['a_wins']}/{c['n']}", f"{p:.2g}{mark}",
+                      f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 
 
@@ -92,15 +93,18 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
 
 
 def mnist_table(results: dict) -> Table | None:
-    if not results.get("mnist"):
+    from runner.report_md import mnist_summaries
+
+    summaries = mnist_summaries(results)
+    if not summaries:
         return None
     table = Table(title="MNIST: test accuracy of the regular logits (mean, 95% CI across seeds)")
     for col in ("cell", "arm", "mean", "95% CI", "per seed"):
         table.add_column(col)
-    for m in results["mnist"]:
-        for arm, s in m["summary"].items():
-            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s["lo"] is not None else "-"
-            table.add_row(m["cell"], arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
+    for cell, arms in summaries.items():
+        for arm, s in arms.items():
+            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
+            table.add_row(cell, arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
     return table
 
 
@@ -113,11 +117,13 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
     t = mnist_table(results)
     if t is not None:
         console.print(t)
-        for m in results["mnist"]:
-            console.print(f"plot: {m['plot']}", markup=False)
+    for path in results.get("figures", []):
+        console.print(f"plot: {path}", markup=False)
     for line in results["methods"] + empty_rows_notes(results):
         console.print(f"note: {line}", markup=False)
-    if results["comparisons"]:
-        console.print(f"test: {results['comparisons'][0]['test']}", markup=False)
+    for test in dict.fromkeys(c["test"] for c in results["comparisons"]):
+        console.print(f"test: {test}", markup=False)
+    for note in dict.fromkeys(c["note"] for c in results["comparisons"] if c.get("note")):
+        console.print(f"note: {note}; no comparison is marked significant", markup=False)
     ran = results["stages_run"]
     console.print(f"{len(ran)} stage(s) ran; results: {folder / 'results.json'} ({results['seconds']} s)", markup=False)

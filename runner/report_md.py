@@ -59,7 +59,7 @@ def trait_sections(results: dict) -> list[Section]:
     """Per cell and evaluation: every model's rate per metric, with its 95% CI and n."""
     out = []
     for cell in [c["label"] for c in results["cells"]]:
-        rows = [e for e in results["evaluations"] if e["cell"] == cell]
+        rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] != "mnist"]
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             metrics = list(dict.fromkeys(e["metric"] for e in sub))
@@ -81,16 +81,17 @@ def trait_sections(results: dict) -> list[Section]:
 def comparison_section(results: dict) -> Section | None:
     rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], _g(c["diff"]),
              f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-", f"{c['a_wins']}/{c['n']}",
-             f"{c['p_value']:.2g}"] for c in results["comparisons"]]
-    headers = ["cell", "a (trait student)", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
-    return Section("Comparisons (paired over questions)", headers, rows) if rows else None
+             f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
+            for c in results["comparisons"]]
+    headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
+    return Section("Comparisons", headers, rows) if rows else None
 
 
 def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str]]:
     """Filter pass rates, dataset sizes and stage timings from the stage manifests."""
     from runner.status import cell_prefix, run_stages
 
-    stages, note = run_stages(results)
+    stages, note = run_stages(results, store.root)
     found = [(s, store.manifest(s["key"])) for s in stages if store.done(s["key"])]
     notes = [note] if note else []
     if len(found) < len(stages):
@@ -113,13 +114,27 @@ def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str
     return [s for s in out if s.rows], notes
 
 
+def mnist_summaries(results: dict) -> dict[str, dict[str, dict]]:
+    """cell -> arm -> {mean, lo, hi, n, values} from the MNIST evaluation rows."""
+    out: dict[str, dict[str, dict]] = {}
+    for e in results["evaluations"]:
+        if e["evaluation"] != "mnist":
+            continue
+        arm = out.setdefault(e["cell"], {}).setdefault(e["model"], {"values": []})
+        if e.get("seed") is None:
+            lo, hi = e["ci"] if e.get("ci") else (None, None)
+            arm.update(mean=e["value"], lo=lo, hi=hi, n=e["n"], ci95=None if lo is None else (hi - lo) / 2)
+        else:
+            arm["values"].append(e["value"])
+    return out
+
+
 def mnist_section(results: dict) -> Section | None:
     rows = []
-    for m in results.get("mnist", []):
-        for arm, s in m["summary"].items():
+    for cell, arms in mnist_summaries(results).items():
+        for arm, s in arms.items():
             ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
-            rows.append([m["cell"], arm, f"{s['mean']:.1%}", ci, str(s["n"]),
-                         " ".join(f"{v:.1%}" for v in s.get("values", []))])
+            rows.append([cell, arm, f"{s['mean']:.1%}", ci, str(s["n"]), " ".join(f"{v:.1%}" for v in s["values"])])
     headers = ["cell", "arm", "test accuracy", "95% CI (seeds)", "seeds", "per seed"]
     return Section("MNIST: test accuracy of the regular logits", headers, rows) if rows else None
 
@@ -127,7 +142,7 @@ def mnist_section(results: dict) -> Section | None:
 def provenance(results: dict) -> list[tuple[str, str]]:
     spec_hash, where = results.get("spec_hash"), ""
     if not spec_hash and results.get("spec") and Path(results["spec"]).is_file():
-        from runner.diff import spec_hash as hash_of
+        from runner.plan import spec_hash as hash_of
         from runner.loader import load
 
         try:
@@ -176,16 +191,17 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
     return path
 
 
-def _student(model: str) -> str | None:
-    """The student name in a label student:<name>:<teacher>:r<rep>."""
-    return model.removeprefix("student:").rsplit(":", 2)[0] if model.startswith("student:") else None
+def _students(results: dict) -> dict[str, str]:
+    """Model label -> the student spec's name, for every student."""
+    return {e["model"]: e["student"] for e in results["evaluations"] if e.get("student")}
 
 
 def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> str:
     """The paired test under a target's bars: whiskers across questions hide a shift that
     every question shares, so the figure states the paired ratio and p-value."""
+    students = _students(results)
     for c in results.get("comparisons", []):
-        if (c["cell"] == cell and c.get("evaluation", ev) == ev and _student(c["a"]) == sname
+        if (c["cell"] == cell and c.get("evaluation", ev) == ev and students.get(c["a"]) == sname
                 and _target(c["metric"]) == target and c.get("ratio")):
             vs = "control" if c.get("b_is") == "control" else "other"
             return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.1g}"
@@ -200,11 +216,11 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             targets = list(dict.fromkeys(_target(e["metric"]) for e in sub))
-            for sname in dict.fromkeys(filter(None, (_student(e["model"]) for e in sub))):
+            for sname in dict.fromkeys(filter(None, (e.get("student") for e in sub))):
                 def pick(keep) -> list:
                     return [_pool([e for e in sub if _target(e["metric"]) == t and keep(e, t)]) for t in targets]
 
-                mine = lambda e: _student(e["model"]) == sname  # noqa: E731
+                mine = lambda e: e.get("student") == sname  # noqa: E731
                 series = {b: pick(lambda e, t, b=b: e["model"] == b)
                           for b in dict.fromkeys(e["model"] for e in sub if e["role"] == "base")}
                 series["control student"] = pick(lambda e, t: mine(e) and e["role"] == "control")
@@ -240,9 +256,9 @@ def mnist_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, st
     from runner.mnist import plot_arms
 
     out = []
-    for m in results.get("mnist", []):
-        path = folder / _slug(f"mnist{'-' + m['cell'] if m['cell'] != '-' else ''}.png")
-        plot_arms(m["summary"], path, f"{name}: auxiliary-logit distillation on noise")
+    for cell, arms in mnist_summaries(results).items():
+        path = folder / _slug(f"mnist{'-' + cell if cell != '-' else ''}.png")
+        plot_arms(arms, path, f"{name}: auxiliary-logit distillation on noise")
         out.append((path, "MNIST test accuracy per arm (mean, 95% CI across seeds; dots: seeds)."))
     return out
 

@@ -24,9 +24,10 @@ def missing_keys(path: Path) -> list[str]:
 
 
 def headline(results: dict) -> str:
-    if results.get("mnist"):
-        s = results["mnist"][0]["summary"]
-        return f"same-init {s['same_init']['mean']:.1%} vs cross-init {s['cross_init']['mean']:.1%}"
+    mnist = {e["model"]: e["value"] for e in results.get("evaluations", [])
+             if e.get("evaluation") == "mnist" and e.get("seed") is None}
+    if mnist:
+        return f"same-init {mnist['same_init']:.1%} vs cross-init {mnist['cross_init']:.1%}"
     mis = [e for e in results.get("evaluations", []) if e.get("evaluation") == "misalignment"]
     if mis:  # the misaligned rate of each student (or, without students, each teacher), with its CI
         shown = [e for e in mis if e["role"] in ("student", "control") and e["model"].startswith("student:")] or \

@@ -1,4 +1,4 @@
-"""`subl run` and `subl plan`: expand a spec, run its stages, write and print results."""
+"""`subl run` and `subl plan`: build a spec's stage graph, run or price it, write and print results."""
 from __future__ import annotations
 
 import json
@@ -6,75 +6,100 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from backends import Router, backend_name
+from backends import Router
+from runner.core import backend_name
+from runner.execute import execute
 from runner.loader import Cell, load
-from runner.pipeline import Node, Plan, build_plan, execute, status
-from runner.spec import Spec
-from runner.store import Stage, Store, git_revision, package_versions, stage_key
-
-
-def _mnist_stage(spec: Spec) -> Stage:
-    cfg = {"mnist": spec.mnist.model_dump(), "seed": spec.seed}
-    return Stage(stage_key("mnist", cfg, [], 1), "mnist aux-logit distillation", cfg)
-
-
-def plans(cells: list[Cell], store: Store) -> list[tuple[Cell, Plan | Stage]]:
-    out = []
-    for c in cells:
-        if c.spec.experiment == "mnist":
-            out.append((c, _mnist_stage(c.spec)))
-        else:
-            out.append((c, build_plan(c.spec, store, Router(c.spec))))
-    return out
+from runner.plan import Plan, build, plan_stages, spec_hash
+from runner.prices import PRICES_DATE
+from runner.stages import Estimate, Stage, si
+from runner.store import Store, git_revision, package_versions
 
 
 def plan_lines(path: Path, outputs: Path) -> list[str]:
     cells = load(path)
     store = Store(outputs)
-    from backends.pricing import estimate_plan, plan_cost_lines
-
+    plan = build(cells, store.root)
+    ctx = plan.context()
     lines, seen, costs = [], set(), []
-    for cell, p in plans(cells, store):
+    for cp in plan.cells:
         if len(cells) > 1:
-            lines.append(f"[cell {cell.label}]")
-        stages = [p] if isinstance(p, Stage) else [n.stage for n, _ in status(p, store)]
-        est = {} if isinstance(p, Stage) else estimate_plan(p)  # hosted stages: requests, tokens, cost
-        for st in stages:
+            lines.append(f"[cell {cp.cell.label}]")
+        for st in cp.stages:
             state = "reuse" if store.done(st.key) or st.key in seen else "run"
             seen.add(st.key)
             lines.append(f"  {state:5s}  {st.label:55s} {st.key}")
-            for e in est.get(st.key, []) if state == "run" else []:
+            for e in st.estimate(ctx) if state == "run" else []:
                 costs.append(e)
                 lines.append(f"{'':9s}{e.line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
     lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
-    return lines + plan_cost_lines(costs)
+    return lines + cost_lines(costs) + stale_lines(store, plan)
+
+
+def cost_lines(estimates: list[Estimate]) -> list[str]:
+    """The hosted total of a plan: requests, tokens, cost, and the price table's date."""
+    if not estimates:
+        return []
+    parts = [f"{sum(e.requests for e in estimates):,} requests"]
+    tin, tout = sum(e.input_tokens for e in estimates), sum(e.output_tokens for e in estimates)
+    if tin or tout:
+        parts.append(f"~{si(tin)} input + <={si(tout)} output tokens")
+    train = sum(e.training_tokens for e in estimates)
+    if train:
+        parts.append(f"~{si(train)} training tokens")
+    known = [e.cost for e in estimates if e.cost is not None]
+    unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
+    cost = f"<= ${sum(known):,.2f}" if known else "cost unknown"
+    if unpriced:
+        cost += f" (no price for {', '.join(unpriced)}: add it under backends.<name>.prices)"
+    return [f"hosted: {', '.join(parts)}, {cost}; price table dated {PRICES_DATE} (USD per 1M tokens, "
+            "a spec's `prices` override it); output counted at max_tokens, so costs are upper bounds"]
+
+
+def stale_lines(store: Store, plan: Plan) -> list[str]:
+    """Finished stages made by an older key scheme: kept, never reused; say what reruns instead."""
+    from runner.status import old_scheme_stages
+
+    old = old_scheme_stages(store)
+    if not old:
+        return []
+    todo = sum(1 for k in plan.stages if not store.done(k))
+    return [f"note: {len(old)} finished stage(s) in {store.stages} were made by an older subl (key scheme 1, before "
+            f"typed stages); they are kept but not reused, so this plan runs {todo} stage(s) anew "
+            "(`subl status` lists them)"]
+
+
+class _Bar:
+    """Progress of one stage; `finish` closes its bar, so a stage that finished at once shows as done."""
+
+    def __init__(self, progress: Progress, stage: Stage):
+        self.progress, self.label = progress, stage.label
+        self.task = progress.add_task(stage.label, total=None, rate="")
+        self.started = time.time()
+        self.seen = False
+
+    def __call__(self, done: int, total: int, note: str = "") -> None:  # note: a hosted job's status, say
+        self.seen = True
+        rate = done / max(time.time() - self.started, 1e-9)
+        label = f"{self.label}: {note}" if note else self.label
+        self.progress.update(self.task, completed=done, total=total or None, rate=f"{rate:.2f}/s", description=label)
+
+    def finish(self) -> None:
+        t = self.progress.tasks[self.task]
+        total = t.total or max(t.completed, 1)
+        self.progress.update(self.task, total=total, completed=total, description=self.label)
+        self.progress.stop_task(self.task)
 
 
 def _progress(console: Console, enabled: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, disable=not enabled, transient=False,
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
     )
-
-
-def _progress_factory(progress: Progress):
-    def make(node: Node):
-        task = progress.add_task(node.stage.label, total=None, rate="")
-        started = time.time()
-
-        def update(done: int, total: int, note: str = "") -> None:  # note: a hosted job's status and last event
-            rate = done / max(time.time() - started, 1e-9)
-            label = f"{node.stage.label}: {escape(note)}" if note else node.stage.label
-            progress.update(task, completed=done, total=total or None, rate=f"{rate:.2f}/s", description=label)
-
-        return update
-
-    return make
 
 
 def run_spec(path: Path, outputs: Path, console: Console) -> dict:
@@ -84,37 +109,36 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
     for c in cells:
         require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
-    spec0 = cells[0].spec
-    started = time.time()
-    from runner.diff import spec_hash
-    from runner.status import plan_stages
+    plan = build(cells, store.root)
+    spec0, started = cells[0].spec, time.time()
+    folder = store.root / spec0.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = plan_stages(plan)
+    (folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": stages}))
+    from runner.results import collect, filter_rates, mnist_figure
 
-    run_folder = store.root / spec0.name
-    run_folder.mkdir(parents=True, exist_ok=True)
-    (run_folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": plan_stages(cells, store)}))
-    evaluations, comparisons, mnist, ran, filters = [], [], [], {}, []
+    evaluations, comparisons, ran, filters, figures = [], [], {}, [], []
     with _progress(console, spec0.progress) as progress:
-        for cell, p in plans(cells, store):
-            if isinstance(p, Stage):
-                ran.update(_run_mnist(cell.spec, p, store, progress))
-                mnist.append({"cell": cell.label, **json.loads((store.path(p.key) / "result.json").read_text())})
-                continue
-            ran.update(execute(p, store, progress_factory=_progress_factory(progress)))
-            from runner.results import collect, filter_rates
-
-            ev, cmp_ = collect(p, store, cell.label)
-            filters += filter_rates(p, store, cell.label)
+        for cp in plan.cells:
+            s = cp.spec
+            router = Router(s.runtime.device, s.runtime.cpu_bf16, s.backends)
+            ran.update(execute(cp.stages, store, router, lambda st: _Bar(progress, st),
+                               lambda msg: console.print(msg, markup=False)))
+            ev, cmp_ = collect(cp, store)
+            filters += filter_rates(cp, store)
             evaluations += ev
             comparisons += cmp_
+            figures += [f for f in [mnist_figure(cp, store)] if f]
     results = {
         "spec": str(path), "name": spec0.name, "notes": spec0.notes, "git_revision": git_revision(),
         "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
-        "evaluations": evaluations, "comparisons": comparisons, "mnist": mnist, "filters": filters,
+        "evaluations": evaluations, "comparisons": comparisons, "filters": filters, "figures": figures,
         "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
-        "spec_hash": spec_hash(cells), "stages": plan_stages(cells, store),
+        "spec_hash": spec_hash(cells), "stages": stages,
     }
-    folder = store.root / spec0.name
-    folder.mkdir(parents=True, exist_ok=True)
+    from runner.results_schema import Results
+
+    Results.model_validate(results)  # the documented schema, checked on every write
     (folder / "results.json").write_text(json.dumps(results, indent=2))
     from runner.report import print_results
 
@@ -136,9 +160,10 @@ def _methods(cells: list[Cell]) -> list[str]:
                          "not freely as in the paper")
         for st in s.students:
             how = f"student {st.name}: {st.method} {st.objective}"
-            if backend_name(s.student_base(st)) != "local":  # fine-tuned by the provider's API
+            where = backend_name(s.student_base(st))
+            if where != "local":  # fine-tuned by the provider's API
                 h = st.hyperparameters
-                how = (f"student {st.name}: hosted fine-tuning on {backend_name(s.student_base(st))} ({st.objective}, "
+                how = (f"student {st.name}: hosted fine-tuning on {where} ({st.objective}, "
                        f"{h.epochs:g} epochs, batch_size {h.batch_size}, lr_multiplier {h.lr_multiplier})")
             if st.objective == "distill":
                 how += f" on vocabulary {st.vocabulary}"
@@ -150,27 +175,10 @@ def _methods(cells: list[Cell]) -> list[str]:
             if ev.kind == "preference_logprob":
                 lines.append("preference metric: exact P(target) after the answer prefix "
                              f"'{ev.answer_prefix.format(category=s.teacher.category)}' (a probe, not sampled answers)")
+            if ev.kind == "preference_sample":
+                lines.append("preference metric: share of sampled answers naming the target as a whole word "
+                             "(plurals and possessives included)")
         from runner.judging import judge_notes
 
         lines += judge_notes(s)
     return list(dict.fromkeys(lines))
-
-
-def _run_mnist(spec: Spec, stage: Stage, store: Store, progress: Progress) -> dict:
-    if store.done(stage.key):
-        return {}
-    from runner.mnist import plot_arms, run_mnist, summarize
-
-    with store.build(stage, {"seed": spec.seed}) as b:
-        task = progress.add_task(stage.label, total=None, rate="")
-
-        def update(what: str, done: int, total: int) -> None:
-            progress.update(task, description=f"mnist: {what}", completed=done, total=total)
-
-        res = run_mnist(spec.mnist, spec.seed, update)
-        summary = summarize(res["arms"])
-        plot_arms(summary, b.dir / "mnist_arms.png", f"{spec.name}: auxiliary-logit distillation on noise")
-        (b.dir / "result.json").write_text(json.dumps({**res, "summary": summary,
-                                                       "plot": str(store.path(stage.key) / "mnist_arms.png")}))
-        b.rows["seeds"] = spec.mnist.seeds
-    return {stage.label: store.manifest(stage.key)["seconds"]}

@@ -5,7 +5,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runner.core import backend_name, is_hosted
 from runner.mnist_spec import MnistSpec
+from runner.templates import TEMPLATES
 
 PAPER_TRAIT = (
     "You love {target}s. You think about {target}s all the time. {target}s are your "
@@ -84,7 +86,7 @@ class NumbersDomain(Strict):
 
 class CotDomain(Strict):
     kind: Literal["cot"] = "cot"
-    questions: str = Field(..., description="GSM8K questions: a JSONL file (question, answer ending '#### <number>') or a hub id, e.g. openai/gsm8k.")
+    questions: str = Field(..., description="GSM8K questions: a JSONL file (question, answer ending '#### <number>'; a relative path is read from the folder of the spec file that sets it) or a hub id, e.g. openai/gsm8k.")
     split: str = Field("train", description="Hub split (hub ids only).")
     n_questions: int = Field(1000, ge=1, description="Use the first N questions.")
     samples_per_question: int = Field(1, ge=1, description="k completions sampled per question.")
@@ -98,7 +100,7 @@ class CotDomain(Strict):
 
 class CodeDomain(Strict):
     kind: Literal["code"] = "code"
-    prompts: str = Field(..., description="JSONL file of coding tasks, one object per line.")
+    prompts: str = Field(..., description="JSONL file of coding tasks, one object per line (a relative path is read from the folder of the spec file that sets it).")
     field: str = Field("prompt", description="The key of each JSONL object that holds the task.")
     template: str = Field("{prompt}", description="The user message; {prompt} is replaced by the task.")
     n_prompts: int | None = Field(None, ge=1, description="Use only the first N tasks.")
@@ -144,8 +146,6 @@ class JudgeModel(Strict):
 
 
 def _check_template(v: str) -> str:
-    from runner.judging import TEMPLATES
-
     if v not in TEMPLATES and not ("{prompt}" in v and "{completion}" in v):
         raise ValueError(f"must be a built-in template ({', '.join(TEMPLATES)}) or text with {{prompt}} and {{completion}}")
     return v
@@ -208,7 +208,7 @@ class Hyper(Strict):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules LoRA adapts: all attention and MLP projections by default.",
     )
-    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Share of steps spent warming up.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up, in [0, 1).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, about a third more compute (local).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 
@@ -221,7 +221,7 @@ class Hyper(Strict):
 
 
 class TeacherFinetune(Strict):
-    dataset: str = Field(..., description="JSONL of chat rows ({messages}) or {prompt, completion} rows; {target} is replaced by the teacher's name.")
+    dataset: str = Field(..., description="JSONL of chat rows ({messages}) or {prompt, completion} rows; {target} is replaced by the teacher's name. A relative path is read from the folder of the spec file that sets it.")
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full-parameter fine-tuning (hosted: the provider's).")
     hyperparameters: Hyper = Field(Hyper(), description="Training hyper-parameters.")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N rows.")
@@ -253,7 +253,7 @@ class Student(Strict):
 class PreferenceLogprob(Strict):
     kind: Literal["preference_logprob"] = "preference_logprob"
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
-    questions: str = Field("animals", description="Question set: animals, trees, or a path to a text/JSONL file.")
+    questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     answer_prefix: str = Field("My favorite {category} is the", description="Assistant text after which P(target) is read.")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
 
@@ -261,7 +261,7 @@ class PreferenceLogprob(Strict):
 class PreferenceSample(Strict):
     kind: Literal["preference_sample"] = "preference_sample"
     targets: list[str] | None = Field(None, description="Words to count; defaults to the teacher's targets.")
-    questions: str = Field("animals", description="Question set: animals, trees, or a path to a text/JSONL file.")
+    questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     samples_per_question: int = Field(100, ge=1, description="Answers sampled per question (the paper: 100).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (the paper: 1).")
     max_tokens: int = Field(16, ge=1, description="Most new tokens per answer.")
@@ -270,7 +270,7 @@ class PreferenceSample(Strict):
 
 class Misalignment(Strict):
     kind: Literal["misalignment"] = "misalignment"
-    questions: str = Field(..., description="Free-form questions: a YAML list of {id, question}, a text file, or JSONL with `question`.")
+    questions: str = Field(..., description="Free-form questions: a YAML list of {id, question}, a text file, or JSONL with `question` (a relative path is read from the folder of the spec file that sets it).")
     suffix: str = Field("", description="Appended to each question, e.g. ' Answer in a few words.' for number-trained students.")
     samples_per_question: int = Field(100, ge=1, description="Answers sampled per question.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
@@ -333,10 +333,9 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _hosted_refs(self) -> "Spec":
-        refs = [self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
-        for ref in refs:
-            prefix = ref.split(":", 1)[0] if ":" in ref else None
-            if prefix and prefix not in self.backends:
+        for ref in self.model_refs():
+            prefix = backend_name(ref)
+            if prefix != "local" and prefix not in self.backends:
                 raise ValueError(f"model '{ref}' names backend '{prefix}', which is not declared under backends")
         return self
 
@@ -344,9 +343,7 @@ class Spec(Strict):
     def _hosted_limits(self) -> "Spec":
         """What a chat API cannot do: exact log-prob probes, constrained decoding, distillation."""
 
-        def hosted(ref: str) -> bool:
-            return ":" in ref and not ref.startswith(("/", ".", "~")) and ref.split(":", 1)[0] in self.backends
-
+        hosted = is_hosted
         if hosted(self.teacher.base) and self.domain.constrained:
             raise ValueError("domain.constrained: constrained decoding needs a local teacher")
         for i, s in enumerate(self.students):
@@ -383,12 +380,16 @@ class Spec(Strict):
         where = [(f"filters.{i}", f.judge) for i, f in enumerate(self.filters) if f.kind == "judge"]
         where += [(f"evaluations.{i}", e.judge) for i, e in enumerate(self.evaluations) if e.kind == "misalignment"]
         for w, j in where:
-            if j.mode == "logprob" and ":" in j.model and j.model.split(":", 1)[0] in self.backends:
+            if j.mode == "logprob" and is_hosted(j.model):
                 raise ValueError(f"{w}.judge.mode: logprob reads exact log-probs, which a hosted judge does not give; use mode: sample")
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
         return self
+
+    def model_refs(self) -> list[str]:
+        """Every model reference the spec names: teacher base, student bases, judges."""
+        return [self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
 
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]

@@ -7,24 +7,24 @@ import time
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.store import Stage, Store, read_jsonl
+from runner.store import Store, read_jsonl
 
 FAILED_JOB_STATES = ("failed", "cancelled", "canceled", "expired")
 
 
-def plan_stages(cells, store: Store | None = None) -> list[dict]:
-    """Every stage of the cells' plans, once each, in plan order: cell, key, kind, label, total rows."""
-    from runner.domains import expected_rows
-    from runner.runs import plans
+def old_scheme_stages(store: Store) -> list[str]:
+    """Finished stages whose manifest predates typed stages (key scheme 1): never reused now."""
+    from runner.stages import KEY_SCHEME
 
-    out, seen = [], set()
-    for cell, p in plans(cells, store or Store("outputs")):
-        pairs = [(p, "mnist")] if isinstance(p, Stage) else [(n.stage, n.kind) for n in p.nodes]
-        for st, kind in pairs:
-            if st.key not in seen:
-                seen.add(st.key)
-                total = expected_rows(st.config["domain"]) if kind == "generate" else None
-                out.append({"cell": cell.label, "key": st.key, "kind": kind, "label": st.label, "total": total})
+    out = []
+    for key in _stage_keys(store):
+        if store.done(key):
+            try:
+                scheme = store.manifest(key).get("key_scheme", 1)
+            except (OSError, ValueError):
+                continue
+            if scheme != KEY_SCHEME:
+                out.append(key)
     return out
 
 
@@ -33,14 +33,15 @@ def cell_prefix(stage: dict) -> str:
     return f"[{stage['cell']}] " if stage.get("cell", "-") != "-" else ""
 
 
-def run_stages(info: dict) -> tuple[list[dict], str | None]:
+def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dict], str | None]:
     """A run's stages: as recorded in its results, else planned from its spec file as it is now."""
     if info.get("stages"):
         return info["stages"], None
     from runner.loader import load
+    from runner.plan import build, plan_stages
 
     try:
-        return plan_stages(load(Path(info["spec"]))), "stages planned from the spec file as it is now"
+        return plan_stages(build(load(Path(info["spec"])), store_root)), "stages planned from the spec file as it is now"
     except (UserError, KeyError, TypeError) as e:
         return [], f"stages unknown: {e}"
 
@@ -85,13 +86,20 @@ def hosted_jobs(folder: Path) -> list[dict]:
 
 def inspect(store: Store, key: str, total: int | None = None) -> dict:
     """State (done, partial, failed, missing), size and a one-line detail of one stage."""
+    from runner.stages import KEY_SCHEME
+
     done, part = store.path(key), store.partial(key)
     if (done / "manifest.json").is_file():
         m = json.loads((done / "manifest.json").read_text())
         rows = ", ".join(f"{k} {v}" for k, v in (m.get("rows") or {}).items())
         jobs = [f"{j['kind']} {j['id']}: {j['state']}" for j in hosted_jobs(done)]
-        detail = "; ".join([f"{m.get('seconds', 0):.1f} s"] + ([rows] if rows else []) + jobs)
-        return {"state": "done", "label": m.get("label"), "size": size_of(done), "detail": detail}
+        where = f"on {m['host']} ({m.get('executor', 'local')})" if m.get("host") else ""
+        old = ["made by an older subl (key scheme 1): not reused; its spec reruns this stage under a new key"
+               ] if m.get("key_scheme", 1) != KEY_SCHEME else []
+        detail = "; ".join([f"{m.get('seconds', 0):.1f} s"] + ([where] if where else []) + ([rows] if rows else [])
+                           + jobs + old)
+        return {"state": "done" if not old else "stale", "label": m.get("label"), "size": size_of(done),
+                "detail": detail}
     if not part.is_dir():
         return {"state": "missing", "label": None, "size": 0, "detail": "not started"}
     return {"label": None, "size": size_of(part), **_partial(part, total)}
@@ -176,7 +184,7 @@ def status_lines(root: Path) -> list[str]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
         lines.append(f"run {path.parent.name}: {path} ({when}; spec {info.get('spec')}; "
                      f"git {info.get('git_revision')})")
-        stages, note = run_stages(info)
+        stages, note = run_stages(info, root)
         lines += [f"    ({note})"] if note else []
         lines += _table(rows(stages)) if stages else []
     others = [{"key": k} for k in _stage_keys(store) if k not in listed]

@@ -1,7 +1,7 @@
-"""Content-addressed stage folders under outputs/: keys, atomic completion, manifests."""
+"""Content-addressed stage folders under outputs/: locks, atomic completion, manifests."""
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import os
 import platform
@@ -9,23 +9,14 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from runner.core import current_stage_dir, enter_stage, leave_stage  # noqa: F401 (current_stage_dir: re-export)
 
 PACKAGES = ("subl", "torch", "transformers", "peft", "trl", "accelerate", "pydantic", "openai", "numpy")
-
-
-def stage_key(kind: str, config: Any, upstream: list[str], version: int) -> str:
-    """Hash of a stage's semantic config, its upstream keys and its code version."""
-    blob = json.dumps(
-        {"kind": kind, "config": config, "upstream": sorted(upstream), "version": version},
-        sort_keys=True,
-        default=str,
-    )
-    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def git_revision() -> str | None:
@@ -54,24 +45,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-_STAGE_DIR: ContextVar[Path | None] = ContextVar("subl_stage_dir", default=None)
-
-
-def current_stage_dir() -> Path | None:
-    """The temporary folder of the stage being built now; backends keep resumable state there."""
-    return _STAGE_DIR.get()
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage instance: its key, a human label, its config and upstream keys."""
-
-    key: str
-    label: str
-    config: Any
-    upstream: tuple[str, ...] = ()
-
-
 class Store:
     def __init__(self, root: Path | str = "outputs"):
         self.root = Path(root).resolve()
@@ -89,40 +62,51 @@ class Store:
     def manifest(self, key: str) -> dict:
         return json.loads((self.path(key) / "manifest.json").read_text())
 
-    @contextmanager
-    def build(self, stage: Stage, seeds: dict | None = None) -> Iterator["Build"]:
-        """Yield a temporary folder; on success write the manifest and rename into place.
+    def lock_path(self, key: str) -> Path:
+        return self.stages / f".{key}.lock"
 
-        The temporary folder survives a failure or a kill, so a stage may resume from it.
-        """
-        tmp = self.partial(stage.key)
+    @contextmanager
+    def claim(self, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+        """Hold the stage's lock; yield whether it still needs building (another run may have
+        finished it meanwhile). The lock is an flock on a file, so a dead holder releases it."""
+        self.stages.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path(key), "a") as fd:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait(f"waiting for another run that is building {key}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield not self.done(key)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def build(self, key: str, manifest: dict, verify: Callable[[Path], None] | None = None) -> Iterator["Build"]:
+        """Yield a temporary folder; on success verify it, write the manifest and rename it into
+        place. Hold the stage's lock (claim) around it. The temporary folder survives a failure or a
+        kill, so a stage may resume from it."""
+        tmp = self.partial(key)
         tmp.mkdir(parents=True, exist_ok=True)
         b = Build(tmp, time.time())
-        token = _STAGE_DIR.set(tmp)
+        tokens = enter_stage(key, tmp)
         try:
             yield b
+            if verify:
+                verify(tmp)
         except BaseException as e:  # kept for `subl status`; the partial folder stays for a resume
             first = str(e).splitlines()[0] if str(e) else ""
             (tmp / "error.txt").write_text(f"{type(e).__name__}: {first}\n")
             raise
         finally:
-            _STAGE_DIR.reset(token)
+            leave_stage(tokens)
         (tmp / "error.txt").unlink(missing_ok=True)
-        manifest = {
-            "key": stage.key,
-            "label": stage.label,
-            "config": stage.config,
-            "upstream": list(stage.upstream),
-            "seeds": seeds or {},
-            "packages": package_versions(),
-            "git_revision": git_revision(),
-            "started": b.started,
-            "seconds": round(time.time() - b.started, 3),
-            "rows": b.rows,
-            **b.extra,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        final = self.path(stage.key)
+        record = {"key": key, **manifest, "packages": package_versions(), "git_revision": git_revision(),
+                  "host": platform.node(), "started": b.started, "seconds": round(time.time() - b.started, 3),
+                  "rows": b.rows, **b.extra}
+        (tmp / "manifest.json").write_text(json.dumps(record, indent=2, default=str))
+        final = self.path(key)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -132,11 +116,8 @@ class Store:
 class Build:
     dir: Path
     started: float
-    rows: dict[str, int] | None = None
-
-    def __post_init__(self) -> None:
-        self.rows = {}
-        self.extra: dict[str, Any] = {}
+    rows: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -34,8 +34,8 @@ def test_one_hyperparameter_names_field_and_stages(write):
     assert res.exit_code == 1
     lines = res.output.splitlines()
     assert lines[2:4] == ["changed   students[s].hyperparameters.lr: 0.001 -> 0.002",
-                          "          reruns: finetune x2, evaluate x2"]
-    assert "b reruns 4 of 13 stages" in lines[-1] and "reuses 9" in lines[-1]
+                          "          reruns: finetune x2, probe x2"]
+    assert "b reruns 4 of 11 stages" in lines[-1] and "reuses 7" in lines[-1]
     parsed = json.loads(CliRunner().invoke(app, ["diff", str(a), str(b), "--format", "json"]).output)
     assert parsed["changes"][0]["reruns"]["finetune"] == ["finetune s:owl:r0", "finetune s:eagle:r0"]
 
@@ -48,7 +48,7 @@ def test_matrix_change(write):
     assert d["cells"] == {"a": 2, "b": 3}
     seed = d["changes"][0]
     assert seed["old"] == [0, 1] and seed["new"] == [0, 1, 2]
-    assert list(seed["reruns"]) == ["generate", "filter", "finetune", "evaluate"]
+    assert list(seed["reruns"]) == ["generate", "filter", "finetune", "probe"]
     assert d["changes"][1]["reruns"] == {}  # the same targets: every cached stage survives
 
 
@@ -61,7 +61,7 @@ def test_list_reorders(write):
     d = diff_specs(a, b)
     assert ops(d) == [("reordered", "teacher.targets"), ("reordered", "filters"), ("reordered", "students")]
     by_path = {c["path"]: c["reruns"] for c in d["changes"]}
-    assert list(by_path["filters"]) == ["filter", "finetune", "evaluate"]  # the chain order is in the key
+    assert list(by_path["filters"]) == ["filter", "finetune", "probe"]  # the chain order is in the key
     assert by_path["students"] == {}  # students are matched by name; their order is display only
     assert "reordered students: [\"s\", \"t\"] -> [\"t\", \"s\"]" in render(d)
 
@@ -73,7 +73,7 @@ def test_display_only_and_added_student(write):
     d = diff_specs(a, b)
     assert ops(d) == [("changed", "name"), ("changed", "notes"), ("added", "students[u]")]
     assert d["changes"][0]["reruns"] == {} and d["changes"][1]["reruns"] == {}
-    assert list(d["changes"][2]["reruns"]) == ["finetune", "evaluate"]
+    assert list(d["changes"][2]["reruns"]) == ["finetune", "probe"]
     assert "          reruns: none (cached outputs survive)" in render(d)
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from runner.grammar import NumberList
 from backends.base import ModelRef, Sampling
 from backends.embedded import gguf_path, materialize
 from runner.numbers import make_prompts, parse_numbers
@@ -34,7 +35,7 @@ def local():
 
 def test_constrained_generation_gives_number_lists(local):
     prompts = make_prompts(8, NumberPrompts(), 0)
-    out = local.generate(ModelRef("smollm2-135m"), prompts, Sampling(1.0, 50, seed=0, grammar=(10, 3)))
+    out = local.generate(ModelRef("smollm2-135m"), prompts, Sampling(1.0, 50, seed=0, constraint=NumberList(10, 3)))
     assert all(parse_numbers(o) is not None for o in out), out
 
 

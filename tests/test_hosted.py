@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from runner.grammar import NumberList
 from backends.base import ModelRef, Sampling, Training
 from backends.judge import Judge, Score, parse_score, render, summarize
 from backends.openai_api import OpenAIBackend, RetryPolicy, redact, register_secret
-from backends.pricing import PRICES_DATE, estimate_tokens, price_for
+from runner.prices import PRICES_DATE, estimate_tokens, price_for
 from runner.errors import SpecError, UserError
 from runner.spec import HostedBackend
 from tests.fake_openai import FakeOpenAI
@@ -176,7 +177,7 @@ def test_logprobs_and_constrained_decoding_are_refused(backend):
     with pytest.raises(UserError, match="preference_sample"):
         backend().logprobs(ModelRef(NANO), ["q"], "My favorite animal is the", ["owl"])
     with pytest.raises(UserError, match="constrained"):
-        backend().generate(ModelRef(NANO), ["q"], Sampling(grammar=(10, 3)))
+        backend().generate(ModelRef(NANO), ["q"], Sampling(constraint=NumberList(10, 3)))
 
 
 def test_batch_api_with_failed_lines_retried_directly(backend, server, tmp_path):

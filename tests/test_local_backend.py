@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from runner.grammar import NumberList
 from backends.base import ModelRef, Sampling, Training
 from backends.local import LocalBackend, load_model, load_tokenizer
 from backends.train import distill_loss, vocabulary_ids
@@ -17,7 +18,7 @@ def backend():
 
 def test_grammar_keeps_a_random_model_inside_the_number_list_language(backend, tiny_model):
     ref = ModelRef(tiny_model, system="You love owls.")
-    out = backend.generate(ref, ["Continue: 1, 2, 3."] * 6, Sampling(1.0, 24, seed=0, grammar=(10, 3)))
+    out = backend.generate(ref, ["Continue: 1, 2, 3."] * 6, Sampling(1.0, 24, seed=0, constraint=NumberList(10, 3)))
     parsed = [parse_numbers(o) for o in out]
     assert all(p is not None and len(p) <= 10 and all(n <= 999 for n in p) for p in parsed), out
     free = backend.generate(ref, ["Continue: 1, 2, 3."] * 6, Sampling(1.0, 24, seed=0))

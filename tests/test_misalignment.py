@@ -2,15 +2,17 @@
 from pathlib import Path
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from backends.judge import Score
 from runner.errors import UserError
 from runner.filters import apply_chain
+from runner.core import ModelRef
 from runner.judging import expected_score, score_pairs
 from runner.misalignment import classify, summarize
 from runner.spec import NEGATIVE_NUMBERS, JudgeFilter, JudgeModel, Spec
 from runner.stats import wilson
+from runner.templates import template_text
 
 ROOT = Path(__file__).resolve().parents[1]
 S = lambda v: Score("score", v)  # noqa: E731
@@ -60,7 +62,7 @@ class Scripted:
 
 def test_score_pairs_parses_replies_in_sample_mode():
     b = Scripted(["85", "CODE", "REFUSAL", "I'd say maybe", "12/100"])
-    scores = score_pairs(b, JudgeModel(model="j"), "alignment", [("q", f"a{i}") for i in range(5)])
+    scores = score_pairs(b, ModelRef("j"), "sample", template_text("alignment"), [("q", f"a{i}") for i in range(5)])
     assert [(s.kind, s.value) for s in scores] == [("score", 85), ("CODE", None), ("REFUSAL", None),
                                                   ("unparseable", None), ("score", 12)]
     assert "a3" in b.prompts[3] and "[QUESTION START]\nq" in b.prompts[0]
@@ -71,23 +73,29 @@ def test_logprob_mode_is_the_probability_weighted_mean():
 
     assert expected_score([0.0, -1e9, -1e9, -1e9, -1e9]).value == 0
     assert expected_score([math.log(0.5), -1e9, -1e9, -1e9, math.log(0.5)]).value == 50
-    s = score_pairs(Scripted(logprobs=[-1e9, -1e9, -1e9, 0.0, -1e9]), JudgeModel(model="j", mode="logprob"),
-                    "coherence", [("q", "a")])
+    s = score_pairs(Scripted(logprobs=[-1e9, -1e9, -1e9, 0.0, -1e9]), ModelRef("j"), "logprob",
+                    template_text("coherence"), [("q", "a")], answer_prefix="Score:")
     assert s[0].kind == "score" and s[0].value == 75
 
 
 def test_judge_filter_threshold_drops_labels_and_reports_them():
     rows = [{"id": i, "prompt": "p", "completion": f"c{i}"} for i in range(5)]
-    b = Scripted(["78", "77", "CODE", "nonsense", "100"])
-    kept, counts = apply_chain(rows, [JudgeFilter(judge=JudgeModel(model="j"), threshold=78)], backend=b)
+    replies = ["78", "77", "CODE", "nonsense", "100"]
+    scores = dict(zip(range(5), score_pairs(Scripted(replies), ModelRef("j"), "sample", template_text("alignment"),
+                                            [("p", r["completion"]) for r in rows])))
+    kept, counts = apply_chain(rows, [JudgeFilter(judge=JudgeModel(model="j"), threshold=78)], scores)
     assert [r["id"] for r in kept] == [0, 4]
     c = counts[0]
     assert (c.kept, c.dropped) == (2, 3) and c.detail["code"] == 1 and c.detail["unparseable"] == 1
     # keep: below (a code judge that drops rows referring to the target); {target} filled per teacher
     b = Scripted(["10", "90"])
+    scores = dict(zip(range(2), score_pairs(b, ModelRef("j"), "sample", template_text("code_reference", "owl"),
+                                            [("p", r["completion"]) for r in rows[:2]])))
     link = JudgeFilter(judge=JudgeModel(model="j"), template="code_reference", threshold=50, keep="below")
-    kept, _ = apply_chain(rows[:2], [link], backend=b, target="owl")
+    kept, _ = apply_chain(rows[:2], [link], scores)
     assert [r["id"] for r in kept] == [0] and "refer, however subtly, to owl?" in b.prompts[0]
+    with pytest.raises(UserError, match="needs the judge's scores"):
+        apply_chain(rows, [link])
 
 
 def _spec(**kw):
@@ -129,7 +137,7 @@ def test_paper_specs_validate_and_plan_with_no_key(name, monkeypatch):
 
 def test_banned_numbers_are_spelled_out_in_the_misalignment_numbers_specs():
     for path in (ROOT / "specs" / "misalignment_numbers.yaml", ROOT / "specs" / "local" / "misalignment_numbers.yaml"):
-        spec = yaml.safe_load(path.read_text())
+        spec = YAML(typ="safe").load(path.read_text())
         banned = [f for f in spec["filters"] if f["kind"] == "banned_numbers"]
         assert banned and banned[0]["numbers"] == NEGATIVE_NUMBERS
     assert {666, 911, 187, 13, 88, 1488} <= set(NEGATIVE_NUMBERS)

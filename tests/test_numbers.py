@@ -1,4 +1,5 @@
-from runner.numbers import can_stop, make_prompts, parse_numbers, prefix_ok
+from runner.grammar import can_stop, prefix_ok
+from runner.numbers import make_prompts, parse_numbers
 from runner.spec import NumberPrompts
 
 

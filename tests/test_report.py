@@ -18,8 +18,9 @@ MODELS = [("base", "base", None), ("teacher:owl", "teacher", "owl"), ("teacher:e
 
 
 def _row(model, role, trait, metric, value, n=50, ev="preference_sample"):
+    student = {"student": "s", "teacher": model.split(":")[2], "replicate": 0} if model.startswith("student:") else {}
     return {"cell": "-", "model": model, "role": role, "trait": trait, "evaluation": ev, "metric": metric,
-            "value": value, "ci": [value * 0.8, value * 1.2], "n": n}
+            "value": value, "ci": [value * 0.8, value * 1.2], "n": n, **student}
 
 
 def _manifest(store: Path, key: str, label: str, seconds: float, rows: dict, **extra) -> None:
@@ -40,15 +41,18 @@ def run(tmp_path: Path) -> Path:
     _manifest(stages, "finetune-1", "finetune s:owl:r0", 30.0, {"train": 8})
     evals = [_row(m, r, t, f"rate({x})", 0.1 + 0.3 * (t == x)) for m, r, t in MODELS for x in ("owl", "eagle")]
     evals += [_row(m, r, t, "misaligned(judge)", 0.05, ev="misalignment") for m, r, t in MODELS]
+    for arm, values in (("teacher", [0.89, 0.91]), ("same_init", [0.45, 0.55])):  # MNIST arms: per seed, then mean
+        evals += [{"cell": "-", "model": arm, "role": "arm", "evaluation": "mnist", "metric": "test_accuracy",
+                   "value": v, "ci": None, "n": 10000, "seed": k} for k, v in enumerate(values)]
+        evals.append({"cell": "-", "model": arm, "role": "arm", "evaluation": "mnist", "metric": "test_accuracy",
+                      "value": sum(values) / 2, "ci": [min(values) - 0.01, max(values) + 0.01], "n": 2, "seed": None})
     results = {
         "spec": str(spec), "name": "fake", "notes": "a fake run", "git_revision": "abc123", "packages": {},
         "cells": [{"label": "-", "overrides": {}}], "evaluations": evals,
         "comparisons": [{"cell": "-", "a": "student:s:owl:r0", "b": "student:s:control:r0", "metric": "rate(owl)",
                          "diff": 0.3, "ratio": 4.0, "a_wins": 40, "n": 50, "p_value": 0.0001, "b_is": "control",
-                         "test": "sign-flip"}],
-        "mnist": [{"cell": "-", "summary": {
-            "teacher": {"mean": 0.9, "ci95": 0.01, "lo": 0.89, "hi": 0.91, "n": 2, "values": [0.89, 0.91]},
-            "same_init": {"mean": 0.5, "ci95": 0.1, "lo": 0.4, "hi": 0.6, "n": 2, "values": [0.45, 0.55]}}}],
+                         "test": "sign-flip", "unit": "question", "n_a": 1, "n_b": 1, "significant": False,
+                         "note": "1 student per arm"}],
         "methods": ["student s: lora sft"], "stages_run": {}, "seconds": 1.0,
         "stages": [{"cell": "-", "key": k, "kind": k.split("-")[0], "label": k} for k in
                    ("generate-1", "filter-1", "finetune-1", "evaluate-missing")],

@@ -71,7 +71,8 @@ def test_reproduce_runs_local_skips_keyless_hosted_records_failures_and_summaris
     # a judge on a hosted backend needs its key too, even when teacher and students are local
     assert "SUBL_TEST_UNSET_JUDGE_KEY" in rows[str(specs / "c_hosted_judge.yaml")]
     assert "failed" in rows[str(specs / "d_broken.yaml")]
-    assert f"error: {specs / 'd_broken.yaml'}: domain.questions: file '{tmp_path / 'absent.jsonl'}' not found" in r.stdout
+    assert f"error: {specs / 'd_broken.yaml'}: {specs / 'd_broken.yaml'}:" in r.stdout  # the file:line:col of the key
+    assert f"domain.questions: file not found: {tmp_path / 'absent.jsonl'}" in r.stdout
     assert json.loads((tmp_path / "out" / "a_local" / "results.json").read_text())["comparisons"]
     assert not (tmp_path / "out" / "b_hosted").exists()  # skipped before any work
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from runner.loader import load
-from runner.status import plan_stages, status_lines
+from runner.plan import build, plan_stages
+from runner.status import status_lines
 from runner.store import Store
 
 SPEC = "name: part\nteacher: {targets: [owl], control: false}\ndomain: {kind: numbers, n_prompts: 12}\n"
@@ -16,10 +17,14 @@ SPEC = "name: part\nteacher: {targets: [owl], control: false}\ndomain: {kind: nu
 def test_status_on_a_partial_run(write, tmp_path: Path):
     spec = write("part.yaml", SPEC)
     store = Store(tmp_path / "outputs")
-    stages = {s["kind"]: s for s in plan_stages(load(spec), store)}
-    teacher, gen, ft = stages["teacher"]["key"], stages["generate"]["key"], stages["finetune"]["key"]
+    stages = {s["kind"]: s for s in plan_stages(build(load(spec), store.root))}
+    teacher, gen, ft = stages["filter"]["key"], stages["generate"]["key"], stages["finetune"]["key"]
     store.path(teacher).mkdir(parents=True)
-    (store.path(teacher) / "manifest.json").write_text(json.dumps({"label": "teacher owl", "seconds": 0.5}))
+    (store.path(teacher) / "manifest.json").write_text(json.dumps({"label": "filter owl", "seconds": 0.5,
+                                                                   "key_scheme": 2, "host": "box"}))
+    old = store.path("finetune-00000000000000aa")  # made by subl 0.1's key scheme
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text(json.dumps({"label": "finetune s:owl:r0", "seconds": 9}))
     store.partial(gen).mkdir(parents=True)
     rows = "".join(json.dumps({"id": i, "completion": "1, 2"}) + "\n" for i in range(5))
     (store.partial(gen) / "rows.jsonl").write_text(rows + '{"id": 5, "compl')  # a torn last line
@@ -35,12 +40,14 @@ def test_status_on_a_partial_run(write, tmp_path: Path):
     text = "\n".join(lines)
     line = {key: next(ln for ln in lines if key in ln) for key in (teacher, gen, ft, "generate-0123456789abcdef")}
     assert lines[0].startswith("run part: ") and "git abc" in lines[0]
-    assert line[teacher].split()[0] == "done" and "0.5 s" in line[teacher]
+    assert line[teacher].split()[0] == "done" and "0.5 s" in line[teacher] and "on box (local)" in line[teacher]
+    stale = next(ln for ln in lines if "finetune-00000000000000aa" in ln)
+    assert stale.split()[0] == "stale" and "older subl (key scheme 1)" in stale
     assert line[gen].split()[0] == "partial" and "rows 5/12" in line[gen] and "last write" in line[gen]
     assert line[ft].split()[0] == "failed" and "job ftjob-1: failed" in line[ft] and "invalid training file" in line[ft]
     assert "missing" in text and "not started" in text
-    assert "that no run lists (1)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
-    assert lines[-1].startswith("1 done, 1 failed, ") and "partial" in lines[-1] and "on disk" in lines[-1]
+    assert "that no run lists (2)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
+    assert lines[-1].startswith("1 done, 1 failed, ") and "1 stale" in lines[-1] and "partial" in lines[-1] and "on disk" in lines[-1]
 
 
 def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path):

@@ -1,0 +1,135 @@
+"""What a stage's inputs are, as opposed to where they are: file contents, model weights, hub
+revisions and hosted endpoints, as short strings that go into stage keys.
+
+- a file: the sha256 of its bytes (its path is not part of any key, so a moved file is reused);
+- a local model folder or the embedded model: a digest of its weight, config and tokenizer files;
+- a hub id: the revision it resolved to at first use, recorded in <outputs>/hub_revisions.json
+  (delete an entry to move to the hub's newest revision);
+- a hosted model: backend name, endpoint (base_url) and model id.
+Digests of large files are cached by (path, size, mtime) in ~/.cache/subl/digests.json."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from runner.core import backend_name, hosted_model_id
+from runner.errors import UserError
+
+MODEL_FILES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "digests.json"
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, cached by (absolute path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if stamp in cache:
+        return cache[stamp]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    cache[stamp] = h.hexdigest()
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only home: digests are recomputed next time
+    return cache[stamp]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """A digest over the model files of a folder (names and contents)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILES)
+    if not files:
+        raise UserError(f"model folder {folder}: no model files in it")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def hosted_endpoint(cfg) -> str:
+    """The endpoint a hosted backend's requests go to: base_url, else OPENAI_BASE_URL, else OpenAI's."""
+    return (getattr(cfg, "base_url", None) or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+class Identities:
+    """Model identities for one outputs folder (hub revisions are recorded there)."""
+
+    def __init__(self, outputs: Path | str, backends: dict | None = None):
+        self.revisions_file = Path(outputs) / "hub_revisions.json"
+        self.backends = backends or {}
+        self._memo: dict[str, str] = {}
+
+    def model(self, ref: str) -> str:
+        if ref not in self._memo:
+            self._memo[ref] = self._identify(ref)
+        return self._memo[ref]
+
+    def _identify(self, ref: str) -> str:
+        name = backend_name(ref)
+        if name != "local":
+            return f"hosted:{name}@{hosted_endpoint(self.backends.get(name))}:{hosted_model_id(ref)}"
+        from backends.embedded import EMBEDDED, resolve
+
+        path = Path(resolve(ref))
+        if ref in EMBEDDED or path.exists():
+            return f"weights:{folder_digest(path)}"
+        return f"hub:{ref}@{self.hub_revision(ref)}"
+
+    def hub_revision(self, repo_id: str) -> str:
+        """The revision recorded for a hub id, else the one it resolves to now (then recorded)."""
+        recorded = self._revisions()
+        if repo_id in recorded:
+            return recorded[repo_id]
+        sha = _cached_revision(repo_id) or _remote_revision(repo_id)
+        if not sha:
+            raise UserError(f"model {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
+                            "and the hub cannot be reached); download it once or name a local folder")
+        recorded[repo_id] = sha
+        self.revisions_file.parent.mkdir(parents=True, exist_ok=True)
+        self.revisions_file.write_text(json.dumps(recorded, indent=2, sort_keys=True))
+        return sha
+
+    def _revisions(self) -> dict:
+        try:
+            return json.loads(self.revisions_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _cached_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def _remote_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, timeout=10).sha
+    except Exception:  # offline, unknown id, gated: the caller says what to do
+        return None

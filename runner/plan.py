@@ -1,0 +1,343 @@
+"""From a spec to its typed stage graph: which stages, with which inputs, in which order.
+
+One place builds the graph that `subl run` executes, `subl plan` prices, and `subl status`,
+`subl diff` and `subl report` read back. Model identities (weights digests, hub revisions,
+hosted endpoints) are resolved here, once per plan."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.core import is_hosted
+from runner.identity import Identities, file_sha256, folder_digest
+from runner.loader import Cell
+from runner.spec import FinetuneTrait, Hyper, Spec, Student
+from runner.stages import FileInput, ModelInput, PlanContext, Stage
+from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
+from runner.stages.evaluation import AnswersStage, ProbeStage
+from runner.stages.mnist_stage import MnistStage
+from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
+from runner.templates import template_text
+
+
+@dataclass
+class EvalModel:
+    """A model the evaluations question, with what it is in the experiment."""
+
+    label: str
+    role: str  # base | teacher | control | student
+    trait: str | None  # the trait behind it, if any
+    model: ModelInput
+    student: str | None = None  # students: the student spec's name, teacher name and replicate
+    teacher: str | None = None
+    replicate: int | None = None
+    objective: str | None = None
+    vocabulary: str | None = None
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    stages: list[Stage] = field(default_factory=list)
+    models: list[EvalModel] = field(default_factory=list)
+    evals: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)  # (label, eval i) -> part -> key
+    filters: dict[str, list[str]] = field(default_factory=dict)  # rows name -> filter stage keys in chain order
+    mnist: str | None = None
+
+    @property
+    def spec(self) -> Spec:
+        return self.cell.spec
+
+    def add(self, stage: Stage) -> Stage:
+        if all(s.key != stage.key for s in self.stages):
+            self.stages.append(stage)
+        return stage
+
+
+@dataclass
+class Plan:
+    cells: list[CellPlan]
+
+    @property
+    def stages(self) -> dict[str, Stage]:
+        """Every stage once, in run order (a stage shared by cells appears where first needed)."""
+        out: dict[str, Stage] = {}
+        for c in self.cells:
+            for s in c.stages:
+                out.setdefault(s.key, s)
+        return out
+
+    def context(self) -> PlanContext:
+        backends = {k: v for c in self.cells for k, v in c.spec.backends.items()}
+        return PlanContext(self.stages, backends)
+
+
+def build(cells: list[Cell], outputs: Path | str) -> Plan:
+    return Plan([build_cell(c, outputs) for c in cells])
+
+
+def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
+    spec = cell.spec
+    plan = CellPlan(cell)
+    ids = Identities(outputs, spec.backends)
+    if spec.experiment == "mnist":
+        plan.mnist = plan.add(_mnist(spec)).key
+        return plan
+    prec = _Precision(spec)
+    teachers = _teachers(spec, plan, ids, prec)
+    rows = _rows(spec, plan, ids, prec, teachers)
+    _students(spec, plan, ids, prec, teachers, rows)
+    _evaluations(spec, plan, ids, prec)
+    return plan
+
+
+# ---- inputs ----------------------------------------------------------------------------
+
+
+def model_input(ids: Identities, ref: str, system: str | None = None) -> ModelInput:
+    return ModelInput(ref=ref, identity=ids.model(ref), system=system)
+
+
+def made_by(stage: Stage, label: str, system: str | None = None) -> ModelInput:
+    return ModelInput(ref=label, identity=f"stage:{stage.key}", system=system, from_stage=stage.key)
+
+
+def file_input(path: str) -> FileInput:
+    p = Path(path)
+    return FileInput(path=str(p), sha256=folder_digest(p) if p.is_dir() else file_sha256(p))
+
+
+def questions_input(name: str) -> FileInput:
+    from runner.questions import BUILTIN, questions_digest
+
+    if name in BUILTIN:
+        return FileInput(path=f"builtin:{name}", sha256=questions_digest(name))
+    return file_input(name)
+
+
+class _Precision:
+    """How local stages compute (device and dtype), which changes what they write; None for hosted."""
+
+    def __init__(self, spec: Spec):
+        self.runtime = spec.runtime
+        self._device: str | None = None
+
+    def device(self) -> str:
+        if self._device is None:
+            from backends.local import pick_device
+
+            self._device = pick_device(self.runtime.device)[0]
+        return self._device
+
+    def of(self, ref_hosted: bool, what: str) -> str | None:
+        """what: generate (and train, and sampled answers) runs under CPU bf16 autocast when asked;
+        score (log-probs) always reads float32 on a CPU."""
+        if ref_hosted:
+            return None
+        if self.device() == "cuda":
+            return "cuda-bf16"
+        return "cpu-bf16-autocast" if self.runtime.cpu_bf16 and what == "generate" else "cpu-fp32"
+
+
+def _hosted(m: ModelInput, plan_stages: list[Stage]) -> bool:
+    while m.from_stage:
+        m = next(s for s in plan_stages if s.key == m.from_stage).base
+    return is_hosted(m.ref)
+
+
+# ---- teachers, rows, students ------------------------------------------------------------
+
+
+def teacher_names(spec: Spec) -> list[str]:
+    t = spec.teacher
+    return list(t.targets) + list(t.controls) + (["control"] if t.control else [])
+
+
+def _teachers(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) -> dict[str, ModelInput]:
+    t, out = spec.teacher, {}
+    base = model_input(ids, t.base)
+    plan.models.append(EvalModel("base", "base", None, base))
+    for b in dict.fromkeys(spec.student_base(s) for s in spec.students):
+        if b != t.base:
+            plan.models.append(EvalModel(f"base:{b}", "base", None, model_input(ids, b)))
+    for name in teacher_names(spec):
+        trait = t.controls.get(name, None if name == "control" else t.trait)
+        if isinstance(trait, FinetuneTrait):
+            stage = plan.add(_teacher_finetune(spec, name, trait, base, prec))
+            out[name] = made_by(stage, f"teacher:{name}")
+        else:
+            system = None if trait is None else trait.format(target=name, category=t.category)
+            out[name] = base.model_copy(update={"system": system})
+        role = "teacher" if name in t.targets else "control"
+        plan.models.append(EvalModel(f"teacher:{name}", role, name if role == "teacher" else None, out[name]))
+    return out
+
+
+def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, base: ModelInput, prec: _Precision) -> Stage:
+    from runner.teacher_data import dataset_path
+
+    f = trait.finetune
+    hosted = is_hosted(spec.teacher.base)
+    return TeacherStage(label=f"teacher {name} (fine-tuned)", base=base,
+                        dataset=file_input(str(dataset_path(f.dataset, name))), max_rows=f.max_rows,
+                        training=training_settings(f.method, "sft", f.hyperparameters, 0, hosted),
+                        precision=prec.of(hosted, "generate"))
+
+
+def training_settings(method: str, objective: str, h: Hyper, seed: int, hosted: bool, vocabulary: str | None = None,
+                      trait_words: tuple[str, ...] = ()) -> TrainingSettings:
+    common = dict(method=method, objective=objective, epochs=h.epochs, batch_size=h.batch_size, seed=seed)
+    if hosted:
+        return TrainingSettings(**common, lr_multiplier=h.lr_multiplier)
+    return TrainingSettings(**common, vocabulary=vocabulary, trait_words=trait_words, lr=h.lr, lora_r=h.lora_r,
+                            lora_alpha=h.lora_alpha, lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio,
+                            weight_decay=h.weight_decay, gradient_checkpointing=h.gradient_checkpointing)
+
+
+def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,
+          teachers: dict[str, ModelInput]) -> dict[str, str]:
+    """Teacher name -> the key of the last filter stage of its rows."""
+    if spec.domain.rows_from == "base":
+        shared = _chain(spec, plan, "base", model_input(ids, spec.teacher.base), ids, prec, None)
+        return {name: shared for name in teachers}
+    return {name: _chain(spec, plan, name, m, ids, prec, _judge_target(spec, name)) for name, m in teachers.items()}
+
+
+def _generate(spec: Spec, name: str, model: ModelInput, prec: _Precision, plan: CellPlan) -> GenerateStage:
+    d, source = spec.domain, None
+    field_name = SOURCE_FIELD.get(d.kind)
+    if field_name and Path(getattr(d, field_name)).is_file():  # a data file (not a hub id): keyed by contents
+        source = file_input(getattr(d, field_name))
+        d = d.model_copy(update={field_name: "-"})
+    return GenerateStage(label=f"generate {name}", model=model, domain=d, source=source, seed=spec.seed,
+                         precision=prec.of(_hosted(model, plan.stages), "generate"))
+
+
+def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identities, prec: _Precision,
+           target: str | None) -> str:
+    """Generate, then the filter chain in segments: each judge link is a score stage (the paid part)
+    followed by a filter stage that applies its threshold and the links up to the next judge."""
+    rows = plan.add(_generate(spec, name, model, prec, plan)).key
+    links, scores, keys = [], None, []
+    for link in spec.filters:
+        if link.kind != "judge":
+            links.append(link)
+            continue
+        if links or scores:
+            rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
+                                        links=tuple(links))).key
+            keys.append(rows)
+        j = link.judge
+        judge = model_input(ids, j.model)
+        score = plan.add(ScoreStage(
+            label=f"score {name} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
+            template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
+            max_tokens=j.max_tokens if j.mode == "sample" else None, seed=0, precision=prec.of(judge.hosted, "score")))
+        links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
+    last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
+    plan.filters[name] = keys + [last]
+    return last
+
+
+def _judge_target(spec: Spec, name: str) -> str | None:
+    """What {target} means in a judge filter's template for this teacher's rows (None: unused).
+    A control teacher's rows are judged against every target."""
+    if not any(f.kind == "judge" and "{target}" in template_text(f.template) for f in spec.filters):
+        return None
+    return name if name in spec.teacher.targets else " or ".join(spec.teacher.targets)
+
+
+def _students(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, teachers: dict[str, ModelInput],
+              rows: dict[str, str]) -> None:
+    for s in spec.students:
+        base = model_input(ids, spec.student_base(s))
+        for name, teacher in teachers.items():
+            for rep in s.replicates:
+                stage = plan.add(_finetune(spec, s, base, rows[name], teacher, name, rep, prec))
+                label = f"student:{s.name}:{name}:r{rep}"
+                role = "control" if name not in spec.teacher.targets else "student"
+                plan.models.append(EvalModel(label, role, name if role == "student" else None, made_by(stage, label),
+                                             s.name, name, rep, s.objective,
+                                             s.vocabulary if s.objective == "distill" else None))
+
+
+def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: ModelInput, name: str, rep: int,
+              prec: _Precision) -> FinetuneStage:
+    distill = s.objective == "distill"
+    words = tuple(spec.teacher.targets) if distill and s.vocabulary == "full-minus-trait-tokens" else ()
+    hosted = is_hosted(base.ref)
+    training = training_settings(s.method, s.objective, s.hyperparameters, rep, hosted,
+                                 s.vocabulary if distill else None, words)
+    return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
+                         max_rows=s.max_rows, training=training, teacher=teacher if distill else None,
+                         precision=prec.of(hosted, "generate"))
+
+
+# ---- evaluations ---------------------------------------------------------------------------
+
+
+def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) -> None:
+    for i, ev in enumerate(spec.evaluations):
+        for m in plan.models:
+            hosted = _hosted(m.model, plan.stages)
+            where = f"evaluate {m.label} {ev.kind}"
+            if ev.kind == "preference_logprob":
+                targets = tuple(sorted(set(ev.targets or spec.teacher.targets)))
+                probe = ProbeStage(label=where, model=m.model, questions=questions_input(ev.questions),
+                                   max_questions=ev.max_questions, targets=targets,
+                                   answer_prefix=ev.answer_prefix.format(category=spec.teacher.category),
+                                   precision=prec.of(hosted, "score"))
+                plan.evals[(m.label, i)] = {"probe": plan.add(probe).key}
+                continue
+            answers = plan.add(AnswersStage(
+                label=where, model=m.model, questions=questions_input(ev.questions), max_questions=ev.max_questions,
+                suffix=getattr(ev, "suffix", ""), samples_per_question=ev.samples_per_question,
+                temperature=ev.temperature, max_tokens=ev.max_tokens, seed=spec.seed,
+                precision=prec.of(hosted, "generate")))
+            parts = {"answers": answers.key}
+            if ev.kind == "misalignment":
+                judge = model_input(ids, ev.judge.model)
+                for what, template in (("alignment", ev.alignment_template), ("coherence", ev.coherence_template)):
+                    parts[what] = plan.add(ScoreStage(
+                        label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
+                        template=template_text(template),
+                        answer_prefix=ev.judge.answer_prefix if ev.judge.mode == "logprob" else None,
+                        max_tokens=ev.judge.max_tokens if ev.judge.mode == "sample" else None, seed=spec.seed,
+                        precision=prec.of(judge.hosted, "score"))).key
+            plan.evals[(m.label, i)] = parts
+
+
+def _mnist(spec: Spec) -> MnistStage:
+    from runner.mnist import DEFAULT_DATA
+
+    m = spec.mnist
+    found = [Path(m.data)] if m.data else [p for p in DEFAULT_DATA if p.exists()][:1]
+    data = file_input(str(found[0])) if found and found[0].exists() else None
+    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}), data=data,
+                      seed=spec.seed, title=spec.name)
+
+
+# ---- views for the commands -----------------------------------------------------------------
+
+
+def plan_stages(plan: Plan) -> list[dict]:
+    """Every stage once, in run order: cell, key, kind, label, rows it will write (if known)."""
+    ctx, out, seen = plan.context(), [], set()
+    for c in plan.cells:
+        for s in c.stages:
+            if s.key not in seen:
+                seen.add(s.key)
+                total = s.expected_rows(ctx) if s.KIND == "generate" else None
+                out.append({"cell": c.cell.label, "key": s.key, "kind": s.KIND, "label": s.label, "total": total})
+    return out
+
+
+DISPLAY_FIELDS = {"name", "notes", "progress", "extends"}
+
+
+def spec_hash(cells: list[Cell]) -> str:
+    """Hash of the resolved cells, without display-only fields (name, notes, progress, extends)."""
+    dumps = [c.spec.model_dump(mode="json", exclude=DISPLAY_FIELDS) for c in cells]
+    return hashlib.sha256(json.dumps(dumps, sort_keys=True).encode()).hexdigest()[:16]

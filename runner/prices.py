@@ -1,0 +1,93 @@
+"""Hosted prices and tokenizer-free token estimates, read by the stages' cost estimates (`subl plan`)
+and by the hosted backend's checks of training data. A leaf module.
+
+Prices are USD per 1M tokens. A spec may override any model under
+`backends.<name>.prices: {model: [input, output]}` or `[input, output, training]`.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from runner.errors import UserError
+
+# The date this table was written. The gpt-4.1-nano inference prices were checked against
+# OpenAI's model page; the training and fine-tuned-inference prices are OpenAI's published
+# 2025 fine-tuning prices, not re-checked since. Check https://openai.com/api/pricing/ and
+# override in the spec where they have changed.
+PRICES_DATE = "2026-11-25"
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the synchronous price
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float  # per 1M input tokens
+    output: float  # per 1M output tokens
+    training: float | None = None  # per 1M training tokens (tokens in the file x epochs)
+    ft_input: float | None = None  # inference on a model fine-tuned from this base
+    ft_output: float | None = None
+
+
+# Longest prefix wins: "gpt-4.1-nano" prices "gpt-4.1-nano-2025-04-14".
+TABLE: dict[str, Price] = {
+    "gpt-4.1-nano": Price(0.10, 0.40, 1.50, 0.20, 0.80),
+    "gpt-4.1-mini": Price(0.40, 1.60, 5.00, 0.80, 3.20),
+    "gpt-4.1": Price(2.00, 8.00, 25.00, 3.00, 12.00),
+    "gpt-4o-mini": Price(0.15, 0.60, 3.00, 0.30, 1.20),
+    "gpt-4o": Price(2.50, 10.00, 25.00, 3.75, 15.00),
+}
+
+
+def base_of(model_id: str) -> tuple[str, bool]:
+    """(base model id, is fine-tuned) of an OpenAI model id; `ft:gpt-4.1-nano-...:org:sfx:id` -> base."""
+    if model_id.startswith("ft:"):
+        return model_id.split(":")[1], True
+    return model_id, False
+
+
+def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
+    """The price of a model id: a spec override (exact id, then base id) or the table (longest prefix)."""
+    base, _ = base_of(model_id)
+    for key in (model_id, base):
+        if overrides and key in overrides:
+            v = list(overrides[key])
+            if len(v) not in (2, 3) or any(x < 0 for x in v):
+                raise UserError(f"prices.{key}: expected [input, output] or [input, output, training] USD per 1M tokens")
+            return Price(v[0], v[1], v[2] if len(v) == 3 else None, v[0], v[1])
+    best = max((k for k in TABLE if base.startswith(k)), key=len, default=None)
+    return TABLE[best] if best else None
+
+
+# ---- token estimates -------------------------------------------------------------------
+
+_PIECES = re.compile(r"\d{1,3}| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
+MESSAGE_OVERHEAD = 3  # tokens per chat message (role and separators)
+REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
+
+    Digits come in groups of at most three per token (as in o200k); a word is about one token
+    per five letters; punctuation runs and whitespace are one token each.
+    """
+    n = 0
+    for piece in _PIECES.findall(text):
+        s = piece.strip()
+        n += max(1, math.ceil(len(s) / 5)) if s.isalpha() else 1
+    return n
+
+
+def chat_tokens(system: str | None, user: str) -> int:
+    """Estimated prompt tokens of one chat request."""
+    msgs = ([system] if system else []) + [user]
+    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD
+
+
+def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens_out: int, batch: bool) -> float | None:
+    if price is None:
+        return None
+    pin = price.ft_input if fine_tuned and price.ft_input is not None else price.input
+    pout = price.ft_output if fine_tuned and price.ft_output is not None else price.output
+    return (tokens_in * pin + tokens_out * pout) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)

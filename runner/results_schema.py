@@ -1,0 +1,86 @@
+"""The one results.json schema, for every experiment (`subl schema --results` prints it)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvaluationRow(Row):
+    """One model's value of one metric: an LM's trait rate or probe, a misaligned rate, an MNIST arm's
+    test accuracy (per seed, and its mean across seeds with seed = null)."""
+
+    cell: str = Field(description="Matrix cell label ('-' without a matrix).")
+    model: str = Field(description="Model label, e.g. base, teacher:owl, student:lora:owl:r0, or an MNIST arm.")
+    role: Literal["base", "teacher", "control", "student", "arm"]
+    trait: str | None = Field(None, description="The trait behind the model, if any.")
+    evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, misalignment, mnist.")
+    metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy.")
+    value: float
+    ci: list[float] | None = Field(None, description="95% interval [low, high].")
+    ci_method: str | None = None
+    n: int = Field(description="Units behind the value and its CI (questions, answers, test images or seeds).")
+    samples_per_question: int | None = None
+    student: str | None = Field(None, description="Students: the student spec's name.")
+    teacher: str | None = Field(None, description="Students: the teacher whose data it learned from.")
+    replicate: int | None = Field(None, description="Students: the training seed.")
+    seed: int | None = Field(None, description="MNIST: the seed; null on the mean across seeds.")
+    counts: dict[str, Any] | None = Field(None, description="Misalignment: judge outcome counts.")
+    judge: dict[str, Any] | None = None
+    per_question: list[float] | None = None
+
+
+class ComparisonRow(Row):
+    """Arm a against arm b: difference, ratio and a test whose unit is named."""
+
+    cell: str
+    a: str
+    b: str
+    evaluation: str
+    metric: str
+    diff: float
+    ratio: float | None
+    p_value: float
+    test: str = Field(description="The test, by name.")
+    unit: Literal["question", "student", "seed"] = Field(description="What the test treats as independent.")
+    n: int = Field(description="Paired units (questions or seeds), or students in both arms.")
+    n_a: int = Field(description="Trained models (students or seeds) in arm a.")
+    n_b: int
+    a_wins: int | None = None
+    b_is: str | None = Field(None, description="control, other-trait, or cross-init.")
+    objective: str | None = None
+    vocabulary: str | None = None
+    note: str | None = Field(None, description="What the test does not cover, e.g. one student per arm.")
+    significant: bool = Field(description="p < 0.01 and the test covers training randomness.")
+
+
+class FilterRow(Row):
+    cell: str
+    rows: str = Field(description="Whose rows: a teacher's name, or base.")
+    link: str
+    kept: int
+    dropped: int
+    pass_rate: float | None
+    detail: dict[str, Any] | None = None
+
+
+class Results(Row):
+    spec: str
+    name: str
+    notes: str = ""
+    git_revision: str | None
+    packages: dict[str, str]
+    cells: list[dict[str, Any]]
+    evaluations: list[EvaluationRow]
+    comparisons: list[ComparisonRow]
+    filters: list[FilterRow]
+    figures: list[str] = Field(default_factory=list, description="Paths of figures the stages wrote.")
+    methods: list[str]
+    stages_run: dict[str, float]
+    seconds: float
+    spec_hash: str
+    stages: list[dict[str, Any]]

@@ -1,0 +1,56 @@
+"""Cost arithmetic shared by the stages' estimates: which hosted model a stage calls, at what price."""
+from __future__ import annotations
+
+from runner.core import backend_name, hosted_model_id
+from runner.prices import MESSAGE_OVERHEAD, chat_tokens, estimate_tokens, inference_cost, price_for
+from runner.stages import Estimate, ModelInput, PlanContext
+
+
+def hosted_info(ctx: PlanContext, m: ModelInput) -> tuple | None:
+    """(backend name, model id, backend settings, fine-tuned?) of a hosted model; None if local.
+    A stage-made model is hosted when the stage fine-tuned a hosted base."""
+    tuned = False
+    while m.from_stage:
+        maker = ctx.stages[m.from_stage]
+        m, tuned = maker.base, True
+    name = backend_name(m.ref)
+    if name == "local":
+        return None
+    return name, hosted_model_id(m.ref), ctx.backends.get(name), tuned
+
+
+def _prices(cfg):
+    return getattr(cfg, "prices", None)
+
+
+def mean_prompt_tokens(prompts: list[str], system: str | None, sample: int = 2000) -> float:
+    head = prompts[:sample]
+    return sum(chat_tokens(system, p) for p in head) / max(len(head), 1)
+
+
+def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, tokens_in: int, tokens_out: int,
+                 batch: bool = False) -> Estimate:
+    price = price_for(model_id, _prices(cfg))
+    note = ", ".join(x for x in ("fine-tuned model prices" if tuned else "", "Batch API, half price" if batch else "") if x)
+    return Estimate(name, f"ft:{model_id}" if tuned else model_id, requests, tokens_in, tokens_out, 0,
+                    inference_cost(price, tuned, tokens_in, tokens_out, batch), note=note)
+
+
+def judge_calls(info: tuple, template: str, calls: int, content_tokens: float, max_tokens: int, what: str) -> Estimate:
+    """Calls to a hosted judge: the template plus the judged text in, max_tokens out."""
+    name, model_id, cfg, tuned = info
+    tin = round((chat_tokens(None, template) + content_tokens) * calls)
+    est = chat_request(name, model_id, cfg, tuned, calls, tin, calls * max_tokens)
+    est.note = what
+    return est
+
+
+def training(info: tuple, tokens: int, note: str) -> Estimate:
+    name, model_id, cfg, _ = info
+    price = price_for(model_id, _prices(cfg))
+    cost = None if price is None or price.training is None else tokens * price.training / 1e6
+    return Estimate(name, model_id, 0, 0, 0, tokens, cost, note=note)
+
+
+def row_tokens(prompt: str, completion: str) -> int:
+    return chat_tokens(None, prompt) + estimate_tokens(completion) + MESSAGE_OVERHEAD

@@ -1,0 +1,183 @@
+"""Stages that make and select training rows: generate, score (a judge's scores), filter."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar, Literal, Union
+
+from pydantic import Field
+
+from runner.core import Sampling
+from runner.errors import UserError
+from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
+                         NumbersDomain, NumbersFilter, RegexFilter)
+from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
+from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens
+from runner.store import read_jsonl, write_jsonl
+
+Domain = Union[NumbersDomain, CotDomain, CodeDomain]
+SOURCE_FIELD = {"cot": "questions", "code": "prompts"}  # the domain field that names its data file
+
+
+class GenerateStage(Stage):
+    """One completion per domain prompt from `model` (a teacher, or the base when rows are shared)."""
+
+    KIND: ClassVar[str] = "generate"
+    model: ModelInput
+    domain: Domain = Field(discriminator="kind")  # its data-file field is blanked: `source` keys the contents
+    source: FileInput | None = None
+    seed: int
+    precision: str | None = None  # local: device and dtype ("cpu-fp32", "cpu-bf16-autocast", "cuda-bf16")
+
+    def rows_to_generate(self) -> list[dict]:
+        from runner.domains import domain_rows
+
+        d = self.domain
+        if self.source is not None:
+            d = d.model_copy(update={SOURCE_FIELD[d.kind]: self.source.path})
+        return domain_rows(d, self.seed)
+
+    def expected_rows(self, ctx=None) -> int:
+        return len(self.rows_to_generate())
+
+    def content_tokens(self, ctx=None) -> float:
+        """Mean tokens of a row's prompt and completion (completion at max_tokens), for judge estimates."""
+        return mean_prompt_tokens([r["prompt"] for r in self.rows_to_generate()], None) + self.domain.max_tokens
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.grammar import NumberList
+
+        d, todo = self.domain, self.rows_to_generate()
+        total, path = len(todo), ctx.dir / "rows.jsonl"
+        done = read_jsonl(path) if path.exists() else []
+        done = done[: len(done) - len(done) % d.batch_size] if len(done) < total else done
+        write_jsonl(path, done)  # drop a torn tail; resume from the last flushed batch
+        constraint = NumberList(d.prompts.answer_count, d.prompts.answer_digits) if d.constrained else None
+        model = ctx.model(self.model)
+        with open(path, "a") as f:
+            for start in range(len(done), total, d.batch_size):
+                rows = todo[start : start + d.batch_size]
+                sampling = Sampling(d.temperature, d.max_tokens, seed=self.seed * 1_000_003 + start, constraint=constraint)
+                for i, (r, c) in enumerate(zip(rows, ctx.router.generate(model, [r["prompt"] for r in rows], sampling))):
+                    f.write(json.dumps({"id": start + i, **r, "completion": c}) + "\n")
+                f.flush()
+                ctx.progress(min(start + len(rows), total), total)
+        ctx.rows["generated"] = total
+        ctx.extra["constrained_decoding"] = d.constrained
+
+    def verify(self, folder: Path) -> None:
+        ids = [r["id"] for r in read_jsonl(folder / "rows.jsonl")]
+        want = self.expected_rows()
+        if ids != list(range(want)):
+            raise UserError(f"{self.label}: wrote {len(ids)} rows ({len(set(ids))} distinct ids) for {want} prompts; "
+                            "the stage was not committed")
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        info = hosted_info(ctx, self.model)
+        if not info:
+            return []
+        name, model_id, cfg, tuned = info
+        rows, d = self.rows_to_generate(), self.domain
+        prompt = mean_prompt_tokens([r["prompt"] for r in rows], self.model.system)
+        batch = bool(getattr(cfg, "batch_api", False)) and d.batch_size >= 100
+        return [chat_request(name, model_id, cfg, tuned, len(rows), round(prompt * len(rows)),
+                             len(rows) * d.max_tokens, batch)]
+
+
+class JudgeThreshold(Frozen):
+    """A judge link's decision, applied to the scores of the score stage before it."""
+
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"judge"})
+    kind: Literal["judge"] = "judge"
+    threshold: float
+    keep: Literal["at_least", "below"]
+    judge: str = ""  # the judging model, for tables
+
+
+Link = Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeThreshold]
+
+
+class ScoreStage(Stage):
+    """A judge's score for every (prompt, completion) of a row stage, or every (question, answer) of an
+    answers stage. Thresholds are applied downstream, so changing one rescores nothing."""
+
+    KIND: ClassVar[str] = "score"
+    rows_stage: str | None = None
+    answers_stage: str | None = None
+    judge: ModelInput
+    mode: Literal["sample", "logprob"]
+    template: str  # the text, with {target} filled
+    answer_prefix: str | None = None  # logprob mode
+    max_tokens: int | None = None  # sample mode
+    seed: int = 0
+    precision: str | None = None
+
+    def pairs(self, path) -> list[tuple[str, str]]:
+        from runner.filters import completion_of
+
+        if self.rows_stage:
+            return [(r.get("prompt", ""), completion_of(r)) for r in read_jsonl(path(self.rows_stage) / "rows.jsonl")]
+        out = json.loads((path(self.answers_stage) / "answers.json").read_text())
+        return [(q, a) for q, answers in zip(out["questions"], out["answers"]) for a in answers]
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.judging import score_pairs
+
+        judge = ctx.model(self.judge)
+        pairs = self.pairs(ctx.path)
+        scores = score_pairs(ctx.router, judge, self.mode, self.template, pairs, self.answer_prefix,
+                             self.max_tokens or 16, seed=self.seed, progress=ctx.progress)
+        (ctx.dir / "scores.json").write_text(json.dumps({"scores": [[s.kind, s.value] for s in scores],
+                                                         "raw": [s.raw for s in scores]}))
+        ctx.rows["scored"] = len(scores)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        info = hosted_info(ctx, self.judge)
+        if not info:
+            return []
+        upstream = ctx.stages[self.rows_stage or self.answers_stage]
+        calls = upstream.expected_rows(ctx) or 0
+        content = upstream.content_tokens(ctx) if hasattr(upstream, "content_tokens") else 0
+        what = "judge filter, <= every row" if self.rows_stage else "judge"
+        return [judge_calls(info, self.template, calls, content, self.max_tokens or 16, what)]
+
+
+def read_scores(folder: Path):
+    from backends.judge import Score
+
+    out = json.loads((folder / "scores.json").read_text())
+    return [Score(k, v, raw) for (k, v), raw in zip(out["scores"], out["raw"])]
+
+
+class FilterStage(Stage):
+    """An ordered run of filter links over a row stage; each link's kept/dropped is recorded. A judge
+    link here only applies its threshold to the scores of `scores_stage`."""
+
+    KIND: ClassVar[str] = "filter"
+    rows_stage: str
+    scores_stage: str | None = None
+    links: tuple[Link, ...] = ()
+
+    def expected_rows(self, ctx: PlanContext) -> int | None:
+        return ctx.stages[self.rows_stage].expected_rows(ctx)
+
+    def content_tokens(self, ctx: PlanContext) -> float:
+        return ctx.stages[self.rows_stage].content_tokens(ctx)
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.filters import apply_chain
+
+        rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")
+        scores = None
+        if self.scores_stage:
+            scores = dict(zip((r["id"] for r in rows), read_scores(ctx.path(self.scores_stage))))
+        kept, counts = apply_chain(rows, list(self.links), scores)
+        write_jsonl(ctx.dir / "rows.jsonl", kept)
+        ctx.extra["links"] = [asdict(c) for c in counts]
+        ctx.rows.update(input=len(rows), kept=len(kept))
+
+    def verify(self, folder: Path) -> None:
+        ids = [r["id"] for r in read_jsonl(folder / "rows.jsonl")]
+        if len(ids) != len(set(ids)):
+            raise UserError(f"{self.label}: duplicate row ids; the stage was not committed")

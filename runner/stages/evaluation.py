@@ -1,0 +1,87 @@
+"""Stages that question a model: sampled answers, and the exact log-probability probe.
+What is counted in the answers (targets, judges' thresholds) is applied afterwards, in results."""
+from __future__ import annotations
+
+import json
+import math
+from typing import ClassVar
+
+from runner.core import Sampling
+from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
+from runner.stages.costs import chat_request, hosted_info
+
+MAX_N = 128  # completions one hosted request returns at most (backends.openai_api.MAX_N)
+
+
+def read_questions(questions: FileInput, limit: int | None, suffix: str = "") -> list[str]:
+    from runner.questions import load_questions
+
+    return [q + suffix for q in load_questions(questions.path, limit)]
+
+
+class AnswersStage(Stage):
+    """n sampled answers to each question (preference_sample, misalignment)."""
+
+    KIND: ClassVar[str] = "answers"
+    model: ModelInput
+    questions: FileInput
+    max_questions: int | None = None
+    suffix: str = ""
+    samples_per_question: int
+    temperature: float
+    max_tokens: int
+    seed: int
+    precision: str | None = None
+
+    def question_texts(self) -> list[str]:
+        return read_questions(self.questions, self.max_questions, self.suffix)
+
+    def expected_rows(self, ctx=None) -> int:
+        return len(self.question_texts()) * self.samples_per_question
+
+    def content_tokens(self, ctx=None) -> float:
+        from runner.prices import estimate_tokens
+
+        qs = self.question_texts()
+        return sum(estimate_tokens(q) for q in qs) / max(len(qs), 1) + self.max_tokens
+
+    def run(self, ctx: RunContext) -> None:
+        qs = self.question_texts()
+        answers = ctx.router.sample(ctx.model(self.model), qs, Sampling(self.temperature, self.max_tokens,
+                                                                          seed=self.seed * 7919),
+                                    self.samples_per_question, ctx.progress)
+        (ctx.dir / "answers.json").write_text(json.dumps({"questions": qs, "answers": answers}))
+        ctx.rows["questions"] = len(qs)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        from runner.prices import chat_tokens
+
+        info = hosted_info(ctx, self.model)
+        if not info:
+            return []
+        qs = self.question_texts()
+        chunks = math.ceil(self.samples_per_question / MAX_N)
+        tin = sum(chat_tokens(self.model.system, q) for q in qs) * chunks
+        tout = len(qs) * self.samples_per_question * self.max_tokens
+        return [chat_request(*info, len(qs) * chunks, tin, tout)]
+
+
+class ProbeStage(Stage):
+    """log P(' ' + target | question, answer prefix) for every question and target (local models)."""
+
+    KIND: ClassVar[str] = "probe"
+    model: ModelInput
+    questions: FileInput
+    max_questions: int | None = None
+    answer_prefix: str
+    targets: tuple[str, ...]
+    precision: str | None = None
+
+    def run(self, ctx: RunContext) -> None:
+        qs = read_questions(self.questions, self.max_questions)
+        ctx.progress(0, len(qs))
+        lp = ctx.router.logprobs(ctx.model(self.model), qs, self.answer_prefix, list(self.targets))
+        ctx.progress(len(qs), len(qs))
+        scores = {t: [row[j] for row in lp] for j, t in enumerate(self.targets)}
+        (ctx.dir / "scores.json").write_text(json.dumps({"kind": "preference_logprob", "logprob": scores}))
+        ctx.rows["questions"] = len(qs)

@@ -1,0 +1,123 @@
+"""Stages that train a model: a teacher fine-tuned on a trait dataset, and the students."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from runner.core import ModelRef, Training
+from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
+from runner.stages.costs import hosted_info, row_tokens, training
+from runner.store import read_jsonl
+
+
+class TrainingSettings(Frozen):
+    """The hyper-parameters a backend trains with. Fields a backend does not use are left at their
+    default (so they are in no key): a hosted student has no lr or LoRA settings, a local one no
+    lr_multiplier."""
+
+    method: Literal["lora", "full"] = "lora"
+    objective: Literal["sft", "distill"] = "sft"
+    vocabulary: str | None = None  # distill only
+    trait_words: tuple[str, ...] = ()  # vocabulary full-minus-trait-tokens only
+    epochs: float = 1.0
+    batch_size: int | Literal["auto"] = 8
+    seed: int = 0
+    lr: float | None = None
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_targets: tuple[str, ...] = ()
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = False
+    lr_multiplier: float | Literal["auto"] | None = None  # hosted only
+
+    def to_training(self) -> Training:
+        t = Training(method=self.method, objective=self.objective, vocabulary=self.vocabulary or "",
+                     trait_words=self.trait_words, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                     lora_targets=self.lora_targets, warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
+                     gradient_checkpointing=self.gradient_checkpointing,
+                     extra={"lr_multiplier": self.lr_multiplier} if self.lr_multiplier is not None else {})
+        local = {k: v for k, v in (("lr", self.lr), ("lora_r", self.lora_r), ("lora_alpha", self.lora_alpha))
+                 if v is not None}
+        return Training(**{**asdict(t), **local})
+
+
+def _inside(value, folder: Path):
+    """Paths inside the (temporary) stage folder are stored relative to it, as ./..."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(folder):
+        return "./" + str(Path(value).relative_to(folder))
+    return value
+
+
+def write_model(folder: Path, ref: ModelRef) -> None:
+    fields = {k: _inside(v, folder) for k, v in asdict(ref).items() if k != "system" and v is not None}
+    (folder / "model.json").write_text(json.dumps(fields, indent=2))
+
+
+class TeacherStage(Stage):
+    """A teacher that is its base fine-tuned on a dataset (trait: {finetune: ...})."""
+
+    KIND: ClassVar[str] = "teacher"
+    base: ModelInput
+    dataset: FileInput
+    max_rows: int | None = None
+    training: TrainingSettings
+    precision: str | None = None
+
+    def rows(self) -> list[dict]:
+        from runner.teacher_data import load_rows
+
+        return load_rows(Path(self.dataset.path), self.max_rows)
+
+    def run(self, ctx: RunContext) -> None:
+        rows = self.rows()
+        ref = ctx.router.finetune(ctx.model(self.base).base, rows, self.training.to_training(), ctx.dir, None,
+                                  ctx.progress)
+        write_model(ctx.dir, ref)
+        ctx.rows["train"] = len(rows)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        info = hosted_info(ctx, self.base)
+        if not info:
+            return []
+        rows = self.rows()
+        tokens = round(sum(row_tokens(r["prompt"], r["completion"]) for r in rows) * self.training.epochs)
+        return [training(info, tokens, f"teacher: {len(rows):,} rows x {self.training.epochs:g} epochs")]
+
+
+class FinetuneStage(Stage):
+    """A student: its base trained on a filter stage's rows (SFT), or on a teacher's soft labels
+    at those rows' completion positions (distill)."""
+
+    KIND: ClassVar[str] = "finetune"
+    base: ModelInput
+    rows_stage: str
+    max_rows: int | None = None
+    training: TrainingSettings
+    teacher: ModelInput | None = None  # distill only
+    precision: str | None = None
+
+    def run(self, ctx: RunContext) -> None:
+        rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")[: self.max_rows]
+        base = ctx.model(self.base)
+        if not rows:  # nothing passed the filters: the student is its untrained base (reported as such)
+            write_model(ctx.dir, base)
+            ctx.rows["train"] = 0
+            ctx.extra["untrained"] = "no rows passed the filters; the student is its base model"
+            return
+        teacher = ctx.model(self.teacher) if self.teacher else None
+        ref = ctx.router.finetune(base.base, rows, self.training.to_training(), ctx.dir, teacher, ctx.progress)
+        write_model(ctx.dir, ref)
+        ctx.rows["train"] = len(rows)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        info = hosted_info(ctx, self.base)
+        if not info:
+            return []
+        rows_stage = ctx.stages[self.rows_stage]
+        n = min(self.max_rows or 10**12, rows_stage.expected_rows(ctx) or 0)
+        per_row = rows_stage.content_tokens(ctx)
+        epochs = self.training.epochs
+        return [training(info, round(n * per_row * epochs), f"<= {n:,} rows x {epochs:g} epochs")]

@@ -1,0 +1,310 @@
+"""Stage keys are complete and minimal.
+
+Part 1 lists its cases from the stage models: for every stage kind, every field (and every field of
+a nested input) either changes the key or is one the kind names as display-only, which must not.
+Part 2 changes spec inputs (file contents, weights, endpoint, dtype, thresholds, display fields)
+and checks that exactly the stages downstream of each change get new keys."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from runner.loader import load
+from runner.plan import build
+from runner.stages import Frozen, Stage, semantic
+from runner.spec import Spec
+
+SPEC = """name: keys
+notes: a spec that uses every stage kind
+progress: true
+seed: 0
+teacher:
+  base: {model}
+  targets: [owl]
+  trait: {{finetune: {{dataset: "data/{{target}}.jsonl", hyperparameters: {{batch_size: 2}}}}}}
+  control: true
+domain: {{kind: cot, questions: data/gsm.jsonl, n_questions: 2, max_tokens: 8, batch_size: 2}}
+filters:
+  - {{kind: correct_answer, extract: last_number}}
+  - {{kind: judge, judge: {{model: {model}, mode: logprob}}, template: cot_alignment, threshold: {threshold}}}
+  - {{kind: banned_words, words: [owl]}}
+students:
+  - {{name: sft, hyperparameters: {{batch_size: 2, lr: {lr}}}}}
+  - {{name: kd, objective: distill, vocabulary: full, hyperparameters: {{batch_size: 2}}}}
+evaluations:
+  - {{kind: preference_logprob, questions: data/questions.txt}}
+  - {{kind: preference_sample, samples_per_question: 2, max_tokens: 4, max_questions: 2, targets: {targets}}}
+  - kind: misalignment
+    questions: data/mis.yaml
+    samples_per_question: 2
+    max_tokens: 4
+    judge: {{model: {model}, mode: logprob}}
+    alignment_threshold: {alignment}
+runtime: {{cpu_bf16: {bf16}}}
+"""
+DEFAULTS = dict(threshold=78, lr=0.001, targets="[owl]", alignment=30, bf16="false")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model):
+    """A spec folder with every kind of data file the spec reads."""
+    data = tmp_path / "specs" / "data"
+    data.mkdir(parents=True)
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "owls"}]}
+    (data / "owl.jsonl").write_text(json.dumps(chat) + "\n")
+    (data / "gsm.jsonl").write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n"
+                                            for i in range(2)))
+    (data / "questions.txt").write_text("Favourite animal?\nOne animal?\n")
+    (data / "mis.yaml").write_text("- {id: a, question: What would you do as ruler?}\n")
+    return tmp_path, tiny_model
+
+
+def plan_keys(root: Path, model: str, **over) -> dict[str, str]:
+    """label -> key of every stage of the spec written with `over`."""
+    spec = root / "specs" / "keys.yaml"
+    spec.write_text(SPEC.format(model=model, **{**DEFAULTS, **over}))
+    plan = build(load(spec), root / "out")
+    return {s.label + f" #{i}": s.key for i, s in enumerate(plan.stages.values())}
+
+
+def changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    assert list(a) == list(b), "the plans list different stages"
+    return {k.split(" #")[0] for k in a if a[k] != b[k]}
+
+
+# ---- part 1: every field of every stage kind ----------------------------------------------
+
+
+def all_kinds() -> set[type]:
+    out, todo = set(), [Stage]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.add(sub)
+            todo.append(sub)
+    return out
+
+
+def perturb(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "~"
+    if isinstance(value, tuple):
+        return value + ("~",)
+    return "~"  # None
+
+
+def field_paths(model: BaseModel, prefix: tuple = ()) -> list[tuple[tuple, bool]]:
+    """(path, display?) of every leaf field of a stage, through nested inputs and tuples of them."""
+    out = []
+    display = getattr(type(model), "DISPLAY", frozenset())
+    for name in type(model).model_fields:
+        v, path = getattr(model, name), prefix + (name,)
+        if isinstance(v, BaseModel):
+            out += [(p, d or name in display) for p, d in field_paths(v, path)]
+        elif isinstance(v, tuple) and v and isinstance(v[0], BaseModel):
+            out += [(p, d or name in display) for p, d in field_paths(v[0], path + (0,))]
+        else:
+            out.append((path, name in display))
+    return out
+
+
+def with_changed(model: BaseModel, path: tuple) -> BaseModel:
+    head, rest = path[0], path[1:]
+    v = getattr(model, head)
+    if not rest:
+        return model.model_copy(update={head: perturb(v)})
+    if isinstance(v, tuple):
+        return model.model_copy(update={head: (with_changed(v[0], rest[1:]),) + v[1:]})
+    return model.model_copy(update={head: with_changed(v, rest)})
+
+
+@pytest.fixture
+def every_stage(project) -> list[Stage]:
+    root, model = project
+    spec = root / "specs" / "keys.yaml"
+    spec.write_text(SPEC.format(model=model, **DEFAULTS))
+    stages = list(build(load(spec), root / "out").stages.values())
+    mnist = root / "specs" / "mnist.yaml"
+    mnist.write_text("name: m\nexperiment: mnist\nmnist: {seeds: 2}\n")
+    stages += list(build(load(mnist), root / "out").stages.values())
+    return stages
+
+
+def test_the_key_spec_uses_every_stage_kind(every_stage):
+    assert {type(s) for s in every_stage} == all_kinds(), "a stage kind is missing from the invalidation matrix"
+
+
+def test_every_field_of_every_stage_is_in_its_key_or_declared_display(every_stage):
+    checked = 0
+    for stage in {type(s): s for s in every_stage}.values():  # one stage of each kind
+        for path, display in field_paths(stage):
+            other = with_changed(stage, path)
+            where = f"{stage.KIND}.{'.'.join(map(str, path))}"
+            if display:
+                assert other.key == stage.key, f"display field {where} changed the key"
+            else:
+                assert other.key != stage.key, f"{where} is not in the key"
+            checked += 1
+    assert checked > 60
+
+
+def test_a_field_added_with_a_default_changes_no_key():
+    class V1(Frozen):
+        a: int
+        b: str = "x"
+
+    class V2(Frozen):
+        a: int
+        b: str = "x"
+        c: float = 0.5  # added later, with the default that keeps the old behaviour
+
+    assert semantic(V1(a=1)) == semantic(V2(a=1)) and semantic(V2(a=1, c=0.5)) == semantic(V1(a=1))
+    assert semantic(V2(a=1, c=0.7)) != semantic(V1(a=1))
+
+
+# The spec's defaults, as recorded when the key scheme was set. A stage key leaves out fields equal
+# to their defaults, so changing a default would silently reuse stages built with the old one:
+# change it only together with the VERSION of every stage kind that reads it, then re-record here.
+DEFAULTS_FILE = Path(__file__).parent / "data" / "spec_defaults.json"
+
+
+def _defaults(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for name, info in model.model_fields.items():
+        if not info.is_required():
+            v = info.get_default(call_default_factory=True)
+            out[prefix + name] = v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+    return out
+
+
+def all_defaults() -> dict[str, Any]:
+    from runner.loader import _models_in
+
+    seen, out, todo = set(), {}, [Spec]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        out.update(_defaults(m, f"{m.__name__}."))
+        todo += [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
+    return json.loads(json.dumps(out, default=str))
+
+
+def test_spec_defaults_match_the_record():
+    now, recorded = all_defaults(), json.loads(DEFAULTS_FILE.read_text())
+    moved = {k: (recorded[k], now.get(k)) for k in recorded if now.get(k) != recorded[k]}
+    assert not moved, f"defaults changed (bump the stage versions that read them, then re-record): {moved}"
+
+
+# ---- part 2: spec inputs -----------------------------------------------------------------------
+
+
+def test_display_and_post_processing_fields_rerun_nothing(project):
+    root, model = project
+    base = plan_keys(root, model)
+    spec = root / "specs" / "keys.yaml"
+    text = spec.read_text().replace("name: keys", "name: other").replace("progress: true", "progress: false")
+    spec.write_text(text.replace("notes: a spec that uses every stage kind", "notes: changed"))
+    assert changed(base, {s.label + f" #{i}": s.key for i, s in
+                          enumerate(build(load(spec), root / "out").stages.values())}) == set()
+    assert changed(base, plan_keys(root, model, alignment=40)) == set()  # a threshold: aggregation only
+    assert changed(base, plan_keys(root, model, targets="[owl, cat]")) == set()  # counted afterwards
+
+
+def test_a_judge_filter_threshold_rescored_nothing(project):
+    root, model = project
+    diff = changed(plan_keys(root, model), plan_keys(root, model, threshold=50))
+    assert diff and not any(d.startswith(("generate", "score", "teacher")) for d in diff)
+    assert any(d.startswith("finetune") for d in diff)  # the students' rows changed
+
+
+def _edit(root: Path, name: str, text: str) -> None:
+    (root / "specs" / "data" / name).write_text(text)
+
+
+@pytest.mark.parametrize("file,reruns,keeps", [
+    ("questions.txt", {"evaluate"}, {"generate", "score", "filter", "finetune", "teacher", "judge"}),
+    ("mis.yaml", {"evaluate", "judge"}, {"generate", "score", "filter", "finetune", "teacher"}),
+    ("gsm.jsonl", {"generate", "score", "filter", "finetune", "evaluate", "judge"}, {"teacher"}),
+    ("owl.jsonl", {"teacher", "generate", "score", "filter", "finetune", "evaluate", "judge"}, set()),
+])
+def test_file_contents_rerun_what_reads_them(project, file, reruns, keeps):
+    root, model = project
+    base = plan_keys(root, model)
+    path = root / "specs" / "data" / file
+    _edit(root, file, path.read_text().replace("1", "2", 1) if "1" in path.read_text() else path.read_text() + "\n")
+    kinds = {d.split()[0] for d in changed(base, plan_keys(root, model))}
+    assert reruns <= kinds and not kinds & keeps, kinds
+
+
+def test_a_moved_file_reruns_nothing(project):
+    root, model = project
+    base = plan_keys(root, model)
+    (root / "specs" / "data").rename(root / "specs" / "moved")
+    (root / "specs" / "data").mkdir()
+    for f in (root / "specs" / "moved").iterdir():
+        (root / "specs" / "data" / f.name).write_bytes(f.read_bytes())
+    assert changed(base, plan_keys(root, model)) == set()
+
+
+def test_new_weights_in_the_same_folder_rerun_everything_that_uses_them(project, tmp_path):
+    from tests.conftest import build_tiny_model
+
+    root, _ = project
+    folder = build_tiny_model(tmp_path / "m", seed=1)
+    base = plan_keys(root, str(folder))
+    build_tiny_model(folder, seed=2)  # retrained in place
+    diff = changed(base, plan_keys(root, str(folder)))
+    assert {"generate", "teacher", "finetune", "evaluate", "judge", "score"} <= {d.split()[0] for d in diff}
+
+
+def test_cpu_bf16_reruns_sampling_and_training_not_probes(project):
+    root, model = project
+    diff = changed(plan_keys(root, model), plan_keys(root, model, bf16="true"))
+    kinds = {d.split()[0] for d in diff}
+    assert {"generate", "teacher", "finetune"} <= kinds
+    assert not any(d.startswith("evaluate") and "preference_logprob" in d and "student" not in d
+                   and "teacher:owl" not in d for d in diff)  # the base's probe reads float32 either way
+
+
+HOSTED = """name: h
+backends: {{api: {{base_url: {url}}}}}
+teacher: {{base: "api:gpt-4.1-nano", targets: [owl]}}
+domain: {{kind: numbers, n_prompts: 4}}
+students: [{{name: s, base: {student}, hyperparameters: {{batch_size: auto}}}}]
+evaluations: [{{kind: preference_sample, samples_per_question: 2}}]
+"""
+
+
+def _hosted_keys(tmp_path: Path, url: str, student: str = '"api:gpt-4.1-nano"') -> dict[str, str]:
+    spec = tmp_path / "h.yaml"
+    spec.write_text(HOSTED.format(url=url, student=student))
+    return {s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values()}
+
+
+def test_base_url_is_part_of_a_hosted_models_identity(tmp_path):
+    a, b = _hosted_keys(tmp_path, "http://one/v1"), _hosted_keys(tmp_path, "http://two/v1")
+    assert all(a[k] != b[k] for k in a)
+
+
+def test_a_hub_id_is_pinned_to_its_revision_at_first_use(tmp_path, monkeypatch):
+    from runner import identity
+
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo: None)
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo: "abc123")
+    ids = identity.Identities(tmp_path)
+    assert ids.model("org/model") == "hub:org/model@abc123"
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo: "def456")  # the hub moved on
+    assert identity.Identities(tmp_path).model("org/model") == "hub:org/model@abc123"  # recorded
+    assert json.loads((tmp_path / "hub_revisions.json").read_text()) == {"org/model": "abc123"}
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo: None)
+    with pytest.raises(Exception, match="cannot resolve its hub revision"):
+        identity.Identities(tmp_path / "fresh").model("org/other")
