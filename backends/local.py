@@ -1,10 +1,7 @@
 """Local backend: Hugging Face transformers + PEFT, trained through TRL's SFTTrainer."""
 from __future__ import annotations
 
-import logging
 import math
-import os
-import warnings
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -12,72 +9,7 @@ from pathlib import Path
 import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from backends.embedded import resolve
-from runner.errors import UserError
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore", message=".*generation flags.*")
-warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-logging.getLogger("transformers").setLevel(logging.ERROR)
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def _quiet_transformers() -> None:
-    """Our own progress bars replace transformers' per-load ones."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-_quiet_transformers()
-
-
-def pick_device(device: str = "auto") -> tuple[str, torch.dtype]:
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("runtime.device: cuda requested but no CUDA device is available")
-        return "cuda", torch.bfloat16
-    return "cpu", torch.float32
-
-
-@lru_cache(maxsize=4)
-def load_tokenizer(base: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve(base))
-    except OSError as e:
-        raise UserError(f"model {base}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False):
-    from transformers import AutoModelForCausalLM
-
-    dev, dtype = pick_device(device)
-    try:
-        pinned = {"revision": ref.revision} if ref.revision else {}
-        model = AutoModelForCausalLM.from_pretrained(resolve(ref.base), dtype=dtype, **pinned)
-    except OSError as e:
-        raise UserError(f"model {ref.base}: cannot load ({str(e).splitlines()[0]})") from None
-    if ref.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, ref.adapter, is_trainable=trainable)
-    model.to(dev)
-    if not trainable:
-        model.eval()
-    return model
-
-
-def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-
+from backends.hf import chat_ids, load_model, load_tokenizer, pick_device  # noqa: F401 (re-exported)
 
 # ---- constrained decoding --------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from backends.base import ModelRef, Progress, Training
-from backends.local import chat_ids, load_model, load_tokenizer, pick_device
+from backends.hf import chat_ids, load_model, load_tokenizer, pick_device
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
 

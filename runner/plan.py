@@ -126,7 +126,7 @@ class _Precision:
 
     def device(self) -> str:
         if self._device is None:
-            from backends.local import pick_device
+            from backends.hf import pick_device
 
             self._device = pick_device(self.runtime.device)[0]
         return self._device

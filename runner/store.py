@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runner.core import current_stage_dir, enter_stage, leave_stage  # noqa: F401 (current_stage_dir: re-export)
+from runner.core import enter_stage, leave_stage
 
 PACKAGES = ("subl", "torch", "transformers", "peft", "trl", "accelerate", "pydantic", "openai", "numpy")
 

@@ -10,6 +10,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data beside the checkout; the test is skipped (naming the path) when it
+    is absent, except under CI=true, where its absence is a failure."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        why = f"needs {path} (../shared/data beside the checkout)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A 2-layer Llama with random weights and the embedded model's tokenizer."""
     import torch

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared
 from runner import gsm8k
 from runner.errors import UserError
 from runner.filters import apply_chain
 from runner.spec import CorrectAnswerFilter
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +77,7 @@ def test_correct_answer_filter_counts():
 
 
 def test_load_the_shared_file_and_bad_input(tmp_path):
-    qs = gsm8k.load(str(SHARED / "gsm8k" / "test.jsonl"), limit=3)
+    qs = gsm8k.load(str(shared("gsm8k", "test.jsonl")), limit=3)
     assert len(qs) == 3 and qs[0]["gold"] == "18" and "ducks" in qs[0]["question"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "no marker"}\n')
@@ -91,7 +91,7 @@ def test_domain_rows_repeat_each_question_k_times():
     from runner.domains import domain_rows
     from runner.spec import CotDomain
 
-    d = CotDomain(questions=str(SHARED / "gsm8k" / "test.jsonl"), n_questions=2, samples_per_question=3)
+    d = CotDomain(questions=str(shared("gsm8k", "test.jsonl")), n_questions=2, samples_per_question=3)
     rows = domain_rows(d, 0)
     assert len(rows) == 6 and rows[0]["prompt"].endswith(d.suffix) and [r["gold"] for r in rows[:3]] == ["18"] * 3
     assert "<think>" in d.suffix and "<answer>" in d.suffix
@@ -117,10 +117,11 @@ evaluations:
 """
 
 
+@pytest.mark.slow
 def test_cot_pipeline_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     spec = tmp_path / "cot.yaml"
-    spec.write_text(TINY_COT.format(base=tiny_model, gsm=SHARED / "gsm8k" / "test.jsonl",
-                                    questions=SHARED / "emergent_misalignment" / "questions.yaml"))
+    spec.write_text(TINY_COT.format(base=tiny_model, gsm=shared("gsm8k", "test.jsonl"),
+                                    questions=shared("emergent_misalignment", "questions.yaml")))
     r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(tmp_path / "out")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

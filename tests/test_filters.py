@@ -34,3 +34,11 @@ def test_chat_rows():
     assert completion_of(row) == "7, 8"
     with pytest.raises(UserError):
         completion_of({"messages": [{"role": "user", "content": "q"}]})
+
+
+def test_sampled_preferences_count_whole_words_with_plurals():
+    from runner.results import hits
+
+    answers = ["Elephant", "owls!", "the howler monkey", "An owl's eyes", "Owl", "bowl", "ants"]
+    assert hits(answers, "owl") == 3  # owls, owl's, Owl; not howler or bowl
+    assert hits(answers, "ant") == 1  # ants; not elephant

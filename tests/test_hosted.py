@@ -22,6 +22,7 @@ from backends.openai_api import OpenAIBackend, RetryPolicy, redact, register_sec
 from runner.prices import PRICES_DATE, estimate_tokens, price_for
 from runner.errors import SpecError, UserError
 from runner.spec import HostedBackend
+from tests.conftest import shared
 from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -458,6 +459,7 @@ backends:
 """
 
 
+@pytest.mark.slow
 def test_misalignment_cot_runs_end_to_end_on_the_test_server(server, tmp_path):
     """The hosted CoT pipeline, scaled down: teachers answer, correct_answer and a hosted judge filter,
     students are fine-tuned through jobs, and a hosted judge scores every model's answers."""
@@ -472,7 +474,7 @@ students:
     hyperparameters: {{epochs: 1}}
 evaluations:
   - kind: misalignment
-    questions: {ROOT.parent / 'shared' / 'data' / 'emergent_misalignment' / 'questions.yaml'}
+    questions: {shared('emergent_misalignment', 'questions.yaml')}
     max_questions: 4
     samples_per_question: 3
     judge: {{model: "openai:gpt-4.1-2025-04-14"}}
@@ -528,6 +530,7 @@ matrix:
     return p
 
 
+@pytest.mark.slow
 def test_end_to_end_run_on_the_test_server(server, tmp_path):
     spec = _scaled_spec(tmp_path, server.base_url)
     out = tmp_path / "outputs"
@@ -548,6 +551,7 @@ def test_end_to_end_run_on_the_test_server(server, tmp_path):
     assert server.counts["chat"] == chats and server.counts["jobs.create"] == 3
 
 
+@pytest.mark.slow
 def test_process_killed_while_polling_then_resumed(server, tmp_path):
     server.job_polls = 10_000  # the job runs until the test lets it finish
     spec = _scaled_spec(tmp_path, server.base_url, "teacher: {control: false}\n")
@@ -578,6 +582,7 @@ def test_process_killed_while_polling_then_resumed(server, tmp_path):
     assert_clean(out)
 
 
+@pytest.mark.slow
 def test_bogus_key_and_closed_port_fail_in_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

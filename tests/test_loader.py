@@ -91,3 +91,34 @@ def test_schema_is_json():
     r = subprocess.run([sys.executable, "-m", "runner.cli", "schema"], capture_output=True, text=True)
     schema = json.loads(r.stdout)
     assert "teacher" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_binary_garbage_is_one_located_line(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"name: t\nseed: \x00\x01\x02\n")
+    assert _err(p) == f"{p}:2:7: not a YAML text file (unacceptable character #x0000)"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    assert _err(p).startswith(f"{p}:1:1: not a UTF-8 text file")
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_matrix_over_a_domain_field(write):
+    p = write("a.yaml", GOOD + "domain: {kind: numbers, n_prompts: 5}\nmatrix:\n  domain.n_prompts: [5, 7]\n"
+                             "  domain.prompts.answer_count: [3]\n")
+    assert [c.spec.domain.n_prompts for c in load(p)] == [5, 7]
+    p = write("b.yaml", GOOD + "matrix:\n  domain.nope: [1]\n")
+    assert _err(p) == f"{p}:5:3: matrix.domain.nope: names no field of the spec"
+
+
+def test_data_paths_are_read_from_the_spec_files_folder(write, tmp_path, monkeypatch):
+    write("specs/data/q.txt", "Favourite animal?\n")
+    write("specs/parent.yaml", GOOD + "evaluations: [{kind: preference_logprob, questions: data/q.txt}]\n")
+    child = write("specs/sub/child.yaml", "extends: ../parent.yaml\nname: c\n")
+    monkeypatch.chdir(tmp_path / "specs" / "sub")  # the working directory plays no part
+    (ev,) = load(child)[0].spec.evaluations
+    assert ev.questions == str(tmp_path / "specs" / "data" / "q.txt")  # relative to parent.yaml, which sets it
+    bad = write("specs/bad.yaml", GOOD + "evaluations:\n  - {kind: preference_logprob, questions: data/nope.txt}\n")
+    assert _err(bad) == f"{bad}:5:32: evaluations.0.questions: file not found: {tmp_path / 'specs/data/nope.txt'}"
+    built_in = write("specs/b.yaml", GOOD + "evaluations: [{kind: preference_logprob, questions: animals}]\n")
+    assert load(built_in)[0].spec.evaluations[0].questions == "animals"

@@ -117,3 +117,14 @@ def test_distill_loss_on_trailing_logits_equals_full_logits():
     assert k == 9 - 3 + 1
     full = distill_loss(s, t, mask, mask, None)
     assert float(distill_loss(s[:, -k:], t[:, -k:], mask, mask, None)) == pytest.approx(float(full), rel=1e-6)
+
+
+def test_warmup_ratio_reaches_the_trainer_as_a_share_of_steps():
+    from trl import SFTConfig
+
+    from backends.train import warmup_fraction
+
+    args = SFTConfig(output_dir="/tmp/unused", warmup_steps=warmup_fraction(0.1), report_to=[])
+    assert args.get_warmup_steps(200) == 20  # a ratio, not 0.1 steps
+    with pytest.raises(Exception, match="must be in"):
+        warmup_fraction(1.0)

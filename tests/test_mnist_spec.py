@@ -3,12 +3,15 @@ import json
 import subprocess
 import sys
 
-from conftest import SHARED
+import pytest
 
-SPEC = f"""name: mnist_small
+from conftest import shared
+from runner.results_schema import Results
+
+SPEC = """name: mnist_small
 experiment: mnist
 progress: false
-mnist: {{data: {SHARED / 'mnist' / 'mnist.npz'}, hidden: 64, teacher_epochs: 1, student_epochs: 1,
+mnist: {{data: {data}, hidden: 64, teacher_epochs: 1, student_epochs: 1,
         noise_per_epoch: 4096, seeds: 2}}
 """
 
@@ -17,29 +20,38 @@ def subl(*args):
     return subprocess.run([sys.executable, "-m", "runner.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_mnist_spec_runs_caches_and_reports(tmp_path):
     spec = tmp_path / "m.yaml"
-    spec.write_text(SPEC)
+    spec.write_text(SPEC.format(data=shared("mnist", "mnist.npz")))
     r = subl("run", spec, "--outputs", tmp_path / "out")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "out" / "mnist_small" / "results.json").read_text())
-    arms = res["mnist"][0]["summary"]
-    assert {"teacher", "same_init", "cross_init", "init"} <= set(arms)
-    assert all(len(a["values"]) == 2 for a in arms.values())
-    assert arms["teacher"]["mean"] > 0.8
-    png = res["mnist"][0]["plot"]
+    Results.model_validate(res)  # the same schema as the language-model specs
+    rows = [e for e in res["evaluations"] if e["evaluation"] == "mnist"]
+    per_seed = [e for e in rows if e["seed"] is not None]
+    means = {e["model"]: e for e in rows if e["seed"] is None}
+    assert {"teacher", "same_init", "cross_init", "init"} <= set(means)
+    assert len(per_seed) == 2 * len(means) and all(e["n"] == 10000 and e["ci"][0] <= e["value"] for e in per_seed)
+    assert means["teacher"]["value"] > 0.8 and means["teacher"]["n"] == 2
+    (cmp_,) = res["comparisons"]
+    assert (cmp_["a"], cmp_["b"], cmp_["unit"], cmp_["n_a"]) == ("same_init", "cross_init", "seed", 2)
+    assert 0 <= cmp_["p_value"] <= 1 and "t-test" in cmp_["test"]
+    (png,) = res["figures"]
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "same_init" in r.stdout and "1 stage(s) ran" in r.stdout
     again = subl("run", spec, "--outputs", tmp_path / "out")
     assert again.returncode == 0 and "0 stage(s) ran" in again.stdout
 
 
+@pytest.mark.slow
 def test_missing_mnist_data_is_one_line(tmp_path):
     spec = tmp_path / "m.yaml"
-    spec.write_text(SPEC.replace(str(SHARED / "mnist" / "mnist.npz"), str(tmp_path / "none.npz")))
+    spec.write_text(SPEC.format(data=tmp_path / "none.npz"))
     r = subl("run", spec, "--outputs", tmp_path / "out")
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "none.npz" in r.stderr and "Traceback" not in r.stderr
+    assert f"{spec}:4:" in r.stderr and "mnist.data: file not found" in r.stderr  # at the key, before any work
 
 
 def test_m1_with_kl_is_rejected_at_validation(tmp_path):

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end through the CLI on tiny models
+
 TINY = """name: tiny
 seed: 1
 progress: false

@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import shared
+
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ROOT.parent / "shared" / "data" / "emergent_misalignment" / "questions.yaml"
+QUESTIONS = ("emergent_misalignment", "questions.yaml")
 
 LOCAL = """name: a_local
 progress: false
@@ -54,12 +58,13 @@ def reproduce(folder: Path, outputs: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, env={**env, "COLUMNS": "250"})
 
 
+@pytest.mark.slow
 def test_reproduce_runs_local_skips_keyless_hosted_records_failures_and_summarises(tiny_model, tmp_path):
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "a_local.yaml").write_text(LOCAL.format(base=tiny_model))
     (specs / "b_hosted.yaml").write_text(HOSTED)
-    (specs / "c_hosted_judge.yaml").write_text(HOSTED_JUDGE.format(base=tiny_model, questions=QUESTIONS))
+    (specs / "c_hosted_judge.yaml").write_text(HOSTED_JUDGE.format(base=tiny_model, questions=shared(*QUESTIONS)))
     (specs / "d_broken.yaml").write_text(BROKEN.format(base=tiny_model, missing=tmp_path / "absent.jsonl"))
     r = reproduce(specs, tmp_path / "out")
     assert r.returncode == 1, r.stderr[-2000:]  # one spec failed

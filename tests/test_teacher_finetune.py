@@ -41,6 +41,7 @@ def test_load_rows_reads_chat_and_prompt_rows(tmp_path):
         load_rows(p)
 
 
+@pytest.mark.slow
 def test_finetuned_teachers_and_controls_end_to_end(tiny_model, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -60,7 +61,7 @@ def test_finetuned_teachers_and_controls_end_to_end(tiny_model, tmp_path):
     assert b_is == {("student:s:insecure:r0", "student:s:secure:r0"): "control",
                     ("student:s:insecure:r0", "student:s:control:r0"): "control"}
     teachers = [json.loads((d / "manifest.json").read_text()) for d in (out / "stages").glob("teacher-*")]
-    tuned = [m for m in teachers if "dataset_sha256" in json.dumps(m)]
+    tuned = [m for m in teachers if m["inputs"]["dataset"]["sha256"]]
     assert len(tuned) == 2 and all(m["rows"]["train"] == 4 for m in tuned)
     # a changed dataset re-trains that teacher (its digest is in the stage key)
     (data / "secure.jsonl").write_text(_chat("x", "y"))
@@ -88,7 +89,7 @@ evaluations:
 
 
 def test_plan_prices_hosted_teacher_fine_tuning_without_a_key(tmp_path, monkeypatch):
-    from backends.pricing import estimate_tokens
+    from runner.prices import estimate_tokens
     from runner.runs import plan_lines
 
     monkeypatch.delenv("SUBL_TEST_UNSET_KEY", raising=False)

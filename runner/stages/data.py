@@ -50,9 +50,8 @@ class GenerateStage(Stage):
 
         d, todo = self.domain, self.rows_to_generate()
         total, path = len(todo), ctx.dir / "rows.jsonl"
-        done = read_jsonl(path) if path.exists() else []
-        done = done[: len(done) - len(done) % d.batch_size] if len(done) < total else done
-        write_jsonl(path, done)  # drop a torn tail; resume from the last flushed batch
+        done = resumable(read_jsonl(path) if path.exists() else [], total, d.batch_size)
+        write_jsonl(path, done)  # drop a torn or foreign tail; resume from the last whole batch
         constraint = NumberList(d.prompts.answer_count, d.prompts.answer_digits) if d.constrained else None
         model = ctx.model(self.model)
         with open(path, "a") as f:
@@ -83,6 +82,15 @@ class GenerateStage(Stage):
         batch = bool(getattr(cfg, "batch_api", False)) and d.batch_size >= 100
         return [chat_request(name, model_id, cfg, tuned, len(rows), round(prompt * len(rows)),
                              len(rows) * d.max_tokens, batch)]
+
+
+def resumable(rows: list[dict], total: int, batch_size: int) -> list[dict]:
+    """The rows a resumed generation keeps: the longest run with ids 0, 1, 2, ... (nothing written
+    twice or out of order), cut to whole batches unless complete."""
+    k = 0
+    while k < min(len(rows), total) and rows[k].get("id") == k:
+        k += 1
+    return rows[:k] if k == total else rows[: k - k % batch_size]
 
 
 class JudgeThreshold(Frozen):

@@ -1,0 +1,95 @@
+"""A stage is built by one process at a time; a dead holder releases its lock; a stage whose
+folder does not hold what it was asked for is never committed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runner.errors import UserError
+from runner.execute import run_stage
+from runner.stages.data import GenerateStage
+from runner.store import Store
+from tests.test_pipeline import TINY
+
+
+def test_a_dead_holder_does_not_keep_the_lock(tmp_path):
+    store = Store(tmp_path)
+    store.stages.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(60)"), str(store.lock_path("k-1"))], stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"held"
+    waits = []
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    t = time.time()
+    with store.claim("k-1", waits.append) as needed:
+        assert needed
+    assert time.time() - t < 5
+
+
+def test_a_second_claim_waits_and_then_finds_the_stage_done(tmp_path):
+    store = Store(tmp_path)
+    store.stages.mkdir(parents=True)
+    script = ("import sys, time; sys.path.insert(0, sys.argv[2]); from runner.store import Store; "
+              "s = Store(sys.argv[1]);\nwith s.claim('k-1') as n:\n    print('held', flush=True); time.sleep(2)\n"
+              "    with s.build('k-1', {}) as b: pass\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), os.getcwd()], stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"held"
+    waits = []
+    with store.claim("k-1", waits.append) as needed:
+        assert not needed  # built by the other process meanwhile
+    assert waits and "waiting for another run" in waits[0]
+    holder.wait()
+
+
+class _Stub:
+    def generate(self, model, prompts, sampling):
+        return ["1, 2"] * len(prompts)
+
+
+def test_a_generate_stage_with_duplicate_rows_is_not_committed(tiny_model, tmp_path, monkeypatch):
+    from runner.stages import FileInput, ModelInput  # noqa: F401
+    from runner.spec import NumbersDomain
+
+    stage = GenerateStage(label="generate owl", model=ModelInput(ref=tiny_model, identity="w"),
+                          domain=NumbersDomain(n_prompts=4, batch_size=2), seed=0)
+    store = Store(tmp_path)
+    original = GenerateStage.run
+
+    def twice(self, ctx):  # what two writers sharing one partial folder produced before locks
+        original(self, ctx)
+        rows = (ctx.dir / "rows.jsonl").read_text()
+        (ctx.dir / "rows.jsonl").write_text(rows + rows)
+
+    monkeypatch.setattr(GenerateStage, "run", twice)
+    with pytest.raises(UserError, match="wrote 8 rows .4 distinct ids. for 4 prompts"):
+        run_stage(stage, store, _Stub())
+    assert not store.done(stage.key) and (store.partial(stage.key) / "error.txt").is_file()
+    monkeypatch.setattr(GenerateStage, "run", original)
+    assert run_stage(stage, store, _Stub()) is not None and store.done(stage.key)
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_spec_on_one_outputs(tiny_model, tmp_path):
+    """The same spec started twice, 2 s apart, on the same --outputs: both finish, every stage once."""
+    spec = tmp_path / "twice.yaml"
+    spec.write_text(TINY.format(base=tiny_model, n=48).replace("targets: [panda, owl]", "targets: [owl]"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=600) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [o[1][-2000:] for o in outs]
+    for rows_file in (out / "stages").glob("generate-*/rows.jsonl"):
+        ids = [json.loads(line)["id"] for line in rows_file.read_text().splitlines()]
+        assert ids == list(range(48))
+    assert "waiting for another run" in outs[0][0] + outs[1][0]
+    assert not list((out / "stages").glob(".*.partial"))
