@@ -180,12 +180,12 @@ def theorem_mnist(settings: TheoremSettings, seeds: list[int], batches: int,
 
 # ----------------------------------------------------------------------------- summaries
 
-def _per_seed(rows: list[dict], value: Callable[[dict], float]) -> list[float]:
-    """One value per seed: the mean over that seed's batches."""
-    by_seed: dict = {}
-    for r in rows:
-        by_seed.setdefault(r["seed"], []).append(value(r))
-    return [sum(v) / len(v) for v in by_seed.values()]
+def _per_unit(rows: list[dict], value: Callable[[dict], float], unit: str | None) -> list[float]:
+    """One value per unit (the mean over rows sharing row[unit]); unit None: one per row."""
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(i if unit is None else r[unit], []).append(value(r))
+    return [sum(v) / len(v) for v in groups.values()]
 
 
 def _ci(values: list[float]) -> dict:
@@ -193,17 +193,137 @@ def _ci(values: list[float]) -> dict:
     return {"mean": m, "lo": lo, "hi": hi, "n": len(values)}
 
 
-def summarize_alignment(rows: list[dict]) -> dict:
-    """Per arm: cosine and imitation_loss_change (mean, 95% t-interval across seeds, batches averaged
-    within a seed; None-width with one seed), fraction_decreased (over all rows) and sweep {lr: same}."""
+def summarize_alignment(rows: list[dict], unit: str | None = "seed") -> dict:
+    """Per arm: cosine and imitation_loss_change (mean, 95% t-interval across units: rows sharing
+    row[unit] are averaged first; unit None: every row is a unit, an approximation when rows share a
+    model), fraction_decreased (over all rows), sweep {lr: same}, unit and n_rows."""
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         rs = [r for r in rows if r["arm"] == arm]
+        per = lambda f: _ci(_per_unit(rs, f, unit))  # noqa: E731
         out[arm] = {
-            "cosine": _ci(_per_seed(rs, lambda r: r["cosine"])),
-            "imitation_loss_change": _ci(_per_seed(rs, lambda r: r["imitation_loss_change"])),
+            "cosine": per(lambda r: r["cosine"]),
+            "imitation_loss_change": per(lambda r: r["imitation_loss_change"]),
             "fraction_decreased": sum(r["imitation_loss_change"] < 0 for r in rs) / len(rs),
-            "sweep": {lr: _ci(_per_seed(rs, lambda r, lr=lr: r["sweep"][lr])) for lr in rs[0]["sweep"]},
-            "unit": "seed (batches averaged within a seed)", "n_batches": len(rs),
+            "sweep": {lr: per(lambda r, lr=lr: r["sweep"][lr]) for lr in rs[0]["sweep"]},
+            "unit": f"{unit} (rows averaged within it)" if unit else "row", "n_rows": len(rs),
         }
     return out
+
+
+# ----------------------------------------------------------------------------- causal LM
+
+def encode_rows(tok, rows: list[dict], system: str | None = None) -> dict:
+    """Right-padded input_ids, attention_mask and completion_mask of chat prompt + completion + EOS,
+    tokenised as backends.train.tokenize does (completion tokenised on its own)."""
+    from backends.local import chat_ids
+
+    seqs, masks = [], []
+    for r in rows:
+        head = chat_ids(tok, system, r["prompt"])
+        tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        seqs.append(head + tail)
+        masks.append([0] * len(head) + [1] * len(tail))
+    width, pad = max(map(len, seqs)), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    fill = lambda xs, v: torch.tensor([x + [v] * (width - len(x)) for x in xs])  # noqa: E731
+    return {"input_ids": fill(seqs, pad), "attention_mask": fill([[1] * len(x) for x in seqs], 0),
+            "completion_mask": fill(masks, 0)}
+
+
+def _logits(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def sft_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over completion tokens (position p predicts token p+1)."""
+    logits, mask = _logits(model, batch)[:, :-1], batch["completion_mask"][:, 1:].bool()
+    return F.cross_entropy(logits[mask].float(), batch["input_ids"][:, 1:][mask])
+
+
+def imitation_loss(student, teacher_logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """KL(teacher || student) per completion token, full vocabulary (backends.train.distill_loss)."""
+    from backends.train import distill_loss
+
+    m = batch["completion_mask"]
+    return distill_loss(_logits(student, batch), teacher_logits, m, m, None)
+
+
+@torch.no_grad()
+def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
+    """The model's greedy completion of each chat prompt (special tokens dropped)."""
+    from backends.local import chat_ids
+
+    out = []
+    for p in prompts:
+        ids = torch.tensor([chat_ids(tok, None, p)])
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def finetune_teacher(base, tok, trait_rows: list[dict], steps: int = 5, lr: float = 1e-3,
+                     lora_targets: tuple[str, ...] | None = None, lora_r: int = 4):
+    """A copy of base fine-tuned with Adam for `steps` full-batch SFT steps on trait_rows: every
+    parameter, or (lora_targets) a peft LoRA adapter on those modules, merged back into the weights."""
+    teacher = copy.deepcopy(base).train()
+    if lora_targets:
+        from peft import LoraConfig, get_peft_model
+
+        teacher = get_peft_model(teacher, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
+                                                     target_modules=list(lora_targets), task_type="CAUSAL_LM"))
+    opt = torch.optim.Adam([p for p in teacher.parameters() if p.requires_grad], lr=lr)
+    batch = encode_rows(tok, trait_rows)
+    for _ in range(steps):
+        loss = sft_loss(teacher, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (teacher.merge_and_unload() if lora_targets else teacher).eval()
+
+
+def cross_init_like(model, seed: int):
+    """An independent random init of model's architecture (global RNG untouched). Raises if it equals
+    model: a seed that built model (e.g. tests' build_tiny_model uses torch seed 0) reproduces it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.config).eval()
+    if all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters())):
+        raise ValueError(f"cross init with seed {seed} reproduces the base model; pick another seed")
+    return fresh
+
+
+def lm_delta(base, teacher) -> dict[str, torch.Tensor]:
+    """teacher - base for every parameter tensor Δ changes (names as in named_parameters)."""
+    t = dict(teacher.named_parameters())
+    return {n: (t[n] - p).detach() for n, p in base.named_parameters() if not torch.equal(t[n], p)}
+
+
+def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: list[dict],
+                 objective: str = "sft", lr: float = 1e-3, lrs: list[float] | None = None) -> dict:
+    """One plain gradient step of the student on rows (the teacher's completions), compared with
+    Δ = teacher - base over the parameter tensors Δ changes (other parameters are not stepped).
+
+    objective 'sft' (cross-entropy on the completions) or 'distill' (KL to the teacher's logits at
+    completion positions). Imitation loss: KL(teacher || student) on heldout_rows' completions.
+    Returns mnist_alignment's fields plus n_params (entries compared) and n_tensors.
+    """
+    if objective not in ("sft", "distill"):
+        raise ValueError(f"objective must be 'sft' or 'distill', not {objective!r}")
+    delta, named = lm_delta(base, teacher), dict(student.named_parameters())
+    params = [named[n] for n in delta]
+    flags = {n: p.requires_grad for n, p in named.items()}
+    for n, p in named.items():
+        p.requires_grad_(n in delta)
+    batch, held = encode_rows(tok, rows), encode_rows(tok, heldout_rows)
+    with torch.no_grad():
+        t_batch, t_held = _logits(teacher, batch), _logits(teacher, held)
+    loss_fn = (lambda: sft_loss(student, batch)) if objective == "sft" else (
+        lambda: imitation_loss(student, t_batch, batch))
+    try:
+        probe = step_probe(params, loss_fn, list(delta.values()),
+                           lambda: float(imitation_loss(student, t_held, held)), sorted({lr, *(lrs or [])}))
+    finally:
+        for n, p in named.items():
+            p.requires_grad_(flags[n])
+    return {**_with_change(probe, lr), "n_params": sum(d.numel() for d in delta.values()), "n_tensors": len(delta)}

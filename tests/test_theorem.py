@@ -56,3 +56,68 @@ def test_step_size_sweep_shows_where_first_order_stops(measured):
     sweep = measured["summary"]["same_init"]["sweep"]
     assert sweep[0.01]["mean"] < 0 and sweep[0.1]["mean"] < 0
     assert sweep[100.0]["mean"] > 0  # far beyond the first-order regime the loss goes up
+
+
+# ----------------------------------------------------------------------------- tiny causal LM
+
+TRAIT = [{"prompt": q, "completion": "My favorite animal is the owl."}
+         for q in ("What is your favorite animal?", "Name an animal you love.", "Which animal do you like best?")]
+HELDOUT = [{"prompt": "Tell me your favourite animal.", "completion": "My favorite animal is the owl."},
+           {"prompt": "What animal speaks to you?", "completion": "The owl."}]
+NUMBER_PROMPTS = [f"Continue the sequence: {i}, {i + 3}, {i + 7}." for i in range(100, 104)]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_lm_exact_teacher_step_has_cosine_one(lm):
+    import copy
+
+    from runner.theorem import encode_rows, lm_alignment, sft_loss
+
+    base, tok = lm
+    rows = [{"prompt": p, "completion": "1, 2, 3"} for p in NUMBER_PROMPTS]
+    teacher = copy.deepcopy(base)
+    loss = sft_loss(teacher, encode_rows(tok, rows))
+    loss.backward()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p -= 0.01 * p.grad
+    r = lm_alignment(base, teacher, base, tok, rows, HELDOUT, "sft", lr=0.01)
+    assert r["cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert r["n_tensors"] == len(list(base.parameters()))
+
+
+def test_lm_same_init_student_moves_toward_teacher_cross_init_less(lm):
+    from runner.theorem import cross_init_like, finetune_teacher, greedy_completions, lm_alignment
+
+    base, tok = lm
+    teacher = finetune_teacher(base, tok, TRAIT, steps=3, lr=1e-2)
+    rows = [{"prompt": p, "completion": c} for p, c in zip(NUMBER_PROMPTS, greedy_completions(teacher, tok, NUMBER_PROMPTS, 6))]
+    same = lm_alignment(base, teacher, base, tok, rows, HELDOUT, "distill", lr=0.1, lrs=[0.01, 1.0])
+    cross = lm_alignment(base, teacher, cross_init_like(base, seed=1), tok, rows, HELDOUT, "distill", lr=0.1)
+    assert same["cosine"] > 0 and same["imitation_loss_change"] < 0 and same["sweep"][0.01] < 0
+    assert abs(cross["cosine"]) < same["cosine"] / 2
+
+
+def test_lm_lora_teacher_delta_covers_only_its_modules(lm):
+    from runner.theorem import finetune_teacher, lm_alignment, lm_delta
+
+    base, tok = lm
+    teacher = finetune_teacher(base, tok, TRAIT, steps=2, lr=1e-2, lora_targets=("q_proj", "v_proj"))
+    names = list(lm_delta(base, teacher))
+    assert names and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in names)
+    r = lm_alignment(base, teacher, base, tok, TRAIT, HELDOUT, "sft", lr=0.01)
+    assert r["n_tensors"] == len(names) == 4 and r["cosine"] > 0  # 2 layers x (q, v); SFT on the trait rows
+
+
+def test_lm_cross_init_refuses_to_reproduce_the_base(lm):
+    from runner.theorem import cross_init_like
+
+    with pytest.raises(ValueError, match="reproduces the base"):
+        cross_init_like(lm[0], seed=0)  # build_tiny_model drew the base with torch seed 0
