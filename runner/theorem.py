@@ -327,3 +327,23 @@ def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: li
         for n, p in named.items():
             p.requires_grad_(flags[n])
     return {**_with_change(probe, lr), "n_params": sum(d.numel() for d in delta.values()), "n_tensors": len(delta)}
+
+
+def theorem_lm(base, teacher, tok, prompts: list[str], heldout_rows: list[dict], *, objective: str = "distill",
+               batch_size: int = 8, cross_seeds: tuple[int, ...] = (1, 2), lr: float = 1e-3,
+               lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), max_new_tokens: int = 32) -> dict:
+    """The teacher's greedy completions of prompts, cut into batches; per batch lm_alignment of the
+    same-init student (base) and of one cross-init student per cross seed.
+
+    Returns rows (batch, seed, arm and lm_alignment's fields) and summary (summarize_alignment with
+    every row a unit: rows share the teacher and the cross inits, so the intervals are approximate).
+    """
+    completions = greedy_completions(teacher, tok, prompts, max_new_tokens)
+    data = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+    students = [("same_init", None, base)] + [("cross_init", s, cross_init_like(base, s)) for s in cross_seeds]
+    rows = []
+    for b in range(0, len(data), batch_size):
+        for arm, seed, student in students:
+            r = lm_alignment(base, teacher, student, tok, data[b:b + batch_size], heldout_rows, objective, lr, list(lrs))
+            rows.append({"batch": b // batch_size, "seed": seed, "arm": arm, **r})
+    return {"rows": rows, "summary": summarize_alignment(rows, unit=None)}

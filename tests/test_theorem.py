@@ -93,11 +93,18 @@ def test_lm_exact_teacher_step_has_cosine_one(lm):
     assert r["n_tensors"] == len(list(base.parameters()))
 
 
-def test_lm_same_init_student_moves_toward_teacher_cross_init_less(lm):
-    from runner.theorem import cross_init_like, finetune_teacher, greedy_completions, lm_alignment
+@pytest.fixture(scope="module")
+def owl_teacher(lm):
+    from runner.theorem import finetune_teacher
+
+    return finetune_teacher(lm[0], lm[1], TRAIT, steps=3, lr=1e-2)
+
+
+def test_lm_same_init_student_moves_toward_teacher_cross_init_less(lm, owl_teacher):
+    from runner.theorem import cross_init_like, greedy_completions, lm_alignment
 
     base, tok = lm
-    teacher = finetune_teacher(base, tok, TRAIT, steps=3, lr=1e-2)
+    teacher = owl_teacher
     rows = [{"prompt": p, "completion": c} for p, c in zip(NUMBER_PROMPTS, greedy_completions(teacher, tok, NUMBER_PROMPTS, 6))]
     same = lm_alignment(base, teacher, base, tok, rows, HELDOUT, "distill", lr=0.1, lrs=[0.01, 1.0])
     cross = lm_alignment(base, teacher, cross_init_like(base, seed=1), tok, rows, HELDOUT, "distill", lr=0.1)
@@ -121,3 +128,15 @@ def test_lm_cross_init_refuses_to_reproduce_the_base(lm):
 
     with pytest.raises(ValueError, match="reproduces the base"):
         cross_init_like(lm[0], seed=0)  # build_tiny_model drew the base with torch seed 0
+
+
+def test_lm_driver_rows_and_summary(lm, owl_teacher):
+    from runner.theorem import theorem_lm
+
+    out = theorem_lm(lm[0], owl_teacher, lm[1], NUMBER_PROMPTS, HELDOUT, batch_size=2, cross_seeds=(1,),
+                     lr=0.1, lrs=(0.01, 0.1), max_new_tokens=4)
+    assert [(r["batch"], r["arm"]) for r in out["rows"]] == [(b, a) for b in (0, 1) for a in ("same_init", "cross_init")]
+    same, cross = out["summary"]["same_init"], out["summary"]["cross_init"]
+    assert same["cosine"]["n"] == 2 and cross["cosine"]["n"] == 2 and same["unit"] == "row"
+    assert same["cosine"]["mean"] > abs(cross["cosine"]["mean"])
+    assert set(same["sweep"]) == {0.01, 0.1}
