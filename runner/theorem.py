@@ -39,34 +39,36 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
 
 
 def step_probe(params: Tensors, loss_fn: Callable[[], torch.Tensor], delta: Tensors,
-               heldout_fn: Callable[[], float], lrs: list[float]) -> dict:
+               measures: dict[str, Callable[[], float]], lrs: list[float]) -> dict:
     """One plain gradient step of loss_fn from params (tensors that require grad, restored afterwards).
 
     Returns cosine (of the update -grad with delta), loss (objective before the step), grad_norm,
-    imitation_loss_before (heldout_fn at params) and after {lr: heldout_fn at params - lr * grad}.
+    before {measure: value at params} and after {measure: {lr: value at params - lr * grad}}.
     """
     grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     with torch.no_grad():
-        loss, before = float(loss_fn()), heldout_fn()
-        saved, after = [p.detach().clone() for p in params], {}
+        loss, before = float(loss_fn()), {k: f() for k, f in measures.items()}
+        saved, after = [p.detach().clone() for p in params], {k: {} for k in measures}
         for lr in lrs:
             for p, g in zip(params, grads):
                 p.sub_(lr * g)
-            after[lr] = heldout_fn()
+            for k, f in measures.items():
+                after[k][lr] = f()
             for p, s in zip(params, saved):
                 p.copy_(s)
     return {"cosine": cosine(-flat(grads), flat(delta)), "loss": loss, "grad_norm": float(flat(grads).norm()),
-            "imitation_loss_before": before, "after": after}
+            "before": before, "after": after}
 
 
-def _with_change(probe: dict, lr: float) -> dict:
-    """The probe as reported: after/change at lr, and the sweep {lr: change}."""
-    b = probe["imitation_loss_before"]
-    return {"cosine": probe["cosine"], "objective": probe["loss"], "grad_norm": probe["grad_norm"],
-            "imitation_loss_before": b, "imitation_loss_after": probe["after"][lr],
-            "imitation_loss_change": probe["after"][lr] - b,
-            "sweep": {k: v - b for k, v in sorted(probe["after"].items())}}
+def _report(probe: dict, lr: float) -> dict:
+    """The probe as a flat row: per measure m, m_before, m_after and m_change at lr, m_sweep {lr: change}."""
+    out = {"cosine": probe["cosine"], "objective": probe["loss"], "grad_norm": probe["grad_norm"]}
+    for m, b in probe["before"].items():
+        after = probe["after"][m]
+        out.update({f"{m}_before": b, f"{m}_after": after[lr], f"{m}_change": after[lr] - b,
+                    f"{m}_sweep": {k: v - b for k, v in sorted(after.items())}})
+    return out
 
 
 # ----------------------------------------------------------------------------- MNIST
@@ -82,14 +84,17 @@ OBJECTIVES = {"aux": slice(N_CLASSES, None), "all": slice(None)}  # logits the s
 
 def mnist_alignment(teacher_init: Tensors, teacher: Tensors, student_init: Tensors, inputs: torch.Tensor,
                     objective: str | Callable = "aux", lr: float = 1e-2, *, heldout: torch.Tensor | None = None,
-                    lrs: list[float] | None = None) -> dict:
+                    heldout_labels: torch.Tensor | None = None, lrs: list[float] | None = None) -> dict:
     """One step of the student's distillation objective on inputs, compared with Δ = teacher - teacher_init.
 
     objective 'aux' (the paper's: KL on the auxiliary logits), 'all' (all 10+m logits), or a callable
     (student_logits, teacher_logits) -> loss. Imitation loss: KL to the teacher on the 10 regular
     (digit) logits of heldout, the channel an aux student never sees (default heldout: inputs
-    themselves, then not held out). Params are runner.mnist lists, unbatched.
-    Returns cosine, objective, grad_norm, imitation_loss_before/after/change at lr, sweep {lr: change}.
+    themselves, then not held out). With heldout_labels also task_loss: the teacher's own training
+    loss (cross-entropy of the regular logits), the quantity the theorem says a small step lowers
+    when Δ is one small gradient step of it. Params are runner.mnist lists, unbatched.
+    Returns cosine, objective, grad_norm, and per measure (imitation_loss, task_loss) _before,
+    _after and _change at lr, and _sweep {lr: change}.
     """
     loss_of = objective if callable(objective) else (
         lambda s, t, sl=OBJECTIVES[objective]: kl_batchmean(s[..., sl], t[..., sl]))
@@ -98,10 +103,13 @@ def mnist_alignment(teacher_init: Tensors, teacher: Tensors, student_init: Tenso
         t_in, t_held = forward(teacher, inputs), forward(teacher, heldout)
     params = [p.detach().clone().requires_grad_() for p in student_init]
     delta = [t - i for t, i in zip(teacher, teacher_init)]
-    probe = step_probe(params, lambda: loss_of(forward(params, inputs), t_in), delta,
-                       lambda: float(kl_batchmean(forward(params, heldout)[..., :N_CLASSES], t_held[..., :N_CLASSES])),
+    digits = lambda: forward(params, heldout)[..., :N_CLASSES]  # noqa: E731
+    measures = {"imitation_loss": lambda: float(kl_batchmean(digits(), t_held[..., :N_CLASSES]))}
+    if heldout_labels is not None:
+        measures["task_loss"] = lambda: float(F.cross_entropy(digits(), heldout_labels))
+    probe = step_probe(params, lambda: loss_of(forward(params, inputs), t_in), delta, measures,
                        sorted({lr, *(lrs or [])}))
-    return _with_change(probe, lr)
+    return _report(probe, lr)
 
 
 @dataclass(frozen=True)
@@ -158,13 +166,13 @@ def theorem_mnist(settings: TheoremSettings, seeds: list[int], batches: int,
     per batch of fresh noise: mnist_alignment of the same-init and cross-init students (Δ is always the
     teacher's delta from the reference init). data: (x, y) as mnist_float returns, or None for
     synthetic_digits; its last settings.heldout images are held out from the teacher and carry the
-    imitation loss (digit logits on digit images: the channel the paper's students pick up).
+    imitation and task losses (digit logits on digit images: the channel the paper's students pick up).
 
     Returns rows (seed, batch, arm, and mnist_alignment's fields), summary (summarize_alignment) and settings.
     """
     s = settings
     x, y = data if data is not None else synthetic_digits(2000 + s.heldout, seed=0)
-    x, y, heldout = x[:-s.heldout], y[:-s.heldout], x[-s.heldout:]
+    x, y, heldout, labels = x[:-s.heldout], y[:-s.heldout], x[-s.heldout:], y[-s.heldout:]
     sizes, rows = [784, s.hidden, s.hidden, N_CLASSES + s.m], []
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
@@ -173,7 +181,8 @@ def theorem_mnist(settings: TheoremSettings, seeds: list[int], batches: int,
         for b in range(batches):
             xb = _noise(s.batch_size, g)
             for arm, start in (("same_init", ref), ("cross_init", cross)):
-                r = mnist_alignment(ref, teacher, start, xb, s.objective, s.lr, heldout=heldout, lrs=list(s.lrs))
+                r = mnist_alignment(ref, teacher, start, xb, s.objective, s.lr, heldout=heldout,
+                                    heldout_labels=labels, lrs=list(s.lrs))
                 rows.append({"seed": seed, "batch": b, "arm": arm, **r})
     return {"rows": rows, "summary": summarize_alignment(rows), "settings": asdict(s)}
 
@@ -194,24 +203,30 @@ def _ci(values: list[float]) -> dict:
 
 
 def summarize_alignment(rows: list[dict], unit: str | None = "seed") -> dict:
-    """Per arm: cosine and imitation_loss_change (mean, 95% t-interval across units: rows sharing
-    row[unit] are averaged first; unit None: every row is a unit, an approximation when rows share a
-    model), fraction_decreased (over all rows), sweep {lr: same}, unit and n_rows."""
+    """Per arm: cosine and, per measure m (imitation_loss, task_loss), m_change (mean, 95% t-interval
+    across units: rows sharing row[unit] are averaged first; unit None: every row is a unit, an
+    approximation when rows share a model), m_fraction_decreased (over all rows) and m_sweep
+    {lr: same}; plus unit and n_rows."""
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         rs = [r for r in rows if r["arm"] == arm]
         per = lambda f: _ci(_per_unit(rs, f, unit))  # noqa: E731
-        out[arm] = {
-            "cosine": per(lambda r: r["cosine"]),
-            "imitation_loss_change": per(lambda r: r["imitation_loss_change"]),
-            "fraction_decreased": sum(r["imitation_loss_change"] < 0 for r in rs) / len(rs),
-            "sweep": {lr: per(lambda r, lr=lr: r["sweep"][lr]) for lr in rs[0]["sweep"]},
-            "unit": f"{unit} (rows averaged within it)" if unit else "row", "n_rows": len(rs),
-        }
+        out[arm] = {"cosine": per(lambda r: r["cosine"]),
+                    "unit": f"{unit} (rows averaged within it)" if unit else "row", "n_rows": len(rs)}
+        for m in (k[:-len("_change")] for k in rs[0] if k.endswith("_change")):
+            out[arm].update({
+                f"{m}_change": per(lambda r, m=m: r[f"{m}_change"]),
+                f"{m}_fraction_decreased": sum(r[f"{m}_change"] < 0 for r in rs) / len(rs),
+                f"{m}_sweep": {lr: per(lambda r, m=m, lr=lr: r[f"{m}_sweep"][lr]) for lr in rs[0][f"{m}_sweep"]},
+            })
     return out
 
 
 # ----------------------------------------------------------------------------- causal LM
+
+def _pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
 
 def encode_rows(tok, rows: list[dict], system: str | None = None) -> dict:
     """Right-padded input_ids, attention_mask and completion_mask of chat prompt + completion + EOS,
@@ -224,10 +239,16 @@ def encode_rows(tok, rows: list[dict], system: str | None = None) -> dict:
         tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seqs.append(head + tail)
         masks.append([0] * len(head) + [1] * len(tail))
-    width, pad = max(map(len, seqs)), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width, pad = max(map(len, seqs)), _pad_id(tok)
     fill = lambda xs, v: torch.tensor([x + [v] * (width - len(x)) for x in xs])  # noqa: E731
     return {"input_ids": fill(seqs, pad), "attention_mask": fill([[1] * len(x) for x in seqs], 0),
             "completion_mask": fill(masks, 0)}
+
+
+def _on(batch: dict, model) -> dict:
+    """batch moved to the model's device."""
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) for k, v in batch.items()}
 
 
 def _logits(model, batch: dict) -> torch.Tensor:
@@ -255,9 +276,9 @@ def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int = 16)
 
     out = []
     for p in prompts:
-        ids = torch.tensor([chat_ids(tok, None, p)])
+        ids = torch.tensor([chat_ids(tok, None, p)], device=next(model.parameters()).device)
         gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                             do_sample=False, pad_token_id=_pad_id(tok))
         out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
     return out
 
@@ -273,7 +294,7 @@ def finetune_teacher(base, tok, trait_rows: list[dict], steps: int = 5, lr: floa
         teacher = get_peft_model(teacher, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
                                                      target_modules=list(lora_targets), task_type="CAUSAL_LM"))
     opt = torch.optim.Adam([p for p in teacher.parameters() if p.requires_grad], lr=lr)
-    batch = encode_rows(tok, trait_rows)
+    batch = _on(encode_rows(tok, trait_rows), teacher)
     for _ in range(steps):
         loss = sft_loss(teacher, batch)
         opt.zero_grad()
@@ -283,11 +304,14 @@ def finetune_teacher(base, tok, trait_rows: list[dict], steps: int = 5, lr: floa
 
 
 def cross_init_like(model, seed: int):
-    """An independent random init of model's architecture (global RNG untouched). Raises if it equals
-    model: a seed that built model (e.g. tests' build_tiny_model uses torch seed 0) reproduces it."""
+    """An independent random init of model's architecture, drawn on the CPU (global RNG untouched), on
+    model's device and dtype. Raises if it equals model: the seed that built model reproduces it
+    (tests' build_tiny_model draws with torch seed 0)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = type(model)(model.config).eval()
+        fresh = type(model)(model.config)
+    p = next(model.parameters())
+    fresh = fresh.to(device=p.device, dtype=p.dtype).eval()
     if all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters())):
         raise ValueError(f"cross init with seed {seed} reproduces the base model; pick another seed")
     return fresh
@@ -315,18 +339,19 @@ def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: li
     flags = {n: p.requires_grad for n, p in named.items()}
     for n, p in named.items():
         p.requires_grad_(n in delta)
-    batch, held = encode_rows(tok, rows), encode_rows(tok, heldout_rows)
+    batch, held = _on(encode_rows(tok, rows), student), _on(encode_rows(tok, heldout_rows), student)
     with torch.no_grad():
         t_batch, t_held = _logits(teacher, batch), _logits(teacher, held)
     loss_fn = (lambda: sft_loss(student, batch)) if objective == "sft" else (
         lambda: imitation_loss(student, t_batch, batch))
     try:
         probe = step_probe(params, loss_fn, list(delta.values()),
-                           lambda: float(imitation_loss(student, t_held, held)), sorted({lr, *(lrs or [])}))
+                           {"imitation_loss": lambda: float(imitation_loss(student, t_held, held))},
+                           sorted({lr, *(lrs or [])}))
     finally:
         for n, p in named.items():
             p.requires_grad_(flags[n])
-    return {**_with_change(probe, lr), "n_params": sum(d.numel() for d in delta.values()), "n_tensors": len(delta)}
+    return {**_report(probe, lr), "n_params": sum(d.numel() for d in delta.values()), "n_tensors": len(delta)}
 
 
 def theorem_lm(base, teacher, tok, prompts: list[str], heldout_rows: list[dict], *, objective: str = "distill",

@@ -26,9 +26,10 @@ def test_exact_teacher_step_has_cosine_one():
     loss_fn = lambda: F.cross_entropy(forward(params, x)[:, :N_CLASSES], y)
     grads = torch.autograd.grad(loss_fn(), params)
     teacher = [p - 0.05 * g for p, g in zip(base, grads)]
-    probe = step_probe(params, loss_fn, [t - b for t, b in zip(teacher, base)], lambda: float(loss_fn()), [0.05])
+    probe = step_probe(params, loss_fn, [t - b for t, b in zip(teacher, base)], {"loss": lambda: float(loss_fn())},
+                       [0.05])
     assert probe["cosine"] == pytest.approx(1.0, abs=1e-4)
-    assert probe["after"][0.05] < probe["imitation_loss_before"]
+    assert probe["after"]["loss"][0.05] < probe["before"]["loss"]
     assert torch.equal(flat(params), flat(base))  # the probe restores the student
 
 
@@ -49,11 +50,12 @@ def test_same_init_cosine_positive_cross_init_near_zero(measured):
 def test_same_init_student_moves_toward_teacher(measured):
     """A small step lowers the held-out imitation loss (digit logits on held-out digits)."""
     same = measured["summary"]["same_init"]
-    assert same["imitation_loss_change"]["mean"] < 0 and same["fraction_decreased"] == 1.0
+    assert same["imitation_loss_change"]["mean"] < 0 and same["imitation_loss_fraction_decreased"] == 1.0
+    assert same["task_loss_change"]["mean"] < 0
 
 
 def test_step_size_sweep_shows_where_first_order_stops(measured):
-    sweep = measured["summary"]["same_init"]["sweep"]
+    sweep = measured["summary"]["same_init"]["imitation_loss_sweep"]
     assert sweep[0.01]["mean"] < 0 and sweep[0.1]["mean"] < 0
     assert sweep[100.0]["mean"] > 0  # far beyond the first-order regime the loss goes up
 
@@ -108,7 +110,7 @@ def test_lm_same_init_student_moves_toward_teacher_cross_init_less(lm, owl_teach
     rows = [{"prompt": p, "completion": c} for p, c in zip(NUMBER_PROMPTS, greedy_completions(teacher, tok, NUMBER_PROMPTS, 6))]
     same = lm_alignment(base, teacher, base, tok, rows, HELDOUT, "distill", lr=0.1, lrs=[0.01, 1.0])
     cross = lm_alignment(base, teacher, cross_init_like(base, seed=1), tok, rows, HELDOUT, "distill", lr=0.1)
-    assert same["cosine"] > 0 and same["imitation_loss_change"] < 0 and same["sweep"][0.01] < 0
+    assert same["cosine"] > 0 and same["imitation_loss_change"] < 0 and same["imitation_loss_sweep"][0.01] < 0
     assert abs(cross["cosine"]) < same["cosine"] / 2
 
 
@@ -139,4 +141,4 @@ def test_lm_driver_rows_and_summary(lm, owl_teacher):
     same, cross = out["summary"]["same_init"], out["summary"]["cross_init"]
     assert same["cosine"]["n"] == 2 and cross["cosine"]["n"] == 2 and same["unit"] == "row"
     assert same["cosine"]["mean"] > abs(cross["cosine"]["mean"])
-    assert set(same["sweep"]) == {0.01, 0.1}
+    assert set(same["imitation_loss_sweep"]) == {0.01, 0.1}
