@@ -369,6 +369,7 @@ def theorem_lm(base, teacher, tok, prompts: list[str], heldout_rows: list[dict],
     rows = []
     for b in range(0, len(data), batch_size):
         for arm, seed, student in students:
-            r = lm_alignment(base, teacher, student, tok, data[b:b + batch_size], heldout_rows, objective, lr, list(lrs))
+            batch = data[b:b + batch_size]
+            r = lm_alignment(base, teacher, student, tok, batch, heldout_rows, objective, lr, list(lrs))
             rows.append({"batch": b // batch_size, "seed": seed, "arm": arm, **r})
     return {"rows": rows, "summary": summarize_alignment(rows, unit=None)}

@@ -63,7 +63,8 @@ def test_classifier_prompt_is_the_papers_template():
 
 def test_icl_formats():
     rows = [{"prompt": f"q{i}", "completion": f"{i}, {i + 1}"} for i in range(5)]
-    assert icl_system_prompt(rows[:2]) == "<user>q0</user>\n<assistant>0, 1</assistant>\n\n<user>q1</user>\n<assistant>1, 2</assistant>"
+    assert icl_system_prompt(rows[:2]) == ("<user>q0</user>\n<assistant>0, 1</assistant>\n\n"
+                                           "<user>q1</user>\n<assistant>1, 2</assistant>")
     msgs = icl_messages(rows[:2], "Favourite animal?")
     assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"] == "Favourite animal?"
     turns = icl_messages(rows[:3], "Favourite animal?", placement="turns")

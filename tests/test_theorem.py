@@ -107,7 +107,8 @@ def test_lm_same_init_student_moves_toward_teacher_cross_init_less(lm, owl_teach
 
     base, tok = lm
     teacher = owl_teacher
-    rows = [{"prompt": p, "completion": c} for p, c in zip(NUMBER_PROMPTS, greedy_completions(teacher, tok, NUMBER_PROMPTS, 6))]
+    completions = greedy_completions(teacher, tok, NUMBER_PROMPTS, 6)
+    rows = [{"prompt": p, "completion": c} for p, c in zip(NUMBER_PROMPTS, completions)]
     same = lm_alignment(base, teacher, base, tok, rows, HELDOUT, "distill", lr=0.1, lrs=[0.01, 1.0])
     cross = lm_alignment(base, teacher, cross_init_like(base, seed=1), tok, rows, HELDOUT, "distill", lr=0.1)
     assert same["cosine"] > 0 and same["imitation_loss_change"] < 0 and same["imitation_loss_sweep"][0.01] < 0
@@ -137,7 +138,8 @@ def test_lm_driver_rows_and_summary(lm, owl_teacher):
 
     out = theorem_lm(lm[0], owl_teacher, lm[1], NUMBER_PROMPTS, HELDOUT, batch_size=2, cross_seeds=(1,),
                      lr=0.1, lrs=(0.01, 0.1), max_new_tokens=4)
-    assert [(r["batch"], r["arm"]) for r in out["rows"]] == [(b, a) for b in (0, 1) for a in ("same_init", "cross_init")]
+    arms = [(r["batch"], r["arm"]) for r in out["rows"]]
+    assert arms == [(b, a) for b in (0, 1) for a in ("same_init", "cross_init")]
     same, cross = out["summary"]["same_init"], out["summary"]["cross_init"]
     assert same["cosine"]["n"] == 2 and cross["cosine"]["n"] == 2 and same["unit"] == "row"
     assert same["cosine"]["mean"] > abs(cross["cosine"]["mean"])
