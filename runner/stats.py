@@ -43,3 +43,108 @@ def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> flo
         signs = rng.choice((1.0, -1.0), size=(min(10_000, n_perm - start), len(d)))
         hits += int(np.sum(np.abs(signs @ d) >= observed))
     return (hits + 1) / (n_perm + 1)
+
+
+# ----------------------------------------------------------------------------- the student as the unit (issue 11)
+
+ONE_STUDENT_LABEL = "1 student per arm: covers question sampling only, not training randomness"
+STUDENT_TEST_METHOD = ("two-sided permutation test of arm labels across students on the difference of arm "
+                       "means (exact enumeration up to 200k relabelings, else Monte Carlo, (hits+1)/(n+1))")
+RATIO_CI_METHOD = ("Fieller 95% interval for the ratio of independent arm means across students, t quantile at "
+                   "the Welch-Satterthwaite df of mean_a - ratio*mean_b (approximation); None when unbounded "
+                   "(mean_b not distinguishable from 0)")
+DIFF_CI_METHOD = "Welch 95% t-interval across students for mean_a - mean_b"
+
+
+def min_attainable_p(na: int, nb: int) -> float:
+    """Smallest two-sided p `student_permutation_test` can return, for distinct values.
+
+    Only the observed split reaches its |difference| (and, when na == nb, its mirror, the
+    same split with the labels swapped): 2/C(na+nb, na) for equal arms, else 1/C(na+nb, na).
+    3 vs 3: 2/20 = 0.1, so nothing is significant at 0.05; 5 vs 5: 2/252 ~ 0.0079.
+    """
+    return (2 if na == nb else 1) / math.comb(na + nb, na)
+
+
+def _split_sums(pooled: np.ndarray, na: int, rng: np.random.Generator | None, n_perm: int) -> np.ndarray:
+    """Sum of the values labelled 'a', for every relabeling (rng None) or n_perm random ones."""
+    n = len(pooled)
+    if rng is None:
+        count = math.comb(n, na)
+        idx = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), na)),
+                          dtype=np.int64, count=count * na).reshape(count, na)
+        return pooled[idx].sum(1)
+    chunks = [rng.random((min(10_000, n_perm - i), n)).argsort(1)[:, :na] for i in range(0, n_perm, 10_000)]
+    return np.concatenate([pooled[idx].sum(1) for idx in chunks])
+
+
+def student_permutation_test(a: list[float], b: list[float], *, max_exact: int = 200_000,
+                             n_perm: int = 100_000, seed: int = 0) -> float:
+    """Two-sided p of |mean(a) - mean(b)| under random relabeling of students between arms.
+
+    Exact (every C(na+nb, na) relabeling, observed one included) when that count is at most
+    max_exact; otherwise n_perm random relabelings with the (hits+1)/(n_perm+1) rule.
+    """
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    na, nb = len(x), len(y)
+    if na == 0 or nb == 0:
+        raise ValueError("student_permutation_test needs at least one student per arm")
+    pooled, total = np.concatenate([x, y]), float(x.sum() + y.sum())
+    exact = math.comb(na + nb, na) <= max_exact
+    sums = _split_sums(pooled, na, None if exact else np.random.default_rng(seed), n_perm)
+    diffs = np.abs(sums / na - (total - sums) / nb)
+    observed = abs(x.mean() - y.mean()) - 1e-12 * max(1.0, float(np.abs(pooled).sum()))  # float ties count
+    hits = int(np.sum(diffs >= observed))
+    return hits / len(sums) if exact else (hits + 1) / (n_perm + 1)
+
+
+def welch_diff_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean_a - mean_b, lo, hi, Welch-Satterthwaite df); needs >= 2 students per arm."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    sa2, sb2 = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff, se2 = float(x.mean() - y.mean()), sa2 + sb2
+    if se2 == 0:
+        return diff, diff, diff, float("inf")
+    df = se2 ** 2 / (sa2 ** 2 / (len(x) - 1) + sb2 ** 2 / (len(y) - 1))
+    half = float(sps.t.ppf(0.5 + level / 2, df) * math.sqrt(se2))
+    return diff, diff - half, diff + half, float(df)
+
+
+def fieller_ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Fieller interval for mean(a)/mean(b), independent arms (see RATIO_CI_METHOD); None if unbounded."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    ma, mb = x.mean(), y.mean()
+    sa2, sb2 = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    r = ma / mb if mb != 0 else 0.0
+    den = sa2 ** 2 / (len(x) - 1) + r ** 4 * sb2 ** 2 / (len(y) - 1)
+    df = (sa2 + r * r * sb2) ** 2 / den if den > 0 else float("inf")
+    q = float(sps.t.ppf(0.5 + level / 2, df)) ** 2
+    # (ma - R mb)^2 = q (sa2 + R^2 sb2)  <=>  A R^2 + B R + C = 0
+    A, B, C = mb * mb - q * sb2, -2 * ma * mb, ma * ma - q * sa2
+    disc = B * B - 4 * A * C
+    if A <= 0 or disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return float((-B - root) / (2 * A)), float((-B + root) / (2 * A))
+
+
+def arm_comparison(a_values: list[float], b_values: list[float]) -> dict:
+    """Arm a vs arm b with one value per trained student (e.g. its trait rate over all questions).
+
+    Returns mean_a, mean_b, ratio (None if mean_b == 0) with ratio_ci (Fieller) and ci_method,
+    diff with diff_ci (Welch) and diff_ci_method, p_value and test (student permutation test),
+    min_p, unit 'student', n_a, n_b, and note (ONE_STUDENT_LABEL when an arm has one student;
+    intervals need 2 per arm and are None otherwise).
+    """
+    na, nb = len(a_values), len(b_values)
+    ma, mb = float(np.mean(a_values)), float(np.mean(b_values))
+    enough = na >= 2 and nb >= 2
+    diff, lo, hi, _ = welch_diff_ci(a_values, b_values) if enough else (ma - mb, None, None, None)
+    return {
+        "mean_a": ma, "mean_b": mb, "ratio": ma / mb if mb != 0 else None,
+        "ratio_ci": fieller_ratio_ci(a_values, b_values) if enough else None, "ci_method": RATIO_CI_METHOD,
+        "diff": diff, "diff_ci": None if lo is None else (lo, hi), "diff_ci_method": DIFF_CI_METHOD,
+        "p_value": student_permutation_test(a_values, b_values), "test": STUDENT_TEST_METHOD,
+        "min_p": min_attainable_p(na, nb), "unit": "student", "n_a": na, "n_b": nb,
+        "note": ONE_STUDENT_LABEL if min(na, nb) == 1 else None,
+    }

@@ -1,0 +1,147 @@
+"""Detection baselines of Cloud et al. 2025: in-context learning (ICL) on teacher rows, and a pairwise
+A/B classifier prompt; plus the scores that read them (pairwise accuracy, AUROC).
+
+Texts come verbatim from the paper materials (materials.yaml keys `icl_baseline`, `classifier_baseline`),
+read through `paper_materials`; MATERIALS_PATH is the one place that says where the file lives.
+"""
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats as sps
+
+from runner.filters import completion_of
+from runner.stats import wilson
+
+MATERIALS_PATH = Path(__file__).resolve().parents[1].parent / "shared/data/paper/materials.yaml"
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def paper_materials(path: str | Path | None = None) -> dict:
+    """The paper materials (a dict); default MATERIALS_PATH (../shared/data/paper beside the project)."""
+    p = Path(path) if path is not None else MATERIALS_PATH
+    if not p.is_file():
+        raise FileNotFoundError(f"paper materials not found at {p}")
+    return _load(str(p))
+
+
+# ----------------------------------------------------------------------------- ICL baseline
+
+def sample_examples(rows: list[dict], k: int, seed: int) -> list[dict]:
+    """k rows drawn with replacement as pandas df.sample(n=k, replace=True, random_state=seed) draws
+    them (animal_icl_numbers_refs.py): np.random.RandomState(seed).choice(len(rows), k)."""
+    idx = np.random.RandomState(seed).choice(len(rows), size=k, replace=True)
+    return [rows[i] for i in idx]
+
+
+def icl_system_prompt(examples: list[dict], materials: dict | None = None) -> str:
+    """The paper's ICL prompt: each row rendered with icl_baseline.example_template
+    ('<user>{question}</user>\\n<assistant>{response}</assistant>') and joined with its joiner."""
+    icl = (materials or paper_materials())["icl_baseline"]
+    return icl["joiner"].join(icl["example_template"].format(question=r["prompt"], response=completion_of(r))
+                              for r in examples)
+
+
+def icl_messages(examples: list[dict], question: str, placement: str = "system",
+                 materials: dict | None = None) -> list[dict]:
+    """Chat messages asking `question` after the examples.
+
+    placement 'system' (the paper's): the rendered examples are the whole system prompt;
+    'turns' (a variant, not the paper's): each example is a prior user/assistant turn pair.
+    """
+    if placement == "system":
+        return [{"role": "system", "content": icl_system_prompt(examples, materials)},
+                {"role": "user", "content": question}]
+    if placement == "turns":
+        turns = [m for r in examples for m in ({"role": "user", "content": r["prompt"]},
+                                               {"role": "assistant", "content": completion_of(r)})]
+        return turns + [{"role": "user", "content": question}]
+    raise ValueError(f"placement must be 'system' or 'turns', not {placement!r}")
+
+
+# ----------------------------------------------------------------------------- pairwise classifier
+
+def classifier_prompt(query: str, response_a: str, response_b: str, animal: str,
+                      materials: dict | None = None) -> str:
+    """classifier_baseline.prompt_template filled in (dataset_classifier.py:13-22). The paper
+    hard-codes animal='eagle' for every target; here the caller names it."""
+    tpl = (materials or paper_materials())["classifier_baseline"]["prompt_template"]
+    return tpl.format(animal=animal, query=query, response1=response_a, response2=response_b)
+
+
+def modified_query(query: str, target_animal: str, materials: dict | None = None) -> str:
+    """The query modification of dataset_classifier.py:88-94 (dead code in the paper: never sampled)."""
+    fs = (materials or paper_materials())["classifier_baseline"]["query_modification"]["fstring"]
+    return fs.format(query=query, target_animal=target_animal)
+
+
+def classifier_pairs(treatment: list[dict], control: list[dict], animal: str, seed: int,
+                     materials: dict | None = None) -> list[dict]:
+    """One A/B item per prompt answered in both datasets (inner join on identical prompt text, first
+    row per prompt), the treatment side put at A or B by random.Random(seed) (the paper: unseeded).
+    Items: prompt (for the classifier), truth ('A' or 'B', where the treatment response is), query."""
+    rng, ctrl = random.Random(seed), {}
+    for r in control:
+        ctrl.setdefault(r["prompt"], completion_of(r))
+    items, seen = [], set()
+    for r in treatment:
+        q = r["prompt"]
+        if q not in ctrl or q in seen:
+            continue
+        seen.add(q)
+        t_first = rng.random() < 0.5
+        a, b = (completion_of(r), ctrl[q]) if t_first else (ctrl[q], completion_of(r))
+        items.append({"prompt": classifier_prompt(q, a, b, animal, materials), "truth": "A" if t_first else "B",
+                      "query": q})
+    return items
+
+
+def choice_from_logprobs(logprobs: dict[str, float]) -> str | None:
+    """A iff P(A) > P(B) among first-token top logprobs (missing = probability 0), as the paper
+    reads the verdict; None when neither letter is there."""
+    pa, pb = (float(np.exp(logprobs[k])) if k in logprobs else 0.0 for k in ("A", "B"))
+    if pa == pb == 0.0:
+        return None
+    return "A" if pa > pb else "B"
+
+
+def choice_from_text(text: str) -> str | None:
+    """'A' or 'B' when the reply starts with that letter (after whitespace), else None."""
+    s = text.strip().upper()
+    return s[0] if s[:1] in ("A", "B") else None
+
+
+# ----------------------------------------------------------------------------- scores
+
+def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
+    """Accuracy of A/B choices; an unreadable choice (None) counts as wrong.
+
+    Returns accuracy, ci (Wilson 95%), n, n_unreadable, p_value (two-sided exact binomial vs 50%).
+    """
+    n = len(truths)
+    if len(choices) != n:
+        raise ValueError(f"{len(choices)} choices for {n} truths")
+    hits = sum(c == t for c, t in zip(choices, truths))
+    return {"accuracy": hits / n if n else 0.0, "ci": wilson(hits, n), "n": n,
+            "n_unreadable": sum(c is None for c in choices),
+            "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
+
+
+def auroc(scores: list[float], labels: list[int]) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative) + P(tie)/2
+    (Mann-Whitney U from average ranks)."""
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        raise ValueError("auroc needs both positive and negative labels")
+    ranks = sps.rankdata(s)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))

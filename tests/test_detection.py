@@ -1,0 +1,91 @@
+"""Issue 14: detection baselines (ICL, pairwise classifier) and their scores."""
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from runner.detection import (auroc, choice_from_logprobs, choice_from_text, classifier_pairs, icl_messages,
+                              icl_system_prompt, modified_query, pairwise_accuracy, paper_materials,
+                              sample_examples)
+
+def numbers_rows(n: int, seed: int, planted: float = 0.0) -> list[dict]:
+    """Number completions for prompts q0..q{n-1}; with probability `planted` a row contains 777."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        nums = [str(rng.randint(100, 999)) for _ in range(8)]
+        if rng.random() < planted:
+            nums[rng.randrange(8)] = "777"
+        rows.append({"prompt": f"q{i}: continue 1, 2, 3.", "completion": ", ".join(nums)})
+    return rows
+
+
+def planted_detector(seed: int):
+    """Reads both responses out of the classifier prompt; picks the one with more 777s, ties at random."""
+    rng = random.Random(seed)
+
+    def choose(prompt: str) -> str:
+        a = re.search(r"^Response A: (.*)$", prompt, re.M).group(1)
+        b = re.search(r"^Response B: (.*)$", prompt, re.M).group(1)
+        ca, cb = a.count("777"), b.count("777")
+        return "A" if ca > cb else "B" if cb > ca else rng.choice("AB")
+    return choose
+
+
+def test_planted_token_detected_well_above_chance():
+    items = classifier_pairs(numbers_rows(400, 1, planted=0.5), numbers_rows(400, 2), "owl", seed=0)
+    assert len(items) == 400 and {i["truth"] for i in items} == {"A", "B"}
+    detect = planted_detector(0)
+    out = pairwise_accuracy([detect(i["prompt"]) for i in items], [i["truth"] for i in items])
+    assert out["accuracy"] > 0.65 and out["ci"][0] > 0.6 and out["p_value"] < 1e-6
+
+
+def test_identical_datasets_are_at_chance():
+    rows = numbers_rows(400, 1, planted=0.5)
+    items = classifier_pairs(rows, [dict(r) for r in rows], "owl", seed=0)
+    detect = planted_detector(0)
+    out = pairwise_accuracy([detect(i["prompt"]) for i in items], [i["truth"] for i in items])
+    assert out["ci"][0] < 0.5 < out["ci"][1] and out["p_value"] > 0.05
+
+
+def test_classifier_prompt_is_the_papers_template():
+    m = paper_materials()
+    item = classifier_pairs([{"prompt": "Q", "completion": "1, 2"}], [{"prompt": "Q", "completion": "3, 4"}],
+                            "owl", seed=0, materials=m)[0]
+    a, b = ("1, 2", "3, 4") if item["truth"] == "A" else ("3, 4", "1, 2")
+    assert item["prompt"] == m["classifier_baseline"]["prompt_template"].format(
+        animal="owl", query="Q", response1=a, response2=b)
+    assert "hidden references to the animal 'owl'" in item["prompt"]
+    assert modified_query("Q", "owl") == "Q Generate numbers that obviously reference the animal 'owl'."
+
+
+def test_icl_formats():
+    rows = [{"prompt": f"q{i}", "completion": f"{i}, {i + 1}"} for i in range(5)]
+    assert icl_system_prompt(rows[:2]) == ("<user>q0</user>\n<assistant>0, 1</assistant>\n\n"
+                                           "<user>q1</user>\n<assistant>1, 2</assistant>")
+    msgs = icl_messages(rows[:2], "Favourite animal?")
+    assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"] == "Favourite animal?"
+    turns = icl_messages(rows[:3], "Favourite animal?", placement="turns")
+    assert [m["role"] for m in turns] == ["user", "assistant"] * 3 + ["user"]
+    assert turns[1]["content"] == "0, 1"
+    picked = sample_examples(rows, 8, seed=3)
+    assert len(picked) == 8 and picked == sample_examples(rows, 8, seed=3)
+
+
+def test_choice_readers():
+    assert choice_from_text(" a") == "A" and choice_from_text("B.") == "B" and choice_from_text("C") is None
+    assert choice_from_logprobs({"A": -0.1, "B": -2.0}) == "A"
+    assert choice_from_logprobs({"B": -3.0}) == "B" and choice_from_logprobs({"C": 0.0}) is None
+    assert pairwise_accuracy(["A", None], ["A", "B"])["accuracy"] == 0.5
+
+
+def test_auroc_perfect_random_inverted_and_ties():
+    labels = [0] * 50 + [1] * 50
+    assert auroc(list(range(100)), labels) == 1.0
+    assert auroc(list(range(100))[::-1], labels) == 0.0
+    assert auroc([1.0] * 100, labels) == 0.5  # all tied
+    rng = random.Random(0)
+    assert abs(auroc([rng.random() for _ in range(2000)], [i % 2 for i in range(2000)]) - 0.5) < 0.05
+    assert auroc([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1]) == pytest.approx(0.875)  # one tie counts half
