@@ -45,7 +45,8 @@ def comparison_table(results: dict, cell: str) -> Table | None:
         ratio = f"{c['ratio']:.3f}x" if c["ratio"] is not None else "-"
         p = c["p_value"]
         mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
-        table.add_row(c["a"], c["b"], c["metric"], ratio, f"{c['a_wins']}/{c['n']}", f"{p:.2g}{mark}",
+        wins = f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-"
+        table.add_row(c["a"], c["b"], c["metric"], ratio, wins, f"{p:.2g}{mark}",
                       f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 

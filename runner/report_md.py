@@ -80,7 +80,8 @@ def trait_sections(results: dict) -> list[Section]:
 
 def comparison_section(results: dict) -> Section | None:
     rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], _g(c["diff"]),
-             f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-", f"{c['a_wins']}/{c['n']}",
+             f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-",
+             f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
              f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
             for c in results["comparisons"]]
     headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]

@@ -10,10 +10,10 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import CellPlan, EvalModel
-from runner.stats import CI_METHOD, TEST_METHOD, mean_ci, sign_flip_p
+from runner.stats import CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison, mean_ci, sign_flip_p
 from runner.store import Store
 
-ONE_STUDENT = "1 student per arm: covers question sampling only, not training randomness"
+ONE_STUDENT = ONE_STUDENT_LABEL
 
 
 def hits(answers: list[str], target: str) -> int:
@@ -67,6 +67,42 @@ def _students(plan: CellPlan) -> list[EvalModel]:
     return [m for m in plan.models if m.student is not None]
 
 
+def arm_rows(plan: CellPlan, ev_kind: str, metric_of, per_student: dict[str, float], per_q: dict[str, list[float]],
+             control_only: bool = False) -> list[dict]:
+    """Each trait arm (the students of one student spec trained on one teacher's data, over its
+    replicates) against the control arm and the other-trait arms. With several students per arm the
+    test's unit is the student; with one per arm, the question (labelled as covering question
+    sampling only)."""
+    arms: dict[tuple[str, str], list[EvalModel]] = {}
+    for m in _students(plan):
+        arms.setdefault((m.student, m.teacher), []).append(m)
+    out = []
+    for (sname, teacher), a in arms.items():
+        if a[0].role == "control":
+            continue
+        for (bname, other), b in arms.items():
+            if bname != sname or other == teacher or (control_only and b[0].role != "control"):
+                continue
+            b_is = "control" if b[0].role == "control" else "other-trait"
+            metric = metric_of(a[0])
+            if len(a) == 1 or len(b) == 1:  # paired over questions, replicate by replicate
+                out += [_compare(plan.cell.label, s, r, ev_kind, metric, per_q[(s.label, metric)],
+                                 per_q[(r.label, metric)], b_is) for s in a for r in b if s.replicate == r.replicate]
+                continue
+            c = arm_comparison([per_student[(s.label, metric)] for s in a], [per_student[(r.label, metric)] for r in b])
+            out.append({"cell": plan.cell.label, "a": f"student:{sname}:{teacher}", "b": f"student:{sname}:{other}",
+                        "evaluation": ev_kind, "metric": metric, "diff": c["diff"], "ratio": c["ratio"],
+                        "p_value": c["p_value"], "test": c["test"], "unit": "student", "n": len(a) + len(b),
+                        "n_a": len(a), "n_b": len(b), "b_is": b_is, "objective": a[0].objective,
+                        "vocabulary": a[0].vocabulary, "mean_a": c["mean_a"], "mean_b": c["mean_b"],
+                        "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
+                        "min_p": c["min_p"], "a_wins": None,
+                        "per_student_a": [per_student[(s.label, metric)] for s in a],
+                        "per_student_b": [per_student[(r.label, metric)] for r in b],
+                        "note": None, "significant": bool(c["p_value"] < 0.05)})
+    return out
+
+
 def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], list[dict]]:
     """Misaligned rate per model (Wilson CI over answers) and trait-vs-control student comparisons."""
     from runner.misalignment import CI_METHOD as MIS_CI, summarize
@@ -88,15 +124,9 @@ def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[di
             "value": s["rate"], "ci": s["ci"], "n": s["scored"], "samples_per_question": ev.samples_per_question,
             "ci_method": MIS_CI, "counts": s, "judge": {"model": ev.judge.model, "mode": ev.judge.mode},
             "per_question": per_q[m.label]})
-    comparisons = []
-    for s in _students(plan):
-        if s.role == "control":
-            continue
-        for r in _students(plan):
-            if r.student == s.student and r.replicate == s.replicate and r.role == "control":
-                comparisons.append(_compare(plan.cell.label, s, r, ev.kind, "misaligned", per_q[s.label],
-                                            per_q[r.label], "control"))
-    return evaluations, comparisons
+    per_student = {(e["model"], "misaligned"): e["value"] for e in evaluations}
+    per_question = {(label, "misaligned"): v for label, v in per_q.items()}
+    return evaluations, arm_rows(plan, ev.kind, lambda m: "misaligned", per_student, per_question, control_only=True)
 
 
 def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
@@ -120,15 +150,12 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
                 evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
                                     "metric": metric, "value": mean, "ci": [lo, hi], "n": len(vals),
                                     "samples_per_question": k, "ci_method": CI_METHOD})
-        # each trait student against the control student and the other-trait students
-        for s in _students(plan):
-            if s.role == "control" or s.trait not in targets:
-                continue
-            for r in _students(plan):
-                if r.student == s.student and r.replicate == s.replicate and r.teacher != s.teacher:
-                    metric, a = values[(s.label, s.trait)]
-                    comparisons.append(_compare(plan.cell.label, s, r, ev.kind, metric, a, values[(r.label, s.trait)][1],
-                                                "control" if r.role == "control" else "other-trait"))
+        # each trait arm against the control arm and the other-trait arms, on the trait's metric
+        traits = [m for m in _students(plan) if m.trait in targets]
+        metric_of = {m.trait: values[(m.label, m.trait)][0] for m in traits}
+        per_q = {(label, metric_of[t]): vals for (label, t), (_, vals) in values.items() if t in metric_of}
+        per_student = {k: float(np.mean(v)) for k, v in per_q.items()}
+        comparisons += arm_rows(plan, ev.kind, lambda m: metric_of.get(m.trait), per_student, per_q)
     return evaluations, comparisons
 
 

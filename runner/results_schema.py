@@ -55,7 +55,16 @@ class ComparisonRow(Row):
     objective: str | None = None
     vocabulary: str | None = None
     note: str | None = Field(None, description="What the test does not cover, e.g. one student per arm.")
-    significant: bool = Field(description="p < 0.01 and the test covers training randomness.")
+    mean_a: float | None = Field(None, description="Student unit: the arm means of the per-student metric.")
+    mean_b: float | None = None
+    ratio_ci: list[float] | None = Field(None, description="Student unit: 95% interval of the ratio (ci_method).")
+    diff_ci: list[float] | None = None
+    ci_method: str | None = None
+    min_p: float | None = Field(None, description="The smallest p-value the test can give with these arm sizes.")
+    per_student_a: list[float] | None = Field(None, description="Each student's metric (mean over questions).")
+    per_student_b: list[float] | None = None
+    significant: bool = Field(description="The test covers training randomness (unit student or seed) and p < 0.05 "
+                                          "(students) or p < 0.01 (seeds); never for a question-level test.")
 
 
 class FilterRow(Row):

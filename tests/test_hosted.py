@@ -542,8 +542,9 @@ def test_end_to_end_run_on_the_test_server(server, tmp_path):
     # three students (owl, eagle, a shared control): one upload and one job each
     assert server.counts["files.create"] == 3 and server.counts["jobs.create"] == 3
     chats = server.counts["chat"]
-    # generate owl, eagle, control (shared); per cell 5 models x 3 questions, both samples in one request (n=2)
-    assert chats == 3 * 30 + 2 * 5 * 3
+    # generate owl, eagle, control (shared); then each distinct model once, 3 questions, both samples in one
+    # request (n=2): base (also the control teacher, the same model), 2 teachers and 3 students
+    assert chats == 3 * 30 + 6 * 3
     assert assert_clean(out) > 20 and no_secret(r.stdout + r.stderr)
     # a second run reuses every stage and pays for nothing
     r2 = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})

@@ -124,7 +124,8 @@ def test_warmup_ratio_reaches_the_trainer_as_a_share_of_steps():
 
     from backends.train import warmup_fraction
 
-    args = SFTConfig(output_dir="/tmp/unused", warmup_steps=warmup_fraction(0.1), report_to=[])
+    args = SFTConfig(output_dir="/tmp/unused", warmup_steps=warmup_fraction(0.1), report_to=[], use_cpu=True,
+                     bf16=False)
     assert args.get_warmup_steps(200) == 20  # a ratio, not 0.1 steps
     with pytest.raises(Exception, match="must be in"):
         warmup_fraction(1.0)

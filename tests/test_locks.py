@@ -55,7 +55,7 @@ class _Stub:
 
 
 def test_a_generate_stage_with_duplicate_rows_is_not_committed(tiny_model, tmp_path, monkeypatch):
-    from runner.stages import FileInput, ModelInput  # noqa: F401
+    from runner.stages import ModelInput
     from runner.spec import NumbersDomain
 
     stage = GenerateStage(label="generate owl", model=ModelInput(ref=tiny_model, identity="w"),

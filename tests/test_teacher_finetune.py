@@ -108,5 +108,6 @@ def test_plan_prices_hosted_teacher_fine_tuning_without_a_key(tmp_path, monkeypa
     assert "ft:gpt-4.1-nano" in gen["insecure"] and "ft:gpt-4.1-nano" in gen["secure"]
     assert "ft:" not in gen["control"]
     ev = {ln.split()[2]: lines[i + 1] for i, ln in enumerate(lines) if ln.lstrip().startswith("run    evaluate")}
-    assert "ft:" in ev["teacher:insecure"] and "ft:" not in ev["teacher:control"] and "ft:" not in ev["base"]
+    assert "ft:" in ev["teacher:insecure"] and "ft:" not in ev["base"]
+    assert "teacher:control" not in ev  # the control teacher is the base model: one evaluation stage serves both
     assert not (tmp_path / "out").exists()

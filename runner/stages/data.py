@@ -147,7 +147,7 @@ class ScoreStage(Stage):
         upstream = ctx.stages[self.rows_stage or self.answers_stage]
         calls = upstream.expected_rows(ctx) or 0
         content = upstream.content_tokens(ctx) if hasattr(upstream, "content_tokens") else 0
-        what = "judge filter, <= every row" if self.rows_stage else "judge"
+        what = "judge filter, <= every row" if self.rows_stage else f"{self.label.rsplit(' ', 1)[-1]} judge"
         return [judge_calls(info, self.template, calls, content, self.max_tokens or 16, what)]
 
 

@@ -1,0 +1,54 @@
+"""results.json rows: the unit of a comparison follows the number of students per arm."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from runner.plan import EvalModel
+from runner.results import arm_rows
+from runner.results_schema import ComparisonRow
+from runner.stages import ModelInput
+
+
+def _plan(replicates: list[int]):
+    models = [EvalModel(f"student:s:{t}:r{r}", "control" if t == "control" else "student",
+                        None if t == "control" else t, ModelInput(ref="x", identity="x"), "s", t, r)
+              for t in ("owl", "control") for r in replicates]
+    return SimpleNamespace(cell=SimpleNamespace(label="-"), models=models)
+
+
+def _values(plan, shift: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    per_q = {}
+    for m in plan.models:
+        offset = rng.normal(0, 1)  # the student's own drift moves every question
+        per_q[(m.label, "P(owl)")] = list(1 + offset + (shift if m.trait else 0) + rng.normal(0, 0.01, 50))
+    return {k: float(np.mean(v)) for k, v in per_q.items()}, per_q
+
+
+def test_three_students_per_arm_give_one_student_level_row():
+    plan = _plan([0, 1, 2])
+    per_student, per_q = _values(plan, shift=0.0)
+    (row,) = arm_rows(plan, "preference_logprob", lambda m: "P(owl)", per_student, per_q)
+    ComparisonRow.model_validate(row)
+    assert (row["unit"], row["n_a"], row["n_b"]) == ("student", 3, 3)
+    assert row["min_p"] == 0.1 and row["p_value"] >= 0.1 and not row["significant"]  # 3 vs 3 cannot reach 0.05
+    assert len(row["per_student_a"]) == 3 and row["a"] == "student:s:owl" and row["b_is"] == "control"
+
+
+def test_one_student_per_arm_is_labelled_and_never_significant():
+    plan = _plan([0])
+    per_student, per_q = _values(plan, shift=0.0)
+    (row,) = arm_rows(plan, "preference_logprob", lambda m: "P(owl)", per_student, per_q)
+    ComparisonRow.model_validate(row)
+    assert row["unit"] == "question" and row["n_a"] == row["n_b"] == 1
+    assert row["p_value"] < 0.01  # the students' own drift looks like an effect to a question-level test
+    assert not row["significant"] and "covers question sampling only" in row["note"]
+
+
+def test_a_true_effect_with_five_students_per_arm_is_significant():
+    plan = _plan([0, 1, 2, 3, 4])
+    per_student, per_q = _values(plan, shift=5.0, seed=3)
+    (row,) = arm_rows(plan, "preference_logprob", lambda m: "P(owl)", per_student, per_q)
+    assert row["unit"] == "student" and row["p_value"] < 0.05 and row["significant"]
