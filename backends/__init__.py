@@ -10,7 +10,7 @@ def backend_name(base: str) -> str:
 
 
 class Router:
-    """Dispatch each call to the backend that serves its model; backends load lazily."""
+    """Dispatch each call to the backend that serves its model, by the backend's kind; backends load lazily."""
 
     def __init__(self, spec):
         self.spec = spec
@@ -23,6 +23,10 @@ class Router:
                 from backends.local import LocalBackend
 
                 self._backends[name] = LocalBackend(self.spec.runtime.device, self.spec.runtime.cpu_bf16)
+            elif self.spec.backends[name].kind == "tinker":
+                from backends.tinker_api import TinkerBackend
+
+                self._backends[name] = TinkerBackend(name, self.spec.backends[name])
             else:
                 from backends.openai_api import OpenAIBackend
 
