@@ -306,6 +306,14 @@ class HostedBackend(Strict):
     top_k: int = Field(20, ge=1, description="tinker: teacher next-token log-probs kept per completion position for objective: distill.")
     checkpoint_every: int = Field(20, ge=1, description="tinker: training steps between saved checkpoints (a killed run resumes from the last one).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tinker_key(cls, data: Any) -> Any:
+        """A tinker backend's key variable defaults to TINKER_API_KEY."""
+        if isinstance(data, dict) and data.get("kind") == "tinker" and "api_key_env" not in data:
+            return {**data, "api_key_env": "TINKER_API_KEY"}
+        return data
+
     @model_validator(mode="after")
     def _kind_fields(self) -> "HostedBackend":
         only = {"openai": {"batch_api"}, "tinker": {"top_k", "checkpoint_every"}}
