@@ -382,6 +382,8 @@ class TrainingClient:
         return _answer("save_weights_for_sampler", work)
 
 
-# The SDK classes each fake stands for (tests/test_tinker.py compares their method signatures).
+# The SDK classes each fake stands for (tests/test_tinker.py compares their method signatures;
+# constructors only where the backend constructs the class itself).
 FAKED = {ServiceClient: tinker.ServiceClient, RestClient: tinker.RestClient, SamplingClient: tinker.SamplingClient,
          TrainingClient: tinker.TrainingClient}
+CONSTRUCTED = {ServiceClient, RestClient}
