@@ -110,11 +110,14 @@ def describe(exc: BaseException) -> str:
 # ---- token-level helpers ---------------------------------------------------------------
 
 
-def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
+def template_ids(tok, msgs: list[dict]) -> list[int]:
     """The model's chat template with the assistant turn opened (thinking off where the template has it)."""
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, enable_thinking=False)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
+    return template_ids(tok, ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}])
 
 
 def stop_ids(tok) -> list[int]:
@@ -124,6 +127,17 @@ def stop_ids(tok) -> list[int]:
         if isinstance(i, int) and i != tok.unk_token_id:
             ids.add(i)
     return sorted(i for i in ids if i is not None)
+
+
+def split_row(tok, row: dict) -> tuple[list[int], list[int]]:
+    """(head, tail) token ids of a training row: {prompt, completion}, or {messages} whose last
+    message is the assistant's (only that turn is trained)."""
+    if "messages" not in row:
+        return chat_ids(tok, None, row["prompt"]), completion_ids(tok, row["completion"])
+    msgs = row["messages"]
+    if not msgs or msgs[-1].get("role") != "assistant":
+        raise UserError("training row: the last message must be the assistant's")
+    return template_ids(tok, msgs[:-1]), completion_ids(tok, msgs[-1]["content"])
 
 
 def completion_ids(tok, completion: str) -> list[int]:
@@ -502,10 +516,10 @@ class TinkerBackend:
     def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
                   out_dir: Path) -> list:
         tok = self.tokenizer(base)
-        heads = [chat_ids(tok, None, r["prompt"]) for r in rows]  # the student never sees the system prompt
-        tails = [completion_ids(tok, r["completion"]) for r in rows]
+        pairs = [split_row(tok, r) for r in rows]  # the student never sees the teacher's system prompt
         if training.objective == "sft":
-            return [(h, t) for h, t in zip(heads, tails)]
+            return pairs
+        heads, tails = [h for h, _ in pairs], [t for _, t in pairs]
         if teacher is None:
             raise UserError("fine-tune: distillation needs a teacher")
         if self.tokenizer(teacher.base).get_vocab() != tok.get_vocab():

@@ -154,6 +154,18 @@ def test_sft_trains_the_adapter_and_samples_from_it(fake, tmp_path):
         b.finetune(QWEN, rows(11), TRAINING, tmp_path / "ft")
 
 
+def test_a_fine_tuned_teacher_from_chat_rows(fake, tmp_path):
+    """trait: {finetune: ...} datasets may hold {messages}; the last assistant turn is trained."""
+    b = make_backend(tmp_path)
+    chats = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
+                           {"role": "assistant", "content": r["completion"]}]} for r in rows(4)]
+    ref = b.finetune(QWEN, chats, TRAINING, tmp_path / "teacher")
+    assert ref.adapter.startswith("tinker://") and len(fake_tinker.ledger()) == 2  # one step
+    assert len(b.generate(ref, ["Continue: 1, 2, 3."], Sampling(max_tokens=4))) == 1
+    with pytest.raises(UserError, match="last message must be the assistant's"):
+        b.finetune(QWEN, [{"messages": chats[0]["messages"][:2]}], TRAINING, tmp_path / "bad")
+
+
 def test_training_fault_reopens_from_the_last_checkpoint(fake, tmp_path, monkeypatch):
     data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
     want = _adapter(make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft"))
