@@ -183,9 +183,10 @@ def topk_kl(student_lp: torch.Tensor, teacher_lp: torch.Tensor, mask: torch.Tens
 
     - vocabulary full (bucket=True): the k tokens plus one bucket holding the rest of each
       distribution's mass, 1 - sum of the k probabilities. This is the KL of the two
-      distributions coarse-grained onto k+1 outcomes, so it never exceeds the full KL and
-      equals it when the rest of the teacher's mass is on no token the student separates
-      (exact at k = vocabulary size); tests/test_tinker.py measures the gap on a tiny model.
+      distributions coarse-grained onto k+1 outcomes, so it never exceeds the full KL; it equals
+      it when, outside the k tokens, the student's distribution is proportional to the
+      teacher's (always at k = vocabulary size). tests/test_tinker.py measures the gap and the
+      gradient direction on tiny models.
     - a restricted vocabulary (bucket=False): the top-k tokens inside the vocabulary,
       renormalised among themselves, as the local loss renormalises on the vocabulary. No
       bucket: it would carry the mass outside the vocabulary (e.g. on trait tokens).
@@ -223,7 +224,7 @@ def distill_loss_fn(bucket: bool) -> Callable:
             total = total + topk_kl(s_lp[rows], t_lp[rows], mask[rows], bucket).sum()
             count += int(rows.sum())
         value = total / max(count, 1)
-        return value, {"distill_kl": float(value)}
+        return value, {"distill_kl": value.detach().item()}
 
     return loss
 
@@ -299,7 +300,7 @@ class TinkerBackend:
             self._service = None
             self._samplers.clear()
 
-    def call(self, what: str, fn: Callable, *args, on_retry: Callable[[], None] | None = None, **kw):
+    def call(self, what: str, fn: Callable, *args, **kw):
         """fn(*args, **kw) with retries on transient errors; a failure becomes one redacted line."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
@@ -308,9 +309,7 @@ class TinkerBackend:
         def wait(rs) -> float:
             exc = rs.outcome.exception()
             if session_expired(exc):
-                self._reset()
-            if on_retry:
-                on_retry()
+                self._reset()  # the retry opens a new session and clients
             ra = retry_after(exc)
             return max(p.backoff(rs.attempt_number), ra or 0.0)
 
@@ -403,7 +402,7 @@ class TinkerBackend:
         if sampling.grammar:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
-        tok, sampler = self.tokenizer(model.base), self._sampler(model)
+        tok = self.tokenizer(model.base)
         t = types()
         requests = []
         for i, prompt in enumerate(prompts):
@@ -414,7 +413,7 @@ class TinkerBackend:
                            "ids": ids, "n": n, "params": params.model_dump()})
 
             def ask(ids=ids, params=params) -> dict:
-                resp = sampler.sample(prompt=t.ModelInput.from_ints(ids), num_samples=n,
+                resp = self._sampler(model).sample(prompt=t.ModelInput.from_ints(ids), num_samples=n,
                                       sampling_params=params).result(self.result_timeout)
                 seqs = list(resp.sequences)
                 if len(seqs) != n:
@@ -428,7 +427,7 @@ class TinkerBackend:
 
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
         """log P(' ' + target | chat(prompt) + prefix), exact, from the service's prompt log-probs."""
-        tok, sampler = self.tokenizer(model.base), self._sampler(model)
+        tok = self.tokenizer(model.base)
         t = types()
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         tails = [tok(" " + x, add_special_tokens=False)["input_ids"] for x in targets]
@@ -441,7 +440,7 @@ class TinkerBackend:
                                "adapter": model.adapter, "ids": ids, "last": len(tail)})
 
                 def ask(ids=ids, n=len(tail)) -> dict:
-                    lps = sampler.compute_logprobs(t.ModelInput.from_ints(ids),
+                    lps = self._sampler(model).compute_logprobs(t.ModelInput.from_ints(ids),
                                                    prompt_logprobs_last_n=n).result(self.result_timeout)
                     tail_lps = lps[-n:]
                     if len(lps) != len(ids) or any(v is None for v in tail_lps):
@@ -456,7 +455,7 @@ class TinkerBackend:
     def teacher_topk(self, teacher: ModelRef, rows: list[dict], k: int, cache: RequestCache,
                      progress: Progress | None = None) -> list[list[list[list[float]]]]:
         """Per row, the teacher's top-k (token, log-prob) at each completion token (end-of-turn included)."""
-        tok, sampler = self.tokenizer(teacher.base), self._sampler(teacher)
+        tok = self.tokenizer(teacher.base)
         t = types()
         requests = []
         for r in rows:
@@ -466,7 +465,7 @@ class TinkerBackend:
                            "ids": ids, "k": k, "last": len(tail)})
 
             def ask(ids=ids, n=len(tail)) -> dict:
-                resp = sampler.sample(prompt=t.ModelInput.from_ints(ids), num_samples=1,
+                resp = self._sampler(teacher).sample(prompt=t.ModelInput.from_ints(ids), num_samples=1,
                                       sampling_params=t.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
                                       topk_prompt_logprobs=k, prompt_logprobs_last_n=n).result(self.result_timeout)
                 top = (resp.topk_prompt_logprobs or [])[-n:]

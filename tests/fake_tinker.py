@@ -40,6 +40,8 @@ from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
 LORA_ALPHA = 32
 _LOCK = threading.RLock()
 _RUNS = [0]
+SESSIONS = [0]  # ServiceClients made in this process (a new one per session)
+EXPIRED: set[int] = set()  # sessions a `session` fault ended: their clients fail from then on
 
 
 def _home() -> Path:
@@ -111,9 +113,16 @@ def _fault(op: str) -> str | None:
     raise _error(hit["error"])
 
 
-def _answer(op: str, work, record=None):
-    """Run `work` for `op` after its injected fault, if any; `record` writes the ledger line first."""
-    lost = _fault(op)
+def _answer(op: str, work, record=None, session: int | None = None):
+    """Run `work` for `op` after its injected fault, if any; `record` writes the ledger line first.
+    A client of an expired session fails as the service would."""
+    if session in EXPIRED:
+        raise _error("session")
+    try:
+        lost = _fault(op)
+    except tinker.NotFoundError:
+        EXPIRED.add(session)
+        raise
     if record:
         record()
     value = work()
@@ -190,32 +199,35 @@ class ServiceClient:
     def __init__(self, user_metadata=None, project_id=None, *, display_name=None, base_url=None, api_key=None,
                  default_headers_overrides=None, **kwargs):
         self.api_key = api_key
+        SESSIONS[0] += 1
+        self.session = SESSIONS[0]
 
     def create_sampling_client(self, model_path=None, base_model=None, retry_config=None,
                                record_stability_info=False):
-        return _answer("create_sampling_client", lambda: SamplingClient(model_path))
+        return _answer("create_sampling_client", lambda: SamplingClient(model_path, self.session), session=self.session)
 
     def create_lora_training_client(self, base_model, rank=32, seed=None, train_mlp=True, train_attn=True,
                                     train_unembed=True, user_metadata=None, optimizer=None):
         targets = ([] if not train_attn else ["q_proj", "k_proj", "v_proj", "o_proj"]) + \
                   ([] if not train_mlp else ["gate_proj", "up_proj", "down_proj"])
-        return _answer("create_lora_training_client", lambda: TrainingClient({"rank": rank, "targets": targets,
-                                                                              "seed": seed or 0}))
+        config = {"rank": rank, "targets": targets, "seed": seed or 0}
+        return _answer("create_lora_training_client", lambda: TrainingClient(config, self.session), session=self.session)
 
     def create_training_client_from_state_with_optimizer(self, path, base_model=None, user_metadata=None,
                                                          weights_access_token=None):
         def load():
             saved = torch.load(_local(path, "weights") / "state.pt", weights_only=False)
-            tc = TrainingClient(saved["config"])
+            tc = TrainingClient(saved["config"], self.session)
             tc.net.load_state_dict(saved["adapter"], strict=False)
             tc._optimizer().load_state_dict(saved["optimizer"])
             return tc
 
-        return _answer("create_training_client_from_state_with_optimizer", load)
+        return _answer("create_training_client_from_state_with_optimizer", load, session=self.session)
 
 
 class SamplingClient:
-    def __init__(self, model_path: str | None):
+    def __init__(self, model_path: str | None, session: int):
+        self.session = session
         self.net = _base()
         if model_path:
             from peft import PeftModel
@@ -254,7 +266,7 @@ class SamplingClient:
                     topk = TopkLogprobs(token_ids=tids, logprobs=tlps)
                 return types.SampleResponse(sequences=seqs, prompt_logprobs_np=scored, topk_prompt_logprobs_np=topk)
 
-        return _answer("sample", work)
+        return _answer("sample", work, session=self.session)
 
     @torch.no_grad()
     def _generate(self, ids: list[int], n: int, params: types.SamplingParams) -> list[types.SampledSequence]:
@@ -281,13 +293,14 @@ class SamplingClient:
             first = len(ids) - (prompt_logprobs_last_n or len(ids) - 1)
             return [None] * first + [float(lp[i - 1, ids[i]]) for i in range(first, len(ids))]
 
-        return _answer("compute_logprobs", work)
+        return _answer("compute_logprobs", work, session=self.session)
 
 
 class TrainingClient:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, session: int):
         from peft import LoraConfig, get_peft_model
 
+        self.session = session
         with _LOCK:
             _RUNS[0] += 1
             self.model_id = f"fake-{os.getpid()}-{_RUNS[0]}:train:0"
@@ -321,7 +334,7 @@ class TrainingClient:
             return types.ForwardBackwardOutput(loss_fn_output_type="TorchLossReturn", loss_fn_outputs=outs,
                                                metrics={"loss:sum": total})
 
-        return _answer("forward_backward", work, self._ledger("forward_backward", data))
+        return _answer("forward_backward", work, self._ledger("forward_backward", data), session=self.session)
 
     def _ledger(self, op: str, data):
         return lambda: _record(op, self.model_id, [d.model_input.to_ints() for d in data])
@@ -337,7 +350,7 @@ class TrainingClient:
                 loss_fn_outputs=[{"logprobs": types.TensorData.from_torch(lp.detach())} for lp in logprobs],
                 metrics={**metrics, "loss:sum": loss.item()})
 
-        return _answer("forward_backward", work, self._ledger("forward_backward", data))
+        return _answer("forward_backward", work, self._ledger("forward_backward", data), session=self.session)
 
     def optim_step(self, optim_params=None, *, adam_params=None):
         p = optim_params or adam_params
@@ -353,7 +366,7 @@ class TrainingClient:
                 opt.zero_grad()
             return types.OptimStepResponse()
 
-        return _answer("optim_step", work, lambda: _record("optim_step", self.model_id, p.model_dump()))
+        return _answer("optim_step", work, lambda: _record("optim_step", self.model_id, p.model_dump()), session=self.session)
 
     def _adapter(self) -> dict:
         return {k: v.detach().clone() for k, v in self.net.state_dict().items() if "lora_" in k}
@@ -369,7 +382,7 @@ class TrainingClient:
                             "optimizer": self._optimizer().state_dict()}, folder / "state.pt")
             return types.SaveWeightsResponse(path=path)
 
-        return _answer("save_state", work)
+        return _answer("save_state", work, session=self.session)
 
     def save_weights_for_sampler(self, name, ttl_seconds=None, user_metadata=None):
         path = f"tinker://{self._run()}/sampler_weights/{name}"
@@ -379,7 +392,7 @@ class TrainingClient:
                 self.net.save_pretrained(str(_local(path, "sampler_weights")))
             return types.SaveWeightsForSamplerResponse(path=path)
 
-        return _answer("save_weights_for_sampler", work)
+        return _answer("save_weights_for_sampler", work, session=self.session)
 
 
 # The SDK classes each fake stands for (tests/test_tinker.py compares their method signatures;

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,10 +107,12 @@ def test_transient_faults_are_retried(fake, tmp_path, op, error):
     want = (clean.sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 2),
             clean.logprobs(ModelRef(QWEN), ["Count"], "Answer:", ["one"]))
     fake_tinker.inject(op, error)
+    sessions = fake_tinker.SESSIONS[0]
     b = make_backend(tmp_path / "faulty")
     got = (b.sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 2),
            b.logprobs(ModelRef(QWEN), ["Count"], "Answer:", ["one"]))
     assert got == want and not json.loads((tmp_path / "service" / "faults.json").read_text())  # consumed
+    assert fake_tinker.SESSIONS[0] - sessions == (2 if error == "session" else 1)  # an expired session is reopened
 
 
 def test_errors_are_one_line(fake, tmp_path, monkeypatch):
@@ -171,9 +172,11 @@ def test_training_fault_reopens_from_the_last_checkpoint(fake, tmp_path, monkeyp
     want = _adapter(make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft"))
     clean = fake_tinker.ledger()
     monkeypatch.setenv("FAKE_TINKER_DIR", str(tmp_path / "service2"))
-    fake_tinker.inject("forward_backward", "server", skip=2)  # step 3 fails
+    fake_tinker.inject("forward_backward", "session", skip=2)  # step 3: the session has expired
     fake_tinker.inject("optim_step", "lost", skip=3)  # then step 4's optimiser step is done but never answered
+    sessions = fake_tinker.SESSIONS[0]
     got = make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft")
+    assert fake_tinker.SESSIONS[0] - sessions == 2  # the expired session was replaced
     state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
     assert [r["from"] for r in state["runs"]] == [None, _checkpoint(state, 2), _checkpoint(state, 2)]
     steps = [e["batch"] for e in fake_tinker.ledger() if e["op"] == "forward_backward"]
