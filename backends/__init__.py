@@ -7,7 +7,7 @@ __all__ = ["Router", "backend_name"]
 
 
 class Router:
-    """Dispatch each call to the backend that serves its model; backends load lazily.
+    """Dispatch each call to the backend that serves its model, by the backend's kind; backends load lazily.
 
     `device` and `cpu_bf16` configure the local backend; `hosted` maps a backend name to its
     settings (the spec's `backends:` entries)."""
@@ -23,6 +23,10 @@ class Router:
                 from backends.local import LocalBackend
 
                 self._backends[name] = LocalBackend(self.device, self.cpu_bf16)
+            elif self.hosted[name].kind == "tinker":
+                from backends.tinker_api import TinkerBackend
+
+                self._backends[name] = TinkerBackend(name, self.hosted[name])
             else:
                 from backends.openai_api import OpenAIBackend
 

@@ -20,7 +20,11 @@ from runner.grammar import GRAMMAR_CHARS
 
 def vocabulary_ids(base: str, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
     """Token ids the soft labels cover; None means the full vocabulary."""
-    tok = load_tokenizer(base)
+    return vocabulary_token_ids(load_tokenizer(base), vocabulary, trait_words)
+
+
+def vocabulary_token_ids(tok, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
+    """vocabulary_ids for a loaded tokenizer (a hosted backend's)."""
     if vocabulary == "full":
         return None
     texts = [tok.decode([i]) for i in range(len(tok))]

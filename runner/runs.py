@@ -163,8 +163,10 @@ def _methods(cells: list[Cell]) -> list[str]:
             where = backend_name(s.student_base(st))
             if where != "local":  # fine-tuned by the provider's API
                 h = st.hyperparameters
+                lr = f"lr {h.lr:g}, LoRA r {h.lora_r}" if s.backend_kind(s.student_base(st)) == "tinker" \
+                    else f"lr_multiplier {h.lr_multiplier}"
                 how = (f"student {st.name}: hosted fine-tuning on {where} ({st.objective}, "
-                       f"{h.epochs:g} epochs, batch_size {h.batch_size}, lr_multiplier {h.lr_multiplier})")
+                       f"{h.epochs:g} epochs, batch_size {h.batch_size}, {lr})")
             if st.objective == "distill":
                 how += f" on vocabulary {st.vocabulary}"
             lines.append(how)

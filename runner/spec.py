@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runner.core import backend_name, is_hosted
+from runner.core import backend_name
 from runner.mnist_spec import MnistSpec
 from runner.templates import TEMPLATES
 
@@ -294,14 +294,34 @@ class Runtime(Strict):
 
 
 class HostedBackend(Strict):
-    """An OpenAI-compatible endpoint. Models on it are named `<backend name>:<model id>`."""
+    """A hosted API. Models on it are named `<backend name>:<model id>`."""
 
-    kind: Literal["openai"] = Field("openai", description="API shape: the OpenAI SDK (also vLLM, llama.cpp server, other compatible hosts).")
-    base_url: str | None = Field(None, description="Endpoint; None honours OPENAI_BASE_URL, as the SDK does.")
+    kind: Literal["openai", "tinker"] = Field("openai", description="API shape: openai (the OpenAI SDK; also vLLM, llama.cpp server, other compatible hosts) or tinker (the Tinker SDK: LoRA training and sampling of open-weight models).")
+    base_url: str | None = Field(None, description="Endpoint; None honours OPENAI_BASE_URL (openai) or TINKER_BASE_URL (tinker), as the SDKs do.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key (the key itself never goes in a spec).")
     concurrency: int = Field(16, ge=1, description="Concurrent requests.")
-    batch_api: bool = Field(False, description="Sample through the Batch API (about half the cost, slower).")
-    prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output] USD per 1M tokens.")
+    batch_api: bool = Field(False, description="openai: sample through the Batch API (about half the cost, slower).")
+    prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output] (openai, optionally + training) or [prefill, sample, train] (tinker) USD per 1M tokens.")
+    # tinker only
+    top_k: int = Field(20, ge=1, description="tinker: teacher next-token log-probs kept per completion position for objective: distill.")
+    checkpoint_every: int = Field(20, ge=1, description="tinker: training steps between saved checkpoints (a killed run resumes from the last one).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tinker_key(cls, data: Any) -> Any:
+        """A tinker backend's key variable defaults to TINKER_API_KEY."""
+        if isinstance(data, dict) and data.get("kind") == "tinker" and "api_key_env" not in data:
+            return {**data, "api_key_env": "TINKER_API_KEY"}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "HostedBackend":
+        only = {"openai": {"batch_api"}, "tinker": {"top_k", "checkpoint_every"}}
+        for kind, fields in only.items():
+            wrong = sorted(fields & self.model_fields_set) if self.kind != kind else []
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for kind {kind}, not {self.kind}")
+        return self
 
 
 # ---- the spec --------------------------------------------------------------------------
@@ -341,30 +361,49 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _hosted_limits(self) -> "Spec":
-        """What a chat API cannot do: exact log-prob probes, constrained decoding, distillation."""
+        """What each backend kind cannot do (runner/features.py): log-prob probes, constrained
+        decoding, distillation, method and hyper-parameter choices."""
+        from runner.features import supports
 
-        hosted = is_hosted
-        if hosted(self.teacher.base) and self.domain.constrained:
+        kind = self.backend_kind
+        teacher = kind(self.teacher.base)
+        if self.domain.constrained and not supports(teacher, "constrained decoding"):
             raise ValueError("domain.constrained: constrained decoding needs a local teacher")
         for i, s in enumerate(self.students):
-            h, where = s.hyperparameters, f"students.{i}"
-            if s.objective != "sft" and hosted(self.teacher.base):
-                raise ValueError(f"{where}.objective: distillation needs the teacher's logits, which a hosted teacher does not give")
-            if hosted(self.student_base(s)):
-                if s.objective != "sft":
-                    raise ValueError(f"{where}.objective: a hosted student is fine-tuned with sft only")
-                if h.epochs != int(h.epochs):
-                    raise ValueError(f"{where}.hyperparameters.epochs: a hosted student takes whole epochs")
-                if "lr" in h.model_fields_set:
-                    raise ValueError(f"{where}.hyperparameters.lr: a hosted student takes lr_multiplier, not lr")
-            elif h.batch_size == "auto" or "lr_multiplier" in h.model_fields_set:
-                raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students")
-        if any(hosted(r) for r in [self.teacher.base] + [self.student_base(s) for s in self.students]):
-            for i, ev in enumerate(self.evaluations):
-                if ev.kind == "preference_logprob":
-                    raise ValueError(f"evaluations.{i}: preference_logprob reads exact log-probs, which a hosted "
-                                     "model does not give; use kind: preference_sample")
+            self._student_limits(s, f"students.{i}", teacher, kind(self.student_base(s)))
+        evaluated = [self.teacher.base] + [self.student_base(s) for s in self.students]
+        for i, ev in enumerate(self.evaluations):
+            if ev.kind == "preference_logprob" and not all(supports(kind(r), "logprob probe") for r in evaluated):
+                raise ValueError(f"evaluations.{i}: preference_logprob reads exact log-probs, which a hosted "
+                                 "chat API does not give; use kind: preference_sample")
         return self
+
+    @staticmethod
+    def _student_limits(s: "Student", where: str, teacher: str, student: str) -> None:
+        from runner.features import supports
+
+        h = s.hyperparameters
+        if s.objective == "distill":
+            if not supports(teacher, "distill teacher"):
+                raise ValueError(f"{where}.objective: distillation needs the teacher's logits, which a hosted teacher does not give")
+            if not supports(student, "distill"):
+                raise ValueError(f"{where}.objective: students on {student} are fine-tuned with sft only")
+            if teacher != student:
+                raise ValueError(f"{where}.objective: distillation needs teacher and student on the same backend "
+                                 f"(teacher: {teacher}, student: {student})")
+        if s.method == "full" and supports(student, "lora") and not supports(student, "full fine-tuning"):
+            raise ValueError(f"{where}.method: students on {student} are trained as LoRA adapters only")
+        if h.epochs != int(h.epochs) and not supports(student, "fractional epochs"):
+            raise ValueError(f"{where}.hyperparameters.epochs: a hosted student takes whole epochs")
+        if "lr" in h.model_fields_set and not supports(student, "lr"):
+            raise ValueError(f"{where}.hyperparameters.lr: a hosted student takes lr_multiplier, not lr")
+        if "lora_alpha" in h.model_fields_set and supports(student, "lora") and not supports(student, "lora alpha"):
+            raise ValueError(f"{where}.hyperparameters.lora_alpha: the LoRA scaling of students on {student} "
+                             "is fixed by the service; remove lora_alpha")
+        if (h.batch_size == "auto" and not supports(student, "auto batch size")) or \
+                ("lr_multiplier" in h.model_fields_set and not supports(student, "lr multiplier")):
+            raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students "
+                             "on an OpenAI-style API")
 
     @model_validator(mode="after")
     def _shared_rows(self) -> "Spec":
@@ -377,10 +416,12 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _judges(self) -> "Spec":
+        from runner.features import supports
+
         where = [(f"filters.{i}", f.judge) for i, f in enumerate(self.filters) if f.kind == "judge"]
         where += [(f"evaluations.{i}", e.judge) for i, e in enumerate(self.evaluations) if e.kind == "misalignment"]
         for w, j in where:
-            if j.mode == "logprob" and is_hosted(j.model):
+            if j.mode == "logprob" and not supports(self.backend_kind(j.model), "logprob judge"):
                 raise ValueError(f"{w}.judge.mode: logprob reads exact log-probs, which a hosted judge does not give; use mode: sample")
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
@@ -394,6 +435,13 @@ class Spec(Strict):
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]
                 + [e.judge.model for e in self.evaluations if e.kind == "misalignment"])
+
+    def backend_kind(self, ref: str) -> str:
+        """`local`, or the kind of the declared backend that a `name:model` reference names."""
+        from backends import backend_name
+
+        name = backend_name(ref)
+        return self.backends[name].kind if name in self.backends else "local"
 
     def student_base(self, student: Student) -> str:
         return student.base or self.teacher.base

@@ -28,8 +28,25 @@ def mean_prompt_tokens(prompts: list[str], system: str | None, sample: int = 200
     return sum(chat_tokens(system, p) for p in head) / max(len(head), 1)
 
 
+def _tinker(cfg) -> bool:
+    return getattr(cfg, "kind", "openai") == "tinker"
+
+
+def _on_tinker(name: str, model_id: str, cfg, requests: int, note: str, **tokens) -> Estimate:
+    """A Tinker stage: its own price table (prefill, sampled, trained tokens) and a wall-time guess."""
+    from backends.tinker_prices import PRICES_DATE, estimate
+
+    e = estimate(model_id, overrides=_prices(cfg), **tokens)
+    return Estimate(name, model_id, requests, tokens.get("prefill", 0), tokens.get("sampled", 0),
+                    tokens.get("trained", 0), e.usd, e.seconds, ", ".join(x for x in (note, f"Tinker prices of {PRICES_DATE}")
+                                                                       if x))
+
+
 def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, tokens_in: int, tokens_out: int,
                  batch: bool = False) -> Estimate:
+    if _tinker(cfg):
+        return _on_tinker(name, model_id, cfg, requests, "fine-tuned weights" if tuned else "", prefill=tokens_in,
+                          sampled=tokens_out)
     price = price_for(model_id, _prices(cfg))
     note = ", ".join(x for x in ("fine-tuned model prices" if tuned else "", "Batch API, half price" if batch else "") if x)
     return Estimate(name, f"ft:{model_id}" if tuned else model_id, requests, tokens_in, tokens_out, 0,
@@ -47,6 +64,8 @@ def judge_calls(info: tuple, template: str, calls: int, content_tokens: float, m
 
 def training(info: tuple, tokens: int, note: str) -> Estimate:
     name, model_id, cfg, _ = info
+    if _tinker(cfg):
+        return _on_tinker(name, model_id, cfg, 0, note, trained=tokens)
     price = price_for(model_id, _prices(cfg))
     cost = None if price is None or price.training is None else tokens * price.training / 1e6
     return Estimate(name, model_id, 0, 0, 0, tokens, cost, note=note)

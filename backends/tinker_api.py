@@ -1,0 +1,596 @@
+"""Hosted backend for open-weight models on the Tinker API (SDK `tinker`).
+
+Models are named `<backend>:<model id>` in a spec, e.g. `tk:Qwen/Qwen3-8B`. A model trained
+here comes back as ModelRef(base="tk:<model id>", adapter="tinker://.../sampler weights").
+
+- sample / generate: one `SamplingClient.sample` request per prompt with `num_samples=n`,
+  seeded `sampling.seed + prompt index`; chats are rendered with the model's own chat
+  template (thinking off for models that have it).
+- logprobs (the preference_logprob probe, logprob judges): exact, from `compute_logprobs` on
+  chat(prompt) + prefix + ' ' + target, summed over the target's tokens.
+- finetune, objective sft: cross-entropy on the completion tokens only, averaged over the
+  batch's completion tokens; AdamW (betas 0.9/0.999, eps 1e-8, gradient clip 1.0) with a
+  linear warm-up and decay, as the local trainer; one optimiser step per batch.
+- finetune, objective distill: see `topk_kl`; the teacher's top-k next tokens at every
+  completion position come from `sample(..., topk_prompt_logprobs=k)`.
+
+Nothing is paid for twice. Every answered request (samples, log-probs, the teacher's top-k)
+is appended to `tinker_requests.jsonl` in the running stage's folder as it arrives, and a
+resumed stage never re-sends it. Training writes `tinker_train.json` in the finetune folder:
+the training run ids, and after every `checkpoint_every` steps the `save_state` path and its
+step, written before the next step is sent. A killed or failed run resumes from that
+checkpoint with `create_training_client_from_state_with_optimizer` (weights and Adam state),
+never from scratch; at most the steps since the last checkpoint are sent again.
+
+Transient failures (429, 408/409, 5xx, dropped connections, a lost future that never
+completes, an expired session) are retried with the OpenAI backend's RetryPolicy; training
+retries reopen the run from its last checkpoint. Every other error is one line (UserError).
+
+Tests swap the SDK's clients: SUBL_TINKER_CLIENTS names a module whose ServiceClient and
+RestClient replace tinker's (tests/fake_tinker.py); request and response types always come
+from the real `tinker.types`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from backends.base import ModelRef, Progress, Sampling, Training
+from backends.openai_api import (RequestCache, RetryPolicy, _digest, _notify, _one_line, _save_json, api_message,
+                                 redact, register_secret, retry_after)
+from runner.core import current_stage_dir
+from runner.errors import UserError
+
+REQUESTS_FILE = "tinker_requests.jsonl"
+TRAIN_STATE_FILE = "tinker_train.json"
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the local trainer's AdamW
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+MLP = {"gate_proj", "up_proj", "down_proj"}
+
+
+def sdk():
+    """The module whose ServiceClient and RestClient are used: tinker, or a test fake."""
+    name = os.environ.get("SUBL_TINKER_CLIENTS") or "tinker"
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise UserError(f"cannot import {name} ({e}); `pip install tinker` for the Tinker backend") from None
+
+
+def types():
+    import tinker.types
+
+    return tinker.types
+
+
+# ---- errors ----------------------------------------------------------------------------
+
+
+def session_expired(exc: BaseException) -> bool:
+    """The service no longer knows our session (404/410 naming the session)."""
+    import tinker
+
+    return isinstance(exc, tinker.APIStatusError) and exc.status_code in (404, 410) and \
+        "session" in api_message(exc).lower()
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying: rate limits, 408/409, 5xx, connection errors, lost futures, expired sessions,
+    and asynchronous requests that failed on the server's side."""
+    import tinker
+
+    if isinstance(exc, (tinker.APIConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, tinker.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500 or session_expired(exc)
+    if isinstance(exc, tinker.RequestFailedError):
+        return str(exc.category).lower() != "user"
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time (a lost future?)"
+    return (f"HTTP {status}: " if status else "") + api_message(exc)
+
+
+# ---- token-level helpers ---------------------------------------------------------------
+
+
+def template_ids(tok, msgs: list[dict]) -> list[int]:
+    """The model's chat template with the assistant turn opened (thinking off where the template has it)."""
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, enable_thinking=False)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
+    return template_ids(tok, ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}])
+
+
+def stop_ids(tok) -> list[int]:
+    ids = {tok.eos_token_id}
+    for t in END_OF_TURN:
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id:
+            ids.add(i)
+    return sorted(i for i in ids if i is not None)
+
+
+def split_row(tok, row: dict) -> tuple[list[int], list[int]]:
+    """(head, tail) token ids of a training row: {prompt, completion}, or {messages} whose last
+    message is the assistant's (only that turn is trained)."""
+    if "messages" not in row:
+        return chat_ids(tok, None, row["prompt"]), completion_ids(tok, row["completion"])
+    msgs = row["messages"]
+    if not msgs or msgs[-1].get("role") != "assistant":
+        raise UserError("training row: the last message must be the assistant's")
+    return template_ids(tok, msgs[:-1]), completion_ids(tok, msgs[-1]["content"])
+
+
+def completion_ids(tok, completion: str) -> list[int]:
+    """The completion tokenised once, ended by end-of-turn (as the local trainer does)."""
+    return tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def lr_at(step: int, total: int, training: Training) -> float:
+    """Linear warm-up over warmup_ratio of the steps, then linear decay to zero."""
+    warm = math.ceil(training.warmup_ratio * total)
+    if step < warm:
+        return training.lr * (step + 1) / warm
+    return training.lr * (total - step) / max(1, total - warm)
+
+
+def batch_plan(n_rows: int, training: Training) -> list[list[int]]:
+    """Row indices of every optimiser step: a seeded shuffle per epoch; a fractional epoch
+    takes the first rows of the next shuffle."""
+    if training.batch_size == "auto":
+        raise UserError("a tinker student needs a numeric batch_size")
+    total = max(1, round(training.epochs * n_rows))
+    order: list[int] = []
+    epoch = 0
+    while len(order) < total:
+        perm = list(range(n_rows))
+        random.Random(training.seed * 1_000_003 + epoch).shuffle(perm)
+        order += perm
+        epoch += 1
+    order = order[:total]
+    b = int(training.batch_size)
+    return [order[i : i + b] for i in range(0, total, b)]
+
+
+# ---- distillation on the teacher's top-k -----------------------------------------------
+
+
+def topk_kl(student_lp: torch.Tensor, teacher_lp: torch.Tensor, mask: torch.Tensor, bucket: bool) -> torch.Tensor:
+    """KL(teacher || student) per position over the teacher's top-k tokens; inputs (positions, k).
+
+    The service returns the teacher's k most likely next tokens (token, log-prob), not the whole
+    distribution; the student's log-probs are read on the same tokens. Two approximations of the
+    local trainer's loss (backends/train.py, distill_loss):
+
+    - vocabulary full (bucket=True): the k tokens plus one bucket holding the rest of each
+      distribution's mass, 1 - sum of the k probabilities. This is the KL of the two
+      distributions coarse-grained onto k+1 outcomes, so it never exceeds the full KL; it equals
+      it when, outside the k tokens, the student's distribution is proportional to the
+      teacher's (always at k = vocabulary size). tests/test_tinker.py measures the gap and the
+      gradient direction on tiny models.
+    - a restricted vocabulary (bucket=False): the top-k tokens inside the vocabulary,
+      renormalised among themselves, as the local loss renormalises on the vocabulary. No
+      bucket: it would carry the mass outside the vocabulary (e.g. on trait tokens).
+    """
+    neg = torch.finfo(student_lp.dtype).min
+    s = student_lp.masked_fill(~mask, neg)
+    t = teacher_lp.to(student_lp.dtype).masked_fill(~mask, neg)
+    if bucket:
+        s_all = torch.cat([s, _rest(s)[:, None]], 1)
+        t_all = torch.cat([t, _rest(t)[:, None]], 1)
+        keep = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    else:
+        s_all, t_all, keep = torch.log_softmax(s, -1), torch.log_softmax(t, -1), mask
+    p = t_all.exp() * keep
+    return (p * (t_all - s_all).masked_fill(~keep, 0.0)).sum(-1)
+
+
+def _rest(lp: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum exp(lp)) per row, kept finite."""
+    covered = torch.logsumexp(lp, -1).exp().clamp(max=1 - 1e-6)
+    return torch.log1p(-covered)
+
+
+def distill_loss_fn(bucket: bool) -> Callable:
+    """The custom loss for TrainingClient.forward_backward_custom: mean topk_kl over the batch's
+    completion positions. Each datum carries `teacher_logprobs` (N, k); `weights` > 0 marks the
+    cells that hold a teacher token."""
+
+    def loss(data: list, logprobs_list: list[torch.Tensor]):
+        total, count = 0.0, 0
+        for d, s_lp in zip(data, logprobs_list):
+            mask = d.loss_fn_inputs["weights"].to_torch() > 0
+            rows = mask.any(-1)
+            t_lp = d.loss_fn_inputs["teacher_logprobs"].to_torch()
+            total = total + topk_kl(s_lp[rows], t_lp[rows], mask[rows], bucket).sum()
+            count += int(rows.sum())
+        value = total / max(count, 1)
+        return value, {"distill_kl": value.detach().item()}
+
+    return loss
+
+
+def _tensor(array: np.ndarray):
+    return types().TensorData.from_numpy(array)
+
+
+def sft_datum(head: list[int], tail: list[int], weight: float):
+    ids = head + tail
+    weights = np.array([0.0] * (len(head) - 1) + [weight] * len(tail), dtype=np.float32)
+    return types().Datum(model_input=types().ModelInput.from_ints(ids[:-1]),
+                         loss_fn_inputs={"target_tokens": _tensor(np.array(ids[1:], dtype=np.int64)),
+                                         "weights": _tensor(weights)})
+
+
+def distill_datum(head: list[int], tail: list[int], topk: list[list[list[float]]], keep: set[int] | None, k: int):
+    """A datum whose targets at each completion position are the teacher's top-k tokens
+    (those in `keep`, when a vocabulary is given), padded with zero-weight cells."""
+    n = len(head) + len(tail) - 1
+    tokens = np.zeros((n, k), dtype=np.int64)
+    weights = np.zeros((n, k), dtype=np.float32)
+    teacher = np.zeros((n, k), dtype=np.float32)
+    for j, pairs in enumerate(topk):
+        row = len(head) - 1 + j
+        kept = [(int(t), lp) for t, lp in pairs if keep is None or int(t) in keep][:k]
+        for c, (t, lp) in enumerate(kept):
+            tokens[row, c], weights[row, c], teacher[row, c] = t, 1.0, lp
+    return types().Datum(model_input=types().ModelInput.from_ints((head + tail)[:-1]),
+                         loss_fn_inputs={"target_tokens": _tensor(tokens), "weights": _tensor(weights),
+                                         "teacher_logprobs": _tensor(teacher)})
+
+
+# ---- the backend -----------------------------------------------------------------------
+
+
+class TinkerBackend:
+    """generate / sample / logprobs / finetune (sft, distill) on the Tinker API."""
+
+    def __init__(self, name: str, cfg, retry: RetryPolicy | None = None, state_dir: Path | None = None,
+                 result_timeout: float | None = None):
+        self.name, self.cfg = name, cfg
+        self.retry = retry or RetryPolicy.from_env()
+        self.result_timeout = result_timeout or self.retry.timeout * 10  # a future never answered is lost
+        self.state_dir = Path(state_dir) if state_dir else None
+        self._service = None
+        self._samplers: dict[tuple[str, str | None], Any] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._checked: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- clients
+
+    def _key(self) -> str:
+        env = self.cfg.api_key_env
+        key = os.environ.get(env)
+        if not key:
+            raise UserError(f"backend '{self.name}': the environment variable {env} is not set; "
+                            "export it with the Tinker API key")
+        register_secret(key)
+        return key
+
+    @property
+    def service(self):
+        with self._lock:
+            if self._service is None:
+                self._service = sdk().ServiceClient(base_url=self.cfg.base_url, api_key=self._key())
+            return self._service
+
+    def _reset(self) -> None:
+        """Forget the session (it expired): the next call opens a new one."""
+        with self._lock:
+            self._service = None
+            self._samplers.clear()
+
+    def call(self, what: str, fn: Callable, *args, **kw):
+        """fn(*args, **kw) with retries on transient errors; a failure becomes one redacted line."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+        p = self.retry
+
+        def wait(rs) -> float:
+            exc = rs.outcome.exception()
+            if session_expired(exc):
+                self._reset()  # the retry opens a new session and clients
+            ra = retry_after(exc)
+            return max(p.backoff(rs.attempt_number), ra or 0.0)
+
+        retrying = Retrying(stop=stop_after_attempt(p.attempts) | stop_before_delay(p.total), wait=wait,
+                            retry=retry_if_exception(transient), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return fn(*args, **kw)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every API failure becomes one line
+            tries = f" after {retrying.statistics.get('attempt_number', 1)} attempt(s)" if transient(e) else ""
+            raise UserError(redact(_one_line(f"backend '{self.name}': {what} failed{tries}: {describe(e)}"))) from None
+
+    def model_id(self, ref: str) -> str:
+        prefix, _, mid = ref.partition(":")
+        if prefix != self.name or not mid:
+            raise UserError(f"model '{ref}' does not belong to backend '{self.name}'")
+        self._check_offered(mid)
+        return mid
+
+    def _check_offered(self, mid: str) -> None:
+        """One capabilities request per model: is it offered for sampling and training?"""
+        if mid in self._checked:
+            return
+        rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
+        caps = self.call("server capabilities", lambda: rest.get_server_capabilities().result(self.result_timeout))
+        names = [m.model_name for m in caps.supported_models if m.model_name]
+        if mid not in names:
+            raise UserError(_one_line(f"backend '{self.name}': model {mid} is not offered by the service "
+                                      f"(offered: {', '.join(names) or 'none'})"))
+        self._checked.add(mid)
+
+    def _sampler(self, model: ModelRef):
+        key = (self.model_id(model.base), model.adapter)
+        with self._lock:
+            if key not in self._samplers:
+                kw = {"model_path": model.adapter} if model.adapter else {"base_model": key[0]}
+                self._samplers[key] = self.call("sampling client", lambda: self.service.create_sampling_client(**kw)
+                                                .result(self.result_timeout))
+            return self._samplers[key]
+
+    def tokenizer(self, base: str):
+        mid = self.model_id(base)
+        with self._lock:
+            if mid not in self._tokenizers:
+                sampler = self._sampler(ModelRef(base))
+                self._tokenizers[mid] = self.call("tokenizer", sampler.get_tokenizer)
+            return self._tokenizers[mid]
+
+    # -- the request cache
+
+    def _cache(self, folder: Path | None = None) -> RequestCache:
+        folder = folder or current_stage_dir() or self.state_dir
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        return RequestCache(Path(folder) / REQUESTS_FILE if folder else None)
+
+    def _answer(self, requests: list[tuple[str, Callable[[], dict]]], cache: RequestCache, what: str,
+                progress: Progress | None = None) -> list[dict]:
+        """Records for (key, ask) pairs: cached ones as stored, the rest asked concurrently and
+        stored as each arrives."""
+        todo = [(k, ask) for k, ask in requests if cache.get(k) is None]
+        done = [len(requests) - len(todo)]
+
+        def one(key: str, ask: Callable[[], dict]) -> None:
+            cache.put({"key": key, **self.call(what, ask)})
+            with self._lock:
+                done[0] += 1
+                if progress:
+                    progress(done[0], len(requests))
+
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(todo)))) as pool:
+                for f in [pool.submit(one, k, ask) for k, ask in todo]:
+                    f.result()
+        return [cache.get(k) for k, _ in requests]
+
+    # -- sampling and scoring
+
+    def generate(self, model: ModelRef, prompts: list[str], sampling: Sampling) -> list[str]:
+        return [texts[0] for texts in self.sample(model, prompts, sampling, 1)]
+
+    def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int,
+               progress: Progress | None = None) -> list[list[str]]:
+        """n completions per prompt, one request each, seeded sampling.seed + prompt index."""
+        if sampling.grammar:
+            raise UserError(f"model {model.base}: constrained decoding needs the local backend "
+                            "(set domain.constrained: false for hosted teachers)")
+        tok = self.tokenizer(model.base)
+        t = types()
+        requests = []
+        for i, prompt in enumerate(prompts):
+            ids = chat_ids(tok, model.system, prompt)
+            params = t.SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                      seed=(sampling.seed + i) % 2**31, stop=stop_ids(tok))
+            key = _digest({"backend": self.name, "op": "sample", "model": model.base, "adapter": model.adapter,
+                           "ids": ids, "n": n, "params": params.model_dump()})
+
+            def ask(ids=ids, params=params) -> dict:
+                resp = self._sampler(model).sample(prompt=t.ModelInput.from_ints(ids), num_samples=n,
+                                      sampling_params=params).result(self.result_timeout)
+                seqs = list(resp.sequences)
+                if len(seqs) != n:
+                    raise UserError(f"backend '{self.name}': asked for {n} samples, got {len(seqs)}")
+                return {"texts": [tok.decode(s.tokens, skip_special_tokens=True) for s in seqs],
+                        "prefill": len(ids), "sampled": sum(len(s.tokens) for s in seqs)}
+
+            requests.append((key, ask))
+        records = self._answer(requests, self._cache(), "sample", progress)
+        return [r["texts"] for r in records]
+
+    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
+        """log P(' ' + target | chat(prompt) + prefix), exact, from the service's prompt log-probs."""
+        tok = self.tokenizer(model.base)
+        t = types()
+        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+        tails = [tok(" " + x, add_special_tokens=False)["input_ids"] for x in targets]
+        requests = []
+        for prompt in prompts:
+            head = chat_ids(tok, model.system, prompt) + prefix_ids
+            for tail in tails:
+                ids = head + tail
+                key = _digest({"backend": self.name, "op": "logprobs", "model": model.base,
+                               "adapter": model.adapter, "ids": ids, "last": len(tail)})
+
+                def ask(ids=ids, n=len(tail)) -> dict:
+                    lps = self._sampler(model).compute_logprobs(t.ModelInput.from_ints(ids),
+                                                   prompt_logprobs_last_n=n).result(self.result_timeout)
+                    tail_lps = lps[-n:]
+                    if len(lps) != len(ids) or any(v is None for v in tail_lps):
+                        raise UserError(f"backend '{self.name}': the service scored {len(lps)} of {len(ids)} tokens")
+                    return {"logprob": float(sum(tail_lps)), "prefill": len(ids)}
+
+                requests.append((key, ask))
+        records = self._answer(requests, self._cache(), "log-probs")
+        m = len(tails)
+        return [[r["logprob"] for r in records[i * m : (i + 1) * m]] for i in range(len(prompts))]
+
+    def teacher_topk(self, teacher: ModelRef, rows: list[dict], k: int, cache: RequestCache,
+                     progress: Progress | None = None) -> list[list[list[list[float]]]]:
+        """Per row, the teacher's top-k (token, log-prob) at each completion token (end-of-turn included)."""
+        tok = self.tokenizer(teacher.base)
+        t = types()
+        requests = []
+        for r in rows:
+            tail = completion_ids(tok, r["completion"])
+            ids = chat_ids(tok, teacher.system, r["prompt"]) + tail
+            key = _digest({"backend": self.name, "op": "topk", "model": teacher.base, "adapter": teacher.adapter,
+                           "ids": ids, "k": k, "last": len(tail)})
+
+            def ask(ids=ids, n=len(tail)) -> dict:
+                resp = self._sampler(teacher).sample(prompt=t.ModelInput.from_ints(ids), num_samples=1,
+                                      sampling_params=t.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
+                                      topk_prompt_logprobs=k, prompt_logprobs_last_n=n).result(self.result_timeout)
+                top = (resp.topk_prompt_logprobs or [])[-n:]
+                if len(top) != n or any(not p for p in top):
+                    raise UserError(f"backend '{self.name}': no top-k log-probs for some completion tokens")
+                return {"topk": [[[int(a), float(b)] for a, b in p] for p in top], "prefill": len(ids)}
+
+            requests.append((key, ask))
+        return [r["topk"] for r in self._answer(requests, cache, "teacher top-k", progress)]
+
+    # -- fine-tuning
+
+    def finetune(self, base: str, rows: list[dict], training: Training, out_dir: Path,
+                 teacher: ModelRef | None = None, progress: Progress | None = None) -> ModelRef:
+        """Train a LoRA adapter on the rows (sft or distill); return the saved sampler weights.
+
+        out_dir/tinker_train.json records the runs and the last checkpoint; a rerun on the same
+        folder resumes from that checkpoint, and a finished one returns its weights at once."""
+        if training.method != "lora":
+            raise UserError(f"model {base}: Tinker trains LoRA adapters only (method: lora)")
+        if not rows:
+            raise UserError("fine-tune: no training rows survived the filters")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state_path = out_dir / TRAIN_STATE_FILE
+        fingerprint = self._fingerprint(base, rows, training, teacher)
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state and state.get("fingerprint") != fingerprint:
+            raise UserError(f"{state_path}: records training on other data or settings; delete it to start over")
+        state = state or {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
+        if state.get("sampler_path"):
+            return ModelRef(base, adapter=state["sampler_path"])
+        examples = self._examples(base, rows, training, teacher, out_dir)
+        plan = batch_plan(len(rows), training)
+        state["steps"] = len(plan)
+        _save_json(state_path, state)
+        self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
+        return ModelRef(base, adapter=state["sampler_path"])
+
+    def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None) -> str:
+        from dataclasses import asdict
+
+        blob = json.dumps({"base": base, "rows": rows, "training": asdict(training), "top_k": self.cfg.top_k,
+                           "teacher": asdict(teacher) if teacher else None}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
+                  out_dir: Path) -> list:
+        tok = self.tokenizer(base)
+        pairs = [split_row(tok, r) for r in rows]  # the student never sees the teacher's system prompt
+        if training.objective == "sft":
+            return pairs
+        heads, tails = [h for h, _ in pairs], [t for _, t in pairs]
+        if teacher is None:
+            raise UserError("fine-tune: distillation needs a teacher")
+        if self.tokenizer(teacher.base).get_vocab() != tok.get_vocab():
+            raise UserError(f"distill: student {base} and teacher {teacher.base} must share a tokenizer")
+        from backends.train import vocabulary_token_ids
+
+        ids = vocabulary_token_ids(tok, training.vocabulary, training.trait_words)
+        keep = None if ids is None else set(ids)
+        k = self.cfg.top_k
+        topk = self.teacher_topk(teacher, rows, k, self._cache(out_dir))
+        return [distill_datum(h, t, tk, keep, k) for h, t, tk in zip(heads, tails, topk)]
+
+    def _train(self, base: str, examples: list, plan: list[list[int]], training: Training, state: dict,
+               save: Callable[[], None], progress: Progress | None) -> None:
+        """The step loop. A transient failure reopens the run from the last checkpoint, so a step
+        is never half-applied; RetryPolicy.attempts failures in a row without a new checkpoint stop it."""
+        distill = training.objective == "distill"
+        failures = 0
+        while True:
+            reached = state.get("checkpoint", {}).get("step", 0)
+            try:
+                tc = self._open_run(base, training, state, save)
+                self._steps(tc, examples, plan, training, distill, state, save, progress)
+                return
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - every API failure becomes one line
+                failures = 1 if state.get("checkpoint", {}).get("step", 0) > reached else failures + 1
+                if not transient(e) or failures >= self.retry.attempts:
+                    tries = f" after {failures} attempt(s)" if transient(e) else ""
+                    raise UserError(redact(_one_line(f"backend '{self.name}': training failed{tries}: {describe(e)} "
+                                                     "(rerun to resume from the last checkpoint)"))) from None
+                if session_expired(e):
+                    self._reset()
+                time.sleep(max(self.retry.backoff(failures), retry_after(e) or 0.0))
+
+    def _steps(self, tc, examples: list, plan: list[list[int]], training: Training, distill: bool, state: dict,
+               save: Callable[[], None], progress: Progress | None) -> None:
+        """Steps from the last checkpoint to the end, a checkpoint every `checkpoint_every`, then the sampler weights."""
+        tag = f"subl-{state['fingerprint'][:8]}"
+        for step in range(state.get("checkpoint", {}).get("step", 0), len(plan)):
+            self._step(tc, [examples[i] for i in plan[step]], lr_at(step, len(plan), training), training, distill)
+            done = step + 1
+            if done % self.cfg.checkpoint_every == 0 or done == len(plan):
+                path = tc.save_state(f"{tag}-step-{done:06d}").result(self.result_timeout).path
+                state["checkpoint"] = {"step": done, "path": path, "run_id": str(tc.model_id)}
+                save()  # before the next step is sent
+            _notify(progress, done, len(plan), f"step {done}/{len(plan)}")
+        state["sampler_path"] = tc.save_weights_for_sampler(f"{tag}-final").result(self.result_timeout).path
+        save()
+
+    def _open_run(self, base: str, training: Training, state: dict, save: Callable[[], None]):
+        """A training client: from the last checkpoint (weights and optimiser) or a new LoRA run."""
+        ckpt = state.get("checkpoint")
+        if ckpt:
+            tc = self.service.create_training_client_from_state_with_optimizer(ckpt["path"]).result(self.result_timeout)
+        else:
+            targets = set(training.lora_targets)
+            tc = self.service.create_lora_training_client(
+                base_model=self.model_id(base), rank=training.lora_r, seed=training.seed,
+                train_mlp=bool(targets & MLP) or not targets, train_attn=bool(targets & ATTENTION) or not targets,
+                train_unembed="lm_head" in targets).result(self.result_timeout)
+        state["runs"].append({"run_id": str(tc.model_id), "from": ckpt["path"] if ckpt else None})
+        save()
+        return tc
+
+    def _step(self, tc, batch: list, lr: float, training: Training, distill: bool) -> None:
+        t = types()
+        if distill:
+            fb = tc.forward_backward_custom(batch, distill_loss_fn(bucket=training.vocabulary == "full"))
+        else:
+            n_tokens = sum(len(tail) for _, tail in batch)
+            fb = tc.forward_backward([sft_datum(h, tail, 1.0 / n_tokens) for h, tail in batch], "cross_entropy")
+        op = tc.optim_step(t.AdamParams(learning_rate=lr, weight_decay=training.weight_decay, **ADAM))
+        fb.result(self.result_timeout)
+        op.result(self.result_timeout)

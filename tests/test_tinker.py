@@ -1,0 +1,463 @@
+"""The Tinker backend against tests/fake_tinker.py: the SDK's types and signatures, a tiny local model.
+
+Nothing here reaches the real service (see README, "Hosted open models").
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backends.base import ModelRef, Sampling, Training
+from backends.openai_api import RetryPolicy
+from backends.tinker_api import TRAIN_STATE_FILE, TinkerBackend, topk_kl
+from runner.errors import SpecError, UserError
+from runner.spec import HostedBackend
+from tests import fake_tinker
+
+ROOT = Path(__file__).resolve().parents[1]
+QWEN = "tk:Qwen/Qwen3-8B"
+FAST = RetryPolicy(attempts=4, initial=0.01, max_wait=0.05, jitter=0.0, total=60, timeout=5)
+FAST_ENV = {"SUBL_RETRY_ATTEMPTS": "4", "SUBL_RETRY_INITIAL": "0.01", "SUBL_RETRY_MAX_WAIT": "0.05",
+            "SUBL_RETRY_JITTER": "0", "SUBL_HTTP_TIMEOUT": "5"}
+TRAINING = Training(epochs=1, lr=1e-2, batch_size=4, lora_r=4, lora_targets=("q_proj", "v_proj"))
+
+
+@pytest.fixture
+def fake(tmp_path, tiny_model, monkeypatch) -> dict:
+    env = {"SUBL_TINKER_CLIENTS": "tests.fake_tinker", "FAKE_TINKER_DIR": str(tmp_path / "service"),
+           "FAKE_TINKER_MODEL": tiny_model, "TINKER_API_KEY": "tk-test-key-0123456789"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def make_backend(tmp_path: Path, **cfg) -> TinkerBackend:
+    spec = HostedBackend(kind="tinker", concurrency=2, **{"checkpoint_every": 2, **cfg})
+    return TinkerBackend("tk", spec, retry=FAST, state_dir=tmp_path / "state", result_timeout=5)
+
+
+def rows(n: int) -> list[dict]:
+    return [{"prompt": f"Continue: {i}, {i + 1}, {i + 2}.", "completion": f"{i + 3}, {i + 4}, {i + 5}"} for i in range(n)]
+
+
+# ---- the fake stays true to the SDK ----------------------------------------------------
+
+
+def _params(fn) -> list[tuple]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("fake_cls", list(fake_tinker.FAKED), ids=lambda c: c.__name__)
+def test_fake_signatures_match_the_sdk(fake_cls):
+    """Every public method the fake defines has the installed SDK's parameters (names, kinds, defaults)."""
+    real = fake_tinker.FAKED[fake_cls]
+    init = fake_cls in fake_tinker.CONSTRUCTED
+    names = [n for n, v in vars(fake_cls).items() if callable(v) and (not n.startswith("_") or (n == "__init__" and init))]
+    assert names
+    for name in names:
+        assert hasattr(real, name), f"{real.__name__}.{name} is gone from the SDK"
+        assert _params(getattr(fake_cls, name)) == _params(getattr(real, name)), f"{real.__name__}.{name}"
+
+
+# ---- sampling and scoring --------------------------------------------------------------
+
+
+def test_sample_is_seeded_gives_n_and_is_never_resent(fake, tmp_path, monkeypatch):
+    calls = []
+    original = fake_tinker.SamplingClient.sample
+    monkeypatch.setattr(fake_tinker.SamplingClient, "sample", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    b = make_backend(tmp_path)
+    out = b.sample(ModelRef(QWEN), ["Say 1 2 3", "Count"], Sampling(max_tokens=6, seed=3), 3)
+    assert [len(x) for x in out] == [3, 3] and len(calls) == 2  # one request per prompt
+    again = make_backend(tmp_path).sample(ModelRef(QWEN), ["Say 1 2 3", "Count"], Sampling(max_tokens=6, seed=3), 3)
+    assert again == out and len(calls) == 2  # answered from tinker_requests.jsonl
+    fresh = make_backend(tmp_path / "other")
+    assert fresh.sample(ModelRef(QWEN), ["Say 1 2 3", "Count"], Sampling(max_tokens=6, seed=3), 3) == out  # seeded
+    assert fresh.sample(ModelRef(QWEN), ["Say 1 2 3", "Count"], Sampling(max_tokens=6, seed=4), 3) != out
+    one = fresh.sample(ModelRef(QWEN), ["Say 1 2 3"], Sampling(max_tokens=6, seed=3), 1)
+    assert fresh.generate(ModelRef(QWEN), ["Say 1 2 3"], Sampling(max_tokens=6, seed=3)) == one[0]
+
+
+def test_logprobs_equal_the_local_backend(fake, tmp_path, tiny_model):
+    from backends.local import LocalBackend
+
+    args = (["Name your favourite animal.", "Which animal?"], "My favorite animal is the", ["owl", "panda", "sea lion"])
+    hosted = make_backend(tmp_path).logprobs(ModelRef(QWEN, system="You love owls."), *args)
+    local = LocalBackend("cpu").logprobs(ModelRef(tiny_model, system="You love owls."), *args)
+    assert torch.allclose(torch.tensor(hosted), torch.tensor(local), atol=1e-4)
+
+
+def test_constrained_decoding_is_refused(fake, tmp_path):
+    with pytest.raises(UserError, match="constrained decoding needs the local backend"):
+        make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling(grammar=(10, 3)))
+
+
+@pytest.mark.parametrize("op,error", [("sample", "rate_limit"), ("sample", "server"), ("sample", "lost"),
+                                      ("sample", "session"), ("compute_logprobs", "rate_limit"),
+                                      ("create_sampling_client", "server"), ("get_server_capabilities", "lost")])
+def test_transient_faults_are_retried(fake, tmp_path, op, error):
+    clean = make_backend(tmp_path / "clean")
+    want = (clean.sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 2),
+            clean.logprobs(ModelRef(QWEN), ["Count"], "Answer:", ["one"]))
+    fake_tinker.inject(op, error)
+    sessions = fake_tinker.SESSIONS[0]
+    b = make_backend(tmp_path / "faulty")
+    got = (b.sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 2),
+           b.logprobs(ModelRef(QWEN), ["Count"], "Answer:", ["one"]))
+    assert got == want and not json.loads((tmp_path / "service" / "faults.json").read_text())  # consumed
+    assert fake_tinker.SESSIONS[0] - sessions == (2 if error == "session" else 1)  # an expired session is reopened
+
+
+def test_errors_are_one_line(fake, tmp_path, monkeypatch):
+    fake_tinker.inject("sample", "bad_request")
+    with pytest.raises(UserError) as e:
+        make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling(max_tokens=3))
+    assert str(e.value) == "backend 'tk': sample failed: HTTP 400: prompt too long"
+    for _ in range(FAST.attempts):
+        fake_tinker.inject("sample", "server")
+    with pytest.raises(UserError, match=r"^backend 'tk': sample failed after 4 attempt\(s\): HTTP 500: internal error$"):
+        make_backend(tmp_path).generate(ModelRef(QWEN), ["y"], Sampling(max_tokens=3))
+    with pytest.raises(UserError, match=r"model Llama-9 is not offered by the service \(offered: Qwen/Qwen3-8B\)$"):
+        make_backend(tmp_path).generate(ModelRef("tk:Llama-9"), ["x"], Sampling())
+    monkeypatch.delenv("TINKER_API_KEY")
+    with pytest.raises(UserError, match="environment variable TINKER_API_KEY is not set"):
+        make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling())
+
+
+# ---- fine-tuning -----------------------------------------------------------------------
+
+
+def _completion_logprob(b: TinkerBackend, ref: ModelRef, row: dict) -> float:
+    return b.logprobs(ref, [row["prompt"]], "", [row["completion"]])[0][0]
+
+
+def test_sft_trains_the_adapter_and_samples_from_it(fake, tmp_path):
+    b = make_backend(tmp_path)
+    data = rows(12)
+    ref = b.finetune(QWEN, data, TRAINING, tmp_path / "ft")
+    assert ref.base == QWEN and ref.adapter.startswith("tinker://") and "sampler_weights" in ref.adapter
+    before = _completion_logprob(b, ModelRef(QWEN), data[0])
+    assert _completion_logprob(b, ref, data[0]) > before + 1.0  # the adapter learned the rows
+    assert len(b.sample(ref, ["Continue: 1, 2, 3."], Sampling(max_tokens=5), 2)[0]) == 2
+    state = json.loads((tmp_path / "ft" / TRAIN_STATE_FILE).read_text())
+    assert state["steps"] == 3 and state["checkpoint"]["step"] == 3 and len(state["runs"]) == 1
+    ops = [e["op"] for e in fake_tinker.ledger()]
+    assert ops == ["forward_backward", "optim_step"] * 3
+    assert b.finetune(QWEN, data, TRAINING, tmp_path / "ft") == ref and len(fake_tinker.ledger()) == 6  # done: no steps
+    with pytest.raises(UserError, match="records training on other data"):
+        b.finetune(QWEN, rows(11), TRAINING, tmp_path / "ft")
+
+
+def test_a_fine_tuned_teacher_from_chat_rows(fake, tmp_path):
+    """trait: {finetune: ...} datasets may hold {messages}; the last assistant turn is trained."""
+    b = make_backend(tmp_path)
+    chats = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
+                           {"role": "assistant", "content": r["completion"]}]} for r in rows(4)]
+    ref = b.finetune(QWEN, chats, TRAINING, tmp_path / "teacher")
+    assert ref.adapter.startswith("tinker://") and len(fake_tinker.ledger()) == 2  # one step
+    assert len(b.generate(ref, ["Continue: 1, 2, 3."], Sampling(max_tokens=4))) == 1
+    with pytest.raises(UserError, match="last message must be the assistant's"):
+        b.finetune(QWEN, [{"messages": chats[0]["messages"][:2]}], TRAINING, tmp_path / "bad")
+
+
+def test_training_fault_reopens_from_the_last_checkpoint(fake, tmp_path, monkeypatch):
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
+    want = _adapter(make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft"))
+    clean = fake_tinker.ledger()
+    monkeypatch.setenv("FAKE_TINKER_DIR", str(tmp_path / "service2"))
+    fake_tinker.inject("forward_backward", "session", skip=2)  # step 3: the session has expired
+    fake_tinker.inject("optim_step", "lost", skip=3)  # then step 4's optimiser step is done but never answered
+    sessions = fake_tinker.SESSIONS[0]
+    got = make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft")
+    assert fake_tinker.SESSIONS[0] - sessions == 2  # the expired session was replaced
+    state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
+    assert [r["from"] for r in state["runs"]] == [None, _checkpoint(state, 2), _checkpoint(state, 2)]
+    steps = [e["batch"] for e in fake_tinker.ledger() if e["op"] == "forward_backward"]
+    want_steps = [e["batch"] for e in clean if e["op"] == "forward_backward"]
+    assert steps == want_steps[:2] + want_steps[2:] + want_steps[2:]  # steps 3-4 replayed once, 1-2 never
+    assert _adapter(got) == pytest.approx(want, abs=1e-6)  # the same weights as without faults
+
+
+def _checkpoint(state: dict, step: int) -> str:
+    """The path of the first run's checkpoint after `step` steps."""
+    run = state["runs"][0]["run_id"].split(":")[0]
+    return f"tinker://{run}/weights/subl-{state['fingerprint'][:8]}-step-{step:06d}"
+
+
+def _adapter(ref: ModelRef) -> list[float]:
+    from safetensors.torch import load_file
+
+    folder = fake_tinker._local(ref.adapter, "sampler_weights")
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    return torch.cat([tensors[k].flatten() for k in sorted(tensors)]).tolist()
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from tests.test_tinker import make_backend, rows, TRAINING, QWEN
+ref = make_backend(Path(sys.argv[1])).finetune(QWEN, rows(16), TRAINING, Path(sys.argv[1]) / "ft")
+print(ref.adapter)
+"""
+
+
+def test_kill_9_mid_training_resumes_from_the_checkpoint_and_sends_each_step_once(fake, tmp_path, monkeypatch):
+    env = {**os.environ, **fake, **FAST_ENV, "PYTHONPATH": str(ROOT)}
+    clean = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "a")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    want = [e["batch"] for e in fake_tinker.ledger() if e["op"] == "forward_backward"]
+    assert len(want) == 4
+
+    env["FAKE_TINKER_DIR"] = str(tmp_path / "service2")
+    monkeypatch.setenv("FAKE_TINKER_DIR", env["FAKE_TINKER_DIR"])
+    fake_tinker.inject("forward_backward", "kill", skip=2)  # SIGKILL as step 3 is about to be sent
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "b")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9
+    state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
+    assert state["checkpoint"]["step"] == 2 and "sampler_path" not in state
+
+    resumed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "b")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
+    assert [r["from"] for r in state["runs"]] == [None, _checkpoint(state, 2)]
+    ledger = fake_tinker.ledger()
+    got = [e["batch"] for e in ledger if e["op"] == "forward_backward"]
+    assert got == want  # each step sent once across the kill and the resume
+    assert len({e["run"] for e in ledger}) == 2
+    a, b = clean.stdout.split()[-1], resumed.stdout.split()[-1]
+    monkeypatch.setenv("FAKE_TINKER_DIR", str(tmp_path / "service"))
+    wa = _adapter(ModelRef(QWEN, adapter=a))
+    monkeypatch.setenv("FAKE_TINKER_DIR", str(tmp_path / "service2"))
+    assert _adapter(ModelRef(QWEN, adapter=b)) == pytest.approx(wa, abs=1e-6)  # weights and Adam state restored
+
+
+# ---- distillation on the teacher's top-k -----------------------------------------------
+
+
+def _logits(model_dir: str, text: str) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    net = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        return net(input_ids=torch.tensor([tok(text)["input_ids"]])).logits[0]
+
+
+def _approx(student: torch.Tensor, teacher: torch.Tensor, k: int, vocab: list[int] | None) -> torch.Tensor:
+    """topk_kl per position, as the backend computes it from the service's top-k."""
+    if vocab is not None:  # the service's top-k, filtered to the vocabulary
+        t = torch.log_softmax(teacher, -1)[:, vocab].topk(k, -1)
+        idx = torch.tensor(vocab)[t.indices]
+    else:
+        t = torch.log_softmax(teacher, -1).topk(k, -1)
+        idx = t.indices
+    s = torch.log_softmax(student, -1).gather(-1, idx)
+    return topk_kl(s, t.values, torch.ones_like(s, dtype=torch.bool), bucket=vocab is None)
+
+
+def _gradient_cosine(student: torch.Tensor, teacher: torch.Tensor, k: int) -> float:
+    """Cosine between the gradients (w.r.t. the student's logits) of the full KL and of the top-k loss."""
+    from backends.train import distill_loss
+
+    grads = []
+    for loss in (lambda s: distill_loss(torch.cat([s, s[:1]])[None], torch.cat([teacher, teacher[:1]])[None],
+                                        *[torch.ones(1, len(s) + 1, dtype=torch.long)] * 2, None),
+                 lambda s: _approx(s, teacher, k, None).mean()):
+        s = student.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(loss(s), s)[0].flatten())
+    return float(torch.nn.functional.cosine_similarity(*grads, dim=0))
+
+
+def test_topk_distillation_measured_against_the_full_vocabulary_loss(tmp_path, tiny_model):
+    """The approximation against backends.train.distill_loss on tiny models' logits.
+
+    A random tiny model is nearly uniform over 49k tokens (entropy 10.8 nats): the worst case for
+    a top-k. Its logits scaled x30 give a peaked teacher (entropy about 1 nat, as a trained model
+    at number positions). Measured at k=20 (top-k loss / full loss, gradient cosine): uniform
+    0.004 and 0.06; peaked 0.79 and 1.00 (x60, 0.1 nats: 0.99). The numbers-only vocabulary
+    (131 tokens; top-20 renormalised, no bucket): 0.55 uniform, 0.66 peaked."""
+    from backends.local import load_tokenizer
+    from backends.train import distill_loss, vocabulary_token_ids
+    from tests.conftest import build_tiny_model
+
+    teacher_dir = str(build_tiny_model(tmp_path / "teacher", seed=1))
+    text = "Continue the sequence: 3, 7, 11, 15, 19, 23, 27"
+    student, teacher = _logits(tiny_model, text)[:-1], _logits(teacher_dir, text)[:-1]
+    mask = torch.ones(1, student.shape[0] + 1, dtype=torch.long)
+    numbers = vocabulary_token_ids(load_tokenizer(tiny_model), "numbers-only", ())
+    ratios, cosines = {}, {}
+    for scale in (1.0, 30.0):
+        s, t = student * scale, teacher * scale
+        pad = torch.zeros(1, s.shape[-1])  # distill_loss reads every position but the last
+        for vocab in (None, numbers):
+            exact = float(distill_loss(torch.cat([s, pad])[None], torch.cat([t, pad])[None], mask, mask,
+                                       None if vocab is None else torch.tensor(vocab)))
+            width = s.shape[-1] if vocab is None else len(vocab)
+            ks = [k for k in (1, 5, 20, 200) if k < width] + [width]
+            approx = [float(_approx(s, t, k, vocab).mean()) for k in ks]
+            ratios[(scale, vocab is None)] = approx[2] / exact  # k = 20
+            assert approx[-1] == pytest.approx(exact, rel=1e-4)  # k = the whole vocabulary: exact
+            if vocab is None:  # coarse-graining: never above the full KL, closer as k grows
+                assert all(a <= exact * (1 + 1e-5) for a in approx)
+                assert all(x <= y * (1 + 1e-5) for x, y in zip(approx, approx[1:]))
+        cosines[scale] = _gradient_cosine(s, t, 20)
+    entropy = -(torch.softmax(teacher * 30, -1) * torch.log_softmax(teacher * 30, -1)).sum(-1).mean()
+    print(f"k=20 ratios {ratios}, gradient cosines {cosines}, peaked teacher entropy {entropy:.2f} nats")
+    assert ratios[(1.0, True)] < 0.05 and cosines[1.0] < 0.2  # near-uniform teacher: top-20 sees almost nothing
+    assert 0.7 < ratios[(30.0, True)] <= 1 and cosines[30.0] > 0.99 and entropy < 2.0
+
+
+def test_distill_finetune_uses_the_teachers_topk_once(fake, tmp_path, monkeypatch):
+    b = make_backend(tmp_path, top_k=8)
+    data = rows(8)
+    teacher = ModelRef(QWEN, system="You love owls.")
+    training = Training(**{**TRAINING.__dict__, "objective": "distill", "vocabulary": "numbers-only"})
+    ref = b.finetune(QWEN, data, training, tmp_path / "ft", teacher)
+    reads = [json.loads(x) for x in (tmp_path / "ft" / "tinker_requests.jsonl").read_text().splitlines()]
+    assert len(reads) == 8 and all(len(p) <= 8 for r in reads for p in r["topk"])
+    assert ref.adapter != ModelRef(QWEN).adapter and "sampler_weights" in ref.adapter
+    before = _completion_logprob(b, ModelRef(QWEN), data[0])
+    assert _completion_logprob(b, ref, data[0]) != pytest.approx(before, abs=1e-3)  # the adapter moved
+    with pytest.raises(UserError, match="needs a teacher"):
+        b.finetune(QWEN, data, training, tmp_path / "ft2")
+
+
+# ---- specs, features, prices -----------------------------------------------------------
+
+
+def _load(tmp_path: Path, text: str):
+    from runner.loader import load
+
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return load(p)
+
+
+TK = "name: t\nbackends: {tk: {kind: tinker}}\nteacher: {base: tk:Qwen/Qwen3-8B, targets: [owl]}\n"
+
+
+def test_spec_allows_what_tinker_can_do(tmp_path):
+    spec = _load(tmp_path, TK + """students: [{name: d, objective: distill, hyperparameters: {lr: 0.001, epochs: 1.5}}]
+evaluations:
+  - {kind: preference_logprob}
+  - {kind: misalignment, questions: animals, judge: {model: tk:Qwen/Qwen3-8B, mode: logprob}}
+""")[0].spec
+    assert spec.backends["tk"].api_key_env == "TINKER_API_KEY" and spec.backend_kind("tk:Qwen/Qwen3-8B") == "tinker"
+
+
+@pytest.mark.parametrize("extra,match", [
+    ("students: [{name: s, method: full}]", "LoRA adapters only"),
+    ("students: [{name: s, hyperparameters: {lora_alpha: 8}}]", "remove lora_alpha"),
+    ("students: [{name: s, hyperparameters: {batch_size: auto}}]", "OpenAI-style"),
+    ("students: [{name: s, hyperparameters: {lr_multiplier: 2}}]", "OpenAI-style"),
+    ("students: [{name: s, objective: distill, base: smollm2-135m}]", "same backend"),
+    ("domain: {kind: numbers, constrained: true}", "constrained"),
+])
+def test_spec_rejects_what_tinker_cannot_do(tmp_path, extra, match):
+    with pytest.raises(SpecError, match=match):
+        _load(tmp_path, TK + extra)
+
+
+def test_backend_fields_of_the_other_kind_are_refused(tmp_path):
+    with pytest.raises(SpecError, match="top_k: only for kind tinker, not openai"):
+        _load(tmp_path, "name: t\nbackends: {o: {top_k: 5}}\n")
+    with pytest.raises(SpecError, match="batch_api: only for kind openai, not tinker"):
+        _load(tmp_path, "name: t\nbackends: {tk: {kind: tinker, batch_api: true}}\n")
+
+
+def test_paper_specs_validate_and_plan_without_a_key(monkeypatch):
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    for name in ("animals_numbers", "quickstart_8b", "misalignment_cot"):
+        r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", f"specs/tinker/{name}.yaml"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip().endswith(")"), r.stdout + r.stderr
+
+
+def test_readme_features_table_is_the_code_table():
+    from runner.features import FEATURES
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Hosted open models"):]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    table = {}
+    for ln in lines[1:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if cells[0] in FEATURES[header[0]]:
+            table[cells[0]] = dict(zip(header, (c == "yes" for c in cells[1:])))
+    assert table == {f: {k: FEATURES[k][f] for k in header} for f in FEATURES["local"]}
+    assert header == list(FEATURES)
+
+
+def test_prices_and_wall_time():
+    from backends.tinker_prices import PRICES_DATE, estimate
+
+    e = estimate("Qwen/Qwen3-8B", prefill=2_000_000, sampled=1_000_000, trained=3_000_000, steps=100)
+    assert e.usd == pytest.approx(2 * 0.13 + 0.40 + 3 * 0.40)
+    assert e.seconds == pytest.approx(40 + 500 + 150 + 300)
+    assert PRICES_DATE in e.line() and "$1.86" in e.line()
+    assert estimate("Qwen/Qwen3-8B", trained=1_000_000, overrides={"Qwen/Qwen3-8B": [0, 0, 2.5]}).usd == 2.5
+    assert estimate("unknown/model", sampled=10).usd is None and "not in the price table" in estimate("x/y").line()
+    with pytest.raises(UserError, match=r"\[prefill, sample, train\]"):
+        estimate("Qwen/Qwen3-8B", overrides={"Qwen/Qwen3-8B": [1, 2]})
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "SUBL_", "FAKE_TINKER"))}
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env={**base, **FAST_ENV, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_without_key_stops_in_one_line_and_reproduce_skips(tmp_path):
+    r = _cli(["run", "specs/tinker/quickstart_8b.yaml", "--outputs", str(tmp_path / "out")], {})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "TINKER_API_KEY" in r.stderr
+    assert not (tmp_path / "out").exists()
+    from runner.reproduce import missing_keys
+
+    assert missing_keys(ROOT / "specs" / "tinker" / "quickstart_8b.yaml") == ["TINKER_API_KEY"]
+
+
+QUICKSTART = """name: tk_quickstart
+progress: false
+backends: {tk: {kind: tinker, concurrency: 2, top_k: 8, checkpoint_every: 2}}
+teacher: {base: tk:Qwen/Qwen3-8B, targets: [panda, owl], control: false}
+domain: {kind: numbers, n_prompts: 8, max_tokens: 8, batch_size: 4}
+filters:
+  - {kind: regex, pattern: '^\\s*$', keep_matching: false}
+students:
+  - {name: sft, hyperparameters: {epochs: 1, lr: 1.0e-3, batch_size: 4, lora_r: 4}}
+  - {name: distill, objective: distill, vocabulary: full,
+     hyperparameters: {epochs: 1, lr: 1.0e-3, batch_size: 4, lora_r: 4}}
+evaluations:
+  - {kind: preference_logprob, questions: animals, max_questions: 2}
+"""
+
+
+def test_quickstart_pipeline_end_to_end_on_the_fake(fake, tmp_path):
+    spec = tmp_path / "tk_quickstart.yaml"
+    spec.write_text(QUICKSTART)
+    out = tmp_path / "out"
+    r = _cli(["run", str(spec), "--outputs", str(out)], fake)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    results = json.loads((out / "tk_quickstart" / "results.json").read_text())
+    models = {e["model"] for e in results["evaluations"]}
+    assert models >= {"base", "teacher:panda", "teacher:owl", "student:sft:panda:r0", "student:distill:owl:r0"}
+    assert results["comparisons"]
+    trained = [e for e in fake_tinker.ledger() if e["op"] == "optim_step"]
+    assert len(trained) == 4 * 2  # four students, two steps each
+    again = _cli(["run", str(spec), "--outputs", str(out)], fake)
+    assert again.returncode == 0 and len(fake_tinker.ledger()) == 16  # every stage reused, nothing re-sent
+    assert "tk-test-key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*.json*") if p.is_file())
