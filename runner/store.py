@@ -55,11 +55,17 @@ def package_versions() -> dict[str, str]:
 
 
 _STAGE_DIR: ContextVar[Path | None] = ContextVar("subl_stage_dir", default=None)
+_STAGE_KEY: ContextVar[str | None] = ContextVar("subl_stage_key", default=None)
 
 
 def current_stage_dir() -> Path | None:
     """The temporary folder of the stage being built now; backends keep resumable state there."""
     return _STAGE_DIR.get()
+
+
+def current_stage_key() -> str | None:
+    """The key of the stage being built now (e.g. `finetune-1a2b...`); hosted backends tag what they pay for with it."""
+    return _STAGE_KEY.get()
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class Store:
         tmp = self.partial(stage.key)
         tmp.mkdir(parents=True, exist_ok=True)
         b = Build(tmp, time.time())
-        token = _STAGE_DIR.set(tmp)
+        token, key_token = _STAGE_DIR.set(tmp), _STAGE_KEY.set(stage.key)
         try:
             yield b
         except BaseException as e:  # kept for `subl status`; the partial folder stays for a resume
@@ -107,6 +113,7 @@ class Store:
             raise
         finally:
             _STAGE_DIR.reset(token)
+            _STAGE_KEY.reset(key_token)
         (tmp / "error.txt").unlink(missing_ok=True)
         manifest = {
             "key": stage.key,

@@ -278,19 +278,23 @@ def test_killed_while_polling_then_resumed_creates_one_upload_and_one_job(backen
 
 
 def test_killed_between_create_and_record_reattaches_by_listing(backend, server, tmp_path):
-    """A kill after jobs.create was sent but before its id was written: the rerun finds the job."""
+    """A kill after jobs.create was sent but before its id was written: the rerun finds the job,
+    from a folder that has the upload recorded and from an empty one."""
     b = backend()
     b.finetune(NANO, rows(12), Training(epochs=1), tmp_path / "first")
     state = json.loads((tmp_path / "first" / "hosted_job.json").read_text())
     (tmp_path / "again").mkdir()
-    partial = {k: state[k] for k in ("backend", "model", "training_sha256", "hyperparameters", "seed", "suffix",
-                                     "upload_started", "file_id")}
-    partial["create_started"] = True
+    partial = {k: v for k, v in state.items() if k not in ("job_id", "status", "fine_tuned_model", "trained_tokens")}
     (tmp_path / "again" / "hosted_job.json").write_text(json.dumps(partial))
     server.jobs[state["job_id"]]["job"]["status"] = "running"  # still running when we come back
     server.jobs[state["job_id"]]["polls"] = 1
     ref = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "again")
     assert ref.base.startswith("openai:ft:") and server.counts["jobs.create"] == 1
+    assert backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "empty") == ref
+    assert server.counts["jobs.create"] == 1 and server.counts["files.create"] == 1
+    # another seed is another job, though the rows are the same
+    backend().finetune(NANO, rows(12), Training(epochs=1, seed=5), tmp_path / "seed5")
+    assert server.counts["jobs.create"] == 2 and server.counts["files.create"] == 1
 
 
 def test_failed_job_stops_with_code_and_message_and_a_rerun_starts_anew(backend, server, tmp_path):
