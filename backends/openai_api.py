@@ -56,7 +56,7 @@ NOTES_FILE = "hosted_notes.json"
 _SECRETS: set[str] = set()
 # what a key or a credential looks like in an error message or a log line: `sk-...` (also the
 # masked `sk-abc***wxyz` a server echoes), `Bearer <token>`, an Authorization header's value
-_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|\bBearer\s+[A-Za-z0-9_\-.*~+/=]{8,}|(?i:authorization)\s*[:=]\s*\S+")
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|\bBearer\s+[A-Za-z0-9_\-.*~+/=]{8,}|(?i:authorization)\s*[:=]\s*(?:Bearer\s+)?\S+")
 _WINDOW = 8
 
 
@@ -479,6 +479,69 @@ class OpenAIBackend:
             tail = ""
         return UserError(redact(_one_line(f"backend '{self.name}': {what} failed: {why}{tail}")))
 
+    # -- checks before spending
+
+    def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
+        """Check, before anything is paid for, that the key works, every model exists, the
+        organisation may fine-tune each of `finetune_models`, and the largest single request
+        (prompt + max_tokens of one completion; `n` is chunked to fit) is within the model's
+        tokens-per-minute limit. Returns notes; a failure is a one-line UserError.
+
+        Costs: models.list and models.retrieve are free; the fine-tuning probe is a jobs.create
+        naming a file that cannot exist (no job is made, nothing is billed); where no response
+        so far carried x-ratelimit-limit-tokens, one chat completion with max_tokens=1 reads it
+        (about ten input tokens and one output token)."""
+        ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in models]
+        ft_ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in finetune_models]
+        self.call("key check (models.list)", self.client.models.list)
+        notes = [f"backend '{self.name}': the key is accepted by {self.endpoint}"]
+        for m in dict.fromkeys(ids + ft_ids):
+            raw = self.call(f"model lookup {m}", self.client.models.with_raw_response.retrieve, m)
+            self._learn_tpm(m, raw.headers)
+        notes += [self._probe_finetuning(m) for m in dict.fromkeys(ft_ids)]
+        for m in dict.fromkeys(ids):
+            notes.append(self._check_tpm(m, largest_request_tokens))
+        return notes
+
+    def _probe_finetuning(self, model: str) -> str:
+        """jobs.create on a training file id that cannot exist: a 400 about the file means this
+        organisation may fine-tune `model`; a 403, or a 400 about the model, means it may not."""
+        import openai
+
+        try:
+            job = self.client.fine_tuning.jobs.create(model=model, training_file="file-subl-preflight-probe-does-not-exist")
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            status, param, msg = exc.status_code, body.get("param"), api_message(exc)
+            if status == 400 and (param == "training_file" or "file" in msg.lower()) and param != "model":
+                return f"backend '{self.name}': fine-tuning {model} is allowed (probe: jobs.create on a missing file: {_one_line(msg, 120)})"
+            if status in (401, 403):
+                raise UserError(redact(_one_line(
+                    f"backend '{self.name}': this organisation may not create fine-tuning jobs (HTTP {status}: {msg}); "
+                    "OpenAI closed self-serve fine-tuning to new organisations on 2026-05-07: train students locally "
+                    "or on an open-model trainer (docs/hosted.md)"))) from None
+            if status == 400:
+                raise UserError(redact(_one_line(f"backend '{self.name}': {model} cannot be fine-tuned here: {msg}"))) from None
+            if status == 404:
+                raise UserError(f"backend '{self.name}': {self.endpoint} has no fine-tuning endpoint") from None
+            return f"backend '{self.name}': fine-tuning {model}: the probe could not tell (HTTP {status}: {_one_line(msg, 120)})"
+        except openai.OpenAIError as exc:
+            raise self._explain("fine-tuning probe", exc, 1, 0) from None
+        self.call("fine-tuning probe cancel", self.client.fine_tuning.jobs.cancel, job.id)  # a server that took it
+        return f"backend '{self.name}': fine-tuning {model} is allowed (the probe's job {job.id} was cancelled at once)"
+
+    def _check_tpm(self, model: str, largest_request_tokens: int) -> str:
+        if model not in self.tpm and largest_request_tokens > 0:
+            self.call(f"rate-limit probe {model}", self._chat,
+                      {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+        tpm = self.tpm.get(model)
+        if not tpm:
+            return f"backend '{self.name}': {model}: the server states no tokens-per-minute limit"
+        if largest_request_tokens > tpm:
+            raise UserError(f"backend '{self.name}': {model} allows {tpm:,} tokens per minute, but the largest "
+                            f"request needs about {largest_request_tokens:,}: lower max_tokens or shorten the prompts")
+        return f"backend '{self.name}': {model}: {tpm:,} tokens per minute, the largest request about {largest_request_tokens:,}"
+
     def model_id(self, ref: ModelRef | str) -> str:
         base = ref.base if isinstance(ref, ModelRef) else ref
         prefix, _, model = base.partition(":")
@@ -537,7 +600,7 @@ class OpenAIBackend:
         cache = self._cache()
         todo = self._unanswered(requests, cache)
         if todo and self.cfg.batch_api and len(todo) >= self.batch_min_requests:
-            self._via_batch(todo, cache)
+            self._via_batch(requests, cache)  # the whole set: its batches are keyed by it, not by what is left
             todo = self._unanswered(requests, cache)
         if todo:
             self._via_chat(todo, cache)
@@ -616,8 +679,13 @@ class OpenAIBackend:
         abort = threading.Event()
 
         def one(key: str, body: dict) -> None:
-            if not abort.is_set():
+            if abort.is_set():
+                return
+            try:
                 self._answer(key, body, cache, abort)
+            except BaseException:
+                abort.set()  # before this worker takes another request
+                raise
 
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(todo))))
         futures = [pool.submit(one, k, b) for k, b in todo]
@@ -652,8 +720,8 @@ class OpenAIBackend:
     # -- the Batch API
 
     def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
-        """Answer requests through the Batch API, in parts within its request and size limits;
-        lines that fail are logged and left for the direct path."""
+        """Answer a call's requests (all of them, answered or not) through the Batch API, in parts
+        within its request and size limits; lines that fail are logged and left for the direct path."""
         failed: list[dict] = []
         for part in self._batch_parts(todo):
             failed += self._batch_part(part, cache)
@@ -807,8 +875,8 @@ class OpenAIBackend:
         digest = _digest({"model": model, "seed": training.seed, "hyperparameters": hp, "training": training_sha}, 16)
         path = out_dir / JOB_FILE
         state = json.loads(path.read_text()) if path.exists() else {}
-        if state and state.get("training_sha256") != training_sha:
-            raise UserError(f"{path}: records a job for other training data; delete it to start over")
+        if state and (state.get("training_sha256") != training_sha or state.get("digest", digest) != digest):
+            raise UserError(f"{path}: records a job for other training data or settings; delete it to start over")
         if not state:
             state = {"backend": self.name, "model": model, "training_sha256": training_sha, **stats,
                      "hyperparameters": hp, "seed": training.seed}

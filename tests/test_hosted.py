@@ -403,7 +403,7 @@ def test_spec_rejects_auto_batch_size_for_local_students(tmp_path):
 
 def _cli(args: list[str], env_extra: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
-    env.update(PYTHONPATH=str(ROOT), **FAST_ENV, **env_extra)
+    env.update({**FAST_ENV, **env_extra}, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
