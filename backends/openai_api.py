@@ -752,7 +752,8 @@ class OpenAIBackend:
         state_path = folder / BATCHES_FILE if folder else None
         states = json.loads(state_path.read_text()) if state_path and state_path.exists() else {}
         whole = _digest(sorted(k for k, _ in todo), 16)
-        st = states.setdefault(whole, {"requests": len(todo), "round": 0})
+        st = states.setdefault(whole, {"requests": len(todo)})
+        st.setdefault("round", 0)
         stage = stage_tag()
         failed: list[dict] = []
 

@@ -341,6 +341,18 @@ def test_subl_run_killed_after_job_create_reruns_into_an_empty_folder(server, tm
 # ---- unreachable hosts ----------------------------------------------------------------------
 
 
+def test_a_refused_connection_is_retried_once_the_server_has_answered(backend, server):
+    b = backend()
+    assert b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    with socket.socket() as gone:  # the server goes away mid-run: worth retrying, and bounded
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    b._client = b.client.with_options(base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(UserError, match="cannot reach .*gave up after 5 attempts"):
+        b.generate(ModelRef(NANO), ["Name a bird."], Sampling(seed=1))
+
+
+
 def test_a_refused_port_fails_in_seconds(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
