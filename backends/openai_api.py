@@ -8,11 +8,13 @@ Other 4xx responses fail at once with the API's own message.
 Nothing is paid for twice:
 - every answered chat request is appended to `hosted_requests.jsonl` in the running stage's
   folder as it arrives, so a resumed stage never re-sends it;
-- a Batch API job and a fine-tuning job are recorded (`hosted_batches.json`,
-  `hosted_job.json`) before they are polled, and a rerun reattaches to them.
+- uploads, batches and fine-tuning jobs are tagged with the stage and a digest of what they
+  hold, and adopted from the provider's listing before any create (backends/paid_objects.py);
+  their ids are also recorded (`hosted_batches.json`, `hosted_job.json`) before polling.
 
 The API key is read from the environment variable the spec names, only; `redact` scrubs it
-(and anything key-shaped) from every message this module raises or writes.
+(and anything key-shaped) from every message and log line this module raises or writes, and
+`scrub_exact` removes just the key from the model text it stores.
 """
 from __future__ import annotations
 
@@ -46,7 +48,6 @@ TRAIN_FILE = "train.jsonl"
 MIN_EXAMPLES = 10
 MAX_EXAMPLE_TOKENS = 65_536  # OpenAI's per-example limit for the GPT-4.1 family
 MAX_N = 128  # the most completions the chat API returns for one request
-SUFFIX_MAX = 18
 MAX_BATCH_REQUESTS = 50_000  # the Batch API's limits on one input file
 MAX_BATCH_BYTES = 190_000_000  # under its 200 MB, with room for the multipart envelope
 NOTES_FILE = "hosted_notes.json"
@@ -800,7 +801,9 @@ class OpenAIBackend:
                                 "unanswered; rerun to send them in a new batch")
             if batch.status == "completed":
                 break  # lines that failed inside a completed batch go to the direct path
-            st.update(round=st["round"] + 1, input_file_id=None, batch_id=None)  # expired: the rest in a new batch
+            for k in ("input_file_id", "batch_id", "status"):  # expired: the rest in a new batch
+                st.pop(k, None)
+            st["round"] += 1
             save()
         return failed
 
