@@ -18,6 +18,7 @@ The API key is read from the environment variable the spec names, only; `redact`
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import inspect
 import json
@@ -689,7 +690,8 @@ class OpenAIBackend:
                 raise
 
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(todo))))
-        futures = [pool.submit(one, k, b) for k, b in todo]
+        # each worker sees the stage's context (its folder, its key) for the notes it writes
+        futures = [pool.submit(contextvars.copy_context().run, one, k, b) for k, b in todo]
         try:
             for f in as_completed(futures):
                 f.result()

@@ -171,12 +171,16 @@ def test_null_response_lines_and_shuffled_output_are_read(backend, server, tmp_p
 
 
 def test_a_server_that_ignores_n_is_asked_for_the_rest_and_noted(backend, server, tmp_path):
+    from runner.store import Stage, Store
+
     server.ignore_n, server.length_every = True, 3
-    out = backend().sample(ModelRef(NANO), ["Name an animal.", "Name a bird."], Sampling(1.0, 8, seed=1), n=5)
+    with Store(tmp_path / "out").build(Stage("evaluate-0123456789abcdef", "evaluate", {})) as build:  # as in a run
+        out = backend().sample(ModelRef(NANO), ["Name an animal.", "Name a bird."], Sampling(1.0, 8, seed=1), n=5)
     assert [len(x) for x in out] == [5, 5] and len(set(out[0])) > 1 and server.counts["chat"] == 10
-    notes = json.loads((tmp_path / "state" / "hosted_notes.json").read_text())
+    notes = json.loads((tmp_path / "out" / "stages" / "evaluate-0123456789abcdef" / "hosted_notes.json").read_text())
     assert notes["ignores_n"] == {NANO.split(":")[1]: 8}
     assert "hit_max_tokens" not in notes  # one choice per answer: never a third
+    assert build.dir.name.endswith(".partial") and not (tmp_path / "state" / "hosted_notes.json").exists()
     server.ignore_n = False
     backend().sample(ModelRef(NANO), ["Name a fish."], Sampling(1.0, 8, seed=1), n=6)
     notes = json.loads((tmp_path / "state" / "hosted_notes.json").read_text())
