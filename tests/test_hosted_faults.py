@@ -165,6 +165,7 @@ def test_null_response_lines_and_shuffled_output_are_read(backend, server, tmp_p
     assert out == direct  # each shuffled output line went to its own request
     errors = [json.loads(x) for x in (tmp_path / "state" / "hosted_batch_errors.jsonl").read_text().splitlines()]
     assert [e["code"] for e in errors] == ["batch_expired"] * 2
+    assert ledger(server) == {"adhoc": {"files": 1, "batches": 1}}
 
 
 # ---- partial servers ----------------------------------------------------------------------
