@@ -87,7 +87,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             fake = server
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
@@ -358,6 +358,15 @@ class FakeOpenAI:
             batch["error_file_id"] = self.add_file("batch_errors.jsonl", "batch_output",
                                                    "".join(json.dumps(x) + "\n" for x in err).encode())["id"]
         return batch
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a killed run, a dropped connection) is not the server's error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _error(message: str, type_: str, param: str | None, code: str | None) -> dict:
