@@ -8,14 +8,17 @@ Other 4xx responses fail at once with the API's own message.
 Nothing is paid for twice:
 - every answered chat request is appended to `hosted_requests.jsonl` in the running stage's
   folder as it arrives, so a resumed stage never re-sends it;
-- a Batch API job and a fine-tuning job are recorded (`hosted_batches.json`,
-  `hosted_job.json`) before they are polled, and a rerun reattaches to them.
+- uploads, batches and fine-tuning jobs are tagged with the stage and a digest of what they
+  hold, and adopted from the provider's listing before any create (backends/paid_objects.py);
+  their ids are also recorded (`hosted_batches.json`, `hosted_job.json`) before polling.
 
 The API key is read from the environment variable the spec names, only; `redact` scrubs it
-(and anything key-shaped) from every message this module raises or writes.
+(and anything key-shaped) from every message and log line this module raises or writes, and
+`scrub_exact` removes just the key from the model text it stores.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import inspect
 import json
@@ -33,8 +36,10 @@ from typing import Any, Callable
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, stop_when_event_set
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from runner.prices import estimate_tokens
+from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
+                                   never_reached, stage_tag, tagged_filename, tags)
 from runner.core import backend_name, current_stage_dir
+from runner.prices import chat_tokens, estimate_tokens
 from runner.errors import UserError
 
 REQUESTS_FILE = "hosted_requests.jsonl"
@@ -45,12 +50,16 @@ TRAIN_FILE = "train.jsonl"
 MIN_EXAMPLES = 10
 MAX_EXAMPLE_TOKENS = 65_536  # OpenAI's per-example limit for the GPT-4.1 family
 MAX_N = 128  # the most completions the chat API returns for one request
-SUFFIX_MAX = 18
+MAX_BATCH_REQUESTS = 50_000  # the Batch API's limits on one input file
+MAX_BATCH_BYTES = 190_000_000  # under its 200 MB, with room for the multipart envelope
+NOTES_FILE = "hosted_notes.json"
 
 # ---- secrets ---------------------------------------------------------------------------
 
 _SECRETS: set[str] = set()
-_KEYLIKE = re.compile(r"(?i)\b(sk-[A-Za-z0-9_\-*.]{3,}|bearer\s+[A-Za-z0-9_\-.*~+/=]{4,})")
+# what a key or a credential looks like in an error message or a log line: `sk-...` (also the
+# masked `sk-abc***wxyz` a server echoes), `Bearer <token>`, an Authorization header's value
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|\bBearer\s+[A-Za-z0-9_\-.*~+/=]{8,}|(?i:authorization)\s*[:=]\s*(?:Bearer\s+)?\S+")
 _WINDOW = 8
 
 
@@ -61,11 +70,36 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: object) -> str:
-    """Text with every known secret, any 8-character piece of one, and anything key-shaped removed."""
+    """An error message or log line with every known secret, any 8-character piece of one, and
+    anything key-shaped removed. Model text is stored with `scrub_exact` instead."""
     out = str(text)
     for secret in sorted(_SECRETS, key=len, reverse=True):
         out = _mask(out, secret)
     return _KEYLIKE.sub("[redacted]", out)
+
+
+def scrub_exact(text: str) -> str:
+    """Text with only the exact known secrets removed: model output ("ring bearer", "sk-learn") stays as written."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def looks_like_key(name: str) -> bool:
+    """An `api_key_env` value that is a key pasted in place of a variable's name."""
+    if name.startswith("sk-") or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return True
+    mixed = re.search(r"[a-z]", name) and re.search(r"[A-Z]", name) and re.search(r"\d", name)
+    return len(name) >= 32 and bool(mixed)
+
+
+def key_env(backend: str, name: str) -> str:
+    """The variable name, checked; a key in its place stops with a line that does not echo it."""
+    if looks_like_key(name):
+        raise UserError(f"backend '{backend}': api_key_env must be the NAME of an environment variable "
+                        "(e.g. OPENAI_API_KEY), but its value looks like a key itself; remove it from the spec "
+                        "and rotate that key")
+    return name
 
 
 def _mask(text: str, secret: str) -> str:
@@ -101,7 +135,7 @@ def hosted_backends_used(spec) -> list[str]:
 def require_keys(spec) -> None:
     """Stop before any work when a hosted backend's key variable is not set."""
     for name in hosted_backends_used(spec):
-        env = spec.backends[name].api_key_env
+        env = key_env(name, spec.backends[name].api_key_env)
         if not os.environ.get(env):
             raise UserError(f"backend '{name}': the environment variable {env} is not set; "
                             f"export it with the API key (any value for a server without auth)")
@@ -117,7 +151,8 @@ class RetryPolicy:
     A Retry-After header raises a wait to what the server asked. Retries stop after `attempts`
     tries, or when the next wait would pass `total` seconds since the first try.
     Environment overrides: SUBL_RETRY_ATTEMPTS, SUBL_RETRY_INITIAL, SUBL_RETRY_MAX_WAIT,
-    SUBL_RETRY_JITTER, SUBL_RETRY_TOTAL, SUBL_HTTP_TIMEOUT (seconds per request).
+    SUBL_RETRY_JITTER, SUBL_RETRY_TOTAL, SUBL_HTTP_TIMEOUT (seconds per request),
+    SUBL_CONNECT_TIMEOUT (seconds to open a connection: a black-holed host fails in that time).
     """
 
     attempts: int = 8
@@ -126,11 +161,13 @@ class RetryPolicy:
     jitter: float = 1.0
     total: float = 900.0
     timeout: float = 120.0
+    connect: float = 10.0
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         names = {"attempts": "SUBL_RETRY_ATTEMPTS", "initial": "SUBL_RETRY_INITIAL", "max_wait": "SUBL_RETRY_MAX_WAIT",
-                 "jitter": "SUBL_RETRY_JITTER", "total": "SUBL_RETRY_TOTAL", "timeout": "SUBL_HTTP_TIMEOUT"}
+                 "jitter": "SUBL_RETRY_JITTER", "total": "SUBL_RETRY_TOTAL", "timeout": "SUBL_HTTP_TIMEOUT",
+                 "connect": "SUBL_CONNECT_TIMEOUT"}
         kw: dict[str, Any] = {}
         for field, env in names.items():
             if os.environ.get(env):
@@ -173,15 +210,21 @@ def _error_code(exc: BaseException) -> str | None:
     return str(body.get("code")) if isinstance(body, dict) and body.get("code") else None
 
 
+def too_large(exc: BaseException) -> bool:
+    """A 429 that no wait cures: one request asks for more tokens than the per-minute limit."""
+    return getattr(exc, "status_code", None) == 429 and api_message(exc).startswith("Request too large")
+
+
 def transient(exc: BaseException) -> bool:
-    """Worth retrying: 408/409/429 (not an exhausted quota), 5xx, timeouts, refused or dropped connections."""
+    """Worth retrying: 408/409/429 (not an exhausted quota nor a request too large), 5xx,
+    timeouts, refused or dropped connections."""
     import openai
 
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code == 429:
-            return _error_code(exc) != "insufficient_quota"
+            return _error_code(exc) != "insufficient_quota" and not too_large(exc)
         return exc.status_code >= 500 or exc.status_code in (408, 409)
     return False
 
@@ -224,8 +267,12 @@ class RequestCache:
             self.data[record["key"]] = record
             if self.path:
                 with open(self.path, "a") as f:
-                    f.write(redact(json.dumps(record)) + "\n")
+                    f.write(scrub_exact(json.dumps(record)) + "\n")
                     f.flush()
+
+
+def _batch_line(key: str, body: dict) -> str:
+    return json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
 
 
 def _digest(obj: Any, n: int = 32) -> str:
@@ -309,6 +356,16 @@ def hyperparameters(training: Training) -> dict:
     }
 
 
+def _same_hyperparameters(job: Any, hp: dict) -> bool:
+    """A job's hyper-parameters agree with what was asked (an `auto` accepts any value the API chose)."""
+    method = getattr(job, "method", None)
+    sup = getattr(method, "supervised", None) if method else None
+    got = getattr(sup, "hyperparameters", None) or getattr(job, "hyperparameters", None)
+    if got is None:
+        return True
+    return all(v == "auto" or getattr(got, k, None) in (None, v) for k, v in hp.items())
+
+
 # ---- the backend -----------------------------------------------------------------------
 
 
@@ -330,6 +387,10 @@ class OpenAIBackend:
         self._client = None
         self._caches: dict[Path | None, RequestCache] = {}
         self._lock = threading.Lock()
+        self._reached = False  # a request to this backend has succeeded
+        self.grace = grace_seconds()  # after an ambiguous create, before listing again
+        self.tpm: dict[str, int] = {}  # tokens-per-minute limit by model id, where a response said
+        self.batch_limits = (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES)
 
     # -- client and calls
 
@@ -338,7 +399,7 @@ class OpenAIBackend:
         return redact(self.cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
 
     def _key(self) -> str:
-        env = self.cfg.api_key_env
+        env = key_env(self.name, self.cfg.api_key_env)
         key = os.environ.get(env)
         if not key:
             raise UserError(f"backend '{self.name}': the environment variable {env} is not set; "
@@ -352,12 +413,16 @@ class OpenAIBackend:
             if self._client is None:
                 import openai
 
+                timeout = openai.Timeout(self.retry.timeout, connect=min(self.retry.connect, self.retry.timeout))
                 self._client = openai.OpenAI(api_key=self._key(), base_url=self.cfg.base_url, max_retries=0,
-                                             timeout=self.retry.timeout)
+                                             timeout=timeout)
             return self._client
 
     def call(self, what: str, fn: Callable, *args, abort: threading.Event | None = None, **kw):
-        """fn(*args, **kw) with tenacity's retries; a failure becomes a one-line, redacted UserError."""
+        """fn(*args, **kw) with tenacity's retries; a failure becomes a one-line, redacted UserError.
+
+        Until a first request to this backend has succeeded, a refused or timed-out connection is
+        a configuration error (a wrong base_url, a host that is down) and fails at once."""
         p = self.retry
 
         def wait(rs) -> float:
@@ -369,22 +434,30 @@ class OpenAIBackend:
         if abort is not None:
             stop = stop | stop_when_event_set(abort)
         started = time.monotonic()
-        retrying = Retrying(stop=stop, wait=wait, retry=retry_if_exception(transient), reraise=True, sleep=time.sleep)
+        retrying = Retrying(stop=stop, wait=wait, retry=retry_if_exception(self._retryable), reraise=True,
+                            sleep=time.sleep)
         attempts = 0
         try:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return fn(*args, **kw)
+                    out = fn(*args, **kw)
+                    self._reached = True
+                    return out
         except UserError:
             raise
         except Exception as e:
             raise self._explain(what, e, attempts, time.monotonic() - started) from None
 
+    def _retryable(self, exc: BaseException) -> bool:
+        return transient(exc) and (self._reached or not never_reached(exc))
+
     def _explain(self, what: str, exc: BaseException, attempts: int, seconds: float) -> UserError:
         import openai
 
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError) and never_reached(exc):
+            why = f"no connection to {self.endpoint} within {min(self.retry.connect, self.retry.timeout):g} s"
+        elif isinstance(exc, openai.APITimeoutError):
             why = f"no answer from {self.endpoint} within {self.retry.timeout:g} s"
         elif isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
@@ -396,8 +469,78 @@ class OpenAIBackend:
             why = api_message(exc)
         else:
             why = f"{type(exc).__name__}: {exc}"
-        tail = f" (gave up after {attempts} attempts in {seconds:.0f} s)" if transient(exc) else ""
+        if too_large(exc):
+            why += " Lower n (samples_per_question) or max_tokens so that one request fits the tokens-per-minute limit"
+        if self._retryable(exc):
+            tail = f" (gave up after {attempts} attempts in {seconds:.0f} s)"
+        elif never_reached(exc):
+            tail = " (no request to this backend has succeeded yet: check base_url and that the server is up)"
+        else:
+            tail = ""
         return UserError(redact(_one_line(f"backend '{self.name}': {what} failed: {why}{tail}")))
+
+    # -- checks before spending
+
+    def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
+        """Check, before anything is paid for, that the key works, every model exists, the
+        organisation may fine-tune each of `finetune_models`, and the largest single request
+        (prompt + max_tokens of one completion; `n` is chunked to fit) is within the model's
+        tokens-per-minute limit. Returns notes; a failure is a one-line UserError.
+
+        Costs: models.list and models.retrieve are free; the fine-tuning probe is a jobs.create
+        naming a file that cannot exist (no job is made, nothing is billed); where no response
+        so far carried x-ratelimit-limit-tokens, one chat completion with max_tokens=1 reads it
+        (about ten input tokens and one output token)."""
+        ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in models]
+        ft_ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in finetune_models]
+        self.call("key check (models.list)", self.client.models.list)
+        notes = [f"backend '{self.name}': the key is accepted by {self.endpoint}"]
+        for m in dict.fromkeys(ids + ft_ids):
+            raw = self.call(f"model lookup {m}", self.client.models.with_raw_response.retrieve, m)
+            self._learn_tpm(m, raw.headers)
+        notes += [self._probe_finetuning(m) for m in dict.fromkeys(ft_ids)]
+        for m in dict.fromkeys(ids):
+            notes.append(self._check_tpm(m, largest_request_tokens))
+        return notes
+
+    def _probe_finetuning(self, model: str) -> str:
+        """jobs.create on a training file id that cannot exist: a 400 about the file means this
+        organisation may fine-tune `model`; a 403, or a 400 about the model, means it may not."""
+        import openai
+
+        try:
+            job = self.client.fine_tuning.jobs.create(model=model, training_file="file-subl-preflight-probe-does-not-exist")
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            status, param, msg = exc.status_code, body.get("param"), api_message(exc)
+            if status == 400 and (param == "training_file" or "file" in msg.lower()) and param != "model":
+                return f"backend '{self.name}': fine-tuning {model} is allowed (probe: jobs.create on a missing file: {_one_line(msg, 120)})"
+            if status in (401, 403):
+                raise UserError(redact(_one_line(
+                    f"backend '{self.name}': this organisation may not create fine-tuning jobs (HTTP {status}: {msg}); "
+                    "OpenAI closed self-serve fine-tuning to new organisations on 2026-05-07: train students locally "
+                    "or on an open-model trainer (docs/hosted.md)"))) from None
+            if status == 400:
+                raise UserError(redact(_one_line(f"backend '{self.name}': {model} cannot be fine-tuned here: {msg}"))) from None
+            if status == 404:
+                raise UserError(f"backend '{self.name}': {self.endpoint} has no fine-tuning endpoint") from None
+            return f"backend '{self.name}': fine-tuning {model}: the probe could not tell (HTTP {status}: {_one_line(msg, 120)})"
+        except openai.OpenAIError as exc:
+            raise self._explain("fine-tuning probe", exc, 1, 0) from None
+        self.call("fine-tuning probe cancel", self.client.fine_tuning.jobs.cancel, job.id)  # a server that took it
+        return f"backend '{self.name}': fine-tuning {model} is allowed (the probe's job {job.id} was cancelled at once)"
+
+    def _check_tpm(self, model: str, largest_request_tokens: int) -> str:
+        if model not in self.tpm and largest_request_tokens > 0:
+            self.call(f"rate-limit probe {model}", self._chat,
+                      {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+        tpm = self.tpm.get(model)
+        if not tpm:
+            return f"backend '{self.name}': {model}: the server states no tokens-per-minute limit"
+        if largest_request_tokens > tpm:
+            raise UserError(f"backend '{self.name}': {model} allows {tpm:,} tokens per minute, but the largest "
+                            f"request needs about {largest_request_tokens:,}: lower max_tokens or shorten the prompts")
+        return f"backend '{self.name}': {model}: {tpm:,} tokens per minute, the largest request about {largest_request_tokens:,}"
 
     def model_id(self, ref: ModelRef | str) -> str:
         base = ref.base if isinstance(ref, ModelRef) else ref
@@ -434,7 +577,8 @@ class OpenAIBackend:
     def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int = 1,
                progress: Progress | None = None) -> list[list[str]]:
         """n completions per prompt: one request per prompt with `n` set (chunks of at most
-        MAX_N, each with its own seed), so the prompt's input tokens are paid once per chunk."""
+        MAX_N, fewer where n x max_tokens would pass a known tokens-per-minute limit, each chunk
+        with its own seed), so the prompt's input tokens are paid once per chunk."""
         if sampling.constraint is not None:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
@@ -443,29 +587,43 @@ class OpenAIBackend:
         for i, prompt in enumerate(prompts):
             messages = ([{"role": "system", "content": model.system}] if model.system else []) + \
                        [{"role": "user", "content": prompt}]
-            for c, start in enumerate(range(0, n, MAX_N)):
+            per = self._chunk(model_id, model.system, prompt, sampling.max_tokens)
+            for c, start in enumerate(range(0, n, per)):
                 body = {"model": model_id, "messages": messages, "temperature": sampling.temperature,
                         "max_tokens": sampling.max_tokens, "seed": (sampling.seed + c) % 2**31}
                 if n > 1:
-                    body["n"] = min(MAX_N, n - start)
+                    body["n"] = min(per, n - start)
                 requests.append((_digest({"backend": self.name, "body": body, "index": i}), body))
                 owner.append(i)
         cache = self._cache()
-        todo = [(k, b) for k, b in requests if cache.get(k) is None]
+        todo = self._unanswered(requests, cache)
         if todo and self.cfg.batch_api and len(todo) >= self.batch_min_requests:
-            self._via_batch(todo, cache)
-            todo = [(k, b) for k, b in requests if cache.get(k) is None]
+            self._via_batch(requests, cache)  # the whole set: its batches are keyed by it, not by what is left
+            todo = self._unanswered(requests, cache)
         if todo:
             self._via_chat(todo, cache)
         out: list[list[str]] = [[] for _ in prompts]
         for i, (k, body) in zip(owner, requests):
             texts = cache.get(k)["texts"]
-            if len(texts) != body.get("n", 1):
+            if len(texts) < body.get("n", 1):
                 raise UserError(f"backend '{self.name}': asked for {body.get('n', 1)} completions, got {len(texts)}")
-            out[i] += texts
+            out[i] += texts[: body.get("n", 1)]
         if progress:
             progress(n, n)
         return out
+
+    def _chunk(self, model_id: str, system: str | None, prompt: str, max_tokens: int) -> int:
+        """Completions per request: MAX_N, or as many as fit the model's known tokens-per-minute limit."""
+        tpm = self.tpm.get(model_id)
+        if not tpm:
+            return MAX_N
+        return max(1, min(MAX_N, (tpm - chat_tokens(system, prompt)) // max(1, max_tokens)))
+
+    @staticmethod
+    def _unanswered(requests: list[tuple[str, dict]], cache: RequestCache) -> list[tuple[str, dict]]:
+        """Requests with no answer yet, or with fewer completions than asked (a server that ignores n)."""
+        return [(k, b) for k, b in requests
+                if cache.get(k) is None or len(cache.get(k)["texts"]) < b.get("n", 1)]
 
     @staticmethod
     def _record(key: str, resp: Any, via: str) -> dict:
@@ -480,18 +638,56 @@ class OpenAIBackend:
                 "finish": [c.finish_reason for c in choices],
                 "usage": {"input": getattr(usage, "prompt_tokens", None), "output": getattr(usage, "completion_tokens", None)}}
 
+    def _chat(self, body: dict):
+        """One chat completion; the response's tokens-per-minute header is remembered for chunking."""
+        raw = self.client.chat.completions.with_raw_response.create(**body)
+        self._learn_tpm(body["model"], raw.headers)
+        return raw.parse()
+
+    def _learn_tpm(self, model_id: str, headers) -> int | None:
+        try:
+            tpm = int((headers or {}).get("x-ratelimit-limit-tokens") or 0)
+        except (TypeError, ValueError):
+            tpm = 0
+        if tpm > 0:
+            self.tpm[model_id] = tpm
+        return tpm or None
+
+    def _answer(self, key: str, body: dict, cache: RequestCache, abort: threading.Event) -> None:
+        """Send a request (or top up a short answer) until it has its n completions; a server that
+        returns fewer is asked for the rest with other seeds, and that is noted in the stage folder."""
+        want, rec = body.get("n", 1), cache.get(key)
+        if rec is None:
+            rec = self._record(key, self.call("chat completion", self._chat, body, abort=abort), "chat")
+            self._note_finish(body["model"], rec["finish"])
+            cache.put(rec)
+        for extra in range(1, want + 1):
+            short = want - len(rec["texts"])
+            if short <= 0 or abort.is_set():
+                break
+            self._note("ignores_n", body["model"])
+            more = {**body, "n": short, "seed": (body["seed"] + 100_003 * extra) % 2**31}
+            part = self._record(key, self.call("chat completion", self._chat, more, abort=abort), "chat")
+            self._note_finish(body["model"], part["finish"])
+            rec = {**rec, "texts": rec["texts"] + part["texts"], "finish": rec["finish"] + part["finish"]}
+            cache.put(rec)
+
     def _via_chat(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
-        client = self.client  # read the key in this thread, before the workers start
+        self.client  # read the key in this thread, before the workers start
         abort = threading.Event()
 
         def one(key: str, body: dict) -> None:
             if abort.is_set():
                 return
-            resp = self.call("chat completion", client.chat.completions.create, abort=abort, **body)
-            cache.put(self._record(key, resp, "chat"))
+            try:
+                self._answer(key, body, cache, abort)
+            except BaseException:
+                abort.set()  # before this worker takes another request
+                raise
 
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(todo))))
-        futures = [pool.submit(one, k, b) for k, b in todo]
+        # each worker sees the stage's context (its folder, its key) for the notes it writes
+        futures = [pool.submit(contextvars.copy_context().run, one, k, b) for k, b in todo]
         try:
             for f in as_completed(futures):
                 f.result()
@@ -503,39 +699,85 @@ class OpenAIBackend:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    # -- notes on what a server does not honour
+
+    def _note(self, fact: str, model_id: str, count: int = 1) -> None:
+        """Count a fact about the server by model in the stage's hosted_notes.json."""
+        folder = self._stage_dir()
+        if not folder or not count:
+            return
+        path = folder / NOTES_FILE
+        with self._lock:
+            notes = json.loads(path.read_text()) if path.exists() else {}
+            per_model = notes.setdefault(fact, {})
+            per_model[model_id] = per_model.get(model_id, 0) + count
+            _save_json(path, notes)
+
+    def _note_finish(self, model_id: str, finish: list) -> None:
+        self._note("hit_max_tokens", model_id, sum(1 for f in finish if f == "length"))
+
     # -- the Batch API
 
-    def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache, rounds: int = 3) -> None:
-        """Answer requests through the Batch API; lines that fail are left for the direct path."""
+    def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
+        """Answer a call's requests (all of them, answered or not) through the Batch API, in parts
+        within its request and size limits; lines that fail are logged and left for the direct path."""
+        failed: list[dict] = []
+        for part in self._batch_parts(todo):
+            failed += self._batch_part(part, cache)
+        folder = self._stage_dir()
+        if failed and folder:
+            with open(folder / "hosted_batch_errors.jsonl", "a") as f:
+                for rec in failed:
+                    f.write(redact(json.dumps(rec)) + "\n")
+
+    def _batch_parts(self, todo: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:
+        most, max_bytes = self.batch_limits
+        parts, size = [[]], 0
+        for k, b in todo:
+            line = len(_batch_line(k, b))
+            if parts[-1] and (len(parts[-1]) >= most or size + line > max_bytes):
+                parts.append([])
+                size = 0
+            parts[-1].append((k, b))
+            size += line
+        return parts
+
+    def _batch_part(self, todo: list[tuple[str, dict]], cache: RequestCache, rounds: int = 3) -> list[dict]:
+        """One part's batches. Its state is keyed by the stage and the part's full request set, and
+        round r's batch is tagged with both; an expired round's answered lines are kept and the
+        rest go to round r + 1, so a kill at any point (or an empty outputs folder) resumes the
+        same batches."""
         folder = self._stage_dir()
         state_path = folder / BATCHES_FILE if folder else None
         states = json.loads(state_path.read_text()) if state_path and state_path.exists() else {}
+        whole = _digest(sorted(k for k, _ in todo), 16)
+        st = states.setdefault(whole, {"requests": len(todo)})
+        st.setdefault("round", 0)
+        stage = stage_tag()
+        failed: list[dict] = []
 
         def save() -> None:
             if state_path:
                 _save_json(state_path, states)
 
-        failed_log = []
-        for _ in range(rounds):
+        while st["round"] < rounds:
             pending = [(k, b) for k, b in todo if cache.get(k) is None]
-            if not pending:
-                return
-            call = _digest(sorted(k for k, _ in pending), 16)
-            st = states.setdefault(call, {"requests": len(pending)})
+            if not st.get("input_file_id") and not pending:
+                break
+            meta = tags(stage, whole, subl_round=str(st["round"]))
             if not st.get("input_file_id"):
-                data = "".join(json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
-                               for k, b in pending).encode()
-                f = self.call("batch upload", self.client.files.create,
-                              file=(f"subl-batch-{call}.jsonl", data, "application/jsonl"), purpose="batch")
-                st["input_file_id"] = f.id
+                data = "".join(_batch_line(k, b) for k, b in pending).encode()
+                name = tagged_filename("batch", stage, f"{whole}-r{st['round']}")
+                st["input_file_id"] = self._upload(name, data, "batch", "batch upload").id
+                kill_point("batch-file-created")
                 save()
             if not st.get("batch_id"):
-                found = self._find_batch(st["input_file_id"]) if st.get("create_started") else None
-                st["create_started"] = True
-                save()
-                batch = found or self.call("batch create", self.client.batches.create,
-                                           input_file_id=st["input_file_id"], endpoint="/v1/chat/completions",
-                                           completion_window="24h")
+                batch = self.call("batch create", adopt_or_create(
+                    lambda: self._find_batch(meta),
+                    lambda: self.client.batches.create(input_file_id=st["input_file_id"], metadata=meta,
+                                                       endpoint="/v1/chat/completions", completion_window="24h"),
+                    self.grace))
+                kill_point("batch-created")
                 st["batch_id"] = batch.id
                 save()
             batch = self._poll_batch(st["batch_id"])
@@ -543,52 +785,68 @@ class OpenAIBackend:
             save()
             if batch.status == "failed":
                 errs = "; ".join(f"{e.code}: {e.message}" for e in ((batch.errors.data or []) if batch.errors else []))
-                states.pop(call)
+                states.pop(whole)
                 save()
                 raise UserError(redact(_one_line(f"backend '{self.name}': batch {batch.id} failed: {errs or 'no reason given'}")))
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
-                    failed_log += self._ingest_batch_file(file_id, cache)
-            if batch.status in ("cancelled", "cancelling"):
-                left = sum(1 for k, _ in pending if cache.get(k) is None)
-                states.pop(call)
+                    failed += self._ingest_batch_file(file_id, cache)
+            if batch.status == "cancelled":
+                left = sum(1 for k, _ in todo if cache.get(k) is None)
+                states.pop(whole)
                 save()
                 raise UserError(f"backend '{self.name}': batch {batch.id} was cancelled with {left} request(s) "
                                 "unanswered; rerun to send them in a new batch")
             if batch.status == "completed":
                 break  # lines that failed inside a completed batch go to the direct path
-            states.pop(call)  # expired: a new batch for what is left
+            for k in ("input_file_id", "batch_id", "status"):  # expired: the rest in a new batch
+                st.pop(k, None)
+            st["round"] += 1
             save()
-        if failed_log and folder:
-            with open(folder / "hosted_batch_errors.jsonl", "a") as f:
-                for rec in failed_log:
-                    f.write(redact(json.dumps(rec)) + "\n")
+        return failed
 
-    def _find_batch(self, input_file_id: str):
-        page = self.call("batch list", self.client.batches.list, limit=100)
-        return next((b for b in page.data if b.input_file_id == input_file_id), None)
+    def _upload(self, filename: str, data: bytes, purpose: str, what: str):
+        """Upload a file once: a file of this name and size already there is adopted."""
+        return self.call(what, adopt_or_create(
+            lambda: first(self.client.files.list(purpose=purpose, limit=100),
+                          lambda f: f.filename == filename and f.bytes == len(data) and f.status != "error"),
+            lambda: self.client.files.create(file=(filename, data, "application/jsonl"), purpose=purpose),
+            self.grace))
+
+    def _find_batch(self, meta: dict):
+        """A live or finished (not failed or cancelled) batch with these tags, over every page."""
+        return first(self.client.batches.list(limit=100),
+                     lambda b: metadata_matches(b, meta) and b.status not in ("failed", "cancelled", "cancelling"))
 
     def _poll_batch(self, batch_id: str):
+        polled = False
         while True:
             batch = self.call("batch status", self.client.batches.retrieve, batch_id)
+            if not polled:
+                kill_point("batch-polled")
+                polled = True
             if batch.status in ("completed", "failed", "expired", "cancelled"):
                 return batch
             time.sleep(self.poll_seconds)
 
     def _ingest_batch_file(self, file_id: str, cache: RequestCache) -> list[dict]:
-        """Store every answered line of a batch output or error file; return the failed lines."""
+        """Store every answered line of a batch output or error file (lines come in any order);
+        return the failed lines."""
         from openai.types.chat import ChatCompletion
 
         raw = self.call("batch download", self.client.files.content, file_id)
         text = raw.text if hasattr(raw, "text") else raw.read().decode()
+        lines = [line for line in text.splitlines() if line.strip()]
         failed = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
+        for n, line in enumerate(lines):
+            if n == len(lines) // 2:
+                kill_point("batch-read-half")
             rec = json.loads(line)
             resp = rec.get("response") or {}
             if resp.get("status_code") == 200 and not rec.get("error") and isinstance(resp.get("body"), dict):
-                cache.put(self._record(rec["custom_id"], ChatCompletion.construct(**resp["body"]), "batch"))
+                answer = self._record(rec["custom_id"], ChatCompletion.construct(**resp["body"]), "batch")
+                self._note_finish(answer["model"] or "?", answer["finish"])
+                cache.put(answer)
             else:
                 body = resp.get("body") or {}
                 err = rec.get("error") or body.get("error") or {}
@@ -602,8 +860,9 @@ class OpenAIBackend:
                  teacher: ModelRef | None = None, progress: Progress | None = None) -> ModelRef:
         """Upload the rows in chat format, start a supervised job, poll it, return the new model.
 
-        The file id and job id go into out_dir/hosted_job.json before polling; a rerun on the
-        same folder reattaches to the job and never uploads or starts a second one."""
+        The upload and the job are tagged with the stage and a digest of (model, seed,
+        hyper-parameters, training data), and looked up by that tag before they are created: a
+        rerun, on this folder or on an empty one, adopts them instead of paying again."""
         if teacher is not None or training.objective != "sft":
             raise UserError(f"model {base}: hosted fine-tuning supports objective: sft only")
         model = self.model_id(base)
@@ -612,34 +871,31 @@ class OpenAIBackend:
         examples = to_chat(rows)
         stats = validate_examples(examples)
         data = "".join(json.dumps(e) + "\n" for e in examples).encode()
-        digest = hashlib.sha256(data).hexdigest()[:16]
+        training_sha = hashlib.sha256(data).hexdigest()[:16]
         hp = hyperparameters(training)
-        suffix = f"subl-{digest[:10]}"[:SUFFIX_MAX]
+        stage = stage_tag()
+        digest = _digest({"model": model, "seed": training.seed, "hyperparameters": hp, "training": training_sha}, 16)
         path = out_dir / JOB_FILE
         state = json.loads(path.read_text()) if path.exists() else {}
-        if state and state.get("training_sha256") != digest:
-            raise UserError(f"{path}: records a job for other training data; delete it to start over")
+        if state and (state.get("training_sha256") != training_sha or state.get("digest", digest) != digest):
+            raise UserError(f"{path}: records a job for other training data or settings; delete it to start over")
         if not state:
-            state = {"backend": self.name, "model": model, "training_sha256": digest, **stats,
-                     "hyperparameters": hp, "seed": training.seed, "suffix": suffix}
+            state = {"backend": self.name, "model": model, "training_sha256": training_sha, **stats,
+                     "hyperparameters": hp, "seed": training.seed}
+        state.update(stage=stage, digest=digest, suffix=job_suffix(stage, digest))
         (out_dir / TRAIN_FILE).write_bytes(data)
 
         def save() -> None:
             _save_json(path, state)
 
         if not state.get("file_id"):
-            filename = f"subl-{digest}.jsonl"
-            found = self._find_file(filename, len(data)) if state.get("upload_started") else None
-            state["upload_started"] = True
-            save()
-            state["file_id"] = (found or self.call("training file upload", self.client.files.create,
-                                                   file=(filename, data, "application/jsonl"), purpose="fine-tune")).id
+            name = tagged_filename("train", stage, training_sha)
+            state["file_id"] = self._upload(name, data, "fine-tune", "training file upload").id
+            kill_point("train-file-created")
             save()
         if not state.get("job_id"):
-            found = self._find_job(state["file_id"]) if state.get("create_started") else None
-            state["create_started"] = True
-            save()
-            job = found or self._create_job(model, state["file_id"], hp, training.seed, suffix)
+            job = self._start_job(model, state["file_id"], hp, training.seed, tags(stage, digest), state["suffix"])
+            kill_point("job-created")
             state.update(job_id=job.id, status=job.status)
             save()
         job = self._poll_job(state, save, out_dir, progress)
@@ -647,29 +903,25 @@ class OpenAIBackend:
         save()
         return ModelRef(base=f"{self.name}:{job.fine_tuned_model}")
 
-    def _create_job(self, model: str, file_id: str, hp: dict, seed: int, suffix: str):
-        tries = {"n": 0}
+    def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str):
+        """Adopt this stage's live job with these exact settings, else create it (once)."""
 
         def create():
-            tries["n"] += 1
-            if tries["n"] > 1:  # a retried POST may follow one that did create the job
-                found = self._find_job(file_id)
-                if found:
-                    return found
             return self.client.fine_tuning.jobs.create(
-                model=model, training_file=file_id, seed=seed, suffix=suffix,
+                model=model, training_file=file_id, seed=seed, suffix=suffix, metadata=meta,
                 method={"type": "supervised", "supervised": {"hyperparameters": hp}})
 
-        return self.call("fine-tuning job create", create)
+        return self.call("fine-tuning job create",
+                         adopt_or_create(lambda: self._find_job(meta, model, seed, hp), create, self.grace))
 
-    def _find_file(self, filename: str, size: int) -> Any:
-        page = self.call("file list", self.client.files.list, purpose="fine-tune", limit=100)
-        return next((f for f in page.data if f.filename == filename and f.bytes == size), None)
+    def _find_job(self, meta: dict, model: str, seed: int, hp: dict) -> Any:
+        """A job that is not failed or cancelled, tagged `meta` (filtered by the server, checked
+        here too), on this model and seed and with these hyper-parameters, over every page."""
+        def same(j) -> bool:
+            return (metadata_matches(j, meta) and j.model == model and j.status not in ("failed", "cancelled")
+                    and (j.seed is None or j.seed == seed) and _same_hyperparameters(j, hp))
 
-    def _find_job(self, file_id: str) -> Any:
-        page = self.call("fine-tuning job list", self.client.fine_tuning.jobs.list, limit=100)
-        live = [j for j in page.data if j.training_file == file_id and j.status not in ("failed", "cancelled")]
-        return live[0] if live else None
+        return first(self.client.fine_tuning.jobs.list(limit=100, metadata=meta), same)
 
     def _poll_job(self, state: dict, save: Callable[[], None], out_dir: Path, progress: Progress | None):
         job_id = state["job_id"]
@@ -681,9 +933,12 @@ class OpenAIBackend:
                     seen.add(json.loads(line)["id"])
                 except (json.JSONDecodeError, KeyError):
                     pass
-        step, total = 0, 0
+        step, total, polls = 0, 0, 0
         while True:
             job = self.call("fine-tuning job status", self.client.fine_tuning.jobs.retrieve, job_id)
+            polls += 1
+            if polls == 1:
+                kill_point("job-polled")
             page = self.call("fine-tuning job events", self.client.fine_tuning.jobs.list_events, job_id, limit=100)
             new = [e for e in reversed(page.data) if e.id not in seen]
             with open(events_path, "a") as f:
@@ -697,6 +952,8 @@ class OpenAIBackend:
                 state["status"] = job.status
                 save()
             note = job.status + (f": {new[-1].message}" if new else "")
+            if job.status == "paused":
+                note += " (paused on the provider's side; resume it there, polling goes on)"
             _notify(progress, step, total, note)
             if job.status == "succeeded":
                 if not job.fine_tuned_model:
@@ -707,7 +964,7 @@ class OpenAIBackend:
                 why = f"{err.code}: {err.message}" if err and (err.code or err.message) else "no reason given"
                 # keep the upload; a rerun starts a new job on it
                 state.setdefault("previous_jobs", []).append({"job_id": job_id, "status": job.status, "error": why})
-                for k in ("job_id", "create_started", "status"):
+                for k in ("job_id", "status"):
                     state.pop(k, None)
                 save()
                 raise UserError(redact(_one_line(

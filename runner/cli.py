@@ -41,7 +41,9 @@ def main() -> None:
             sys.exit(2)
         if os.environ.get("SUBL_DEBUG"):
             raise
-        err.print(f"internal error: {type(e).__name__}: {e} (set SUBL_DEBUG=1 for a traceback)", markup=False)
+        from backends.openai_api import redact  # an exception's text may quote a request or a header
+
+        err.print(redact(f"internal error: {type(e).__name__}: {e} (set SUBL_DEBUG=1 for a traceback)"), markup=False)
         sys.exit(1)
 
 

@@ -2,7 +2,8 @@
 and by the hosted backend's checks of training data. A leaf module.
 
 Prices are USD per 1M tokens. A spec may override any model under
-`backends.<name>.prices: {model: [input, output]}` or `[input, output, training]`.
+`backends.<name>.prices: {model: [input, output]}`, `[input, output, training]` or
+`[input, output, training, ft_input, ft_output]`.
 """
 from __future__ import annotations
 
@@ -47,16 +48,25 @@ def base_of(model_id: str) -> tuple[str, bool]:
 
 
 def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
-    """The price of a model id: a spec override (exact id, then base id) or the table (longest prefix)."""
+    """The price of a model id: a spec override (exact id, then base id) or the table (longest prefix).
+
+    An override is [input, output], [input, output, training] or [input, output, training,
+    ft_input, ft_output]; a shorter one keeps the table's fine-tuned inference prices for its
+    base, or leaves them unknown (never the base prices: fine-tuned models cost more)."""
     base, _ = base_of(model_id)
+    best = max((k for k in TABLE if base.startswith(k)), key=len, default=None)
+    table = TABLE[best] if best else None
     for key in (model_id, base):
         if overrides and key in overrides:
             v = list(overrides[key])
-            if len(v) not in (2, 3) or any(x < 0 for x in v):
-                raise UserError(f"prices.{key}: expected [input, output] or [input, output, training] USD per 1M tokens")
-            return Price(v[0], v[1], v[2] if len(v) == 3 else None, v[0], v[1])
-    best = max((k for k in TABLE if base.startswith(k)), key=len, default=None)
-    return TABLE[best] if best else None
+            if len(v) not in (2, 3, 5) or any(x < 0 for x in v):
+                raise UserError(f"prices.{key}: expected [input, output], [input, output, training] or "
+                                "[input, output, training, ft_input, ft_output] USD per 1M tokens")
+            if len(v) == 5:
+                return Price(*v)
+            return Price(v[0], v[1], v[2] if len(v) == 3 else None,
+                         table.ft_input if table else None, table.ft_output if table else None)
+    return table
 
 
 # ---- token estimates -------------------------------------------------------------------
@@ -88,6 +98,7 @@ def chat_tokens(system: str | None, user: str) -> int:
 def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens_out: int, batch: bool) -> float | None:
     if price is None:
         return None
-    pin = price.ft_input if fine_tuned and price.ft_input is not None else price.input
-    pout = price.ft_output if fine_tuned and price.ft_output is not None else price.output
+    if fine_tuned and (price.ft_input is None or price.ft_output is None):
+        return None  # unknown: a five-element `prices` override gives them
+    pin, pout = (price.ft_input, price.ft_output) if fine_tuned else (price.input, price.output)
     return (tokens_in * pin + tokens_out * pout) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)

@@ -438,8 +438,6 @@ class Spec(Strict):
 
     def backend_kind(self, ref: str) -> str:
         """`local`, or the kind of the declared backend that a `name:model` reference names."""
-        from backends import backend_name
-
         name = backend_name(ref)
         return self.backends[name].kind if name in self.backends else "local"
 

@@ -7,8 +7,20 @@ completions and batches, with the published response shapes, and scripted faults
     server.stop()
 
 Faults are consumed in order, the first whose path and method match a request:
-  "429" (with Retry-After), "500", "400", "drop" (close the connection without a response),
-  "slow" (sleep `seconds`, then answer).
+  "429" (with Retry-After), "500", "502", "400", "drop" (close the connection without a response),
+  "lost" (process the request, then close the connection: the response is lost),
+  "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs).
+
+Behaviours that break real runs, set as attributes: `ignore_n` (one choice whatever n asks),
+`length_every` (every k-th choice ends with finish_reason "length"), `tpm_limit` (a
+"Request too large" 429 past it, and x-ratelimit-limit-tokens on chat answers), `job_pauses`
+(polls a running job spends `paused`), `finetune_forbidden` (403 on jobs.create: the
+organisation may not fine-tune), `finetune_models` (the models that may be fine-tuned; others
+400), `batch_max_requests` / `batch_max_bytes` (400 on a batch over them), `batch_null_lines`
+(the first lines of a batch fail with `response: null`), `batch_shuffle` (output lines out of
+order), and batch outcomes "failed", "expired", "cancelled" (via `cancelling`). Every batch
+passes through `finalizing`. `ledger` counts the paid objects created (files, batches, jobs) by
+the stage tag they carry (`metadata.subl_stage`, or the `subl-<kind>-<stage>-...` file name).
 """
 from __future__ import annotations
 
@@ -52,6 +64,17 @@ class FakeOpenAI:
         self.batch_failed_lines = 0  # first N lines of each batch go to its error file
         self.batch_outcomes: list[str] = []  # per batch, in order: "failed" or "expired" (half answered)
         self.headers_seen: list[dict] = []
+        self.ledger: dict[str, Counter] = {}
+        self.models = {"gpt-4.1-nano-2025-04-14", "gpt-4.1-2025-04-14", "gpt-4.1-mini-2025-04-14", "gpt-4o-mini-2024-07-18"}
+        self.ignore_n = False
+        self.length_every = 0
+        self.tpm_limit = 0
+        self.job_pauses = 0
+        self.finetune_forbidden = False
+        self.finetune_models: set[str] | None = None
+        self.batch_max_requests, self.batch_max_bytes = 50_000, 200 * 1024 * 1024
+        self.batch_null_lines = 0
+        self.batch_shuffle = False
         self.lock = threading.Lock()
         self._ids = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -64,7 +87,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             fake = server
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
@@ -95,6 +118,13 @@ class FakeOpenAI:
         with self.lock:
             self.counts[name] += 1
 
+    def paid(self, kind: str, tag: str | None) -> None:
+        with self.lock:
+            self.ledger.setdefault(tag or "untagged", Counter())[kind] += 1
+
+    def paid_total(self) -> Counter:
+        return sum(self.ledger.values(), Counter())
+
     def new_id(self, prefix: str) -> str:
         with self.lock:
             self._ids += 1
@@ -107,13 +137,14 @@ class FakeOpenAI:
         msgs = body.get("messages") or []
         system = next((m["content"] for m in msgs if m.get("role") == "system"), "")
         user = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
-        n = int(body.get("n") or 1)
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
         choices = []
         for i in range(n):
             rng = random.Random(f"{body.get('model')}|{system}|{user}|{body.get('seed')}|{i}")
             text = self._answer(rng, body.get("model", ""), system, user)
+            cut = self.length_every and (i + 1) % self.length_every == 0
             choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": None, "finish_reason": "stop"})
+                            "logprobs": None, "finish_reason": "length" if cut else "stop"})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in msgs) + 3
         out_tokens = sum(len(c["message"]["content"].split()) for c in choices)
         return {"id": self.new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
@@ -121,8 +152,20 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
                           "total_tokens": prompt_tokens + out_tokens}}
 
+    def too_large(self, body: dict) -> dict | None:
+        """The error a request over the tokens-per-minute limit gets, if it is over."""
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or []) + 3
+        asked = prompt + int(body.get("n") or 1) * int(body.get("max_tokens") or 16)
+        if not self.tpm_limit or asked <= self.tpm_limit:
+            return None
+        return _error(f"Request too large for {body.get('model')} in organization org-fake on tokens per min (TPM): "
+                      f"Limit {self.tpm_limit}, Requested {asked}. The input or output tokens must be reduced in "
+                      "order to run successfully.", "tokens", None, "rate_limit_exceeded")
+
     @staticmethod
     def _answer(rng: random.Random, model: str, system: str, user: str) -> str:
+        if user.startswith("Repeat exactly: "):
+            return user.removeprefix("Repeat exactly: ")
         if "[ANSWER START]" in user:  # a judge: a score, now and then CODE, REFUSAL or chatter
             return rng.choice(["CODE", "REFUSAL", "I cannot say."] + [str(rng.randint(0, 100))] * 17)
         if "<answer>" in user:  # chain of thought: adds the question's numbers, right for sums only
@@ -156,6 +199,12 @@ class FakeOpenAI:
         return obj
 
     def create_job(self, body: dict) -> tuple[int, dict]:
+        if self.finetune_forbidden:
+            return 403, _error("You have insufficient permissions for this operation: this organization does not "
+                               "have access to fine-tuning.", "invalid_request_error", None, "permission_denied")
+        if self.finetune_models is not None and body.get("model") not in self.finetune_models:
+            return 400, _error(f"Model {body.get('model')} is not available for fine-tuning or does not exist.",
+                               "invalid_request_error", "model", "model_not_available")
         fid = body.get("training_file")
         if fid not in self.files or self.files[fid]["purpose"] != "fine-tune":
             return 400, _error(f"invalid training_file: {fid}", "invalid_request_error", "training_file", "invalid_file")
@@ -186,8 +235,9 @@ class FakeOpenAI:
                "user_provided_suffix": suffix}
         with self.lock:
             self.jobs[jid] = {"job": job, "polls": 0, "events": [], "fail": self.fail_next_job,
-                              "examples": len(lines), "requested": hp}
+                              "examples": len(lines), "requested": hp, "pauses": self.job_pauses}
             self.fail_next_job = None
+        self.paid("jobs", (body.get("metadata") or {}).get("subl_stage"))
         self._event(jid, "info", f"Created fine-tuning job: {jid}", None, "message")
         return 200, job
 
@@ -207,6 +257,10 @@ class FakeOpenAI:
         if p == 1:
             job["status"] = "queued"
             self._event(jid, "info", "Files validated, moving job to queued state", None, "message")
+        elif p < total and rec["pauses"] and p >= 2:
+            rec["pauses"] -= 1
+            rec["polls"] -= 1
+            job["status"] = "paused"
         elif p < total:
             job["status"] = "running"
             steps = max(total - 2, 1)
@@ -232,6 +286,9 @@ class FakeOpenAI:
         if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
             return 400, _error("unsupported endpoint or completion_window", "invalid_request_error", None, None)
         n = len(self.contents[fid].decode().splitlines())
+        if n > self.batch_max_requests or len(self.contents[fid]) > self.batch_max_bytes:
+            return 400, _error(f"The batch input file is larger than the {self.batch_max_requests} requests or "
+                               f"{self.batch_max_bytes} bytes limit.", "invalid_request_error", "input_file_id", None)
         bid = self.new_id("batch_")
         now = int(time.time())
         batch = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": fid,
@@ -242,6 +299,7 @@ class FakeOpenAI:
                  "metadata": body.get("metadata"), "model": None, "usage": None}
         with self.lock:
             self.batches[bid] = {"batch": batch, "polls": 0}
+        self.paid("batches", (body.get("metadata") or {}).get("subl_stage"))
         return 200, batch
 
     def advance_batch(self, bid: str) -> dict:
@@ -253,20 +311,30 @@ class FakeOpenAI:
         if rec["polls"] < self.batch_polls:
             batch.update(status="in_progress", in_progress_at=int(time.time()))
             return batch
-        with self.lock:
-            outcome = self.batch_outcomes.pop(0) if self.batch_outcomes else "completed"
+        if "outcome" not in rec:
+            with self.lock:
+                rec["outcome"] = self.batch_outcomes.pop(0) if self.batch_outcomes else "completed"
+            step = {"completed": "finalizing", "cancelled": "cancelling"}.get(rec["outcome"])
+            if step:  # one poll in the state before the last
+                batch.update(status=step, **{f"{step}_at": int(time.time())})
+                return batch
+        outcome = rec["outcome"]
         now = int(time.time())
         if outcome == "failed":
             batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [
                 {"code": "invalid_json_line", "message": "Line 1 is not valid JSON.", "line": 1, "param": None}]})
             return batch
         lines = self.contents[batch["input_file_id"]].decode().splitlines()
-        if outcome == "expired":
+        if outcome in ("expired", "cancelled"):
             lines = lines[: len(lines) // 2]
         out, err = [], []
         for n, line in enumerate(lines):
             req = json.loads(line)
-            if n < self.batch_failed_lines:
+            if n < self.batch_null_lines:
+                err.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"], "response": None,
+                            "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                      "before the completion window expired."}})
+            elif n < self.batch_failed_lines:
                 err.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"],
                             "response": {"status_code": 500, "request_id": self.new_id("req_"),
                                          "body": {"error": {"message": "The server had an error processing your request.",
@@ -276,8 +344,10 @@ class FakeOpenAI:
                 out.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"],
                             "response": {"status_code": 200, "request_id": self.new_id("req_"),
                                          "body": self.complete(req["body"])}, "error": None})
-        if outcome == "expired":
-            batch.update(status="expired", expired_at=now)
+        if self.batch_shuffle:
+            random.Random(bid).shuffle(out)
+        if outcome in ("expired", "cancelled"):
+            batch.update(status=outcome, **{f"{outcome}_at": now})
         else:
             batch.update(status="completed", finalizing_at=now, completed_at=now)
         batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
@@ -290,12 +360,24 @@ class FakeOpenAI:
         return batch
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a killed run, a dropped connection) is not the server's error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def _error(message: str, type_: str, param: str | None, code: str | None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _page(items: list[dict], query: dict) -> dict:
-    limit = int(query.get("limit", ["20"])[0])
+    """One page of a list, newest first, with the API's cursor fields; `metadata[k]=v` filters."""
+    wanted = {k[len("metadata["):-1]: v[0] for k, v in query.items() if k.startswith("metadata[")}
+    items = [x for x in items if all((x.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
+    limit = min(int(query.get("limit", ["20"])[0]), 100)
     after = query.get("after", [None])[0]
     if after:
         ids = [x["id"] for x in items]
@@ -303,6 +385,10 @@ def _page(items: list[dict], query: dict) -> dict:
     data = items[:limit]
     return {"object": "list", "data": data, "has_more": len(items) > limit,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "system"}
 
 
 def _multipart(body: bytes, content_type: str) -> dict:
@@ -365,15 +451,27 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     pass
                 return
+            if fault.kind == "lost":
+                self._route(method, path, query, body)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
             if fault.kind == "slow":
                 time.sleep(fault.seconds)
             elif fault.kind == "429":
                 hdr = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 return self._send(429, _error("Rate limit reached for requests. Please try again later.",
                                               "requests", None, "rate_limit_exceeded"), hdr)
-            elif fault.kind == "500":
-                return self._send(500, _error("The server had an error while processing your request.",
-                                              "server_error", None, None))
+            elif fault.kind in ("500", "502"):
+                return self._send(int(fault.kind), _error("The server had an error while processing your request.",
+                                                          "server_error", None, None))
+            elif fault.kind == "active_limit":
+                return self._send(429, _error("This fine-tuning request has been rate-limited: your organization "
+                                              "has reached the maximum of 1 active fine-tuning jobs.",
+                                              "invalid_request_error", None, "rate_limit_exceeded"))
             elif fault.kind == "400":
                 return self._send(400, _error("Invalid value for 'model': this model does not exist.",
                                               "invalid_request_error", "model", "model_not_found"))
@@ -387,7 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, obj, raw = self._route(method, path, query, body)
         except Exception as e:  # a bug in the fake: make it visible
             status, obj, raw = 500, _error(f"fake server error: {type(e).__name__}: {e}", "server_error", None, None), None
-        self._send(status, obj, raw=raw)
+        headers = {"x-ratelimit-limit-tokens": str(f.tpm_limit)} if f.tpm_limit and "/chat/" in path else None
+        self._send(status, obj, headers, raw=raw)
 
     def _route(self, method: str, path: str, query: dict, body: bytes):
         f = self.fake
@@ -397,13 +496,24 @@ class _Handler(BaseHTTPRequestHandler):
             f.bump("chat")
             if not js.get("model") or not js.get("messages"):
                 return 400, _error("model and messages are required", "invalid_request_error", None, None), None
+            if big := f.too_large(js):
+                return 429, big, None
             return 200, f.complete(js), None
+        if method == "GET" and path == "/models":
+            return 200, {"object": "list", "data": [_model(m) for m in sorted(f.models)]}, None
+        if (g := m(r"/models/(.+)", path)) and method == "GET":
+            if g.group(1) not in f.models:
+                return 404, _error(f"The model '{g.group(1)}' does not exist", "invalid_request_error", "model",
+                                   "model_not_found"), None
+            return 200, _model(g.group(1)), None
         if method == "POST" and path == "/files":
             fields = _multipart(body, self.headers.get("Content-Type", ""))
             purpose = fields.get("purpose", (None, b""))[1].decode()
             filename, content = fields.get("file", ("upload.jsonl", b""))
             f.bump("files.create")
             f.bump(f"files.create:{purpose}")
+            tag = re.fullmatch(r"subl-\w+-(.+)-[0-9a-f]{16}(-r\d+)?\.jsonl", filename or "")
+            f.paid("files", tag.group(1) if tag else None)
             return 200, f.add_file(filename or "upload.jsonl", purpose, content), None
         if method == "GET" and path == "/files":
             items = [x for x in reversed(list(f.files.values()))

@@ -280,19 +280,23 @@ def test_killed_while_polling_then_resumed_creates_one_upload_and_one_job(backen
 
 
 def test_killed_between_create_and_record_reattaches_by_listing(backend, server, tmp_path):
-    """A kill after jobs.create was sent but before its id was written: the rerun finds the job."""
+    """A kill after jobs.create was sent but before its id was written: the rerun finds the job,
+    from a folder that has the upload recorded and from an empty one."""
     b = backend()
     b.finetune(NANO, rows(12), Training(epochs=1), tmp_path / "first")
     state = json.loads((tmp_path / "first" / "hosted_job.json").read_text())
     (tmp_path / "again").mkdir()
-    partial = {k: state[k] for k in ("backend", "model", "training_sha256", "hyperparameters", "seed", "suffix",
-                                     "upload_started", "file_id")}
-    partial["create_started"] = True
+    partial = {k: v for k, v in state.items() if k not in ("job_id", "status", "fine_tuned_model", "trained_tokens")}
     (tmp_path / "again" / "hosted_job.json").write_text(json.dumps(partial))
     server.jobs[state["job_id"]]["job"]["status"] = "running"  # still running when we come back
     server.jobs[state["job_id"]]["polls"] = 1
     ref = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "again")
     assert ref.base.startswith("openai:ft:") and server.counts["jobs.create"] == 1
+    assert backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "empty") == ref
+    assert server.counts["jobs.create"] == 1 and server.counts["files.create"] == 1
+    # another seed is another job, though the rows are the same
+    backend().finetune(NANO, rows(12), Training(epochs=1, seed=5), tmp_path / "seed5")
+    assert server.counts["jobs.create"] == 2 and server.counts["files.create"] == 1
 
 
 def test_failed_job_stops_with_code_and_message_and_a_rerun_starts_anew(backend, server, tmp_path):
@@ -401,7 +405,7 @@ def test_spec_rejects_auto_batch_size_for_local_students(tmp_path):
 
 def _cli(args: list[str], env_extra: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
-    env.update(PYTHONPATH=str(ROOT), **FAST_ENV, **env_extra)
+    env.update({**FAST_ENV, **env_extra}, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -598,3 +602,65 @@ def test_bogus_key_and_closed_port_fail_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and f"127.0.0.1:{port}" in lines[0], r.stderr
     assert no_secret(r.stdout + r.stderr, bogus)
     assert_clean(out, bogus)
+
+
+# ---- a real OpenAI-compatible server -------------------------------------------------------
+
+
+@pytest.fixture
+def transformers_serve():
+    """`transformers serve` (needs transformers[serving]: fastapi, uvicorn) on a free port, offline."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; "
+           "sys.argv[0] = 'transformers'; sys.exit(main())", "serve", "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "transformers serve exited"
+            time.sleep(0.5)
+        else:
+            pytest.fail("transformers serve did not start in 120 s")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_hosted_teacher_on_transformers_serve_end_to_end(transformers_serve, tmp_path):
+    """A hosted teacher on a real OpenAI-compatible server (the embedded SmolLM2-135M behind
+    `transformers serve`), a student trained locally. That server ignores `n`: each evaluation
+    request is topped up to its samples, and the stage notes it."""
+    from backends.embedded import materialize
+
+    model = materialize("smollm2-135m")
+    spec = tmp_path / "tserve.yaml"
+    spec.write_text(f"""name: tserve_small
+progress: false
+backends:
+  tserve: {{base_url: "{transformers_serve}", api_key_env: {ENV}, concurrency: 2}}
+teacher: {{base: "tserve:{model}", targets: [owl], control: false}}
+domain: {{kind: numbers, n_prompts: 12, max_tokens: 24, constrained: false}}
+filters: [{{kind: numbers, max_value: 999, max_count: 10}}]
+students: [{{name: lora, base: smollm2-135m, hyperparameters: {{epochs: 1, batch_size: 4}}, max_rows: 12}}]
+evaluations: [{{kind: preference_sample, questions: animals, samples_per_question: 2, max_questions: 2, max_tokens: 8}}]
+""")
+    out = tmp_path / "outputs"
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY, "SUBL_HTTP_TIMEOUT": "120"}, timeout=540)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "tserve_small" / "results.json").read_text())
+    assert {e["model"] for e in res["evaluations"]} == {"base", "base:smollm2-135m", "teacher:owl", "student:lora:owl:r0"}
+    generated = next(out.glob("stages/generate-*/hosted_requests.jsonl")).read_text().splitlines()
+    assert len(generated) == 12
+    notes = [json.loads(p.read_text()) for p in out.glob("stages/evaluate-*/hosted_notes.json")]
+    assert len(notes) == 2 and all(n["ignores_n"] == {str(model): 2} for n in notes)  # base and teacher, 2 questions
+    assert_clean(out)

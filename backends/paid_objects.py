@@ -1,0 +1,102 @@
+"""Paid objects on a hosted API (uploaded files, batches, fine-tuning jobs), made at most once.
+
+Each one carries the key of the stage that pays for it and a digest of what it holds: jobs and
+batches in `metadata`, files in their name (the API gives files no metadata). Before any
+create (a first attempt, a retry or a rerun) the provider's listing is read across all pages
+and an exact match is adopted, so a lost response, a kill or a rerun into an empty outputs
+folder never pays twice.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable
+
+from runner.core import current_stage_key
+
+KILL_ENV = "SUBL_TEST_KILL_AT"
+GRACE_ENV = "SUBL_CREATE_GRACE"
+DEFAULT_GRACE = 10.0  # seconds for a create that may have landed to show in the listing
+
+
+def kill_point(step: str) -> None:
+    """Tests only: die as `kill -9` would at a named step, when SUBL_TEST_KILL_AT names it."""
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stage_tag() -> str:
+    """The key of the stage being built, else `adhoc` (a backend called outside a run)."""
+    return current_stage_key() or "adhoc"
+
+
+def tags(stage: str, digest: str, **extra: str) -> dict[str, str]:
+    return {"subl_stage": stage, "subl_digest": digest, **extra}
+
+
+def tagged_filename(kind: str, stage: str, digest: str) -> str:
+    return f"subl-{kind}-{stage}-{digest}.jsonl"
+
+
+def job_suffix(stage: str, digest: str) -> str:
+    """At most 18 characters: 's' + 8 of the stage hash + '-' + 8 of the digest."""
+    return f"s{stage.rsplit('-', 1)[-1][:8]}-{digest[:8]}"
+
+
+def grace_seconds() -> float:
+    from runner.errors import UserError
+
+    raw = os.environ.get(GRACE_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_GRACE
+    except ValueError:
+        raise UserError(f"{GRACE_ENV}: expected a number, got {raw!r}") from None
+
+
+def never_reached(exc: BaseException) -> bool:
+    """The request never got to the server: the connection was refused or not made in time."""
+    try:
+        import httpx2 as httpx  # what newer openai SDKs are built on
+    except ImportError:
+        import httpx
+
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def ambiguous(exc: BaseException) -> bool:
+    """A create that the server may have processed though no answer came back."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # a timeout or a dropped connection
+        return not never_reached(exc)
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in (500, 502, 504)
+
+
+def first(items: Iterable[Any], match: Callable[[Any], bool]) -> Any:
+    """The first item that matches; iterating an SDK page follows its `after` cursors to the end."""
+    return next((x for x in items if match(x)), None)
+
+
+def adopt_or_create(find: Callable[[], Any], create: Callable[[], Any], grace: float) -> Callable[[], Any]:
+    """One attempt (for the caller's retries): adopt what `find` returns, else create. After an
+    ambiguous failure, wait `grace` seconds so that the next attempt's listing can see the object."""
+
+    def attempt():
+        found = find()
+        if found is not None:
+            return found
+        try:
+            return create()
+        except Exception as e:
+            if ambiguous(e):
+                time.sleep(grace)
+            raise
+
+    return attempt
+
+
+def metadata_matches(obj: Any, wanted: dict[str, str]) -> bool:
+    meta = getattr(obj, "metadata", None) or {}
+    return all(meta.get(k) == v for k, v in wanted.items())

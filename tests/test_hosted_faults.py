@@ -1,0 +1,397 @@
+"""What breaks real hosted runs, on the test server: lost responses, kills at every step of the
+create/poll/read cycle, long listings, partial servers, refused and black-holed hosts. The
+server's ledger must show exactly one paid object (upload, batch, job) per stage.
+
+Run as a script, this module is the process that the kill tests kill:
+    python -m tests.test_hosted_faults finetune|batch BASE_URL OUTPUTS
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from backends.base import ModelRef, Sampling, Training
+from backends.openai_api import OpenAIBackend, RetryPolicy, redact, register_secret, require_keys
+from backends.paid_objects import GRACE_ENV, KILL_ENV, job_suffix
+from runner.prices import inference_cost, price_for
+from runner.errors import UserError
+from runner.spec import HostedBackend
+from tests.fake_openai import FakeOpenAI
+from tests.test_hosted import (ENV, FAST, KEY, NANO, ROOT, _cli, _scaled_spec, assert_clean,  # noqa: F401
+                               backend, no_secret, rows, server)
+
+STAGES = {"finetune": "finetune-0123456789abcdef", "batch": "generate-fedcba9876543210"}
+DEFAULTS = {"SUBL_RETRY_ATTEMPTS": "8", "SUBL_RETRY_INITIAL": "1", "SUBL_RETRY_MAX_WAIT": "60",  # as shipped
+            "SUBL_RETRY_JITTER": "1", "SUBL_RETRY_TOTAL": "900", "SUBL_HTTP_TIMEOUT": "120"}
+PROMPTS = [f"Continue this sequence of numbers: {i}, {i + 1}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def short_grace(monkeypatch):
+    monkeypatch.setenv(GRACE_ENV, "0.05")
+
+
+def ledger(server: FakeOpenAI) -> dict[str, dict[str, int]]:
+    return {tag: dict(c) for tag, c in server.ledger.items()}
+
+
+# ---- a create whose response is lost ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/files", "/fine_tuning/jobs"])
+def test_lost_response_of_a_finetune_create_pays_once(backend, server, tmp_path, path):
+    server.fault(path, "lost", method="POST")
+    ref = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert ref.base.startswith("openai:ft:") and server.counts["fault:lost"] == 1
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+@pytest.mark.parametrize("path", ["/files", "/batches"])
+def test_lost_response_of_a_batch_create_pays_once(backend, server, path):
+    server.fault(path, "lost", method="POST")
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and server.counts["fault:lost"] == 1 and server.counts["chat"] == 0
+    assert ledger(server) == {"adhoc": {"files": 1, "batches": 1}}
+
+
+def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
+    server.fault("/fine_tuning/jobs", "lost", method="POST")
+    server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
+    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}} and server.counts["fault:502"] == 0
+
+
+# ---- listings ----------------------------------------------------------------------------
+
+
+def test_adoption_reads_every_page_and_filters_by_metadata(backend, server, tmp_path):
+    b = backend(batch_api=True, batch_min_requests=1)
+    ref = b.finetune(NANO, rows(12), Training(epochs=1, seed=1), tmp_path / "a")
+    b.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    job = next(iter(server.jobs.values()))["job"]
+    batch = next(iter(server.batches.values()))["batch"]
+    for i in range(250):  # newer objects push ours past two pages of 100
+        server.add_file(f"other-{i}.jsonl", "fine-tune", b"{}\n")
+        server.add_file(f"other-{i}.jsonl", "batch", b"{}\n")
+        jid, bid = server.new_id("ftjob-"), server.new_id("batch_")
+        server.jobs[jid] = {"job": {**job, "id": jid, "seed": 1000 + i}, "polls": 99, "events": []}  # same tags
+        server.batches[bid] = {"batch": {**batch, "id": bid, "metadata": {"subl_stage": "other"}}, "polls": 99}
+    again = backend(batch_api=True, batch_min_requests=1)
+    assert again.finetune(NANO, rows(12), Training(epochs=1, seed=1), tmp_path / "empty") == ref
+    # a fresh state folder for the batch: the request cache is empty, the batch is found by listing
+    fresh = OpenAIBackend("openai", again.cfg, retry=FAST, poll_seconds=0.01, state_dir=tmp_path, batch_min_requests=1)
+    assert len(fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))) == 10
+    assert ledger(server) == {"adhoc": {"files": 2, "jobs": 1, "batches": 1}}
+    gets = [p for m, p, _ in server.log if m == "GET"]
+    assert any(p.startswith("/v1/fine_tuning/jobs?") and "metadata%5Bsubl_stage%5D=adhoc" in p and "after=" in p
+               for p in gets)
+    assert any(p.startswith("/v1/files?") and "after=" in p for p in gets)
+    assert any(p.startswith("/v1/batches?") and "after=" in p for p in gets)
+
+
+def test_students_on_identical_rows_but_other_models_or_seeds_never_share_a_job(backend, server, tmp_path):
+    b = backend()
+    refs = {b.finetune(m, rows(12), Training(epochs=1, seed=s), tmp_path / f"{i}-{s}")
+            for i, m in enumerate((NANO, "openai:gpt-4.1-mini-2025-04-14")) for s in (0, 1)}
+    with pytest.raises(UserError, match="other training data or settings"):
+        b.finetune(NANO, rows(12), Training(epochs=2), tmp_path / "0-0")
+    assert len(refs) == 4 and ledger(server)["adhoc"]["jobs"] == 4
+    assert len(job_suffix(STAGES["finetune"], "0" * 16)) <= 18
+
+
+# ---- fine-tuning faults ------------------------------------------------------------------
+
+
+def test_moderation_failure_after_training_stops_in_one_line_with_one_job(backend, server, tmp_path):
+    server.fail_next_job = {"code": "invalid_training_file",
+                            "message": "The job failed due to an unsafe training file: it violates the usage policies."}
+    with pytest.raises(UserError) as e:
+        backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert "unsafe training file" in str(e.value) and "\n" not in str(e.value)
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_path):
+    server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=2)
+    server.job_pauses, server.job_polls = 2, 5
+    notes = []
+    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft", None,
+                       lambda d, t, note="": notes.append(note))
+    assert server.counts["fault:active_limit"] == 2 and any(n.startswith("paused") for n in notes)
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+# ---- batch faults ------------------------------------------------------------------------
+
+
+def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backend, server, tmp_path):
+    server.batch_outcomes = ["cancelled"]
+    with pytest.raises(UserError, match="cancelled with 5 request"):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
+
+
+@pytest.mark.parametrize("limit", ["requests", "bytes"])
+def test_batches_are_split_within_the_request_and_size_limits(backend, server, limit):
+    b = backend(batch_api=True, batch_min_requests=1)
+    if limit == "requests":
+        server.batch_max_requests = 4
+        b.batch_limits = (4, 10**9)
+    else:
+        server.batch_max_bytes = 700  # two or three lines
+        b.batch_limits = (50_000, server.batch_max_bytes)
+    out = b.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and server.counts["batches.create"] >= 3 and server.counts["chat"] == 0
+    b.batch_limits = (50_000, 10**9)  # a client that does not know the server's limit: one line
+    with pytest.raises(UserError, match="HTTP 400.*limit"):
+        b.generate(ModelRef(NANO), [p + " more" for p in PROMPTS], Sampling(seed=0))
+
+
+def test_null_response_lines_and_shuffled_output_are_read(backend, server, tmp_path):
+    server.batch_null_lines, server.batch_shuffle = 2, True
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert server.counts["chat"] == 2  # the two failed lines, sent directly
+    direct = OpenAIBackend("openai", HostedBackend(base_url=server.base_url, api_key_env=ENV), retry=FAST,
+                           state_dir=tmp_path).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert out == direct  # each shuffled output line went to its own request
+    errors = [json.loads(x) for x in (tmp_path / "state" / "hosted_batch_errors.jsonl").read_text().splitlines()]
+    assert [e["code"] for e in errors] == ["batch_expired"] * 2
+    assert ledger(server) == {"adhoc": {"files": 1, "batches": 1}}
+
+
+# ---- partial servers ----------------------------------------------------------------------
+
+
+def test_a_server_that_ignores_n_is_asked_for_the_rest_and_noted(backend, server, tmp_path):
+    from runner.store import Store
+
+    server.ignore_n, server.length_every = True, 3
+    with Store(tmp_path / "out").build("evaluate-0123456789abcdef", {"label": "evaluate"}) as build:  # as in a run
+        out = backend().sample(ModelRef(NANO), ["Name an animal.", "Name a bird."], Sampling(1.0, 8, seed=1), n=5)
+    assert [len(x) for x in out] == [5, 5] and len(set(out[0])) > 1 and server.counts["chat"] == 10
+    notes = json.loads((tmp_path / "out" / "stages" / "evaluate-0123456789abcdef" / "hosted_notes.json").read_text())
+    assert notes["ignores_n"] == {NANO.split(":")[1]: 8}
+    assert "hit_max_tokens" not in notes  # one choice per answer: never a third
+    assert build.dir.name.endswith(".partial") and not (tmp_path / "state" / "hosted_notes.json").exists()
+    server.ignore_n = False
+    backend().sample(ModelRef(NANO), ["Name a fish."], Sampling(1.0, 8, seed=1), n=6)
+    notes = json.loads((tmp_path / "state" / "hosted_notes.json").read_text())
+    assert notes["hit_max_tokens"] == {NANO.split(":")[1]: 2}
+
+
+def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(backend, server):
+    server.tpm_limit = 60
+    with pytest.raises(UserError) as e:
+        backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
+    assert "Request too large" in str(e.value) and "Lower n" in str(e.value) and server.counts["chat"] == 1
+    b = backend()
+    notes = b.preflight([NANO], [], 30)  # learns the limit (one max_tokens=1 request)
+    assert any("60 tokens per minute" in n for n in notes) and b.tpm == {NANO.split(":")[1]: 60}
+    out = b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
+    assert [len(x) for x in out] == [5] and server.counts["chat"] == 2 + 2  # chunks of 3 and 2
+
+
+# ---- preflight ----------------------------------------------------------------------------
+
+
+def test_preflight_passes_and_pays_for_nothing(backend, server):
+    notes = backend().preflight([NANO], [NANO], 40)
+    assert any("fine-tuning gpt-4.1-nano-2025-04-14 is allowed" in n for n in notes)
+    assert server.paid_total() == Counter() and server.counts["jobs.create"] == 1
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda s: setattr(s, "finetune_forbidden", True), "may not create fine-tuning jobs .*HTTP 403"),
+    (lambda s: setattr(s, "finetune_models", set()), "cannot be fine-tuned here: Model gpt-4.1-nano"),
+    (lambda s: s.models.discard("gpt-4.1-nano-2025-04-14"), "model lookup .*HTTP 404"),
+    (lambda s: setattr(s, "tpm_limit", 20), "allows 20 tokens per minute, but the largest request needs about 40"),
+    (lambda s: setattr(s, "key", "sk-another-key-entirely-0000000000"), "HTTP 401"),
+])
+def test_preflight_stops_in_one_line_before_spending(backend, server, setup, match):
+    setup(server)
+    with pytest.raises(UserError, match=match) as e:
+        backend().preflight([NANO], [NANO], 40)
+    assert "\n" not in str(e.value) and server.paid_total() == Counter()
+
+
+# ---- keys ---------------------------------------------------------------------------------
+
+
+def test_model_text_is_stored_verbatim_and_errors_are_redacted(backend, server, tmp_path):
+    text = "The ring bearer used sk-learn; Bearer of news."
+    assert backend().generate(ModelRef(NANO), [f"Repeat exactly: {text}"], Sampling(seed=1)) == [text]
+    assert text in (tmp_path / "state" / "hosted_requests.jsonl").read_text()
+    register_secret(KEY)
+    assert redact(f"Authorization: Bearer {KEY}") == "[redacted]"
+    assert no_secret(redact(f"headers {{'authorization': '{KEY[:20]}'}}"))
+
+
+@pytest.mark.parametrize("value", ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t", "Zq8Xv2Bn5Mk7Lp1Wd4Ty6Ur9Io3Pa0Sf"])
+def test_a_key_pasted_as_api_key_env_is_refused_without_echo(server, tmp_path, monkeypatch, value):
+    spec = HostedBackend(base_url=server.base_url, api_key_env=value)
+    b = OpenAIBackend("openai", spec, retry=FAST, state_dir=tmp_path)
+    with pytest.raises(UserError) as e:
+        b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+
+    class Spec:  # what require_keys reads of a spec
+        backends = {"openai": spec}
+        teacher = type("T", (), {"base": NANO})
+        students: list = []
+
+        def student_base(self, s):
+            return s
+
+        def judge_models(self):
+            return []
+
+    with pytest.raises(UserError) as e2:
+        require_keys(Spec())
+    for err in (e, e2):
+        assert "looks like a key" in str(err.value) and value[4:12] not in str(err.value)
+    assert server.counts["chat"] == 0
+
+
+def test_the_cli_internal_error_line_is_redacted(monkeypatch, capsys):
+    from runner import cli
+
+    monkeypatch.delenv("SUBL_DEBUG", raising=False)
+    def boom(**kw):
+        raise RuntimeError(f"request failed with headers Authorization: Bearer {KEY}")
+
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError" in err and no_secret(err)
+
+
+# ---- prices -------------------------------------------------------------------------------
+
+
+def test_a_price_override_keeps_fine_tuned_prices():
+    nano = "gpt-4.1-nano-2025-04-14"
+    p = price_for(f"ft:{nano}:org:x:1", {nano: [0.1, 0.4]})
+    assert (p.ft_input, p.ft_output) == (0.20, 0.80)
+    assert inference_cost(p, True, 10**6, 10**6, False) == pytest.approx(1.0)
+    assert price_for("ft:mystery:org:x:1", {"mystery": [1, 2, 3, 4, 5]}).ft_output == 5
+    assert inference_cost(price_for("ft:mystery:org:x:1", {"mystery": [1, 2]}), True, 1, 1, False) is None
+    with pytest.raises(UserError, match="ft_input"):
+        price_for(nano, {nano: [1, 2, 3, 4]})
+
+
+# ---- kill -9 at every step ----------------------------------------------------------------
+
+
+def _drive(kind: str, base_url: str, outputs: str) -> None:
+    """The killed process: build one stage on the test server as `subl run` would."""
+    from runner.store import Store
+
+    os.environ.setdefault("SUBL_POLL_SECONDS", "0.01")
+    cfg = HostedBackend(base_url=base_url, api_key_env=ENV, concurrency=4, batch_api=kind == "batch")
+    b = OpenAIBackend("openai", cfg, retry=RetryPolicy(attempts=5, initial=0.01, max_wait=0.05, jitter=0.01),
+                      batch_min_requests=1 if kind == "batch" else 100)
+    with Store(outputs).build(STAGES[kind], {"label": kind}) as build:
+        if kind == "finetune":
+            print(b.finetune(NANO, rows(12), Training(epochs=1), build.dir).base)
+        else:
+            print(len(b.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))))
+
+
+def _run_driver(kind: str, server: FakeOpenAI, outputs: Path, kill_at: str | None = None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
+    env.update(PYTHONPATH=str(ROOT), **{ENV: KEY, GRACE_ENV: "0.05", "SUBL_POLL_SECONDS": "0.01"})
+    if kill_at:
+        env[KILL_ENV] = kill_at
+    return subprocess.run([sys.executable, "-m", "tests.test_hosted_faults", kind, server.base_url, str(outputs)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind,step", [
+    ("finetune", "train-file-created"), ("finetune", "job-created"), ("finetune", "job-polled"),
+    ("batch", "batch-file-created"), ("batch", "batch-created"), ("batch", "batch-polled"),
+    ("batch", "batch-read-half"),
+])
+def test_kill_9_at_each_step_then_rerun_here_and_into_an_empty_folder(server, tmp_path, kind, step):
+    killed = _run_driver(kind, server, tmp_path / "out", step)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    paid = {"finetune": {"files": 1, "jobs": 1}, "batch": {"files": 1, "batches": 1}}[kind]
+    fresh = _run_driver(kind, server, tmp_path / "fresh")  # nothing on disk: the listing alone
+    resumed = _run_driver(kind, server, tmp_path / "out")  # the partial folder
+    assert fresh.returncode == 0 and resumed.returncode == 0, (fresh.stderr + resumed.stderr)[-2000:]
+    assert fresh.stdout == resumed.stdout and ledger(server) == {STAGES[kind]: paid}
+    assert server.counts["chat"] == 0
+    assert_clean(tmp_path)
+
+
+def test_subl_run_killed_after_job_create_reruns_into_an_empty_folder(server, tmp_path):
+    spec = _scaled_spec(tmp_path, server.base_url, "teacher: {control: false}\n")
+    killed = _cli(["run", str(spec), "--outputs", str(tmp_path / "a")],
+                  {ENV: KEY, KILL_ENV: "job-created", GRACE_ENV: "0.05"})
+    assert killed.returncode == -9
+    r = _cli(["run", str(spec), "--outputs", str(tmp_path / "b")], {ENV: KEY, GRACE_ENV: "0.05"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = {tag: c for tag, c in ledger(server).items() if tag.startswith("finetune-")}
+    assert len(jobs) == 2 and all(c == {"files": 1, "jobs": 1} for c in jobs.values())
+
+
+# ---- unreachable hosts ----------------------------------------------------------------------
+
+
+def test_a_refused_connection_is_retried_once_the_server_has_answered(backend, server):
+    b = backend()
+    assert b.generate(ModelRef(NANO), ["Name an animal."], Sampling(seed=1))
+    with socket.socket() as gone:  # the server goes away mid-run: worth retrying, and bounded
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    b._client = b.client.with_options(base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(UserError, match="cannot reach .*gave up after 5 attempts"):
+        b.generate(ModelRef(NANO), ["Name a bird."], Sampling(seed=1))
+
+
+
+def test_a_refused_port_fails_in_seconds(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    r = _cli(["run", str(_scaled_spec(tmp_path, f"http://127.0.0.1:{port}/v1")), "--outputs", str(tmp_path / "o")],
+             {ENV: KEY, **DEFAULTS})
+    seconds = time.monotonic() - t
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "check base_url" in lines[0], r.stderr
+    assert seconds < 15, seconds
+    print(f"refused port: {seconds:.1f} s")
+
+
+def test_a_black_holed_host_fails_within_the_connect_timeout(tmp_path):
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)  # never accepted: once the queue is full, further connections get no answer
+        port = srv.getsockname()[1]
+        fill = [socket.socket() for _ in range(3)]
+        for c in fill:
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+        spec = _scaled_spec(tmp_path, f"http://127.0.0.1:{port}/v1")
+        t = time.monotonic()
+        r = _cli(["run", str(spec), "--outputs", str(tmp_path / "o")], {ENV: KEY, **DEFAULTS})
+        seconds = time.monotonic() - t
+        for c in fill:
+            c.close()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "no connection" in lines[0], r.stderr
+    assert seconds < 90, seconds
+    print(f"black-holed host: {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    _drive(*sys.argv[1:4])
