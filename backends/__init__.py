@@ -1,6 +1,8 @@
 """Backends: where a stage's generate / fine-tune / score calls run."""
 from __future__ import annotations
 
+import threading
+
 from runner.core import ModelRef, backend_name
 
 __all__ = ["Router", "backend_name"]
@@ -15,9 +17,14 @@ class Router:
     def __init__(self, device: str = "auto", cpu_bf16: bool = False, hosted: dict | None = None):
         self.device, self.cpu_bf16, self.hosted = device, cpu_bf16, dict(hosted or {})
         self._backends: dict = {}
+        self._lock = threading.Lock()  # hosted stages run in threads
 
     def get(self, base: str):
         name = backend_name(base)
+        with self._lock:
+            return self._backends.get(name) or self._load(name)
+
+    def _load(self, name: str):
         if name not in self._backends:
             if name == "local":
                 from backends.local import LocalBackend

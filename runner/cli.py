@@ -78,11 +78,13 @@ def schema(results: bool = typer.Option(False, "--results", help="The results.js
 
 
 @app.command()
-def plan(spec: Path, outputs: Path = OUTPUTS) -> None:
+def plan(spec: Path, outputs: Path = OUTPUTS,
+         check: bool = typer.Option(False, "--check", help="Also ask each hosted backend, before anything is paid "
+                                    "for: key, models, fine-tuning rights, rate limits.")) -> None:
     """Show each stage as run or reuse, without running anything."""
     from runner.runs import plan_lines
 
-    for line in plan_lines(spec, outputs):
+    for line in plan_lines(spec, outputs, check):
         out.print(line, markup=False)
 
 

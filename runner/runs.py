@@ -18,10 +18,18 @@ from runner.stages import Estimate, Stage, si
 from runner.store import Store, git_revision, package_versions
 
 
-def plan_lines(path: Path, outputs: Path) -> list[str]:
+def plan_lines(path: Path, outputs: Path, check: bool = False) -> list[str]:
     cells = load(path)
     store = Store(outputs)
     plan = build(cells, store.root)
+    checked = []
+    if check:  # the key, the models, fine-tuning rights and rate limits, before anything is paid for
+        from backends.openai_api import require_keys
+        from runner.preflight import preflight
+
+        for c in cells:
+            require_keys(c.spec)
+        checked = [f"check: {n}" for n in preflight(plan, store)] or ["check: no hosted stage left to run"]
     ctx = plan.context()
     lines, seen, costs = [], set(), []
     for cp in plan.cells:
@@ -36,7 +44,7 @@ def plan_lines(path: Path, outputs: Path) -> list[str]:
                 lines.append(f"{'':9s}{e.line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
     lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
-    return lines + cost_lines(costs) + stale_lines(store, plan)
+    return lines + cost_lines(costs) + stale_lines(store, plan) + checked
 
 
 def cost_lines(estimates: list[Estimate]) -> list[str]:
@@ -110,6 +118,10 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
         require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
     plan = build(cells, store.root)
+    from runner.preflight import preflight
+
+    for note in preflight(plan, store):  # a refused key or fine-tuning right stops here, before any spending
+        console.print(f"check: {note}", markup=False)
     spec0, started = cells[0].spec, time.time()
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)

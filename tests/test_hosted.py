@@ -502,7 +502,7 @@ evaluations:
         assert c["answers"] == 12 and c["scored"] == e["n"] > 0  # CODE/REFUSAL/chatter leave the denominator
         assert c["scored"] + c["code"] + c["refusal"] + c["unparseable"] == 12
         assert 0 <= e["ci"][0] <= e["value"] <= e["ci"][1] <= 1
-    assert server.counts["jobs.create"] == 2 and no_secret(r.stdout + r.stderr) and assert_clean(out) > 10
+    assert server.paid_total()["jobs"] == 2 and no_secret(r.stdout + r.stderr) and assert_clean(out) > 10
 
 
 def test_run_without_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
@@ -544,16 +544,17 @@ def test_end_to_end_run_on_the_test_server(server, tmp_path):
     assert results["evaluations"] and results["comparisons"]
     assert {e["model"] for e in results["evaluations"]} >= {"base", "teacher:owl", "student:gpt-4.1-nano:owl:r0"}
     # three students (owl, eagle, a shared control): one upload and one job each
-    assert server.counts["files.create"] == 3 and server.counts["jobs.create"] == 3
+    assert server.counts["files.create"] == 3 and server.paid_total()["jobs"] == 3
     chats = server.counts["chat"]
     # generate owl, eagle, control (shared); then each distinct model once, 3 questions, both samples in one
-    # request (n=2): base (also the control teacher, the same model), 2 teachers and 3 students
-    assert chats == 3 * 30 + 6 * 3
+    # request (n=2): base (also the control teacher, the same model), 2 teachers and 3 students; and the
+    # preflight's one-token rate-limit probe (the test server states no limit)
+    assert chats == 3 * 30 + 6 * 3 + 1
     assert assert_clean(out) > 20 and no_secret(r.stdout + r.stderr)
     # a second run reuses every stage and pays for nothing
     r2 = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
     assert r2.returncode == 0, r2.stderr[-2000:]
-    assert server.counts["chat"] == chats and server.counts["jobs.create"] == 3
+    assert server.counts["chat"] == chats and server.paid_total()["jobs"] == 3
 
 
 @pytest.mark.slow
@@ -577,13 +578,13 @@ def test_process_killed_while_polling_then_resumed(server, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert server.counts["jobs.create"] == 1 and server.counts["files.create"] == 1
+    assert server.paid_total()["jobs"] == 1 and server.counts["files.create"] == 1
     server.job_polls = 3
     r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "animals_small" / "results.json").exists()
     # one teacher per cell (owl, eagle): two students, each uploaded once and trained by one job
-    assert server.counts["files.create"] == 2 and server.counts["jobs.create"] == 2
+    assert server.counts["files.create"] == 2 and server.paid_total()["jobs"] == 2
     assert_clean(out)
 
 

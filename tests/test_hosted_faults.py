@@ -395,3 +395,21 @@ def test_a_black_holed_host_fails_within_the_connect_timeout(tmp_path):
 
 if __name__ == "__main__":
     _drive(*sys.argv[1:4])
+
+
+# ---- preflight through the commands ------------------------------------------------------------
+
+
+def test_plan_check_and_run_stop_before_spending_when_fine_tuning_is_refused(server, tmp_path, monkeypatch):
+    from runner.runs import plan_lines
+
+    spec = _scaled_spec(tmp_path, server.base_url)
+    monkeypatch.setenv(ENV, KEY)
+    lines = plan_lines(spec, tmp_path / "out", check=True)
+    assert any(ln.startswith("check: ") and "fine-tuning gpt-4.1-nano-2025-04-14 is allowed" in ln for ln in lines)
+    server.finetune_forbidden = True
+    with pytest.raises(UserError, match="may not create fine-tuning jobs"):
+        plan_lines(spec, tmp_path / "out", check=True)
+    r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], {ENV: KEY})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "may not create fine-tuning" in r.stderr
+    assert server.paid_total() == Counter() and server.counts["chat"] <= 1  # at most the rate-limit probe

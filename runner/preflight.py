@@ -1,0 +1,56 @@
+"""Checks before money is spent: every hosted OpenAI-compatible backend a plan still has to call is
+asked (for free, or for a few tokens) whether the key works, the models exist, fine-tuning is
+allowed, and the largest request fits its tokens-per-minute limit (backends.openai_api.preflight)."""
+from __future__ import annotations
+
+from backends import Router
+from runner.core import backend_name
+from runner.plan import Plan
+from runner.prices import chat_tokens
+from runner.stages import ModelInput, Stage
+from runner.stages.training import FinetuneStage, TeacherStage
+
+
+def _base(m: ModelInput, stages: dict[str, Stage]) -> str:
+    while m.from_stage:  # a stage-made model: its base is what must exist now
+        m = stages[m.from_stage].base
+    return m.ref
+
+
+def _largest_request(stage: Stage) -> int:
+    """Prompt plus max_tokens of one completion, for stages that send chat requests."""
+    if hasattr(stage, "question_texts"):
+        return max(chat_tokens(stage.model.system, q) for q in stage.question_texts()) + stage.max_tokens
+    if hasattr(stage, "rows_to_generate"):
+        rows = stage.rows_to_generate()[:2000]
+        return max(chat_tokens(stage.model.system, r["prompt"]) for r in rows) + stage.domain.max_tokens
+    return 0
+
+
+def preflight(plan: Plan, store) -> list[str]:
+    """Notes from every OpenAI-kind backend that a not-yet-finished stage calls; raises a one-line
+    UserError on the first failure."""
+    stages = plan.stages
+    todo = [s for k, s in stages.items() if not store.done(k)]
+    models: dict[str, set[str]] = {}
+    tune: dict[str, set[str]] = {}
+    largest: dict[str, int] = {}
+    for s in todo:
+        for name, value in s:
+            if isinstance(value, ModelInput):
+                ref = _base(value, stages)
+                if backend_name(ref) == "local":
+                    continue
+                b = backend_name(ref)
+                models.setdefault(b, set()).add(ref)
+                largest[b] = max(largest.get(b, 0), _largest_request(s))
+        if isinstance(s, (FinetuneStage, TeacherStage)) and backend_name(s.base.ref) != "local":
+            tune.setdefault(backend_name(s.base.ref), set()).add(s.base.ref)
+    cfgs = plan.context().backends
+    router = Router(hosted=cfgs)
+    notes = []
+    for b in sorted(models):
+        if getattr(cfgs[b], "kind", "openai") != "openai":
+            continue
+        notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())), largest.get(b, 0))
+    return notes

@@ -1,0 +1,61 @@
+"""The local executor: stages run once their inputs are done; hosted stages wait on their provider
+side by side, local ones run one at a time; a failure stops the run with its own error."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import ClassVar
+
+import pytest
+
+from runner.execute import execute
+from runner.stages import ModelInput, RunContext, Stage
+from runner.store import Store
+
+SPANS: dict[str, tuple[float, float]] = {}
+
+
+class Wait(Stage):
+    """A stand-in for a stage that waits on a provider (or, with a local model, on this machine)."""
+
+    KIND: ClassVar[str] = "wait"
+    model: ModelInput
+    seconds: float
+    after_stage: str | None = None
+    fail: bool = False
+
+    def run(self, ctx: RunContext) -> None:
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError(f"{self.label} failed")
+        SPANS[self.label] = (start, time.monotonic())
+        (ctx.dir / "done").write_text(threading.current_thread().name)
+
+
+HOSTED = ModelInput(ref="api:model", identity="hosted:api@http://x:model")
+LOCAL = ModelInput(ref="smollm2-135m", identity="weights:abc")
+
+
+def test_hosted_stages_wait_side_by_side_and_local_ones_in_turn(tmp_path):
+    SPANS.clear()
+    hosted = [Wait(label=f"h{i}", model=HOSTED, seconds=0.6 + i / 1000) for i in range(6)]  # distinct keys
+    local = [Wait(label=f"l{i}", model=LOCAL, seconds=0.3 + i / 1000) for i in range(2)]
+    after = Wait(label="after", model=HOSTED, seconds=0.0, after_stage=hosted[0].key)
+    t = time.monotonic()
+    ran = execute(hosted + local + [after], Store(tmp_path), router=None)
+    wall = time.monotonic() - t
+    assert set(ran) == {s.label for s in hosted + local + [after]}
+    assert wall < 6 * 0.6  # the six hosted waits overlapped
+    l0, l1 = SPANS["l0"], SPANS["l1"]
+    assert l0[1] <= l1[0] or l1[1] <= l0[0]  # local stages never overlap
+    assert SPANS["after"][0] >= SPANS["h0"][1]  # a stage starts after the stage it reads
+    assert execute(hosted + local + [after], Store(tmp_path), router=None) == {}  # all reused
+
+
+def test_a_failed_hosted_stage_stops_the_run_with_its_error(tmp_path):
+    stages = [Wait(label="ok", model=HOSTED, seconds=0.1), Wait(label="bad", model=HOSTED, seconds=0.1, fail=True)]
+    with pytest.raises(RuntimeError, match="bad failed"):
+        execute(stages, Store(tmp_path), router=None)
+    store = Store(tmp_path)
+    assert not store.done(stages[1].key) and (store.partial(stages[1].key) / "error.txt").is_file()
