@@ -50,7 +50,7 @@ def preflight(plan: Plan, store) -> list[str]:
     router = Router(hosted=cfgs)
     notes = []
     for b in sorted(models):
-        if getattr(cfgs[b], "kind", "openai") != "openai":
+        if getattr(cfgs[b], "kind", "openai") != "openai" or not cfgs[b].preflight:
             continue
         notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())), largest.get(b, 0))
     return notes

@@ -5,8 +5,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from runner.misalignment import mean_alignment_text
+
+
+def add_text_row(table: Table, *cells: str) -> None:
+    """A row of plain text: labels and specs' words may hold [brackets] and :colons:, never markup."""
+    table.add_row(*(Text(str(c)) for c in cells))
 
 
 def _fmt(v: float) -> str:
@@ -30,7 +36,7 @@ def evaluation_table(results: dict, cell: str) -> Table | None:
         for ev, metric in metrics:
             e = next((x for x in rows if x["model"] == model and x["evaluation"] == ev and x["metric"] == metric), None)
             cells.append(f"{_fmt(e['value'])} [{_fmt(e['ci'][0])}, {_fmt(e['ci'][1])}]" if e else "")
-        table.add_row(model, role, *cells)
+        add_text_row(table, model, role, *cells)
     return table
 
 
@@ -46,7 +52,7 @@ def comparison_table(results: dict, cell: str) -> Table | None:
         p = c["p_value"]
         mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
         wins = f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-"
-        table.add_row(c["a"], c["b"], c["metric"], ratio, wins, f"{p:.2g}{mark}",
+        add_text_row(table, c["a"], c["b"], c["metric"], ratio, wins, f"{p:.2g}{mark}",
                       f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 
@@ -63,7 +69,7 @@ def filter_table(results: dict, cell: str) -> Table | None:
         judge = (f"mean {d['mean']:.1f}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
                  if d.get("mean") is not None else (f"unparseable {d.get('unparseable', 0)}" if d else ""))
         rate = f"{f['pass_rate']:.1%}" if f["pass_rate"] is not None else "-"
-        table.add_row(f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, judge)
+        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, judge)
     return table
 
 
@@ -86,7 +92,7 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
         table.add_column(col, justify="left" if col == "model" else "right")
     for e in rows:
         c = e["counts"]
-        table.add_row(e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", mean_alignment_text(c),
+        add_text_row(table, e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", mean_alignment_text(c),
                       str(c["answers"]),
                       str(c["scored"]), str(c["misaligned"]), str(c["incoherent"]), str(c["code"]), str(c["refusal"]),
                       f"{c['unparseable_alignment']}/{c['unparseable_coherence']}")
@@ -105,7 +111,7 @@ def mnist_table(results: dict) -> Table | None:
     for cell, arms in summaries.items():
         for arm, s in arms.items():
             ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
-            table.add_row(cell, arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
+            add_text_row(table, cell, arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
     return table
 
 

@@ -167,8 +167,10 @@ def _pool(rows: list[dict]) -> tuple[float, float, float] | None:
     return mean_ci([r["value"] for r in rows])
 
 
-def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title: str, path: Path) -> Path:
-    """Bars per group and series, each (mean, lo, hi) or None, with CI whiskers; a headless PNG."""
+def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title: str, path: Path,
+                 points: dict[str, list[list[float]]] | None = None) -> Path:
+    """Bars per group and series, each (mean, lo, hi) or None, with CI whiskers, and optionally the
+    values behind a bar as dots (one per trained student); a headless PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -181,6 +183,9 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
         means = [v[0] if v else float("nan") for v in vals]
         err = [[max(v[0] - v[1], 0) if v else 0 for v in vals], [max(v[2] - v[0], 0) if v else 0 for v in vals]]
         ax.bar(xs, means, width, yerr=err, capsize=3, label=name, color=COLORS[j % len(COLORS)])
+        for x, values in zip(xs, (points or {}).get(name, [])):
+            if len(values) > 1:
+                ax.plot([x] * len(values), values, "o", color="black", markersize=3, alpha=0.7)
     tilt = max(len(g.split("\n")[0]) for g in groups) > 8 if groups else False  # long labels overlap
     ax.set_xticks(range(len(groups)), groups, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel(ylabel)
@@ -221,19 +226,23 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
                 def pick(keep) -> list:
                     return [_pool([e for e in sub if _target(e["metric"]) == t and keep(e, t)]) for t in targets]
 
+                def each(keep) -> list[list[float]]:  # one point per trained student, beside the arm's bar
+                    return [[e["value"] for e in sub if _target(e["metric"]) == t and keep(e, t)] for t in targets]
+
                 mine = lambda e: e.get("student") == sname  # noqa: E731
                 series = {b: pick(lambda e, t, b=b: e["model"] == b)
                           for b in dict.fromkeys(e["model"] for e in sub if e["role"] == "base")}
-                series["control student"] = pick(lambda e, t: mine(e) and e["role"] == "control")
-                series["trait student"] = pick(lambda e, t: mine(e) and e["role"] == "student" and e["trait"] == t)
-                series["other-trait students"] = pick(
-                    lambda e, t: mine(e) and e["role"] == "student" and e["trait"] != t)
+                arms = {"control student": lambda e, t: mine(e) and e["role"] == "control",
+                        "trait student": lambda e, t: mine(e) and e["role"] == "student" and e["trait"] == t,
+                        "other-trait students": lambda e, t: mine(e) and e["role"] == "student" and e["trait"] != t}
+                series.update({k: pick(keep) for k, keep in arms.items()})
+                points = {k: each(keep) for k, keep in arms.items()}
                 series = {k: v for k, v in series.items() if any(v)}
                 metric = sub[0]["metric"].split("(")[0] + "(target)"
                 where = f", cell {cell}" if cell != "-" else ""
                 path = folder / _slug(f"{ev}-{sname}{'-' + cell if cell != '-' else ''}.png")
                 labels = [t + _paired_note(results, cell, ev, sname, t) for t in targets]
-                grouped_bars(labels, series, metric, f"{name}: {ev}, student {sname}{where}", path)
+                grouped_bars(labels, series, metric, f"{name}: {ev}, student {sname}{where}", path, points)
                 out.append((path, f"{metric} per target, {ev}, student {sname}{where}. {WHISKERS}"))
     return out
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from runner.errors import UserError
 from runner.loader import load
+from runner.report import add_text_row
 
 
 def missing_keys(path: Path) -> list[str]:
@@ -83,5 +84,5 @@ def _summary(rows: list[tuple[str, str, str]], console: Console) -> None:
     for col in ("spec", "status", "headline"):
         table.add_column(col)
     for r in rows:
-        table.add_row(*r)
+        add_text_row(table, *r)
     console.print(table)

@@ -301,7 +301,8 @@ class HostedBackend(Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key (the key itself never goes in a spec).")
     concurrency: int = Field(16, ge=1, description="Concurrent requests.")
     batch_api: bool = Field(False, description="openai: sample through the Batch API (about half the cost, slower).")
-    prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output] (openai, optionally + training) or [prefill, sample, train] (tinker) USD per 1M tokens.")
+    preflight: bool = Field(True, description="openai: before anything is paid for, check the key, the models, fine-tuning rights and the rate limit (subl plan --check, and the start of subl run). Turn off for servers that do not describe their models (e.g. transformers serve).")
+    prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output], [input, output, training] or [input, output, training, ft_input, ft_output] (openai), or [prefill, sample, train] (tinker), USD per 1M tokens.")
     # tinker only
     top_k: int = Field(20, ge=1, description="tinker: teacher next-token log-probs kept per completion position for objective: distill.")
     checkpoint_every: int = Field(20, ge=1, description="tinker: training steps between saved checkpoints (a killed run resumes from the last one).")
@@ -316,7 +317,7 @@ class HostedBackend(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "HostedBackend":
-        only = {"openai": {"batch_api"}, "tinker": {"top_k", "checkpoint_every"}}
+        only = {"openai": {"batch_api", "preflight"}, "tinker": {"top_k", "checkpoint_every"}}
         for kind, fields in only.items():
             wrong = sorted(fields & self.model_fields_set) if self.kind != kind else []
             if wrong:

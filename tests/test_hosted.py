@@ -648,7 +648,7 @@ def test_hosted_teacher_on_transformers_serve_end_to_end(transformers_serve, tmp
     spec.write_text(f"""name: tserve_small
 progress: false
 backends:
-  tserve: {{base_url: "{transformers_serve}", api_key_env: {ENV}, concurrency: 2}}
+  tserve: {{base_url: "{transformers_serve}", api_key_env: {ENV}, concurrency: 2, preflight: false}}
 teacher: {{base: "tserve:{model}", targets: [owl], control: false}}
 domain: {{kind: numbers, n_prompts: 12, max_tokens: 24, constrained: false}}
 filters: [{{kind: numbers, max_value: 999, max_count: 10}}]

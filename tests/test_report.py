@@ -90,3 +90,29 @@ def test_results_path_from_spec_folder_or_file(run: Path, tmp_path: Path):
     (tmp_path / "other.yaml").write_text(SPEC.replace("fake", "other"))
     with pytest.raises(UserError, match="subl run"):
         results_path(tmp_path / "other.yaml", outputs)
+
+
+def test_user_text_is_printed_literally_in_bars_and_tables():
+    """Labels are user text: `:owl:` is not an emoji and `[b]` is not markup, in bars as in tables."""
+    from rich.table import Table
+
+    from runner.runs import _Bar, _progress
+    from runner.stages import FileInput, ModelInput
+    from runner.stages.evaluation import ProbeStage
+
+    console = Console(record=True, force_terminal=True, width=200, emoji=False)
+    stage = ProbeStage(label="evaluate student:lora-distill:owl:r0 [b]x[/b]", model=ModelInput(ref="m", identity="m"),
+                       questions=FileInput(path="q", sha256="0"), answer_prefix="p", targets=("owl",))
+    with _progress(console, True) as progress:
+        bar = _Bar(progress, stage)
+        bar.finish()  # a stage that finished at once shows as complete, not 0/?
+    from runner.report import add_text_row
+
+    table = Table()
+    table.add_column("model")
+    add_text_row(table, stage.label)
+    console.print(table)
+    text = console.export_text()
+    assert "student:lora-distill:owl:r0 [b]x[/b]" in text and "🦉" not in text
+    last_bar = [line for line in text.splitlines() if "owl:r0" in line and "━" in line][-1]
+    assert last_bar.rstrip().split("evaluate student")[-1].count("1/1") == 1  # the final frame: done, not 0/?
