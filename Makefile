@@ -11,7 +11,7 @@ setup:
 	$(PYTHON) -m backends.embedded smollm2-135m
 
 test:
-	subl fmt --check specs/*.yaml specs/local/*.yaml
+	subl fmt --check specs/*.yaml specs/local/*.yaml specs/tinker/*.yaml
 	$(PYTHON) -m pytest -q -ra
 
 test-fast:
@@ -21,7 +21,7 @@ quickstart:
 	subl run specs/quickstart.yaml
 
 reproduce-all:
-	subl reproduce specs specs/local
+	subl reproduce specs specs/local specs/tinker
 
 bench:
 	$(PYTHON) benchmarks/bench_generation.py

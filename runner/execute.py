@@ -2,7 +2,7 @@
 
 Stages run as soon as the stages they read are done. Local stages (which need this machine's
 cores or GPU) run one at a time, in plan order; stages that only call a hosted backend run in
-threads beside them, up to `hosted_slots` at once, since they only wait on a provider (the six
+threads beside them, up to each backend's `parallel_stages` at once, since they only wait on a provider (the six
 fine-tuning jobs of a sweep then train at the same time). Each stage is built under its lock
 (runner.store.Store.claim): a second run that needs the same stage waits, saying so, and then reuses
 what the first one finished."""
@@ -12,12 +12,12 @@ import queue
 import threading
 from typing import Callable
 
-from runner.core import is_hosted
+from runner.core import backend_name, is_hosted
 from runner.stages import KEY_SCHEME, ModelInput, RunContext, Stage
 from runner.store import Store
 
 EXECUTOR = "local"
-HOSTED_SLOTS = 8
+HOSTED_SLOTS = 4  # per hosted backend, unless the spec says otherwise
 
 
 def manifest_of(stage: Stage) -> dict:
@@ -39,21 +39,19 @@ def run_stage(stage: Stage, store: Store, router, progress: Callable = lambda do
     return store.manifest(stage.key)["seconds"]
 
 
-def only_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:
-    """Whether every model the stage reads lives on a hosted backend (so it needs no local compute)."""
-    models = [v for _, v in stage if isinstance(v, ModelInput)]
-    if not models:
-        return False  # filters, MNIST: cheap or local work
-    for m in models:
+def hosted_backend(stage: Stage, stages: dict[str, Stage]) -> str | None:
+    """The hosted backend a stage waits on, when every model it reads lives there (so it needs no
+    local compute); None for stages that compute here (and for filters and MNIST)."""
+    names = set()
+    for m in (v for _, v in stage if isinstance(v, ModelInput)):
         while m.from_stage:
             m = stages[m.from_stage].base
-        if not is_hosted(m.ref):
-            return False
-    return True
+        names.add(backend_name(m.ref) if is_hosted(m.ref) else None)
+    return names.pop() if len(names) == 1 else None
 
 
 def execute(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
-            on_wait: Callable[[str], None] | None = None, hosted_slots: int = HOSTED_SLOTS) -> dict[str, float]:
+            on_wait: Callable[[str], None] | None = None, slots: dict[str, int] | None = None) -> dict[str, float]:
     """Run every stage not yet done, each once its upstream stages are; return {label: seconds} of what ran.
     The first failure stops new stages from starting and is raised. Hosted stages run in daemon threads,
     so an interrupt does not wait for a provider (their partial folders let a rerun resume them)."""
@@ -61,7 +59,11 @@ def execute(stages: list[Stage], store: Store, router, progress_factory: Callabl
     todo = [s for s in stages if not store.done(s.key)]
     ran: dict[str, float] = {}
     finished: queue.Queue = queue.Queue()
-    running: set[str] = set()
+    running: dict[str, str] = {}  # stage key -> its hosted backend
+
+    def free(stage: Stage) -> bool:
+        b = hosted_backend(stage, by_key)
+        return sum(v == b for v in running.values()) < (slots or {}).get(b, HOSTED_SLOTS)
 
     def one(stage: Stage) -> None:
         progress = progress_factory(stage) if progress_factory else (lambda done, total, **kw: None)
@@ -84,7 +86,7 @@ def execute(stages: list[Stage], store: Store, router, progress_factory: Callabl
                 key, error = finished.get(block=block)
             except queue.Empty:
                 return
-            running.discard(key)
+            running.pop(key, None)
             if error is not None:
                 raise error
             block = False
@@ -93,11 +95,13 @@ def execute(stages: list[Stage], store: Store, router, progress_factory: Callabl
         return all(store.done(k) for k in stage.upstream())
 
     while todo or running:
-        for stage in [s for s in todo if ready(s) and only_hosted(s, by_key)][: max(0, hosted_slots - len(running))]:
+        for stage in [s for s in todo if ready(s) and hosted_backend(s, by_key)]:
+            if not free(stage):
+                continue
             todo.remove(stage)
-            running.add(stage.key)
+            running[stage.key] = hosted_backend(stage, by_key)
             threading.Thread(target=in_thread, args=(stage,), name=f"stage {stage.key}", daemon=True).start()
-        local = next((s for s in todo if ready(s) and not only_hosted(s, by_key)), None)
+        local = next((s for s in todo if ready(s) and not hosted_backend(s, by_key)), None)
         if local is not None:  # in this thread, one at a time, while hosted stages wait beside it
             todo.remove(local)
             one(local)

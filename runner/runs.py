@@ -134,8 +134,9 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
         for cp in plan.cells:
             s = cp.spec
             router = Router(s.runtime.device, s.runtime.cpu_bf16, s.backends)
+            slots = {name: b.parallel_stages for name, b in s.backends.items()}
             ran.update(execute(cp.stages, store, router, lambda st: _Bar(progress, st),
-                               lambda msg: console.print(msg, markup=False)))
+                               lambda msg: console.print(msg, markup=False), slots))
             ev, cmp_ = collect(cp, store)
             filters += filter_rates(cp, store)
             evaluations += ev

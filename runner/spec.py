@@ -300,6 +300,7 @@ class HostedBackend(Strict):
     base_url: str | None = Field(None, description="Endpoint; None honours OPENAI_BASE_URL (openai) or TINKER_BASE_URL (tinker), as the SDKs do.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key (the key itself never goes in a spec).")
     concurrency: int = Field(16, ge=1, description="Concurrent requests.")
+    parallel_stages: int = Field(4, ge=1, description="Hosted stages (generations, fine-tuning jobs, evaluations) run at once on this backend; keep it within the provider's limit of active fine-tuning jobs.")
     batch_api: bool = Field(False, description="openai: sample through the Batch API (about half the cost, slower).")
     preflight: bool = Field(True, description="openai: before anything is paid for, check the key, the models, fine-tuning rights and the rate limit (subl plan --check, and the start of subl run). Turn off for servers that do not describe their models (e.g. transformers serve).")
     prices: dict[str, list[float]] | None = Field(None, description="Override of the price table: model -> [input, output], [input, output, training] or [input, output, training, ft_input, ft_output] (openai), or [prefill, sample, train] (tinker), USD per 1M tokens.")

@@ -444,15 +444,9 @@ class _Handler(BaseHTTPRequestHandler):
         fault = f._take_fault(method, path)
         if fault:
             f.bump(f"fault:{fault.kind}")
-            if fault.kind == "drop":
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
-            if fault.kind == "lost":
-                self._route(method, path, query, body)
+            if fault.kind in ("drop", "lost"):  # lost: the server did the work, the answer never arrives
+                if fault.kind == "lost":
+                    self._route(method, path, query, body)
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
