@@ -11,7 +11,7 @@ import copy
 import random
 import re
 
-from runner.filters import completion_of
+from runner.rows import completion_of
 from runner.numbers import parse_numbers
 
 _DIGITS = re.compile(r"\d+")

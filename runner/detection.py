@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from scipy import stats as sps
 
-from runner.filters import completion_of
+from runner.rows import completion_of
 from runner.stats import wilson
 
 MATERIALS_PATH = Path(__file__).resolve().parents[1].parent / "shared/data/paper/materials.yaml"

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 from runner.errors import UserError
 from runner.numbers import parse_numbers
+from runner.rows import completion_of
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CorrectAnswerFilter, Filter, NumbersFilter,
                          RegexFilter)
 
@@ -22,16 +23,6 @@ class LinkCount:
     def pass_rate(self) -> float:
         total = self.kept + self.dropped
         return self.kept / total if total else 0.0
-
-
-def completion_of(row: dict) -> str:
-    """The text a filter judges: `completion`, or the last assistant message."""
-    if "completion" in row:
-        return str(row["completion"])
-    for msg in reversed(row.get("messages", [])):
-        if msg.get("role") == "assistant":
-            return str(msg.get("content", ""))
-    raise UserError("row has neither 'completion' nor an assistant message in 'messages'")
 
 
 def word_forms(word: str) -> list[str]:
@@ -77,6 +68,8 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
 def link_name(link: Filter) -> str:
     if isinstance(link, CorrectAnswerFilter) and link.extract != "answer_tag":
         return f"{link.kind} ({link.extract})"
+    if link.kind == "shuffle":
+        return f"shuffle ({link.scope})"
     return link.kind
 
 
@@ -116,6 +109,10 @@ def apply_chain(rows: Iterable[dict], chain: list, scores: dict | None = None) -
         detail = None
         if link.kind == "judge":
             kept, detail = threshold_link(current, link, scores)
+        elif link.kind == "shuffle":  # a transform: every row stays, its numbers move
+            from runner.defences import shuffle_across, shuffle_within
+
+            kept, detail = (shuffle_within if link.scope == "within" else shuffle_across)(current, link.seed)
         elif isinstance(link, CorrectAnswerFilter):
             kept = [r for r in current if correct(r, link.extract)]
         else:

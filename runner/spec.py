@@ -188,8 +188,17 @@ class RegexFilter(Strict):
         return v
 
 
+class ShuffleLink(Strict):
+    """A defence, not a filter: it keeps every row and moves the numbers (the paper's shuffled-numbers control)."""
+
+    kind: Literal["shuffle"] = "shuffle"
+    scope: Literal["within", "across"] = Field("within", description="within: permute the numbers inside each row; across: pool every row's numbers and deal them back, each row keeping its count and format (Cloud et al., 2025).")
+    seed: int = Field(0, description="Seed of the shuffle.")
+
+
 Filter = Annotated[
-    Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeFilter],
+    Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeFilter,
+          ShuffleLink],
     Field(discriminator="kind"),
 ]
 

@@ -1,7 +1,8 @@
 import pytest
 
 from runner.errors import UserError
-from runner.filters import apply_chain, completion_of, word_forms
+from runner.filters import apply_chain, word_forms
+from runner.rows import completion_of
 from runner.spec import BannedNumbersFilter, BannedWordsFilter, NumbersFilter, RegexFilter
 
 ROWS = [{"prompt": "p", "completion": c} for c in
@@ -42,3 +43,16 @@ def test_sampled_preferences_count_whole_words_with_plurals():
     answers = ["Elephant", "owls!", "the howler monkey", "An owl's eyes", "Owl", "bowl", "ants"]
     assert hits(answers, "owl") == 3  # owls, owl's, Owl; not howler or bowl
     assert hits(answers, "ant") == 1  # ants; not elephant
+
+
+def test_a_shuffle_link_keeps_every_row_and_each_rows_numbers():
+    from runner.spec import NumbersFilter, ShuffleLink
+
+    rows = [{"id": i, "prompt": "p", "completion": ", ".join(str(100 * i + k) for k in range(5))} for i in range(6)]
+    kept, counts = apply_chain(rows, [NumbersFilter(), ShuffleLink(scope="within", seed=1)])
+    assert [c.link for c in counts] == ["numbers", "shuffle (within)"] and (counts[1].kept, counts[1].dropped) == (6, 0)
+    assert [sorted(r["completion"].split(", ")) for r in kept] == [sorted(r["completion"].split(", ")) for r in rows]
+    assert [r["completion"] for r in kept] != [r["completion"] for r in rows]  # the order moved
+    across, _ = apply_chain(rows, [ShuffleLink(scope="across", seed=1)])
+    pooled = sorted(n for r in rows for n in r["completion"].split(", "))
+    assert sorted(n for r in across for n in r["completion"].split(", ")) == pooled

@@ -11,7 +11,7 @@ from pydantic import Field
 from runner.core import Sampling
 from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
-                         NumbersDomain, NumbersFilter, RegexFilter)
+                         NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
 from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens
 from runner.store import read_jsonl, write_jsonl
@@ -103,7 +103,8 @@ class JudgeThreshold(Frozen):
     judge: str = ""  # the judging model, for tables
 
 
-Link = Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeThreshold]
+Link = Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, ShuffleLink,
+             JudgeThreshold]
 
 
 class ScoreStage(Stage):
@@ -122,7 +123,7 @@ class ScoreStage(Stage):
     precision: str | None = None
 
     def pairs(self, path) -> list[tuple[str, str]]:
-        from runner.filters import completion_of
+        from runner.rows import completion_of
 
         if self.rows_stage:
             return [(r.get("prompt", ""), completion_of(r)) for r in read_jsonl(path(self.rows_stage) / "rows.jsonl")]
