@@ -209,6 +209,7 @@ PATH_FIELDS = [
     (("teacher", "trait", "finetune", "dataset"), "dataset"),
     (("teacher", "controls", "*", "finetune", "dataset"), "dataset"),
     (("mnist", "data"), "file"),
+    (("theorem", "data"), "file"),
 ]
 BUILTIN_NAMES = ("animals", "trees")
 

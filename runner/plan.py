@@ -18,6 +18,7 @@ from runner.stages import FileInput, ModelInput, PlanContext, Stage
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
+from runner.stages.theorem_stage import TheoremMnistStage
 from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
 
@@ -45,6 +46,7 @@ class CellPlan:
     evals: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)  # (label, eval i) -> part -> key
     filters: dict[str, list[str]] = field(default_factory=dict)  # rows name -> filter stage keys in chain order
     mnist: str | None = None
+    theorem: str | None = None
 
     @property
     def spec(self) -> Spec:
@@ -84,6 +86,9 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
     ids = Identities(outputs, spec.backends)
     if spec.experiment == "mnist":
         plan.mnist = plan.add(_mnist(spec)).key
+        return plan
+    if spec.experiment == "theorem_mnist":
+        plan.theorem = plan.add(_theorem(spec)).key
         return plan
     prec = _Precision(spec)
     teachers = _teachers(spec, plan, ids, prec)
@@ -309,14 +314,24 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
             plan.evals[(m.label, i)] = parts
 
 
-def _mnist(spec: Spec) -> MnistStage:
+def _mnist_data(path: str | None) -> FileInput | None:
+    """The MNIST file a stage reads: the spec's, else the first default location that exists."""
     from runner.mnist import DEFAULT_DATA
 
+    found = [Path(path)] if path else [p for p in DEFAULT_DATA if p.exists()][:1]
+    return file_input(str(found[0])) if found and found[0].exists() else None
+
+
+def _mnist(spec: Spec) -> MnistStage:
     m = spec.mnist
-    found = [Path(m.data)] if m.data else [p for p in DEFAULT_DATA if p.exists()][:1]
-    data = file_input(str(found[0])) if found and found[0].exists() else None
-    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}), data=data,
-                      seed=spec.seed, title=spec.name)
+    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}),
+                      data=_mnist_data(m.data), seed=spec.seed, title=spec.name)
+
+
+def _theorem(spec: Spec) -> TheoremMnistStage:
+    t = spec.theorem
+    return TheoremMnistStage(label="theorem: one step, same vs cross init", settings=t.model_copy(update={"data": None}),
+                             data=_mnist_data(t.data), seed=spec.seed, title=spec.name)
 
 
 # ---- views for the commands -----------------------------------------------------------------

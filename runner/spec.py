@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runner.core import backend_name
-from runner.mnist_spec import MnistSpec
+from runner.mnist_spec import MnistSpec, TheoremSpec
 from runner.templates import TEMPLATES
 
 PAPER_TRAIT = (
@@ -343,13 +343,14 @@ class Spec(Strict):
     notes: str = Field("", description="What this spec tests (not part of any cache key).")
     extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
     seed: int = Field(0, description="Base seed for prompt generation and sampling.")
-    experiment: Literal["llm", "mnist"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation.")
+    experiment: Literal["llm", "mnist", "theorem_mnist"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST.")
     teacher: Teacher = Field(Teacher(), description="Teacher base and trait.")
     domain: Domain = Field(NumbersDomain(), description="Data domain.")
     filters: list[Filter] = Field([NumbersFilter()], description="Ordered filter chain; each link reports kept and dropped rows.")
     students: list[Student] = Field([Student()], description="Students trained on each teacher's filtered data.")
     evaluations: list[Evaluation] = Field([PreferenceLogprob()], description="Evaluations run on base, teachers and students.")
     mnist: MnistSpec = Field(MnistSpec(), description="Settings of the MNIST experiment (experiment: mnist).")
+    theorem: TheoremSpec = Field(TheoremSpec(), description="Settings of the one-step theorem on MNIST (experiment: theorem_mnist).")
     matrix: dict[str, list[Any]] = Field({}, description="Expand dotted keys over lists, e.g. {teacher.targets: [[owl], [eagle]], seed: [0, 1]}.")
     runtime: Runtime = Field(Runtime(), description="Where local stages run.")
     backends: dict[str, HostedBackend] = Field({}, description="Hosted backends by name; a model `name:model-id` runs there.")
