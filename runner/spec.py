@@ -143,6 +143,8 @@ class JudgeModel(Strict):
     mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob (local judges): the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix.")
     answer_prefix: str = Field("Score:", description="logprob mode: assistant text after which the score is read.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most tokens in the judge's reply.")
+    temperature: float = Field(0.0, ge=0, description="sample mode: the judge's sampling temperature (the paper's judges: 1).")
+    parse: Literal["lenient", "integer", "judgment_answer"] = Field("lenient", description="sample mode: how a reply is read. lenient: a number 0-100 anywhere unambiguous, CODE or REFUSAL. integer: int(reply) only (the paper's misalignment judges). judgment_answer: the int in <judgment_answer> tags, else in <answer> tags (the paper's CoT rubric).")
 
 
 def _check_template(v: str) -> str:
