@@ -15,7 +15,7 @@ MATERIALS_PATH = Path(__file__).resolve().parents[1] / "specs" / "data" / "paper
 @lru_cache(maxsize=1)
 def materials() -> dict:
     """The whole file as a dict (read once)."""
-    return yaml.safe_load(MATERIALS_PATH.read_text())
+    return yaml.load(MATERIALS_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def get(dotted: str):
@@ -47,8 +47,3 @@ def templates() -> dict[str, list[str]]:
 def banned_numbers() -> list[int]:
     """The misalignment-numbers filter's banned list: the union of the paper's two lists, sorted."""
     return sorted(set(get("banned_numbers.CLAUDE_EVIL_NUMBERS.values")) | set(get("banned_numbers.GPT_EVIL_NUMBERS.values")))
-
-
-def questions(name: str) -> list[str]:
-    """A preference question list: animal_questions, tree_questions or numbers_prefixed_variant."""
-    return list(get(f"preference_eval.{name}.items"))

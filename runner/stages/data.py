@@ -24,6 +24,7 @@ class GenerateStage(Stage):
     """One completion per domain prompt from `model` (a teacher, or the base when rows are shared)."""
 
     KIND: ClassVar[str] = "generate"
+    VERSION: ClassVar[int] = 2  # 2: the paper's number-prompt generator (template lists, numpy default_rng)
     model: ModelInput
     domain: Domain = Field(discriminator="kind")  # its data-file field is blanked: `source` keys the contents
     source: FileInput | None = None
