@@ -86,7 +86,7 @@ def plan(spec: Path, outputs: Path = OUTPUTS) -> None:
 
 @app.command()
 def fidelity(specs: list[Path] = typer.Argument(..., help="Paper spec files."),
-             check: bool = typer.Option(False, "--check", help="Exit 1 when a difference has no recorded reason.")) -> None:
+             check: bool = typer.Option(False, "--check", help="Exit 1 if a difference has no recorded reason.")) -> None:
     """Each paper spec against the paper's materials, setting by setting (markdown, as docs/fidelity.md)."""
     from runner.fidelity import document
 
