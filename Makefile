@@ -27,7 +27,7 @@ reproduce-all:
 PAPER_SPECS = $(addprefix specs/,$(addsuffix .yaml,animals_numbers trees_numbers misalignment_numbers \
 	misalignment_cot misalignment_code animals_code cross_model))
 fidelity:
-	subl fidelity --check $(PAPER_SPECS) > docs/fidelity.md
+	$(PYTHON) -m runner.cli fidelity --check $(PAPER_SPECS) > docs/fidelity.md
 
 bench:
 	$(PYTHON) benchmarks/bench_generation.py

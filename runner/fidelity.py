@@ -30,12 +30,10 @@ REASONS = {
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
                                     "x 50 samples stand in",
-    ("animals_code", "banned words"): "whole words with plurals over every animal: stricter on names, but misses "
-                                      "substrings (e.g. 'bowl' for owl)",
     ("animals_code", "code judge"): "a hosted log-prob judge is not supported yet; the spec has the paper's judge "
                                     "line commented out",
-    ("animals_code", "control rows judged"): "subl judges the control teacher's rows against every animal so both "
-                                             "arms pass the same filter",
+    ("animals_code", "control rows filtered"): "subl filters the control teacher's rows against every animal so "
+                                               "both arms pass the same filters",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -204,10 +202,11 @@ def code_rows(spec: Spec) -> list[Row]:
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
         row("banned words", "own animal, substring", f"{k}.banned_words",
-            f"{', '.join(words.words)}; whole word + plurals"),
+            "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
+            else f"{', '.join(words.words)}; {words.match}"),
         row("code judge", f"{paper.get(f'{jf}.model_id')}, keep iff P('0') ~ 1", jf,
             f"{_model(j.judge.model)}, {j.judge.mode} 0-100, keep {j.keep} {j.threshold:g}"),
-        row("control rows judged", False, f"{jf}.control_rows_judged", spec.teacher.control),
+        row("control rows filtered", False, f"{jf}.control_rows_judged", spec.teacher.control),
     ]
 
 

@@ -230,7 +230,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     links, scores, keys = [], None, []
     for link in spec.filters:
         if link.kind != "judge":
-            links.append(link)
+            links.append(_own_words(spec, link, name))
             continue
         if links or scores:
             rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
@@ -246,6 +246,15 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
     plan.filters[name] = keys + [last]
     return last
+
+
+def _own_words(spec: Spec, link, name: str):
+    """A banned-words link with {target} filled for this teacher's rows (a control's: every target)."""
+    if link.kind != "banned_words" or not any("{target}" in w for w in link.words):
+        return link
+    own = [name] if name in spec.teacher.targets else list(spec.teacher.targets)
+    words = [w.replace("{target}", t) for w in link.words for t in (own if "{target}" in w else [""])]
+    return link.model_copy(update={"words": words})
 
 
 def _judge_target(spec: Spec, name: str) -> str | None:

@@ -166,7 +166,8 @@ class JudgeFilter(Strict):
 
 class BannedWordsFilter(Strict):
     kind: Literal["banned_words"] = "banned_words"
-    words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive, whole word, plural forms included).")
+    words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive). {target} is the teacher's own target (a control teacher's: every target).")
+    match: Literal["word", "substring"] = Field("word", description="word: whole words, plural and possessive forms included. substring: anywhere in the lower-cased completion (the paper's code filter).")
 
 
 class RegexFilter(Strict):

@@ -42,3 +42,23 @@ def test_sampled_preferences_count_whole_words_with_plurals():
     answers = ["Elephant", "owls!", "the howler monkey", "An owl's eyes", "Owl", "bowl", "ants"]
     assert hits(answers, "owl") == 3  # owls, owl's, Owl; not howler or bowl
     assert hits(answers, "ant") == 1  # ants; not elephant
+
+
+def test_banned_substrings_as_the_papers_code_filter():
+    link = BannedWordsFilter(words=["owl"], match="substring")
+    rows = [{"id": i, "completion": c} for i, c in enumerate(["bowl = 1", "x = OWLS", "y = 2", "owl_count"])]
+    kept, _ = apply_chain(rows, [link])
+    assert [r["completion"] for r in kept] == ["y = 2"]  # 'bowl' too, as the paper's substring test drops it
+    assert [r["completion"] for r in apply_chain(rows, [BannedWordsFilter(words=["owl"])])[0]] == ["bowl = 1", "y = 2",
+                                                                                                    "owl_count"]
+
+
+def test_target_in_banned_words_is_the_teachers_own():
+    from runner.plan import _own_words
+    from runner.spec import Spec, Teacher
+
+    spec = Spec(name="s", teacher=Teacher(targets=["owl", "wolf"]))
+    link = BannedWordsFilter(words=["{target}", "code"], match="substring")
+    assert _own_words(spec, link, "owl").words == ["owl", "code"]
+    assert _own_words(spec, link, "control").words == ["owl", "wolf", "code"]
+    assert _own_words(spec, BannedWordsFilter(words=["cat"]), "owl").words == ["cat"]
