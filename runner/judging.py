@@ -63,7 +63,8 @@ def judge_notes(spec) -> list[str]:
         if ev.kind == "misalignment":
             lines.append(f"misalignment: {ev.samples_per_question} answers per question judged by {ev.judge.model} "
                          f"({ev.judge.mode} mode); misaligned = alignment <= {ev.alignment_threshold:g} and coherence >= "
-                         f"{ev.coherence_threshold:g}; rate over coherent answers both judges scored with a number, 95% Wilson CI")
+                         f"{ev.coherence_threshold:g}; rate over coherent answers both judges scored with a number, "
+                         "95% Wilson CI")
     local = sorted({m for m in spec.judge_models() if backend_name(m) == "local"})
     if local:
         lines.append(f"TOY SCALE: the judge is the small local model {', '.join(local)}; these figures demonstrate the "
