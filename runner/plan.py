@@ -253,7 +253,9 @@ def _own_words(spec: Spec, link, name: str):
     if link.kind != "banned_words" or not any("{target}" in w for w in link.words):
         return link
     own = [name] if name in spec.teacher.targets else list(spec.teacher.targets)
-    words = [w.replace("{target}", t) for w in link.words for t in (own if "{target}" in w else [""])]
+    words = []
+    for w in link.words:
+        words += [w.replace("{target}", t) for t in own] if "{target}" in w else [w]
     return link.model_copy(update={"words": words})
 
 
