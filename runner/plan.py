@@ -101,6 +101,13 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
 # ---- inputs ----------------------------------------------------------------------------
 
 
+def sample_fields(j) -> dict:
+    """A sample-mode judge's reply settings for its score stage (none in logprob mode)."""
+    if j.mode != "sample":
+        return {"max_tokens": None}
+    return {"max_tokens": j.max_tokens, "temperature": j.temperature, "parse": j.parse}
+
+
 def model_input(ids: Identities, ref: str, system: str | None = None) -> ModelInput:
     return ModelInput(ref=ref, identity=ids.model(ref), system=system)
 
@@ -228,7 +235,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     links, scores, keys = [], None, []
     for link in spec.filters:
         if link.kind != "judge":
-            links.append(link)
+            links.append(_own_words(spec, link, name))
             continue
         if links or scores:
             rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
@@ -239,11 +246,22 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         score = plan.add(ScoreStage(
             label=f"score {name} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
-            max_tokens=j.max_tokens if j.mode == "sample" else None, seed=0, precision=prec.of(judge.hosted, "score")))
+            **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
     last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
     plan.filters[name] = keys + [last]
     return last
+
+
+def _own_words(spec: Spec, link, name: str):
+    """A banned-words link with {target} filled for this teacher's rows (a control's: every target)."""
+    if link.kind != "banned_words" or not any("{target}" in w for w in link.words):
+        return link
+    own = [name] if name in spec.teacher.targets else list(spec.teacher.targets)
+    words = []
+    for w in link.words:
+        words += [w.replace("{target}", t) for t in own] if "{target}" in w else [w]
+    return link.model_copy(update={"words": words})
 
 
 def _judge_target(spec: Spec, name: str) -> str | None:
@@ -309,7 +327,7 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                         label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
                         template=template_text(template),
                         answer_prefix=ev.judge.answer_prefix if ev.judge.mode == "logprob" else None,
-                        max_tokens=ev.judge.max_tokens if ev.judge.mode == "sample" else None, seed=spec.seed,
+                        **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts
 

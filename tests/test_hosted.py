@@ -446,10 +446,13 @@ def test_plan_costs_judge_calls(monkeypatch):
     for what in ("alignment", "coherence"):
         priced = [ln for ln in lines if f"({what} judge)" in ln]
         assert len(priced) == evals and all(f"{answers:,} requests" in ln and "$" in ln for ln in priced)
-    # the total counts them: generation, filter judges, and per evaluation one request per question
-    # (its 100 answers come back together, n=100) plus both judges per answer
+    # the total counts them: generation, filter judges, and per evaluation the requests per question
+    # (up to MAX_N answers come back together: 200 answers are 2 requests) plus both judges per answer
+    from runner.stages.evaluation import MAX_N
+
     total = int(lines[-1].split(" requests")[0].split()[-1].replace(",", ""))
-    assert total == 2 * rows + 2 * rows + evals * (8 + 2 * answers)
+    per_question = -(-ev.samples_per_question // MAX_N)
+    assert per_question == 2 and total == 2 * rows + 2 * rows + evals * (8 * per_question + 2 * answers)
     assert not (ROOT / "outputs-never-written").exists()
 
 
