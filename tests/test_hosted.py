@@ -665,6 +665,6 @@ evaluations: [{{kind: preference_sample, questions: animals, samples_per_questio
     assert {e["model"] for e in res["evaluations"]} == {"base", "base:smollm2-135m", "teacher:owl", "student:lora:owl:r0"}
     generated = next(out.glob("stages/generate-*/hosted_requests.jsonl")).read_text().splitlines()
     assert len(generated) == 12
-    notes = [json.loads(p.read_text()) for p in out.glob("stages/evaluate-*/hosted_notes.json")]
+    notes = [json.loads(p.read_text()) for p in out.glob("stages/answers-*/hosted_notes.json")]
     assert len(notes) == 2 and all(n["ignores_n"] == {str(model): 2} for n in notes)  # base and teacher, 2 questions
     assert_clean(out)
