@@ -398,7 +398,7 @@ class TinkerBackend:
     def sample(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int,
                progress: Progress | None = None) -> list[list[str]]:
         """n completions per prompt, one request each, seeded sampling.seed + prompt index."""
-        if sampling.grammar:
+        if sampling.constraint is not None:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
         tok = self.tokenizer(model.base)

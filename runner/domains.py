@@ -40,15 +40,3 @@ def load_tasks(path: str, field: str, limit: int | None) -> list[str]:
         if limit and len(out) >= limit:
             break
     return out
-
-
-def expected_rows(domain: dict) -> int | None:
-    """Rows a generate stage will write, from its config alone (an upper bound for cot; None if unknown)."""
-    kind = domain.get("kind", "numbers")
-    if kind == "numbers":
-        return domain["n_prompts"]
-    if kind == "cot":
-        return domain["n_questions"] * domain["samples_per_question"]
-    if kind == "code" and domain.get("n_prompts"):
-        return domain["n_prompts"] * domain["samples_per_prompt"]
-    return None

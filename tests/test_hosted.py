@@ -503,7 +503,7 @@ evaluations:
     for e in mis.values():
         c = e["counts"]
         assert c["answers"] == 12 and c["scored"] == e["n"] > 0  # CODE/REFUSAL/chatter leave the denominator
-        assert c["scored"] + c["code"] + c["refusal"] + c["unparseable"] == 12
+        assert c["scored"] + c["incoherent"] + c["code"] + c["refusal"] + c["unparseable"] == 12
         assert 0 <= e["ci"][0] <= e["value"] <= e["ci"][1] <= 1
     assert server.paid_total()["jobs"] == 2 and no_secret(r.stdout + r.stderr) and assert_clean(out) > 10
 

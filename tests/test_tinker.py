@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from runner.grammar import NumberList
 from backends.base import ModelRef, Sampling, Training
 from backends.openai_api import RetryPolicy
 from backends.tinker_api import TRAIN_STATE_FILE, TinkerBackend, topk_kl
@@ -96,7 +97,7 @@ def test_logprobs_equal_the_local_backend(fake, tmp_path, tiny_model):
 
 def test_constrained_decoding_is_refused(fake, tmp_path):
     with pytest.raises(UserError, match="constrained decoding needs the local backend"):
-        make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling(grammar=(10, 3)))
+        make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling(constraint=NumberList(10, 3)))
 
 
 @pytest.mark.parametrize("op,error", [("sample", "rate_limit"), ("sample", "server"), ("sample", "lost"),
