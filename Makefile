@@ -26,3 +26,4 @@ reproduce-all:
 bench:
 	$(PYTHON) benchmarks/bench_generation.py
 	$(PYTHON) benchmarks/bench_mnist.py
+	$(PYTHON) benchmarks/bench_executor.py

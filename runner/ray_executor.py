@@ -57,6 +57,11 @@ def cluster(address: str | None, cpus: int | None) -> Iterator[dict[str, float]]
         ray.shutdown()
 
 
+def describe(resources: dict[str, float]) -> str:
+    """A cluster's resources in one line: counts as they are, memory in GiB."""
+    return ", ".join(f"{k} {v / 2**30:.1f} GiB" if "memory" in k else f"{k} {v:g}" for k, v in resources.items())
+
+
 def check_outputs(outputs: Path, address: str | None) -> None:
     """Workers on other machines resolve no relative path the way this one does."""
     if address and not Path(outputs).is_absolute():

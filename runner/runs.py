@@ -120,13 +120,12 @@ def run_spec(path: Path, outputs: Path, console: Console, executor: str | None =
     if address and kind != "ray":
         raise UserError("--address needs --executor ray (or runtime.executor: ray in the spec)")
     if kind == "ray":
-        from runner.ray_executor import check_outputs, cluster
+        from runner.ray_executor import check_outputs, cluster, describe
 
         check_outputs(outputs, address)
         with cluster(address, cpus) as resources:
             where = {"kind": "ray", "address": address or "local instance", "resources": resources}
-            console.print(f"ray: {where['address']}, {', '.join(f'{k} {v:g}' for k, v in resources.items())}",
-                          markup=False)
+            console.print(f"ray: {where['address']}, {describe(resources)}", markup=False)
             return _run(path, cells, outputs, console, where)
     return _run(path, cells, outputs, console, {"kind": "local"})
 

@@ -85,10 +85,12 @@ def stage_files(out: Path, name: str) -> dict[str, bytes]:
     return {p.parent.name: p.read_bytes() for p in sorted((out / "stages").glob(f"*/{name}"))}
 
 
+@pytest.mark.slow  # end to end through the CLI on tiny models
 def test_a_local_run_never_imports_ray(runs):
     assert runs[1].stdout.strip().splitlines()[-1] == "no ray"
 
 
+@pytest.mark.slow  # end to end through the CLI on tiny models
 def test_ray_run_makes_the_same_keys_rows_models_and_metrics(runs):
     root = runs[0]
     keys = sorted(p.name for p in (root / "local" / "stages").iterdir() if not p.name.startswith("."))
@@ -102,6 +104,7 @@ def test_ray_run_makes_the_same_keys_rows_models_and_metrics(runs):
     assert a["comparisons"] == b["comparisons"] and a["spec_hash"] == b["spec_hash"]
 
 
+@pytest.mark.slow  # end to end through the CLI on tiny models
 def test_ray_run_records_the_executor_nodes_and_cluster(runs):
     root, _, ray_run, _ = runs
     res = json.loads((root / "ray" / "six" / "results.json").read_text())
@@ -115,6 +118,7 @@ def test_ray_run_records_the_executor_nodes_and_cluster(runs):
     assert "ray: done finetune lora:panda:r0 in " in ray_run.stdout
 
 
+@pytest.mark.slow  # end to end through the CLI on tiny models
 def test_a_killed_worker_is_retried_and_its_stage_finishes(runs):
     root = runs[0]
     crashed = [p for p in (root / "ray" / "stages").glob(".finetune-*.crashed")]
@@ -124,6 +128,7 @@ def test_a_killed_worker_is_retried_and_its_stage_finishes(runs):
     assert not list((root / "ray" / "stages").glob(".*.partial"))
 
 
+@pytest.mark.slow  # end to end through the CLI on tiny models
 def test_a_killed_drivers_finished_stages_are_reused(runs):
     root, _, _, before_kill = runs
     ran = json.loads((root / "ray" / "six" / "results.json").read_text())["stages_run"]
