@@ -46,7 +46,8 @@ def needs_ray():
 LOCAL_RUN = """import sys
 from pathlib import Path
 from rich.console import Console
-from runner.runs import run_spec
+from runner.runs import plan_lines, run_spec
+plan_lines(Path(sys.argv[1]), Path(sys.argv[2]))
 run_spec(Path(sys.argv[1]), Path(sys.argv[2]), Console(quiet=True))
 print("ray imported" if "ray" in sys.modules else "no ray")
 """
@@ -143,6 +144,18 @@ def test_relative_outputs_with_a_remote_address_is_one_line(write):
     assert r.returncode == 2 and r.stderr.strip() == "error: --executor: 'dask' is not local or ray"
     r = subl("run", spec, "--address", "auto")
     assert r.returncode == 2 and "--address needs --executor ray" in r.stderr
+
+
+def test_a_spec_that_asks_for_ray_without_ray_installed_is_one_line(write, monkeypatch):
+    from rich.console import Console
+
+    from runner.errors import UserError
+    from runner.runs import run_spec
+
+    spec = write("s.yaml", "name: s\nruntime: {executor: ray}\nteacher: {base: smollm2-135m, targets: [owl]}\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(UserError, match=r"^--executor ray needs Ray: pip install 'subl\[ray\]'$"):
+        run_spec(spec, spec.parent / "out", Console(quiet=True))
 
 
 def test_stage_resources_by_kind_and_backend():
