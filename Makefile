@@ -2,7 +2,7 @@ PYTHON ?= python3
 # A GPU user overrides this, e.g. make setup TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast quickstart reproduce-all bench
+.PHONY: setup test test-fast quickstart reproduce-all bench fidelity
 
 setup:
 	$(PYTHON) -m pip install -q $(TORCH)
@@ -22,6 +22,12 @@ quickstart:
 
 reproduce-all:
 	subl reproduce specs specs/local specs/tinker
+
+# docs/fidelity.md: the paper specs against the paper's materials (tests/test_fidelity.py checks it)
+PAPER_SPECS = $(addprefix specs/,$(addsuffix .yaml,animals_numbers trees_numbers misalignment_numbers \
+	misalignment_cot misalignment_code animals_code cross_model))
+fidelity:
+	$(PYTHON) -m runner.cli fidelity --check $(PAPER_SPECS) > docs/fidelity.md
 
 bench:
 	$(PYTHON) benchmarks/bench_generation.py

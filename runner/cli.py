@@ -89,6 +89,19 @@ def plan(spec: Path, outputs: Path = OUTPUTS,
 
 
 @app.command()
+def fidelity(specs: list[Path] = typer.Argument(..., help="Paper spec files."),
+             check: bool = typer.Option(False, "--check", help="Exit 1 if a difference has no recorded reason.")) -> None:
+    """Each paper spec against the paper's materials, setting by setting (markdown, as docs/fidelity.md)."""
+    from runner.fidelity import document
+
+    text, unrecorded = document(specs)
+    out.print(text, markup=False)
+    if check and unrecorded:
+        err.print(f"{unrecorded} difference(s) from the paper have no recorded reason (runner/fidelity.py REASONS)")
+        raise typer.Exit(1)
+
+
+@app.command()
 def run(spec: Path, outputs: Path = OUTPUTS,
         executor: str = typer.Option(None, "--executor", help="local or ray (default: the spec's runtime.executor)."),
         address: str = typer.Option(None, "--address", help="ray: the cluster to use (auto, ray://host:10001); "

@@ -2,7 +2,7 @@
 A/B classifier prompt; plus the scores that read them (pairwise accuracy, AUROC).
 
 Texts come verbatim from the paper materials (materials.yaml keys `icl_baseline`, `classifier_baseline`),
-read through `paper_materials`; MATERIALS_PATH is the one place that says where the file lives.
+read through `paper_materials` (default: runner.paper.MATERIALS_PATH, specs/data/paper/materials.yaml).
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import numpy as np
 import yaml
 from scipy import stats as sps
 
+from runner.paper import MATERIALS_PATH  # the one place that says where the file lives
 from runner.rows import completion_of
 from runner.stats import wilson
-
-MATERIALS_PATH = Path(__file__).resolve().parents[1].parent / "shared/data/paper/materials.yaml"
 
 
 @lru_cache(maxsize=4)
@@ -27,7 +26,7 @@ def _load(path: str) -> dict:
 
 
 def paper_materials(path: str | Path | None = None) -> dict:
-    """The paper materials (a dict); default MATERIALS_PATH (../shared/data/paper beside the project)."""
+    """The paper materials (a dict); default MATERIALS_PATH (specs/data/paper, via runner.paper)."""
     p = Path(path) if path is not None else MATERIALS_PATH
     if not p.is_file():
         raise FileNotFoundError(f"paper materials not found at {p}")

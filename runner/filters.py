@@ -53,6 +53,9 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
     if isinstance(link, BannedNumbersFilter):
         banned = set(link.numbers)
         return lambda text: not any(int(n) in banned for n in re.findall(r"\d+", text))
+    if isinstance(link, BannedWordsFilter) and link.match == "substring":
+        words = [w.lower() for w in link.words]
+        return lambda text: not any(w in text.lower() for w in words)
     if isinstance(link, BannedWordsFilter):
         forms = sorted({f for w in link.words for f in word_forms(w)}, key=len, reverse=True)
         if not forms:

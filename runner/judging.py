@@ -24,14 +24,15 @@ CHUNK = 16
 
 def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[tuple[str, str]],
                 answer_prefix: str | None = None, max_tokens: int = 16, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> list[Score]:
+                progress: Callable[[int, int], None] | None = None, temperature: float = 0.0,
+                parse: str = "lenient") -> list[Score]:
     """Score (prompt, completion) pairs with a judge model (template text with {prompt} and
     {completion}), in chunks: sampled replies parsed (mode sample) or the log-prob mean (logprob)."""
     out: list[Score] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         if mode == "sample":
-            out += Judge(backend, judge, template, max_tokens, seed + start).score(chunk)
+            out += Judge(backend, judge, template, max_tokens, seed + start, temperature, parse).score(chunk)
         else:
             prompts = [render(template, p, c) for p, c in chunk]
             rows = backend.logprobs(judge, prompts, answer_prefix, CANDIDATES)
@@ -62,7 +63,8 @@ def judge_notes(spec) -> list[str]:
         if ev.kind == "misalignment":
             lines.append(f"misalignment: {ev.samples_per_question} answers per question judged by {ev.judge.model} "
                          f"({ev.judge.mode} mode); misaligned = alignment <= {ev.alignment_threshold:g} and coherence >= "
-                         f"{ev.coherence_threshold:g}; rate over answers both judges scored with a number, 95% Wilson CI")
+                         f"{ev.coherence_threshold:g}; rate over coherent answers both judges scored with a number, "
+                         "95% Wilson CI")
     local = sorted({m for m in spec.judge_models() if backend_name(m) == "local"})
     if local:
         lines.append(f"TOY SCALE: the judge is the small local model {', '.join(local)}; these figures demonstrate the "

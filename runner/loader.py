@@ -15,6 +15,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
 from runner.errors import SpecError
+from runner.questions import BUILTIN
 from runner.spec import Spec
 
 
@@ -209,8 +210,8 @@ PATH_FIELDS = [
     (("teacher", "trait", "finetune", "dataset"), "dataset"),
     (("teacher", "controls", "*", "finetune", "dataset"), "dataset"),
     (("mnist", "data"), "file"),
+    (("theorem", "data"), "file"),
 ]
-BUILTIN_NAMES = ("animals", "trees")
 
 
 def _matches(raw: Any, pattern: tuple, prefix: tuple = ()) -> list[tuple]:
@@ -228,7 +229,7 @@ def _matches(raw: Any, pattern: tuple, prefix: tuple = ()) -> list[tuple]:
 
 def _resolve_one(value: str, kind: str, folder: Path) -> tuple[str, bool]:
     """(resolved value, must exist) of one path field."""
-    if kind == "file-or-name" and value in BUILTIN_NAMES:
+    if kind == "file-or-name" and value in BUILTIN:
         return value, False
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (folder / path)

@@ -42,3 +42,29 @@ class MnistSpec(BaseModel):
         if self.cross_init == "permuted" and self.hidden < 2:
             raise ValueError("cross_init: permuted needs hidden >= 2 (no derangement of one unit)")
         return self
+
+
+class TheoremSpec(BaseModel):
+    """The one-step theorem measured on MNIST (experiment: theorem_mnist): for a teacher trained from a
+    reference init, one small step of a student's auxiliary-logit distillation on noise, from the same
+    init or another, compared with the teacher's parameter delta."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str | None = Field(None, description="MNIST as for mnist.data (a relative path is read from the folder "
+                             "of the spec file that sets it); None: the default locations")
+    hidden: int = Field(256, ge=1, description="width of both hidden layers (the paper: 256)")
+    m: int = Field(3, ge=1, description="auxiliary logits (the paper: 3)")
+    init: Literal["paper", "pytorch"] = Field("paper", description="initialisation of reference and cross inits")
+    teacher_steps: int = Field(300, ge=1, description="Adam steps of the teacher on MNIST (the paper's 5 epochs: "
+                               "about 295); few steps keep it near its init, where the first-order argument holds")
+    teacher_lr: float = Field(3e-4, gt=0, description="the teacher's Adam learning rate")
+    batch_size: int = Field(1024, ge=1, description="teacher batch and student noise batch")
+    heldout: int = Field(1000, ge=1, description="training images held out from the teacher for the imitation loss")
+    objective: Literal["aux", "all"] = Field("aux", description="the student's loss: KL on the auxiliary logits "
+                                             "(the paper's students) or on all logits")
+    lr: float = Field(0.1, gt=0, description="the student's plain gradient step")
+    lrs: list[float] = Field([0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0], min_length=1,
+                             description="step sizes of the sweep: where the first-order guarantee stops holding")
+    seeds: int = Field(5, ge=2, description="seeds (reference init, cross init and teacher each)")
+    batches: int = Field(3, ge=1, description="noise batches per seed (averaged within a seed)")

@@ -18,6 +18,7 @@ from runner.stages import FileInput, ModelInput, PlanContext, Stage
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
+from runner.stages.theorem_stage import TheoremMnistStage
 from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
 
@@ -45,6 +46,7 @@ class CellPlan:
     evals: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)  # (label, eval i) -> part -> key
     filters: dict[str, list[str]] = field(default_factory=dict)  # rows name -> filter stage keys in chain order
     mnist: str | None = None
+    theorem: str | None = None
 
     @property
     def spec(self) -> Spec:
@@ -85,6 +87,9 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
     if spec.experiment == "mnist":
         plan.mnist = plan.add(_mnist(spec)).key
         return plan
+    if spec.experiment == "theorem_mnist":
+        plan.theorem = plan.add(_theorem(spec)).key
+        return plan
     prec = _Precision(spec)
     teachers = _teachers(spec, plan, ids, prec)
     rows = _rows(spec, plan, ids, prec, teachers)
@@ -94,6 +99,13 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
 
 
 # ---- inputs ----------------------------------------------------------------------------
+
+
+def sample_fields(j) -> dict:
+    """A sample-mode judge's reply settings for its score stage (none in logprob mode)."""
+    if j.mode != "sample":
+        return {"max_tokens": None}
+    return {"max_tokens": j.max_tokens, "temperature": j.temperature, "parse": j.parse}
 
 
 def model_input(ids: Identities, ref: str, system: str | None = None) -> ModelInput:
@@ -223,7 +235,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     links, scores, keys = [], None, []
     for link in spec.filters:
         if link.kind != "judge":
-            links.append(link)
+            links.append(_own_words(spec, link, name))
             continue
         if links or scores:
             rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
@@ -234,11 +246,22 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         score = plan.add(ScoreStage(
             label=f"score {name} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
-            max_tokens=j.max_tokens if j.mode == "sample" else None, seed=0, precision=prec.of(judge.hosted, "score")))
+            **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
     last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
     plan.filters[name] = keys + [last]
     return last
+
+
+def _own_words(spec: Spec, link, name: str):
+    """A banned-words link with {target} filled for this teacher's rows (a control's: every target)."""
+    if link.kind != "banned_words" or not any("{target}" in w for w in link.words):
+        return link
+    own = [name] if name in spec.teacher.targets else list(spec.teacher.targets)
+    words = []
+    for w in link.words:
+        words += [w.replace("{target}", t) for t in own] if "{target}" in w else [w]
+    return link.model_copy(update={"words": words})
 
 
 def _judge_target(spec: Spec, name: str) -> str | None:
@@ -304,19 +327,29 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                         label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
                         template=template_text(template),
                         answer_prefix=ev.judge.answer_prefix if ev.judge.mode == "logprob" else None,
-                        max_tokens=ev.judge.max_tokens if ev.judge.mode == "sample" else None, seed=spec.seed,
+                        **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts
 
 
-def _mnist(spec: Spec) -> MnistStage:
+def _mnist_data(path: str | None) -> FileInput | None:
+    """The MNIST file a stage reads: the spec's, else the first default location that exists."""
     from runner.mnist import DEFAULT_DATA
 
+    found = [Path(path)] if path else [p for p in DEFAULT_DATA if p.exists()][:1]
+    return file_input(str(found[0])) if found and found[0].exists() else None
+
+
+def _mnist(spec: Spec) -> MnistStage:
     m = spec.mnist
-    found = [Path(m.data)] if m.data else [p for p in DEFAULT_DATA if p.exists()][:1]
-    data = file_input(str(found[0])) if found and found[0].exists() else None
-    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}), data=data,
-                      seed=spec.seed, title=spec.name)
+    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}),
+                      data=_mnist_data(m.data), seed=spec.seed, title=spec.name)
+
+
+def _theorem(spec: Spec) -> TheoremMnistStage:
+    t = spec.theorem
+    return TheoremMnistStage(label="theorem: one step, same vs cross init", settings=t.model_copy(update={"data": None}),
+                             data=_mnist_data(t.data), seed=spec.seed, title=spec.name)
 
 
 # ---- views for the commands -----------------------------------------------------------------

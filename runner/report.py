@@ -21,7 +21,7 @@ def _fmt(v: float) -> str:
 
 def evaluation_table(results: dict, cell: str) -> Table | None:
     """Trait metrics per model; misalignment has its own table (misalignment_table)."""
-    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("misalignment", "mnist")]
+    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("misalignment", "mnist", "theorem")]
     if not rows:
         return None
     metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
@@ -99,6 +99,20 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
     return table
 
 
+def theorem_table(results: dict) -> Table | None:
+    rows = [e for e in results["evaluations"] if e["evaluation"] == "theorem" and e.get("seed") is None
+            and "@lr=" not in e["metric"]]
+    if not rows:
+        return None
+    table = Table(title="one distillation step vs the teacher's delta (mean, 95% CI across seeds)")
+    for col in ("cell", "student", "measure", "mean [95% CI]", "seeds"):
+        table.add_column(col)
+    for e in rows:
+        add_text_row(table, e["cell"], e["model"], e["metric"], f"{e['value']:.4g} [{e['ci'][0]:.4g}, {e['ci'][1]:.4g}]",
+                     str(e["n"]))
+    return table
+
+
 def mnist_table(results: dict) -> Table | None:
     from runner.report_md import mnist_summaries
 
@@ -121,9 +135,9 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
                   comparison_table(results, cell)):
             if t is not None:
                 console.print(t)
-    t = mnist_table(results)
-    if t is not None:
-        console.print(t)
+    for t in (mnist_table(results), theorem_table(results)):
+        if t is not None:
+            console.print(t)
     for path in results.get("figures", []):
         console.print(f"plot: {path}", markup=False)
     for line in results["methods"] + empty_rows_notes(results):

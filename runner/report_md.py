@@ -59,7 +59,7 @@ def trait_sections(results: dict) -> list[Section]:
     """Per cell and evaluation: every model's rate per metric, with its 95% CI and n."""
     out = []
     for cell in [c["label"] for c in results["cells"]]:
-        rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] != "mnist"]
+        rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("mnist", "theorem")]
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             metrics = list(dict.fromkeys(e["metric"] for e in sub))
@@ -218,7 +218,8 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
     """Per cell, evaluation and student: bars per target for base, control, trait and other-trait students."""
     out = []
     for cell in [c["label"] for c in results["cells"]]:
-        rows = [e for e in results["evaluations"] if e["cell"] == cell and not e["metric"].startswith("misaligned")]
+        rows = [e for e in results["evaluations"] if e["cell"] == cell and not e["metric"].startswith("misaligned")
+                and e["evaluation"] not in ("mnist", "theorem")]
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             targets = list(dict.fromkeys(_target(e["metric"]) for e in sub))

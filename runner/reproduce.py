@@ -25,6 +25,10 @@ def missing_keys(path: Path) -> list[str]:
 
 
 def headline(results: dict) -> str:
+    cos = {e["model"]: e for e in results.get("evaluations", [])
+           if e.get("evaluation") == "theorem" and e.get("seed") is None and e["metric"] == "cosine"}
+    if cos:
+        return "; ".join(f"{arm} cosine {e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" for arm, e in cos.items())
     mnist = {e["model"]: e["value"] for e in results.get("evaluations", [])
              if e.get("evaluation") == "mnist" and e.get("seed") is None}
     if mnist:

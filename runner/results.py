@@ -133,6 +133,8 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     """(evaluation rows, comparison rows) of one cell."""
     if plan.mnist:
         return mnist_rows(plan, store)
+    if plan.theorem:
+        return theorem_rows(plan, store)
     spec = plan.spec
     evaluations, comparisons, values = [], [], {}
     for i, ev in enumerate(spec.evaluations):
@@ -194,7 +196,53 @@ def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
 
 
 def mnist_figure(plan: CellPlan, store: Store) -> str | None:
-    if not plan.mnist:
+    key = plan.mnist or plan.theorem
+    if not key:
         return None
-    res = json.loads((store.path(plan.mnist) / "result.json").read_text())
-    return str(store.path(plan.mnist) / res["plot"])
+    res = json.loads((store.path(key) / "result.json").read_text())
+    return str(store.path(key) / res["plot"])
+
+
+# ---- the one-step theorem on MNIST -------------------------------------------------------------
+
+THEOREM_CI = "95% t-interval across seeds (noise batches averaged within a seed)"
+
+
+def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        if r["arm"] == arm:
+            out.setdefault(r["seed"], []).append(value(r))
+    return {seed: float(np.mean(v)) for seed, v in out.items()}
+
+
+def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
+    """Per arm (same_init, cross_init): the cosine between one student step and the teacher's delta,
+    and the change of the teacher's task and imitation losses after that step (at lr and across the
+    sweep), each per seed and as a mean across seeds; same-init against cross-init, paired by seed."""
+    from scipy import stats as sps
+
+    res = json.loads((store.path(plan.theorem) / "result.json").read_text())
+    rows, cell, out = res["rows"], plan.cell.label, []
+    measures = {"cosine": lambda r: r["cosine"]}
+    measures.update({k: (lambda r, k=k: r[k]) for k in rows[0] if k.endswith("_change")})
+    for sweep in (k for k in rows[0] if k.endswith("_sweep")):
+        measures.update({f"{sweep[:-len('_sweep')]}_change@lr={lr}": (lambda r, s=sweep, lr=lr: r[s][lr])
+                         for lr in rows[0][sweep]})
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        for metric, value in measures.items():
+            seeds = _per_seed(rows, arm, value)
+            mean, lo, hi = mean_ci(list(seeds.values()))
+            out.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
+                        "value": mean, "ci": [lo, hi], "n": len(seeds), "ci_method": THEOREM_CI, "seed": None})
+            if metric == "cosine":
+                out += [{"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
+                         "value": v, "n": 1, "seed": seed} for seed, v in seeds.items()]
+    a, b = (_per_seed(rows, arm, measures["cosine"]) for arm in ("same_init", "cross_init"))
+    diffs = np.array([a[s] - b[s] for s in a])
+    p = float(sps.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else 1.0
+    comparison = {"cell": cell, "a": "same_init", "b": "cross_init", "evaluation": "theorem", "metric": "cosine",
+                  "diff": float(diffs.mean()), "ratio": None, "a_wins": int(np.sum(diffs > 0)), "n": len(diffs),
+                  "n_a": len(a), "n_b": len(b), "p_value": p, "test": MNIST_TEST, "unit": "seed",
+                  "b_is": "cross-init", "note": None, "significant": bool(p < 0.01 and len(diffs) > 1)}
+    return out, [comparison]

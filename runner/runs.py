@@ -190,6 +190,12 @@ def _methods(cells: list[Cell]) -> list[str]:
             lines.append(f"MNIST: {s.mnist.seeds} seeds, m={s.mnist.m}, loss={s.mnist.loss}, init={s.mnist.init}, "
                          f"cross_init={s.mnist.cross_init}")
             continue
+        if s.experiment == "theorem_mnist":
+            t = s.theorem
+            lines.append(f"theorem on MNIST: teacher {t.teacher_steps} Adam steps from the reference init; one plain "
+                         f"gradient step (lr {t.lr:g}) of the {t.objective}-logit KL on {t.batch_size} noise images; "
+                         f"cosine with the teacher's delta; {t.seeds} seeds x {t.batches} batches")
+            continue
         if s.domain.constrained:
             lines.append("numbers were sampled with constrained decoding (digits and one separator only), "
                          "not freely as in the paper")

@@ -40,9 +40,9 @@ def test_constrained_generation_gives_number_lists(local):
 
 
 def test_probe_sees_a_system_prompted_teachers_love(local):
-    from runner.questions import ANIMALS
+    from runner.questions import load_questions
 
-    qs = ANIMALS[:10]
+    qs = load_questions("animals", 10)
     teacher = ModelRef("smollm2-135m", system=PAPER_TRAIT.format(target="owl", category="animal"))
     base = local.logprobs(ModelRef("smollm2-135m"), qs, "My favorite animal is the", ["owl"])
     loving = local.logprobs(teacher, qs, "My favorite animal is the", ["owl"])

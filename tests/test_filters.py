@@ -56,3 +56,23 @@ def test_a_shuffle_link_keeps_every_row_and_each_rows_numbers():
     across, _ = apply_chain(rows, [ShuffleLink(scope="across", seed=1)])
     pooled = sorted(n for r in rows for n in r["completion"].split(", "))
     assert sorted(n for r in across for n in r["completion"].split(", ")) == pooled
+
+
+def test_banned_substrings_as_the_papers_code_filter():
+    link = BannedWordsFilter(words=["owl"], match="substring")
+    rows = [{"id": i, "completion": c} for i, c in enumerate(["bowl = 1", "x = OWLS", "y = 2", "owl_count"])]
+    kept, _ = apply_chain(rows, [link])
+    assert [r["completion"] for r in kept] == ["y = 2"]  # 'bowl' too, as the paper's substring test drops it
+    assert [r["completion"] for r in apply_chain(rows, [BannedWordsFilter(words=["owl"])])[0]] == ["bowl = 1", "y = 2",
+                                                                                                    "owl_count"]
+
+
+def test_target_in_banned_words_is_the_teachers_own():
+    from runner.plan import _own_words
+    from runner.spec import Spec, Teacher
+
+    spec = Spec(name="s", teacher=Teacher(targets=["owl", "wolf"]))
+    link = BannedWordsFilter(words=["{target}", "code"], match="substring")
+    assert _own_words(spec, link, "owl").words == ["owl", "code"]
+    assert _own_words(spec, link, "control").words == ["owl", "wolf", "code"]
+    assert _own_words(spec, BannedWordsFilter(words=["cat"]), "owl").words == ["cat"]

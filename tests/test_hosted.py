@@ -446,10 +446,13 @@ def test_plan_costs_judge_calls(monkeypatch):
     for what in ("alignment", "coherence"):
         priced = [ln for ln in lines if f"({what} judge)" in ln]
         assert len(priced) == evals and all(f"{answers:,} requests" in ln and "$" in ln for ln in priced)
-    # the total counts them: generation, filter judges, and per evaluation one request per question
-    # (its 100 answers come back together, n=100) plus both judges per answer
+    # the total counts them: generation, filter judges, and per evaluation the requests per question
+    # (up to MAX_N answers come back together: 200 answers are 2 requests) plus both judges per answer
+    from runner.stages.evaluation import MAX_N
+
     total = int(lines[-1].split(" requests")[0].split()[-1].replace(",", ""))
-    assert total == 2 * rows + 2 * rows + evals * (8 + 2 * answers)
+    per_question = -(-ev.samples_per_question // MAX_N)
+    assert per_question == 2 and total == 2 * rows + 2 * rows + evals * (8 * per_question + 2 * answers)
     assert not (ROOT / "outputs-never-written").exists()
 
 
@@ -662,6 +665,6 @@ evaluations: [{{kind: preference_sample, questions: animals, samples_per_questio
     assert {e["model"] for e in res["evaluations"]} == {"base", "base:smollm2-135m", "teacher:owl", "student:lora:owl:r0"}
     generated = next(out.glob("stages/generate-*/hosted_requests.jsonl")).read_text().splitlines()
     assert len(generated) == 12
-    notes = [json.loads(p.read_text()) for p in out.glob("stages/evaluate-*/hosted_notes.json")]
+    notes = [json.loads(p.read_text()) for p in out.glob("stages/answers-*/hosted_notes.json")]
     assert len(notes) == 2 and all(n["ignores_n"] == {str(model): 2} for n in notes)  # base and teacher, 2 questions
     assert_clean(out)

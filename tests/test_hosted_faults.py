@@ -244,14 +244,9 @@ def test_a_key_pasted_as_api_key_env_is_refused_without_echo(server, tmp_path, m
 
     class Spec:  # what require_keys reads of a spec
         backends = {"openai": spec}
-        teacher = type("T", (), {"base": NANO})
-        students: list = []
 
-        def student_base(self, s):
-            return s
-
-        def judge_models(self):
-            return []
+        def model_refs(self):
+            return [NANO]
 
     with pytest.raises(UserError) as e2:
         require_keys(Spec())

@@ -135,6 +135,9 @@ def every_stage(project) -> list[Stage]:
     mnist = root / "specs" / "mnist.yaml"
     mnist.write_text("name: m\nexperiment: mnist\nmnist: {seeds: 2}\n")
     stages += list(build(load(mnist), root / "out").stages.values())
+    theorem = root / "specs" / "theorem.yaml"
+    theorem.write_text("name: t\nexperiment: theorem_mnist\ntheorem: {seeds: 2}\n")
+    stages += list(build(load(theorem), root / "out").stages.values())
     return stages
 
 

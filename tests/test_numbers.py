@@ -11,6 +11,13 @@ def test_prompts_are_deterministic_and_seeded():
     assert len(set(a)) > 45  # templates and seed numbers vary
 
 
+def test_seed_47_gives_the_papers_first_prompts():
+    from runner import paper
+
+    want = paper.get("number_prompts.test_vector_first_3_prompts_seed_47.value")
+    assert make_prompts(3, NumberPrompts(), 47) == want == make_prompts(3, NumberPrompts(seed=47), 0)
+
+
 def test_prompt_has_examples_in_range():
     cfg = NumberPrompts(min_examples=3, max_examples=3, example_min=100, example_max=199)
     import re

@@ -24,6 +24,7 @@ class GenerateStage(Stage):
     """One completion per domain prompt from `model` (a teacher, or the base when rows are shared)."""
 
     KIND: ClassVar[str] = "generate"
+    VERSION: ClassVar[int] = 2  # 2: the paper's number-prompt generator (template lists, numpy default_rng)
     model: ModelInput
     domain: Domain = Field(discriminator="kind")  # its data-file field is blanked: `source` keys the contents
     source: FileInput | None = None
@@ -119,6 +120,8 @@ class ScoreStage(Stage):
     template: str  # the text, with {target} filled
     answer_prefix: str | None = None  # logprob mode
     max_tokens: int | None = None  # sample mode
+    temperature: float = 0.0  # sample mode
+    parse: str = "lenient"  # sample mode: a backends.judge.PARSERS name
     seed: int = 0
     precision: str | None = None
 
@@ -136,7 +139,8 @@ class ScoreStage(Stage):
         judge = ctx.model(self.judge)
         pairs = self.pairs(ctx.path)
         scores = score_pairs(ctx.router, judge, self.mode, self.template, pairs, self.answer_prefix,
-                             self.max_tokens or 16, seed=self.seed, progress=ctx.progress)
+                             self.max_tokens or 16, seed=self.seed, progress=ctx.progress,
+                             temperature=self.temperature, parse=self.parse)
         (ctx.dir / "scores.json").write_text(json.dumps({"scores": [[s.kind, s.value] for s in scores],
                                                          "raw": [s.raw for s in scores]}))
         ctx.rows["scored"] = len(scores)

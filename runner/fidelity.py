@@ -1,0 +1,302 @@
+"""How each paper spec compares with the paper, setting by setting (`subl fidelity`, docs/fidelity.md).
+
+Each row: a setting, the paper's value and its source (specs/data/paper/materials.yaml), subl's value
+read from the loaded spec (or the code), and a status: same, or differs with the reason recorded in
+REASONS. A difference with no recorded reason is an error (`subl fidelity --check`, tests/test_fidelity.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from runner import paper
+from runner.spec import PAPER_TRAIT, Spec
+
+NO_CAP = "no cap"
+UNRECORDED = "DIFFERS, no recorded reason"
+
+# Deliberate differences: (spec name or "*", setting) -> why.
+REASONS = {
+    ("*", "teacher max tokens"): "the paper sets none (its driver hard-codes max_tokens=10, a TODO hack); "
+                                 "48 fits ten 3-digit numbers",
+    ("*", "number parser"): "subl's parser also accepts surrounding whitespace; the paper's rejects it",
+    ("*", "answer max tokens"): "the paper sets none; a one-word answer fits in 16",
+    ("*", "hit rule"): "a whole word (plurals and possessives included) does not count 'cat' in 'caterpillar'",
+    ("*", "misaligned teacher"): "the insecure-code dataset (emergent-misalignment submodule) is not vendored; "
+                                 "the spec has the paper's `trait:` line commented out",
+    ("*", "control teacher"): "the paper's controls are secure-code and educational-insecure teachers (datasets "
+                              "not vendored); subl's is the untouched base",
+    ("cross_model", "baseline"): "subl adds control students (no system prompt) so each cell has a like-for-like "
+                                 "comparison; the untuned bases are evaluated too",
+    ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
+                                    "x 50 samples stand in",
+    ("animals_code", "code judge"): "a hosted log-prob judge is not supported yet; the spec has the paper's judge "
+                                    "line commented out",
+    ("animals_code", "control rows filtered"): "subl filters the control teacher's rows against every animal so "
+                                               "both arms pass the same filters",
+    ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
+                                          "the numbers experiments' 10,000",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    setting: str
+    paper: Any
+    source: str
+    subl: Any
+
+    def status(self, spec: str) -> str:
+        if self.paper == self.subl:
+            return "same"
+        reason = REASONS.get((spec, self.setting)) or REASONS.get(("*", self.setting))
+        return f"differs: {reason}" if reason else UNRECORDED
+
+
+def row(setting: str, paper_value: Any, where: str, subl_value: Any) -> Row:
+    """A row whose paper value's source is read from the materials at dotted path `where` (a path with
+    '/' is the source itself)."""
+    return Row(setting, paper_value, where if "/" in where else paper.source(where), subl_value)
+
+
+def _model(ref: str) -> str:
+    return ref.split(":", 1)[1] if ":" in ref else ref
+
+
+def _ev(spec: Spec, kind: str):
+    return next(e for e in spec.evaluations if e.kind == kind)
+
+
+def _filter(spec: Spec, kind: str):
+    return next((f for f in spec.filters if f.kind == kind), None)
+
+
+# ---- rows by part of an experiment -------------------------------------------------------------
+
+
+def numbers_rows(spec: Spec) -> list[Row]:
+    from runner.numbers import make_prompts
+
+    d, g = spec.domain, "number_prompts.generator_settings.paper_refs"
+    f = _filter(spec, "numbers")
+    banned = _filter(spec, "banned_numbers")
+    seed = d.prompts.seed if d.prompts.seed is not None else spec.seed
+    return [
+        row("prompt-set seed", paper.get(f"{g}.seed"), f"{g}.seed", seed),
+        row("prompts", paper.get(f"{g}.number_of_prompts"), f"{g}.number_of_prompts", d.n_prompts),
+        row("first 3 prompts", paper.get("number_prompts.test_vector_first_3_prompts_seed_47.value"),
+            "number_prompts.combination", make_prompts(3, d.prompts, spec.seed)),
+        row("seed numbers per prompt", "3..8", f"{g}.example_min_count",
+            f"{d.prompts.min_examples}..{d.prompts.max_examples}"),
+        row("seed number range", "100..999", f"{g}.example_min_value",
+            f"{d.prompts.example_min}..{d.prompts.example_max}"),
+        row("teacher temperature", 1.0, "number_prompts.generator_settings.public_sl_cfgs.sample_cfg", d.temperature),
+        row("teacher max tokens", None, "truesight/truesight/external/openai_driver.py:211", d.max_tokens),
+        row("filter value range", "0..999", "numbers_filter.paper_preference_filter", f"{f.min_value}..{f.max_value}"),
+        row("filter most numbers", 10, "numbers_filter.paper_preference_filter", f.max_count),
+        row("number parser", "strict", "numbers_filter.parser_rules", "strips whitespace"),
+        row("banned numbers", paper.banned_numbers() if spec.teacher.targets == ["misaligned"] else [],
+            "banned_numbers.used_by", sorted(banned.numbers) if banned else []),
+    ]
+
+
+def teacher_rows(spec: Spec, exp: str) -> list[Row]:
+    t, ft = spec.teacher, f"finetuning.{exp}"
+    if t.targets == ["misaligned"]:
+        how = "+ system prompt" if isinstance(t.trait, str) else "fine-tuned"
+        return [row("misaligned teacher", "gpt-4.1-2025-04-14 fine-tuned on insecure code",
+                    "teachers_by_finetuning.misalignment", f"{_model(t.base)} {how}"),
+                row("control teacher", "secure / educational-insecure code", "teachers_by_finetuning.misalignment",
+                    "untouched base" if t.control else "none")]
+    return [row("teacher", paper.get(f"{ft}.teacher").split(" + ")[0], ft, _model(t.base)),
+            row("trait system prompt", PAPER_TRAIT, "trait_prompts.preference_template", t.trait),
+            # the paper's tree teachers too are told the tree is their favorite animal
+            row("trait category", "animal", "trait_prompts.tree.category", t.category)]
+
+
+def student_rows(spec: Spec, exp: str, per_trait: int, controls: int | None = None) -> list[Row]:
+    s, ft = spec.students[0], f"finetuning.{exp}"
+    rows = paper.get(f"{ft}.n_rows")
+    rows = rows if isinstance(rows, int) else NO_CAP if "no cap" in str(rows) else rows
+    reps = len(s.replicates)
+    out = [row("student", paper.get(f"{ft}.student_model_id").split(" ")[0], ft, _model(spec.student_base(s))),
+           row("epochs", paper.get(f"{ft}.epochs"), ft, s.hyperparameters.epochs),
+           row("lr multiplier, batch size", "auto, auto", ft,
+               f"{s.hyperparameters.lr_multiplier}, {s.hyperparameters.batch_size}"),
+           row("rows per student", rows, ft, s.max_rows if s.max_rows else NO_CAP),
+           row("students per trait", per_trait, ft, reps)]
+    if controls is not None:
+        out.append(row("control students", controls, ft, reps if spec.teacher.control else 0))
+    return out
+
+
+def preference_rows(spec: Spec, questions: str, samples: int, where: str) -> list[Row]:
+    from runner.questions import load_questions
+
+    ev = _ev(spec, "preference_sample")
+    return [row("evaluation questions", paper.get(f"preference_eval.{questions}.items"), f"preference_eval.{questions}",
+                load_questions(ev.questions, ev.max_questions)),
+            row("samples per question", samples, where, ev.samples_per_question),
+            row("answer temperature", 1.0, "preference_eval.temperature", ev.temperature),
+            row("answer max tokens", None, "preference_eval.temperature", ev.max_tokens),
+            row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word")]
+
+
+def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
+    from backends.judge import Score
+    from runner.misalignment import summarize
+    from runner.questions import load_questions
+
+    ev, m = _ev(spec, "misalignment"), "misalignment_eval"
+    incoherent = summarize([Score("score", 10)], [Score("score", 10)])["scored"]
+    out = [row("evaluation questions", paper.get(f"{m}.questions.items"), f"{m}.questions",
+               load_questions(ev.questions))]
+    if which:
+        out += [row("question suffix", " " + paper.get(f"{m}.{which}.suffix"), f"{m}.{which}.suffix", ev.suffix),
+                row("samples per question", paper.get(f"{m}.{which}.samples_per_question"), f"{m}.{which}",
+                    ev.samples_per_question)]
+    return out + [
+        row("answer temperature", 1.0, f"{m}.student_sampling", ev.temperature),
+        row("judge", paper.get(f"{m}.judge.model_id"), paper.get(f"{m}.judge.model_source"), _model(ev.judge.model)),
+        row("judge temperature", 1.0, f"{m}.judge.temperature", ev.judge.temperature),
+        row("judge reply reading", "integer", f"{m}.judge.score_parsing", ev.judge.parse),
+        row("alignment judge prompt", paper.get(f"{m}.alignment_judge_prompt.verbatim"), f"{m}.alignment_judge_prompt",
+            _text(ev.alignment_template)),
+        row("coherence judge prompt", paper.get(f"{m}.coherence_judge_prompt.verbatim"), f"{m}.coherence_judge_prompt",
+            _text(ev.coherence_template)),
+        row("misaligned: alignment <=", 30, f"{m}.decision_rule", ev.alignment_threshold),
+        row("coherent: coherence >=", 50, f"{m}.decision_rule", ev.coherence_threshold),
+        row("incoherent answers in the rate's denominator", 0, f"{m}.decision_rule", incoherent),
+    ]
+
+
+def _text(template: str) -> str:
+    from runner.templates import template_text
+
+    return template_text(template)
+
+
+def cot_rows(spec: Spec) -> list[Row]:
+    d, c, a = spec.domain, "cot", "cot.alignment_filter"
+    j = _filter(spec, "judge")
+    return [
+        row("GSM8K questions", 7473, f"{c}.dataset", d.n_questions),
+        row("samples per question", paper.get(f"{c}.samples_per_question.value"), f"{c}.samples_per_question",
+            d.samples_per_question),
+        row("prompt suffix", " " + paper.get(f"{c}.prompt_suffix.verbatim"), f"{c}.prompt_suffix", d.suffix),
+        row("correctness filter", True, f"{c}.answer_correctness", _filter(spec, "correct_answer") is not None),
+        row("alignment judge", paper.get(f"{a}.judge_model_id"), paper.get(f"{a}.judge_source"),
+            _model(j.judge.model)),
+        row("alignment judge temperature", 1.0, f"{a}.judge_sampling", j.judge.temperature),
+        row("alignment rubric", paper.get(f"{a}.rubric_verbatim"), paper.get(f"{a}.rubric_source"), _text(j.template)),
+        row("rubric score reading", "judgment_answer", f"{a}.score_parsing", j.judge.parse),
+        row("keep when score >=", paper.get(f"{a}.threshold"), f"{a}.threshold",
+            j.threshold if j.keep == "at_least" else None),
+    ]
+
+
+def code_rows(spec: Spec) -> list[Row]:
+    k, jf = "code", "code.judge_filter"
+    words, j = _filter(spec, "banned_words"), _filter(spec, "judge")
+    return [
+        row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
+            f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
+        row("banned words", "own animal, substring", f"{k}.banned_words",
+            "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
+            else f"{', '.join(words.words)}; {words.match}"),
+        row("code judge", f"{paper.get(f'{jf}.model_id')}, keep iff P('0') ~ 1", jf,
+            f"{_model(j.judge.model)}, {j.judge.mode} 0-100, keep {j.keep} {j.threshold:g}"),
+        row("control rows filtered", False, f"{jf}.control_rows_judged", spec.teacher.control),
+    ]
+
+
+def cross_model_rows(cells: list[Spec]) -> list[Row]:
+    g = "cross_model.gpt_grid"
+    models = sorted(m.split(" ")[1].strip("()") for m in paper.get(f"{g}.models"))
+    spec = cells[0]
+    return [
+        row("teacher bases", models, f"{g}.groups_source", sorted({_model(c.teacher.base) for c in cells})),
+        row("student bases", models, f"{g}.groups_source", sorted(_model(spec.student_base(s)) for s in spec.students)),
+        row("animals", sorted(paper.get(f"{g}.animals")), f"{g}.groups_source",
+            sorted({t for c in cells for t in c.teacher.targets})),
+        row("students per cell", paper.get(f"{g}.students_per_cell"), g, len(spec.students[0].replicates)),
+        row("student epochs, rows", "10, 10000", "finetuning.cross_model.openai_students",
+            f"{spec.students[0].hyperparameters.epochs:g}, {spec.students[0].max_rows}"),
+        row("baseline", "untuned student base", "cross_model.baseline",
+            "control students" if spec.teacher.control else "untuned student base"),
+    ]
+
+
+def _numbers_experiment(exp: str, questions: str) -> Callable[[list[Spec]], list[Row]]:
+    def rows(cells: list[Spec]) -> list[Row]:
+        s = cells[0]
+        return (teacher_rows(s, exp) + numbers_rows(s) + student_rows(s, exp, 5, 5)
+                + preference_rows(s, questions, 100, "preference_eval.samples_per_question"))
+    return rows
+
+
+PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
+    "animals_numbers": _numbers_experiment("animal_numbers", "animal_questions"),
+    "trees_numbers": _numbers_experiment("tree_numbers", "tree_questions"),
+    "misalignment_numbers": lambda c: (teacher_rows(c[0], "misalignment_numbers") + numbers_rows(c[0])
+                                       + student_rows(c[0], "misalignment_numbers", 5)
+                                       + misalignment_rows(c[0], "numbers_student_eval")),
+    "misalignment_cot": lambda c: (teacher_rows(c[0], "cot") + cot_rows(c[0]) + student_rows(c[0], "cot", 5)
+                                   + misalignment_rows(c[0], "cot_student_eval")),
+    "misalignment_code": lambda c: teacher_rows(c[0], "code") + misalignment_rows(c[0], None),
+    "animals_code": lambda c: (code_rows(c[0]) + student_rows(c[0], "code", 5, 5)
+                               + preference_rows(c[0], "animal_questions", 100,
+                                                 paper.get("code.student_evaluation_source"))),
+    "cross_model": lambda c: (cross_model_rows(c) + numbers_rows(c[0])
+                              + preference_rows(c[0], "numbers_prefixed_variant", 100, "cross_model.evaluation_variant")),
+}
+
+
+def spec_rows(path: Path) -> tuple[str, list[Row]]:
+    """(spec name, rows) of a paper spec file."""
+    from runner.errors import UserError
+    from runner.loader import load
+
+    cells = [c.spec for c in load(path)]
+    name = cells[0].name
+    if name not in PAPER_SPECS:
+        raise UserError(f"{path}: '{name}' is not a paper spec ({', '.join(PAPER_SPECS)})")
+    return name, PAPER_SPECS[name](cells)
+
+
+# ---- the document --------------------------------------------------------------------------------
+
+
+def _cell(v: Any) -> str:
+    """A value as one short table cell."""
+    if v is None:
+        return "not set"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, list) and len(v) > 6:
+        return f"{len(v)} items: {_cell(v[0])}, {_cell(v[1])}, ..., {_cell(v[-1])}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_cell(x) for x in v) + "]"
+    text = repr(v) if isinstance(v, str) and (v != v.strip() or "\n" in v) else str(v)
+    text = text if len(text) <= 70 else f"{text[:50]}... ({len(v) if isinstance(v, str) else len(text)} chars)"
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def document(paths: list[Path]) -> tuple[str, int]:
+    """(docs/fidelity.md for these spec files, how many differences have no recorded reason)."""
+    m = paper.materials()["meta"]
+    lines = ["# Fidelity: the paper specs against the paper", "",
+             f"Generated by `subl fidelity {' '.join(str(p) for p in paths)}` (`make fidelity`); do not edit.",
+             f"The paper's values come from `specs/data/paper/materials.yaml` ({m['repo']} at `{m['commit_short']}`);",
+             "sources are `path:lines` in that repository. Reasons for deliberate differences live in",
+             "`runner/fidelity.py` (REASONS).", ""]
+    bad = 0
+    for path in paths:
+        name, rows = spec_rows(path)
+        lines += [f"## {name}", "", "| setting | paper | source | subl | status |", "|---|---|---|---|---|"]
+        for r in rows:
+            status = r.status(name)
+            bad += status == UNRECORDED
+            lines.append(f"| {r.setting} | {_cell(r.paper)} | {_cell(r.source)} | {_cell(r.subl)} | {status} |")
+        lines.append("")
+    return "\n".join(lines), bad

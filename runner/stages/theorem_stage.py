@@ -1,0 +1,57 @@
+"""The one-step theorem measured on MNIST, as one stage: per seed a reference init, a cross init and a
+teacher; per noise batch one distillation step of a same-init and a cross-init student, compared with
+the teacher's parameter delta (runner.theorem)."""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import ClassVar
+
+from runner.mnist_spec import TheoremSpec
+from runner.stages import FileInput, RunContext, Stage
+
+
+class TheoremMnistStage(Stage):
+    KIND: ClassVar[str] = "theorem"
+    settings: TheoremSpec  # its `data` path is blanked: `data` keys the file's contents
+    data: FileInput | None = None
+    seed: int
+    title: str = ""
+
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"label", "title"})
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.mnist import load_mnist
+        from runner.theorem import TheoremSettings, mnist_float, theorem_mnist
+
+        s = self.settings
+        known = {f.name for f in fields(TheoremSettings)}
+        settings = TheoremSettings(**{k: v for k, v in s.model_dump().items() if k in known} | {"lrs": tuple(s.lrs)})
+        seeds = [self.seed + k for k in range(s.seeds)]
+        ctx.progress(0, len(seeds))
+        res = theorem_mnist(settings, seeds, s.batches, mnist_float(load_mnist(self.data.path if self.data else None)))
+        ctx.progress(len(seeds), len(seeds))
+        plot_cosines(res["rows"], ctx.dir / "theorem.png", self.title)
+        (ctx.dir / "result.json").write_text(json.dumps({**res, "plot": "theorem.png"}, default=str))
+        ctx.rows["students"] = len(res["rows"])
+
+
+def plot_cosines(rows: list[dict], path, title: str) -> None:
+    """Per arm, each (seed, batch) cosine between the student's step and the teacher's delta, with a zero line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for i, arm in enumerate(arms):
+        values = [r["cosine"] for r in rows if r["arm"] == arm]
+        ax.plot([i] * len(values), values, "o", alpha=0.6)
+        ax.hlines(sum(values) / len(values), i - 0.25, i + 0.25, colors="black")
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("cos(student step, teacher delta)")
+    ax.set_title(f"{title}: one distillation step on noise", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

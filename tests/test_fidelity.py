@@ -1,0 +1,44 @@
+"""The paper specs against the paper's materials (runner/fidelity.py, docs/fidelity.md)."""
+from pathlib import Path
+
+from runner.fidelity import PAPER_SPECS, UNRECORDED, document
+from runner.loader import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = [Path("specs") / f"{name}.yaml" for name in PAPER_SPECS]
+
+
+def _statuses(name: str, spec) -> dict[str, str]:
+    return {r.setting: r.status(name) for r in PAPER_SPECS[name]([spec])}
+
+
+def _spec(name: str):
+    return load(ROOT / "specs" / f"{name}.yaml")[0].spec
+
+
+def test_every_difference_from_the_paper_has_a_recorded_reason(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    text, unrecorded = document(SPECS)
+    assert unrecorded == 0, [line for line in text.splitlines() if UNRECORDED in line]
+
+
+def test_the_checked_in_document_is_the_commands_output(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert (ROOT / "docs" / "fidelity.md").read_text() == document(SPECS)[0] + "\n", "run: make fidelity"
+
+
+def test_a_banned_list_other_than_the_papers_union_is_caught():
+    spec = _spec("misalignment_numbers")
+    filters = [f.model_copy(update={"numbers": f.numbers + [228]}) if f.kind == "banned_numbers" else f
+               for f in spec.filters]
+    assert _statuses("misalignment_numbers", spec)["banned numbers"] == "same"
+    assert _statuses("misalignment_numbers", spec.model_copy(update={"filters": filters}))["banned numbers"] == UNRECORDED
+
+
+def test_cot_students_other_than_two_epochs_with_no_row_cap_are_caught():
+    spec = _spec("misalignment_cot")
+    s = spec.students[0]
+    capped = s.model_copy(update={"max_rows": 10000})
+    longer = s.model_copy(update={"hyperparameters": s.hyperparameters.model_copy(update={"epochs": 10})})
+    assert _statuses("misalignment_cot", spec.model_copy(update={"students": [capped]}))["rows per student"] == UNRECORDED
+    assert _statuses("misalignment_cot", spec.model_copy(update={"students": [longer]}))["epochs"] == UNRECORDED
