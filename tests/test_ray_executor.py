@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from runner.ray_executor import CRASH_ENV, resources
-from runner.stages import ModelInput
+from runner.stages import ModelInput, RunContext, Stage
 from runner.stages.data import FilterStage
 
 SIX = """name: six
@@ -156,6 +157,40 @@ def test_a_spec_that_asks_for_ray_without_ray_installed_is_one_line(write, monke
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(UserError, match=r"^--executor ray needs Ray: pip install 'subl\[ray\]'$"):
         run_spec(spec, spec.parent / "out", Console(quiet=True))
+
+
+class Span(Stage):
+    """Holds its worker for `seconds` and records when."""
+
+    KIND: ClassVar[str] = "span"
+    model: ModelInput
+    seconds: float
+
+    def run(self, ctx: RunContext) -> None:
+        start = time.time()
+        time.sleep(self.seconds)
+        (ctx.dir / "span").write_text(f"{start} {time.time()}")
+
+
+def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path):
+    needs_ray()
+    import ray
+
+    from backends import Router
+    from runner.ray_executor import cluster, execute_ray
+    from runner.store import Store
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    local = [Span(label=f"l{i}", model=ModelInput(ref="m", identity="weights:x"), seconds=3 + i / 100) for i in range(2)]
+    hosted = [Span(label=f"h{i}", model=ModelInput(ref="api:m", identity="hosted:api@x:m"), seconds=1 + i / 100)
+              for i in range(4)]
+    store = Store(tmp_path)
+    with cluster(None, 2):
+        execute_ray(local + hosted, store, Router("cpu"), log=lambda msg: None, slots={"api": 2})
+    span = {s.label: [float(x) for x in (store.path(s.key) / "span").read_text().split()] for s in local + hosted}
+    spans = [span[s.label] for s in hosted]
+    assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2  # two at a time, never three
+    assert min(a for a, _ in spans) < min(b for _, b in (span["l0"], span["l1"]))  # beside the local stages' CPUs
 
 
 def test_stage_resources_by_kind_and_backend():
