@@ -32,3 +32,4 @@ fidelity:
 bench:
 	$(PYTHON) benchmarks/bench_generation.py
 	$(PYTHON) benchmarks/bench_mnist.py
+	$(PYTHON) benchmarks/bench_executor.py

@@ -19,6 +19,9 @@ class Router:
         self._backends: dict = {}
         self._lock = threading.Lock()  # hosted stages run in threads
 
+    def __reduce__(self):  # pickled (to a Ray worker, say) as its settings; backends load afresh there
+        return Router, (self.device, self.cpu_bf16, self.hosted)
+
     def get(self, base: str):
         name = backend_name(base)
         with self._lock:

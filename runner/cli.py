@@ -102,11 +102,18 @@ def fidelity(specs: list[Path] = typer.Argument(..., help="Paper spec files."),
 
 
 @app.command()
-def run(spec: Path, outputs: Path = OUTPUTS) -> None:
+def run(spec: Path, outputs: Path = OUTPUTS,
+        executor: str = typer.Option(None, "--executor", help="local or ray (default: the spec's runtime.executor)."),
+        address: str = typer.Option(None, "--address", help="ray: the cluster to use (auto, ray://host:10001); "
+                                    "default: start a local Ray instance."),
+        cpus: int = typer.Option(None, "--cpus", min=1, help="ray without --address: CPUs of the local instance "
+                                 "(default: all).")) -> None:
     """Run a spec's stages (reusing finished ones) and write outputs/<name>/results.json."""
     from runner.runs import run_spec
 
-    run_spec(spec, outputs, out)
+    if executor not in (None, "local", "ray"):
+        raise UserError(f"--executor: '{executor}' is not local or ray")
+    run_spec(spec, outputs, out, executor, address, cpus)
 
 
 @app.command()

@@ -26,14 +26,15 @@ def manifest_of(stage: Stage) -> dict:
 
 
 def run_stage(stage: Stage, store: Store, router, progress: Callable = lambda done, total, **kw: None,
-              on_wait: Callable[[str], None] | None = None) -> float | None:
-    """Build one stage unless it is done; return its seconds, or None when it was reused."""
+              on_wait: Callable[[str], None] | None = None, placement: dict | None = None) -> float | None:
+    """Build one stage unless it is done; return its seconds, or None when it was reused. `placement`
+    overrides where the manifest says it ran (another executor, its node)."""
     if store.done(stage.key):
         return None
     with store.claim(stage.key, on_wait) as needed:
         if not needed:
             return None
-        with store.build(stage.key, manifest_of(stage), stage.verify) as b:
+        with store.build(stage.key, {**manifest_of(stage), **(placement or {})}, stage.verify) as b:
             ctx = RunContext(b.dir, store, router, progress, b.rows, b.extra)
             stage.run(ctx)
     return store.manifest(stage.key)["seconds"]

@@ -371,6 +371,7 @@ DISPLAY_FIELDS = {"name", "notes", "progress", "extends"}
 
 
 def spec_hash(cells: list[Cell]) -> str:
-    """Hash of the resolved cells, without display-only fields (name, notes, progress, extends)."""
-    dumps = [c.spec.model_dump(mode="json", exclude=DISPLAY_FIELDS) for c in cells]
+    """Hash of the resolved cells, without display-only fields (name, notes, progress, extends) and the executor."""
+    skip = {**dict.fromkeys(DISPLAY_FIELDS, True), "runtime": {"executor"}}  # where it runs changes no result
+    dumps = [c.spec.model_dump(mode="json", exclude=skip) for c in cells]
     return hashlib.sha256(json.dumps(dumps, sort_keys=True).encode()).hexdigest()[:16]

@@ -93,3 +93,5 @@ class Results(Row):
     seconds: float
     spec_hash: str
     stages: list[dict[str, Any]]
+    executor: dict[str, Any] = Field(default_factory=lambda: {"kind": "local"}, description="Where the stages ran: "
+                                     "kind (local or ray) and, for ray, the address and the cluster's resources.")

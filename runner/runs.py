@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from backends import Router
 from runner.core import backend_name
+from runner.errors import UserError
 from runner.execute import execute
 from runner.loader import Cell, load
 from runner.plan import Plan, build, plan_stages, spec_hash
@@ -110,8 +111,26 @@ def _progress(console: Console, enabled: bool) -> Progress:
     )
 
 
-def run_spec(path: Path, outputs: Path, console: Console) -> dict:
+def run_spec(path: Path, outputs: Path, console: Console, executor: str | None = None, address: str | None = None,
+             cpus: int | None = None) -> dict:
+    """Run a spec with the local executor, or with Ray (`executor`, else the spec's runtime.executor): on the
+    cluster at `address`, else on a local Ray instance of `cpus` CPUs."""
     cells = load(path)
+    kind = executor or cells[0].spec.runtime.executor
+    if address and kind != "ray":
+        raise UserError("--address needs --executor ray (or runtime.executor: ray in the spec)")
+    if kind == "ray":
+        from runner.ray_executor import check_outputs, cluster, describe
+
+        check_outputs(outputs, address)
+        with cluster(address, cpus) as resources:
+            where = {"kind": "ray", "address": address or "local instance", "resources": resources}
+            console.print(f"ray: {where['address']}, {describe(resources)}", markup=False)
+            return _run(path, cells, outputs, console, where)
+    return _run(path, cells, outputs, console, {"kind": "local"})
+
+
+def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: dict) -> dict:
     from backends.openai_api import require_keys
 
     for c in cells:
@@ -126,17 +145,20 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(plan)
-    (folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": stages}))
+    (folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": stages, "executor": where}))
     from runner.results import collect, filter_rates, mnist_figure
 
+    run_stages = execute
+    if where["kind"] == "ray":
+        from runner.ray_executor import execute_ray as run_stages
     evaluations, comparisons, ran, filters, figures = [], [], {}, [], []
     with _progress(console, spec0.progress) as progress:
         for cp in plan.cells:
             s = cp.spec
             router = Router(s.runtime.device, s.runtime.cpu_bf16, s.backends)
             slots = {name: b.parallel_stages for name, b in s.backends.items()}
-            ran.update(execute(cp.stages, store, router, lambda st: _Bar(progress, st),
-                               lambda msg: console.print(msg, markup=False), slots))
+            ran.update(run_stages(cp.stages, store, router, lambda st: _Bar(progress, st),
+                                  lambda msg: console.print(msg, markup=False), slots))
             ev, cmp_ = collect(cp, store)
             filters += filter_rates(cp, store)
             evaluations += ev
@@ -147,7 +169,7 @@ def run_spec(path: Path, outputs: Path, console: Console) -> dict:
         "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
         "evaluations": evaluations, "comparisons": comparisons, "filters": filters, "figures": figures,
         "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
-        "spec_hash": spec_hash(cells), "stages": stages,
+        "spec_hash": spec_hash(cells), "stages": stages, "executor": where,
     }
     from runner.results_schema import Results
 

@@ -299,6 +299,7 @@ Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, Misalignment],
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present (bf16), else CPU.")
     cpu_bf16: bool = Field(False, description="On CPU, generate and train under bfloat16 autocast (about 2x faster where the CPU has AVX512-BF16); evaluation stays float32.")
+    executor: Literal["local", "ray"] = Field("local", description="local: stages run in this process (hosted ones side by side in threads). ray: each stage is a Ray task on a local Ray instance or the cluster of `subl run --address`; needs pip install 'subl[ray]' and an --outputs path every node sees. Changes no stage key.")
 
 
 class HostedBackend(Strict):

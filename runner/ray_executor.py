@@ -1,0 +1,167 @@
+"""The Ray executor: each stage not done yet becomes a Ray task, submitted as soon as the stages it reads
+are done, and runs on whichever node has room.
+
+Workers build stages with runner.execute.run_stage into the same store, so --outputs must be a path every
+node sees: the same keys, bytes and locks as a local run. A worker that dies is retried by Ray
+(MAX_RETRIES); its flock died with it, and the retry resumes from the stage's partial folder. A stage
+with a local model takes a GPU when the run's device is CUDA (or auto, on a cluster with GPUs), else a
+CPU; a stage whose models are all hosted only waits on its provider, so it takes no CPU and is capped
+per backend by parallel_stages, as in the local executor. Only this module imports Ray."""
+from __future__ import annotations
+
+import os
+import platform
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from runner.errors import UserError
+from runner.execute import HOSTED_SLOTS, hosted_backend, run_stage
+from runner.stages import Stage
+from runner.store import Store
+
+MAX_RETRIES = 3  # attempts after a worker or node dies; a stage's own exception is not retried
+MODEL_KINDS = frozenset({"generate", "score", "answers", "probe", "teacher", "finetune", "mnist"})
+CRASH_ENV = "SUBL_RAY_CRASH_ONCE"  # tests: a stage label whose first attempt kills its worker at its first step
+CODE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import this subl (where the nodes see it)
+
+
+def ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'subl[ray]'") from None
+    return ray
+
+
+@contextmanager
+def cluster(address: str | None, cpus: int | None) -> Iterator[dict[str, float]]:
+    """Connect to the Ray cluster at `address` (auto, ray://host:10001), or start a local instance with
+    `cpus` CPUs (default: all); yield its resources; disconnect (stopping a local instance) at the end."""
+    ray = ray_module()
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (CODE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    if os.environ.get(CRASH_ENV):
+        env[CRASH_ENV] = os.environ[CRASH_ENV]
+    kw = dict(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="WARNING")
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, **kw)
+    except ConnectionError as e:
+        raise UserError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0]})") from None
+    try:
+        yield {k: float(v) for k, v in sorted(ray.cluster_resources().items()) if not k.startswith("node:")}
+    finally:
+        ray.shutdown()
+
+
+def describe(resources: dict[str, float]) -> str:
+    """A cluster's resources in one line: counts as they are, memory in GiB."""
+    return ", ".join(f"{k} {v / 2**30:.1f} GiB" if "memory" in k else f"{k} {v:g}" for k, v in resources.items())
+
+
+def check_outputs(outputs: Path, address: str | None) -> None:
+    """Workers on other machines resolve no relative path the way this one does."""
+    if address and not Path(outputs).is_absolute():
+        raise UserError(f"--outputs {outputs} is relative: with --address give an absolute path that every Ray node "
+                        "sees (a shared filesystem), e.g. --outputs /shared/subl/outputs")
+
+
+def resources(stage: Stage, hosted: str | None, gpu: bool) -> dict:
+    """What a stage's task asks of a node."""
+    if hosted:
+        return {"num_cpus": 0}
+    if gpu and stage.KIND in MODEL_KINDS:
+        return {"num_cpus": 1, "num_gpus": 1}
+    return {"num_cpus": 1}
+
+
+def build_on_worker(stage: Stage, root: str, router) -> tuple[float | None, str]:
+    """The task: build one stage into the shared store; (seconds or None when reused, where it ran)."""
+    import ray
+
+    store = Store(root)
+    node = ray.util.get_node_ip_address()
+    seconds = run_stage(stage, store, router, crash_hook(stage, store), placement={"executor": "ray", "node": node})
+    return seconds, f"{platform.node()} ({node})"
+
+
+def crash_hook(stage: Stage, store: Store) -> Callable:
+    """A progress callback; under CRASH_ENV naming this stage, the first attempt kills its own worker at
+    its first step (leaving a marker beside the stage's folder, so the retry goes on)."""
+    marker = store.stages / f".{stage.key}.crashed"
+    if os.environ.get(CRASH_ENV) != stage.label or marker.exists():
+        return lambda done, total, **kw: None
+
+    def progress(done: int, total: int, **kw) -> None:
+        marker.write_text(f"killed at step {done} of {total}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return progress
+
+
+def wants_gpu(device: str) -> bool:
+    import ray
+
+    return device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
+                log: Callable[[str], None] = print, slots: dict[str, int] | None = None) -> dict[str, float]:
+    """Run every stage not yet done as a Ray task (connect with `cluster` first); return {label: seconds}
+    of what ran. The first failure cancels the stages still running and is raised as the stage raised it."""
+    import ray
+
+    by_key = {s.key: s for s in stages}
+    todo = [s for s in stages if not store.done(s.key)]
+    task = ray.remote(build_on_worker)
+    gpu = wants_gpu(router.device)
+    pending: dict = {}  # ObjectRef -> (stage, its progress bar, its hosted backend)
+    ran: dict[str, float] = {}
+
+    def free(backend: str | None) -> bool:
+        busy = sum(b == backend for _, _, b in pending.values())
+        return backend is None or busy < (slots or {}).get(backend, HOSTED_SLOTS)
+
+    while todo or pending:
+        for stage in [s for s in todo if all(store.done(k) for k in s.upstream())]:
+            backend = hosted_backend(stage, by_key)
+            if not free(backend):
+                continue
+            todo.remove(stage)
+            need = resources(stage, backend, gpu)
+            ref = task.options(**need, max_retries=MAX_RETRIES, retry_exceptions=False,
+                               name=stage.label[:100]).remote(stage, str(store.root), router)
+            pending[ref] = (stage, progress_factory(stage) if progress_factory else None, backend)
+            log(f"ray: queued {stage.label} ({', '.join(f'{k} {v:g}' for k, v in need.items())})")
+        if not pending:
+            missing = sorted({k for s in todo for k in s.upstream() if not store.done(k)})
+            raise RuntimeError(f"stages wait on stages that are not in the plan: {missing}")
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        stage, bar, _ = pending.pop(ref)
+        try:
+            seconds, where = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            for other in pending:
+                ray.cancel(other)
+            raise failure(stage, e) from None
+        if bar is not None and hasattr(bar, "finish"):
+            bar.finish()
+        if seconds is not None:
+            ran[stage.label] = seconds
+        log(f"ray: {'done' if seconds is not None else 'reused'} {stage.label}"
+            + (f" in {seconds:.1f} s" if seconds is not None else "") + f" on {where}")
+    return ran
+
+
+def failure(stage: Stage, e: Exception) -> BaseException:
+    """The stage's own exception, or one line for a worker that kept dying."""
+    import ray
+
+    if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, BaseException):
+        return e.cause
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RuntimeError(f"{stage.label}: its Ray worker failed {MAX_RETRIES + 1} times; the partial folder is kept "
+                        f"for a rerun ({type(e).__name__}: {first})")

@@ -1,0 +1,217 @@
+"""The Ray executor on a local Ray instance (2 CPUs) and tiny random models: the same keys, rows and
+metrics as the local executor; a worker killed mid fine-tune is retried; a killed driver's finished
+stages are reused. Ray is an optional extra (in `dev`, so CI runs these); without it they are skipped."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from runner.ray_executor import CRASH_ENV, resources
+from runner.stages import ModelInput, RunContext, Stage
+from runner.stages.data import FilterStage
+
+SIX = """name: six
+seed: 1
+progress: false
+teacher: {{base: {base}, targets: [panda, owl], control: true}}
+domain: {{kind: numbers, n_prompts: 6, max_tokens: 6, constrained: true, batch_size: 3}}
+students:
+  - {{name: lora, objective: sft, hyperparameters: {{batch_size: 3}}}}
+  - {{name: full, objective: sft, method: full, hyperparameters: {{batch_size: 3}}}}
+evaluations:
+  - {{kind: preference_logprob, max_questions: 3}}
+"""
+CRASHED = "finetune full:owl:r0"  # its first attempt kills its own Ray worker
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads on both executors, so the same floats
+RAY_RUN = ["--executor", "ray", "--cpus", "2"]
+
+
+def subl(*args, env=ENV, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def needs_ray():
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'subl[ray]', or make setup: it is in dev)")
+
+
+LOCAL_RUN = """import sys
+from pathlib import Path
+from rich.console import Console
+from runner.runs import plan_lines, run_spec
+plan_lines(Path(sys.argv[1]), Path(sys.argv[2]))
+run_spec(Path(sys.argv[1]), Path(sys.argv[2]), Console(quiet=True))
+print("ray imported" if "ray" in sys.modules else "no ray")
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory):
+    """The six-student spec run by the local executor; then by Ray, its driver killed (kill -9) once a stage
+    is done, and rerun with one fine-tune's worker killed at its first step."""
+    needs_ray()
+    root = tmp_path_factory.mktemp("ray")
+    spec = root / "six.yaml"
+    spec.write_text(SIX.format(base=tiny_model))
+    local = subprocess.run([sys.executable, "-c", LOCAL_RUN, spec, root / "local"], capture_output=True, text=True,
+                           env=ENV)
+    assert local.returncode == 0, local.stderr[-3000:]
+    before_kill = killed_driver(spec, root / "ray")
+    ray_run = subl("run", spec, "--outputs", root / "ray", *RAY_RUN, env={**ENV, CRASH_ENV: CRASHED})
+    assert ray_run.returncode == 0, ray_run.stderr[-3000:]
+    return root, local, ray_run, before_kill
+
+
+def killed_driver(spec: Path, out: Path) -> set[str]:
+    """Start a Ray run, kill its driver with SIGKILL once a filter stage is done; the labels it finished."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out), *RAY_RUN],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "stages").glob("filter-*/manifest.json")):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return {json.loads(p.read_text())["label"] for p in (out / "stages").glob("*/manifest.json")}
+
+
+def stage_files(out: Path, name: str) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in sorted((out / "stages").glob(f"*/{name}"))}
+
+
+@pytest.mark.slow  # end to end through the CLI on tiny models
+def test_a_local_run_never_imports_ray(runs):
+    assert runs[1].stdout.strip().splitlines()[-1] == "no ray"
+
+
+@pytest.mark.slow  # end to end through the CLI on tiny models
+def test_ray_run_makes_the_same_keys_rows_models_and_metrics(runs):
+    root = runs[0]
+    keys = sorted(p.name for p in (root / "local" / "stages").iterdir() if not p.name.startswith("."))
+    assert keys == sorted(p.name for p in (root / "ray" / "stages").iterdir() if not p.name.startswith("."))
+    assert sum(k.startswith("finetune-") for k in keys) == 6
+    rows = stage_files(root / "local", "rows.jsonl")
+    assert len(rows) >= 6 and rows == stage_files(root / "ray", "rows.jsonl")
+    assert stage_files(root / "local", "model/model.safetensors") == stage_files(root / "ray", "model/model.safetensors")
+    a, b = (json.loads((root / x / "six" / "results.json").read_text()) for x in ("local", "ray"))
+    assert len({e["model"] for e in a["evaluations"]}) == 10 and a["evaluations"] == b["evaluations"]
+    assert a["comparisons"] == b["comparisons"] and a["spec_hash"] == b["spec_hash"]
+
+
+@pytest.mark.slow  # end to end through the CLI on tiny models
+def test_ray_run_records_the_executor_nodes_and_cluster(runs):
+    root, _, ray_run, _ = runs
+    res = json.loads((root / "ray" / "six" / "results.json").read_text())
+    assert res["executor"]["kind"] == "ray" and res["executor"]["resources"]["CPU"] == 2
+    assert json.loads((root / "local" / "six" / "results.json").read_text())["executor"] == {"kind": "local"}
+    manifests = [json.loads(p.read_text()) for p in (root / "ray" / "stages").glob("*/manifest.json")]
+    assert manifests and all(m["executor"] == "ray" and m["node"] for m in manifests)
+    status = subl("status", root / "ray").stdout
+    assert status.count("(ray, node ") == len(manifests)
+    assert "ray: queued finetune lora:panda:r0 (num_cpus 1)" in ray_run.stdout
+    assert "ray: done finetune lora:panda:r0 in " in ray_run.stdout
+
+
+@pytest.mark.slow  # end to end through the CLI on tiny models
+def test_a_killed_worker_is_retried_and_its_stage_finishes(runs):
+    root = runs[0]
+    crashed = [p for p in (root / "ray" / "stages").glob(".finetune-*.crashed")]
+    assert len(crashed) == 1 and "killed at step" in crashed[0].read_text()
+    key = crashed[0].name[1:-len(".crashed")]
+    assert json.loads((root / "ray" / "stages" / key / "manifest.json").read_text())["label"] == CRASHED
+    assert not list((root / "ray" / "stages").glob(".*.partial"))
+
+
+@pytest.mark.slow  # end to end through the CLI on tiny models
+def test_a_killed_drivers_finished_stages_are_reused(runs):
+    root, _, _, before_kill = runs
+    ran = json.loads((root / "ray" / "six" / "results.json").read_text())["stages_run"]
+    assert before_kill and ran and not before_kill & set(ran)  # the rerun built only what was left
+
+
+def test_relative_outputs_with_a_remote_address_is_one_line(write):
+    spec = write("s.yaml", "name: s\nteacher: {base: smollm2-135m, targets: [owl]}\n")
+    r = subl("run", spec, "--outputs", "rel/out", "--executor", "ray", "--address", "ray://head:10001")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--outputs rel/out is relative" in r.stderr
+    r = subl("run", spec, "--executor", "dask")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --executor: 'dask' is not local or ray"
+    r = subl("run", spec, "--address", "auto")
+    assert r.returncode == 2 and "--address needs --executor ray" in r.stderr
+
+
+def test_a_spec_that_asks_for_ray_without_ray_installed_is_one_line(write, monkeypatch):
+    from rich.console import Console
+
+    from runner.errors import UserError
+    from runner.runs import run_spec
+
+    spec = write("s.yaml", "name: s\nruntime: {executor: ray}\nteacher: {base: smollm2-135m, targets: [owl]}\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(UserError, match=r"^--executor ray needs Ray: pip install 'subl\[ray\]'$"):
+        run_spec(spec, spec.parent / "out", Console(quiet=True))
+
+
+class Span(Stage):
+    """Holds its worker for `seconds` and records when."""
+
+    KIND: ClassVar[str] = "span"
+    model: ModelInput
+    seconds: float
+
+    def run(self, ctx: RunContext) -> None:
+        start = time.time()
+        time.sleep(self.seconds)
+        (ctx.dir / "span").write_text(f"{start} {time.time()}")
+
+
+def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path):
+    needs_ray()
+    import ray
+
+    from backends import Router
+    from runner.ray_executor import cluster, execute_ray
+    from runner.store import Store
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    local = [Span(label=f"l{i}", model=ModelInput(ref="m", identity="weights:x"), seconds=3 + i / 100) for i in range(2)]
+    hosted = [Span(label=f"h{i}", model=ModelInput(ref="api:m", identity="hosted:api@x:m"), seconds=1 + i / 100)
+              for i in range(4)]
+    store = Store(tmp_path)
+    with cluster(None, 2):
+        execute_ray(local + hosted, store, Router("cpu"), log=lambda msg: None, slots={"api": 2})
+    span = {s.label: [float(x) for x in (store.path(s.key) / "span").read_text().split()] for s in local + hosted}
+    spans = [span[s.label] for s in hosted]
+    assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2  # two at a time, never three
+    assert min(a for a, _ in spans) < min(b for _, b in (span["l0"], span["l1"]))  # beside the local stages' CPUs
+
+
+def test_stage_resources_by_kind_and_backend():
+    local, hosted = ModelInput(ref="m", identity="weights:abc"), ModelInput(ref="api:m", identity="hosted:api@x:m")
+    from runner.stages.evaluation import ProbeStage
+
+    probe = ProbeStage.model_construct(model=local)
+    assert resources(probe, None, gpu=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert resources(probe, None, gpu=False) == {"num_cpus": 1}
+    assert resources(ProbeStage.model_construct(model=hosted), "api", gpu=True) == {"num_cpus": 0}
+    assert resources(FilterStage.model_construct(), None, gpu=True) == {"num_cpus": 1}
+
+
+def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
+    from backends import Router
+    from runner.loader import load
+    from runner.plan import build
+
+    spec = tmp_path / "six.yaml"
+    spec.write_text(SIX.format(base=tiny_model))
+    stages = list(build(load(spec), tmp_path).stages.values())
+    assert [pickle.loads(pickle.dumps(s)).key for s in stages] == [s.key for s in stages]
+    r = pickle.loads(pickle.dumps(Router("cpu", True, {"x": 1})))
+    assert (r.device, r.cpu_bf16, r.hosted) == ("cpu", True, {"x": 1})
