@@ -31,6 +31,17 @@ def _quiet_transformers() -> None:
 _quiet_transformers()
 
 
+def cpu_has_fast_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); None where unknown (not Linux).
+    Without it, bf16 autocast is emulated and slower than float32: a forward of 16 x 100 tokens of
+    SmolLM2-135M took 28.3 s under autocast and 5.0 s in float32 on an AVX2-only AMD EPYC."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_device(device: str = "auto") -> tuple[str, torch.dtype]:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

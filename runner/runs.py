@@ -141,6 +141,8 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
 
     for note in preflight(plan, store):  # a refused key or fine-tuning right stops here, before any spending
         console.print(f"check: {note}", markup=False)
+    for note in _slow_bf16(cells):
+        console.print(f"warning: {note}", markup=False)
     spec0, started = cells[0].spec, time.time()
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,19 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
 
     print_results(results, console, folder)
     return results
+
+
+def _slow_bf16(cells: list[Cell]) -> list[str]:
+    """runtime.cpu_bf16 on a CPU that has no native bfloat16 makes local stages several times slower."""
+    if not any(c.spec.runtime.cpu_bf16 for c in cells):
+        return []
+    from backends.hf import cpu_has_fast_bf16, pick_device
+
+    if pick_device(cells[0].spec.runtime.device)[0] != "cpu" or cpu_has_fast_bf16() is not False:
+        return []
+    return ["runtime.cpu_bf16 is on, but this CPU has no AVX512-BF16 or AMX: bfloat16 autocast is emulated here "
+            "and several times slower than float32 (it stays in the stage keys; set cpu_bf16: false for speed, "
+            "which reruns the local stages)"]
 
 
 def _methods(cells: list[Cell]) -> list[str]:
