@@ -13,7 +13,7 @@ import threading
 from typing import Callable
 
 from runner.core import backend_name, is_hosted
-from runner.stages import KEY_SCHEME, ModelInput, RunContext, Stage
+from runner.stages import KEY_SCHEME, ModelInput, RunContext, Stage, base_of
 from runner.store import Store
 
 EXECUTOR = "local"
@@ -44,9 +44,7 @@ def hosted_backend(stage: Stage, stages: dict[str, Stage]) -> str | None:
     """The hosted backend a stage waits on, when every model it reads lives there (so it needs no
     local compute); None for stages that compute here (and for filters and MNIST)."""
     names = set()
-    for m in (v for _, v in stage if isinstance(v, ModelInput)):
-        while m.from_stage:
-            m = stages[m.from_stage].base
+    for m in (base_of(v, stages) for _, v in stage if isinstance(v, ModelInput)):
         names.add(backend_name(m.ref) if is_hosted(m.ref) else None)
     return names.pop() if len(names) == 1 else None
 

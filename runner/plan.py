@@ -14,7 +14,7 @@ from runner.core import is_hosted
 from runner.identity import Identities, file_sha256, folder_digest
 from runner.loader import Cell
 from runner.spec import FinetuneTrait, Hyper, Spec, Student
-from runner.stages import FileInput, ModelInput, PlanContext, Stage
+from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
@@ -154,9 +154,7 @@ class _Precision:
 
 
 def _hosted(m: ModelInput, plan_stages: list[Stage]) -> bool:
-    while m.from_stage:
-        m = next(s for s in plan_stages if s.key == m.from_stage).base
-    return is_hosted(m.ref)
+    return is_hosted(base_of(m, {s.key: s for s in plan_stages}).ref)
 
 
 # ---- teachers, rows, students ------------------------------------------------------------

@@ -7,14 +7,8 @@ from backends import Router
 from runner.core import backend_name
 from runner.plan import Plan
 from runner.prices import chat_tokens
-from runner.stages import ModelInput, Stage
+from runner.stages import ModelInput, Stage, base_of
 from runner.stages.training import FinetuneStage, TeacherStage
-
-
-def _base(m: ModelInput, stages: dict[str, Stage]) -> str:
-    while m.from_stage:  # a stage-made model: its base is what must exist now
-        m = stages[m.from_stage].base
-    return m.ref
 
 
 def _largest_request(stage: Stage) -> int:
@@ -38,7 +32,7 @@ def preflight(plan: Plan, store) -> list[str]:
     for s in todo:
         for name, value in s:
             if isinstance(value, ModelInput):
-                ref = _base(value, stages)
+                ref = base_of(value, stages).ref  # a stage-made model: its base is what must exist now
                 if backend_name(ref) == "local":
                     continue
                 b = backend_name(ref)

@@ -49,6 +49,13 @@ class ModelInput(Frozen):
         return self.identity.startswith("hosted:")
 
 
+def base_of(m: ModelInput, stages: dict[str, "Stage"]) -> ModelInput:
+    """The model a stage-made model was trained from (through any chain of stages); m itself otherwise."""
+    while m.from_stage:
+        m = stages[m.from_stage].base
+    return m
+
+
 def semantic(value: Any) -> Any:
     """The part of a value that goes into a key: DISPLAY fields and default-valued fields dropped
     (except `kind`, which tells union members apart)."""

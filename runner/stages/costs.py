@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from runner.core import backend_name, hosted_model_id
 from runner.prices import MESSAGE_OVERHEAD, chat_tokens, estimate_tokens, inference_cost, price_for
-from runner.stages import Estimate, ModelInput, PlanContext
+from runner.stages import Estimate, ModelInput, PlanContext, base_of
 
 
 def hosted_info(ctx: PlanContext, m: ModelInput) -> tuple | None:
     """(backend name, model id, backend settings, fine-tuned?) of a hosted model; None if local.
     A stage-made model is hosted when the stage fine-tuned a hosted base."""
-    tuned = False
-    while m.from_stage:
-        maker = ctx.stages[m.from_stage]
-        m, tuned = maker.base, True
+    tuned = m.from_stage is not None
+    m = base_of(m, ctx.stages)
     name = backend_name(m.ref)
     if name == "local":
         return None

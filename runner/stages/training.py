@@ -56,6 +56,13 @@ def write_model(folder: Path, ref: ModelRef) -> None:
     (folder / "model.json").write_text(json.dumps(fields, indent=2))
 
 
+def train_and_record(ctx: RunContext, base: str, rows: list[dict], training: TrainingSettings,
+                     teacher=None) -> None:
+    """Fine-tune `base` on `rows` into the stage folder and record the result as model.json."""
+    write_model(ctx.dir, ctx.router.finetune(base, rows, training.to_training(), ctx.dir, teacher, ctx.progress))
+    ctx.rows["train"] = len(rows)
+
+
 class TeacherStage(Stage):
     """A teacher that is its base fine-tuned on a dataset (trait: {finetune: ...})."""
 
@@ -72,11 +79,7 @@ class TeacherStage(Stage):
         return load_rows(Path(self.dataset.path), self.max_rows)
 
     def run(self, ctx: RunContext) -> None:
-        rows = self.rows()
-        ref = ctx.router.finetune(ctx.model(self.base).base, rows, self.training.to_training(), ctx.dir, None,
-                                  ctx.progress)
-        write_model(ctx.dir, ref)
-        ctx.rows["train"] = len(rows)
+        train_and_record(ctx, ctx.model(self.base).base, self.rows(), self.training)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
@@ -107,10 +110,7 @@ class FinetuneStage(Stage):
             ctx.rows["train"] = 0
             ctx.extra["untrained"] = "no rows passed the filters; the student is its base model"
             return
-        teacher = ctx.model(self.teacher) if self.teacher else None
-        ref = ctx.router.finetune(base.base, rows, self.training.to_training(), ctx.dir, teacher, ctx.progress)
-        write_model(ctx.dir, ref)
-        ctx.rows["train"] = len(rows)
+        train_and_record(ctx, base.base, rows, self.training, ctx.model(self.teacher) if self.teacher else None)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
