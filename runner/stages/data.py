@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal, Union
 
@@ -20,6 +21,20 @@ Domain = Union[NumbersDomain, CotDomain, CodeDomain]
 SOURCE_FIELD = {"cot": "questions", "code": "prompts"}  # the domain field that names its data file
 
 
+@lru_cache(maxsize=64)
+def _prompt_rows(domain, source: FileInput | None, seed: int) -> list[dict]:
+    from runner.domains import domain_rows
+
+    if source is not None:
+        domain = domain.model_copy(update={SOURCE_FIELD[domain.kind]: source.path})
+    return domain_rows(domain, seed)
+
+
+@lru_cache(maxsize=64)
+def _mean_prompt(domain, source: FileInput | None, seed: int) -> float:
+    return mean_prompt_tokens([r["prompt"] for r in _prompt_rows(domain, source, seed)], None)
+
+
 class GenerateStage(Stage):
     """One completion per domain prompt from `model` (a teacher, or the base when rows are shared)."""
 
@@ -32,19 +47,15 @@ class GenerateStage(Stage):
     precision: str | None = None  # local: device and dtype ("cpu-fp32", "cpu-bf16-autocast", "cuda-bf16")
 
     def rows_to_generate(self) -> list[dict]:
-        from runner.domains import domain_rows
-
-        d = self.domain
-        if self.source is not None:
-            d = d.model_copy(update={SOURCE_FIELD[d.kind]: self.source.path})
-        return domain_rows(d, self.seed)
+        """Every prompt this stage sends, in order (computed once per stage: a plan asks often)."""
+        return _prompt_rows(self.domain, self.source, self.seed)
 
     def expected_rows(self, ctx=None) -> int:
         return len(self.rows_to_generate())
 
     def content_tokens(self, ctx=None) -> float:
         """Mean tokens of a row's prompt and completion (completion at max_tokens), for judge estimates."""
-        return mean_prompt_tokens([r["prompt"] for r in self.rows_to_generate()], None) + self.domain.max_tokens
+        return _mean_prompt(self.domain, self.source, self.seed) + self.domain.max_tokens
 
     def run(self, ctx: RunContext) -> None:
         from runner.grammar import NumberList
