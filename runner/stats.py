@@ -22,12 +22,13 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, flo
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for hits/n, clamped to [0, 1] (at 0 or n hits rounding leaves it ~1e-17 outside)."""
     if n == 0:
         return 0.0, 1.0
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> float:

@@ -24,3 +24,11 @@ def test_mean_ci_contains_mean_and_shrinks():
 def test_wilson():
     lo, hi = wilson(10, 100)
     assert 0.05 < lo < 0.1 < hi < 0.18
+
+
+def test_wilson_stays_inside_zero_one_at_the_edges():
+    for n in (1, 3, 12, 40, 1000):
+        for hits in (0, n):
+            lo, hi = wilson(hits, n)
+            assert 0.0 <= lo <= hits / n <= hi <= 1.0
+    assert wilson(0, 12)[0] == 0.0 and wilson(12, 12)[1] == 1.0
