@@ -52,5 +52,11 @@ class Router:
     def logprobs(self, model: ModelRef, prompts, prefix, targets):
         return self.get(model.base).logprobs(model, prompts, prefix, targets)
 
-    def finetune(self, base, rows, training, out_dir, teacher=None, progress=None):
+    def finetune(self, base, rows, training, out_dir, teacher=None, progress=None, soft_labels=None):
+        if soft_labels is not None:  # local students only (see soft_labels)
+            return self.get(base).finetune(base, rows, training, out_dir, teacher, progress, soft_labels)
         return self.get(base).finetune(base, rows, training, out_dir, teacher, progress)
+
+    def soft_labels(self, teacher: ModelRef, base, rows, training, path):
+        """A local teacher's distillation targets on `rows`, stored at `path` for every student of `base`."""
+        return self.get(teacher.base).soft_labels(teacher, base, rows, training, path)

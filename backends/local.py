@@ -144,8 +144,21 @@ class LocalBackend:
         return out
 
     def finetune(self, base, rows, training: Training, out_dir: Path, teacher: ModelRef | None = None,
-                 progress: Progress | None = None) -> ModelRef:
+                 progress: Progress | None = None, soft_labels: Path | None = None) -> ModelRef:
+        """soft_labels: a file written by `soft_labels` on these rows, read instead of a live teacher."""
         from backends.train import train
 
         self._cache.clear()
-        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16)
+        labels = None if soft_labels is None else torch.load(soft_labels, weights_only=True)["rows"]
+        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16, labels)
+
+    def soft_labels(self, teacher: ModelRef, base: str, rows: list[dict], training: Training, path: Path) -> None:
+        """Write the teacher's distillation targets on `rows` for students of `base` (see teacher_soft_labels)."""
+        from backends.train import check_shared_tokenizer, teacher_soft_labels, vocabulary_ids
+
+        check_shared_tokenizer(base, teacher.base)
+        self._cache.clear()
+        ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
+        vocab = None if ids is None else torch.tensor(ids)
+        labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16)
+        torch.save({"rows": labels, "vocabulary": vocab}, path)

@@ -53,22 +53,30 @@ def tokenize(base: str, rows: list[dict], system: str | None) -> list[dict]:
     return out
 
 
-class DistillCollator:
-    def __init__(self, pad_id: int):
-        self.pad = pad_id
+def pad_right(batch: list[dict], pad_id: int, prefix: str = "") -> dict:
+    """input_ids, attention_mask and completion_mask (named with `prefix`), right-padded to the batch width."""
+    ids = [b[prefix + "input_ids"] for b in batch]
+    width = max(map(len, ids))
 
-    def _pad(self, seqs: list[list[int]], value: int) -> torch.Tensor:
-        width = max(map(len, seqs))
+    def pad(seqs, value):
         return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
 
+    return {prefix + "input_ids": pad(ids, pad_id), prefix + "attention_mask": pad([[1] * len(s) for s in ids], 0),
+            prefix + "completion_mask": pad([b[prefix + "completion_mask"] for b in batch], 0)}
+
+
+class DistillCollator:
+    """Student and teacher sequences, right-padded; with stored soft labels (one tensor per row, see
+    teacher_soft_labels) the batch's labels instead of the teacher's sequences."""
+
+    def __init__(self, pad_id: int, soft_labels: list[torch.Tensor] | None = None):
+        self.pad, self.soft_labels = pad_id, soft_labels
+
     def __call__(self, batch: list[dict]) -> dict:
-        out = {}
-        for prefix in ("", "teacher_"):
-            ids = [b[prefix + "input_ids"] for b in batch]
-            out[prefix + "input_ids"] = self._pad(ids, self.pad)
-            out[prefix + "attention_mask"] = self._pad([[1] * len(s) for s in ids], 0)
-            out[prefix + "completion_mask"] = self._pad([b[prefix + "completion_mask"] for b in batch], 0)
-        return out
+        if self.soft_labels is None:
+            return {**pad_right(batch, self.pad), **pad_right(batch, self.pad, "teacher_")}
+        # row-major, the order in which _completion_logits selects the student's positions
+        return {**pad_right(batch, self.pad), "soft_labels": torch.cat([self.soft_labels[b["row"]] for b in batch])}
 
 
 def _completion_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,12 +93,40 @@ def needed_positions(mask: torch.Tensor) -> int:
 
 def distill_loss(student_logits, teacher_logits, s_mask, t_mask, vocab: torch.Tensor | None):
     """Mean over completion tokens of KL(teacher || student), both renormalised on `vocab`."""
-    s, t = _completion_logits(student_logits, s_mask), _completion_logits(teacher_logits, t_mask)
-    if vocab is not None:
-        s, t = s[:, vocab], t[:, vocab]
-    log_s = F.log_softmax(s.float(), -1)
-    log_t = F.log_softmax(t.float(), -1)
+    t = _completion_logits(teacher_logits, t_mask)
+    log_t = F.log_softmax((t if vocab is None else t[:, vocab]).float(), -1)
+    return kl_to_soft_labels(student_logits, s_mask, log_t, vocab)
+
+
+def kl_to_soft_labels(student_logits, s_mask, log_t: torch.Tensor, vocab: torch.Tensor | None):
+    """distill_loss against the teacher's log-probabilities already renormalised on `vocab`, one row per
+    completion token (row-major over the batch)."""
+    s = _completion_logits(student_logits, s_mask)
+    log_s = F.log_softmax((s if vocab is None else s[:, vocab]).float(), -1)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+@torch.no_grad()
+def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor | None, device: str,
+                        cpu_bf16: bool = False, batch_size: int = 8) -> list[torch.Tensor]:
+    """The teacher's next-token log-probabilities, renormalised on `vocab`, at each row's completion
+    positions: one [completion tokens, |vocab|] float32 tensor per row, exactly what the distillation
+    loss computes from a live teacher (under the same autocast the trainer would use)."""
+    net = load_model(ModelRef(teacher.base, teacher.adapter), device)
+    seqs = tokenize(teacher.base, rows, teacher.system)
+    pad_id = load_tokenizer(teacher.base).pad_token_id
+    on_cpu = pick_device(device)[0] == "cpu"
+    out: list[torch.Tensor] = []
+    for start in range(0, len(seqs), batch_size):
+        batch = seqs[start : start + batch_size]
+        b = pad_right(batch, pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and on_cpu):
+            logits = net(input_ids=b["input_ids"].to(net.device), attention_mask=b["attention_mask"].to(net.device),
+                         logits_to_keep=needed_positions(b["completion_mask"])).logits
+        t = _completion_logits(logits, b["completion_mask"].to(logits.device))
+        log_t = F.log_softmax((t if vocab is None else t[:, vocab.to(t.device)]).float(), -1).cpu()
+        out += list(log_t.split([sum(x["completion_mask"]) for x in batch]))
+    return out
 
 
 def _trainer_classes():
@@ -107,12 +143,15 @@ def _trainer_classes():
             # logits only where completion tokens are predicted: the head is a fifth of the compute
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         logits_to_keep=needed_positions(inputs["completion_mask"]))
+            vocab = None if self.vocab is None else self.vocab.to(out.logits.device)
+            if "soft_labels" in inputs:  # the teacher's labels, computed once for every replicate
+                loss = kl_to_soft_labels(out.logits, inputs["completion_mask"], inputs["soft_labels"], vocab)
+                return (loss, out) if return_outputs else loss
             with torch.no_grad():
                 t_logits = self.teacher(
                     input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
                     logits_to_keep=needed_positions(inputs["teacher_completion_mask"]),
                 ).logits
-            vocab = None if self.vocab is None else self.vocab.to(out.logits.device)
             loss = distill_loss(out.logits, t_logits, inputs["completion_mask"], inputs["teacher_completion_mask"], vocab)
             return (loss, out) if return_outputs else loss
 
@@ -143,7 +182,10 @@ def _student(base: str, training: Training, device: str):
 
 
 def train(base: str, rows: list[dict], training: Training, out_dir: Path, teacher: ModelRef | None,
-          device: str, progress: Progress | None, cpu_bf16: bool = False) -> ModelRef:
+          device: str, progress: Progress | None, cpu_bf16: bool = False,
+          soft_labels: list[torch.Tensor] | None = None) -> ModelRef:
+    """Fine-tune `base` on `rows`. Distillation reads a live `teacher`, or its `soft_labels` stored per row
+    (teacher_soft_labels on the same rows and vocabulary)."""
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -158,14 +200,14 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     distill = training.objective == "distill"
     vocab = None
     if distill:
-        if teacher is None:
-            raise UserError("fine-tune: distillation needs a teacher")
-        if len(load_tokenizer(teacher.base)) != len(tok) or load_tokenizer(teacher.base).get_vocab() != tok.get_vocab():
-            raise UserError(f"distill: student {base} and teacher {teacher.base} must share a tokenizer")
-        for d, t in zip(data, tokenize(teacher.base, rows, teacher.system)):
-            d["teacher_input_ids"], d["teacher_completion_mask"] = t["input_ids"], t["completion_mask"]
         ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
         vocab = None if ids is None else torch.tensor(ids)
+        if soft_labels is not None:
+            _check_soft_labels(soft_labels, data, vocab)
+            for i, d in enumerate(data):
+                d["row"] = i
+        else:
+            _attach_teacher(data, base, rows, teacher)
     dev, dtype = pick_device(device)
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
@@ -182,8 +224,9 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     common = dict(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
                   callbacks=[_Progress(progress)])
     if distill:
-        t_model = load_model(ModelRef(teacher.base, teacher.adapter), device)
-        trainer = distill_cls(**common, data_collator=DistillCollator(tok.pad_token_id), teacher=t_model, vocab=vocab)
+        t_model = None if soft_labels is not None else load_model(ModelRef(teacher.base, teacher.adapter), device)
+        trainer = distill_cls(**common, data_collator=DistillCollator(tok.pad_token_id, soft_labels), teacher=t_model,
+                              vocab=vocab)
     else:
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())
@@ -194,6 +237,30 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         tok.save_pretrained(save)
         return ModelRef(str(save))
     return ModelRef(base, adapter=str(save))
+
+
+def _attach_teacher(data: list[dict], base: str, rows: list[dict], teacher: ModelRef | None) -> None:
+    """The teacher's tokenisation of each row (its system prompt included) beside the student's."""
+    if teacher is None:
+        raise UserError("fine-tune: distillation needs a teacher")
+    check_shared_tokenizer(base, teacher.base)
+    for d, t in zip(data, tokenize(teacher.base, rows, teacher.system)):
+        d["teacher_input_ids"], d["teacher_completion_mask"] = t["input_ids"], t["completion_mask"]
+
+
+def check_shared_tokenizer(student: str, teacher: str) -> None:
+    if load_tokenizer(teacher).get_vocab() != load_tokenizer(student).get_vocab():
+        raise UserError(f"distill: student {student} and teacher {teacher} must share a tokenizer")
+
+
+def _check_soft_labels(labels: list[torch.Tensor], data: list[dict], vocab: torch.Tensor | None) -> None:
+    """Stored labels must cover these rows' completion tokens on this vocabulary, row by row."""
+    width = None if vocab is None else len(vocab)
+    if len(labels) != len(data) or any(
+        t.shape[0] != sum(d["completion_mask"]) or (width is not None and t.shape[1] != width)
+        for t, d in zip(labels, data)
+    ):
+        raise UserError("distill: the stored soft labels do not match the training rows (rows or vocabulary changed)")
 
 
 def warmup_fraction(ratio: float) -> float:

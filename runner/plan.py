@@ -19,7 +19,7 @@ from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeTh
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
 from runner.stages.theorem_stage import TheoremMnistStage
-from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
+from runner.stages.training import FinetuneStage, SoftLabelStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
 
 
@@ -276,7 +276,7 @@ def _students(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, tea
         base = model_input(ids, spec.student_base(s))
         for name, teacher in teachers.items():
             for rep in s.replicates:
-                stage = plan.add(_finetune(spec, s, base, rows[name], teacher, name, rep, prec))
+                stage = plan.add(_finetune(spec, s, base, rows[name], teacher, name, rep, prec, plan))
                 label = f"student:{s.name}:{name}:r{rep}"
                 role = "control" if name not in spec.teacher.targets else "student"
                 plan.models.append(EvalModel(label, role, name if role == "student" else None, made_by(stage, label),
@@ -285,15 +285,35 @@ def _students(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, tea
 
 
 def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: ModelInput, name: str, rep: int,
-              prec: _Precision) -> FinetuneStage:
+              prec: _Precision, plan: CellPlan) -> FinetuneStage:
     distill = s.objective == "distill"
     words = tuple(spec.teacher.targets) if distill and s.vocabulary == "full-minus-trait-tokens" else ()
     hosted = is_hosted(base.ref)
     training = training_settings(s.method, s.objective, s.hyperparameters, rep, hosted,
                                  s.vocabulary if distill else None, words)
+    if distill and _stores_soft_labels(s, base, teacher, plan):
+        labels = plan.add(SoftLabelStage(
+            label=f"soft labels {name} ({s.vocabulary}, {s.max_rows or 'all'} rows)", teacher=teacher,
+            student_base=base, rows_stage=rows, max_rows=s.max_rows,
+            training=TrainingSettings(objective="distill", vocabulary=training.vocabulary,
+                                      trait_words=training.trait_words),
+            precision=prec.of(False, "generate")))
+        return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
+                             max_rows=s.max_rows, training=training, soft_labels_stage=labels.key,
+                             precision=prec.of(hosted, "generate"))
     return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
                          max_rows=s.max_rows, training=training, teacher=teacher if distill else None,
                          precision=prec.of(hosted, "generate"))
+
+
+STORED_VOCABULARIES = ("numbers-only",)  # ~131 tokens: a few MB per 256 rows; full vocabularies would take GBs
+
+
+def _stores_soft_labels(s: Student, base: ModelInput, teacher: ModelInput, plan: CellPlan) -> bool:
+    """Local distillation on a small vocabulary reads the teacher's labels from one stage per teacher
+    and rows, shared by every replicate, instead of running the teacher again in each."""
+    return (s.vocabulary in STORED_VOCABULARIES and not is_hosted(base.ref)
+            and not _hosted(teacher, plan.stages))
 
 
 # ---- evaluations ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ filters:
 students:
   - {{name: sft, hyperparameters: {{batch_size: 2, lr: {lr}}}}}
   - {{name: kd, objective: distill, vocabulary: full, hyperparameters: {{batch_size: 2}}}}
+  - {{name: kdn, objective: distill, vocabulary: numbers-only, hyperparameters: {{batch_size: 2}}}}
 evaluations:
   - {{kind: preference_logprob, questions: data/questions.txt}}
   - {{kind: preference_sample, samples_per_question: 2, max_tokens: 4, max_questions: 2, targets: {targets}}}
@@ -312,3 +313,29 @@ def test_a_hub_id_is_pinned_to_its_revision_at_first_use(tmp_path, monkeypatch):
     monkeypatch.setattr(identity, "_remote_revision", lambda repo: None)
     with pytest.raises(Exception, match="cannot resolve its hub revision"):
         identity.Identities(tmp_path / "fresh").model("org/other")
+
+
+def test_replicates_share_one_soft_label_stage_per_teacher(project):
+    """numbers-only distillation reads its teacher's labels from one stage per teacher and rows: the
+    replicates differ only in their training seed; the full vocabulary keeps a live teacher."""
+    root, model = project
+    spec = root / "specs" / "reps.yaml"
+    spec.write_text(f"""name: reps
+teacher: {{base: {model}, targets: [owl, panda], control: false}}
+domain: {{kind: numbers, n_prompts: 4, max_tokens: 8, rows_from: base}}
+students:
+  - {{name: kd, objective: distill, vocabulary: numbers-only, replicates: [0, 1, 2], max_rows: 3}}
+  - {{name: kdf, objective: distill, vocabulary: full, replicates: [0]}}
+evaluations: [{{kind: preference_logprob}}]
+""")
+    stages = list(build(load(spec), root / "out").stages.values())
+    labels = {s.key: s for s in stages if s.KIND == "soft_labels"}
+    assert len(labels) == 2 and {s.max_rows for s in labels.values()} == {3}
+    assert {s.training.vocabulary for s in labels.values()} == {"numbers-only"}
+    kd = [s for s in stages if s.KIND == "finetune" and s.label.startswith("finetune kd:")]
+    assert len(kd) == 6 and all(s.teacher is None and s.soft_labels_stage in labels for s in kd)
+    for teacher in ("owl", "panda"):
+        mine = {s.soft_labels_stage for s in kd if f":{teacher}:" in s.label}
+        assert len(mine) == 1 and {s.training.seed for s in kd if f":{teacher}:" in s.label} == {0, 1, 2}
+    kdf = [s for s in stages if s.label.startswith("finetune kdf:")]
+    assert kdf and all(s.teacher is not None and s.soft_labels_stage is None for s in kdf)

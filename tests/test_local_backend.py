@@ -107,6 +107,32 @@ def test_distillation_moves_the_student_toward_its_teacher(backend, tiny_model, 
     assert gap(student) < gap(ModelRef(tiny_model))
 
 
+def test_stored_soft_labels_train_the_same_student_as_a_live_teacher(backend, tiny_model, tmp_path):
+    """The soft-label stage's file replaces the teacher's forward passes without changing the student."""
+    from safetensors.torch import load_file
+
+    from runner.errors import UserError
+
+    rows = [{"prompt": f"Go on: {i}, {i * 3}.", "completion": ", ".join(str(i + k) for k in range(1 + i % 5))}
+            for i in range(12)]
+    teacher = ModelRef(tiny_model, system="You love owls.")
+    training = Training(objective="distill", vocabulary="numbers-only", epochs=1, lr=5e-3, batch_size=4,
+                        lora_r=4, lora_alpha=8, lora_targets=("q_proj", "v_proj"))
+    backend.soft_labels(teacher, tiny_model, rows, training, tmp_path / "labels.pt")
+    stored = torch.load(tmp_path / "labels.pt", weights_only=True)["rows"]
+    n_vocab = len(vocabulary_ids(tiny_model, "numbers-only", ()))
+    assert [t.shape for t in stored] == [(len(load_tokenizer(tiny_model)(r["completion"], add_special_tokens=False)
+                                          ["input_ids"]) + 1, n_vocab) for r in rows]  # + end of turn
+    assert all(torch.allclose(t.exp().sum(-1), torch.ones(len(t))) for t in stored)
+    live = backend.finetune(tiny_model, rows, training, tmp_path / "live", teacher)
+    cached = backend.finetune(tiny_model, rows, training, tmp_path / "cached", None, soft_labels=tmp_path / "labels.pt")
+    a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (live, cached))
+    moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
+    assert moved > 1e-4 and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+    with pytest.raises(UserError, match="soft labels do not match"):
+        backend.finetune(tiny_model, rows[:-1], training, tmp_path / "bad", None, soft_labels=tmp_path / "labels.pt")
+
+
 def test_distill_loss_on_trailing_logits_equals_full_logits():
     from backends.train import needed_positions
 

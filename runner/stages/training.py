@@ -57,9 +57,10 @@ def write_model(folder: Path, ref: ModelRef) -> None:
 
 
 def train_and_record(ctx: RunContext, base: str, rows: list[dict], training: TrainingSettings,
-                     teacher=None) -> None:
+                     teacher=None, soft_labels: Path | None = None) -> None:
     """Fine-tune `base` on `rows` into the stage folder and record the result as model.json."""
-    write_model(ctx.dir, ctx.router.finetune(base, rows, training.to_training(), ctx.dir, teacher, ctx.progress))
+    write_model(ctx.dir, ctx.router.finetune(base, rows, training.to_training(), ctx.dir, teacher, ctx.progress,
+                                             soft_labels))
     ctx.rows["train"] = len(rows)
 
 
@@ -90,27 +91,55 @@ class TeacherStage(Stage):
         return [training(info, tokens, f"teacher: {len(rows):,} rows x {self.training.epochs:g} epochs")]
 
 
+def training_rows(ctx: RunContext, rows_stage: str, max_rows: int | None) -> list[dict]:
+    return read_jsonl(ctx.path(rows_stage) / "rows.jsonl")[:max_rows]
+
+
+class SoftLabelStage(Stage):
+    """A local teacher's next-token distribution on the distillation vocabulary at every completion
+    position of a filter stage's rows: computed once, read by every student replicate on those rows."""
+
+    KIND: ClassVar[str] = "soft_labels"
+    teacher: ModelInput
+    student_base: ModelInput  # its tokenizer and vocabulary index the labels
+    rows_stage: str
+    max_rows: int | None = None
+    training: TrainingSettings  # only vocabulary and trait_words are read: the plan leaves the rest at defaults
+    precision: str | None = None
+
+    def run(self, ctx: RunContext) -> None:
+        rows = training_rows(ctx, self.rows_stage, self.max_rows)
+        ctx.router.soft_labels(ctx.model(self.teacher), ctx.model(self.student_base).base, rows,
+                               self.training.to_training(), ctx.dir / SOFT_LABELS)
+        ctx.rows["labelled"] = len(rows)
+
+
+SOFT_LABELS = "soft_labels.pt"
+
+
 class FinetuneStage(Stage):
     """A student: its base trained on a filter stage's rows (SFT), or on a teacher's soft labels
-    at those rows' completion positions (distill)."""
+    at those rows' completion positions (distill), from a live teacher or a soft-label stage."""
 
     KIND: ClassVar[str] = "finetune"
     base: ModelInput
     rows_stage: str
     max_rows: int | None = None
     training: TrainingSettings
-    teacher: ModelInput | None = None  # distill only
+    teacher: ModelInput | None = None  # distill from a live teacher
+    soft_labels_stage: str | None = None  # distill from stored labels
     precision: str | None = None
 
     def run(self, ctx: RunContext) -> None:
-        rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")[: self.max_rows]
+        rows = training_rows(ctx, self.rows_stage, self.max_rows)
         base = ctx.model(self.base)
         if not rows:  # nothing passed the filters: the student is its untrained base (reported as such)
             write_model(ctx.dir, base)
             ctx.rows["train"] = 0
             ctx.extra["untrained"] = "no rows passed the filters; the student is its base model"
             return
-        train_and_record(ctx, base.base, rows, self.training, ctx.model(self.teacher) if self.teacher else None)
+        labels = ctx.path(self.soft_labels_stage) / SOFT_LABELS if self.soft_labels_stage else None
+        train_and_record(ctx, base.base, rows, self.training, ctx.model(self.teacher) if self.teacher else None, labels)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
