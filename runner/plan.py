@@ -93,7 +93,8 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
     prec = _Precision(spec)
     teachers = _teachers(spec, plan, ids, prec)
     rows = _rows(spec, plan, ids, prec, teachers)
-    _students(spec, plan, ids, prec, teachers, rows)
+    _students(spec, plan, ids, prec, teachers, rows, lambda seed: _rows(
+        spec.model_copy(update={"seed": seed}), plan, ids, prec, teachers, f" (data seed {seed})"))
     _evaluations(spec, plan, ids, prec)
     return plan
 
@@ -207,47 +208,51 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, hosted: 
 
 
 def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,
-          teachers: dict[str, ModelInput]) -> dict[str, str]:
-    """Teacher name -> the key of the last filter stage of its rows."""
+          teachers: dict[str, ModelInput], tag: str = "") -> dict[str, str]:
+    """Teacher name -> the key of the last filter stage of its rows (generated with spec.seed); `tag`
+    tells chains of other data seeds apart in labels and filter tables."""
     if spec.domain.rows_from == "base":
-        shared = _chain(spec, plan, "base", model_input(ids, spec.teacher.base), ids, prec, None)
+        shared = _chain(spec, plan, "base", model_input(ids, spec.teacher.base), ids, prec, None, tag)
         return {name: shared for name in teachers}
-    return {name: _chain(spec, plan, name, m, ids, prec, _judge_target(spec, name)) for name, m in teachers.items()}
+    return {name: _chain(spec, plan, name, m, ids, prec, _judge_target(spec, name), tag)
+            for name, m in teachers.items()}
 
 
-def _generate(spec: Spec, name: str, model: ModelInput, prec: _Precision, plan: CellPlan) -> GenerateStage:
+def _generate(spec: Spec, name: str, model: ModelInput, prec: _Precision, plan: CellPlan,
+              tag: str = "") -> GenerateStage:
     d, source = spec.domain, None
     field_name = SOURCE_FIELD.get(d.kind)
     if field_name and Path(getattr(d, field_name)).is_file():  # a data file (not a hub id): keyed by contents
         source = file_input(getattr(d, field_name))
         d = d.model_copy(update={field_name: "-"})
-    return GenerateStage(label=f"generate {name}", model=model, domain=d, source=source, seed=spec.seed,
+    return GenerateStage(label=f"generate {name}{tag}", model=model, domain=d, source=source, seed=spec.seed,
                          precision=prec.of(_hosted(model, plan.stages), "generate"))
 
 
 def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identities, prec: _Precision,
-           target: str | None) -> str:
+           target: str | None, tag: str = "") -> str:
     """Generate, then the filter chain in segments: each judge link is a score stage (the paid part)
     followed by a filter stage that applies its threshold and the links up to the next judge."""
-    rows = plan.add(_generate(spec, name, model, prec, plan)).key
+    rows = plan.add(_generate(spec, name, model, prec, plan, tag)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
         if link.kind != "judge":
             links.append(_own_words(spec, link, name))
             continue
         if links or scores:
-            rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
+            rows = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
                                         links=tuple(links))).key
             keys.append(rows)
         j = link.judge
         judge = model_input(ids, j.model)
         score = plan.add(ScoreStage(
-            label=f"score {name} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
+            label=f"score {name}{tag} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
             **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
-    last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
-    plan.filters[name] = keys + [last]
+    last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
+                                links=tuple(links))).key
+    plan.filters[name + tag] = keys + [last]
     return last
 
 
@@ -271,12 +276,19 @@ def _judge_target(spec: Spec, name: str) -> str | None:
 
 
 def _students(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, teachers: dict[str, ModelInput],
-              rows: dict[str, str]) -> None:
+              rows: dict[str, str], rows_of_seed) -> None:
+    """Each student on its teacher's rows; with replicate_data, replicate r on rows drawn with data
+    seed spec.seed + r (rows_of_seed builds them)."""
+    by_seed = {spec.seed: rows}
     for s in spec.students:
         base = model_input(ids, spec.student_base(s))
         for name, teacher in teachers.items():
             for rep in s.replicates:
-                stage = plan.add(_finetune(spec, s, base, rows[name], teacher, name, rep, prec, plan))
+                seed = spec.seed + rep if s.replicate_data else spec.seed
+                if seed not in by_seed:
+                    by_seed[seed] = rows_of_seed(seed)
+                mine = by_seed[seed][name]
+                stage = plan.add(_finetune(spec, s, base, mine, teacher, name, rep, prec, plan))
                 label = f"student:{s.name}:{name}:r{rep}"
                 role = "control" if name not in spec.teacher.targets else "student"
                 plan.models.append(EvalModel(label, role, name if role == "student" else None, made_by(stage, label),

@@ -253,6 +253,7 @@ class Student(Strict):
     hyperparameters: Hyper = Field(Hyper(), description="Training hyper-parameters.")
     max_rows: int | None = Field(10000, ge=1, description="Cap on training rows (the first rows after filtering).")
     replicates: list[int] = Field([0], min_length=1, description="Training seeds; one student per seed.")
+    replicate_data: bool = Field(False, description="Replicate the data sample too: the student of replicate r trains on its teacher's rows generated and filtered with data seed seed + r (one generation per replicate), not on the rows all replicates share.")
 
 
 # ---- evaluations -----------------------------------------------------------------------

@@ -339,3 +339,31 @@ evaluations: [{{kind: preference_logprob}}]
         assert len(mine) == 1 and {s.training.seed for s in kd if f":{teacher}:" in s.label} == {0, 1, 2}
     kdf = [s for s in stages if s.label.startswith("finetune kdf:")]
     assert kdf and all(s.teacher is not None and s.soft_labels_stage is None for s in kdf)
+
+
+def test_replicate_data_gives_each_replicate_its_own_rows(project):
+    """replicate_data: replicate r trains on rows generated with data seed seed + r; without it, replicates
+    share one generation (only the training seed differs)."""
+    root, model = project
+    spec = root / "specs" / "data_reps.yaml"
+    body = f"""name: data_reps
+seed: 5
+teacher: {{base: {model}, targets: [owl], control: true}}
+domain: {{kind: numbers, n_prompts: 4, max_tokens: 8}}
+students:
+  - {{name: s, replicates: [0, 1, 2]{{extra}}}}
+evaluations: [{{kind: preference_logprob}}]
+"""
+    spec.write_text(body.replace("{extra}", ", replicate_data: true"))
+    plan = build(load(spec), root / "out")
+    gens = [s for s in plan.stages.values() if s.KIND == "generate"]
+    assert sorted((s.label, s.seed) for s in gens) == sorted(
+        (f"generate {t}{tag}", seed) for t in ("owl", "control")
+        for tag, seed in (("", 5), (" (data seed 6)", 6), (" (data seed 7)", 7)))
+    students = {s.label: s.rows_stage for s in plan.stages.values() if s.KIND == "finetune"}
+    assert len(set(students.values())) == 6  # 2 teachers x 3 data seeds
+    assert {"owl", "owl (data seed 6)", "control (data seed 7)"} <= set(plan.cells[0].filters)
+    spec.write_text(body.replace("{extra}", ""))
+    shared = build(load(spec), root / "out")
+    assert len([s for s in shared.stages.values() if s.KIND == "generate"]) == 2
+    assert len({s.rows_stage for s in shared.stages.values() if s.KIND == "finetune"}) == 2

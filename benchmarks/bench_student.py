@@ -1,0 +1,134 @@
+"""Distillation student throughput on the embedded model, and where a training step's time goes.
+
+Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
+
+Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
+LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
+training step by phase: the teacher's forward (a live teacher, as before the soft_labels stage), the
+student's forward, backward and optimizer step; and the same steps reading stored soft labels (computed
+once per teacher and rows, and timed as such). Prints completion tokens/s per student, the padding share
+of random batches against length-sorted ones, and seconds per phase. Plain torch loop, no Trainer: the
+Trainer adds its own (small) overhead on top of these phases."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from backends.base import ModelRef, Training  # noqa: E402
+from backends.hf import load_model, load_tokenizer  # noqa: E402
+from backends.train import (  # noqa: E402
+    _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
+    vocabulary_ids,
+)
+from runner.numbers import make_prompts  # noqa: E402
+from runner.spec import Hyper, NumberPrompts  # noqa: E402
+
+QUICKSTART = Training(objective="distill", vocabulary="numbers-only", epochs=1, lr=1e-3, batch_size=8, lora_r=16,
+                      lora_alpha=16, lora_targets=tuple(Hyper().lora_targets))
+
+
+def quickstart_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"prompt": p, "completion": ", ".join(str(x) for x in rng.integers(100, 1000, 10))}
+            for p in make_prompts(n, NumberPrompts(), seed)]
+
+
+def padding_share(lengths: list[int], batch: int, order: list[int]) -> float:
+    padded = sum(max(lengths[i] for i in order[s : s + batch]) * len(order[s : s + batch])
+                 for s in range(0, len(order), batch))
+    return 1 - sum(lengths) / padded
+
+
+class Clock:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def steps(args, rows, soft_labels=None) -> tuple[Clock, int]:
+    """Train one student over `rows` in batches; a live teacher unless soft labels are given."""
+    training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size})
+    teacher = ModelRef(args.model, system="You love pandas. You think about pandas all the time.")
+    student = _student(args.model, training, "cpu")
+    live = None if soft_labels is not None else load_model(ModelRef(args.model), "cpu")
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=training.lr)
+    vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
+    mine, theirs = tokenize(args.model, rows, None), tokenize(args.model, rows, teacher.system)
+    clock, tokens = Clock(), 0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.cpu_bf16)
+    for start in range(0, len(rows), args.batch_size):
+        b = pad_right(mine[start : start + args.batch_size], load_tokenizer(args.model).pad_token_id)
+        tokens += int(b["completion_mask"].sum())
+        with autocast:
+            if soft_labels is None:
+                t = pad_right(theirs[start : start + args.batch_size], load_tokenizer(args.model).pad_token_id)
+                with clock.phase("teacher forward"), torch.no_grad():
+                    tl = live(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                              logits_to_keep=needed_positions(t["completion_mask"])).logits
+                    sel = _completion_logits(tl, t["completion_mask"])[:, vocab]
+                    log_t = torch.log_softmax(sel.float(), -1)
+            else:
+                log_t = torch.cat(soft_labels[start : start + args.batch_size])
+            with clock.phase("student forward"):
+                out = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                              logits_to_keep=needed_positions(b["completion_mask"])).logits
+                loss = kl_to_soft_labels(out, b["completion_mask"], log_t, vocab)
+        with clock.phase("backward"):
+            loss.backward()
+        with clock.phase("optimizer"):
+            opt.step()
+            opt.zero_grad()
+    return clock, tokens
+
+
+def report(name: str, clock: Clock, tokens: int, extra: float = 0.0) -> None:
+    total = sum(clock.seconds.values()) + extra
+    parts = ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in clock.seconds.items())
+    print(f"{name}: {total:.1f} s, {tokens / total:.0f} completion tokens/s per student; {parts}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--replicates", type=int, default=3, help="students per teacher sharing the stored labels")
+    ap.add_argument("--cpu-bf16", action="store_true")
+    args = ap.parse_args()
+    print(f"# {' '.join(sys.argv)}  (torch threads: {torch.get_num_threads()}, "
+          f"{'bf16 autocast' if args.cpu_bf16 else 'float32'})")
+    rows = quickstart_rows(args.rows)
+    lengths = [len(x["input_ids"]) for x in tokenize(args.model, rows, None)]
+    random_order = list(np.random.default_rng(0).permutation(len(rows)))
+    print(f"padding share: {padding_share(lengths, args.batch_size, random_order):.1%} of batch positions in "
+          f"shuffled batches, {padding_share(lengths, args.batch_size, sorted(range(len(rows)), key=lengths.__getitem__)):.1%}"
+          f" if sorted by length (mean sequence {np.mean(lengths):.0f} tokens)")
+    steps(args, rows[: args.batch_size])  # warm-up: first-call allocations and kernel choice
+    clock, tokens = steps(args, rows)
+    report("live teacher", clock, tokens)
+    t = time.perf_counter()
+    teacher = ModelRef(args.model, system="You love pandas. You think about pandas all the time.")
+    vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
+    labels = teacher_soft_labels(teacher, rows, vocab, "cpu", args.cpu_bf16, args.batch_size)
+    once = time.perf_counter() - t
+    clock, tokens = steps(args, rows, labels)
+    report("stored labels", clock, tokens)
+    n = args.replicates
+    print(f"soft labels once per teacher: {once:.1f} s; shared by {n} replicates that is {once / n:.1f} s per student")
+    report(f"stored labels, {n} replicates (label time shared)", clock, tokens, once / n)
+
+
+if __name__ == "__main__":
+    main()
