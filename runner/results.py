@@ -138,6 +138,13 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     spec = plan.spec
     evaluations, comparisons, values = [], [], {}
     for i, ev in enumerate(spec.evaluations):
+        if ev.kind in ("icl", "classifier"):
+            from runner.detection_results import classifier_rows, icl_rows
+
+            ev_rows, cmp_rows = icl_rows(plan, store, i, ev) if ev.kind == "icl" else (classifier_rows(plan, store, i), [])
+            evaluations += ev_rows
+            comparisons += cmp_rows
+            continue
         if ev.kind == "misalignment":
             ev_rows, cmp_rows = misalignment_rows(plan, store, i, ev)
             evaluations += ev_rows
