@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from runner.plan import CellPlan
+from runner.plan import CellPlan, compared_rows
 from runner.stats import CI_METHOD, TEST_METHOD, mean_ci, sign_flip_p
 from runner.store import Store
 
@@ -20,12 +20,10 @@ def icl_label(rows: str, k: int) -> str:
     return f"icl:{rows}:k={k}"
 
 
-def icl_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], list[dict]]:
+def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[list[dict], list[dict]]:
     """Per (rows, k) and target: the metric per question averaged over seeds, with a t-interval across
-    questions; per target and k > 0: the target's rows against the control's (or each other target's)."""
-    from runner.plan import _against
-    from runner.results import per_question
-
+    questions; per target and k > 0: the target's rows against the control's (or each other target's).
+    per_question: runner.results.per_question (what a stage's answers or probe say per question)."""
     spec, cell = plan.spec, plan.cell.label
     targets = list(ev.targets or spec.teacher.targets)
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -47,7 +45,7 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], list
     comparisons = []
     for t in [t for t in targets if t in spec.teacher.targets]:
         for k in ev.k:
-            for other, b_is in _against(spec, t) if k else ():
+            for other, b_is in compared_rows(spec, t) if k else ():
                 metric, a = values[(t, k, t)]
                 b = values[(other, k, t)][1]
                 comparisons.append(_paired(cell, icl_label(t, k), icl_label(other, k), metric, a, b, b_is, k))
@@ -87,3 +85,16 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
                         "counts": {"positives": sum(r["label"] for r in rows), "chance": 0.5,
                                    "variant": "per-row yes/no (subl's, not the paper's)"}})
     return out
+
+
+def method_line(spec, ev) -> str:
+    """What an icl or classifier evaluation did, for the methods notes."""
+    if ev.kind == "icl":
+        how = ("exact P(target) after the answer prefix" if spec.icl_mode(ev) == "logprob"
+               else f"share of {ev.samples_per_question} sampled answers naming the target")
+        return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
+                f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
+    return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
+            "trait's animal where the paper hard-codes 'eagle'; order seeded); read from the log-probs of ' A' "
+            "and ' B' where the backend gives them, else a one-token reply at temperature 0"
+            + ("; per-row yes/no AUROC is subl's variant" if ev.per_row else ""))

@@ -336,7 +336,7 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
 DETECTION = ("icl", "classifier")
 
 
-def _against(spec: Spec, target: str) -> list[tuple[str, str]]:
+def compared_rows(spec: Spec, target: str) -> list[tuple[str, str]]:
     """The rows a target's rows are compared with: the control's, else each other target's (the paper's classifier)."""
     if spec.teacher.control:
         return [("control", "control")]
@@ -395,7 +395,7 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
         label, judge = _classifier_judge(spec, plan, ids, ev, target, teachers)
         kind = spec.backend_kind(base_of(judge, {s.key: s for s in plan.stages}).ref)
         mode = "logprob" if supports(kind, "logprob probe") else "sample"
-        for other, b_is in _against(spec, target):
+        for other, b_is in compared_rows(spec, target):
             stage = plan.add(ClassifierStage(
                 label=f"classifier {target} vs {other} ({label})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,

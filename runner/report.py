@@ -43,7 +43,7 @@ def evaluation_table(results: dict, cell: str) -> Table | None:
 
 
 def comparison_table(results: dict, cell: str) -> Table | None:
-    rows = [c for c in results["comparisons"] if c["cell"] == cell and c["evaluation"] not in DETECTION]
+    rows = [c for c in results["comparisons"] if c["cell"] == cell and c.get("evaluation") not in DETECTION]
     if not rows:
         return None
     table = Table(title="comparisons (a vs b; unit of the test in the last column)")

@@ -2,6 +2,7 @@
 rows versus control rows) and the classifier's accuracy against the 50% chance line, with its AUROC."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DETECTION = ("icl", "classifier")
@@ -25,7 +26,7 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
     for cell in [c["label"] for c in results["cells"]]:
         icl = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "icl"]
         cmp = {(c["a"], c["metric"]): c for c in results["comparisons"] if c["cell"] == cell
-               and c["evaluation"] == "icl"}
+               and c.get("evaluation") == "icl"}
         rows = []
         for e in sorted(icl, key=lambda e: (e["metric"], e["k"], e["model"])):
             c = cmp.get((e["model"], e["metric"]))
@@ -53,9 +54,7 @@ def detection_figures(results: dict, folder: Path, name: str) -> list[tuple[Path
 
 
 def _slug(text: str) -> str:
-    from runner.report_md import _slug
-
-    return _slug(text)
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
 
 
 def _figure():

@@ -85,7 +85,7 @@ def comparison_section(results: dict) -> Section | None:
              f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-",
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
              f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
-            for c in results["comparisons"] if c["evaluation"] not in DETECTION]
+            for c in results["comparisons"] if c.get("evaluation") not in DETECTION]
     headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
     return Section("Comparisons", headers, rows) if rows else None
 

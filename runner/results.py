@@ -141,7 +141,10 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
         if ev.kind in ("icl", "classifier"):
             from runner.detection_results import classifier_rows, icl_rows
 
-            ev_rows, cmp_rows = icl_rows(plan, store, i, ev) if ev.kind == "icl" else (classifier_rows(plan, store, i), [])
+            if ev.kind == "icl":
+                ev_rows, cmp_rows = icl_rows(plan, store, i, ev, per_question)
+            else:
+                ev_rows, cmp_rows = classifier_rows(plan, store, i), []
             evaluations += ev_rows
             comparisons += cmp_rows
             continue

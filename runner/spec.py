@@ -513,12 +513,16 @@ class Spec(Strict):
 
     def model_refs(self) -> list[str]:
         """Every model reference the spec names: teacher base, student bases, judges."""
-        return [self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+        return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+                + self.detection_models())
 
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]
-                + [e.judge.model for e in self.evaluations if e.kind == "misalignment"]
-                + [e.model for e in self.evaluations if e.kind == "icl" and e.model]
+                + [e.judge.model for e in self.evaluations if e.kind == "misalignment"])
+
+    def detection_models(self) -> list[str]:
+        """Models the icl and classifier evaluations name (answering models, judges)."""
+        return ([e.model for e in self.evaluations if e.kind == "icl" and e.model]
                 + [r for e in self.evaluations if e.kind == "classifier" for r in [self.classifier_judge_ref(e)] if r])
 
     def backend_kind(self, ref: str) -> str:
