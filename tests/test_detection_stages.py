@@ -305,3 +305,12 @@ def test_hosted_estimates_price_the_context_and_every_pair(tmp_path):
     assert ten.input_tokens > zero.input_tokens + 4 * 10 * 40 and ten.cost > zero.cost > 0
     clf = est["classifier owl vs control (openai:gpt-4.1-nano-2025-04-14)"][0]
     assert clf.requests == 40 * 3 and clf.output_tokens == 40 * 3 and clf.cost > 0
+
+
+def test_reproduce_headline_names_the_classifier_accuracy_and_its_test():
+    from runner.reproduce import headline
+
+    acc = {"evaluation": "classifier", "metric": "pairwise_accuracy", "trait": "owl", "teacher": "eagle",
+           "value": 0.52, "ci": [0.49, 0.55], "counts": {"p_value": 0.21}}
+    assert headline({"evaluations": [acc], "comparisons": []}) == \
+        "owl vs eagle: accuracy 52.0% [49.0%, 55.0%], p=0.21"
