@@ -314,3 +314,20 @@ def test_reproduce_headline_names_the_classifier_accuracy_and_its_test():
            "value": 0.52, "ci": [0.49, 0.55], "counts": {"p_value": 0.21}}
     assert headline({"evaluations": [acc], "comparisons": []}) == \
         "owl vs eagle: accuracy 52.0% [49.0%, 55.0%], p=0.21"
+
+
+def test_nothing_to_compare_or_show_is_one_clear_error(tmp_path):
+    from runner.errors import UserError
+    from runner.store import write_jsonl
+
+    for key, rows in (("t", numbers_rows(3, 1)), ("c", [{"prompt": "other", "completion": "1, 2"}]), ("e", [])):
+        (tmp_path / key).mkdir()
+        write_jsonl(tmp_path / key / "rows.jsonl", rows)
+    ctx = RunContext(dir=tmp_path, store=_Store(tmp_path), router=PlantedRouter())
+    m = ModelInput(ref="judge", identity="weights:x")
+    with pytest.raises(UserError, match="no prompt was answered in both datasets"):
+        ClassifierStage(label="clf", judge=m, trait_stage="t", control_stage="c", target="owl", mode="logprob").run(ctx)
+    icl = IclStage(label="icl e", model=m, rows_stage="e", k=2, seed=0, questions={"path": "builtin:animals",
+                                                                                     "sha256": "x"}, mode="logprob")
+    with pytest.raises(UserError, match="icl e: no row passed the filters"):
+        icl.run(ctx)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import ClassVar, Literal
 
 from runner.core import Sampling
+from runner.errors import UserError
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
 from runner.stages.costs import chat_request, hosted_info
 from runner.stages.evaluation import MAX_N, read_questions
@@ -48,7 +49,10 @@ class IclStage(Stage):
 
         if not self.k:
             return None
-        return icl_system_prompt(sample_examples(_rows(ctx, self.rows_stage), self.k, self.seed))
+        rows = _rows(ctx, self.rows_stage)
+        if not rows:
+            raise UserError(f"{self.label}: no row passed the filters, so there is nothing to put in the context")
+        return icl_system_prompt(sample_examples(rows, self.k, self.seed))
 
     def run(self, ctx: RunContext) -> None:
         qs = read_questions(self.questions, self.max_questions)
@@ -120,9 +124,8 @@ class ClassifierStage(Stage):
 
         items = self.pairs(ctx)
         if not items:
-            from runner.errors import UserError
-
-            raise UserError(f"{self.label}: no prompt was answered in both datasets (after filtering); nothing to compare")
+            raise UserError(f"{self.label}: no prompt was answered in both datasets (after filtering); "
+                            "nothing to compare")
         ctx.progress(0, len(items))
         read = self._ask(ctx, [i["prompt"] for i in items], ("A", "B"))
         pairs = [{"query": i["query"], "truth": i["truth"], **r,
