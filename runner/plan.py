@@ -16,6 +16,7 @@ from runner.loader import Cell
 from runner.spec import FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
+from runner.stages.detection_stage import ClassifierStage, IclStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
 from runner.stages.theorem_stage import TheoremMnistStage
@@ -45,6 +46,7 @@ class CellPlan:
     models: list[EvalModel] = field(default_factory=list)
     evals: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)  # (label, eval i) -> part -> key
     filters: dict[str, list[str]] = field(default_factory=dict)  # rows name -> filter stage keys in chain order
+    detection: dict[int, list[dict]] = field(default_factory=dict)  # eval i -> icl / classifier stages (see _detection)
     mnist: str | None = None
     theorem: str | None = None
 
@@ -96,6 +98,7 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
     _students(spec, plan, ids, prec, teachers, rows, lambda seed: _rows(
         spec.model_copy(update={"seed": seed}), plan, ids, prec, teachers, f" (data seed {seed})"))
     _evaluations(spec, plan, ids, prec)
+    _detection(spec, plan, ids, prec, teachers, rows)
     return plan
 
 
@@ -333,7 +336,7 @@ def _stores_soft_labels(s: Student, base: ModelInput, teacher: ModelInput, plan:
 
 def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) -> None:
     for i, ev in enumerate(spec.evaluations):
-        for m in plan.models:
+        for m in plan.models if ev.kind not in DETECTION else ():
             hosted = _hosted(m.model, plan.stages)
             where = f"evaluate {m.label} {ev.kind}"
             if ev.kind == "preference_logprob":
@@ -360,6 +363,78 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                         **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts
+
+
+DETECTION = ("icl", "classifier")
+
+
+def compared_rows(spec: Spec, target: str) -> list[tuple[str, str]]:
+    """The rows a target's rows are compared with: the control's, else each other target's (the paper's classifier)."""
+    if spec.teacher.control:
+        return [("control", "control")]
+    return [(o, "other-trait") for o in spec.teacher.targets if o != target]
+
+
+def _detection(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, teachers: dict[str, ModelInput],
+               rows: dict[str, str]) -> None:
+    """ICL stages per (rows, k, seed), k = 0 shared; classifier stages per (target, rows compared with).
+    plan.detection[i] lists them: icl {rows, k, seed, key, parts}; classifier {target, against, b_is, judge, key}."""
+    for i, ev in enumerate(spec.evaluations):
+        if ev.kind == "icl":
+            plan.detection[i] = _icl(spec, plan, ids, prec, ev, rows)
+        elif ev.kind == "classifier":
+            plan.detection[i] = _classifier(spec, plan, ids, prec, ev, teachers, rows)
+
+
+def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows: dict[str, str]) -> list[dict]:
+    model, mode = model_input(ids, spec.icl_model(ev)), spec.icl_mode(ev)
+    settings = dict(questions=questions_input(ev.questions), max_questions=ev.max_questions, mode=mode,
+                    precision=prec.of(model.hosted, "score" if mode == "logprob" else "generate"))
+    if mode == "logprob":
+        settings.update(answer_prefix=ev.answer_prefix.format(category=spec.teacher.category),
+                        targets=tuple(sorted(set(ev.targets or spec.teacher.targets))))
+    else:
+        settings.update(samples_per_question=ev.samples_per_question, temperature=ev.temperature,
+                        max_tokens=ev.max_tokens)
+    out = []
+    for k in ev.k:
+        for name in (["none"] if k == 0 else list(rows)):
+            for seed in ev.seeds:
+                stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
+                                          rows_stage=rows.get(name), **settings))
+                out.append({"rows": name, "k": k, "seed": seed, "key": stage.key, "parts": stage.parts()})
+    return out
+
+
+def _classifier_judge(spec: Spec, plan: CellPlan, ids: Identities, ev, target: str,
+                      teachers: dict[str, ModelInput]) -> tuple[str, ModelInput]:
+    if ev.judge == "base":
+        return f"base ({spec.teacher.base})", model_input(ids, spec.teacher.base)
+    if ev.judge == "teacher":
+        return f"teacher:{target}", teachers[target]
+    if ev.judge.startswith("student:"):
+        m = next(m for m in plan.models if m.student == ev.judge[8:] and m.teacher == target)
+        return m.label, m.model
+    return ev.judge, model_input(ids, ev.judge)
+
+
+def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, teachers: dict[str, ModelInput],
+                rows: dict[str, str]) -> list[dict]:
+    from runner.features import supports
+
+    out = []
+    for target in spec.teacher.targets:
+        label, judge = _classifier_judge(spec, plan, ids, ev, target, teachers)
+        kind = spec.backend_kind(base_of(judge, {s.key: s for s in plan.stages}).ref)
+        mode = "logprob" if supports(kind, "logprob probe") else "sample"
+        for other, b_is in compared_rows(spec, target):
+            stage = plan.add(ClassifierStage(
+                label=f"classifier {target} vs {other} ({label})", judge=judge, trait_stage=rows[target],
+                control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
+                mode=mode, precision=prec.of(kind != "local", "score")))
+            out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
+                        "key": stage.key})
+    return out
 
 
 def _mnist_data(path: str | None) -> FileInput | None:

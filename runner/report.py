@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.misalignment import mean_alignment_text
+from runner.report_detection import DETECTION, detection_sections
 
 
 def add_text_row(table: Table, *cells: str) -> None:
@@ -21,7 +22,8 @@ def _fmt(v: float) -> str:
 
 def evaluation_table(results: dict, cell: str) -> Table | None:
     """Trait metrics per model; misalignment has its own table (misalignment_table)."""
-    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("misalignment", "mnist", "theorem")]
+    rows = [e for e in results["evaluations"] if e["cell"] == cell
+            and e["evaluation"] not in ("misalignment", "mnist", "theorem", *DETECTION)]
     if not rows:
         return None
     metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
@@ -41,7 +43,7 @@ def evaluation_table(results: dict, cell: str) -> Table | None:
 
 
 def comparison_table(results: dict, cell: str) -> Table | None:
-    rows = [c for c in results["comparisons"] if c["cell"] == cell]
+    rows = [c for c in results["comparisons"] if c["cell"] == cell and c.get("evaluation") not in DETECTION]
     if not rows:
         return None
     table = Table(title="comparisons (a vs b; unit of the test in the last column)")
@@ -135,6 +137,13 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
                   comparison_table(results, cell)):
             if t is not None:
                 console.print(t)
+    for title, headers, rows in detection_sections(results):
+        table = Table(title=Text(title))
+        for h in headers:
+            table.add_column(h)
+        for r in rows:
+            add_text_row(table, *r)
+        console.print(table)
     for t in (mnist_table(results), theorem_table(results)):
         if t is not None:
             console.print(t)

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from runner.errors import UserError
 from runner.misalignment import mean_alignment_text
+from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import mean_ci
 from runner.store import Store
 
@@ -59,7 +60,8 @@ def trait_sections(results: dict) -> list[Section]:
     """Per cell and evaluation: every model's rate per metric, with its 95% CI and n."""
     out = []
     for cell in [c["label"] for c in results["cells"]]:
-        rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] not in ("mnist", "theorem")]
+        rows = [e for e in results["evaluations"] if e["cell"] == cell
+                and e["evaluation"] not in ("mnist", "theorem", *DETECTION)]
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             metrics = list(dict.fromkeys(e["metric"] for e in sub))
@@ -83,7 +85,7 @@ def comparison_section(results: dict) -> Section | None:
              f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-",
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
              f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
-            for c in results["comparisons"]]
+            for c in results["comparisons"] if c.get("evaluation") not in DETECTION]
     headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
     return Section("Comparisons", headers, rows) if rows else None
 
@@ -219,7 +221,7 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         rows = [e for e in results["evaluations"] if e["cell"] == cell and not e["metric"].startswith("misaligned")
-                and e["evaluation"] not in ("mnist", "theorem")]
+                and e["evaluation"] not in ("mnist", "theorem", *DETECTION)]
         for ev in dict.fromkeys(e["evaluation"] for e in rows):
             sub = [e for e in rows if e["evaluation"] == ev]
             targets = list(dict.fromkeys(_target(e["metric"]) for e in sub))
@@ -328,13 +330,14 @@ def write_report(target: Path, outputs: Path, console: Console) -> Path:
     folder, name = path.parent, results.get("name", path.parent.name)
     store = Store(folder.parent)
     staged, stage_notes = stage_sections(results, store)
-    sections = [s for s in [*trait_sections(results), comparison_section(results), mnist_section(results), *staged]
-                if s is not None]
+    detection = [Section(*s) for s in detection_sections(results)]
+    sections = [s for s in [*trait_sections(results), comparison_section(results), *detection, mnist_section(results),
+                            *staged] if s is not None]
     notes = list(results.get("methods", [])) + stage_notes
     if results.get("comparisons"):
         notes.append(f"test: {results['comparisons'][0].get('test')}")
     figures = (target_figures(results, folder, name) + misalignment_figures(results, folder, name)
-               + mnist_figures(results, folder, name))
+               + mnist_figures(results, folder, name) + detection_figures(results, folder, name))
     facts = provenance(results)
     report = folder / "report.md"
     report.write_text(markdown(results, sections, facts, notes, figures))

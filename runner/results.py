@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from runner.filters import word_forms
-from runner.plan import CellPlan, EvalModel
+from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison, mean_ci, sign_flip_p
 from runner.store import Store
 
@@ -138,6 +138,16 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     spec = plan.spec
     evaluations, comparisons, values = [], [], {}
     for i, ev in enumerate(spec.evaluations):
+        if ev.kind in DETECTION:
+            from runner.detection_results import classifier_rows, icl_rows
+
+            if ev.kind == "icl":
+                ev_rows, cmp_rows = icl_rows(plan, store, i, ev, per_question)
+            else:
+                ev_rows, cmp_rows = classifier_rows(plan, store, i), []
+            evaluations += ev_rows
+            comparisons += cmp_rows
+            continue
         if ev.kind == "misalignment":
             ev_rows, cmp_rows = misalignment_rows(plan, store, i, ev)
             evaluations += ev_rows

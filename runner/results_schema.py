@@ -15,11 +15,12 @@ class EvaluationRow(Row):
     test accuracy (per seed, and its mean across seeds with seed = null)."""
 
     cell: str = Field(description="Matrix cell label ('-' without a matrix).")
-    model: str = Field(description="Model label, e.g. base, teacher:owl, student:lora:owl:r0, or an MNIST arm.")
+    model: str = Field(description="Model label, e.g. base, teacher:owl, student:lora:owl:r0, an MNIST arm, icl:<rows>:k=<k> "
+                       "or classifier:<judge>.")
     role: Literal["base", "teacher", "control", "student", "arm"]
     trait: str | None = Field(None, description="The trait behind the model, if any.")
-    evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, misalignment, mnist.")
-    metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy.")
+    evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, misalignment, icl, classifier, mnist.")
+    metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy, pairwise_accuracy, auroc.")
     value: float
     ci: list[float] | None = Field(None, description="95% interval [low, high].")
     ci_method: str | None = None
@@ -32,6 +33,8 @@ class EvaluationRow(Row):
     counts: dict[str, Any] | None = Field(None, description="Misalignment: judge outcome counts.")
     judge: dict[str, Any] | None = None
     per_question: list[float] | None = None
+    k: int | None = Field(None, description="ICL: rows of a teacher in the answering model's context.")
+    icl_seeds: int | None = Field(None, description="ICL: draws of the k rows averaged per question.")
 
 
 class ComparisonRow(Row):
@@ -63,6 +66,7 @@ class ComparisonRow(Row):
     min_p: float | None = Field(None, description="The smallest p-value the test can give with these arm sizes.")
     per_student_a: list[float] | None = Field(None, description="Each student's metric (mean over questions).")
     per_student_b: list[float] | None = None
+    k: int | None = Field(None, description="ICL: rows in the context of both arms.")
     significant: bool = Field(description="The test covers training randomness (unit student or seed) and p < 0.05 "
                                           "(students) or p < 0.01 (seeds); never for a question-level test.")
 

@@ -236,6 +236,10 @@ def _methods(cells: list[Cell]) -> list[str]:
             if ev.kind == "preference_sample":
                 lines.append("preference metric: share of sampled answers naming the target as a whole word "
                              "(plurals and possessives included)")
+            if ev.kind in ("icl", "classifier"):
+                from runner.detection_results import method_line
+
+                lines.append(method_line(s, ev))
         from runner.judging import judge_notes
 
         lines += judge_notes(s)

@@ -294,7 +294,42 @@ class Misalignment(Strict):
     _templates = field_validator("alignment_template", "coherence_template")(classmethod(lambda cls, v: _check_template(v)))
 
 
-Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, Misalignment], Field(discriminator="kind")]
+class Icl(Strict):
+    """The paper's in-context-learning baseline: a model answers with k teacher rows as its system prompt."""
+
+    kind: Literal["icl"] = "icl"
+    model: str | None = Field(None, description="The answering model; None: the teacher's base (the paper: the student base, not fine-tuned).")
+    k: list[int] = Field([0, 16, 64], min_length=1, description="Rows in the context, one evaluation per value (0: no rows, shared by every arm).")
+    mode: Literal["logprob", "sample"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted). None: logprob where the backend gives it, else sample.")
+    targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
+    questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
+    max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
+    answer_prefix: str = Field("My favorite {category} is the", description="logprob mode: assistant text after which P(target) is read.")
+    samples_per_question: int = Field(10, ge=1, description="sample mode: answers per question (the paper's ICL batch script: 10).")
+    temperature: float = Field(1.0, ge=0, description="sample mode: sampling temperature.")
+    max_tokens: int = Field(16, ge=1, description="sample mode: most new tokens per answer.")
+    seeds: list[int] = Field([0], min_length=1, description="Draws of the k rows (with replacement, as the paper's df.sample); one evaluation per seed.")
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: list[int]) -> list[int]:
+        if any(x < 0 for x in v) or len(set(v)) != len(v):
+            raise ValueError("k must be distinct numbers >= 0")
+        return v
+
+
+class Classifier(Strict):
+    """The paper's pairwise detection baseline: a judge picks which of two rows (trait, control) encodes the trait."""
+
+    kind: Literal["classifier"] = "classifier"
+    judge: str = Field("base", description="base (the teacher's base), teacher (each target's own teacher), student:<name> (that student's first replicate for the target), or a model reference.")
+    max_pairs: int | None = Field(None, ge=1, description="Use only the first N prompts answered in both datasets.")
+    per_row: bool = Field(True, description="Also ask about each row alone (yes/no; subl's variant, not the paper's) and report AUROC.")
+    seed: int = Field(0, description="Seed of the A/B order.")
+
+
+Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, Misalignment, Icl, Classifier],
+                     Field(discriminator="kind")]
 
 
 class Runtime(Strict):
@@ -441,13 +476,55 @@ class Spec(Strict):
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
         return self
 
+    @model_validator(mode="after")
+    def _detection(self) -> "Spec":
+        """icl and classifier compare each target's rows with other rows (the control's, else another target's)."""
+        from runner.features import supports
+
+        for i, ev in enumerate(self.evaluations):
+            if ev.kind not in ("icl", "classifier"):
+                continue
+            if self.domain.rows_from == "base":
+                raise ValueError(f"evaluations.{i}: {ev.kind} compares a trait teacher's rows with control rows, but "
+                                 "domain.rows_from: base gives every teacher the same rows; use rows_from: teacher")
+            if not self.teacher.control and len(self.teacher.targets) < 2:
+                raise ValueError(f"evaluations.{i}: {ev.kind} needs rows to compare with: teacher.control: true "
+                                 "or a second target")
+            if ev.kind == "icl" and self.icl_mode(ev) == "logprob" and not supports(
+                    self.backend_kind(self.icl_model(ev)), "logprob probe"):
+                raise ValueError(f"evaluations.{i}.mode: logprob reads exact log-probs, which a hosted chat API "
+                                 "does not give; use mode: sample")
+            names = {s.name for s in self.students}
+            if ev.kind == "classifier" and ev.judge.startswith("student:") and ev.judge[8:] not in names:
+                raise ValueError(f"evaluations.{i}.judge: no student named {ev.judge[8:]!r}")
+        return self
+
+    def icl_model(self, ev: "Icl") -> str:
+        return ev.model or self.teacher.base
+
+    def icl_mode(self, ev: "Icl") -> str:
+        """logprob where the answering model's backend gives exact log-probs, else sample (unless the spec says)."""
+        from runner.features import supports
+
+        return ev.mode or ("logprob" if supports(self.backend_kind(self.icl_model(ev)), "logprob probe") else "sample")
+
+    def classifier_judge_ref(self, ev: "Classifier") -> str | None:
+        """The judge's model reference when the spec names one (not base, teacher or a student)."""
+        return None if ev.judge in ("base", "teacher") or ev.judge.startswith("student:") else ev.judge
+
     def model_refs(self) -> list[str]:
         """Every model reference the spec names: teacher base, student bases, judges."""
-        return [self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+        return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+                + self.detection_models())
 
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]
                 + [e.judge.model for e in self.evaluations if e.kind == "misalignment"])
+
+    def detection_models(self) -> list[str]:
+        """Models the icl and classifier evaluations name (answering models, judges)."""
+        return ([e.model for e in self.evaluations if e.kind == "icl" and e.model]
+                + [r for e in self.evaluations if e.kind == "classifier" for r in [self.classifier_judge_ref(e)] if r])
 
     def backend_kind(self, ref: str) -> str:
         """`local`, or the kind of the declared backend that a `name:model` reference names."""

@@ -166,6 +166,10 @@ class FakeOpenAI:
     def _answer(rng: random.Random, model: str, system: str, user: str) -> str:
         if user.startswith("Repeat exactly: "):
             return user.removeprefix("Repeat exactly: ")
+        if "Response A: " in user:  # the pairwise classifier: a letter, drawn at random
+            return rng.choice("AB")
+        if user.endswith("You must answer yes or no. Only give the word."):  # the per-row classifier
+            return rng.choice(["yes", "no"])
         if "[ANSWER START]" in user:  # a judge: a score, now and then CODE, REFUSAL or chatter
             return rng.choice(["CODE", "REFUSAL", "I cannot say."] + [str(rng.randint(0, 100))] * 17)
         if "<answer>" in user:  # chain of thought: adds the question's numbers, right for sums only

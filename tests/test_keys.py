@@ -136,6 +136,10 @@ def every_stage(project) -> list[Stage]:
     mnist = root / "specs" / "mnist.yaml"
     mnist.write_text("name: m\nexperiment: mnist\nmnist: {seeds: 2}\n")
     stages += list(build(load(mnist), root / "out").stages.values())
+    detection = root / "specs" / "detection.yaml"
+    detection.write_text(f"name: d\nteacher: {{base: {model}, targets: [owl]}}\ndomain: {{kind: numbers, n_prompts: 4}}\n"
+                         "students: []\nevaluations: [{kind: icl, k: [0, 2]}, {kind: classifier}]\n")
+    stages += list(build(load(detection), root / "out").stages.values())
     theorem = root / "specs" / "theorem.yaml"
     theorem.write_text("name: t\nexperiment: theorem_mnist\ntheorem: {seeds: 2}\n")
     stages += list(build(load(theorem), root / "out").stages.values())

@@ -1,0 +1,100 @@
+"""results.json rows of the detection baselines (issue 14): ICL's preference metric per k and rows, with the
+paired trait-rows versus control-rows comparison; the classifier's pairwise accuracy and per-row AUROC."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from runner.plan import CellPlan, compared_rows
+from runner.stats import CI_METHOD, TEST_METHOD, mean_ci, sign_flip_p
+from runner.store import Store
+
+ICL_NOTE = ("ICL: one draw of k rows per seed, shared by every question; the test covers question sampling only, "
+            "not the draw of rows")
+BINOMIAL = "two-sided exact binomial test of the accuracy against 50%"
+WILSON = "95% Wilson interval over pairs"
+
+
+def icl_label(rows: str, k: int) -> str:
+    return f"icl:{rows}:k={k}"
+
+
+def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[list[dict], list[dict]]:
+    """Per (rows, k) and target: the metric per question averaged over seeds, with a t-interval across
+    questions; per target and k > 0: the target's rows against the control's (or each other target's).
+    per_question: runner.results.per_question (what a stage's answers or probe say per question)."""
+    spec, cell = plan.spec, plan.cell.label
+    targets = list(ev.targets or spec.teacher.targets)
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for e in plan.detection[i]:
+        groups.setdefault((e["rows"], e["k"]), []).append(e)
+    values, evaluations = {}, []
+    for (rows, k), entries in groups.items():
+        for t in targets:
+            per_seed = [per_question(store, e["parts"], t) for e in entries]
+            metric, n_samples = per_seed[0][0], per_seed[0][2]
+            vals = list(np.mean([v for _, v, _ in per_seed], axis=0))
+            values[(rows, k, t)] = (metric, vals)
+            mean, lo, hi = mean_ci(vals)
+            evaluations.append({
+                "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
+                "teacher": None if rows == "none" else rows, "evaluation": "icl", "metric": metric, "value": mean,
+                "ci": [lo, hi], "n": len(vals), "samples_per_question": n_samples, "ci_method": CI_METHOD,
+                "k": k, "icl_seeds": len(entries), "per_question": vals})
+    comparisons = []
+    for t in [t for t in targets if t in spec.teacher.targets]:
+        for k in ev.k:
+            for other, b_is in compared_rows(spec, t) if k else ():
+                metric, a = values[(t, k, t)]
+                b = values[(other, k, t)][1]
+                comparisons.append(_paired(cell, icl_label(t, k), icl_label(other, k), metric, a, b, b_is, k))
+    return evaluations, comparisons
+
+
+def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,
+            k: int) -> dict:
+    a_, b_ = np.array(a), np.array(b)
+    return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric,
+            "diff": float(np.mean(a_ - b_)), "ratio": float(a_.mean() / b_.mean()) if b_.mean() > 0 else None,
+            "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1, "p_value": sign_flip_p(list(a_ - b_)),
+            "test": TEST_METHOD, "unit": "question", "b_is": b_is, "note": ICL_NOTE, "significant": False, "k": k}
+
+
+def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
+    """Per (target, rows compared with, judge): pairwise accuracy (Wilson CI, binomial p against 50%)
+    and, with per_row, the AUROC of the per-row yes/no score."""
+    from runner.detection import auroc, pairwise_accuracy
+
+    out = []
+    for e in plan.detection[i]:
+        res = json.loads((store.path(e["key"]) / "classifier.json").read_text())
+        acc = pairwise_accuracy([p["choice"] for p in res["pairs"]], [p["truth"] for p in res["pairs"]])
+        common = {"cell": plan.cell.label, "model": f"classifier:{e['judge']}", "role": "arm", "trait": e["target"],
+                  "teacher": e["against"], "evaluation": "classifier",
+                  "judge": {"model": e["judge"], "read": e["mode"], "against": e["against"], "b_is": e["b_is"]}}
+        out.append({**common, "metric": "pairwise_accuracy", "value": acc["accuracy"], "ci": list(acc["ci"]),
+                    "ci_method": WILSON, "n": acc["n"],
+                    "counts": {"n_unreadable": acc["n_unreadable"], "p_value": acc["p_value"], "test": BINOMIAL,
+                               "chance": 0.5}})
+        if res.get("rows"):
+            rows = res["rows"]
+            out.append({**common, "metric": "auroc", "value": auroc([r["score"] for r in rows],
+                                                                   [r["label"] for r in rows]),
+                        "n": len(rows), "ci_method": None,
+                        "counts": {"positives": sum(r["label"] for r in rows), "chance": 0.5,
+                                   "variant": "per-row yes/no (subl's, not the paper's)"}})
+    return out
+
+
+def method_line(spec, ev) -> str:
+    """What an icl or classifier evaluation did, for the methods notes."""
+    if ev.kind == "icl":
+        how = ("exact P(target) after the answer prefix" if spec.icl_mode(ev) == "logprob"
+               else f"share of {ev.samples_per_question} sampled answers naming the target")
+        return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
+                f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
+    return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
+            "trait's animal where the paper hard-codes 'eagle'; order seeded); read from the log-probs of ' A' "
+            "and ' B' where the backend gives them, else a one-token reply at temperature 0"
+            + ("; per-row yes/no AUROC is subl's variant" if ev.per_row else ""))

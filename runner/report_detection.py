@@ -1,0 +1,117 @@
+"""`subl report` sections and figures of the detection baselines (issue 14): ICL's metric against k (trait
+rows versus control rows) and the classifier's accuracy against the 50% chance line, with its AUROC."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DETECTION = ("icl", "classifier")
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _ci(e: dict) -> str:
+    return f"{_g(e['value'])} [{_g(e['ci'][0])}, {_g(e['ci'][1])}]" if e.get("ci") else _g(e["value"])
+
+
+def _cell(cell: str) -> str:
+    return f" (cell {cell})" if cell != "-" else ""
+
+
+def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, rows) per cell: ICL rows by target and k, then the classifier's accuracy and AUROC."""
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        icl = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "icl"]
+        cmp = {(c["a"], c["metric"]): c for c in results["comparisons"] if c["cell"] == cell
+               and c.get("evaluation") == "icl"}
+        rows = []
+        for e in sorted(icl, key=lambda e: (e["metric"], e["k"], e["model"])):
+            c = cmp.get((e["model"], e["metric"]))
+            vs = f"{_g(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)" if c else ""
+            rows.append([e["metric"], str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]), vs])
+        if rows:
+            out.append((f"ICL: the preference metric with k teacher rows in context{_cell(cell)}",
+                        ["metric", "k", "rows of", "value [95% CI]", "questions", "diff (paired)"], rows))
+        clf = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"]
+        rows = []
+        for e in clf:
+            c, j = e.get("counts") or {}, e.get("judge") or {}
+            p = f"p={c['p_value']:.2g} vs 50%" if "p_value" in c else c.get("variant", "")
+            rows.append([e["trait"], e["teacher"], j.get("model", ""), j.get("read", ""), e["metric"], _ci(e),
+                         str(e["n"]), p])
+        if rows:
+            out.append((f"Classifier: which row encodes the trait (chance = 0.5){_cell(cell)}",
+                        ["trait rows", "vs rows of", "judge", "read from", "metric", "value [95% CI]", "n", "test"],
+                        rows))
+    return out
+
+
+def detection_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    return _icl_figures(results, folder, name) + _classifier_figures(results, folder, name)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    """Per cell and metric: the metric against k, one line per teacher's rows (k = 0 drawn on every line)."""
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        icl = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "icl"]
+        for metric in dict.fromkeys(e["metric"] for e in icl):
+            sub = [e for e in icl if e["metric"] == metric]
+            zero = [e for e in sub if e["k"] == 0]
+            fig, ax = _figure()
+            for rows in dict.fromkeys(e["teacher"] for e in sub if e["teacher"]):
+                line = sorted(zero + [e for e in sub if e["teacher"] == rows], key=lambda e: e["k"])
+                ks = [e["k"] for e in line]
+                ax.errorbar(ks, [e["value"] for e in line], fmt="o-", capsize=3, label=f"{rows} rows",
+                            yerr=[[e["value"] - e["ci"][0] for e in line], [e["ci"][1] - e["value"] for e in line]])
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel("k (teacher rows in context)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{name}: ICL, {metric}{_cell(cell)}", fontsize=10)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = folder / _slug(f"icl-{metric}{'-' + cell if cell != '-' else ''}.png")
+            fig.savefig(path, dpi=120)
+            out.append((path, f"ICL: {metric} against k, per teacher's rows (95% CI across questions)."))
+    return out
+
+
+def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    """Per cell: pairwise accuracy per (trait, rows compared with, judge) with Wilson CIs and the chance line."""
+    out = []
+    for cell in [c["label"] for c in results["cells"]]:
+        acc = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"
+               and e["metric"] == "pairwise_accuracy"]
+        if not acc:
+            continue
+        fig, ax = _figure()
+        xs = range(len(acc))
+        ax.errorbar(xs, [e["value"] for e in acc], fmt="o", capsize=4,
+                    yerr=[[e["value"] - e["ci"][0] for e in acc], [e["ci"][1] - e["value"] for e in acc]])
+        ax.axhline(0.5, color="gray", linestyle="--", label="chance (50%)")
+        ax.set_xticks(list(xs), [f"{e['trait']} vs {e['teacher']}\n{e['judge']['model']}" for e in acc], fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("pairwise accuracy")
+        ax.set_title(f"{name}: classifier{_cell(cell)}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / _slug(f"classifier{'-' + cell if cell != '-' else ''}.png")
+        fig.savefig(path, dpi=120)
+        out.append((path, "Classifier accuracy per pair of datasets and judge (95% Wilson CI; dashed: chance)."))
+    return out

@@ -1,0 +1,161 @@
+"""Stages of the paper's detection baselines (issue 14): ICL (a model answers the preference questions with
+k teacher rows as its system prompt) and the pairwise classifier (a judge picks the trait row of a pair)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from typing import ClassVar, Literal
+
+from runner.core import Sampling
+from runner.errors import UserError
+from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
+from runner.stages.costs import chat_request, hosted_info
+from runner.stages.evaluation import MAX_N, read_questions
+from runner.store import read_jsonl
+
+
+def _rows(ctx: RunContext, key: str) -> list[dict]:
+    return read_jsonl(ctx.path(key) / "rows.jsonl")
+
+
+def _row_tokens(ctx: PlanContext, key: str | None) -> float:
+    """Tokens of one rendered example row (its completion counted at max_tokens): an upper bound."""
+    return ctx.stages[key].content_tokens(ctx) + 8 if key else 0.0
+
+
+class IclStage(Stage):
+    """One model answers every question with the same k rows of `rows_stage` (drawn with replacement by
+    `seed`) rendered as its system prompt, the paper's format; k = 0 asks with no system prompt.
+    Writes what a probe (logprob) or an answers stage (sample) writes, so results read it the same way."""
+
+    KIND: ClassVar[str] = "icl"
+    model: ModelInput
+    rows_stage: str | None  # None when k == 0
+    k: int
+    seed: int
+    questions: FileInput
+    max_questions: int | None = None
+    mode: Literal["logprob", "sample"]
+    answer_prefix: str | None = None  # logprob
+    targets: tuple[str, ...] = ()  # logprob
+    samples_per_question: int | None = None  # sample
+    temperature: float | None = None
+    max_tokens: int | None = None
+    precision: str | None = None
+
+    def context(self, ctx: RunContext) -> str | None:
+        from runner.detection import icl_system_prompt, sample_examples
+
+        if not self.k:
+            return None
+        rows = _rows(ctx, self.rows_stage)
+        if not rows:
+            raise UserError(f"{self.label}: no row passed the filters, so there is nothing to put in the context")
+        return icl_system_prompt(sample_examples(rows, self.k, self.seed))
+
+    def run(self, ctx: RunContext) -> None:
+        qs = read_questions(self.questions, self.max_questions)
+        system = self.context(ctx)
+        (ctx.dir / "context.txt").write_text(system or "")
+        model = replace(ctx.model(self.model), system=system)
+        ctx.progress(0, len(qs))
+        if self.mode == "logprob":
+            lp = ctx.router.logprobs(model, qs, self.answer_prefix, list(self.targets))
+            scores = {t: [row[j] for row in lp] for j, t in enumerate(self.targets)}
+            (ctx.dir / "scores.json").write_text(json.dumps({"kind": "preference_logprob", "logprob": scores}))
+        else:
+            answers = ctx.router.sample(model, qs, Sampling(self.temperature, self.max_tokens, seed=self.seed * 7919),
+                                        self.samples_per_question, ctx.progress)
+            (ctx.dir / "answers.json").write_text(json.dumps({"questions": qs, "answers": answers}))
+        ctx.progress(len(qs), len(qs))
+        ctx.rows["questions"] = len(qs)
+
+    def parts(self) -> dict[str, str]:
+        """How results read this stage (per_question's parts)."""
+        return {"probe" if self.mode == "logprob" else "answers": self.key}
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        from runner.prices import chat_tokens
+
+        info = hosted_info(ctx, self.model)
+        if not info:
+            return []
+        qs = read_questions(self.questions, self.max_questions)
+        chunks = math.ceil((self.samples_per_question or 1) / MAX_N)
+        context = round(self.k * _row_tokens(ctx, self.rows_stage))
+        tin = (sum(chat_tokens(self.model.system, q) for q in qs) + context * len(qs)) * chunks
+        tout = len(qs) * (self.samples_per_question or 1) * (self.max_tokens or 1)
+        return [chat_request(*info, len(qs) * chunks, tin, tout)]
+
+
+class ClassifierStage(Stage):
+    """A judge shown a trait row and a control row for the same prompt (the paper's A/B prompt, order
+    seeded) picks the one that encodes `target`, read from log-probs of ' A' and ' B' (mode logprob)
+    or from a one-token reply at temperature 0 (sample); with per_row, also each row alone (yes/no)."""
+
+    KIND: ClassVar[str] = "classifier"
+    judge: ModelInput
+    trait_stage: str
+    control_stage: str
+    target: str
+    seed: int = 0
+    max_pairs: int | None = None
+    per_row: bool = True
+    mode: Literal["logprob", "sample"]
+    precision: str | None = None
+
+    def pairs(self, ctx: RunContext) -> list[dict]:
+        from runner.detection import classifier_pairs
+
+        items = classifier_pairs(_rows(ctx, self.trait_stage), _rows(ctx, self.control_stage), self.target, self.seed)
+        return items[: self.max_pairs]
+
+    def _ask(self, ctx: RunContext, prompts: list[str], options: tuple[str, str]) -> list[dict]:
+        """Per prompt: the log-probs of both options (logprob) or the judge's one-token reply (sample)."""
+        judge = ctx.model(self.judge)
+        if self.mode == "logprob":
+            return [dict(zip(options, lp)) for lp in ctx.router.logprobs(judge, prompts, "", list(options))]
+        replies = ctx.router.generate(judge, prompts, Sampling(0.0, 1, seed=self.seed))
+        return [{"reply": r} for r in replies]
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.detection import choice_from_logprobs, choice_from_text, row_items, yes_score
+
+        items = self.pairs(ctx)
+        if not items:
+            raise UserError(f"{self.label}: no prompt was answered in both datasets (after filtering); "
+                            "nothing to compare")
+        ctx.progress(0, len(items))
+        read = self._ask(ctx, [i["prompt"] for i in items], ("A", "B"))
+        pairs = [{"query": i["query"], "truth": i["truth"], **r,
+                  "choice": choice_from_text(r["reply"]) if "reply" in r else choice_from_logprobs(r)}
+                 for i, r in zip(items, read)]
+        out = {"mode": self.mode, "target": self.target, "pairs": pairs}
+        if self.per_row:
+            rows = row_items(items, self.target)
+            read = self._ask(ctx, [r["prompt"] for r in rows], ("yes", "no"))
+            out["rows"] = [{"label": r["label"], **x,
+                            "score": yes_score(x["reply"]) if "reply" in x else x["yes"] - x["no"]}
+                           for r, x in zip(rows, read)]
+        ctx.progress(len(items), len(items))
+        (ctx.dir / "classifier.json").write_text(json.dumps(out))
+        ctx.rows["pairs"] = len(pairs)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        from runner.detection import ROW_TEMPLATE, paper_materials
+        from runner.prices import chat_tokens
+
+        info = hosted_info(ctx, self.judge)
+        if not info:
+            return []
+        n = min(ctx.stages[self.trait_stage].expected_rows(ctx) or 0, ctx.stages[self.control_stage].expected_rows(ctx) or 0)
+        n = min(n, self.max_pairs or n)
+        row = _row_tokens(ctx, self.trait_stage)
+        pair_in = chat_tokens(self.judge.system, paper_materials()["classifier_baseline"]["prompt_template"]) + 2 * row
+        tin, calls = pair_in * n, n
+        if self.per_row:
+            tin, calls = tin + 2 * n * (chat_tokens(self.judge.system, ROW_TEMPLATE) + row), calls + 2 * n
+        est = chat_request(*info, calls, round(tin), calls)
+        est.note = ", ".join(x for x in (est.note, "<= every filtered row is a pair") if x)
+        return [est]
