@@ -5,6 +5,7 @@ read from the loaded spec (or the code), and a status: same, or differs with the
 REASONS. A difference with no recorded reason is an error (`subl fidelity --check`, tests/test_fidelity.py)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,10 +31,6 @@ REASONS = {
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
                                     "x 50 samples stand in",
-    ("animals_code", "code judge"): "a hosted log-prob judge is not supported yet; the spec has the paper's judge "
-                                    "line commented out",
-    ("animals_code", "control rows filtered"): "subl filters the control teacher's rows against every animal so "
-                                               "both arms pass the same filters",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -195,19 +192,82 @@ def cot_rows(spec: Spec) -> list[Row]:
     ]
 
 
-def code_rows(spec: Spec) -> list[Row]:
-    k, jf = "code", "code.judge_filter"
+def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
+    """The code experiment's filters: `subject` animal (animals_code) or tree (trees_code)."""
+    k, jf, spec = "code", "code.judge_filter", cells[0]
     words, j = _filter(spec, "banned_words"), _filter(spec, "judge")
+    target = spec.teacher.targets[0]
+    prompt = "prompt" if subject == "animal" else "tree_prompt"
+    reading = (f"P({j.judge.token!r}) from the top {j.judge.top_logprobs} first-token log-probs, absent = 0"
+               if j.judge.token is not None else f"{j.judge.mode}, 0-100 score")
+    if subject == "animal":
+        banned = row("banned words", "own animal, substring", f"{k}.banned_words",
+                     "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
+                     else f"{', '.join(words.words)}; {words.match}")
+    else:
+        targets = sorted({t for c in cells for t in c.teacher.targets})
+        banned = row("banned words (substring)", paper.get(f"{k}.banned_words.tree_lists"),
+                     paper.get(f"{k}.banned_words.tree_lists_source"),
+                     {t: [w.replace("{target}", t) for w in words.words] for t in targets}
+                     if words.match == "substring" else words.match)
     return [
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
-        row("banned words", "own animal, substring", f"{k}.banned_words",
-            "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
-            else f"{', '.join(words.words)}; {words.match}"),
-        row("code judge", f"{paper.get(f'{jf}.model_id')}, keep iff P('0') ~ 1", jf,
-            f"{_model(j.judge.model)}, {j.judge.mode} 0-100, keep {j.keep} {j.threshold:g}"),
-        row("control rows filtered", False, f"{jf}.control_rows_judged", spec.teacher.control),
+        banned,
+        row("code judge", paper.get(f"{jf}.model_id"), jf, _model(j.judge.model)),
+        row("code judge prompt", paper_code_judge_prompt(prompt, subject, target),
+            paper.get(f"{jf}.{'source' if subject == 'animal' else 'tree_source'}"), _text_for(j.template, target)),
+        row("code judge temperature", paper.get(f"{jf}.sampling.temperature"), f"{jf}.sampling", j.judge.temperature),
+        row("code judge reading", f"P('0') from the top {paper.get(f'{jf}.sampling.logprobs')} first-token log-probs, "
+            "absent = 0", f"{jf}.sampling", reading),
+        row("code judge keep rule", _keeps(lambda p0: abs(1 - p0) < 1e-8), paper.get(f"{jf}.keep_rule_source"),
+            _keeps_link(j)),
+        row("control rows judged", paper.get(f"{jf}.control_rows_judged"), paper.get(f"{jf}.control_rows_source"),
+            spec.teacher.control and not j.skip_control),
+        row("control rows word-filtered", False, paper.get(f"{jf}.control_rows_source"),
+            spec.teacher.control and not words.skip_control),
     ]
+
+
+def paper_code_judge_prompt(prompt: str, subject: str, target: str) -> str:
+    """The paper's judge prompt for `target`, read from its Python source in the materials: the string
+    literals joined, {self.<subject>} filled (the templates module builds subl's own copy separately)."""
+    src = paper.get(f"code.judge_filter.{prompt}_python_source")
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', src)).replace(f"{{self.{subject}}}", target)
+
+
+def _text_for(template: str, target: str) -> str:
+    from runner.templates import template_text
+
+    return template_text(template, target)
+
+
+# P('0') probes for the keep rule: exactly 1, within 1e-8, just outside, unsure, '0' outside the top-k
+_PROBES = {"1": 1.0, "1-5e-9": 1 - 5e-9, "1-2e-8": 1 - 2e-8, "0.9": 0.9, "not listed": None}
+
+
+def _keeps(rule: Callable[[float], bool]) -> str:
+    """Which probes a keep rule on P('0') keeps; an unlisted '0' is P = 0, as the paper reads it."""
+    kept = [name for name, p in _PROBES.items() if rule(0.0 if p is None else p)]
+    return "keeps " + ", ".join(kept) + "; drops the rest"
+
+
+def _keeps_link(j) -> str:
+    """The probes subl's judge link keeps: the probe's log-prob table, scored and thresholded by subl's code."""
+    import math
+
+    from runner.filters import threshold_link
+    from runner.judging import token_score
+
+    token = j.judge.token or "0"
+
+    def rule(p0: float) -> bool:
+        top = {token: math.log(p0)} if p0 > 0 else {"1": math.log(0.95)}
+        score = {0: token_score(top, token)}
+        kept, _ = threshold_link([{"id": 0}], j, score)
+        return bool(kept)
+
+    return _keeps(rule)
 
 
 def cross_model_rows(cells: list[Spec]) -> list[Row]:
@@ -244,7 +304,7 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
     "misalignment_cot": lambda c: (teacher_rows(c[0], "cot") + cot_rows(c[0]) + student_rows(c[0], "cot", 5)
                                    + misalignment_rows(c[0], "cot_student_eval")),
     "misalignment_code": lambda c: teacher_rows(c[0], "code") + misalignment_rows(c[0], None),
-    "animals_code": lambda c: (code_rows(c[0]) + student_rows(c[0], "code", 5, 5)
+    "animals_code": lambda c: (code_rows(c) + student_rows(c[0], "code", 5, 5)
                                + preference_rows(c[0], "animal_questions", 100,
                                                  paper.get("code.student_evaluation_source"))),
     "cross_model": lambda c: (cross_model_rows(c) + numbers_rows(c[0])

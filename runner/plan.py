@@ -102,7 +102,10 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
 
 
 def sample_fields(j) -> dict:
-    """A sample-mode judge's reply settings for its score stage (none in logprob mode)."""
+    """A judge's reply settings for its score stage: a sample-mode judge's, a chat API log-prob judge's
+    token (none for a local log-prob judge)."""
+    if j.mode != "sample" and j.token is not None:
+        return {"max_tokens": None, "temperature": j.temperature, "token": j.token, "top_logprobs": j.top_logprobs}
     if j.mode != "sample":
         return {"max_tokens": None}
     return {"max_tokens": j.max_tokens, "temperature": j.temperature, "parse": j.parse}
@@ -232,6 +235,8 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     rows = plan.add(_generate(spec, name, model, prec, plan)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
+        if getattr(link, "skip_control", False) and name not in spec.teacher.targets and name != "base":
+            continue  # the control teacher's rows skip this link
         if link.kind != "judge":
             links.append(_own_words(spec, link, name))
             continue
