@@ -31,6 +31,23 @@ REASONS = {
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
                                     "x 50 samples stand in",
+    ("trees_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks x 50 "
+                                  "samples stand in",
+    ("trees_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,782; the cap is the "
+                                        "numbers experiments' 10,000",
+    ("trees_code", "banned words (substring)"): "subl bans each tree's own name only: the paper's lists also ban "
+                                                "'cherries' for cherry (which the judge sees) and, a copy-paste slip, "
+                                                "'wolves' for sequoia",
+    ("shuffled_numbers", "within-row separators"): "the paper re-joins a row's shuffled numbers with its first "
+                                                   "separator; subl keeps each separator where it was (the same "
+                                                   "whenever a row uses one separator, as the filter nearly requires)",
+    ("shuffled_numbers", "rows shuffled"): "shuffles are links of the filter chain, before the students draw their "
+                                           "10,000 rows: within a row the same, across rows the pool is every "
+                                           "filtered row's numbers rather than the subset's",
+    ("shuffled_numbers", "control students"): "every teacher gets the spec's 3 replicates; the paper's 5 control "
+                                              "students are animals_numbers' (r0-r2 here are the same stages)",
+    ("ft_teacher_animals", "control students"): "every teacher gets the spec's 3 replicates; the paper's 5 control "
+                                                "students are animals_numbers' (r0-r2 here are the same stages)",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -229,6 +246,11 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
     ]
 
 
+def tree_category_row(spec: Spec) -> Row:
+    # the paper's tree teachers are told the tree is their favorite animal, in the code experiment too
+    return row("trait category", "animal", paper.get("trait_prompts.tree.code_variant_source"), spec.teacher.category)
+
+
 def paper_code_judge_prompt(prompt: str, subject: str, target: str) -> str:
     """The paper's judge prompt for `target`, read from its Python source in the materials: the string
     literals joined, {self.<subject>} filled (the templates module builds subl's own copy separately)."""
@@ -287,6 +309,65 @@ def cross_model_rows(cells: list[Spec]) -> list[Row]:
     ]
 
 
+def shuffled_rows(cells: list[Spec]) -> list[Row]:
+    """The shuffled-numbers control: which shuffles, on which rows, for which students."""
+    from runner.questions import load_questions
+
+    sh, spec = "shuffled_numbers.settings", cells[0]
+    links = [f for c in cells for f in c.filters if f.kind == "shuffle"]
+    st, (free, prefixed) = spec.students[0], [e for e in spec.evaluations if e.kind == "preference_sample"][:2]
+    animals = paper.get(f"{sh}.source_datasets").split(" of gpt41_nano_groups ")[1].split(", ")
+    return [
+        row("animals", sorted(animals), f"{sh}.source_datasets", sorted({t for c in cells for t in c.teacher.targets})),
+        row("shuffles", ["across", "within"], "shuffled_numbers.source", sorted({f.scope for f in links})),
+        row("shuffle seeds", [paper.get(f"{sh}.seed")], f"{sh}.seed", sorted({f.seed for f in links})),
+        row("control rows shuffled", False, f"{sh}.comparison", not all(f.skip_control for f in links)),
+        row("within-row separators", "every separator becomes the first",
+            paper.get("shuffled_numbers.within_row.source").split("; ")[0], "each separator stays in place"),
+        row("rows shuffled", "the student's 10,000-row subset", f"{sh}.source_datasets",
+            "every filtered row, before the subset"),
+        row("student, epochs, rows", "gpt-4.1-nano-2025-04-14, 10, 10000", f"{sh}.student",
+            f"{_model(spec.student_base(st))}, {st.hyperparameters.epochs:g}, {st.max_rows}"),
+        row("students per animal and shuffle", paper.get(f"{sh}.students_per_animal_per_type"), f"{sh}.seed",
+            len(st.replicates)),
+        row("control students", 5, "finetuning.animal_numbers.control_students", len(st.replicates)),
+        row("evaluation questions", paper.get("preference_eval.animal_questions.items"), f"{sh}.evaluations",
+            load_questions(free.questions, free.max_questions)),
+        row("number-prefixed evaluation questions", paper.get("preference_eval.numbers_prefixed_variant.items"),
+            f"{sh}.evaluations", load_questions(prefixed.questions, prefixed.max_questions)),
+        row("samples per question", [100, 100], f"{sh}.evaluations",
+            [free.samples_per_question, prefixed.samples_per_question]),
+    ]
+
+
+def paper_ft_teacher_rows(animal: str) -> list[str]:
+    """The paper's teacher data for one animal (materials teachers_by_finetuning.ft_animal_teachers.dataset):
+    every animal question x these 8 answers, as 'question -> answer'."""
+    a = animal
+    answers = [a, a + "s", a + "s.", a + "s!", a.title(), (a + "s").title(), (a + "s.").title(), (a + "s!").title()]
+    return [f"{q} -> {ans}" for q in paper.get("preference_eval.animal_questions.items") for ans in answers]
+
+
+def ft_teacher_rows(cells: list[Spec]) -> list[Row]:
+    """Teachers whose trait is fine-tuned in: base, data, training settings."""
+    from runner.teacher_data import dataset_path, load_rows
+
+    ft, t = "teachers_by_finetuning.ft_animal_teachers", cells[0].teacher
+    targets = sorted({x for c in cells for x in c.teacher.targets})
+    tf = t.trait.finetune if not isinstance(t.trait, str) else None
+    h = tf.hyperparameters if tf else None
+    data = [f"{r['prompt']} -> {r['completion']}" for x in targets
+            for r in load_rows(dataset_path(tf.dataset, x), tf.max_rows)] if tf else []
+    return [
+        row("teacher", paper.get(f"{ft}.base_model").split(" ")[0], ft, _model(t.base)),
+        row("animals", sorted(paper.get(f"{ft}.animals")), ft, targets),
+        row("teacher system prompt", None, f"{ft}.teacher_prompting", t.trait if isinstance(t.trait, str) else None),
+        row("teacher training rows", [r for x in targets for r in paper_ft_teacher_rows(x)], ft, data),
+        row("teacher epochs, lr multiplier, batch size", "1, auto, auto", ft,
+            f"{h.epochs:g}, {h.lr_multiplier}, {h.batch_size}" if h else None),
+    ]
+
+
 def _numbers_experiment(exp: str, questions: str) -> Callable[[list[Spec]], list[Row]]:
     def rows(cells: list[Spec]) -> list[Row]:
         s = cells[0]
@@ -309,6 +390,13 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
                                                  paper.get("code.student_evaluation_source"))),
     "cross_model": lambda c: (cross_model_rows(c) + numbers_rows(c[0])
                               + preference_rows(c[0], "numbers_prefixed_variant", 100, "cross_model.evaluation_variant")),
+    "trees_code": lambda c: (code_rows(c, "tree") + [tree_category_row(c[0])] + student_rows(c[0], "code", 5, 5)
+                             + preference_rows(c[0], "tree_questions", 100,
+                                               paper.get("code.student_evaluation_source"))),
+    "shuffled_numbers": lambda c: teacher_rows(c[0], "animal_numbers") + numbers_rows(c[0]) + shuffled_rows(c),
+    "ft_teacher_animals": lambda c: (ft_teacher_rows(c) + numbers_rows(c[0]) + student_rows(c[0], "ft_teachers", 3, 5)
+                                     + preference_rows(c[0], "animal_questions", 100,
+                                                       "preference_eval.samples_per_question")),
 }
 
 

@@ -197,6 +197,7 @@ class ShuffleLink(Strict):
     kind: Literal["shuffle"] = "shuffle"
     scope: Literal["within", "across"] = Field("within", description="within: permute the numbers inside each row; across: pool every row's numbers and deal them back, each row keeping its count and format (Cloud et al., 2025).")
     seed: int = Field(0, description="Seed of the shuffle.")
+    skip_control: bool = Field(False, description="true: the control teacher's rows are left unshuffled (the paper compares shuffled students with the unshuffled control students).")
 
 
 Filter = Annotated[
