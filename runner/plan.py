@@ -235,8 +235,10 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     rows = plan.add(_generate(spec, name, model, prec, plan)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
-        if getattr(link, "skip_control", False) and name not in spec.teacher.targets and name != "base":
-            continue  # the control teacher's rows skip this link
+        if getattr(link, "skip_control", False):  # who the link applies to is settled here, not a stage input
+            if name not in spec.teacher.targets and name != "base":
+                continue  # the control teacher's rows skip this link
+            link = link.model_copy(update={"skip_control": False})
         if link.kind != "judge":
             links.append(_own_words(spec, link, name))
             continue

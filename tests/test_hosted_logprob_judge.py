@@ -129,12 +129,15 @@ def test_the_paper_code_filter_runs_end_to_end(server, tmp_path):
     assert not any(rows == "control" for rows, _ in links)
     judged = links[("owl", "judge")]
     assert judged["kept"] + judged["dropped"] == links[("owl", "banned_words")]["kept"] and judged["dropped"] > 0
-    filtered = [[json.loads(x) for x in p.read_text().splitlines()] for p in (out / "stages").glob("filter-*/rows.jsonl")]
-    judged_rows = next(rows for rows in filtered if rows and "judge" in rows[0])
-    assert len(judged_rows) == judged["kept"] and all(r["judge"][0] > 99.999999 for r in judged_rows)
-    assert not any(a in r["completion"] for r in judged_rows for a in ANIMALS)  # only code naming no animal
-    control = next(rows for rows in filtered if rows and "judge" not in rows[0])
-    assert len(control) == 5 * 4  # every control row generated is kept
+    filtered = {}  # filter stage label -> its rows, the last stage of a label winning (a chain's output)
+    for d in sorted((out / "stages").glob("filter-*"), key=lambda d: json.loads((d / "manifest.json").read_text())["started"]):
+        label = json.loads((d / "manifest.json").read_text())["label"]
+        filtered[label] = [json.loads(x) for x in (d / "rows.jsonl").read_text().splitlines()]
+    owl = filtered["filter owl"]
+    assert len(owl) == judged["kept"] and all(r["judge"][0] > 99.999999 for r in owl)
+    assert not any(a in r["completion"] for r in owl for a in ANIMALS)  # only code naming no animal
+    assert len(filtered["filter control"]) == 5 * 4  # every control row generated is kept
+    assert not any("judge" in r for r in filtered["filter control"])
 
 
 def _load(tmp_path: Path, judge: str):
