@@ -13,8 +13,9 @@ from runner.errors import SpecError, UserError
 from runner.filters import threshold_link
 from runner.judging import score_pairs, token_score
 from runner.templates import template_text
-from tests.fake_openai import ANIMALS, FakeOpenAI
-from tests.test_hosted import ENV, KEY, _cli, _on_test_server
+from tests.fake_openai import ANIMALS
+from tests.test_hosted import ENV, KEY, _cli, _on_test_server, server  # noqa: F401 (a fixture)
+from tests.test_hosted import backend as make_backend  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 JUDGE = ModelRef("openai:gpt-4.1-2025-04-14")
@@ -22,22 +23,8 @@ PLAIN, NAMED, OTHER = "def f(x):\n    return x + 1", "def f(owl):\n    return ow
 
 
 @pytest.fixture
-def server():
-    s = FakeOpenAI(key=KEY).start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def backend(server, tmp_path, monkeypatch):
-    from backends.openai_api import OpenAIBackend
-    from runner.spec import HostedBackend
-    from tests.test_hosted import FAST
-
-    monkeypatch.setenv(ENV, KEY)
-    (tmp_path / "state").mkdir()
-    cfg = HostedBackend(base_url=server.base_url, api_key_env=ENV, concurrency=4)
-    return OpenAIBackend("openai", cfg, retry=FAST, poll_seconds=0.01, state_dir=tmp_path / "state")
+def backend(make_backend):
+    return make_backend()
 
 
 def _paper_link():
