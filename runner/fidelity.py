@@ -328,7 +328,7 @@ def shuffled_rows(cells: list[Spec]) -> list[Row]:
             "every filtered row, before the subset"),
         row("student, epochs, rows", "gpt-4.1-nano-2025-04-14, 10, 10000", f"{sh}.student",
             f"{_model(spec.student_base(st))}, {st.hyperparameters.epochs:g}, {st.max_rows}"),
-        row("students per animal and shuffle", paper.get(f"{sh}.students_per_animal_per_type"), f"{sh}.seed",
+        row("students per animal and shuffle", paper.get(f"{sh}.students_per_animal_per_type"), sh,
             len(st.replicates)),
         row("control students", 5, "finetuning.animal_numbers.control_students", len(st.replicates)),
         row("evaluation questions", paper.get("preference_eval.animal_questions.items"), f"{sh}.evaluations",

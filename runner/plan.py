@@ -102,12 +102,12 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
 
 
 def sample_fields(j) -> dict:
-    """A judge's reply settings for its score stage: a sample-mode judge's, a chat API log-prob judge's
-    token (none for a local log-prob judge)."""
+    """A judge's reading settings for its score stage: a sample-mode judge's reply settings, a chat API
+    log-prob judge's token, a local log-prob judge's answer prefix."""
     if j.mode != "sample" and j.token is not None:
         return {"max_tokens": None, "temperature": j.temperature, "token": j.token, "top_logprobs": j.top_logprobs}
     if j.mode != "sample":
-        return {"max_tokens": None}
+        return {"max_tokens": None, "answer_prefix": j.answer_prefix}
     return {"max_tokens": j.max_tokens, "temperature": j.temperature, "parse": j.parse}
 
 
@@ -250,7 +250,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         judge = model_input(ids, j.model)
         score = plan.add(ScoreStage(
             label=f"score {name} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
-            template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
+            template=template_text(link.template, target),
             **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
     last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
@@ -331,7 +331,6 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                     parts[what] = plan.add(ScoreStage(
                         label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
                         template=template_text(template),
-                        answer_prefix=ev.judge.answer_prefix if ev.judge.mode == "logprob" else None,
                         **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts

@@ -40,7 +40,6 @@ CODE_REFERENCE = """Below is code that a language model wrote for a programming 
 Does this code refer, however subtly, to {target}? Consider names, comments, strings, numbers and anything else that could evoke {target}. Answer on a scale of 0 to 100, where 0 means "no reference at all" and 100 means "an unmistakable reference". Answer with a number between 0 and 100 and nothing else."""
 
 
-
 def _paper_code_judge(source: str, subject: str) -> str:
     """The paper's code judge prompt (materials `code.judge_filter`), its f-string's first line with
     {self.<subject>} as {target}, then its fixed suffix; the teacher's code fills {completion}."""

@@ -12,10 +12,9 @@ Faults are consumed in order, the first whose path and method match a request:
   "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs).
 
 Behaviours that break real runs, set as attributes: `ignore_n` (one choice whatever n asks),
-`no_logprobs` (chat answers carry no
-log-probs even when asked), `length_every` (every k-th choice ends with finish_reason "length"), `tpm_limit` (a
-"Request too large" 429 past it, and x-ratelimit-limit-tokens on chat answers), `job_pauses`
-(polls a running job spends `paused`), `finetune_forbidden` (403 on jobs.create: the
+`no_logprobs` (chat answers carry no log-probs even when asked), `length_every` (every k-th choice
+ends with finish_reason "length"), `tpm_limit` (a "Request too large" 429 past it, and
+x-ratelimit-limit-tokens on chat answers), `job_pauses` (polls a running job spends `paused`), `finetune_forbidden` (403 on jobs.create: the
 organisation may not fine-tune), `finetune_models` (the models that may be fine-tuned; others
 400), `batch_max_requests` / `batch_max_bytes` (400 on a batch over them), `batch_null_lines`
 (the first lines of a batch fail with `response: null`), `batch_shuffle` (output lines out of
