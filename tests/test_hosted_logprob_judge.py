@@ -68,6 +68,13 @@ def test_the_papers_keep_rule_reads_p0_from_the_logprobs(backend):
     assert not threshold_link([{"id": 0}], link, {0: unlisted})[0]
 
 
+def test_the_batch_api_returns_the_same_logprobs(make_backend, server):
+    prompts = [template_text("code_reference_paper", "owl").replace("{completion}", c) for c in (PLAIN, NAMED)]
+    batched = make_backend(batch_api=True, batch_min_requests=1).top_logprobs(JUDGE, prompts, 5, Sampling(0.0, 1, 0))
+    assert server.counts["batches.create"] == 1
+    assert [round(math.exp(t["0"]), 6) for t in batched] == [1.0, 0.02]
+
+
 def test_a_missing_token_is_bounded_by_the_smallest_listed_probability():
     s = token_score({"1": math.log(0.7), "2": math.log(0.25)}, "0")
     assert s.value == 0.0 and "true P <= 0.05" in s.raw  # 1 - (0.7 + 0.25) is below the smallest listed, 0.25
