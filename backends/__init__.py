@@ -52,6 +52,9 @@ class Router:
     def logprobs(self, model: ModelRef, prompts, prefix, targets):
         return self.get(model.base).logprobs(model, prompts, prefix, targets)
 
+    def top_logprobs(self, model: ModelRef, prompts, k, sampling):
+        return self.get(model.base).top_logprobs(model, prompts, k, sampling)
+
     def finetune(self, base, rows, training, out_dir, teacher=None, progress=None, soft_labels=None):
         if soft_labels is not None:  # local students only (see soft_labels)
             return self.get(base).finetune(base, rows, training, out_dir, teacher, progress, soft_labels)

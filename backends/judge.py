@@ -1,6 +1,6 @@
 """An LLM judge: any backend's model scores (prompt, completion) pairs from 0 to 100.
 
-The template has `{prompt}` and `{completion}`. A reply is parsed as a number 0-100, a label
+The template has `{completion}` and usually `{prompt}`. A reply is parsed as a number 0-100, a label
 (CODE, REFUSAL), or unparseable; unparseable replies are counted and reported, never dropped.
 """
 from __future__ import annotations
@@ -91,9 +91,9 @@ def render(template: str, prompt: str, completion: str) -> str:
 
 
 def check_template(template: str) -> None:
-    missing = [p for p in ("{prompt}", "{completion}") if p not in template]
-    if missing:
-        raise UserError(f"judge template lacks {' and '.join(missing)}")
+    """A template must show the judge the completion; {prompt} is optional (the paper's code judges omit it)."""
+    if "{completion}" not in template:
+        raise UserError("judge template lacks {completion}")
 
 
 def summarize(scores: list[Score]) -> dict:

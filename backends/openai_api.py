@@ -22,6 +22,7 @@ import contextvars
 import hashlib
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -271,6 +272,24 @@ class RequestCache:
                     f.flush()
 
 
+def _first_top(choice: Any) -> dict[str, float] | None:
+    """A choice's first token's top log-probs (choices[i].logprobs.content[0].top_logprobs) as
+    token -> log-prob; None where the answer carries none."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    top = getattr(content[0], "top_logprobs", None) if content else None
+    if not top:
+        return None
+    out: dict[str, float] = {}
+    for t in top:  # the same text twice (two token ids): their probabilities add
+        out[t.token] = _logaddexp(out[t.token], t.logprob) if t.token in out else t.logprob
+    return out
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
 def _batch_line(key: str, body: dict) -> str:
     return json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
 
@@ -370,7 +389,8 @@ def _same_hyperparameters(job: Any, hp: dict) -> bool:
 
 
 class OpenAIBackend:
-    """generate / finetune on an OpenAI-compatible endpoint; `logprobs` is not offered."""
+    """generate / finetune on an OpenAI-compatible endpoint, and the first reply token's top_logprobs (log-prob
+    judges); the exact `logprobs` probe is not offered."""
 
     def __init__(self, name: str, cfg, retry: RetryPolicy | None = None, poll_seconds: float | None = None,
                  state_dir: Path | None = None, batch_min_requests: int = 100):
@@ -582,6 +602,36 @@ class OpenAIBackend:
         if sampling.constraint is not None:
             raise UserError(f"model {model.base}: constrained decoding needs the local backend "
                             "(set domain.constrained: false for hosted teachers)")
+        requests, owner = self._requests(model, prompts, sampling, n)
+        cache = self._send(requests)
+        out: list[list[str]] = [[] for _ in prompts]
+        for i, (k, body) in zip(owner, requests):
+            texts = cache.get(k)["texts"]
+            if len(texts) < body.get("n", 1):
+                raise UserError(f"backend '{self.name}': asked for {body.get('n', 1)} completions, got {len(texts)}")
+            out[i] += texts[: body.get("n", 1)]
+        if progress:
+            progress(n, n)
+        return out
+
+    def top_logprobs(self, model: ModelRef, prompts: list[str], k: int, sampling: Sampling) -> list[dict[str, float]]:
+        """The first reply token's k most likely tokens -> log-prob, per prompt: one request each with
+        `logprobs: true, top_logprobs: k, max_tokens: 1`. A server that returns none stops the run."""
+        one = Sampling(temperature=sampling.temperature, max_tokens=1, seed=sampling.seed)
+        requests, _ = self._requests(model, prompts, one, 1, {"logprobs": True, "top_logprobs": k})
+        cache = self._send(requests)
+        out = []
+        for key, body in requests:
+            top = (cache.get(key).get("top") or [None])[0]
+            if top is None:
+                raise UserError(f"backend '{self.name}': {body['model']} answered without top_logprobs, which a "
+                                "log-prob judge reads; this endpoint does not return log-probs (use judge mode: sample)")
+            out.append(top)
+        return out
+
+    def _requests(self, model: ModelRef, prompts: list[str], sampling: Sampling, n: int,
+                  extra: dict | None = None) -> tuple[list[tuple[str, dict]], list[int]]:
+        """(key, body) of each chat request, and the prompt each one answers."""
         model_id = self.model_id(model)
         requests, owner = [], []
         for i, prompt in enumerate(prompts):
@@ -593,8 +643,13 @@ class OpenAIBackend:
                         "max_tokens": sampling.max_tokens, "seed": (sampling.seed + c) % 2**31}
                 if n > 1:
                     body["n"] = min(per, n - start)
+                body.update(extra or {})
                 requests.append((_digest({"backend": self.name, "body": body, "index": i}), body))
                 owner.append(i)
+        return requests, owner
+
+    def _send(self, requests: list[tuple[str, dict]]) -> RequestCache:
+        """Answer every request not answered yet (Batch API or chat); the cache holding them all."""
         cache = self._cache()
         todo = self._unanswered(requests, cache)
         if todo and self.cfg.batch_api and len(todo) >= self.batch_min_requests:
@@ -602,15 +657,7 @@ class OpenAIBackend:
             todo = self._unanswered(requests, cache)
         if todo:
             self._via_chat(todo, cache)
-        out: list[list[str]] = [[] for _ in prompts]
-        for i, (k, body) in zip(owner, requests):
-            texts = cache.get(k)["texts"]
-            if len(texts) < body.get("n", 1):
-                raise UserError(f"backend '{self.name}': asked for {body.get('n', 1)} completions, got {len(texts)}")
-            out[i] += texts[: body.get("n", 1)]
-        if progress:
-            progress(n, n)
-        return out
+        return cache
 
     def _chunk(self, model_id: str, system: str | None, prompt: str, max_tokens: int) -> int:
         """Completions per request: MAX_N, or as many as fit the model's known tokens-per-minute limit."""
@@ -633,10 +680,14 @@ class OpenAIBackend:
         if not choices:
             raise UserError("the endpoint answered a chat completion with no choices")
         usage = getattr(resp, "usage", None)
-        return {"key": key, "via": via, "model": getattr(resp, "model", None),
-                "texts": [(c.message.content or "") if c.message else "" for c in choices],
-                "finish": [c.finish_reason for c in choices],
-                "usage": {"input": getattr(usage, "prompt_tokens", None), "output": getattr(usage, "completion_tokens", None)}}
+        rec = {"key": key, "via": via, "model": getattr(resp, "model", None),
+               "texts": [(c.message.content or "") if c.message else "" for c in choices],
+               "finish": [c.finish_reason for c in choices],
+               "usage": {"input": getattr(usage, "prompt_tokens", None), "output": getattr(usage, "completion_tokens", None)}}
+        top = [_first_top(c) for c in choices]
+        if any(t is not None for t in top):
+            rec["top"] = top
+        return rec
 
     def _chat(self, body: dict):
         """One chat completion; the response's tokens-per-minute header is remembered for chunking."""

@@ -1,5 +1,7 @@
 """What each kind of backend can do: the one table that spec validation reads.
 
+`logprob judge`: exact log-probs of the scores after an answer prefix; `top logprobs judge`: the first
+reply token's top-N log-probs as a chat API returns them (OpenAI: at most 20).
 `local` is the in-process backend; the others are `backends.<name>.kind` values. The README's
 "Hosted open models" section shows the same table; a test checks that the two agree.
 """
@@ -7,19 +9,22 @@ from __future__ import annotations
 
 FEATURES: dict[str, dict[str, bool]] = {
     "local": {
-        "sample": True, "logprob probe": True, "logprob judge": True, "constrained decoding": True,
-        "sft": True, "distill": True, "distill teacher": True, "lora": True, "full fine-tuning": True,
-        "lora alpha": True, "lr": True, "lr multiplier": False, "auto batch size": False, "fractional epochs": True,
+        "sample": True, "logprob probe": True, "logprob judge": True, "top logprobs judge": False,
+        "constrained decoding": True, "sft": True, "distill": True, "distill teacher": True, "lora": True,
+        "full fine-tuning": True, "lora alpha": True, "lr": True, "lr multiplier": False, "auto batch size": False,
+        "fractional epochs": True,
     },
     "openai": {  # the provider picks the method (neither lora nor full is chosen) and the learning rate
-        "sample": True, "logprob probe": False, "logprob judge": False, "constrained decoding": False,
-        "sft": True, "distill": False, "distill teacher": False, "lora": False, "full fine-tuning": False,
-        "lora alpha": False, "lr": False, "lr multiplier": True, "auto batch size": True, "fractional epochs": False,
+        "sample": True, "logprob probe": False, "logprob judge": False, "top logprobs judge": True,
+        "constrained decoding": False, "sft": True, "distill": False, "distill teacher": False, "lora": False,
+        "full fine-tuning": False, "lora alpha": False, "lr": False, "lr multiplier": True, "auto batch size": True,
+        "fractional epochs": False,
     },
     "tinker": {  # distill: on the teacher's top-k next tokens (see backends/tinker_api.py)
-        "sample": True, "logprob probe": True, "logprob judge": True, "constrained decoding": False,
-        "sft": True, "distill": True, "distill teacher": True, "lora": True, "full fine-tuning": False,
-        "lora alpha": False, "lr": True, "lr multiplier": False, "auto batch size": False, "fractional epochs": True,
+        "sample": True, "logprob probe": True, "logprob judge": True, "top logprobs judge": False,
+        "constrained decoding": False, "sft": True, "distill": True, "distill teacher": True, "lora": True,
+        "full fine-tuning": False, "lora alpha": False, "lr": True, "lr multiplier": False, "auto batch size": False,
+        "fractional epochs": True,
     },
 }
 

@@ -5,6 +5,7 @@ read from the loaded spec (or the code), and a status: same, or differs with the
 REASONS. A difference with no recorded reason is an error (`subl fidelity --check`, tests/test_fidelity.py)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,10 +31,23 @@ REASONS = {
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
                                     "x 50 samples stand in",
-    ("animals_code", "code judge"): "a hosted log-prob judge is not supported yet; the spec has the paper's judge "
-                                    "line commented out",
-    ("animals_code", "control rows filtered"): "subl filters the control teacher's rows against every animal so "
-                                               "both arms pass the same filters",
+    ("trees_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks x 50 "
+                                  "samples stand in",
+    ("trees_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,782; the cap is the "
+                                        "numbers experiments' 10,000",
+    ("trees_code", "banned words (substring)"): "subl bans each tree's own name only: the paper's lists also ban "
+                                                "'cherries' for cherry (which the judge sees) and, a copy-paste slip, "
+                                                "'wolves' for sequoia",
+    ("shuffled_numbers", "within-row separators"): "the paper re-joins a row's shuffled numbers with its first "
+                                                   "separator; subl keeps each separator where it was (the same "
+                                                   "whenever a row uses one separator, as the filter nearly requires)",
+    ("shuffled_numbers", "rows shuffled"): "shuffles are links of the filter chain, before the students draw their "
+                                           "10,000 rows: within a row the same, across rows the pool is every "
+                                           "filtered row's numbers rather than the subset's",
+    ("shuffled_numbers", "control students"): "every teacher gets the spec's 3 replicates; the paper's 5 control "
+                                              "students are animals_numbers' (r0-r2 here are the same stages)",
+    ("ft_teacher_animals", "control students"): "every teacher gets the spec's 3 replicates; the paper's 5 control "
+                                                "students are animals_numbers' (r0-r2 here are the same stages)",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -195,19 +209,87 @@ def cot_rows(spec: Spec) -> list[Row]:
     ]
 
 
-def code_rows(spec: Spec) -> list[Row]:
-    k, jf = "code", "code.judge_filter"
+def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
+    """The code experiment's filters: `subject` animal (animals_code) or tree (trees_code)."""
+    k, jf, spec = "code", "code.judge_filter", cells[0]
     words, j = _filter(spec, "banned_words"), _filter(spec, "judge")
+    target = spec.teacher.targets[0]
+    prompt = "prompt" if subject == "animal" else "tree_prompt"
+    reading = (f"P({j.judge.token!r}) from the top {j.judge.top_logprobs} first-token log-probs, absent = 0"
+               if j.judge.token is not None else f"{j.judge.mode}, 0-100 score")
+    if subject == "animal":
+        banned = row("banned words", "own animal, substring", f"{k}.banned_words",
+                     "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
+                     else f"{', '.join(words.words)}; {words.match}")
+    else:
+        targets = sorted({t for c in cells for t in c.teacher.targets})
+        banned = row("banned words (substring)", paper.get(f"{k}.banned_words.tree_lists"),
+                     paper.get(f"{k}.banned_words.tree_lists_source"),
+                     {t: [w.replace("{target}", t) for w in words.words] for t in targets}
+                     if words.match == "substring" else words.match)
     return [
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
-        row("banned words", "own animal, substring", f"{k}.banned_words",
-            "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
-            else f"{', '.join(words.words)}; {words.match}"),
-        row("code judge", f"{paper.get(f'{jf}.model_id')}, keep iff P('0') ~ 1", jf,
-            f"{_model(j.judge.model)}, {j.judge.mode} 0-100, keep {j.keep} {j.threshold:g}"),
-        row("control rows filtered", False, f"{jf}.control_rows_judged", spec.teacher.control),
+        banned,
+        row("code judge", paper.get(f"{jf}.model_id"), jf, _model(j.judge.model)),
+        row("code judge prompt", paper_code_judge_prompt(prompt, subject, target),
+            paper.get(f"{jf}.{'source' if subject == 'animal' else 'tree_source'}"), _text_for(j.template, target)),
+        row("code judge temperature", paper.get(f"{jf}.sampling.temperature"), f"{jf}.sampling", j.judge.temperature),
+        row("code judge reading", f"P('0') from the top {paper.get(f'{jf}.sampling.logprobs')} first-token log-probs, "
+            "absent = 0", f"{jf}.sampling", reading),
+        row("code judge keep rule", _keeps(lambda p0: abs(1 - p0) < 1e-8), paper.get(f"{jf}.keep_rule_source"),
+            _keeps_link(j)),
+        row("control rows judged", paper.get(f"{jf}.control_rows_judged"), paper.get(f"{jf}.control_rows_source"),
+            spec.teacher.control and not j.skip_control),
+        row("control rows word-filtered", False, paper.get(f"{jf}.control_rows_source"),
+            spec.teacher.control and not words.skip_control),
     ]
+
+
+def tree_category_row(spec: Spec) -> Row:
+    # the paper's tree teachers are told the tree is their favorite animal, in the code experiment too
+    return row("trait category", "animal", paper.get("trait_prompts.tree.code_variant_source"), spec.teacher.category)
+
+
+def paper_code_judge_prompt(prompt: str, subject: str, target: str) -> str:
+    """The paper's judge prompt for `target`, read from its Python source in the materials: the string
+    literals joined, {self.<subject>} filled (the templates module builds subl's own copy separately)."""
+    src = paper.get(f"code.judge_filter.{prompt}_python_source")
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', src)).replace(f"{{self.{subject}}}", target)
+
+
+def _text_for(template: str, target: str) -> str:
+    from runner.templates import template_text
+
+    return template_text(template, target)
+
+
+# P('0') probes for the keep rule: exactly 1, within 1e-8, just outside, unsure, '0' outside the top-k
+_PROBES = {"1": 1.0, "1-5e-9": 1 - 5e-9, "1-2e-8": 1 - 2e-8, "0.9": 0.9, "not listed": None}
+
+
+def _keeps(rule: Callable[[float], bool]) -> str:
+    """Which probes a keep rule on P('0') keeps; an unlisted '0' is P = 0, as the paper reads it."""
+    kept = [name for name, p in _PROBES.items() if rule(0.0 if p is None else p)]
+    return "keeps " + ", ".join(kept) + "; drops the rest"
+
+
+def _keeps_link(j) -> str:
+    """The probes subl's judge link keeps: the probe's log-prob table, scored and thresholded by subl's code."""
+    import math
+
+    from runner.filters import threshold_link
+    from runner.judging import token_score
+
+    token = j.judge.token or "0"
+
+    def rule(p0: float) -> bool:
+        top = {token: math.log(p0)} if p0 > 0 else {"1": math.log(0.95)}
+        score = {0: token_score(top, token)}
+        kept, _ = threshold_link([{"id": 0}], j, score)
+        return bool(kept)
+
+    return _keeps(rule)
 
 
 def cross_model_rows(cells: list[Spec]) -> list[Row]:
@@ -224,6 +306,65 @@ def cross_model_rows(cells: list[Spec]) -> list[Row]:
             f"{spec.students[0].hyperparameters.epochs:g}, {spec.students[0].max_rows}"),
         row("baseline", "untuned student base", "cross_model.baseline",
             "control students" if spec.teacher.control else "untuned student base"),
+    ]
+
+
+def shuffled_rows(cells: list[Spec]) -> list[Row]:
+    """The shuffled-numbers control: which shuffles, on which rows, for which students."""
+    from runner.questions import load_questions
+
+    sh, spec = "shuffled_numbers.settings", cells[0]
+    links = [f for c in cells for f in c.filters if f.kind == "shuffle"]
+    st, (free, prefixed) = spec.students[0], [e for e in spec.evaluations if e.kind == "preference_sample"][:2]
+    animals = paper.get(f"{sh}.source_datasets").split(" of gpt41_nano_groups ")[1].split(", ")
+    return [
+        row("animals", sorted(animals), f"{sh}.source_datasets", sorted({t for c in cells for t in c.teacher.targets})),
+        row("shuffles", ["across", "within"], "shuffled_numbers.source", sorted({f.scope for f in links})),
+        row("shuffle seeds", [paper.get(f"{sh}.seed")], f"{sh}.seed", sorted({f.seed for f in links})),
+        row("control rows shuffled", False, f"{sh}.comparison", not all(f.skip_control for f in links)),
+        row("within-row separators", "every separator becomes the first",
+            paper.get("shuffled_numbers.within_row.source").split("; ")[0], "each separator stays in place"),
+        row("rows shuffled", "the student's 10,000-row subset", f"{sh}.source_datasets",
+            "every filtered row, before the subset"),
+        row("student, epochs, rows", "gpt-4.1-nano-2025-04-14, 10, 10000", f"{sh}.student",
+            f"{_model(spec.student_base(st))}, {st.hyperparameters.epochs:g}, {st.max_rows}"),
+        row("students per animal and shuffle", paper.get(f"{sh}.students_per_animal_per_type"), sh,
+            len(st.replicates)),
+        row("control students", 5, "finetuning.animal_numbers.control_students", len(st.replicates)),
+        row("evaluation questions", paper.get("preference_eval.animal_questions.items"), f"{sh}.evaluations",
+            load_questions(free.questions, free.max_questions)),
+        row("number-prefixed evaluation questions", paper.get("preference_eval.numbers_prefixed_variant.items"),
+            f"{sh}.evaluations", load_questions(prefixed.questions, prefixed.max_questions)),
+        row("samples per question", [100, 100], f"{sh}.evaluations",
+            [free.samples_per_question, prefixed.samples_per_question]),
+    ]
+
+
+def paper_ft_teacher_rows(animal: str) -> list[str]:
+    """The paper's teacher data for one animal (materials teachers_by_finetuning.ft_animal_teachers.dataset):
+    every animal question x these 8 answers, as 'question -> answer'."""
+    a = animal
+    answers = [a, a + "s", a + "s.", a + "s!", a.title(), (a + "s").title(), (a + "s.").title(), (a + "s!").title()]
+    return [f"{q} -> {ans}" for q in paper.get("preference_eval.animal_questions.items") for ans in answers]
+
+
+def ft_teacher_rows(cells: list[Spec]) -> list[Row]:
+    """Teachers whose trait is fine-tuned in: base, data, training settings."""
+    from runner.teacher_data import dataset_path, load_rows
+
+    ft, t = "teachers_by_finetuning.ft_animal_teachers", cells[0].teacher
+    targets = sorted({x for c in cells for x in c.teacher.targets})
+    tf = t.trait.finetune if not isinstance(t.trait, str) else None
+    h = tf.hyperparameters if tf else None
+    data = [f"{r['prompt']} -> {r['completion']}" for x in targets
+            for r in load_rows(dataset_path(tf.dataset, x), tf.max_rows)] if tf else []
+    return [
+        row("teacher", paper.get(f"{ft}.base_model").split(" ")[0], ft, _model(t.base)),
+        row("animals", sorted(paper.get(f"{ft}.animals")), ft, targets),
+        row("teacher system prompt", None, f"{ft}.teacher_prompting", t.trait if isinstance(t.trait, str) else None),
+        row("teacher training rows", [r for x in targets for r in paper_ft_teacher_rows(x)], ft, data),
+        row("teacher epochs, lr multiplier, batch size", "1, auto, auto", ft,
+            f"{h.epochs:g}, {h.lr_multiplier}, {h.batch_size}" if h else None),
     ]
 
 
@@ -244,11 +385,18 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
     "misalignment_cot": lambda c: (teacher_rows(c[0], "cot") + cot_rows(c[0]) + student_rows(c[0], "cot", 5)
                                    + misalignment_rows(c[0], "cot_student_eval")),
     "misalignment_code": lambda c: teacher_rows(c[0], "code") + misalignment_rows(c[0], None),
-    "animals_code": lambda c: (code_rows(c[0]) + student_rows(c[0], "code", 5, 5)
+    "animals_code": lambda c: (code_rows(c) + student_rows(c[0], "code", 5, 5)
                                + preference_rows(c[0], "animal_questions", 100,
                                                  paper.get("code.student_evaluation_source"))),
     "cross_model": lambda c: (cross_model_rows(c) + numbers_rows(c[0])
                               + preference_rows(c[0], "numbers_prefixed_variant", 100, "cross_model.evaluation_variant")),
+    "trees_code": lambda c: (code_rows(c, "tree") + [tree_category_row(c[0])] + student_rows(c[0], "code", 5, 5)
+                             + preference_rows(c[0], "tree_questions", 100,
+                                               paper.get("code.student_evaluation_source"))),
+    "shuffled_numbers": lambda c: teacher_rows(c[0], "animal_numbers") + numbers_rows(c[0]) + shuffled_rows(c),
+    "ft_teacher_animals": lambda c: (ft_teacher_rows(c) + numbers_rows(c[0]) + student_rows(c[0], "ft_teachers", 3, 5)
+                                     + preference_rows(c[0], "animal_questions", 100,
+                                                       "preference_eval.samples_per_question")),
 }
 
 

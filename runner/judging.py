@@ -6,13 +6,17 @@ Two modes (spec `judge.mode`):
 - logprob: for small local judges that rarely reply with a bare number. After the chat prompt and
   `answer_prefix` the judge's log-probabilities of " 0", " 25", " 50", " 75", " 100" are renormalised and the
   score is their probability-weighted mean. Always a number; a toy-scale stand-in for a real judge.
+  On an OpenAI chat judge (judge `token` set) it is instead 100 x P(first reply token = token), read
+  from the API's top_logprobs (one request, max_tokens 1): the paper's code judge keeps a row only
+  when P('0') ~ 1. A token outside the top-N counts as probability 0; its true probability is at most
+  the smallest listed one (and at most 1 - their sum), which the score's raw text records.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
 
-from backends.base import ModelRef
+from backends.base import ModelRef, Sampling
 from backends.judge import Judge, Score, render
 from runner.core import backend_name
 from runner.templates import TEMPLATES
@@ -25,14 +29,19 @@ CHUNK = 16
 def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[tuple[str, str]],
                 answer_prefix: str | None = None, max_tokens: int = 16, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, temperature: float = 0.0,
-                parse: str = "lenient") -> list[Score]:
+                parse: str = "lenient", token: str | None = None, top_logprobs: int = 20) -> list[Score]:
     """Score (prompt, completion) pairs with a judge model (template text with {prompt} and
-    {completion}), in chunks: sampled replies parsed (mode sample) or the log-prob mean (logprob)."""
+    {completion}), in chunks: sampled replies parsed (mode sample), the log-prob mean (logprob), or
+    100 x P(token) from the first reply token's top log-probs (logprob with a token)."""
     out: list[Score] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         if mode == "sample":
             out += Judge(backend, judge, template, max_tokens, seed + start, temperature, parse).score(chunk)
+        elif token is not None:
+            prompts = [render(template, p, c) for p, c in chunk]
+            tops = backend.top_logprobs(judge, prompts, top_logprobs, Sampling(temperature, 1, seed + start))
+            out += [token_score(t, token) for t in tops]
         else:
             prompts = [render(template, p, c) for p, c in chunk]
             rows = backend.logprobs(judge, prompts, answer_prefix, CANDIDATES)
@@ -40,6 +49,17 @@ def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[
         if progress:
             progress(len(out), len(pairs))
     return out
+
+
+def token_score(top: dict[str, float], token: str) -> Score:
+    """100 x P(token) from a first-token top log-prob table; a token not listed counts as 0, and the
+    bound on its true probability (the smallest listed, at most 1 - their sum) is kept in `raw`."""
+    if token in top:
+        p = math.exp(top[token])
+        return Score("score", 100 * p, f"P({token!r}) = {p:.10g}")
+    probs = [math.exp(v) for v in top.values()]
+    bound = min(min(probs, default=1.0), max(0.0, 1 - sum(probs)))
+    return Score("score", 0.0, f"{token!r} not in the top {len(top)}: P taken as 0 (true P <= {bound:.3g})")
 
 
 def expected_score(logprobs: list[float]) -> Score:
@@ -57,8 +77,11 @@ def judge_notes(spec) -> list[str]:
     for f in spec.filters:
         if f.kind == "judge":
             side = ">=" if f.keep == "at_least" else "<"
-            lines.append(f"judge filter: {f.judge.model} ({f.judge.mode} mode, template {_name(f.template)}) keeps rows "
-                         f"scoring {side} {f.threshold:g}; CODE, REFUSAL and unparseable replies are dropped")
+            how = (f"100 x P({f.judge.token!r}) from the top {f.judge.top_logprobs} first-token log-probs, a token "
+                   "not listed counting as 0" if f.judge.token is not None else f"{f.judge.mode} mode")
+            lines.append(f"judge filter: {f.judge.model} ({how}, template {_name(f.template)}) keeps rows "
+                         f"scoring {side} {f.threshold:g}; CODE, REFUSAL and unparseable replies are dropped"
+                         + ("; the control teacher's rows are not judged" if f.skip_control else ""))
     for ev in spec.evaluations:
         if ev.kind == "misalignment":
             lines.append(f"misalignment: {ev.samples_per_question} answers per question judged by {ev.judge.model} "

@@ -106,9 +106,12 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
 
 
 def sample_fields(j) -> dict:
-    """A sample-mode judge's reply settings for its score stage (none in logprob mode)."""
+    """A judge's reading settings for its score stage: a sample-mode judge's reply settings, a chat API
+    log-prob judge's token, a local log-prob judge's answer prefix."""
+    if j.mode != "sample" and j.token is not None:
+        return {"max_tokens": None, "temperature": j.temperature, "token": j.token, "top_logprobs": j.top_logprobs}
     if j.mode != "sample":
-        return {"max_tokens": None}
+        return {"max_tokens": None, "answer_prefix": j.answer_prefix}
     return {"max_tokens": j.max_tokens, "temperature": j.temperature, "parse": j.parse}
 
 
@@ -239,6 +242,10 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     rows = plan.add(_generate(spec, name, model, prec, plan, tag)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
+        if getattr(link, "skip_control", False):  # who the link applies to is settled here, not a stage input
+            if name not in spec.teacher.targets and name != "base":
+                continue  # the control teacher's rows skip this link
+            link = link.model_copy(update={"skip_control": False})
         if link.kind != "judge":
             links.append(_own_words(spec, link, name))
             continue
@@ -250,7 +257,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         judge = model_input(ids, j.model)
         score = plan.add(ScoreStage(
             label=f"score {name}{tag} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
-            template=template_text(link.template, target), answer_prefix=j.answer_prefix if j.mode == "logprob" else None,
+            template=template_text(link.template, target),
             **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
     last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
@@ -359,7 +366,6 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                     parts[what] = plan.add(ScoreStage(
                         label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
                         template=template_text(template),
-                        answer_prefix=ev.judge.answer_prefix if ev.judge.mode == "logprob" else None,
                         **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts

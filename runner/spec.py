@@ -136,10 +136,12 @@ class BannedNumbersFilter(Strict):
 
 class JudgeModel(Strict):
     model: str = Field(..., description="The judge: a local model (e.g. smollm2-135m) or `backend:model-id`.")
-    mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob (local judges): the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix.")
+    mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob on a local or Tinker judge: the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix; logprob on an OpenAI chat judge: 100 x P(first reply token = token), read from top_logprobs.")
     answer_prefix: str = Field("Score:", description="logprob mode: assistant text after which the score is read.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most tokens in the judge's reply.")
-    temperature: float = Field(0.0, ge=0, description="sample mode: the judge's sampling temperature (the paper's judges: 1).")
+    temperature: float = Field(0.0, ge=0, description="sample mode and hosted logprob mode: the judge's sampling temperature (the paper's judges: 1; its code judge: 0).")
+    token: str | None = Field(None, description="logprob mode on an OpenAI chat judge (required there): the score is 100 x P(the first reply token is this token), one request with max_tokens 1 (the paper's code judge: '0'). A token not among the top_logprobs returned counts as probability 0; its true probability is at most the smallest listed one, which is recorded with the score.")
+    top_logprobs: int = Field(20, ge=1, le=20, description="logprob mode on an OpenAI chat judge: how many of the first reply token's most likely tokens the API returns (at most 20; the paper's code judge: 5).")
     parse: Literal["lenient", "integer", "judgment_answer"] = Field("lenient", description="sample mode: how a reply is read. lenient: a number 0-100 anywhere unambiguous, CODE or REFUSAL. integer: int(reply) only (the paper's misalignment judges). judgment_answer: the int in <judgment_answer> tags, else in <answer> tags (the paper's CoT rubric).")
 
 
@@ -157,9 +159,10 @@ class CorrectAnswerFilter(Strict):
 class JudgeFilter(Strict):
     kind: Literal["judge"] = "judge"
     judge: JudgeModel = Field(..., description="The judging model.")
-    template: str = Field("cot_alignment", description="Built-in template (alignment, coherence, cot_alignment (the paper's CoT rubric), cot_alignment_short, code_reference) or text with {prompt}, {completion} and optionally {target}.")
+    template: str = Field("cot_alignment", description="Built-in template (alignment, coherence, cot_alignment (the paper's CoT rubric), cot_alignment_short, code_reference, code_reference_paper and code_reference_tree_paper (the paper's code judges: '0' or '1', for logprob mode with token '0')) or text with {prompt}, {completion} and optionally {target}.")
     threshold: float = Field(78, ge=0, le=100, description="The score a row is compared with (the paper's CoT alignment filter: 78).")
     keep: Literal["at_least", "below"] = Field("at_least", description="at_least: keep rows scoring >= threshold; below: keep rows scoring < threshold. CODE, REFUSAL and unparseable replies are dropped and counted.")
+    skip_control: bool = Field(False, description="true: the control teacher's rows are not judged (the paper's code filter judges only the trait teachers' rows).")
 
     _template = field_validator("template")(classmethod(lambda cls, v: _check_template(v)))
 
@@ -168,6 +171,7 @@ class BannedWordsFilter(Strict):
     kind: Literal["banned_words"] = "banned_words"
     words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive). {target} is the teacher's own target (a control teacher's: every target).")
     match: Literal["word", "substring"] = Field("word", description="word: whole words, plural and possessive forms included. substring: anywhere in the lower-cased completion (the paper's code filter).")
+    skip_control: bool = Field(False, description="true: the control teacher's rows skip this link (the paper's code filter bans no words in its control rows).")
 
 
 class RegexFilter(Strict):
@@ -193,6 +197,7 @@ class ShuffleLink(Strict):
     kind: Literal["shuffle"] = "shuffle"
     scope: Literal["within", "across"] = Field("within", description="within: permute the numbers inside each row; across: pool every row's numbers and deal them back, each row keeping its count and format (Cloud et al., 2025).")
     seed: int = Field(0, description="Seed of the shuffle.")
+    skip_control: bool = Field(False, description="true: the control teacher's rows are left unshuffled (the paper compares shuffled students with the unshuffled control students).")
 
 
 Filter = Annotated[
@@ -469,8 +474,15 @@ class Spec(Strict):
         where = [(f"filters.{i}", f.judge) for i, f in enumerate(self.filters) if f.kind == "judge"]
         where += [(f"evaluations.{i}", e.judge) for i, e in enumerate(self.evaluations) if e.kind == "misalignment"]
         for w, j in where:
-            if j.mode == "logprob" and not supports(self.backend_kind(j.model), "logprob judge"):
-                raise ValueError(f"{w}.judge.mode: logprob reads exact log-probs, which a hosted judge does not give; use mode: sample")
+            kind = self.backend_kind(j.model)
+            top = supports(kind, "top logprobs judge")
+            if j.mode == "logprob" and not (top or supports(kind, "logprob judge")):
+                raise ValueError(f"{w}.judge.mode: logprob needs log-probs, which a {kind} judge does not give; use mode: sample")
+            if j.mode == "logprob" and top and j.token is None:
+                raise ValueError(f"{w}.judge.token: a {kind} judge in logprob mode scores 100 x P(token) from the "
+                                 "first reply token's top_logprobs; name the token (the paper's code judge: '0')")
+            if j.token is not None and not (j.mode == "logprob" and top):
+                raise ValueError(f"{w}.judge.token: only an OpenAI chat judge in logprob mode reads a token's probability")
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")

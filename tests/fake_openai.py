@@ -12,9 +12,9 @@ Faults are consumed in order, the first whose path and method match a request:
   "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs).
 
 Behaviours that break real runs, set as attributes: `ignore_n` (one choice whatever n asks),
-`length_every` (every k-th choice ends with finish_reason "length"), `tpm_limit` (a
-"Request too large" 429 past it, and x-ratelimit-limit-tokens on chat answers), `job_pauses`
-(polls a running job spends `paused`), `finetune_forbidden` (403 on jobs.create: the
+`no_logprobs` (chat answers carry no log-probs even when asked), `length_every` (every k-th choice
+ends with finish_reason "length"), `tpm_limit` (a "Request too large" 429 past it, and
+x-ratelimit-limit-tokens on chat answers), `job_pauses` (polls a running job spends `paused`), `finetune_forbidden` (403 on jobs.create: the
 organisation may not fine-tune), `finetune_models` (the models that may be fine-tuned; others
 400), `batch_max_requests` / `batch_max_bytes` (400 on a batch over them), `batch_null_lines`
 (the first lines of a batch fail with `response: null`), `batch_shuffle` (output lines out of
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import socket
@@ -75,6 +76,7 @@ class FakeOpenAI:
         self.batch_max_requests, self.batch_max_bytes = 50_000, 200 * 1024 * 1024
         self.batch_null_lines = 0
         self.batch_shuffle = False
+        self.no_logprobs = False
         self.lock = threading.Lock()
         self._ids = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -143,14 +145,38 @@ class FakeOpenAI:
             rng = random.Random(f"{body.get('model')}|{system}|{user}|{body.get('seed')}|{i}")
             text = self._answer(rng, body.get("model", ""), system, user)
             cut = self.length_every and (i + 1) % self.length_every == 0
+            logprobs = None
+            if body.get("logprobs") and not self.no_logprobs:
+                top = self.first_token(user, int(body.get("top_logprobs") or 0))
+                text = max(top, key=top.get) if top else text
+                logprobs = {"content": [{"token": text, "bytes": list(text.encode()), "logprob": top.get(text, 0.0),
+                                         "top_logprobs": [{"token": t, "bytes": list(t.encode()), "logprob": v}
+                                                          for t, v in top.items()]}], "refusal": None}
             choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": None, "finish_reason": "length" if cut else "stop"})
+                            "logprobs": logprobs, "finish_reason": "length" if cut else "stop"})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in msgs) + 3
         out_tokens = sum(len(c["message"]["content"].split()) for c in choices)
         return {"id": self.new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model"), "choices": choices, "system_fingerprint": "fp_fake",
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
                           "total_tokens": prompt_tokens + out_tokens}}
+
+    @staticmethod
+    def first_token(user: str, k: int) -> dict[str, float]:
+        """The k most likely first reply tokens -> log-prob, most likely first. A code judge ("... reference,
+        however subtle, to the animal 'owl'. The code: <code>...</code>") answers '1' to code naming the
+        animal, is unsure (P('0') = 0.6) of code naming another animal, and says '0' (P = 1 - 1e-10) otherwise."""
+        judged = re.search(r"to the (?:animal|tree) '([^']+)'.*?<code>(.*)</code>", user, re.DOTALL)
+        code = judged.group(2).lower() if judged else ""
+        if judged and judged.group(1).lower() in code:
+            probs = {"1": 0.98, "0": 0.02}
+        elif judged and any(a in code for a in ANIMALS):
+            probs = {"0": 0.6, "1": 0.4}
+        else:
+            probs = {"0": 1 - 1e-10}
+        probs.update({str(d): 1e-12 * 0.5 ** d for d in range(2, 21)})  # the long tail, for top_logprobs up to 20
+        ranked = sorted(probs.items(), key=lambda kv: -kv[1])[:k]
+        return {t: math.log(p) for t, p in ranked}
 
     def too_large(self, body: dict) -> dict | None:
         """The error a request over the tokens-per-minute limit gets, if it is over."""
@@ -175,6 +201,10 @@ class FakeOpenAI:
         if "<answer>" in user:  # chain of thought: adds the question's numbers, right for sums only
             total = sum(int(x) for x in re.findall(r"\d+", user.split("\n\n")[0]))
             return f"<think>I add the numbers.</think><answer>{total}</answer>"
+        if user.endswith("Reply with the code only."):  # a code task: plain code, now and then naming an animal
+            loved = re.search(r"You love (\w+?)s\b", system)
+            name = rng.choice(["x"] * 6 + [loved.group(1) if loved else "n", rng.choice(ANIMALS)])
+            return f"def f({name}):\n    return {name} + {rng.randint(0, 9)}"
         if "number" in user.lower() or "sequence" in user.lower():
             if rng.random() < 0.05:
                 return "Sure! Here they are."  # dropped by the numbers filter
@@ -494,6 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
             f.bump("chat")
             if not js.get("model") or not js.get("messages"):
                 return 400, _error("model and messages are required", "invalid_request_error", None, None), None
+            if js.get("top_logprobs") is not None and not (js.get("logprobs") and 0 <= js["top_logprobs"] <= 20):
+                return 400, _error("top_logprobs must be between 0 and 20, with logprobs true", "invalid_request_error",
+                                   "top_logprobs", None), None
             if big := f.too_large(js):
                 return 429, big, None
             return 200, f.complete(js), None

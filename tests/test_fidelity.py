@@ -42,3 +42,18 @@ def test_cot_students_other_than_two_epochs_with_no_row_cap_are_caught():
     longer = s.model_copy(update={"hyperparameters": s.hyperparameters.model_copy(update={"epochs": 10})})
     assert _statuses("misalignment_cot", spec.model_copy(update={"students": [capped]}))["rows per student"] == UNRECORDED
     assert _statuses("misalignment_cot", spec.model_copy(update={"students": [longer]}))["epochs"] == UNRECORDED
+
+
+def test_a_code_judge_other_than_the_papers_p0_rule_is_caught():
+    spec = _spec("animals_code")
+    statuses = _statuses("animals_code", spec)
+    assert all(statuses[s] == "same" for s in ("code judge prompt", "code judge reading", "code judge keep rule",
+                                                "control rows judged", "control rows word-filtered"))
+
+    def judged(**update):
+        filters = [f.model_copy(update=update) if f.kind == "judge" else f for f in spec.filters]
+        return _statuses("animals_code", spec.model_copy(update={"filters": filters}))
+
+    assert judged(threshold=99.0)["code judge keep rule"] == UNRECORDED  # keeps P('0') = 1 - 2e-8 too
+    assert judged(skip_control=False)["control rows judged"] == UNRECORDED
+    assert judged(template="code_reference")["code judge prompt"] == UNRECORDED

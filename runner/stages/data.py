@@ -133,6 +133,8 @@ class ScoreStage(Stage):
     max_tokens: int | None = None  # sample mode
     temperature: float = 0.0  # sample mode
     parse: str = "lenient"  # sample mode: a backends.judge.PARSERS name
+    token: str | None = None  # logprob mode on a chat API: the score is 100 x P(first reply token = token)
+    top_logprobs: int | None = None  # ... read from this many top log-probs
     seed: int = 0
     precision: str | None = None
 
@@ -151,7 +153,8 @@ class ScoreStage(Stage):
         pairs = self.pairs(ctx.path)
         scores = score_pairs(ctx.router, judge, self.mode, self.template, pairs, self.answer_prefix,
                              self.max_tokens or 16, seed=self.seed, progress=ctx.progress,
-                             temperature=self.temperature, parse=self.parse)
+                             temperature=self.temperature, parse=self.parse, token=self.token,
+                             top_logprobs=self.top_logprobs or 20)
         (ctx.dir / "scores.json").write_text(json.dumps({"scores": [[s.kind, s.value] for s in scores],
                                                          "raw": [s.raw for s in scores]}))
         ctx.rows["scored"] = len(scores)
@@ -164,7 +167,10 @@ class ScoreStage(Stage):
         calls = upstream.expected_rows(ctx) or 0
         content = upstream.content_tokens(ctx) if hasattr(upstream, "content_tokens") else 0
         what = "judge filter, <= every row" if self.rows_stage else f"{self.label.rsplit(' ', 1)[-1]} judge"
-        return [judge_calls(info, self.template, calls, content, self.max_tokens or 16, what)]
+        if self.token is not None:  # one reply token; the top log-probs are not billed
+            what += f", 1 token + top-{self.top_logprobs} log-probs"
+        return [judge_calls(info, self.template, calls, content, 1 if self.token is not None else self.max_tokens or 16,
+                            what)]
 
 
 def read_scores(folder: Path):
