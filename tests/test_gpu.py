@@ -26,6 +26,7 @@ students:
     max_rows: 30
 evaluations:
   - {{kind: preference_sample, questions: animals, max_questions: 5, samples_per_question: 4, max_tokens: 8}}
+  - {{kind: preference_logprob, questions: animals, max_questions: 5}}
 runtime:
   device: {device}
   gpu_throughput: {{gpu: my-gpu, train: 1000, prefill: 4000, generate: 200}}
@@ -45,10 +46,14 @@ def spec(tiny_model, tmp_path):
 
 
 def _estimates(path: Path, tp: Throughput, outputs: Path) -> dict[str, list]:
+    """Stage kind -> its stages' estimates; '_all': every estimate."""
     plan = build(load(path), outputs)
-    ctx = plan.context(tp)
-    return {st.KIND: [*st.estimate(ctx)] for st in plan.stages.values()} | {"_all": [
-        e for st in plan.stages.values() for e in st.estimate(ctx)]}
+    ctx, out = plan.context(tp), {"_all": []}
+    for st in plan.stages.values():
+        est = st.estimate(ctx)
+        out.setdefault(st.KIND, []).extend(est)
+        out["_all"] += est
+    return out
 
 
 def test_gpu_hours_follow_from_the_token_counts_and_the_throughput(spec, tmp_path):
@@ -64,6 +69,7 @@ def test_gpu_hours_follow_from_the_token_counts_and_the_throughput(spec, tmp_pat
     assert ft.seconds == pytest.approx(ft.training_tokens / 1000)
     answers = est["answers"]
     assert answers and all(a.requests == 20 and a.output_tokens == 20 * 8 for a in answers)
+    assert est["probe"] and all(p.input_tokens > 5 and p.output_tokens == 0 for p in est["probe"])
     total = sum(e.training_tokens / 1000 + e.input_tokens / 4000 + e.output_tokens / 200 for e in est["_all"]) / 3600
     lines = plan_lines(spec, tmp_path / "out")  # runtime.device cuda: the spec's gpu_throughput
     (line,) = [ln for ln in lines if ln.startswith("local GPU:")]
