@@ -214,7 +214,7 @@ def _methods(cells: list[Cell]) -> list[str]:
         s = c.spec
         if s.experiment == "mnist":
             lines.append(f"MNIST: {s.mnist.seeds} seeds, m={s.mnist.m}, loss={s.mnist.loss}, init={s.mnist.init}, "
-                         f"cross_init={s.mnist.cross_init}")
+                         f"cross_init={s.mnist.cross_init}, noise_set={s.mnist.noise_set}")
             continue
         if s.experiment == "theorem_mnist":
             t = s.theorem
