@@ -11,15 +11,19 @@ from runner.stages import Estimate, ModelInput, si
 from runner.throughput import SOURCE, Throughput, throughput
 
 
-def needs_cuda(cells: list[Cell]) -> bool:
-    return any(c.spec.runtime.device == "cuda" for c in cells)
-
-
-def refuse_without_cuda(path, cells: list[Cell]) -> None:
-    """A CUDA-only spec on a machine without CUDA stops here, in one line, before any work."""
+def cuda_missing(cells: list[Cell], executor: str | None = None) -> bool:
+    """A CUDA-only spec (runtime.device: cuda) that this machine cannot run: no CUDA here, and the stages
+    run here (on Ray, the cluster's GPU nodes run them)."""
     import torch
 
-    if needs_cuda(cells) and not torch.cuda.is_available():
+    cuda_only = any(c.spec.runtime.device == "cuda" for c in cells)
+    here = (executor or cells[0].spec.runtime.executor) != "ray"
+    return cuda_only and here and not torch.cuda.is_available()
+
+
+def refuse_without_cuda(path, cells: list[Cell], executor: str | None = None) -> None:
+    """A CUDA-only spec on a machine without CUDA stops here, in one line, before any work."""
+    if cuda_missing(cells, executor):
         raise UserError(f"{path}: runtime.device is cuda and this machine has no CUDA device; run it on a CUDA "
                         f"machine (`subl plan {path}` prints its GPU-hours)")
 

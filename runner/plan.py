@@ -142,7 +142,7 @@ class _Precision:
         if self._device is None:
             from backends.hf import pick_device
 
-            # device cuda: the same keys wherever it is planned (runs_spec refuses to run it without CUDA)
+            # device cuda: the same keys wherever it is planned (subl run refuses it where there is no CUDA)
             self._device = "cuda" if self.runtime.device == "cuda" else pick_device(self.runtime.device)[0]
         return self._device
 

@@ -24,12 +24,6 @@ def missing_keys(path: Path) -> list[str]:
     return sorted(e for e in envs if not os.environ.get(e))
 
 
-def cuda_here() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def headline(results: dict) -> str:
     cos = {e["model"]: e for e in results.get("evaluations", [])
            if e.get("evaluation") == "theorem" and e.get("seed") is None and e["metric"] == "cosine"}
@@ -58,11 +52,11 @@ def headline(results: dict) -> str:
 
 def run_one(path: Path, outputs: Path, console: Console) -> tuple[str, str]:
     """(status, headline or reason) for one spec."""
-    from runner.gpu import needs_cuda
+    from runner.gpu import cuda_missing
     from runner.runs import run_spec
 
     try:
-        if needs_cuda(load(path)) and not cuda_here():
+        if cuda_missing(load(path)):
             console.print(f"skip {path}: needs a CUDA GPU (runtime.device: cuda)", markup=False)
             return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours"
         keys = missing_keys(path)

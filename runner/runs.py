@@ -126,8 +126,8 @@ def run_spec(path: Path, outputs: Path, console: Console, executor: str | None =
     from runner.gpu import refuse_without_cuda
 
     cells = load(path)
-    refuse_without_cuda(path, cells)
     kind = executor or cells[0].spec.runtime.executor
+    refuse_without_cuda(path, cells, kind)
     if address and kind != "ray":
         raise UserError("--address needs --executor ray (or runtime.executor: ray in the spec)")
     if kind == "ray":

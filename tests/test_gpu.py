@@ -2,6 +2,7 @@
 spec refused (run) or skipped (reproduce) on a machine without CUDA; specs/gpu's paper settings."""
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from runner.errors import UserError
 from runner.loader import load
 from runner.plan import build
+from runner.spec import Runtime
 from runner.throughput import ASSUMED, Throughput, parse, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,17 @@ def test_run_refuses_a_cuda_spec_without_cuda_before_any_work(spec, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "stages").exists()
+
+
+@NO_CUDA
+def test_only_stages_run_here_need_cuda_here(spec):
+    from runner.gpu import cuda_missing
+
+    cells = load(spec)
+    assert cuda_missing(cells) and cuda_missing(cells, "local")
+    assert not cuda_missing(cells, "ray")  # on Ray, the cluster's GPU nodes run the stages
+    auto = [replace(c, spec=c.spec.model_copy(update={"runtime": Runtime(device="auto")})) for c in cells]
+    assert not cuda_missing(auto)
 
 
 @NO_CUDA
