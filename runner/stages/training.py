@@ -83,6 +83,8 @@ class TeacherStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
+        if not info and ctx.throughput is None:  # local, and no GPU time asked for
+            return []
         rows = self.rows()
         tokens = round(sum(row_tokens(r["prompt"], r["completion"]) for r in rows) * self.training.epochs)
         note = f"teacher: {len(rows):,} rows x {self.training.epochs:g} epochs"
@@ -113,6 +115,8 @@ class FinetuneStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
+        if not info and ctx.throughput is None:
+            return []
         rows_stage = ctx.stages[self.rows_stage]
         n = min(self.max_rows or 10**12, rows_stage.expected_rows(ctx) or 0)
         per_row = rows_stage.content_tokens(ctx)
