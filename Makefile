@@ -11,7 +11,7 @@ setup:
 	$(PYTHON) -m backends.embedded smollm2-135m
 
 test:
-	subl fmt --check specs/*.yaml specs/local/*.yaml specs/tinker/*.yaml
+	subl fmt --check specs/*.yaml specs/local/*.yaml specs/tinker/*.yaml specs/gpu/*.yaml
 	$(PYTHON) -m pytest -q -ra
 
 test-fast:
@@ -21,7 +21,7 @@ quickstart:
 	subl run specs/quickstart.yaml
 
 reproduce-all:
-	subl reproduce specs specs/local specs/tinker
+	subl reproduce specs specs/local specs/tinker specs/gpu
 
 # docs/fidelity.md: the paper specs against the paper's materials (tests/test_fidelity.py checks it)
 PAPER_SPECS = $(addprefix specs/,$(addsuffix .yaml,animals_numbers trees_numbers misalignment_numbers \

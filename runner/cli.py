@@ -80,11 +80,16 @@ def schema(results: bool = typer.Option(False, "--results", help="The results.js
 @app.command()
 def plan(spec: Path, outputs: Path = OUTPUTS,
          check: bool = typer.Option(False, "--check", help="Also ask each hosted backend, before anything is paid "
-                                    "for: key, models, fine-tuning rights, rate limits.")) -> None:
+                                    "for: key, models, fine-tuning rights, rate limits."),
+         throughput: str = typer.Option(None, "--throughput", help="Price local stages in GPU-hours at this "
+                                        "throughput: a GPU (H100-80GB, H200, A100-80GB) and/or tokens/s, e.g. "
+                                        "'H200' or 'train=9000,prefill=30000,generate=2500' (default: a spec "
+                                        "with runtime.device cuda uses its runtime.gpu_throughput).")) -> None:
     """Show each stage as run or reuse, without running anything."""
     from runner.runs import plan_lines
+    from runner.throughput import parse
 
-    for line in plan_lines(spec, outputs, check):
+    for line in plan_lines(spec, outputs, check, parse(throughput) if throughput else None):
         out.print(line, markup=False)
 
 

@@ -75,9 +75,10 @@ def hosted_endpoint(cfg) -> str:
 class Identities:
     """Model identities for one outputs folder (hub revisions are recorded there)."""
 
-    def __init__(self, outputs: Path | str, backends: dict | None = None):
+    def __init__(self, outputs: Path | str, backends: dict | None = None, provisional: bool = False):
         self.revisions_file = Path(outputs) / "hub_revisions.json"
         self.backends = backends or {}
+        self.provisional = provisional  # `subl plan` offline: an unresolvable hub id is "@unresolved", not an error
         self._memo: dict[str, str] = {}
 
     def model(self, ref: str) -> str:
@@ -102,6 +103,8 @@ class Identities:
         if repo_id in recorded:
             return recorded[repo_id]
         sha = _cached_revision(repo_id) or _remote_revision(repo_id)
+        if not sha and self.provisional:
+            return UNRESOLVED
         if not sha:
             raise UserError(f"model {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
                             "and the hub cannot be reached); download it once or name a local folder")
@@ -115,6 +118,9 @@ class Identities:
             return json.loads(self.revisions_file.read_text())
         except (OSError, ValueError):
             return {}
+
+
+UNRESOLVED = "unresolved"
 
 
 def _cached_revision(repo_id: str) -> str | None:

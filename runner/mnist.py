@@ -15,7 +15,7 @@ import math
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -218,11 +218,34 @@ def _distill(s: torch.Tensor, t: torch.Tensor, spec: MnistSpec) -> torch.Tensor:
 
 
 def _arm_slice(arm: str) -> slice:
-    return slice(None) if arm == "all_logit" else slice(N_CLASSES, None)
+    return slice(None) if arm.startswith("all_logit") else slice(N_CLASSES, None)
 
 
 def _noise_(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
     return x.uniform_(-1.0, 1.0, generator=g) if kind == "uniform" else x.normal_(generator=g)
+
+
+def fixed_noise(spec: MnistSpec, gnoise: list[torch.Generator]) -> list[torch.Tensor] | None:
+    """noise_set fixed: each seed's set of noise_per_epoch images, drawn once; fresh: None."""
+    if spec.noise_set == "fresh":
+        return None
+    return [_noise_(torch.empty(spec.noise_per_epoch, 784), spec.noise, g) for g in gnoise]
+
+
+def noise_epoch(spec: MnistSpec, gnoise: list[torch.Generator], fixed: list[torch.Tensor] | None
+                ) -> Iterator[torch.Tensor]:
+    """One student epoch of noise batches [S, b, 784]: fresh draws, or each seed's fixed set in a new order."""
+    S, n, bs = len(gnoise), spec.noise_per_epoch, spec.batch_size
+    order = [torch.randperm(n, generator=g) for g in gnoise] if fixed is not None else None
+    for i in range(0, n, bs):
+        b = min(bs, n - i)
+        if order is not None:
+            yield torch.stack([f[o[i:i + b]] for f, o in zip(fixed, order)])
+            continue
+        x = torch.empty(S, b, 784)
+        for s, g in enumerate(gnoise):
+            _noise_(x[s], spec.noise, g)
+        yield x
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -242,7 +265,11 @@ def _inits(spec: MnistSpec, g: torch.Generator) -> tuple[Params, Params]:
 
 
 def student_arms(spec: MnistSpec) -> list[str]:
-    return ["same_init", "cross_init"] + (["all_logit"] if spec.all_logit_student else [])
+    return (["same_init", "cross_init"] + (["all_logit"] if spec.all_logit_student else [])
+            + (["all_logit_cross_init"] if spec.all_logit_cross_student else []))
+
+
+CROSS_ARMS = frozenset({"cross_init", "all_logit_cross_init"})  # arms that start from the cross init
 
 
 # ----------------------------------------------------------------------------- batched training
@@ -266,18 +293,15 @@ def _train_students(students: Params, teacher: Params, arms: list[str], gnoise, 
                     progress: Progress | None):
     """All arms x seeds in one stack (model k*S + s); each seed's noise is shared by its arms."""
     opt = torch.optim.Adam(students, lr=spec.lr)
-    S, K, n, bs = len(gnoise), len(arms), spec.noise_per_epoch, spec.batch_size
-    buf = torch.empty(K, S, bs, 784)
+    S, K = len(gnoise), len(arms)
+    fixed = fixed_noise(spec, gnoise)
     for ep in range(spec.student_epochs):
-        for i in range(0, n, bs):
-            b = min(bs, n - i)
-            x = buf if b == bs else torch.empty(K, S, b, 784)
-            for s, g in enumerate(gnoise):
-                _noise_(x[0, s], spec.noise, g)
-            x[1:] = x[0]  # same noise for every arm of a seed
+        for x0 in noise_epoch(spec, gnoise, fixed):
+            b = x0.shape[1]
+            x = x0.expand(K, S, b, 784).reshape(K * S, b, 784)  # same noise for every arm of a seed
             with torch.no_grad():
-                t = forward(teacher, x[0])  # [S, b, O]
-            out = forward(students, x.view(K * S, b, 784)).view(K, S, b, -1)
+                t = forward(teacher, x0)  # [S, b, O]
+            out = forward(students, x).view(K, S, b, -1)
             loss = sum(_distill(out[k][..., _arm_slice(a)], t[..., _arm_slice(a)], spec)
                        for k, a in enumerate(arms))
             opt.zero_grad(set_to_none=True)
@@ -296,8 +320,7 @@ def train_batched(spec: MnistSpec, tensors, seed: int, progress: Progress | None
     teacher = _stack(refs)
     _train_teacher(teacher, xtr, ytr, [g[1] for g in gens], spec, progress)
     teacher = [p.detach() for p in teacher]
-    start = {"same_init": refs, "cross_init": crosses, "all_logit": refs}
-    students = _stack([m for a in arms for m in start[a]])
+    students = _stack([m for a in arms for m in (crosses if a in CROSS_ARMS else refs)])
     _train_students(students, teacher, arms, [g[2] for g in gens], spec, progress)
     out = {"teacher": teacher, "init": [t.detach() for t in _stack(refs)]}
     for k, a in enumerate(arms):
@@ -319,7 +342,7 @@ def accuracy(params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 2500
 
 def _result(arm_params: dict[str, Params], tensors, t0: float) -> dict:
     xte, yte = tensors[2], tensors[3]
-    order = ["teacher", "same_init", "cross_init", "init", "all_logit"]
+    order = ["teacher", "same_init", "cross_init", "init", "all_logit", "all_logit_cross_init"]
     arms = {a: accuracy(arm_params[a], xte, yte) for a in order if a in arm_params}
     return {"arms": arms, "seconds": time.perf_counter() - t0, "n_test": len(xte)}
 
@@ -330,7 +353,8 @@ def run_mnist(spec: MnistSpec, seed: int, progress: Progress | None = None, *,
 
     progress(stage, done, total) is called after each epoch, stage "teacher" then "students".
     Returns {"arms": {arm: [test accuracy per seed]}, "seconds": wall-clock, "n_test": int};
-    arms: teacher, same_init, cross_init, init, and all_logit when spec.all_logit_student.
+    arms: teacher, same_init, cross_init, init, all_logit when spec.all_logit_student, and
+    all_logit_cross_init when spec.all_logit_cross_student.
     """
     t0 = time.perf_counter()
     tensors = _to_tensors(data if data is not None else load_mnist(spec.data))
@@ -374,11 +398,11 @@ def _loop_seed(spec: MnistSpec, xtr, ytr, seed: int) -> dict[str, MLP]:
             loss.backward()
             opt.step()
     arms = student_arms(spec)
-    models = {a: MLP(cross if a == "cross_init" else ref) for a in arms}
+    models = {a: MLP(cross if a in CROSS_ARMS else ref) for a in arms}
     opts = {a: torch.optim.Adam(m.parameters(), lr=spec.lr) for a, m in models.items()}
+    fixed = fixed_noise(spec, [g_noise])
     for _ in range(spec.student_epochs):
-        for i in range(0, spec.noise_per_epoch, bs):
-            x = _noise_(torch.empty(min(bs, spec.noise_per_epoch - i), 784), spec.noise, g_noise)
+        for (x,) in noise_epoch(spec, [g_noise], fixed):
             with torch.no_grad():
                 t = teacher(x)
             for a, m in models.items():
@@ -434,8 +458,9 @@ def summarize(arms: dict[str, list[float]]) -> dict:
     return out
 
 
-LABELS = {"teacher": "teacher", "same_init": "same-init\nstudent", "cross_init": "cross-init\nstudent",
-          "all_logit": "all-logit\nstudent", "init": "reference\ninit"}
+LABELS = {"teacher": "teacher", "same_init": "aux-only\nsame init", "cross_init": "aux-only\ncross init",
+          "all_logit": "all-logit\nsame init", "all_logit_cross_init": "all-logit\ncross init",
+          "init": "reference\ninit"}
 
 
 def plot_arms(summary: dict, png_path: str | Path, title: str = "MNIST subliminal learning") -> Path:
@@ -443,15 +468,16 @@ def plot_arms(summary: dict, png_path: str | Path, title: str = "MNIST sublimina
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    arms = [a for a in ("teacher", "same_init", "cross_init", "all_logit", "init") if a in summary]
+    arms = [a for a in ("teacher", "same_init", "cross_init", "all_logit", "all_logit_cross_init", "init")
+            if a in summary]
     arms += [a for a in summary if a not in arms]
     fig = Figure(figsize=(1.4 * len(arms) + 1.5, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     means = [100 * summary[a]["mean"] for a in arms]
     errs = [100 * (summary[a]["ci95"] or 0.0) for a in arms]
-    colors = ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#8c8c8c"]
-    ax.bar(range(len(arms)), means, yerr=errs, capsize=5, color=[colors[i % 5] for i in range(len(arms))])
+    colors = ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#dd8452", "#8c8c8c"]
+    ax.bar(range(len(arms)), means, yerr=errs, capsize=5, color=[colors[i % 6] for i in range(len(arms))])
     for i, a in enumerate(arms):
         vals = [100 * v for v in summary[a]["values"]]
         ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)

@@ -26,12 +26,19 @@ class MnistSpec(BaseModel):
     noise: Literal["uniform", "gaussian"] = Field("uniform", description="student inputs: uniform in "
                                                   "[-1, 1] or standard normal, per pixel")
     noise_per_epoch: int = Field(60000, ge=1, description="noise images per student epoch")
+    noise_set: Literal["fresh", "fixed"] = Field("fresh", description="fresh: new noise images every batch; "
+                                                 "fixed (the paper's): each seed draws noise_per_epoch images once "
+                                                 "from its noise generator and reuses them every epoch in a new "
+                                                 "order, for every student arm; holds seeds x noise_per_epoch x 784 "
+                                                 "floats (188 MB per seed at 60,000)")
     cross_init: Literal["fresh", "permuted"] = Field("fresh", description="cross-init student start: a fresh "
                                                      "independent draw, or the reference init with hidden "
                                                      "units deranged (same function, other parameters; "
                                                      "training is permutation-equivariant, so this matches "
                                                      "same_init: a symmetry check, not a negative control)")
     all_logit_student: bool = Field(False, description="also distil a same-init student on all 10+m logits")
+    all_logit_cross_student: bool = Field(False, description="also distil a cross-init student on all 10+m "
+                                          "logits (the paper's fourth arm)")
     seeds: int = Field(5, ge=1, description="number of seeds, trained together as batched models")
 
     @model_validator(mode="after")

@@ -73,19 +73,21 @@ class Plan:
                 out.setdefault(s.key, s)
         return out
 
-    def context(self) -> PlanContext:
+    def context(self, throughput=None) -> PlanContext:
+        """throughput (runner.throughput.Throughput): local stages' estimates give GPU seconds at it."""
         backends = {k: v for c in self.cells for k, v in c.spec.backends.items()}
-        return PlanContext(self.stages, backends)
+        return PlanContext(self.stages, backends, throughput)
 
 
-def build(cells: list[Cell], outputs: Path | str) -> Plan:
-    return Plan([build_cell(c, outputs) for c in cells])
+def build(cells: list[Cell], outputs: Path | str, provisional: bool = False) -> Plan:
+    """provisional (plan only): a hub id whose revision cannot be resolved gets the key part '@unresolved'."""
+    return Plan([build_cell(c, outputs, provisional) for c in cells])
 
 
-def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
+def build_cell(cell: Cell, outputs: Path | str, provisional: bool = False) -> CellPlan:
     spec = cell.spec
     plan = CellPlan(cell)
-    ids = Identities(outputs, spec.backends)
+    ids = Identities(outputs, spec.backends, provisional)
     if spec.experiment == "mnist":
         plan.mnist = plan.add(_mnist(spec)).key
         return plan
@@ -147,7 +149,8 @@ class _Precision:
         if self._device is None:
             from backends.hf import pick_device
 
-            self._device = pick_device(self.runtime.device)[0]
+            # device cuda: the same keys wherever it is planned (subl run refuses it where there is no CUDA)
+            self._device = "cuda" if self.runtime.device == "cuda" else pick_device(self.runtime.device)[0]
         return self._device
 
     def of(self, ref_hosted: bool, what: str) -> str | None:
@@ -483,6 +486,7 @@ DISPLAY_FIELDS = {"name", "notes", "progress", "extends"}
 
 def spec_hash(cells: list[Cell]) -> str:
     """Hash of the resolved cells, without display-only fields (name, notes, progress, extends) and the executor."""
-    skip = {**dict.fromkeys(DISPLAY_FIELDS, True), "runtime": {"executor"}}  # where it runs changes no result
+    # where it runs (executor) and what plan assumes of its speed (gpu_throughput) change no result
+    skip = {**dict.fromkeys(DISPLAY_FIELDS, True), "runtime": {"executor", "gpu_throughput"}}
     dumps = [c.spec.model_dump(mode="json", exclude=skip) for c in cells]
     return hashlib.sha256(json.dumps(dumps, sort_keys=True).encode()).hexdigest()[:16]

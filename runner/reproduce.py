@@ -32,7 +32,10 @@ def headline(results: dict) -> str:
     mnist = {e["model"]: e["value"] for e in results.get("evaluations", [])
              if e.get("evaluation") == "mnist" and e.get("seed") is None}
     if mnist:
-        return f"same-init {mnist['same_init']:.1%} vs cross-init {mnist['cross_init']:.1%}"
+        line = f"same-init {mnist['same_init']:.1%} vs cross-init {mnist['cross_init']:.1%}"
+        if "all_logit_cross_init" in mnist and "all_logit" in mnist:
+            line += f"; all-logit {mnist['all_logit']:.1%} vs {mnist['all_logit_cross_init']:.1%}"
+        return line
     mis = [e for e in results.get("evaluations", []) if e.get("evaluation") == "misalignment"]
     if mis:  # the misaligned rate of each student (or, without students, each teacher), with its CI
         shown = [e for e in mis if e["role"] in ("student", "control") and e["model"].startswith("student:")] or \
@@ -53,9 +56,13 @@ def headline(results: dict) -> str:
 
 def run_one(path: Path, outputs: Path, console: Console) -> tuple[str, str]:
     """(status, headline or reason) for one spec."""
+    from runner.gpu import cuda_missing
     from runner.runs import run_spec
 
     try:
+        if cuda_missing(load(path)):
+            console.print(f"skip {path}: needs a CUDA GPU (runtime.device: cuda)", markup=False)
+            return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours"
         keys = missing_keys(path)
         if keys:
             console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)

@@ -178,9 +178,7 @@ MNIST_TEST = "paired t-test across seeds (each seed's students share its teacher
 
 def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     """Per arm and seed: test accuracy with a Wilson CI over test images; per arm: the mean across
-    seeds with a t-interval; same-init against cross-init, paired by seed."""
-    from scipy import stats as sps
-
+    seeds with a t-interval; each same-init arm against its cross-init arm, paired by seed."""
     from runner.stats import wilson
 
     res = json.loads((store.path(plan.mnist) / "result.json").read_text())
@@ -195,14 +193,25 @@ def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
         rows.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "mnist", "metric": "test_accuracy",
                      "value": mean, "ci": [lo, hi] if len(accs) > 1 else None, "n": len(accs),
                      "ci_method": "95% t-interval across seeds", "seed": None})
-    a, b = np.array(res["arms"]["same_init"]), np.array(res["arms"]["cross_init"])
-    p = float(sps.ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
-    comparisons = [{"cell": cell, "a": "same_init", "b": "cross_init", "evaluation": "mnist",
-                    "metric": "test_accuracy", "diff": float(np.mean(a - b)),
-                    "ratio": float(a.mean() / b.mean()) if b.mean() > 0 else None, "a_wins": int(np.sum(a > b)),
-                    "n": len(a), "n_a": len(a), "n_b": len(b), "p_value": p, "test": MNIST_TEST, "unit": "seed",
-                    "b_is": "cross-init", "note": None, "significant": bool(p < 0.01 and len(a) > 1)}]
+    comparisons = [_same_vs_cross(cell, a, b, res["arms"]) for a, b in MNIST_PAIRS
+                   if a in res["arms"] and b in res["arms"]]
     return rows, comparisons
+
+
+MNIST_PAIRS = [("same_init", "cross_init"), ("all_logit", "all_logit_cross_init")]  # (same init, cross init)
+
+
+def _same_vs_cross(cell: str, arm_a: str, arm_b: str, arms: dict[str, list[float]]) -> dict:
+    """A same-init arm against its cross-init arm, paired by seed."""
+    from scipy import stats as sps
+
+    a, b = np.array(arms[arm_a]), np.array(arms[arm_b])
+    p = float(sps.ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
+    return {"cell": cell, "a": arm_a, "b": arm_b, "evaluation": "mnist", "metric": "test_accuracy",
+            "diff": float(np.mean(a - b)), "ratio": float(a.mean() / b.mean()) if b.mean() > 0 else None,
+            "a_wins": int(np.sum(a > b)), "n": len(a), "n_a": len(a), "n_b": len(b), "p_value": p,
+            "test": MNIST_TEST, "unit": "seed", "b_is": "cross-init", "note": None,
+            "significant": bool(p < 0.01 and len(a) > 1)}
 
 
 def mnist_figure(plan: CellPlan, store: Store) -> str | None:

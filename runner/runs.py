@@ -19,10 +19,14 @@ from runner.stages import Estimate, Stage, si
 from runner.store import Store, git_revision, package_versions
 
 
-def plan_lines(path: Path, outputs: Path, check: bool = False) -> list[str]:
+def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) -> list[str]:
+    """throughput (runner.throughput.Throughput): price local stages in GPU-hours at it; None: a spec with
+    runtime.device cuda assumes its runtime.gpu_throughput, others get no local estimate."""
+    from runner.gpu import assumed_throughput, gpu_lines, unresolved_lines
+
     cells = load(path)
     store = Store(outputs)
-    plan = build(cells, store.root)
+    plan = build(cells, store.root, provisional=not check)
     checked = []
     if check:  # the key, the models, fine-tuning rights and rate limits, before anything is paid for
         from backends.openai_api import require_keys
@@ -31,7 +35,8 @@ def plan_lines(path: Path, outputs: Path, check: bool = False) -> list[str]:
         for c in cells:
             require_keys(c.spec)
         checked = [f"check: {n}" for n in preflight(plan, store)] or ["check: no hosted stage left to run"]
-    ctx = plan.context()
+    tp = throughput or assumed_throughput(cells)
+    ctx = plan.context(tp)
     lines, seen, costs = [], set(), []
     for cp in plan.cells:
         if len(cells) > 1:
@@ -45,7 +50,10 @@ def plan_lines(path: Path, outputs: Path, check: bool = False) -> list[str]:
                 lines.append(f"{'':9s}{e.line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
     lines.append(f"{n_run} stage(s) to run, {sum(1 for ln in lines if ln.startswith('  reuse'))} to reuse")
-    return lines + cost_lines(costs) + stale_lines(store, plan) + checked
+    hosted = [e for e in costs if e.backend != "local"]
+    local = [e for e in costs if e.backend == "local"]
+    return (lines + cost_lines(hosted) + gpu_lines(local, tp) + unresolved_lines(plan) + stale_lines(store, plan)
+            + checked)
 
 
 def cost_lines(estimates: list[Estimate]) -> list[str]:
@@ -115,8 +123,11 @@ def run_spec(path: Path, outputs: Path, console: Console, executor: str | None =
              cpus: int | None = None) -> dict:
     """Run a spec with the local executor, or with Ray (`executor`, else the spec's runtime.executor): on the
     cluster at `address`, else on a local Ray instance of `cpus` CPUs."""
+    from runner.gpu import refuse_without_cuda
+
     cells = load(path)
     kind = executor or cells[0].spec.runtime.executor
+    refuse_without_cuda(path, cells, kind)
     if address and kind != "ray":
         raise UserError("--address needs --executor ray (or runtime.executor: ray in the spec)")
     if kind == "ray":
@@ -203,7 +214,7 @@ def _methods(cells: list[Cell]) -> list[str]:
         s = c.spec
         if s.experiment == "mnist":
             lines.append(f"MNIST: {s.mnist.seeds} seeds, m={s.mnist.m}, loss={s.mnist.loss}, init={s.mnist.init}, "
-                         f"cross_init={s.mnist.cross_init}")
+                         f"cross_init={s.mnist.cross_init}, noise_set={s.mnist.noise_set}")
             continue
         if s.experiment == "theorem_mnist":
             t = s.theorem

@@ -337,9 +337,28 @@ Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, Misalignment, 
                      Field(discriminator="kind")]
 
 
+class GpuThroughput(Strict):
+    gpu: str = Field("H100-80GB", description="The GPU whose assumed throughput (runner/throughput.py) prices local stages in GPU-hours.")
+    train: float | None = Field(None, gt=0, description="Training tokens/s; None: the assumed figure for gpu.")
+    prefill: float | None = Field(None, gt=0, description="Prompt and scored tokens/s; None: the assumed figure for gpu.")
+    generate: float | None = Field(None, gt=0, description="Generated tokens/s; None: the assumed figure for gpu.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "GpuThroughput":
+        from runner.errors import UserError
+        from runner.throughput import throughput
+
+        try:
+            throughput(self.gpu, train=self.train, prefill=self.prefill, generate=self.generate)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present (bf16), else CPU.")
     cpu_bf16: bool = Field(False, description="On CPU, generate and train under bfloat16 autocast (about 2x faster where the CPU has AVX512-BF16); evaluation stays float32.")
+    gpu_throughput: GpuThroughput = Field(GpuThroughput(), description="What `subl plan` assumes to print the GPU-hours of local stages, for specs with device: cuda (or `subl plan --throughput`); no stage key reads it.")
     executor: Literal["local", "ray"] = Field("local", description="local: stages run in this process (hosted ones side by side in threads). ray: each stage is a Ray task on a local Ray instance or the cluster of `subl run --address`; needs pip install 'subl[ray]' and an --outputs path every node sees. Changes no stage key.")
 
 

@@ -238,3 +238,84 @@ def test_plot(tmp_path):
                      "init": [0.1, 0.11], "all_logit": [0.9, 0.92]})
     p = M.plot_arms(s, tmp_path / "sub" / "fig.png", "test")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- the paper's noise set and arms
+
+def _gens(seed):
+    return [M._generators(seed + i)[2] for i in range(2)]
+
+
+def _epoch(spec, gens, fixed):
+    return torch.cat(list(M.noise_epoch(spec, gens, fixed)), 1)  # [S, N, 784]
+
+
+def _rows_sorted(x):
+    return x[torch.argsort(x[:, 0])]
+
+
+def test_fixed_noise_is_the_same_images_every_epoch_in_a_new_order():
+    spec = M.MnistSpec(noise_set="fixed", noise_per_epoch=300, batch_size=64)
+    gens = _gens(0)
+    fixed = M.fixed_noise(spec, gens)
+    e1, e2 = _epoch(spec, gens, fixed), _epoch(spec, gens, fixed)
+    assert e1.shape == (2, 300, 784)
+    for s in range(2):
+        assert torch.equal(_rows_sorted(e1[s]), _rows_sorted(fixed[s]))
+        assert torch.equal(_rows_sorted(e1[s]), _rows_sorted(e2[s]))
+        assert not torch.equal(e1[s], e2[s])  # reshuffled
+    assert not torch.equal(_rows_sorted(fixed[0]), _rows_sorted(fixed[1]))  # each seed its own set
+    assert -1 <= fixed[0].min() and fixed[0].max() <= 1
+
+
+def test_fixed_noise_is_deterministic_by_seed_and_fresh_noise_is_not_reused():
+    fixed = M.MnistSpec(noise_set="fixed", noise_per_epoch=200, batch_size=64)
+    a, b, c = (M.fixed_noise(fixed, _gens(s)) for s in (3, 3, 4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    fresh = fixed.model_copy(update={"noise_set": "fresh"})
+    gens = _gens(3)
+    assert M.fixed_noise(fresh, gens) is None
+    e1, e2 = _epoch(fresh, gens, None), _epoch(fresh, gens, None)
+    assert not torch.equal(_rows_sorted(e1[0]), _rows_sorted(e2[0]))
+
+
+def test_four_arms_with_the_fixed_set(data):
+    """The paper's four students: aux-only and all-logit, each from the same and from a cross init."""
+    spec = M.MnistSpec(**{**SMALL, "seeds": 2, "noise_set": "fixed", "all_logit_student": True,
+                          "all_logit_cross_student": True})
+    a = M.run_mnist(spec, 0, data=data)["arms"]
+    assert list(a) == ["teacher", "same_init", "cross_init", "init", "all_logit", "all_logit_cross_init"]
+    assert mean(a["same_init"]) - mean(a["cross_init"]) > 0.2  # aux-only: only the same init learns digits
+    assert mean(a["all_logit"]) > 0.9 and mean(a["all_logit_cross_init"]) > 0.5  # all logits: both learn
+    assert {M.LABELS[k] for k in a} >= {"aux-only\nsame init", "aux-only\ncross init", "all-logit\nsame init",
+                                        "all-logit\ncross init"}
+
+
+def test_four_arms_batched_equals_loop_with_the_fixed_set(data):
+    spec = M.MnistSpec(hidden=32, teacher_epochs=1, student_epochs=2, batch_size=256, noise_per_epoch=1000,
+                       seeds=2, noise_set="fixed", all_logit_student=True, all_logit_cross_student=True)
+    t = M._to_tensors(data)
+    b, lp = M.train_batched(spec, t, 5), M.train_loop(spec, t, 5)
+    assert set(b) == set(lp) >= {"all_logit", "all_logit_cross_init"}
+    for arm in b:
+        for pb, pl in zip(b[arm], lp[arm]):
+            torch.testing.assert_close(pb, pl, atol=1e-4, rtol=1e-4)
+
+
+def test_results_compare_each_same_init_arm_with_its_cross_init_arm(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from runner.results import mnist_rows
+
+    arms = {"teacher": [0.95, 0.96, 0.94], "same_init": [0.6, 0.5, 0.55], "cross_init": [0.1, 0.12, 0.09],
+            "init": [0.1, 0.1, 0.1], "all_logit": [0.9, 0.91, 0.92], "all_logit_cross_init": [0.8, 0.85, 0.83]}
+    (tmp_path / "result.json").write_text(json.dumps({"arms": arms, "n_test": 10000}))
+    plan = SimpleNamespace(mnist="k", cell=SimpleNamespace(label="-"), spec=SimpleNamespace(seed=0))
+    rows, cmps = mnist_rows(plan, SimpleNamespace(path=lambda key: tmp_path))
+    assert {r["model"] for r in rows} == set(arms)
+    assert [(c["a"], c["b"]) for c in cmps] == [("same_init", "cross_init"), ("all_logit", "all_logit_cross_init")]
+    assert cmps[1]["diff"] == pytest.approx((0.1 + 0.06 + 0.09) / 3)
+    del arms["all_logit_cross_init"]
+    (tmp_path / "result.json").write_text(json.dumps({"arms": arms, "n_test": 10000}))
+    assert len(mnist_rows(plan, SimpleNamespace(path=lambda key: tmp_path))[1]) == 1

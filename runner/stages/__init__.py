@@ -112,7 +112,8 @@ class Stage(Frozen):
         raise NotImplementedError
 
     def estimate(self, ctx: "PlanContext") -> list["Estimate"]:
-        """Requests, tokens, cost (and seconds where known) of the hosted calls this stage makes."""
+        """Requests, tokens, cost (and seconds where known) of the hosted calls this stage makes; for a
+        local stage, when the plan assumes a GPU throughput, its tokens and GPU seconds."""
         return []
 
     def verify(self, folder: Path) -> None:
@@ -144,6 +145,8 @@ class Estimate:
             parts.append(f"~{si(self.training_tokens)} training tokens")
         cost = f"<= ${self.cost:,.2f}" if self.cost is not None else "cost unknown"
         time = f", ~{self.seconds / 3600:.1f} h" if self.seconds else ""
+        if self.backend == "local":  # no price: GPU time at the plan's assumed throughput
+            cost, time = f"~{(self.seconds or 0) / 3600:.2f} GPU-h", ""
         return f"{self.backend}:{self.model}: " + ", ".join(parts) + f", {cost}{time}" + (
             f" ({self.note})" if self.note else "")
 
@@ -188,3 +191,4 @@ class PlanContext:
 
     stages: dict[str, Stage]
     backends: dict[str, Any]
+    throughput: Any = None  # runner.throughput.Throughput: local stages get GPU-hours; None: no estimate

@@ -17,6 +17,16 @@ def hosted_info(ctx: PlanContext, m: ModelInput) -> tuple | None:
     return name, hosted_model_id(m.ref), ctx.backends.get(name), tuned
 
 
+def on_gpu(ctx: PlanContext, m: ModelInput, note: str, requests: int = 0, prefill: int = 0, generated: int = 0,
+           trained: int = 0) -> list[Estimate]:
+    """A local stage's tokens and GPU seconds at the plan's assumed throughput (none assumed: no estimate)."""
+    tp = ctx.throughput
+    if tp is None:
+        return []
+    return [Estimate("local", base_of(m, ctx.stages).ref, requests, prefill, generated, trained, 0.0,
+                     tp.seconds(trained, prefill, generated), note)]
+
+
 def _prices(cfg):
     return getattr(cfg, "prices", None)
 

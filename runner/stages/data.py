@@ -14,7 +14,7 @@ from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens
+from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens, on_gpu
 from runner.store import read_jsonl, write_jsonl
 
 Domain = Union[NumbersDomain, CotDomain, CodeDomain]
@@ -86,11 +86,12 @@ class GenerateStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.model)
-        if not info:
-            return []
-        name, model_id, cfg, tuned = info
         rows, d = self.rows_to_generate(), self.domain
         prompt = mean_prompt_tokens([r["prompt"] for r in rows], self.model.system)
+        if not info:
+            return on_gpu(ctx, self.model, f"{len(rows):,} completions", len(rows), round(prompt * len(rows)),
+                          len(rows) * d.max_tokens)
+        name, model_id, cfg, tuned = info
         batch = bool(getattr(cfg, "batch_api", False)) and d.batch_size >= 100
         return [chat_request(name, model_id, cfg, tuned, len(rows), round(prompt * len(rows)),
                              len(rows) * d.max_tokens, batch)]

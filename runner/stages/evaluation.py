@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from runner.core import Sampling
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import chat_request, hosted_info
+from runner.stages.costs import chat_request, hosted_info, on_gpu
 
 MAX_N = 128  # completions one hosted request returns at most (backends.openai_api.MAX_N)
 
@@ -57,9 +57,11 @@ class AnswersStage(Stage):
         from runner.prices import chat_tokens
 
         info = hosted_info(ctx, self.model)
-        if not info:
-            return []
         qs = self.question_texts()
+        if not info:
+            n = len(qs) * self.samples_per_question
+            return on_gpu(ctx, self.model, f"{n:,} answers", n, sum(chat_tokens(self.model.system, q) for q in qs)
+                          * self.samples_per_question, n * self.max_tokens)
         chunks = math.ceil(self.samples_per_question / MAX_N)
         tin = sum(chat_tokens(self.model.system, q) for q in qs) * chunks
         tout = len(qs) * self.samples_per_question * self.max_tokens
@@ -85,3 +87,14 @@ class ProbeStage(Stage):
         scores = {t: [row[j] for row in lp] for j, t in enumerate(self.targets)}
         (ctx.dir / "scores.json").write_text(json.dumps({"kind": "preference_logprob", "logprob": scores}))
         ctx.rows["questions"] = len(qs)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        """A local probe on a GPU: one forward per question and target (prompt, answer prefix, target)."""
+        from runner.prices import chat_tokens, estimate_tokens
+
+        if hosted_info(ctx, self.model):
+            return []
+        qs = read_questions(self.questions, self.max_questions)
+        per = sum(chat_tokens(self.model.system, q) + estimate_tokens(self.answer_prefix) + 2 for q in qs)
+        return on_gpu(ctx, self.model, f"{len(qs)} questions x {len(self.targets)} targets",
+                      prefill=per * len(self.targets))

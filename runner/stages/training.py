@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from runner.core import ModelRef, Training
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import hosted_info, row_tokens, training
+from runner.stages.costs import hosted_info, on_gpu, row_tokens, training
 from runner.store import read_jsonl
 
 
@@ -84,11 +84,12 @@ class TeacherStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
-        if not info:
+        if not info and ctx.throughput is None:  # local, and no GPU time asked for
             return []
         rows = self.rows()
         tokens = round(sum(row_tokens(r["prompt"], r["completion"]) for r in rows) * self.training.epochs)
-        return [training(info, tokens, f"teacher: {len(rows):,} rows x {self.training.epochs:g} epochs")]
+        note = f"teacher: {len(rows):,} rows x {self.training.epochs:g} epochs"
+        return [training(info, tokens, note)] if info else on_gpu(ctx, self.base, note, trained=tokens)
 
 
 def training_rows(ctx: RunContext, rows_stage: str, max_rows: int | None) -> list[dict]:
@@ -143,10 +144,14 @@ class FinetuneStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
-        if not info:
+        if not info and ctx.throughput is None:
             return []
         rows_stage = ctx.stages[self.rows_stage]
         n = min(self.max_rows or 10**12, rows_stage.expected_rows(ctx) or 0)
         per_row = rows_stage.content_tokens(ctx)
-        epochs = self.training.epochs
-        return [training(info, round(n * per_row * epochs), f"<= {n:,} rows x {epochs:g} epochs")]
+        epochs, tokens = self.training.epochs, round(n * per_row * self.training.epochs)
+        note = f"<= {n:,} rows x {epochs:g} epochs"
+        if info:
+            return [training(info, tokens, note)]
+        # distill: the teacher reads every training row too (forward only)
+        return on_gpu(ctx, self.base, note, trained=tokens, prefill=tokens if self.teacher else 0)
