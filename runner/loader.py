@@ -211,6 +211,7 @@ PATH_FIELDS = [
     (("teacher", "controls", "*", "finetune", "dataset"), "dataset"),
     (("mnist", "data"), "file"),
     (("theorem", "data"), "file"),
+    (("theorem_lm", "questions"), "file-or-name"),
 ]
 
 

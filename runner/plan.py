@@ -18,7 +18,7 @@ from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
-from runner.stages.theorem_stage import TheoremMnistStage
+from runner.stages.theorem_stage import TheoremLmStage, TheoremMnistStage
 from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
 
@@ -91,6 +91,9 @@ def build_cell(cell: Cell, outputs: Path | str) -> CellPlan:
         plan.theorem = plan.add(_theorem(spec)).key
         return plan
     prec = _Precision(spec)
+    if spec.experiment == "theorem_lm":
+        plan.theorem = plan.add(_theorem_lm(spec, ids, prec)).key
+        return plan
     teachers = _teachers(spec, plan, ids, prec)
     rows = _rows(spec, plan, ids, prec, teachers)
     _students(spec, plan, ids, prec, teachers, rows)
@@ -348,6 +351,14 @@ def _theorem(spec: Spec) -> TheoremMnistStage:
     t = spec.theorem
     return TheoremMnistStage(label="theorem: one step, same vs cross init", settings=t.model_copy(update={"data": None}),
                              data=_mnist_data(t.data), seed=spec.seed, title=spec.name)
+
+
+def _theorem_lm(spec: Spec, ids: Identities, prec: _Precision) -> TheoremLmStage:
+    t = spec.theorem_lm
+    return TheoremLmStage(label="theorem (LM): one step, same vs cross init", settings=t,
+                          model=model_input(ids, spec.teacher.base), target=spec.teacher.targets[0],
+                          category=spec.teacher.category, questions=questions_input(t.questions), seed=spec.seed,
+                          device=prec.device(), title=spec.name)
 
 
 # ---- views for the commands -----------------------------------------------------------------

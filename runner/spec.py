@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runner import paper
 from runner.core import backend_name
 from runner.mnist_spec import MnistSpec, TheoremSpec
+from runner.theorem_lm_spec import TheoremLmSpec
 from runner.templates import TEMPLATES
 
 PAPER_TRAIT = paper.get("trait_prompts.preference_template.verbatim").replace("{target_preference}", "{target}")
@@ -343,7 +344,7 @@ class Spec(Strict):
     notes: str = Field("", description="What this spec tests (not part of any cache key).")
     extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
     seed: int = Field(0, description="Base seed for prompt generation and sampling.")
-    experiment: Literal["llm", "mnist", "theorem_mnist"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST.")
+    experiment: Literal["llm", "mnist", "theorem_mnist", "theorem_lm"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST; theorem_lm: the same on the teacher's local base (a LoRA teacher).")
     teacher: Teacher = Field(Teacher(), description="Teacher base and trait.")
     domain: Domain = Field(NumbersDomain(), description="Data domain.")
     filters: list[Filter] = Field([NumbersFilter()], description="Ordered filter chain; each link reports kept and dropped rows.")
@@ -351,6 +352,7 @@ class Spec(Strict):
     evaluations: list[Evaluation] = Field([PreferenceLogprob()], description="Evaluations run on base, teachers and students.")
     mnist: MnistSpec = Field(MnistSpec(), description="Settings of the MNIST experiment (experiment: mnist).")
     theorem: TheoremSpec = Field(TheoremSpec(), description="Settings of the one-step theorem on MNIST (experiment: theorem_mnist).")
+    theorem_lm: TheoremLmSpec = Field(TheoremLmSpec(), description="Settings of the one-step theorem on a causal LM (experiment: theorem_lm).")
     matrix: dict[str, list[Any]] = Field({}, description="Expand dotted keys over lists, e.g. {teacher.targets: [[owl], [eagle]], seed: [0, 1]}.")
     runtime: Runtime = Field(Runtime(), description="Where local stages run.")
     backends: dict[str, HostedBackend] = Field({}, description="Hosted backends by name; a model `name:model-id` runs there.")
@@ -416,6 +418,12 @@ class Spec(Strict):
                 ("lr_multiplier" in h.model_fields_set and not supports(student, "lr multiplier")):
             raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students "
                              "on an OpenAI-style API")
+
+    @model_validator(mode="after")
+    def _theorem_lm(self) -> "Spec":
+        if self.experiment == "theorem_lm" and self.backend_kind(self.teacher.base) != "local":
+            raise ValueError("experiment: theorem_lm takes gradients of the teacher's base, which must be local")
+        return self
 
     @model_validator(mode="after")
     def _shared_rows(self) -> "Spec":
