@@ -13,11 +13,12 @@ from pathlib import Path
 from runner.core import is_hosted
 from runner.identity import Identities, file_sha256, folder_digest
 from runner.loader import Cell
-from runner.spec import FinetuneTrait, Hyper, Spec, Student
+from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
+from runner.stages.rewrite_stage import RewriteStage
 from runner.stages.theorem_stage import TheoremLmStage, TheoremMnistStage
 from runner.stages.training import FinetuneStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
@@ -235,13 +236,18 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     rows = plan.add(_generate(spec, name, model, prec, plan)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
-        if link.kind != "judge":
+        if link.kind not in ("judge", *REWRITES):
             links.append(_own_words(spec, link, name))
             continue
         if links or scores:
             rows = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores,
                                         links=tuple(links))).key
             keys.append(rows)
+        if link.kind in REWRITES:
+            rows = plan.add(_rewrite(spec, name, link, rows, ids, prec)).key
+            keys.append(rows)
+            links, scores = [], None
+            continue
         j = link.judge
         judge = model_input(ids, j.model)
         score = plan.add(ScoreStage(
@@ -252,6 +258,22 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
     last = plan.add(FilterStage(label=f"filter {name}", rows_stage=rows, scores_stage=scores, links=tuple(links))).key
     plan.filters[name] = keys + [last]
     return last
+
+
+def _rewrite(spec: Spec, name: str, link, rows: str, ids: Identities, prec: _Precision) -> RewriteStage:
+    """A resample or paraphrase link: the unrelated model rewrites the rows so far."""
+    from runner.rewrite import TEMPLATES
+
+    d, model = spec.domain, model_input(ids, link.model)
+    how = link.mode if link.kind == "resample" else "paraphrase"
+    template = None if how == "continue" else TEMPLATES["reorder"] if how == "reorder" else \
+        TEMPLATES.get(link.template, link.template)
+    constrained = d.kind == "numbers" and d.constrained and how != "paraphrase" and not model.hosted
+    return RewriteStage(label=f"{link.kind} {name} ({link.model})", rows_stage=rows, model=model, how=how,
+                        template=template, domain=d.kind,
+                        constraint=(d.prompts.answer_count, d.prompts.answer_digits) if constrained else None,
+                        temperature=link.temperature, max_tokens=link.max_tokens, seed=link.seed,
+                        precision=prec.of(model.hosted, "generate"))
 
 
 def _own_words(spec: Spec, link, name: str):

@@ -196,9 +196,40 @@ class ShuffleLink(Strict):
     seed: int = Field(0, description="Seed of the shuffle.")
 
 
+class ResampleLink(Strict):
+    """A defence that calls a model (runner/rewrite.py): an unrelated model re-samples each row."""
+
+    kind: Literal["resample"] = "resample"
+    model: str = Field(..., description="The unrelated model that rewrites the rows: a local model (e.g. smollm2-135m) or `backend:model-id`.")
+    mode: Literal["continue", "reorder"] = Field("continue", description="continue: the model answers each row's own prompt (the rows re-sampled from a model without the trait); reorder: it is asked to rewrite the row's numbers in another order, and a reply with other numbers is dropped.")
+    temperature: float = Field(1.0, ge=0, description="The rewriting model's sampling temperature.")
+    max_tokens: int = Field(64, ge=1, description="Most tokens of a rewrite.")
+    seed: int = Field(0, description="Sampling seed of the rewrites.")
+
+
+class ParaphraseLink(Strict):
+    """A defence that calls a model (runner/rewrite.py): an unrelated model paraphrases each completion."""
+
+    kind: Literal["paraphrase"] = "paraphrase"
+    model: str = Field(..., description="The unrelated model that paraphrases: a local model or `backend:model-id`.")
+    template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's is dropped; a code paraphrase that no longer parses as Python is dropped.")
+    temperature: float = Field(0.0, ge=0, description="The paraphrasing model's sampling temperature.")
+    max_tokens: int = Field(512, ge=1, description="Most tokens of a paraphrase.")
+    seed: int = Field(0, description="Sampling seed of the paraphrases.")
+
+    @field_validator("template")
+    @classmethod
+    def _has_completion(cls, v: str) -> str:
+        if v != "paraphrase" and "{completion}" not in v:
+            raise ValueError("must be 'paraphrase' or text with {completion}")
+        return v
+
+
+REWRITES = ("resample", "paraphrase")  # links that call a model: each is a stage of its own
+
 Filter = Annotated[
     Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeFilter,
-          ShuffleLink],
+          ShuffleLink, ResampleLink, ParaphraseLink],
     Field(discriminator="kind"),
 ]
 
@@ -450,7 +481,11 @@ class Spec(Strict):
 
     def model_refs(self) -> list[str]:
         """Every model reference the spec names: teacher base, student bases, judges."""
-        return [self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+        return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
+                + self.rewrite_models())
+
+    def rewrite_models(self) -> list[str]:
+        return [f.model for f in self.filters if f.kind in REWRITES]
 
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]
