@@ -99,12 +99,12 @@ def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str
         notes.append(f"{len(stages) - len(found)} planned stage(s) are not in the store {store.stages}")
     filters, sizes, times = [], [], []
     for s, m in found:
-        if s["kind"] == "filter":
+        if s["kind"] in ("filter", "rewrite"):
             for link in m.get("links", []):
                 total = link["kept"] + link["dropped"]
                 filters.append([cell_prefix(s) + m["label"], link["link"], str(link["kept"]), str(link["dropped"]),
                                 f"{link['kept'] / total:.1%}" if total else "-"])
-        if s["kind"] in ("generate", "filter", "finetune") and m.get("rows"):
+        if s["kind"] in ("generate", "filter", "rewrite", "finetune") and m.get("rows"):
             sizes.append([cell_prefix(s) + m["label"], ", ".join(f"{k} {v}" for k, v in m["rows"].items())])
         times.append([cell_prefix(s) + m["label"], s["key"], f"{m.get('seconds', 0):.1f}"])
     if times:
