@@ -477,10 +477,12 @@ class Spec(Strict):
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
+            if f.kind == "resample" and f.mode == "reorder" and self.domain.kind != "numbers":
+                raise ValueError(f"filters.{i}: resample mode reorder needs domain kind numbers")
         return self
 
     def model_refs(self) -> list[str]:
-        """Every model reference the spec names: teacher base, student bases, judges."""
+        """Every model reference the spec names: teacher base, student bases, judges, rewriting models."""
         return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
                 + self.rewrite_models())
 
