@@ -3,18 +3,17 @@ every row of the stage before it; rows whose rewrite loses what can be checked a
 (runner.rewrite). Keyed by the rewriting model's identity, its request, sampling and the upstream rows."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
-from runner.errors import UserError
 from runner.stages import Estimate, ModelInput, PlanContext, RunContext, Stage
 from runner.stages.costs import chat_request, hosted_info, mean_prompt_tokens
+from runner.stages.data import FromRows
 from runner.store import read_jsonl, write_jsonl
 
 BATCH = 16  # rows per generation call
 
 
-class RewriteStage(Stage):
+class RewriteStage(FromRows, Stage):
     KIND: ClassVar[str] = "rewrite"
     rows_stage: str
     model: ModelInput
@@ -29,12 +28,6 @@ class RewriteStage(Stage):
 
     def link_name(self) -> str:
         return f"paraphrase ({self.model.ref})" if self.how == "paraphrase" else f"resample {self.how} ({self.model.ref})"
-
-    def expected_rows(self, ctx: PlanContext) -> int | None:
-        return ctx.stages[self.rows_stage].expected_rows(ctx)
-
-    def content_tokens(self, ctx: PlanContext) -> float:
-        return ctx.stages[self.rows_stage].content_tokens(ctx)
 
     def run(self, ctx: RunContext) -> None:
         from runner.core import Sampling
@@ -55,11 +48,6 @@ class RewriteStage(Stage):
         ctx.extra["links"] = [{"link": self.link_name(), "kept": len(kept), "dropped": len(rows) - len(kept),
                                "detail": counts["dropped"]}]
         ctx.rows.update(input=len(rows), kept=len(kept))
-
-    def verify(self, folder: Path) -> None:
-        ids = [r["id"] for r in read_jsonl(folder / "rows.jsonl")]
-        if len(ids) != len(set(ids)):
-            raise UserError(f"{self.label}: duplicate row ids; the stage was not committed")
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.model)
