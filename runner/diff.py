@@ -19,7 +19,7 @@ from runner.loader import Cell, _set, load, load_raw, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
-KINDS = ["teacher", "generate", "score", "filter", "finetune", "answers", "probe", "mnist"]
+KINDS = ["teacher", "generate", "score", "rewrite", "filter", "finetune", "answers", "probe", "mnist"]
 
 
 @dataclass
