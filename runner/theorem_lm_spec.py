@@ -20,7 +20,7 @@ class TheoremLmSpec(BaseModel):
     train_questions: int = Field(8, ge=1, description="questions the teacher is fine-tuned on")
     heldout_questions: int = Field(4, ge=1, description="held-out questions for the imitation loss")
     teacher_steps: int = Field(6, ge=1, description="full-batch Adam steps of the teacher's LoRA SFT")
-    teacher_lr: float = Field(2e-2, gt=0, description="the teacher's Adam learning rate")
+    teacher_lr: float = Field(1e-3, gt=0, description="the teacher's Adam learning rate")
     lora_r: int = Field(4, ge=1, description="rank of the teacher's LoRA adapter (merged into its weights)")
     lora_targets: list[str] = Field(["q_proj", "v_proj"], min_length=1, description="modules the teacher's LoRA "
                                     "adapts; the delta, and the student's step, cover only these weights")
