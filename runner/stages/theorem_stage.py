@@ -37,7 +37,7 @@ class TheoremMnistStage(Stage):
         ctx.rows["students"] = len(res["rows"])
 
 
-def plot_cosines(rows: list[dict], path, title: str) -> None:
+def plot_cosines(rows: list[dict], path, title: str, what: str = "one distillation step on noise") -> None:
     """Per arm, each (seed, batch) cosine between the student's step and the teacher's delta, with a zero line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -53,7 +53,7 @@ def plot_cosines(rows: list[dict], path, title: str) -> None:
     ax.axhline(0, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(arms)), arms)
     ax.set_ylabel("cos(student step, teacher delta)")
-    ax.set_title(f"{title}: one student step", fontsize=10)
+    ax.set_title(f"{title}: {what}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -87,6 +87,7 @@ class TheoremLmStage(Stage):
         seeds = [self.seed + k for k in range(self.settings.seeds)]
         res = theorem_lm_seeds(base, tok, load_questions(self.questions.path), self.target, self.category,
                                self.settings, seeds, prompts_of, ctx.progress)
-        plot_cosines(res["rows"], ctx.dir / "theorem.png", self.title)
+        plot_cosines(res["rows"], ctx.dir / "theorem.png", self.title,
+                     f"one {self.settings.objective} step on the teacher's number completions")
         (ctx.dir / "result.json").write_text(json.dumps({**res, "plot": "theorem.png"}, default=str))
         ctx.rows["students"] = len(res["rows"])
