@@ -116,3 +116,21 @@ def test_subl_run_writes_theorem_rows(tmp_path, tiny_model):
     assert set(cos) == {"same_init", "cross_init"} and cos["same_init"]["value"] > abs(cos["cross_init"]["value"])
     assert res["comparisons"][0]["a"] == "same_init" and res["comparisons"][0]["n"] == 2
     assert "fresh random init" in r.stdout
+
+
+def test_report_has_a_theorem_section_and_figure(tmp_path):
+    from runner.report_md import theorem_figures, theorem_section
+
+    def row(arm, metric, value, seed=None, ci=None):
+        return {"cell": "-", "model": arm, "evaluation": "theorem", "metric": metric, "value": value, "n": 3,
+                "seed": seed, "ci": ci}
+
+    evals = [row("same_init", "cosine", 0.01, ci=[0.004, 0.016]), row("cross_init", "cosine", 0.0, ci=[-0.001, 0.001])]
+    evals += [row(a, "cosine", v, seed=s) for a, v in (("same_init", 0.01), ("cross_init", 0.0)) for s in range(3)]
+    evals += [{**row("base", "P(owl)", 0.1), "evaluation": "preference_logprob"}]
+    section = theorem_section({"evaluations": evals})
+    assert [r[1:4] for r in section.rows] == [["same_init", "cosine", "0.01 [0.004, 0.016]"],
+                                             ["cross_init", "cosine", "0 [-0.001, 0.001]"]]
+    (path, caption), = theorem_figures({"evaluations": evals}, tmp_path, "t")
+    assert path.is_file() and path.stat().st_size > 1000 and "per seed" in caption
+    assert theorem_section({"evaluations": evals[-1:]}) is None
