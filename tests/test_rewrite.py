@@ -194,3 +194,24 @@ def test_links_count_like_every_link():
     kept, counts = apply_rewrites(rows, ["2, 1", "3, 4"], "numbers", "continue")
     assert Counter(r["completion"] for r in kept) == Counter(["2, 1", "3, 4"]) and counts["kept"] == 2
     assert json.dumps(counts)
+
+
+def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_teacher(tmp_path):
+    from pathlib import Path
+
+    from runner.loader import load
+    from runner.plan import build
+
+    plan = build(load(Path(__file__).parents[1] / "specs" / "local" / "defences.yaml"), tmp_path / "out")
+    seen = []
+    for cell in plan.cells:
+        stages = {s.key: s for s in cell.stages}
+        chain = [stages[k] for k in cell.filters["base"]]
+        seen.append([link.kind for s in chain for link in getattr(s, "links", ())] +
+                    [s.how for s in chain if s.KIND == "rewrite"])
+        students = [s for s in cell.stages if s.KIND == "finetune"]
+        assert len(students) == 6 and {s.rows_stage for s in students} == {chain[-1].key}
+        for s in students:
+            name = s.label.split()[1].split(":")[1]
+            assert s.teacher.system and name in s.teacher.system and s.training.objective == "distill"
+    assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"], ["numbers", "numbers", "continue"]]
