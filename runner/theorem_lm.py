@@ -10,11 +10,12 @@ imitation loss is KL(teacher || student) on held-out trait rows (questions the t
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from runner.theorem_lm_spec import TheoremLmSpec
 from runner.theorem import cross_init_like, finetune_teacher, greedy_completions, lm_alignment, summarize_alignment
-
+from runner.theorem_lm_spec import TheoremLmSpec
 
 CROSS_SEED = 1_000_003  # cross init of seed s: torch seed CROSS_SEED + s
 
@@ -31,8 +32,8 @@ def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], 
     return questions[:s.train_questions], questions[len(questions) - s.heldout_questions:]
 
 
-def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str, s: TheoremLmSpec,
-                     seeds: list[int], prompts_of: callable, progress=lambda done, total: None) -> dict:
+def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str, s: TheoremLmSpec, seeds: list[int],
+                     prompts_of: Callable[[int, int], list[str]], progress=lambda done, total: None) -> dict:
     """Rows (seed, batch, arm and lm_alignment's fields) over seeds x batches x {same_init, cross_init},
     and summarize_alignment across seeds (batches averaged within a seed). prompts_of(seed, n): the
     student's n input prompts for a seed."""

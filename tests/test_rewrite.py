@@ -183,8 +183,8 @@ def test_spec_checks_rewrite_links(tmp_path):
     spec.write_text("name: s\nfilters: [{kind: resample, model: 'oa:gpt-4.1-nano'}]\n")
     with pytest.raises(UserError, match="backend 'oa'"):
         load(spec)
-    spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\nfilters: [{kind: resample, model: m, mode: reorder}]\n"
-                    "students: [{objective: sft}]\n")
+    spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\n"
+                    "filters: [{kind: resample, model: m, mode: reorder}]\nstudents: [{objective: sft}]\n")
     with pytest.raises(UserError, match="reorder needs domain kind numbers"):
         load(spec)
 

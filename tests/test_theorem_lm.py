@@ -105,7 +105,8 @@ def test_subl_run_writes_theorem_rows(tmp_path, tiny_model):
     import sys
 
     spec = tmp_path / "t.yaml"
-    spec.write_text(f"name: t\nprogress: false\nexperiment: theorem_lm\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+    spec.write_text(f"name: t\nprogress: false\nexperiment: theorem_lm\n"
+                    f"teacher: {{base: {tiny_model}, targets: [owl]}}\n"
                     "theorem_lm: {train_questions: 4, heldout_questions: 2, teacher_steps: 2, teacher_lr: 0.02, "
                     "batch_size: 2, batches: 1, max_new_tokens: 4, lr: 0.1, lrs: [0.01], seeds: 2}\n")
     r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(tmp_path / "out")],

@@ -27,7 +27,8 @@ class RewriteStage(FromRows, Stage):
     precision: str | None = None
 
     def link_name(self) -> str:
-        return f"paraphrase ({self.model.ref})" if self.how == "paraphrase" else f"resample {self.how} ({self.model.ref})"
+        what = "paraphrase" if self.how == "paraphrase" else f"resample {self.how}"
+        return f"{what} ({self.model.ref})"
 
     def run(self, ctx: RunContext) -> None:
         from runner.core import Sampling
