@@ -215,3 +215,12 @@ def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_
             name = s.label.split()[1].split(":")[1]
             assert s.teacher.system and name in s.teacher.system and s.training.objective == "distill"
     assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"], ["numbers", "numbers", "continue"]]
+
+
+def test_subl_filter_refuses_a_rewrite_link_in_one_line():
+    from runner.errors import UserError
+    from runner.filters import apply_chain
+    from runner.spec import ResampleLink
+
+    with pytest.raises(UserError, match="stage of its own"):
+        apply_chain(NUMBERS, [ResampleLink(model="smollm2-135m")])
