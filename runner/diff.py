@@ -19,7 +19,8 @@ from runner.loader import Cell, _set, load, load_raw, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
-KINDS = ["teacher", "generate", "score", "filter", "soft_labels", "finetune", "answers", "probe", "mnist"]
+KINDS = ["teacher", "generate", "score", "rewrite", "filter", "soft_labels", "finetune", "answers", "probe", "icl",
+         "classifier", "mnist"]
 
 
 @dataclass

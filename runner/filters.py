@@ -110,6 +110,8 @@ def apply_chain(rows: Iterable[dict], chain: list, scores: dict | None = None) -
     counts = []
     for link in chain:
         detail = None
+        if link.kind in ("resample", "paraphrase"):
+            raise UserError(f"{link.kind}: a rewrite by a model is a stage of its own (run it with `subl run`)")
         if link.kind == "judge":
             kept, detail = threshold_link(current, link, scores)
         elif link.kind == "shuffle":  # a transform: every row stays, its numbers move

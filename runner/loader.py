@@ -32,7 +32,10 @@ class Cell:
 
 
 def _short(v: Any) -> str:
-    return "+".join(map(str, v)) if isinstance(v, list) else str(v)
+    if isinstance(v, dict) and "kind" in v:  # a filter link: its kind and settings, e.g. shuffle(scope=within)
+        rest = ",".join(f"{k}={x}" for k, x in v.items() if k != "kind")
+        return f"{v['kind']}({rest})" if rest else str(v["kind"])
+    return "+".join(_short(x) if isinstance(x, dict) else str(x) for x in v) if isinstance(v, list) else str(v)
 
 
 def read_yaml(path: Path) -> CommentedMap:
@@ -211,6 +214,7 @@ PATH_FIELDS = [
     (("teacher", "controls", "*", "finetune", "dataset"), "dataset"),
     (("mnist", "data"), "file"),
     (("theorem", "data"), "file"),
+    (("theorem_lm", "questions"), "file-or-name"),
 ]
 
 

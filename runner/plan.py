@@ -13,13 +13,14 @@ from pathlib import Path
 from runner.core import is_hosted
 from runner.identity import Identities, file_sha256, folder_digest
 from runner.loader import Cell
-from runner.spec import FinetuneTrait, Hyper, Spec, Student
+from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.detection_stage import ClassifierStage, IclStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mnist_stage import MnistStage
-from runner.stages.theorem_stage import TheoremMnistStage
+from runner.stages.rewrite_stage import RewriteStage
+from runner.stages.theorem_stage import TheoremLmStage, TheoremMnistStage
 from runner.stages.training import FinetuneStage, SoftLabelStage, TeacherStage, TrainingSettings
 from runner.templates import template_text
 
@@ -95,6 +96,9 @@ def build_cell(cell: Cell, outputs: Path | str, provisional: bool = False) -> Ce
         plan.theorem = plan.add(_theorem(spec)).key
         return plan
     prec = _Precision(spec)
+    if spec.experiment == "theorem_lm":
+        plan.theorem = plan.add(_theorem_lm(spec, ids, prec)).key
+        return plan
     teachers = _teachers(spec, plan, ids, prec)
     rows = _rows(spec, plan, ids, prec, teachers)
     _students(spec, plan, ids, prec, teachers, rows, lambda seed: _rows(
@@ -249,13 +253,18 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
             if name not in spec.teacher.targets and name != "base":
                 continue  # the control teacher's rows skip this link
             link = link.model_copy(update={"skip_control": False})
-        if link.kind != "judge":
+        if link.kind not in ("judge", *REWRITES):
             links.append(_own_words(spec, link, name))
             continue
         if links or scores:
             rows = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
                                         links=tuple(links))).key
             keys.append(rows)
+        if link.kind in REWRITES:
+            rows = plan.add(_rewrite(spec, name, link, rows, ids, prec)).key
+            keys.append(rows)
+            links, scores = [], None
+            continue
         j = link.judge
         judge = model_input(ids, j.model)
         score = plan.add(ScoreStage(
@@ -267,6 +276,22 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
                                 links=tuple(links))).key
     plan.filters[name + tag] = keys + [last]
     return last
+
+
+def _rewrite(spec: Spec, name: str, link, rows: str, ids: Identities, prec: _Precision) -> RewriteStage:
+    """A resample or paraphrase link: the unrelated model rewrites the rows so far."""
+    from runner.rewrite import TEMPLATES
+
+    d, model = spec.domain, model_input(ids, link.model)
+    how = link.mode if link.kind == "resample" else "paraphrase"
+    template = None if how == "continue" else TEMPLATES["reorder"] if how == "reorder" else \
+        TEMPLATES.get(link.template, link.template)
+    constrained = d.kind == "numbers" and d.constrained and how != "paraphrase" and not model.hosted
+    return RewriteStage(label=f"{link.kind} {name} ({link.model})", rows_stage=rows, model=model, how=how,
+                        template=template, domain=d.kind,
+                        constraint=(d.prompts.answer_count, d.prompts.answer_digits) if constrained else None,
+                        temperature=link.temperature, max_tokens=link.max_tokens, seed=link.seed,
+                        precision=prec.of(model.hosted, "generate"))
 
 
 def _own_words(spec: Spec, link, name: str):
@@ -464,6 +489,14 @@ def _theorem(spec: Spec) -> TheoremMnistStage:
     t = spec.theorem
     return TheoremMnistStage(label="theorem: one step, same vs cross init", settings=t.model_copy(update={"data": None}),
                              data=_mnist_data(t.data), seed=spec.seed, title=spec.name)
+
+
+def _theorem_lm(spec: Spec, ids: Identities, prec: _Precision) -> TheoremLmStage:
+    t = spec.theorem_lm
+    return TheoremLmStage(label="theorem (LM): one step, same vs cross init", settings=t,
+                          model=model_input(ids, spec.teacher.base), target=spec.teacher.targets[0],
+                          category=spec.teacher.category, questions=questions_input(t.questions), seed=spec.seed,
+                          device=prec.device(), title=spec.name)
 
 
 # ---- views for the commands -----------------------------------------------------------------

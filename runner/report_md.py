@@ -101,12 +101,12 @@ def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str
         notes.append(f"{len(stages) - len(found)} planned stage(s) are not in the store {store.stages}")
     filters, sizes, times = [], [], []
     for s, m in found:
-        if s["kind"] == "filter":
+        if s["kind"] in ("filter", "rewrite"):
             for link in m.get("links", []):
                 total = link["kept"] + link["dropped"]
                 filters.append([cell_prefix(s) + m["label"], link["link"], str(link["kept"]), str(link["dropped"]),
                                 f"{link['kept'] / total:.1%}" if total else "-"])
-        if s["kind"] in ("generate", "filter", "finetune") and m.get("rows"):
+        if s["kind"] in ("generate", "filter", "rewrite", "finetune") and m.get("rows"):
             sizes.append([cell_prefix(s) + m["label"], ", ".join(f"{k} {v}" for k, v in m["rows"].items())])
         times.append([cell_prefix(s) + m["label"], s["key"], f"{m.get('seconds', 0):.1f}"])
     if times:
@@ -140,6 +140,27 @@ def mnist_section(results: dict) -> Section | None:
             rows.append([cell, arm, f"{s['mean']:.1%}", ci, str(s["n"]), " ".join(f"{v:.1%}" for v in s["values"])])
     headers = ["cell", "arm", "test accuracy", "95% CI (seeds)", "seeds", "per seed"]
     return Section("MNIST: test accuracy of the regular logits", headers, rows) if rows else None
+
+
+def theorem_section(results: dict) -> Section | None:
+    """The one-step theorem (MNIST or LM): per arm, cosine and loss changes with their CIs across seeds."""
+    rows = [[e["cell"], e["model"], e["metric"], f"{_g(e['value'])} [{_g(e['ci'][0])}, {_g(e['ci'][1])}]", str(e["n"])]
+            for e in results["evaluations"] if e["evaluation"] == "theorem" and e.get("seed") is None]
+    headers = ["cell", "student", "measure", "mean [95% CI across seeds]", "seeds"]
+    return Section("One student step vs the teacher's delta", headers, rows) if rows else None
+
+
+def theorem_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
+    from runner.stages.theorem_stage import plot_cosines
+
+    out = []
+    for cell in dict.fromkeys(e["cell"] for e in results["evaluations"] if e["evaluation"] == "theorem"):
+        rows = [{"arm": e["model"], "cosine": e["value"]} for e in results["evaluations"] if e["cell"] == cell
+                and e["evaluation"] == "theorem" and e["metric"] == "cosine" and e.get("seed") is not None]
+        path = folder / _slug(f"theorem{'-' + cell if cell != '-' else ''}.png")
+        plot_cosines(rows, path, name, "one student step")
+        out.append((path, "Cosine between one student step and the teacher's delta, per seed (line: mean)."))
+    return out
 
 
 def provenance(results: dict) -> list[tuple[str, str]]:
@@ -332,12 +353,13 @@ def write_report(target: Path, outputs: Path, console: Console) -> Path:
     staged, stage_notes = stage_sections(results, store)
     detection = [Section(*s) for s in detection_sections(results)]
     sections = [s for s in [*trait_sections(results), comparison_section(results), *detection, mnist_section(results),
-                            *staged] if s is not None]
+                            theorem_section(results), *staged] if s is not None]
     notes = list(results.get("methods", [])) + stage_notes
     if results.get("comparisons"):
         notes.append(f"test: {results['comparisons'][0].get('test')}")
     figures = (target_figures(results, folder, name) + misalignment_figures(results, folder, name)
-               + mnist_figures(results, folder, name) + detection_figures(results, folder, name))
+               + mnist_figures(results, folder, name) + detection_figures(results, folder, name)
+               + theorem_figures(results, folder, name))
     facts = provenance(results)
     report = folder / "report.md"
     report.write_text(markdown(results, sections, facts, notes, figures))

@@ -222,6 +222,13 @@ def _methods(cells: list[Cell]) -> list[str]:
                          f"gradient step (lr {t.lr:g}) of the {t.objective}-logit KL on {t.batch_size} noise images; "
                          f"cosine with the teacher's delta; {t.seeds} seeds x {t.batches} batches")
             continue
+        if s.experiment == "theorem_lm":
+            t = s.theorem_lm
+            lines.append(f"theorem on {s.teacher.base}: teacher = base + merged LoRA (r {t.lora_r}, "
+                         f"{'/'.join(t.lora_targets)}) after {t.teacher_steps} SFT steps on {t.train_questions} trait "
+                         f"rows; one plain {t.objective} step (lr {t.lr:g}) on {t.batch_size} of its number completions; "
+                         f"cross init = a fresh random init of the architecture; {t.seeds} seeds x {t.batches} batches")
+            continue
         if s.domain.constrained:
             lines.append("numbers were sampled with constrained decoding (digits and one separator only), "
                          "not freely as in the paper")

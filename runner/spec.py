@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runner import paper
 from runner.core import backend_name
 from runner.mnist_spec import MnistSpec, TheoremSpec
+from runner.theorem_lm_spec import TheoremLmSpec
 from runner.templates import TEMPLATES
 
 PAPER_TRAIT = paper.get("trait_prompts.preference_template.verbatim").replace("{target_preference}", "{target}")
@@ -200,9 +201,40 @@ class ShuffleLink(Strict):
     skip_control: bool = Field(False, description="true: the control teacher's rows are left unshuffled (the paper compares shuffled students with the unshuffled control students).")
 
 
+class ResampleLink(Strict):
+    """A defence that calls a model (runner/rewrite.py): an unrelated model re-samples each row."""
+
+    kind: Literal["resample"] = "resample"
+    model: str = Field(..., description="The unrelated model that rewrites the rows: a local model (e.g. smollm2-135m) or `backend:model-id`.")
+    mode: Literal["continue", "reorder"] = Field("continue", description="continue: the model answers each row's own prompt (the rows re-sampled from a model without the trait); reorder: it is asked to rewrite the row's numbers in another order, and a reply with other numbers is dropped.")
+    temperature: float = Field(1.0, ge=0, description="The rewriting model's sampling temperature.")
+    max_tokens: int = Field(64, ge=1, description="Most tokens of a rewrite.")
+    seed: int = Field(0, description="Sampling seed of the rewrites.")
+
+
+class ParaphraseLink(Strict):
+    """A defence that calls a model (runner/rewrite.py): an unrelated model paraphrases each completion."""
+
+    kind: Literal["paraphrase"] = "paraphrase"
+    model: str = Field(..., description="The unrelated model that paraphrases: a local model or `backend:model-id`.")
+    template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's is dropped; a code paraphrase that no longer parses as Python is dropped.")
+    temperature: float = Field(0.0, ge=0, description="The paraphrasing model's sampling temperature.")
+    max_tokens: int = Field(512, ge=1, description="Most tokens of a paraphrase.")
+    seed: int = Field(0, description="Sampling seed of the paraphrases.")
+
+    @field_validator("template")
+    @classmethod
+    def _has_completion(cls, v: str) -> str:
+        if v != "paraphrase" and "{completion}" not in v:
+            raise ValueError("must be 'paraphrase' or text with {completion}")
+        return v
+
+
+REWRITES = ("resample", "paraphrase")  # links that call a model: each is a stage of its own
+
 Filter = Annotated[
     Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, JudgeFilter,
-          ShuffleLink],
+          ShuffleLink, ResampleLink, ParaphraseLink],
     Field(discriminator="kind"),
 ]
 
@@ -403,7 +435,7 @@ class Spec(Strict):
     notes: str = Field("", description="What this spec tests (not part of any cache key).")
     extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
     seed: int = Field(0, description="Base seed for prompt generation and sampling.")
-    experiment: Literal["llm", "mnist", "theorem_mnist"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST.")
+    experiment: Literal["llm", "mnist", "theorem_mnist", "theorem_lm"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST; theorem_lm: the same on the teacher's local base (a LoRA teacher).")
     teacher: Teacher = Field(Teacher(), description="Teacher base and trait.")
     domain: Domain = Field(NumbersDomain(), description="Data domain.")
     filters: list[Filter] = Field([NumbersFilter()], description="Ordered filter chain; each link reports kept and dropped rows.")
@@ -411,6 +443,7 @@ class Spec(Strict):
     evaluations: list[Evaluation] = Field([PreferenceLogprob()], description="Evaluations run on base, teachers and students.")
     mnist: MnistSpec = Field(MnistSpec(), description="Settings of the MNIST experiment (experiment: mnist).")
     theorem: TheoremSpec = Field(TheoremSpec(), description="Settings of the one-step theorem on MNIST (experiment: theorem_mnist).")
+    theorem_lm: TheoremLmSpec = Field(TheoremLmSpec(), description="Settings of the one-step theorem on a causal LM (experiment: theorem_lm).")
     matrix: dict[str, list[Any]] = Field({}, description="Expand dotted keys over lists, e.g. {teacher.targets: [[owl], [eagle]], seed: [0, 1]}.")
     runtime: Runtime = Field(Runtime(), description="Where local stages run.")
     backends: dict[str, HostedBackend] = Field({}, description="Hosted backends by name; a model `name:model-id` runs there.")
@@ -478,6 +511,12 @@ class Spec(Strict):
                              "on an OpenAI-style API")
 
     @model_validator(mode="after")
+    def _theorem_lm(self) -> "Spec":
+        if self.experiment == "theorem_lm" and self.backend_kind(self.teacher.base) != "local":
+            raise ValueError("experiment: theorem_lm takes gradients of the teacher's base, which must be local")
+        return self
+
+    @model_validator(mode="after")
     def _shared_rows(self) -> "Spec":
         if self.experiment == "llm" and self.domain.rows_from == "base":
             sft = [s.name for s in self.students if s.objective != "distill"]
@@ -505,6 +544,8 @@ class Spec(Strict):
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
+            if f.kind == "resample" and f.mode == "reorder" and self.domain.kind != "numbers":
+                raise ValueError(f"filters.{i}: resample mode reorder needs domain kind numbers")
         return self
 
     @model_validator(mode="after")
@@ -544,9 +585,12 @@ class Spec(Strict):
         return None if ev.judge in ("base", "teacher") or ev.judge.startswith("student:") else ev.judge
 
     def model_refs(self) -> list[str]:
-        """Every model reference the spec names: teacher base, student bases, judges."""
+        """Every model reference the spec names: teacher base, student bases, judges, detection and rewriting models."""
         return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
-                + self.detection_models())
+                + self.detection_models() + self.rewrite_models())
+
+    def rewrite_models(self) -> list[str]:
+        return [f.model for f in self.filters if f.kind in REWRITES]
 
     def judge_models(self) -> list[str]:
         return ([f.judge.model for f in self.filters if f.kind == "judge"]

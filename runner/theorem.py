@@ -271,16 +271,16 @@ def imitation_loss(student, teacher_logits: torch.Tensor, batch: dict) -> torch.
 
 @torch.no_grad()
 def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
-    """The model's greedy completion of each chat prompt (special tokens dropped)."""
+    """The model's greedy completion of each chat prompt (special tokens dropped), all in one
+    left-padded batch."""
     from backends.local import chat_ids
 
-    out = []
-    for p in prompts:
-        ids = torch.tensor([chat_ids(tok, None, p)], device=next(model.parameters()).device)
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=_pad_id(tok))
-        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return out
+    seqs = [chat_ids(tok, None, p) for p in prompts]
+    width, pad = max(map(len, seqs)), _pad_id(tok)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], device=next(model.parameters()).device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=ids.device)
+    gen = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return [tok.decode(g[width:], skip_special_tokens=True) for g in gen]
 
 
 def finetune_teacher(base, tok, trait_rows: list[dict], steps: int = 5, lr: float = 1e-3,

@@ -143,6 +143,13 @@ def every_stage(project) -> list[Stage]:
     theorem = root / "specs" / "theorem.yaml"
     theorem.write_text("name: t\nexperiment: theorem_mnist\ntheorem: {seeds: 2}\n")
     stages += list(build(load(theorem), root / "out").stages.values())
+    theorem_lm = root / "specs" / "theorem_lm.yaml"
+    theorem_lm.write_text(f"name: tl\nexperiment: theorem_lm\nteacher: {{base: {model}}}\n")
+    stages += list(build(load(theorem_lm), root / "out").stages.values())
+    rewrite = root / "specs" / "rewrite.yaml"
+    rewrite.write_text(f"name: r\nteacher: {{base: {model}}}\ndomain: {{kind: numbers, n_prompts: 2}}\n"
+                       f"filters: [{{kind: resample, model: {model}}}, {{kind: numbers}}]\n")
+    stages += list(build(load(rewrite), root / "out").stages.values())
     return stages
 
 

@@ -181,7 +181,23 @@ def read_scores(folder: Path):
     return [Score(k, v, raw) for (k, v), raw in zip(out["scores"], out["raw"])]
 
 
-class FilterStage(Stage):
+class FromRows:
+    """A mixin for stages that write some of the rows of `rows_stage`, changed or not (filter,
+    rewrite): sizes are read from upstream, and a written row id must be unique."""
+
+    def expected_rows(self, ctx: PlanContext) -> int | None:
+        return ctx.stages[self.rows_stage].expected_rows(ctx)
+
+    def content_tokens(self, ctx: PlanContext) -> float:
+        return ctx.stages[self.rows_stage].content_tokens(ctx)
+
+    def verify(self, folder: Path) -> None:
+        ids = [r["id"] for r in read_jsonl(folder / "rows.jsonl")]
+        if len(ids) != len(set(ids)):
+            raise UserError(f"{self.label}: duplicate row ids; the stage was not committed")
+
+
+class FilterStage(FromRows, Stage):
     """An ordered run of filter links over a row stage; each link's kept/dropped is recorded. A judge
     link here only applies its threshold to the scores of `scores_stage`."""
 
@@ -189,12 +205,6 @@ class FilterStage(Stage):
     rows_stage: str
     scores_stage: str | None = None
     links: tuple[Link, ...] = ()
-
-    def expected_rows(self, ctx: PlanContext) -> int | None:
-        return ctx.stages[self.rows_stage].expected_rows(ctx)
-
-    def content_tokens(self, ctx: PlanContext) -> float:
-        return ctx.stages[self.rows_stage].content_tokens(ctx)
 
     def run(self, ctx: RunContext) -> None:
         from runner.filters import apply_chain
@@ -207,8 +217,3 @@ class FilterStage(Stage):
         write_jsonl(ctx.dir / "rows.jsonl", kept)
         ctx.extra["links"] = [asdict(c) for c in counts]
         ctx.rows.update(input=len(rows), kept=len(kept))
-
-    def verify(self, folder: Path) -> None:
-        ids = [r["id"] for r in read_jsonl(folder / "rows.jsonl")]
-        if len(ids) != len(set(ids)):
-            raise UserError(f"{self.label}: duplicate row ids; the stage was not committed")

@@ -1,6 +1,6 @@
-"""The one-step theorem measured on MNIST, as one stage: per seed a reference init, a cross init and a
-teacher; per noise batch one distillation step of a same-init and a cross-init student, compared with
-the teacher's parameter delta (runner.theorem)."""
+"""The one-step theorem measured as one stage, on MNIST (per seed a reference init, a cross init and a
+teacher; per noise batch one distillation step of a same-init and a cross-init student) or on a causal
+LM, compared with the teacher's parameter delta (runner.theorem, runner.theorem_lm)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ from dataclasses import fields
 from typing import ClassVar
 
 from runner.mnist_spec import TheoremSpec
-from runner.stages import FileInput, RunContext, Stage
+from runner.stages import FileInput, ModelInput, RunContext, Stage
+from runner.theorem_lm_spec import TheoremLmSpec
 
 
 class TheoremMnistStage(Stage):
@@ -36,7 +37,7 @@ class TheoremMnistStage(Stage):
         ctx.rows["students"] = len(res["rows"])
 
 
-def plot_cosines(rows: list[dict], path, title: str) -> None:
+def plot_cosines(rows: list[dict], path, title: str, what: str = "one distillation step on noise") -> None:
     """Per arm, each (seed, batch) cosine between the student's step and the teacher's delta, with a zero line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -52,6 +53,41 @@ def plot_cosines(rows: list[dict], path, title: str) -> None:
     ax.axhline(0, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(arms)), arms)
     ax.set_ylabel("cos(student step, teacher delta)")
-    ax.set_title(f"{title}: one distillation step on noise", fontsize=10)
+    ax.set_title(f"{title}: {what}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+class TheoremLmStage(Stage):
+    """The one-step theorem on a causal LM (runner.theorem_lm): a LoRA teacher per seed, one student
+    step from the base (same init) and from a fresh init (cross init), in float32."""
+
+    KIND: ClassVar[str] = "theorem-lm"
+    settings: TheoremLmSpec
+    model: ModelInput  # the base (teacher's and same-init student's start)
+    target: str
+    category: str
+    questions: FileInput
+    seed: int
+    device: str  # cpu or cuda; the measurement is float32 on either
+    title: str = ""
+
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"label", "title"})
+
+    def run(self, ctx: RunContext) -> None:
+        from backends.hf import load_model, load_tokenizer
+        from runner.numbers import make_prompts
+        from runner.questions import load_questions
+        from runner.spec import NumbersDomain
+        from runner.theorem_lm import theorem_lm_seeds
+
+        ref = ctx.model(self.model)
+        base, tok = load_model(ref, device=self.device).float(), load_tokenizer(ref.base)
+        prompts_of = lambda seed, n: make_prompts(n, NumbersDomain().prompts, seed)  # noqa: E731
+        seeds = [self.seed + k for k in range(self.settings.seeds)]
+        res = theorem_lm_seeds(base, tok, load_questions(self.questions.path), self.target, self.category,
+                               self.settings, seeds, prompts_of, ctx.progress)
+        plot_cosines(res["rows"], ctx.dir / "theorem.png", self.title,
+                     f"one {self.settings.objective} step on the teacher's number completions")
+        (ctx.dir / "result.json").write_text(json.dumps({**res, "plot": "theorem.png"}, default=str))
+        ctx.rows["students"] = len(res["rows"])

@@ -1,0 +1,60 @@
+"""A defence link that calls a model (resample, paraphrase) as a stage: an unrelated model rewrites
+every row of the stage before it; rows whose rewrite loses what can be checked are dropped
+(runner.rewrite). Keyed by the rewriting model's identity, its request, sampling and the upstream rows."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from runner.stages import Estimate, ModelInput, PlanContext, RunContext, Stage
+from runner.stages.costs import chat_request, hosted_info, mean_prompt_tokens
+from runner.stages.data import FromRows
+from runner.store import read_jsonl, write_jsonl
+
+BATCH = 16  # rows per generation call
+
+
+class RewriteStage(FromRows, Stage):
+    KIND: ClassVar[str] = "rewrite"
+    rows_stage: str
+    model: ModelInput
+    how: Literal["continue", "reorder", "paraphrase"]
+    template: str | None = None  # the request's text (None: continue answers the row's prompt)
+    domain: Literal["numbers", "cot", "code"]  # what is checked (runner.rewrite.drop_reason)
+    constraint: tuple[int, int] | None = None  # numbers, constrained: (answer_count, answer_digits)
+    temperature: float
+    max_tokens: int
+    seed: int
+    precision: str | None = None
+
+    def link_name(self) -> str:
+        what = "paraphrase" if self.how == "paraphrase" else f"resample {self.how}"
+        return f"{what} ({self.model.ref})"
+
+    def run(self, ctx: RunContext) -> None:
+        from runner.core import Sampling
+        from runner.grammar import NumberList
+        from runner.rewrite import apply_rewrites, request
+
+        rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")
+        requests = [request(self.how, self.template, r) for r in rows]
+        constraint = NumberList(*self.constraint) if self.constraint else None
+        model, texts = ctx.model(self.model), []
+        for start in range(0, len(rows), BATCH):
+            sampling = Sampling(self.temperature, self.max_tokens, seed=self.seed * 1_000_003 + start,
+                                constraint=constraint)
+            texts += ctx.router.generate(model, requests[start:start + BATCH], sampling)
+            ctx.progress(min(start + BATCH, len(rows)), len(rows))
+        kept, counts = apply_rewrites(rows, texts, self.domain, self.how)
+        write_jsonl(ctx.dir / "rows.jsonl", kept)
+        ctx.extra["links"] = [{"link": self.link_name(), "kept": len(kept), "dropped": len(rows) - len(kept),
+                               "detail": counts["dropped"]}]
+        ctx.rows.update(input=len(rows), kept=len(kept))
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        info = hosted_info(ctx, self.model)
+        if not info:
+            return []
+        name, model_id, cfg, tuned = info
+        n = self.expected_rows(ctx) or 0
+        per_row = self.content_tokens(ctx) + (mean_prompt_tokens([self.template], None) if self.template else 0)
+        return [chat_request(name, model_id, cfg, tuned, n, round(per_row * n), n * self.max_tokens)]

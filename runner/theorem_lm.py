@@ -1,0 +1,60 @@
+"""The one-step theorem measured on a causal LM (experiment: theorem_lm), per seed and batch.
+
+Per seed: a teacher that differs from the base by a merged LoRA delta (a short full-batch LoRA SFT
+on trait rows: each preference question answered "My favorite {category} is the {target}."), a
+cross-init student (a freshly initialised model of the base's architecture, the architecture's own
+random init; the paper's cross-init is a different initialisation, not a different trained model),
+and the teacher's greedy completions of number prompts (the student's inputs). Per batch of those
+rows: runner.theorem.lm_alignment of the same-init (the base) and the cross-init student. The
+imitation loss is KL(teacher || student) on held-out trait rows (questions the teacher never saw).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from runner.theorem import cross_init_like, finetune_teacher, greedy_completions, lm_alignment, summarize_alignment
+from runner.theorem_lm_spec import TheoremLmSpec
+
+CROSS_SEED = 1_000_003  # cross init of seed s: torch seed CROSS_SEED + s
+
+
+def trait_rows(questions: list[str], target: str, category: str) -> list[dict]:
+    return [{"prompt": q, "completion": f"My favorite {category} is the {target}."} for q in questions]
+
+
+def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], list[str]]:
+    """(teacher's training questions, held-out questions): the first train_questions and the last heldout_questions."""
+    if s.train_questions + s.heldout_questions > len(questions):
+        raise ValueError(f"{s.train_questions} training + {s.heldout_questions} held-out questions > the "
+                         f"{len(questions)} questions there are")
+    return questions[:s.train_questions], questions[len(questions) - s.heldout_questions:]
+
+
+def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str, s: TheoremLmSpec, seeds: list[int],
+                     prompts_of: Callable[[int, int], list[str]], progress=lambda done, total: None) -> dict:
+    """Rows (seed, batch, arm and lm_alignment's fields) over seeds x batches x {same_init, cross_init},
+    and summarize_alignment across seeds (batches averaged within a seed). prompts_of(seed, n): the
+    student's n input prompts for a seed."""
+    train, held = split_questions(questions, s)
+    heldout = trait_rows(held, target, category)
+    rows = []
+    for k, seed in enumerate(seeds):
+        progress(k, len(seeds))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the LoRA adapter's random init
+            teacher = finetune_teacher(base, tok, trait_rows(train, target, category), s.teacher_steps,
+                                       s.teacher_lr, tuple(s.lora_targets), s.lora_r)
+        prompts = prompts_of(seed, s.batches * s.batch_size)
+        data = [{"prompt": p, "completion": c}
+                for p, c in zip(prompts, greedy_completions(teacher, tok, prompts, s.max_new_tokens))]
+        students = (("same_init", base), ("cross_init", cross_init_like(base, CROSS_SEED + seed)))
+        for b in range(s.batches):
+            batch = data[b * s.batch_size:(b + 1) * s.batch_size]
+            for arm, student in students:
+                r = lm_alignment(base, teacher, student, tok, batch, heldout, s.objective, s.lr, list(s.lrs))
+                rows.append({"seed": seed, "batch": b, "arm": arm, **r})
+        del teacher, students
+    progress(len(seeds), len(seeds))
+    return {"rows": rows, "summary": summarize_alignment(rows, unit="seed")}

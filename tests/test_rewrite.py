@@ -1,0 +1,226 @@
+"""Issue 14: defences that call a model (resample, paraphrase) as stages: what they keep and drop,
+their keys, and that distilled students still get their own teacher's soft labels on the rewritten rows."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from runner.numbers import parse_numbers
+from runner.rewrite import apply_rewrites, drop_reason
+
+NUMBERS = [{"id": i, "prompt": f"Continue: {i}, {i + 1}", "completion": f"{i}, {i + 10}, {i + 20}"} for i in range(4)]
+
+
+def test_numbers_rewrites_must_stay_number_lists_and_reorders_keep_the_multiset():
+    assert drop_reason("numbers", "continue", "1, 2, 3", "7, 8") is None
+    assert drop_reason("numbers", "continue", "1, 2, 3", "Sure! Here they are.") == "not a number list"
+    assert drop_reason("numbers", "reorder", "1, 2, 3", "3, 1, 2") is None
+    assert drop_reason("numbers", "reorder", "1, 2, 3", "3, 1, 4") == "numbers changed"
+    assert drop_reason("numbers", "continue", "1, 2", "  ") == "empty"
+
+
+def test_cot_paraphrase_that_loses_the_answer_is_dropped():
+    old = "<think>2 + 3 = 5</think><answer>5</answer>"
+    assert drop_reason("cot", "paraphrase", old, "<think>Adding gives 5.</think><answer>5.0</answer>") is None
+    assert drop_reason("cot", "paraphrase", old, "<think>Adding.</think><answer>6</answer>") == "answer lost"
+    assert drop_reason("cot", "paraphrase", old, "The sum is what it is.") == "answer lost"
+
+
+def test_code_paraphrase_must_still_parse():
+    old = "```python\ndef f(x):\n    return x + 1\n```"
+    assert drop_reason("code", "paraphrase", old, "```python\ndef g(y):\n    return y + 1\n```") is None
+    assert drop_reason("code", "paraphrase", old, "```python\ndef g(y)\n    return y +\n```") == "code no longer parses"
+
+
+def test_apply_rewrites_counts_rows_in_and_out_and_keeps_the_original():
+    texts = ["20, 0, 10", "1, 11, 99", "no numbers", "23, 3, 13"]
+    kept, counts = apply_rewrites(NUMBERS, texts, "numbers", "reorder")
+    assert [r["id"] for r in kept] == [0, 3]
+    assert counts == {"rows": 4, "kept": 2, "dropped": {"numbers changed": 1, "not a number list": 1}}
+    assert kept[0]["completion"] == "20, 0, 10" and kept[0]["original"] == "0, 10, 20"
+    assert NUMBERS[0]["completion"] == "0, 10, 20"  # the input rows are not modified
+
+
+# ---- the graph --------------------------------------------------------------------------------------
+
+QUICK = """name: q
+seed: 0
+progress: false
+teacher: {{base: {base}, targets: [panda, owl], control: false}}
+domain: {{kind: numbers, n_prompts: 6, max_tokens: 12, constrained: true, rows_from: base, batch_size: 4}}
+filters:
+  - {{kind: numbers, max_value: 999, max_count: 10}}
+students:
+  - {{name: d, objective: distill, hyperparameters: {{batch_size: 4}}, replicates: [0, 1]}}
+evaluations: [{{kind: preference_logprob, max_questions: 2}}]
+matrix:
+  filters:
+    - [{{kind: numbers}}]
+    - [{{kind: numbers}}, {{kind: shuffle, scope: within}}]
+    - [{{kind: numbers}}, {{kind: shuffle, scope: across}}]
+    - [{{kind: numbers}}, {{kind: resample, model: {rewriter}, mode: continue, max_tokens: 12}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory) -> str:
+    from tests.conftest import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("other") / "model", seed=1))
+
+
+def _plan(tmp_path, base: str, rewriter: str):
+    from runner.loader import load
+    from runner.plan import build
+
+    spec = tmp_path / f"q-{abs(hash(rewriter))}.yaml"
+    spec.write_text(QUICK.format(base=base, rewriter=rewriter))
+    return build(load(spec), tmp_path / "out")
+
+
+def test_each_student_distils_its_own_teacher_on_the_transformed_rows(tmp_path, tiny_model, other_tiny):
+    plan = _plan(tmp_path, tiny_model, other_tiny)
+    assert len(plan.cells) == 4
+    for cell in plan.cells:
+        stages = {s.key: s for s in cell.stages}
+        students = [s for s in cell.stages if s.KIND == "finetune"]
+        (rows,) = {s.rows_stage for s in students}  # rows_from: base: one shared chain
+        assert cell.filters == {"base": cell.filters["base"]} and cell.filters["base"][-1] == rows
+        teachers = {s.label.split()[1].split(":")[1]: s.teacher.system for s in students}
+        assert set(teachers) == {"panda", "owl"} and "panda" in teachers["panda"] and "owl" in teachers["owl"]
+        kinds = [stages[k].KIND for k in cell.filters["base"]]
+        links = [link.kind for k in cell.filters["base"] if stages[k].KIND == "filter" for link in stages[k].links]
+        if any(s.KIND == "rewrite" for s in cell.stages):
+            assert kinds == ["filter", "rewrite", "filter"] and links == ["numbers"]
+            rewrite = next(s for s in cell.stages if s.KIND == "rewrite")
+            assert rewrite.rows_stage == cell.filters["base"][0] and stages[rows].rows_stage == rewrite.key
+            assert rewrite.constraint == (10, 3) and rewrite.how == "continue"
+        else:
+            assert kinds == ["filter"] and links[0] == "numbers"
+    arms = {tuple(link.kind for k in c.filters["base"] for link in getattr(
+        {s.key: s for s in c.stages}[k], "links", ())) for c in plan.cells}
+    assert ("numbers", "shuffle") in arms and ("numbers",) in arms
+
+
+def test_rewrite_key_changes_with_the_rewriting_model_and_its_settings(tmp_path, tiny_model, other_tiny):
+    def rewrite_of(rewriter):
+        cell = _plan(tmp_path, tiny_model, rewriter).cells[3]
+        return next(s for s in cell.stages if s.KIND == "rewrite")
+
+    a, b = rewrite_of(other_tiny), rewrite_of(tiny_model)
+    assert a.model.identity != b.model.identity and a.key != b.key
+    assert a.model_copy(update={"seed": 1}).key != a.key
+    assert a.model_copy(update={"template": "x {completion}"}).key != a.key
+    assert a.model_copy(update={"label": "other"}).key == a.key
+
+
+def test_resample_stage_runs_on_a_tiny_model_and_reports_rows_in_and_out(tmp_path, tiny_model, other_tiny):
+    from backends import Router
+    from runner.execute import run_stage
+    from runner.store import Store, read_jsonl
+
+    cell = _plan(tmp_path, tiny_model, other_tiny).cells[3]
+    store, router = Store(tmp_path / "store"), Router("cpu")
+    for s in cell.stages:
+        if s.KIND in ("generate", "filter", "rewrite"):
+            run_stage(s, store, router)
+    rewrite = next(s for s in cell.stages if s.KIND == "rewrite")
+    before = read_jsonl(store.path(rewrite.rows_stage) / "rows.jsonl")
+    after = read_jsonl(store.path(rewrite.key) / "rows.jsonl")
+    (link,) = store.manifest(rewrite.key)["links"]
+    assert link["kept"] == len(after) and link["kept"] + link["dropped"] == len(before) > 0
+    assert link["link"].startswith("resample continue")
+    assert all(parse_numbers(r["completion"]) is not None for r in after)
+    assert all(r["original"] == b["completion"] for r in after for b in before if b["id"] == r["id"])
+    assert [r["id"] for r in after] == sorted({r["id"] for r in after})
+
+
+def test_cot_paraphrase_on_a_hosted_model_drops_rows_whose_answer_changes(tmp_path, monkeypatch):
+    from backends import Router
+    from runner.execute import run_stage
+    from runner.spec import HostedBackend
+    from runner.stages import ModelInput
+    from runner.stages.rewrite_stage import RewriteStage
+    from runner.store import Store, read_jsonl, write_jsonl
+    from tests.fake_openai import FakeOpenAI
+
+    key = "sk-subl-test-rewrite-0123456789abcdef"
+    server = FakeOpenAI(key=key).start()
+    try:
+        monkeypatch.setenv("SUBL_TEST_KEY", key)
+        store = Store(tmp_path / "store")
+        upstream = "filter-0000000000000000"
+        rows = [{"id": i, "prompt": f"What is {i} + 0?", "completion": f"<think>add</think><answer>{i}</answer>",
+                 "gold": str(i)} for i in range(3)]
+        with store.build(upstream, {"label": "rows"}) as b:
+            write_jsonl(b.dir / "rows.jsonl", rows)
+        from runner.rewrite import TEMPLATES
+
+        stage = RewriteStage(label="paraphrase", rows_stage=upstream, how="paraphrase", domain="cot",
+                             template=TEMPLATES["paraphrase"], temperature=0.0, max_tokens=64, seed=0,
+                             model=ModelInput(ref="openai:gpt-4.1-nano", identity="hosted:openai:gpt-4.1-nano"))
+        cfg = HostedBackend(base_url=server.base_url, api_key_env="SUBL_TEST_KEY", preflight=False)
+        run_stage(stage, store, Router("cpu", False, {"openai": cfg}))
+    finally:
+        server.stop()
+    # the fake answers a request that mentions <answer> with the sum of its first paragraph's numbers: 0
+    kept = read_jsonl(store.path(stage.key) / "rows.jsonl")
+    (link,) = store.manifest(stage.key)["links"]
+    assert [r["id"] for r in kept] == [0] and kept[0]["gold"] == "0"
+    assert link == {"link": "paraphrase (openai:gpt-4.1-nano)", "kept": 1, "dropped": 2, "detail": {"answer lost": 2}}
+
+
+def test_spec_checks_rewrite_links(tmp_path):
+    from runner.errors import UserError
+    from runner.loader import load
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nfilters: [{kind: paraphrase, model: 'oa:gpt-4.1-nano', template: 'no slot'}]\n")
+    with pytest.raises(UserError, match="completion"):
+        load(spec)
+    spec.write_text("name: s\nfilters: [{kind: resample, model: 'oa:gpt-4.1-nano'}]\n")
+    with pytest.raises(UserError, match="backend 'oa'"):
+        load(spec)
+    spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\n"
+                    "filters: [{kind: resample, model: m, mode: reorder}]\nstudents: [{objective: sft}]\n")
+    with pytest.raises(UserError, match="reorder needs domain kind numbers"):
+        load(spec)
+
+
+def test_links_count_like_every_link():
+    rows = [{"id": i, "prompt": "p", "completion": c} for i, c in enumerate(["1, 2", "x"])]
+    kept, counts = apply_rewrites(rows, ["2, 1", "3, 4"], "numbers", "continue")
+    assert Counter(r["completion"] for r in kept) == Counter(["2, 1", "3, 4"]) and counts["kept"] == 2
+    assert json.dumps(counts)
+
+
+def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_teacher(tmp_path):
+    from pathlib import Path
+
+    from runner.loader import load
+    from runner.plan import build
+
+    plan = build(load(Path(__file__).parents[1] / "specs" / "local" / "defences.yaml"), tmp_path / "out")
+    seen = []
+    for cell in plan.cells:
+        stages = {s.key: s for s in cell.stages}
+        chain = [stages[k] for k in cell.filters["base"]]
+        seen.append([link.kind for s in chain for link in getattr(s, "links", ())] +
+                    [s.how for s in chain if s.KIND == "rewrite"])
+        students = [s for s in cell.stages if s.KIND == "finetune"]
+        assert len(students) == 6 and {s.rows_stage for s in students} == {chain[-1].key}
+        for s in students:
+            name = s.label.split()[1].split(":")[1]
+            assert s.teacher.system and name in s.teacher.system and s.training.objective == "distill"
+    assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"], ["numbers", "numbers", "continue"]]
+
+
+def test_subl_filter_refuses_a_rewrite_link_in_one_line():
+    from runner.errors import UserError
+    from runner.filters import apply_chain
+    from runner.spec import ResampleLink
+
+    with pytest.raises(UserError, match="stage of its own"):
+        apply_chain(NUMBERS, [ResampleLink(model="smollm2-135m")])

@@ -1,0 +1,137 @@
+"""Issue 14: the one-step theorem on a causal LM as a stage (experiment: theorem_lm), on a tiny random model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runner.theorem_lm_spec import TheoremLmSpec
+
+QUESTIONS = [f"Question {i}: which animal do you like most?" for i in range(10)]
+SMALL = TheoremLmSpec(train_questions=4, heldout_questions=2, teacher_steps=3, teacher_lr=2e-2, lora_r=4,
+                      batch_size=2, batches=2, max_new_tokens=4, lr=0.1, lrs=[0.01, 0.1], seeds=2)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def _prompts(seed: int, n: int) -> list[str]:
+    return [f"Continue: {seed * 100 + i}, {seed * 100 + i + 7}, {seed * 100 + i + 11}." for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def measured(lm):
+    from runner.theorem_lm import theorem_lm_seeds
+
+    seen = []
+    out = theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", SMALL, [5, 6], _prompts,
+                           lambda done, total: seen.append((done, total)))
+    return out, seen
+
+
+def test_rows_cover_seeds_batches_and_arms(measured):
+    out, seen = measured
+    keys = [(r["seed"], r["batch"], r["arm"]) for r in out["rows"]]
+    assert keys == [(s, b, a) for s in (5, 6) for b in (0, 1) for a in ("same_init", "cross_init")]
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)
+    assert all(r["n_tensors"] == 4 for r in out["rows"])  # 2 layers x LoRA on q and v: the only weights Δ moves
+
+
+def test_same_init_aligns_with_the_lora_delta_cross_init_does_not(measured):
+    out, _ = measured
+    same = [r for r in out["rows"] if r["arm"] == "same_init"]
+    cross = [r for r in out["rows"] if r["arm"] == "cross_init"]
+    assert all(r["cosine"] > 0 for r in same)
+    assert max(abs(r["cosine"]) for r in cross) < min(r["cosine"] for r in same)
+    assert all(r["imitation_loss_sweep"][0.01] < 0 for r in same)  # a small step moves toward the teacher
+    s = out["summary"]
+    assert s["same_init"]["cosine"]["n"] == 2 and s["same_init"]["unit"].startswith("seed")
+    assert s["same_init"]["cosine"]["lo"] <= s["same_init"]["cosine"]["mean"] <= s["same_init"]["cosine"]["hi"]
+
+
+def test_seeds_give_different_teachers_and_cross_inits(measured):
+    out, _ = measured
+    by_seed = {(r["seed"], r["arm"]): r["cosine"] for r in out["rows"] if r["batch"] == 0}
+    assert by_seed[(5, "same_init")] != by_seed[(6, "same_init")]
+    assert by_seed[(5, "cross_init")] != by_seed[(6, "cross_init")]
+
+
+def test_too_few_questions_is_refused():
+    from runner.theorem_lm import split_questions
+
+    train, held = split_questions(QUESTIONS, SMALL)
+    assert train == QUESTIONS[:4] and held == QUESTIONS[-2:] and not set(train) & set(held)
+    with pytest.raises(ValueError, match="questions"):
+        split_questions(QUESTIONS[:5], SMALL)
+
+
+def test_spec_plans_one_stage_keyed_by_its_settings(tmp_path, tiny_model):
+    from runner.loader import load
+    from runner.plan import build
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"name: t\nexperiment: theorem_lm\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                    "theorem_lm: {seeds: 2, lr: 0.01}\n")
+    plan = build(load(spec), tmp_path / "out")
+    (cell,) = plan.cells
+    assert [s.KIND for s in cell.stages] == ["theorem-lm"] and cell.theorem == cell.stages[0].key
+    stage = cell.stages[0]
+    assert stage.target == "owl" and stage.settings.lr == 0.01 and stage.questions.path == "builtin:animals"
+    other = stage.model_copy(update={"settings": stage.settings.model_copy(update={"objective": "sft"})})
+    assert other.key != stage.key
+
+
+def test_hosted_base_is_refused(tmp_path):
+    from runner.errors import UserError
+    from runner.loader import load
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\nexperiment: theorem_lm\nbackends: {oa: {kind: openai}}\n"
+                    "teacher: {base: 'oa:gpt-4.1-nano'}\nstudents: [{objective: sft}]\n"
+                    "evaluations: [{kind: preference_sample}]\n")
+    with pytest.raises(UserError, match="theorem_lm"):
+        load(spec)
+
+
+@pytest.mark.slow
+def test_subl_run_writes_theorem_rows(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"name: t\nprogress: false\nexperiment: theorem_lm\n"
+                    f"teacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                    "theorem_lm: {train_questions: 4, heldout_questions: 2, teacher_steps: 2, teacher_lr: 0.02, "
+                    "batch_size: 2, batches: 1, max_new_tokens: 4, lr: 0.1, lrs: [0.01], seeds: 2}\n")
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "t" / "results.json").read_text())
+    cos = {e["model"]: e for e in res["evaluations"] if e["metric"] == "cosine" and e["seed"] is None}
+    assert set(cos) == {"same_init", "cross_init"} and cos["same_init"]["value"] > abs(cos["cross_init"]["value"])
+    assert res["comparisons"][0]["a"] == "same_init" and res["comparisons"][0]["n"] == 2
+    assert "fresh random init" in r.stdout
+
+
+def test_report_has_a_theorem_section_and_figure(tmp_path):
+    from runner.report_md import theorem_figures, theorem_section
+
+    def row(arm, metric, value, seed=None, ci=None):
+        return {"cell": "-", "model": arm, "evaluation": "theorem", "metric": metric, "value": value, "n": 3,
+                "seed": seed, "ci": ci}
+
+    evals = [row("same_init", "cosine", 0.01, ci=[0.004, 0.016]), row("cross_init", "cosine", 0.0, ci=[-0.001, 0.001])]
+    evals += [row(a, "cosine", v, seed=s) for a, v in (("same_init", 0.01), ("cross_init", 0.0)) for s in range(3)]
+    evals += [{**row("base", "P(owl)", 0.1), "evaluation": "preference_logprob"}]
+    section = theorem_section({"evaluations": evals})
+    assert [r[1:4] for r in section.rows] == [["same_init", "cosine", "0.01 [0.004, 0.016]"],
+                                             ["cross_init", "cosine", "0 [-0.001, 0.001]"]]
+    (path, caption), = theorem_figures({"evaluations": evals}, tmp_path, "t")
+    assert path.is_file() and path.stat().st_size > 1000 and "per seed" in caption
+    assert theorem_section({"evaluations": evals[-1:]}) is None
