@@ -75,7 +75,7 @@ def killed_driver(spec: Path, out: Path) -> set[str]:
     """Start a Ray run, kill its driver with SIGKILL once a filter stage is done; the labels it finished."""
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out), *RAY_RUN],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine starts Ray and generates slowly
     while time.time() < deadline and not list((out / "stages").glob("filter-*/manifest.json")):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)

@@ -80,6 +80,16 @@ def _plan(tmp_path, base: str, rewriter: str):
     return build(load(spec), tmp_path / "out")
 
 
+def distilled_from(student, stages: dict):
+    """The teacher whose soft labels a distilled student learns: a live one, or the one its soft-label
+    stage ran on the student's own rows."""
+    if student.soft_labels_stage is None:
+        return student.teacher
+    labels = stages[student.soft_labels_stage]
+    assert labels.rows_stage == student.rows_stage and labels.max_rows == student.max_rows
+    return labels.teacher
+
+
 def test_each_student_distils_its_own_teacher_on_the_transformed_rows(tmp_path, tiny_model, other_tiny):
     plan = _plan(tmp_path, tiny_model, other_tiny)
     assert len(plan.cells) == 4
@@ -88,7 +98,7 @@ def test_each_student_distils_its_own_teacher_on_the_transformed_rows(tmp_path, 
         students = [s for s in cell.stages if s.KIND == "finetune"]
         (rows,) = {s.rows_stage for s in students}  # rows_from: base: one shared chain
         assert cell.filters == {"base": cell.filters["base"]} and cell.filters["base"][-1] == rows
-        teachers = {s.label.split()[1].split(":")[1]: s.teacher.system for s in students}
+        teachers = {s.label.split()[1].split(":")[1]: distilled_from(s, stages).system for s in students}
         assert set(teachers) == {"panda", "owl"} and "panda" in teachers["panda"] and "owl" in teachers["owl"]
         kinds = [stages[k].KIND for k in cell.filters["base"]]
         links = [link.kind for k in cell.filters["base"] if stages[k].KIND == "filter" for link in stages[k].links]
@@ -213,7 +223,8 @@ def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_
         assert len(students) == 6 and {s.rows_stage for s in students} == {chain[-1].key}
         for s in students:
             name = s.label.split()[1].split(":")[1]
-            assert s.teacher.system and name in s.teacher.system and s.training.objective == "distill"
+            teacher = distilled_from(s, stages)
+            assert teacher.system and name in teacher.system and s.training.objective == "distill"
     assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"], ["numbers", "numbers", "continue"]]
 
 
