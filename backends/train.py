@@ -93,16 +93,19 @@ def needed_positions(mask: torch.Tensor) -> int:
 
 def distill_loss(student_logits, teacher_logits, s_mask, t_mask, vocab: torch.Tensor | None):
     """Mean over completion tokens of KL(teacher || student), both renormalised on `vocab`."""
-    t = _completion_logits(teacher_logits, t_mask)
-    log_t = F.log_softmax((t if vocab is None else t[:, vocab]).float(), -1)
+    log_t = vocab_log_probs(_completion_logits(teacher_logits, t_mask), vocab)
     return kl_to_soft_labels(student_logits, s_mask, log_t, vocab)
+
+
+def vocab_log_probs(logits: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
+    """Log-probabilities renormalised on `vocab` (None: the full vocabulary), in float32."""
+    return F.log_softmax((logits if vocab is None else logits[:, vocab.to(logits.device)]).float(), -1)
 
 
 def kl_to_soft_labels(student_logits, s_mask, log_t: torch.Tensor, vocab: torch.Tensor | None):
     """distill_loss against the teacher's log-probabilities already renormalised on `vocab`, one row per
     completion token (row-major over the batch)."""
-    s = _completion_logits(student_logits, s_mask)
-    log_s = F.log_softmax((s if vocab is None else s[:, vocab]).float(), -1)
+    log_s = vocab_log_probs(_completion_logits(student_logits, s_mask), vocab)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
 
 
@@ -123,8 +126,7 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and on_cpu):
             logits = net(input_ids=b["input_ids"].to(net.device), attention_mask=b["attention_mask"].to(net.device),
                          logits_to_keep=needed_positions(b["completion_mask"])).logits
-        t = _completion_logits(logits, b["completion_mask"].to(logits.device))
-        log_t = F.log_softmax((t if vocab is None else t[:, vocab.to(t.device)]).float(), -1).cpu()
+        log_t = vocab_log_probs(_completion_logits(logits, b["completion_mask"].to(logits.device)), vocab).cpu()
         out += list(log_t.split([sum(x["completion_mask"]) for x in batch]))
     return out
 

@@ -25,7 +25,7 @@ from backends.base import ModelRef, Training  # noqa: E402
 from backends.hf import load_model, load_tokenizer  # noqa: E402
 from backends.train import (  # noqa: E402
     _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
-    vocabulary_ids,
+    vocab_log_probs, vocabulary_ids,
 )
 from runner.numbers import make_prompts  # noqa: E402
 from runner.spec import Hyper, NumberPrompts  # noqa: E402
@@ -77,8 +77,7 @@ def steps(args, rows, soft_labels=None) -> tuple[Clock, int]:
                 with clock.phase("teacher forward"), torch.no_grad():
                     tl = live(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
                               logits_to_keep=needed_positions(t["completion_mask"])).logits
-                    sel = _completion_logits(tl, t["completion_mask"])[:, vocab]
-                    log_t = torch.log_softmax(sel.float(), -1)
+                    log_t = vocab_log_probs(_completion_logits(tl, t["completion_mask"]), vocab)
             else:
                 log_t = torch.cat(soft_labels[start : start + args.batch_size])
             with clock.phase("student forward"):
