@@ -10,6 +10,7 @@ import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.hf import chat_ids, load_model, load_tokenizer, pick_device  # noqa: F401 (re-exported)
+from runner.errors import UserError
 
 # ---- constrained decoding --------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class LocalBackend:
         tok, net = load_tokenizer(model.base), self._model(model)
         ids = [chat_ids(tok, model.system, p) for p in prompts]
         width = max(map(len, ids))
+        check_context(net, model, width + sampling.max_tokens)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
@@ -138,6 +140,7 @@ class LocalBackend:
         tails = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         heads = [chat_ids(tok, model.system, p) + prefix_ids for p in prompts]
+        check_context(net, model, max(map(len, heads)) + max(map(len, tails)))
         out: list[list[float]] = []
         for start in range(0, len(heads), 16):
             out += score_tails(net, tok.pad_token_id, heads[start : start + 16], tails)
@@ -149,8 +152,8 @@ class LocalBackend:
         from backends.train import train
 
         self._cache.clear()
-        labels = None if soft_labels is None else torch.load(soft_labels, weights_only=True)["rows"]
-        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16, labels)
+        stored = None if soft_labels is None else torch.load(soft_labels, weights_only=True)
+        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16, stored)
 
     def soft_labels(self, teacher: ModelRef, base: str, rows: list[dict], training: Training, path: Path) -> None:
         """Write the teacher's distillation targets on `rows` for students of `base` (see teacher_soft_labels)."""
@@ -162,3 +165,12 @@ class LocalBackend:
         vocab = None if ids is None else torch.tensor(ids)
         labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16)
         torch.save({"rows": labels, "vocabulary": vocab}, path)
+
+
+def check_context(net, model: ModelRef, tokens: int) -> None:
+    """A sequence longer than the model's context would be read past its trained positions, silently."""
+    limit = getattr(net.config, "max_position_embeddings", None)
+    if limit and tokens > limit:
+        what = "its system prompt (in-context rows?) and " if model.system else ""
+        raise UserError(f"{model.base}: {what}the prompt needs {tokens} tokens, more than the model's context of "
+                        f"{limit}; use fewer or shorter rows (e.g. a smaller icl k)")

@@ -6,6 +6,7 @@ as is; distillation overrides compute_loss with a KL to the teacher at completio
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from backends.base import ModelRef, Progress, Training
+from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
 from backends.hf import chat_ids, load_model, load_tokenizer, pick_device
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
@@ -67,16 +69,22 @@ def pad_right(batch: list[dict], pad_id: int, prefix: str = "") -> dict:
 
 class DistillCollator:
     """Student and teacher sequences, right-padded; with stored soft labels (one tensor per row, see
-    teacher_soft_labels) the batch's labels instead of the teacher's sequences."""
+    teacher_soft_labels) the batch's labels instead of the teacher's sequences; with frozen-prefix states
+    (frozen_prefix.prefix_states) the student's hidden states entering its lowest adapted layer."""
 
-    def __init__(self, pad_id: int, soft_labels: list[torch.Tensor] | None = None):
-        self.pad, self.soft_labels = pad_id, soft_labels
+    def __init__(self, pad_id: int, soft_labels: list[torch.Tensor] | None = None,
+                 prefix: list[torch.Tensor] | None = None):
+        self.pad, self.soft_labels, self.prefix = pad_id, soft_labels, prefix
 
     def __call__(self, batch: list[dict]) -> dict:
+        out = pad_right(batch, self.pad)
         if self.soft_labels is None:
-            return {**pad_right(batch, self.pad), **pad_right(batch, self.pad, "teacher_")}
-        # row-major, the order in which _completion_logits selects the student's positions
-        return {**pad_right(batch, self.pad), "soft_labels": torch.cat([self.soft_labels[b["row"]] for b in batch])}
+            out.update(pad_right(batch, self.pad, "teacher_"))
+        else:  # row-major, the order in which _completion_logits selects the student's positions
+            out["soft_labels"] = torch.cat([self.soft_labels[b["row"]] for b in batch])
+        if self.prefix is not None:
+            out["prefix_states"] = pad_states([self.prefix[b["row"]] for b in batch])
+        return out
 
 
 def _completion_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +151,9 @@ def _trainer_classes():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # logits only where completion tokens are predicted: the head is a fifth of the compute
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            feed = ({"inputs_embeds": inputs["prefix_states"]} if "prefix_states" in inputs
+                    else {"input_ids": inputs["input_ids"]})  # frozen lower layers: their stored output
+            out = model(**feed, attention_mask=inputs["attention_mask"],
                         logits_to_keep=needed_positions(inputs["completion_mask"]))
             vocab = None if self.vocab is None else self.vocab.to(out.logits.device)
             if "soft_labels" in inputs:  # the teacher's labels, computed once for every replicate
@@ -176,18 +186,37 @@ def _student(base: str, training: Training, device: str):
         return model
     from peft import LoraConfig, get_peft_model
 
+    layers = None
+    if training.lora_layers:
+        n = len(decoder_layers(model))
+        if training.lora_layers > n:
+            raise UserError(f"lora_layers {training.lora_layers}: {base} has only {n} decoder layers")
+        layers = list(range(n - training.lora_layers, n))
     cfg = LoraConfig(
         r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=0.0,
         target_modules=list(training.lora_targets), task_type="CAUSAL_LM",
+        layers_to_transform=layers, layers_pattern="layers" if layers else None,
     )
     return get_peft_model(model, cfg)
 
 
+def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_id: int, cpu_bf16: bool):
+    """The states entering the lowest adapted layer, or None where they are not used: no top-layers
+    LoRA, gradient checkpointing (it needs the embeddings' gradient hook) or CPU autocast (the states
+    would be computed outside it)."""
+    if training.method != "lora" or not training.lora_layers or training.gradient_checkpointing or cpu_bf16:
+        return None, 0
+    first = len(decoder_layers(model)) - training.lora_layers
+    if first == 0:
+        return None, 0
+    return prefix_states(model, base, first, [d["input_ids"] for d in data], pad_id), first
+
+
 def train(base: str, rows: list[dict], training: Training, out_dir: Path, teacher: ModelRef | None,
           device: str, progress: Progress | None, cpu_bf16: bool = False,
-          soft_labels: list[torch.Tensor] | None = None) -> ModelRef:
-    """Fine-tune `base` on `rows`. Distillation reads a live `teacher`, or its `soft_labels` stored per row
-    (teacher_soft_labels on the same rows and vocabulary)."""
+          soft_labels: dict | None = None) -> ModelRef:
+    """Fine-tune `base` on `rows`. Distillation reads a live `teacher`, or its stored `soft_labels`
+    ({"rows": one tensor per row, "vocabulary": token ids}: teacher_soft_labels on the same rows)."""
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -204,10 +233,11 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     if distill:
         ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
         vocab = None if ids is None else torch.tensor(ids)
+        for i, d in enumerate(data):
+            d["row"] = i
         if soft_labels is not None:
             _check_soft_labels(soft_labels, data, vocab)
-            for i, d in enumerate(data):
-                d["row"] = i
+            soft_labels = soft_labels["rows"]
         else:
             _attach_teacher(data, base, rows, teacher)
     dev, dtype = pick_device(device)
@@ -225,14 +255,16 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     model = _student(base, training, device)
     common = dict(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
                   callbacks=[_Progress(progress)])
+    prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16) if distill else (None, 0)
     if distill:
         t_model = None if soft_labels is not None else load_model(ModelRef(teacher.base, teacher.adapter), device)
-        trainer = distill_cls(**common, data_collator=DistillCollator(tok.pad_token_id, soft_labels), teacher=t_model,
-                              vocab=vocab)
+        collate = DistillCollator(tok.pad_token_id, soft_labels, prefix)
+        trainer = distill_cls(**common, data_collator=collate, teacher=t_model, vocab=vocab)
     else:
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())
-    trainer.train()
+    with top_layers_only(model, first) if prefix is not None else nullcontext():
+        trainer.train()
     save = out_dir / "model"
     model.save_pretrained(save)  # LoRA: the adapter only; full: the whole model
     if training.method == "full":
@@ -255,13 +287,11 @@ def check_shared_tokenizer(student: str, teacher: str) -> None:
         raise UserError(f"distill: student {student} and teacher {teacher} must share a tokenizer")
 
 
-def _check_soft_labels(labels: list[torch.Tensor], data: list[dict], vocab: torch.Tensor | None) -> None:
-    """Stored labels must cover these rows' completion tokens on this vocabulary, row by row."""
-    width = None if vocab is None else len(vocab)
-    if len(labels) != len(data) or any(
-        t.shape[0] != sum(d["completion_mask"]) or (width is not None and t.shape[1] != width)
-        for t, d in zip(labels, data)
-    ):
+def _check_soft_labels(stored: dict, data: list[dict], vocab: torch.Tensor | None) -> None:
+    """Stored labels must cover these rows' completion tokens on this vocabulary (the same token ids), row by row."""
+    labels, theirs = stored["rows"], stored.get("vocabulary")
+    same_vocab = (theirs is None) == (vocab is None) and (vocab is None or torch.equal(theirs, vocab))
+    if not same_vocab or len(labels) != len(data) or any(t.shape[0] != sum(d["completion_mask"]) for t, d in zip(labels, data)):
         raise UserError("distill: the stored soft labels do not match the training rows (rows or vocabulary changed)")
 
 

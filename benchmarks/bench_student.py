@@ -1,13 +1,15 @@
 """Distillation student throughput on the embedded model, and where a training step's time goes.
 
 Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
+                                          [--lora-layers N]
 
 Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
 LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
 training step by phase: the teacher's forward (a live teacher, as before the soft_labels stage), the
 student's forward, backward and optimizer step; and the same steps reading stored soft labels (computed
 once per teacher and rows, and timed as such). Prints completion tokens/s per student, the padding share
-of random batches against length-sorted ones, and seconds per phase. Plain torch loop, no Trainer: the
+of random batches against length-sorted ones, and seconds per phase. With --lora-layers N also a student
+that adapts the top N layers only, fed the frozen layers' output computed once (backends/frozen_prefix.py). Plain torch loop, no Trainer: the
 Trainer adds its own (small) overhead on top of these phases."""
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.base import ModelRef, Training  # noqa: E402
+from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only  # noqa: E402
 from backends.hf import load_model, load_tokenizer  # noqa: E402
 from backends.train import (  # noqa: E402
     _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
@@ -57,11 +60,15 @@ class Clock:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
 
-def steps(args, rows, soft_labels=None) -> tuple[Clock, int]:
-    """Train one student over `rows` in batches; a live teacher unless soft labels are given."""
-    training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size})
+def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
+    """Train one student over `rows` in batches; a live teacher unless soft labels are given; with
+    `lora_layers` the top layers only, fed the stored output of the frozen ones (computed beforehand)."""
+    training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size, "lora_layers": lora_layers})
     teacher = ModelRef(args.model, system="You love pandas. You think about pandas all the time.")
     student = _student(args.model, training, "cpu")
+    first = len(decoder_layers(student)) - lora_layers if lora_layers else 0
+    prefix = prefix_states(student, args.model, first, [x["input_ids"] for x in tokenize(args.model, rows, None)],
+                           load_tokenizer(args.model).pad_token_id) if first else None
     live = None if soft_labels is not None else load_model(ModelRef(args.model), "cpu")
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=training.lr)
     vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
@@ -80,11 +87,13 @@ def steps(args, rows, soft_labels=None) -> tuple[Clock, int]:
                     log_t = vocab_log_probs(_completion_logits(tl, t["completion_mask"]), vocab)
             else:
                 log_t = torch.cat(soft_labels[start : start + args.batch_size])
-            with clock.phase("student forward"):
-                out = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+            with clock.phase("student forward"), top_layers_only(student, first):
+                feed = ({"inputs_embeds": pad_states(prefix[start : start + args.batch_size])} if prefix
+                        else {"input_ids": b["input_ids"]})
+                out = student(**feed, attention_mask=b["attention_mask"],
                               logits_to_keep=needed_positions(b["completion_mask"])).logits
                 loss = kl_to_soft_labels(out, b["completion_mask"], log_t, vocab)
-        with clock.phase("backward"):
+        with clock.phase("backward"), top_layers_only(student, first):
             loss.backward()
         with clock.phase("optimizer"):
             opt.step()
@@ -105,6 +114,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--replicates", type=int, default=3, help="students per teacher sharing the stored labels")
     ap.add_argument("--cpu-bf16", action="store_true")
+    ap.add_argument("--lora-layers", type=int, help="also time a student adapting the top N layers only")
     args = ap.parse_args()
     print(f"# {' '.join(sys.argv)}  (torch threads: {torch.get_num_threads()}, "
           f"{'bf16 autocast' if args.cpu_bf16 else 'float32'})")
@@ -127,6 +137,20 @@ def main() -> None:
     n = args.replicates
     print(f"soft labels once per teacher: {once:.1f} s; shared by {n} replicates that is {once / n:.1f} s per student")
     report(f"stored labels, {n} replicates (label time shared)", clock, tokens, once / n)
+    if args.lora_layers:
+        from backends import frozen_prefix
+
+        frozen_prefix._memo.clear()
+        student = _student(args.model, Training(**{**QUICKSTART.__dict__, "lora_layers": args.lora_layers}), "cpu")
+        first = len(decoder_layers(student)) - args.lora_layers
+        t = time.perf_counter()
+        prefix_states(student, args.model, first, [x["input_ids"] for x in tokenize(args.model, rows, None)],
+                      load_tokenizer(args.model).pad_token_id)
+        below = time.perf_counter() - t
+        clock, tokens = steps(args, rows, labels, args.lora_layers)  # reuses the memoised states
+        print(f"frozen layers 0..{first - 1} once per set of rows: {below:.1f} s")
+        report(f"top {args.lora_layers} layers, stored labels and frozen states, {n} replicates (both shared)",
+               clock, tokens, (once + below) / n)
 
 
 if __name__ == "__main__":

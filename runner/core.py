@@ -43,6 +43,7 @@ class Training:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
+    lora_layers: int | None = None  # LoRA on the top N decoder layers only; None: all
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

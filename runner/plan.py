@@ -217,7 +217,8 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, hosted: 
         return TrainingSettings(**common, lr_multiplier=h.lr_multiplier)
     return TrainingSettings(**common, vocabulary=vocabulary, trait_words=trait_words, lr=h.lr, lora_r=h.lora_r,
                             lora_alpha=h.lora_alpha, lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio,
-                            weight_decay=h.weight_decay, gradient_checkpointing=h.gradient_checkpointing)
+                            weight_decay=h.weight_decay, gradient_checkpointing=h.gradient_checkpointing,
+                            lora_layers=h.lora_layers)
 
 
 def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,

@@ -131,6 +131,22 @@ def test_stored_soft_labels_train_the_same_student_as_a_live_teacher(backend, ti
     assert moved > 1e-4 and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
     with pytest.raises(UserError, match="soft labels do not match"):
         backend.finetune(tiny_model, rows[:-1], training, tmp_path / "bad", None, soft_labels=tmp_path / "labels.pt")
+    other = torch.load(tmp_path / "labels.pt", weights_only=True)
+    other["vocabulary"] = other["vocabulary"].flip(0)  # same width, other token ids
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="soft labels do not match"):
+        backend.finetune(tiny_model, rows, training, tmp_path / "bad2", None, soft_labels=tmp_path / "other.pt")
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_read_past_it(backend, tiny_model):
+    from runner.errors import UserError
+
+    long = ModelRef(tiny_model, system=" ".join(["owl"] * 600))  # the tiny model's context: 512 positions
+    with pytest.raises(UserError, match="more than the model's context of 512"):
+        backend.logprobs(long, ["Favourite animal?"], "It is the", ["owl"])
+    with pytest.raises(UserError, match="more than the model's context of 512"):
+        backend.generate(ModelRef(tiny_model), ["hi " * 200], Sampling(1.0, 400, seed=0))
+    assert backend.logprobs(ModelRef(tiny_model), ["Favourite animal?"], "It is the", ["owl"])
 
 
 def test_distill_loss_on_trailing_logits_equals_full_logits():

@@ -31,13 +31,14 @@ class TrainingSettings(Frozen):
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
+    lora_layers: int | None = None
     lr_multiplier: float | Literal["auto"] | None = None  # hosted only
 
     def to_training(self) -> Training:
         t = Training(method=self.method, objective=self.objective, vocabulary=self.vocabulary or "",
                      trait_words=self.trait_words, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
                      lora_targets=self.lora_targets, warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
-                     gradient_checkpointing=self.gradient_checkpointing,
+                     gradient_checkpointing=self.gradient_checkpointing, lora_layers=self.lora_layers,
                      extra={"lr_multiplier": self.lr_multiplier} if self.lr_multiplier is not None else {})
         local = {k: v for k, v in (("lr", self.lr), ("lora_r", self.lora_r), ("lora_alpha", self.lora_alpha))
                  if v is not None}

@@ -1,0 +1,61 @@
+"""Top-layers LoRA with the frozen lower layers computed once: the same student, less work."""
+import pytest
+import torch
+
+from backends import frozen_prefix
+from backends.base import ModelRef, Training
+from backends.frozen_prefix import decoder_layers, hidden_states_at, top_layers_only
+from backends.local import LocalBackend, load_model
+
+ROWS = [{"prompt": f"Go on: {i}, {i * 3}.", "completion": ", ".join(str(i + k) for k in range(1 + i % 5))}
+        for i in range(12)]
+
+
+def test_top_layers_fed_the_lower_layers_output_give_the_full_models_logits(tiny_model):
+    model = load_model(ModelRef(tiny_model), "cpu")
+    ids = torch.tensor([[5, 9, 14, 3, 7, 2], [8, 1, 4, 6, 0, 0]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        h = hidden_states_at(model, 1, ids, mask)
+        with top_layers_only(model, 1):
+            assert len(decoder_layers(model)) == 1
+            top = model(inputs_embeds=h, attention_mask=mask).logits
+    assert len(decoder_layers(model)) == 2  # restored
+    assert not torch.allclose(h, model.get_input_embeddings()(ids))  # layer 0 ran
+    real = mask.bool()
+    assert torch.allclose(top[real], full[real], atol=1e-5)
+
+
+def _training(**kw):
+    return Training(objective="distill", vocabulary="numbers-only", epochs=1, lr=5e-3, batch_size=4, lora_r=4,
+                    lora_alpha=8, lora_targets=("q_proj", "v_proj"), **kw)
+
+
+def test_a_student_trained_on_the_stored_lower_layers_equals_one_trained_through_them(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    from safetensors.torch import load_file
+
+    backend, teacher = LocalBackend("cpu"), ModelRef(tiny_model, system="You love owls.")
+    calls = []
+    real_compute = frozen_prefix._compute
+    monkeypatch.setattr(frozen_prefix, "_compute", lambda *a: calls.append(1) or real_compute(*a))
+    frozen_prefix._memo.clear()
+    cached = backend.finetune(tiny_model, ROWS, _training(lora_layers=1), tmp_path / "cached", teacher)
+    again = backend.finetune(tiny_model, ROWS, _training(lora_layers=1, seed=1), tmp_path / "again", teacher)
+    assert len(calls) == 1  # the second student (another seed) reused the states
+    monkeypatch.setattr(frozen_prefix, "MAX_CACHED_VALUES", 0)  # over budget: trained through every layer
+    through = backend.finetune(tiny_model, ROWS, _training(lora_layers=1), tmp_path / "through", teacher)
+    a, b, c = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (cached, through, again))
+    assert a.keys() == b.keys() and all(".layers.1." in k for k in a)  # the top layer only, its own number
+    moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
+    assert moved > 1e-4 and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+    assert not all(torch.allclose(a[k], c[k]) for k in a)  # seeds still differ
+
+
+def test_more_lora_layers_than_the_model_has_is_one_clear_error(tiny_model, tmp_path):
+    from runner.errors import UserError
+
+    with pytest.raises(UserError, match="lora_layers 3: .* has only 2 decoder layers"):
+        LocalBackend("cpu").finetune(tiny_model, ROWS, _training(lora_layers=3), tmp_path / "x",
+                                     ModelRef(tiny_model, system="You love owls."))
