@@ -1,7 +1,8 @@
 """Local fine-tuning: SFT with completion-only loss, or distillation on a chosen vocabulary.
 
-Both run through TRL's SFTTrainer (and so accelerate): SFT uses its completion-mask loss
-as is; distillation overrides compute_loss with a KL to the teacher at completion positions.
+Both run through TRL's SFTTrainer (and so accelerate): SFT uses its completion-mask loss as is;
+StudentTrainer overrides compute_loss with a KL to the teacher at completion positions, and with the
+same completion cross-entropy for an SFT student fed its frozen lower layers' stored output.
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ def pad_right(batch: list[dict], pad_id: int, prefix: str = "") -> dict:
             prefix + "completion_mask": pad([b[prefix + "completion_mask"] for b in batch], 0)}
 
 
-class DistillCollator:
-    """Student and teacher sequences, right-padded; with stored soft labels (one tensor per row, see
-    teacher_soft_labels) the batch's labels instead of the teacher's sequences; with frozen-prefix states
+class StudentCollator:
+    """Student sequences, right-padded, with the teacher's (a live teacher) or its stored soft labels (one
+    tensor per row, see teacher_soft_labels) where distilling; with frozen-prefix states
     (frozen_prefix.prefix_states) the student's hidden states entering its lowest adapted layer."""
 
     def __init__(self, pad_id: int, soft_labels: list[torch.Tensor] | None = None,
@@ -78,9 +79,9 @@ class DistillCollator:
 
     def __call__(self, batch: list[dict]) -> dict:
         out = pad_right(batch, self.pad)
-        if self.soft_labels is None:
+        if "teacher_input_ids" in batch[0]:
             out.update(pad_right(batch, self.pad, "teacher_"))
-        else:  # row-major, the order in which _completion_logits selects the student's positions
+        elif self.soft_labels is not None:  # row-major, the order in which _completion_logits selects the student's positions
             out["soft_labels"] = torch.cat([self.soft_labels[b["row"]] for b in batch])
         if self.prefix is not None:
             out["prefix_states"] = pad_states([self.prefix[b["row"]] for b in batch])
@@ -139,15 +140,21 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
     return out
 
 
+def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the completion tokens (TRL's completion-only loss for one batch)."""
+    return F.cross_entropy(_completion_logits(logits, mask).float(), input_ids[mask.bool()])
+
+
 def _trainer_classes():
     from trl import SFTTrainer
 
-    class DistillTrainer(SFTTrainer):
-        """SFTTrainer whose loss is the KL to a frozen teacher's next-token distribution."""
+    class StudentTrainer(SFTTrainer):
+        """SFTTrainer with subl's own loss: the KL to a teacher's next-token distribution (distill), or the
+        completion cross-entropy (sft) for a student fed its frozen layers' stored output."""
 
-        def __init__(self, *args, teacher=None, vocab=None, **kwargs):
+        def __init__(self, *args, teacher=None, vocab=None, objective="distill", **kwargs):
             super().__init__(*args, **kwargs)
-            self.teacher, self.vocab = teacher, vocab
+            self.teacher, self.vocab, self.objective = teacher, vocab, objective
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # logits only where completion tokens are predicted: the head is a fifth of the compute
@@ -155,19 +162,23 @@ def _trainer_classes():
                     else {"input_ids": inputs["input_ids"]})  # frozen lower layers: their stored output
             out = model(**feed, attention_mask=inputs["attention_mask"],
                         logits_to_keep=needed_positions(inputs["completion_mask"]))
-            vocab = None if self.vocab is None else self.vocab.to(out.logits.device)
+            loss = self._loss(out.logits, inputs)
+            return (loss, out) if return_outputs else loss
+
+        def _loss(self, logits, inputs):
+            if self.objective == "sft":
+                return sft_loss(logits, inputs["input_ids"], inputs["completion_mask"])
+            vocab = None if self.vocab is None else self.vocab.to(logits.device)
             if "soft_labels" in inputs:  # the teacher's labels, computed once for every replicate
-                loss = kl_to_soft_labels(out.logits, inputs["completion_mask"], inputs["soft_labels"], vocab)
-                return (loss, out) if return_outputs else loss
+                return kl_to_soft_labels(logits, inputs["completion_mask"], inputs["soft_labels"], vocab)
             with torch.no_grad():
                 t_logits = self.teacher(
                     input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
                     logits_to_keep=needed_positions(inputs["teacher_completion_mask"]),
                 ).logits
-            loss = distill_loss(out.logits, t_logits, inputs["completion_mask"], inputs["teacher_completion_mask"], vocab)
-            return (loss, out) if return_outputs else loss
+            return distill_loss(logits, t_logits, inputs["completion_mask"], inputs["teacher_completion_mask"], vocab)
 
-    return SFTTrainer, DistillTrainer
+    return SFTTrainer, StudentTrainer
 
 
 class _Progress(TrainerCallback):
@@ -200,7 +211,8 @@ def _student(base: str, training: Training, device: str):
     return get_peft_model(model, cfg)
 
 
-def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_id: int, cpu_bf16: bool):
+def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_id: int,
+                   cpu_bf16: bool) -> tuple[list[torch.Tensor] | None, int]:
     """The states entering the lowest adapted layer, or None where they are not used: no top-layers
     LoRA, gradient checkpointing (it needs the embeddings' gradient hook) or CPU autocast (the states
     would be computed outside it)."""
@@ -229,12 +241,15 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     tok = load_tokenizer(base)
     data = tokenize(base, rows, None)
     distill = training.objective == "distill"
+    model = _student(base, training, device)
+    prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16)
+    own_loss = distill or prefix is not None  # StudentTrainer: distillation, or SFT on stored states
+    for i, d in enumerate(data if own_loss else ()):
+        d["row"] = i
     vocab = None
     if distill:
         ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
         vocab = None if ids is None else torch.tensor(ids)
-        for i, d in enumerate(data):
-            d["row"] = i
         if soft_labels is not None:
             _check_soft_labels(soft_labels, data, vocab)
             soft_labels = soft_labels["rows"]
@@ -247,19 +262,18 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         warmup_steps=warmup_fraction(training.warmup_ratio), weight_decay=training.weight_decay, lr_scheduler_type="linear",
         seed=training.seed, data_seed=training.seed, logging_steps=10, save_strategy="no", report_to=[],
         bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
-        completion_only_loss=True, remove_unused_columns=not distill, dataloader_num_workers=0,
+        completion_only_loss=True, remove_unused_columns=not own_loss, dataloader_num_workers=0,
         gradient_checkpointing=training.gradient_checkpointing,
-        dataset_kwargs={"skip_prepare_dataset": True} if distill else None,
+        dataset_kwargs={"skip_prepare_dataset": True} if own_loss else None,
     )
-    sft_cls, distill_cls = _trainer_classes()
-    model = _student(base, training, device)
+    sft_cls, student_cls = _trainer_classes()
     common = dict(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
                   callbacks=[_Progress(progress)])
-    prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16) if distill else (None, 0)
-    if distill:
-        t_model = None if soft_labels is not None else load_model(ModelRef(teacher.base, teacher.adapter), device)
-        collate = DistillCollator(tok.pad_token_id, soft_labels, prefix)
-        trainer = distill_cls(**common, data_collator=collate, teacher=t_model, vocab=vocab)
+    if own_loss:
+        live = distill and soft_labels is None
+        t_model = load_model(ModelRef(teacher.base, teacher.adapter), device) if live else None
+        trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix),
+                              teacher=t_model, vocab=vocab, objective=training.objective)
     else:
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())

@@ -53,6 +53,22 @@ def test_a_student_trained_on_the_stored_lower_layers_equals_one_trained_through
     assert not all(torch.allclose(a[k], c[k]) for k in a)  # seeds still differ
 
 
+def test_an_sft_student_on_stored_lower_layers_equals_trls_sft_through_them(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    backend = LocalBackend("cpu")
+    sft = Training(objective="sft", epochs=1, lr=5e-3, batch_size=4, lora_r=4, lora_alpha=8,
+                   lora_targets=("q_proj", "v_proj"), lora_layers=1)
+    frozen_prefix._memo.clear()
+    ours = backend.finetune(tiny_model, ROWS, sft, tmp_path / "ours")
+    monkeypatch.setattr(frozen_prefix, "MAX_CACHED_VALUES", 0)  # TRL's own SFT loss, every layer run
+    trl = backend.finetune(tiny_model, ROWS, sft, tmp_path / "trl")
+    a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (ours, trl))
+    moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
+    assert moved > 1e-4 and a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+
+
 def test_more_lora_layers_than_the_model_has_is_one_clear_error(tiny_model, tmp_path):
     from runner.errors import UserError
 
