@@ -446,6 +446,8 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
     if mode == "logprob":
         settings.update(answer_prefix=ev.answer_prefix.format(category=spec.teacher.category),
                         targets=tuple(sorted(set(ev.targets or spec.teacher.targets))))
+    elif mode == "mcq":
+        settings.update(mcq=mcq_settings(spec, ev.mcq, model, plan.stages))
     else:
         settings.update(samples_per_question=ev.samples_per_question, temperature=ev.temperature,
                         max_tokens=ev.max_tokens)

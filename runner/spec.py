@@ -362,7 +362,7 @@ class Icl(Strict):
     kind: Literal["icl"] = "icl"
     model: str | None = Field(None, description="The answering model; None: the teacher's base (the paper: the student base, not fine-tuned).")
     k: list[int] = Field([0, 16, 64], min_length=1, description="Rows in the context, one evaluation per value (0: no rows, shared by every arm).")
-    mode: Literal["logprob", "sample"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted). None: logprob where the backend gives it, else sample.")
+    mode: Literal["logprob", "sample", "mcq"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted); mcq: the paper's multiple-choice P(target), set by `mcq` (questions and answer settings are then unused). None: logprob where the backend gives it, else sample.")
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
     questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
@@ -371,6 +371,7 @@ class Icl(Strict):
     temperature: float = Field(1.0, ge=0, description="sample mode: sampling temperature.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most new tokens per answer.")
     seeds: list[int] = Field([0], min_length=1, description="Draws of the k rows (with replacement, as the paper's df.sample); one evaluation per seed.")
+    mcq: PreferenceMcq = Field(PreferenceMcq(), description="mode mcq: the multiple-choice evaluation asked with the rows in context (as preference_mcq; its targets are ignored: the icl's are used).")
 
     @field_validator("k")
     @classmethod
@@ -595,6 +596,10 @@ class Spec(Strict):
                     self.backend_kind(self.icl_model(ev)), "logprob probe"):
                 raise ValueError(f"evaluations.{i}.mode: logprob reads exact log-probs, which a hosted chat API "
                                  "does not give; use mode: sample")
+            missing = sorted(set(ev.targets or self.teacher.targets) - set(ev.mcq.choice_list())) \
+                if ev.kind == "icl" and ev.mode == "mcq" else []
+            if missing:
+                raise ValueError(f"evaluations.{i}.mcq.choices: {', '.join(missing)} not among the choices")
             names = {s.name for s in self.students}
             if ev.kind == "classifier" and ev.judge.startswith("student:") and ev.judge[8:] not in names:
                 raise ValueError(f"evaluations.{i}.judge: no student named {ev.judge[8:]!r}")
