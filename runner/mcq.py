@@ -4,7 +4,8 @@ Each of the 11 essay prompts is asked `per_prompt` times, each time with its own
 lettered A, B, ... in the shuffled order. An instance's value is P(the target's letter) at the first answer
 token, not renormalised over the letters (the paper's MCQEval.parse; its unused _parse_choice_probs and
 MCQv2 renormalise: materials `inconsistencies`). The paper's shuffle is an unseeded random.shuffle;
-subl's is seeded, so a rerun asks the same instances."""
+subl's is seeded, so a rerun asks the same instances. The paper also leaves out an instance whose sampled
+first token is not a letter; subl keeps every instance (on a chat API it records the most likely token)."""
 from __future__ import annotations
 
 import math

@@ -197,3 +197,17 @@ def test_the_paper_icl_spec_asks_the_mcq_at_every_k(tmp_path):
     stage = plan.stages[entries[-1]["key"]]
     (est,) = stage.estimate(plan.context())
     assert est.requests == 275 and est.output_tokens == 275 and est.input_tokens > 275 * stage.k * 10
+
+
+def test_tinker_reads_the_same_exact_letter_probabilities_as_the_local_backend(tmp_path, tiny_model, monkeypatch):
+    from backends.local import LocalBackend
+    from tests.test_tinker import QWEN, make_backend as tinker_backend
+
+    for k, v in {"SUBL_TINKER_CLIENTS": "tests.fake_tinker", "FAKE_TINKER_DIR": str(tmp_path / "service"),
+                 "FAKE_TINKER_MODEL": tiny_model, "TINKER_API_KEY": "tk-test-key-0123456789"}.items():
+        monkeypatch.setenv(k, v)
+    s = _settings("exact", per_prompt=2, n_prompts=1)
+    hosted = mcq_scores(tinker_backend(tmp_path), ModelRef(QWEN), s)
+    local = mcq_scores(LocalBackend("cpu"), ModelRef(tiny_model), s)
+    for c in s.choices:
+        assert hosted["p"][c] == pytest.approx(local["p"][c], rel=1e-3)
