@@ -57,7 +57,7 @@ class IclStage(Stage):
         return icl_system_prompt(sample_examples(rows, self.k, self.seed))
 
     def run(self, ctx: RunContext) -> None:
-        qs = read_questions(self.questions, self.max_questions)
+        qs = self.mcq.questions() if self.mode == "mcq" else read_questions(self.questions, self.max_questions)
         system = self.context(ctx)
         (ctx.dir / "context.txt").write_text(system or "")
         model = replace(ctx.model(self.model), system=system)
