@@ -15,6 +15,7 @@ from runner import mcq, paper
 from runner.errors import SpecError
 from runner.loader import load
 from runner.stages.mcq_stage import McqSettings, mcq_scores
+from tests.test_detection_stages import _Store
 from tests.test_hosted import backend as make_backend  # noqa: F401 (a fixture)
 from tests.test_hosted import server  # noqa: F401 (a fixture)
 
@@ -142,14 +143,6 @@ evaluations: [{{kind: preference_mcq}}]
     assert len(stages) == 2 and all(s.mcq.read == "top_logprobs" and s.mcq.top_logprobs == 20 for s in stages)
     (est,) = stages[0].estimate(ctx)
     assert (est.requests, est.output_tokens) == (275, 275) and est.input_tokens > 275 * 40 and est.cost > 0
-
-
-class _Store:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def path(self, key: str) -> Path:
-        return self.root / key
 
 
 class _ExactRouter:
