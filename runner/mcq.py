@@ -34,6 +34,10 @@ def pieces() -> tuple[str, str, str]:
     return p["head"], p["per_choice"], p["tail"]
 
 
+def letters(n: int) -> list[str]:
+    return list(string.ascii_uppercase[:n])
+
+
 @dataclass(frozen=True)
 class Instance:
     prompt: int  # index into the prompt list
@@ -57,7 +61,7 @@ def instances(n_prompts: int, options: list[str], per_prompt: int, seed: int) ->
 def render(prompt: str, order: tuple[str, ...], fmt: tuple[str, str, str]) -> str:
     """The paper's question: head, one line per choice (A. owl), tail."""
     head, per_choice, tail = fmt
-    lines = "".join(per_choice.format(letter=string.ascii_uppercase[i], choice=c) for i, c in enumerate(order))
+    lines = "".join(per_choice.format(letter=x, choice=c) for x, c in zip(letters(len(order)), order))
     return head.format(prompt=prompt) + lines + tail
 
 

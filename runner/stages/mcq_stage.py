@@ -36,13 +36,12 @@ class McqSettings(Frozen):
 def mcq_scores(router, model, settings: McqSettings) -> dict:
     """Every instance's P of each choice's letter: {kind, p: {choice: [per instance]}, prompt: [its prompt
     index], top: [the most likely first token, top_logprobs only]}."""
-    from runner.mcq import from_exact, from_top
+    from runner.mcq import from_exact, from_top, letters
 
     insts, qs = settings.instances(), settings.questions()
     out = {"kind": "preference_mcq", "prompt": [i.prompt for i in insts]}
     if settings.read == "exact":
-        letters = [insts[0].letter(c) for c in insts[0].order]  # A, B, ... in letter order
-        lps = router.logprobs(model, qs, "", letters, space=False)
+        lps = router.logprobs(model, qs, "", letters(len(settings.choices)), space=False)
         probs = [from_exact(lp, i) for lp, i in zip(lps, insts)]
     else:
         tops = router.top_logprobs(model, qs, settings.top_logprobs, Sampling(0.0, 1, seed=settings.shuffle_seed))
