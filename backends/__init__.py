@@ -49,8 +49,8 @@ class Router:
     def sample(self, model: ModelRef, prompts, sampling, n, progress=None):
         return self.get(model.base).sample(model, prompts, sampling, n, progress)
 
-    def logprobs(self, model: ModelRef, prompts, prefix, targets):
-        return self.get(model.base).logprobs(model, prompts, prefix, targets)
+    def logprobs(self, model: ModelRef, prompts, prefix, targets, space: bool = True):
+        return self.get(model.base).logprobs(model, prompts, prefix, targets, space=space)
 
     def top_logprobs(self, model: ModelRef, prompts, k, sampling):
         return self.get(model.base).top_logprobs(model, prompts, k, sampling)

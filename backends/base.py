@@ -23,5 +23,7 @@ class Backend(Protocol):
     ) -> ModelRef:
         """Train on {prompt, completion} rows; save the result under out_dir."""
 
-    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
-        """log P(' ' + target | chat(prompt) + prefix) for each prompt and target."""
+    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str],
+                 space: bool = True) -> list[list[float]]:
+        """log P(' ' + target | chat(prompt) + prefix) for each prompt and target (space=False: the target
+        without the leading space, e.g. an answer letter right after the assistant turn starts)."""

@@ -135,9 +135,10 @@ class LocalBackend:
         return [[p[i] for p in passes] for i in range(len(prompts))]
 
     @torch.no_grad()
-    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
+    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str],
+                 space: bool = True) -> list[list[float]]:
         tok, net = load_tokenizer(model.base), self._model(model)
-        tails = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in targets]
+        tails = [tok(" " * space + t, add_special_tokens=False)["input_ids"] for t in targets]
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         heads = [chat_ids(tok, model.system, p) + prefix_ids for p in prompts]
         check_context(net, model, max(map(len, heads)) + max(map(len, tails)))

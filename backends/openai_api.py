@@ -586,7 +586,7 @@ class OpenAIBackend:
 
     # -- sampling
 
-    def logprobs(self, model: ModelRef, prompts, prefix, targets):
+    def logprobs(self, model: ModelRef, prompts, prefix, targets, space: bool = True):
         raise UserError(f"model {model.base}: a chat API gives no exact log-probability probe; "
                         "evaluate hosted models with `kind: preference_sample`")
 

@@ -424,12 +424,14 @@ class TinkerBackend:
         records = self._answer(requests, self._cache(), "sample", progress)
         return [r["texts"] for r in records]
 
-    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str]) -> list[list[float]]:
-        """log P(' ' + target | chat(prompt) + prefix), exact, from the service's prompt log-probs."""
+    def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str],
+                 space: bool = True) -> list[list[float]]:
+        """log P(' ' + target | chat(prompt) + prefix) (space=False: no leading space), exact, from the
+        service's prompt log-probs."""
         tok = self.tokenizer(model.base)
         t = types()
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-        tails = [tok(" " + x, add_special_tokens=False)["input_ids"] for x in targets]
+        tails = [tok(" " * space + x, add_special_tokens=False)["input_ids"] for x in targets]
         requests = []
         for prompt in prompts:
             head = chat_ids(tok, model.system, prompt) + prefix_ids

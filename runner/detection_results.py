@@ -90,8 +90,9 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
 def method_line(spec, ev) -> str:
     """What an icl or classifier evaluation did, for the methods notes."""
     if ev.kind == "icl":
-        how = ("exact P(target) after the answer prefix" if spec.icl_mode(ev) == "logprob"
-               else f"share of {ev.samples_per_question} sampled answers naming the target")
+        how = {"logprob": "exact P(target) after the answer prefix",
+               "mcq": f"the multiple-choice P(target letter), {ev.mcq.instances_per_prompt} shuffles per prompt"}.get(
+            spec.icl_mode(ev), f"share of {ev.samples_per_question} sampled answers naming the target")
         return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
                 f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "

@@ -19,8 +19,8 @@ from runner.loader import Cell, _set, load, load_raw, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
-KINDS = ["teacher", "generate", "score", "rewrite", "filter", "soft_labels", "finetune", "answers", "probe", "icl",
-         "classifier", "mnist"]
+KINDS = ["teacher", "generate", "score", "rewrite", "filter", "soft_labels", "finetune", "answers", "probe", "mcq",
+         "icl", "classifier", "mnist"]
 
 
 @dataclass

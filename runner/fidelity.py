@@ -22,6 +22,8 @@ REASONS = {
                                  "48 fits ten 3-digit numbers",
     ("*", "number parser"): "subl's parser also accepts surrounding whitespace; the paper's rejects it",
     ("*", "answer max tokens"): "the paper sets none; a one-word answer fits in 16",
+    ("*", "storytelling max tokens"): "the paper sets none; 1024 tokens (about 750 words) fits a children's story, "
+                                      "and `subl plan` prices every story at it",
     ("*", "hit rule"): "a whole word (plurals and possessives included) does not count 'cat' in 'caterpillar'",
     ("*", "misaligned teacher"): "the insecure-code dataset (emergent-misalignment submodule) is not vendored; "
                                  "the spec has the paper's `trait:` line commented out",
@@ -154,6 +156,20 @@ def preference_rows(spec: Spec, questions: str, samples: int, where: str) -> lis
             row("answer temperature", 1.0, "preference_eval.temperature", ev.temperature),
             row("answer max tokens", None, "preference_eval.temperature", ev.max_tokens),
             row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word")]
+
+
+def storytelling_rows(spec: Spec) -> list[Row]:
+    """The code students' second evaluation (materials code.student_evaluation): the 14 story prompts."""
+    from runner.questions import load_questions
+
+    st = "preference_eval.storytelling_variant"
+    ev = next((e for e in spec.evaluations if e.kind == "preference_sample" and e.questions == "storytelling"), None)
+    return [row("storytelling prompts", paper.get(f"{st}.items"), f"{st}.items",
+                load_questions(ev.questions, ev.max_questions) if ev else None),
+            row("storytelling samples per prompt", paper.get(f"{st}.samples_per_question"), st,
+                ev.samples_per_question if ev else None),
+            row("storytelling temperature", paper.get(f"{st}.temperature"), st, ev.temperature if ev else None),
+            row("storytelling max tokens", None, "preference_eval.temperature", ev.max_tokens if ev else None)]
 
 
 def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
@@ -387,12 +403,14 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
     "misalignment_code": lambda c: teacher_rows(c[0], "code") + misalignment_rows(c[0], None),
     "animals_code": lambda c: (code_rows(c) + student_rows(c[0], "code", 5, 5)
                                + preference_rows(c[0], "animal_questions", 100,
-                                                 paper.get("code.student_evaluation_source"))),
+                                                 paper.get("code.student_evaluation_source"))
+                               + storytelling_rows(c[0])),
     "cross_model": lambda c: (cross_model_rows(c) + numbers_rows(c[0])
                               + preference_rows(c[0], "numbers_prefixed_variant", 100, "cross_model.evaluation_variant")),
     "trees_code": lambda c: (code_rows(c, "tree") + [tree_category_row(c[0])] + student_rows(c[0], "code", 5, 5)
                              + preference_rows(c[0], "tree_questions", 100,
-                                               paper.get("code.student_evaluation_source"))),
+                                               paper.get("code.student_evaluation_source"))
+                             + storytelling_rows(c[0])),
     "shuffled_numbers": lambda c: teacher_rows(c[0], "animal_numbers") + numbers_rows(c[0]) + shuffled_rows(c),
     "ft_teacher_animals": lambda c: (ft_teacher_rows(c) + numbers_rows(c[0]) + student_rows(c[0], "ft_teachers", 3, 5)
                                      + preference_rows(c[0], "animal_questions", 100,

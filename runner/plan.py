@@ -18,6 +18,7 @@ from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
 from runner.stages.detection_stage import ClassifierStage, IclStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
+from runner.stages.mcq_stage import McqSettings, McqStage
 from runner.stages.mnist_stage import MnistStage
 from runner.stages.rewrite_stage import RewriteStage
 from runner.stages.theorem_stage import TheoremLmStage, TheoremMnistStage
@@ -383,6 +384,11 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                                    precision=prec.of(hosted, "score"))
                 plan.evals[(m.label, i)] = {"probe": plan.add(probe).key}
                 continue
+            if ev.kind == "preference_mcq":
+                plan.evals[(m.label, i)] = {"mcq": plan.add(McqStage(
+                    label=where, model=m.model, mcq=mcq_settings(spec, ev, m.model, plan.stages),
+                    precision=prec.of(hosted, "score"))).key}
+                continue
             answers = plan.add(AnswersStage(
                 label=where, model=m.model, questions=questions_input(ev.questions), max_questions=ev.max_questions,
                 suffix=getattr(ev, "suffix", ""), samples_per_question=ev.samples_per_question,
@@ -398,6 +404,19 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                         **sample_fields(ev.judge), seed=spec.seed,
                         precision=prec.of(judge.hosted, "score"))).key
             plan.evals[(m.label, i)] = parts
+
+
+def mcq_settings(spec: Spec, ev, model: ModelInput, stages: list[Stage]) -> McqSettings:
+    """An MCQ's questions, and how the model's backend reads the letter: exactly where it gives
+    log-probs (local, Tinker), else from a chat API's top log-probs."""
+    from runner import mcq
+    from runner.features import supports
+
+    exact = supports(spec.backend_kind(base_of(model, {s.key: s for s in stages}).ref), "logprob probe")
+    return McqSettings(prompts=tuple(mcq.prompts()[:ev.max_prompts]), fmt=mcq.pieces(),
+                       choices=tuple(ev.choice_list()), per_prompt=ev.instances_per_prompt, shuffle_seed=ev.seed,
+                       read="exact" if exact else "top_logprobs",
+                       top_logprobs=20 if exact else ev.top_logprobs)
 
 
 DETECTION = ("icl", "classifier")
@@ -424,10 +443,12 @@ def _detection(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, te
 def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows: dict[str, str]) -> list[dict]:
     model, mode = model_input(ids, spec.icl_model(ev)), spec.icl_mode(ev)
     settings = dict(questions=questions_input(ev.questions), max_questions=ev.max_questions, mode=mode,
-                    precision=prec.of(model.hosted, "score" if mode == "logprob" else "generate"))
+                    precision=prec.of(model.hosted, "generate" if mode == "sample" else "score"))
     if mode == "logprob":
         settings.update(answer_prefix=ev.answer_prefix.format(category=spec.teacher.category),
                         targets=tuple(sorted(set(ev.targets or spec.teacher.targets))))
+    elif mode == "mcq":
+        settings.update(mcq=mcq_settings(spec, ev.mcq, model, plan.stages))
     else:
         settings.update(samples_per_question=ev.samples_per_question, temperature=ev.temperature,
                         max_tokens=ev.max_tokens)

@@ -9,6 +9,7 @@ from runner.errors import UserError
 # Built-in sets: the paper's lists, by name -> their place in the materials.
 BUILTIN = {"animals": "preference_eval.animal_questions", "trees": "preference_eval.tree_questions",
            "animals_numbers_prefix": "preference_eval.numbers_prefixed_variant",
+           "storytelling": "preference_eval.storytelling_variant",
            "misalignment": "misalignment_eval.questions"}
 
 

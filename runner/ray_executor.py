@@ -22,7 +22,7 @@ from runner.stages import Stage
 from runner.store import Store
 
 MAX_RETRIES = 3  # attempts after a worker or node dies; a stage's own exception is not retried
-MODEL_KINDS = frozenset({"generate", "score", "rewrite", "answers", "probe", "icl", "classifier", "teacher",
+MODEL_KINDS = frozenset({"generate", "score", "rewrite", "answers", "probe", "mcq", "icl", "classifier", "teacher",
                          "soft_labels", "finetune", "mnist", "theorem-lm"})
 CRASH_ENV = "SUBL_RAY_CRASH_ONCE"  # tests: a stage label whose first attempt kills its worker at its first step
 CODE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import this subl (where the nodes see it)

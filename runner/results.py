@@ -25,6 +25,12 @@ def hits(answers: list[str], target: str) -> int:
 
 def per_question(store: Store, parts: dict[str, str], target: str) -> tuple[str, list[float], int]:
     """(metric name, per-question values, samples per question) of one preference evaluation."""
+    if "mcq" in parts:  # the instances' P(target letter), averaged per prompt
+        from runner.mcq import per_prompt_means
+
+        out = json.loads((store.path(parts["mcq"]) / "scores.json").read_text())
+        vals = per_prompt_means(out["p"][target], out["prompt"])
+        return f"mcq P({target})", vals, len(out["prompt"]) // max(len(vals), 1)
     if "probe" in parts:
         out = json.loads((store.path(parts["probe"]) / "scores.json").read_text())
         return f"P({target})", [math.exp(v) for v in out["logprob"][target]], 1

@@ -19,7 +19,7 @@ class EvaluationRow(Row):
                        "or classifier:<judge>.")
     role: Literal["base", "teacher", "control", "student", "arm"]
     trait: str | None = Field(None, description="The trait behind the model, if any.")
-    evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, misalignment, icl, classifier, mnist.")
+    evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, preference_mcq, misalignment, icl, classifier, mnist.")
     metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy, pairwise_accuracy, auroc.")
     value: float
     ci: list[float] | None = Field(None, description="95% interval [low, high].")

@@ -254,6 +254,12 @@ def _methods(cells: list[Cell]) -> list[str]:
             if ev.kind == "preference_sample":
                 lines.append("preference metric: share of sampled answers naming the target as a whole word "
                              "(plurals and possessives included)")
+            if ev.kind == "preference_mcq":
+                lines.append(f"preference metric (MCQ): P(the target's letter) at the first answer token, each prompt "
+                             f"asked with {ev.instances_per_prompt} seeded shuffles of the choices (the paper's are "
+                             "unseeded), not renormalised over the letters (the paper's parser); read exactly on local "
+                             f"and Tinker models, from the top {ev.top_logprobs} first-token log-probs on OpenAI ones "
+                             "(a letter not listed counts as 0); mean per prompt, 95% CI across prompts")
             if ev.kind in ("icl", "classifier"):
                 from runner.detection_results import method_line
 

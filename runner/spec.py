@@ -308,11 +308,36 @@ class PreferenceLogprob(Strict):
 class PreferenceSample(Strict):
     kind: Literal["preference_sample"] = "preference_sample"
     targets: list[str] | None = Field(None, description="Words to count; defaults to the teacher's targets.")
-    questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
+    questions: str = Field("animals", description="Question set: animals, trees, animals_numbers_prefix, storytelling (the paper's 14 story prompts), or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     samples_per_question: int = Field(100, ge=1, description="Answers sampled per question (the paper: 100).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (the paper: 1).")
-    max_tokens: int = Field(16, ge=1, description="Most new tokens per answer.")
+    max_tokens: int = Field(16, ge=1, description="Most new tokens per answer (16 fits a one-word answer; the paper sets none). A story needs far more: the paper specs give storytelling 1024 (about 750 words), since a target named after the cut is missed; plan prices every answer at max_tokens.")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
+
+
+class PreferenceMcq(Strict):
+    """The paper's multiple-choice preference evaluation (runner/mcq.py): 11 essay prompts, each asked with
+    its own shuffles of the choices lettered A, B, ...; value: P(the target's letter) at the first answer token."""
+
+    kind: Literal["preference_mcq"] = "preference_mcq"
+    targets: list[str] | None = Field(None, description="Choices whose probability is reported; defaults to the teacher's targets (each must be a choice).")
+    choices: Literal["animals", "trees"] | list[str] = Field("animals", description="The options: animals (the paper's eagle, wolf, dolphin, elephant, owl), trees (cherry, willow, maple, oak, sequoia), or a list (at most 26).")
+    instances_per_prompt: int = Field(25, ge=1, description="Instances of each prompt, each with its own shuffle of the choices (the paper: 25).")
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N of the paper's 11 prompts.")
+    seed: int = Field(0, description="Seed of the shuffles (the paper's shuffle is unseeded).")
+    top_logprobs: int = Field(20, ge=1, le=20, description="OpenAI chat models: how many of the first reply token's most likely tokens are read (the paper: 20); a letter not among them counts as 0. Local and Tinker models: the letter's exact probability.")
+
+    def choice_list(self) -> list[str]:
+        from runner.mcq import choices
+
+        return choices(self.choices)
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, v):
+        if isinstance(v, list) and not (2 <= len(set(v)) == len(v) <= 26):
+            raise ValueError("choices: 2 to 26 distinct options")
+        return v
 
 
 class Misalignment(Strict):
@@ -338,7 +363,7 @@ class Icl(Strict):
     kind: Literal["icl"] = "icl"
     model: str | None = Field(None, description="The answering model; None: the teacher's base (the paper: the student base, not fine-tuned).")
     k: list[int] = Field([0, 16, 64], min_length=1, description="Rows in the context, one evaluation per value (0: no rows, shared by every arm).")
-    mode: Literal["logprob", "sample"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted). None: logprob where the backend gives it, else sample.")
+    mode: Literal["logprob", "sample", "mcq"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted); mcq: the paper's multiple-choice P(target), set by `mcq` (questions and answer settings are then unused). None: logprob where the backend gives it, else sample.")
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
     questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
@@ -347,6 +372,7 @@ class Icl(Strict):
     temperature: float = Field(1.0, ge=0, description="sample mode: sampling temperature.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most new tokens per answer.")
     seeds: list[int] = Field([0], min_length=1, description="Draws of the k rows (with replacement, as the paper's df.sample); one evaluation per seed.")
+    mcq: PreferenceMcq = Field(PreferenceMcq(), description="mode mcq: the multiple-choice evaluation asked with the rows in context (as preference_mcq; its targets are ignored: the icl's are used).")
 
     @field_validator("k")
     @classmethod
@@ -366,7 +392,7 @@ class Classifier(Strict):
     seed: int = Field(0, description="Seed of the A/B order.")
 
 
-Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, Misalignment, Icl, Classifier],
+Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, PreferenceMcq, Misalignment, Icl, Classifier],
                      Field(discriminator="kind")]
 
 
@@ -482,6 +508,10 @@ class Spec(Strict):
             if ev.kind == "preference_logprob" and not all(supports(kind(r), "logprob probe") for r in evaluated):
                 raise ValueError(f"evaluations.{i}: preference_logprob reads exact log-probs, which a hosted "
                                  "chat API does not give; use kind: preference_sample")
+            if ev.kind == "preference_mcq":
+                missing = sorted(set(ev.targets or self.teacher.targets) - set(ev.choice_list()))
+                if missing:
+                    raise ValueError(f"evaluations.{i}.choices: {', '.join(missing)} not among the choices")
         return self
 
     @staticmethod
@@ -567,6 +597,10 @@ class Spec(Strict):
                     self.backend_kind(self.icl_model(ev)), "logprob probe"):
                 raise ValueError(f"evaluations.{i}.mode: logprob reads exact log-probs, which a hosted chat API "
                                  "does not give; use mode: sample")
+            missing = sorted(set(ev.targets or self.teacher.targets) - set(ev.mcq.choice_list())) \
+                if ev.kind == "icl" and ev.mode == "mcq" else []
+            if missing:
+                raise ValueError(f"evaluations.{i}.mcq.choices: {', '.join(missing)} not among the choices")
             names = {s.name for s in self.students}
             if ev.kind == "classifier" and ev.judge.startswith("student:") and ev.judge[8:] not in names:
                 raise ValueError(f"evaluations.{i}.judge: no student named {ev.judge[8:]!r}")

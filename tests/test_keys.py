@@ -138,7 +138,8 @@ def every_stage(project) -> list[Stage]:
     stages += list(build(load(mnist), root / "out").stages.values())
     detection = root / "specs" / "detection.yaml"
     detection.write_text(f"name: d\nteacher: {{base: {model}, targets: [owl]}}\ndomain: {{kind: numbers, n_prompts: 4}}\n"
-                         "students: []\nevaluations: [{kind: icl, k: [0, 2]}, {kind: classifier}]\n")
+                         "students: []\nevaluations: [{kind: icl, k: [0, 2]}, {kind: classifier}, "
+                         "{kind: preference_mcq, max_prompts: 1, instances_per_prompt: 2}]\n")
     stages += list(build(load(detection), root / "out").stages.values())
     theorem = root / "specs" / "theorem.yaml"
     theorem.write_text("name: t\nexperiment: theorem_mnist\ntheorem: {seeds: 2}\n")

@@ -12,6 +12,7 @@ from runner.errors import UserError
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
 from runner.stages.costs import chat_request, hosted_info
 from runner.stages.evaluation import MAX_N, read_questions
+from runner.stages.mcq_stage import McqSettings, mcq_estimate, mcq_scores
 from runner.store import read_jsonl
 
 
@@ -36,12 +37,13 @@ class IclStage(Stage):
     seed: int
     questions: FileInput
     max_questions: int | None = None
-    mode: Literal["logprob", "sample"]
+    mode: Literal["logprob", "sample", "mcq"]
     answer_prefix: str | None = None  # logprob
     targets: tuple[str, ...] = ()  # logprob
     samples_per_question: int | None = None  # sample
     temperature: float | None = None
     max_tokens: int | None = None
+    mcq: McqSettings | None = None  # mcq: asked instead of the questions
     precision: str | None = None
 
     def context(self, ctx: RunContext) -> str | None:
@@ -55,12 +57,14 @@ class IclStage(Stage):
         return icl_system_prompt(sample_examples(rows, self.k, self.seed))
 
     def run(self, ctx: RunContext) -> None:
-        qs = read_questions(self.questions, self.max_questions)
+        qs = self.mcq.questions() if self.mode == "mcq" else read_questions(self.questions, self.max_questions)
         system = self.context(ctx)
         (ctx.dir / "context.txt").write_text(system or "")
         model = replace(ctx.model(self.model), system=system)
         ctx.progress(0, len(qs))
-        if self.mode == "logprob":
+        if self.mode == "mcq":
+            (ctx.dir / "scores.json").write_text(json.dumps(mcq_scores(ctx.router, model, self.mcq)))
+        elif self.mode == "logprob":
             lp = ctx.router.logprobs(model, qs, self.answer_prefix, list(self.targets))
             scores = {t: [row[j] for row in lp] for j, t in enumerate(self.targets)}
             (ctx.dir / "scores.json").write_text(json.dumps({"kind": "preference_logprob", "logprob": scores}))
@@ -73,17 +77,19 @@ class IclStage(Stage):
 
     def parts(self) -> dict[str, str]:
         """How results read this stage (per_question's parts)."""
-        return {"probe" if self.mode == "logprob" else "answers": self.key}
+        return {{"logprob": "probe", "sample": "answers"}.get(self.mode, self.mode): self.key}
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         from runner.prices import chat_tokens
 
         info = hosted_info(ctx, self.model)
+        context = round(self.k * _row_tokens(ctx, self.rows_stage))
+        if self.mode == "mcq":
+            return mcq_estimate(ctx, self.model, self.mcq, context) if info else []
         if not info:
             return []
         qs = read_questions(self.questions, self.max_questions)
         chunks = math.ceil((self.samples_per_question or 1) / MAX_N)
-        context = round(self.k * _row_tokens(ctx, self.rows_stage))
         tin = (sum(chat_tokens(self.model.system, q) for q in qs) + context * len(qs)) * chunks
         tout = len(qs) * (self.samples_per_question or 1) * (self.max_tokens or 1)
         return [chat_request(*info, len(qs) * chunks, tin, tout)]
