@@ -442,8 +442,9 @@ def _detection(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, te
 
 def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows: dict[str, str]) -> list[dict]:
     model, mode = model_input(ids, spec.icl_model(ev)), spec.icl_mode(ev)
-    settings = dict(questions=questions_input(ev.questions), max_questions=ev.max_questions, mode=mode,
-                    precision=prec.of(model.hosted, "generate" if mode == "sample" else "score"))
+    settings = dict(mode=mode, precision=prec.of(model.hosted, "generate" if mode == "sample" else "score"))
+    if mode != "mcq":  # mcq asks its own prompts: the questions would be in the key for nothing
+        settings.update(questions=questions_input(ev.questions), max_questions=ev.max_questions)
     if mode == "logprob":
         settings.update(answer_prefix=ev.answer_prefix.format(category=spec.teacher.category),
                         targets=tuple(sorted(set(ev.targets or spec.teacher.targets))))

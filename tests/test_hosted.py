@@ -422,9 +422,8 @@ def test_plan_and_validate_need_no_key(monkeypatch):
         text = "\n".join(lines)
         assert "30,000 requests" in text and "training tokens" in text and "$" in text
         assert f"price table dated {PRICES_DATE}" in lines[-1]
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)  # with a key set, plan still neither needs nor shows it
-        assert no_secret("\n".join(plan_lines(path, ROOT / "outputs-never-written")))
-        monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # with a key set, plan still neither needs nor shows it
+    assert no_secret("\n".join(plan_lines(ROOT / "specs" / "animals_numbers.yaml", ROOT / "outputs-never-written")))
     assert not (ROOT / "outputs-never-written").exists()
 
 

@@ -94,7 +94,8 @@ def test_changed_hyperparameter_reruns_only_downstream(finished):
 
 def test_kill_during_generation_resumes_exactly(tiny_model, tmp_path):
     spec = tmp_path / "k.yaml"
-    spec.write_text(TINY.format(base=tiny_model, n=80).replace("control: true", "control: false")
+    only_rows = TINY.split("students:")[0] + "students: []\nevaluations: []\n"  # what is killed: generation
+    spec.write_text(only_rows.format(base=tiny_model, n=80).replace("control: true", "control: false")
                     .replace("targets: [panda, owl]", "targets: [owl]"))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out)],

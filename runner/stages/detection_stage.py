@@ -35,7 +35,7 @@ class IclStage(Stage):
     rows_stage: str | None  # None when k == 0
     k: int
     seed: int
-    questions: FileInput
+    questions: FileInput | None = None  # None in mcq mode
     max_questions: int | None = None
     mode: Literal["logprob", "sample", "mcq"]
     answer_prefix: str | None = None  # logprob
