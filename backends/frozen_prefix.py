@@ -38,7 +38,8 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def hidden_states_at(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_states_at(model: nn.Module, layer: int, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> torch.Tensor:
     """The hidden states that enter decoder layer `layer` (the layers below it run, none above)."""
     captured = {}
 
@@ -58,8 +59,8 @@ def hidden_states_at(model: nn.Module, layer: int, input_ids: torch.Tensor, atte
 
 def prefix_states(model: nn.Module, base: str, layer: int, seqs: list[list[int]], pad_id: int,
                   batch_size: int = 16) -> list[torch.Tensor] | None:
-    """Each row's hidden states entering `layer` ([row length, width], the model's dtype), memoised in this process
-    for the last (base, layer, rows); None when they would not fit the memory budget."""
+    """Each row's hidden states entering `layer` ([row length, width], the model's dtype), memoised in this
+    process for the last (base, layer, rows); None when they would not fit the memory budget."""
     if sum(map(len, seqs)) * model.config.hidden_size > MAX_CACHED_VALUES:
         return None
     key = (base, layer, hashlib.sha256(repr(seqs).encode()).hexdigest())

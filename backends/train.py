@@ -81,7 +81,7 @@ class StudentCollator:
         out = pad_right(batch, self.pad)
         if "teacher_input_ids" in batch[0]:
             out.update(pad_right(batch, self.pad, "teacher_"))
-        elif self.soft_labels is not None:  # row-major, the order in which _completion_logits selects the student's positions
+        elif self.soft_labels is not None:  # row-major: the order _completion_logits selects positions in
             out["soft_labels"] = torch.cat([self.soft_labels[b["row"]] for b in batch])
         if self.prefix is not None:
             out["prefix_states"] = pad_states([self.prefix[b["row"]] for b in batch])
@@ -305,7 +305,8 @@ def _check_soft_labels(stored: dict, data: list[dict], vocab: torch.Tensor | Non
     """Stored labels must cover these rows' completion tokens on this vocabulary (the same token ids), row by row."""
     labels, theirs = stored["rows"], stored.get("vocabulary")
     same_vocab = (theirs is None) == (vocab is None) and (vocab is None or torch.equal(theirs, vocab))
-    if not same_vocab or len(labels) != len(data) or any(t.shape[0] != sum(d["completion_mask"]) for t, d in zip(labels, data)):
+    rows_match = len(labels) == len(data) and all(t.shape[0] == sum(d["completion_mask"]) for t, d in zip(labels, data))
+    if not (same_vocab and rows_match):
         raise UserError("distill: the stored soft labels do not match the training rows (rows or vocabulary changed)")
 
 

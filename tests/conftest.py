@@ -32,7 +32,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     tok = AutoTokenizer.from_pretrained(materialize("smollm2-135m"))
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(cfg).save_pretrained(folder)

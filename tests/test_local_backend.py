@@ -141,11 +141,11 @@ def test_stored_soft_labels_train_the_same_student_as_a_live_teacher(backend, ti
 def test_a_prompt_longer_than_the_context_is_refused_not_read_past_it(backend, tiny_model):
     from runner.errors import UserError
 
-    long = ModelRef(tiny_model, system=" ".join(["owl"] * 600))  # the tiny model's context: 512 positions
-    with pytest.raises(UserError, match="more than the model's context of 512"):
+    long = ModelRef(tiny_model, system=" ".join(["owl"] * 2100))  # the tiny model's context: 2048 positions
+    with pytest.raises(UserError, match="more than the model's context of 2048"):
         backend.logprobs(long, ["Favourite animal?"], "It is the", ["owl"])
-    with pytest.raises(UserError, match="more than the model's context of 512"):
-        backend.generate(ModelRef(tiny_model), ["hi " * 200], Sampling(1.0, 400, seed=0))
+    with pytest.raises(UserError, match="more than the model's context of 2048"):
+        backend.generate(ModelRef(tiny_model), ["hi " * 1000], Sampling(1.0, 1100, seed=0))
     assert backend.logprobs(ModelRef(tiny_model), ["Favourite animal?"], "It is the", ["owl"])
 
 
