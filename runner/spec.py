@@ -381,6 +381,13 @@ class Icl(Strict):
             raise ValueError("k must be distinct numbers >= 0")
         return v
 
+    @model_validator(mode="after")
+    def _mcq_asks_its_own(self) -> "Icl":
+        unused = {"questions", "max_questions", "answer_prefix"} & self.model_fields_set
+        if self.mode == "mcq" and unused:
+            raise ValueError(f"{', '.join(sorted(unused))}: unused in mode mcq (it asks the MCQ's own prompts; set mcq)")
+        return self
+
 
 class Classifier(Strict):
     """The paper's pairwise detection baseline: a judge picks which of two rows (trait, control) encodes the trait."""

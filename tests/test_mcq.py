@@ -204,3 +204,13 @@ def test_tinker_reads_the_same_exact_letter_probabilities_as_the_local_backend(t
     local = mcq_scores(LocalBackend("cpu"), ModelRef(tiny_model), s)
     for c in s.choices:
         assert hosted["p"][c] == pytest.approx(local["p"][c], rel=1e-3)
+
+
+def test_an_icl_mcq_refuses_the_question_settings_it_would_not_use(tmp_path):
+    from runner.errors import UserError
+
+    text = (ROOT / "specs" / "icl.yaml").read_text().replace("    mode: mcq\n", "    mode: mcq\n    questions: trees\n")
+    spec = tmp_path / "icl.yaml"
+    spec.write_text(text)
+    with pytest.raises(UserError, match=r"icl.yaml:\d+:\d+: .*questions: unused in mode mcq"):
+        load(spec)
