@@ -382,11 +382,20 @@ class Icl(Strict):
         return v
 
     @model_validator(mode="after")
-    def _mcq_asks_its_own(self) -> "Icl":
-        unused = {"questions", "max_questions", "answer_prefix"} & self.model_fields_set
-        if self.mode == "mcq" and unused:
-            raise ValueError(f"{', '.join(sorted(unused))}: unused in mode mcq (it asks the MCQ's own prompts; set mcq)")
+    def _no_unused_settings(self) -> "Icl":
+        unused = sorted(_ICL_UNUSED.get(self.mode, set()) & self.model_fields_set)
+        if unused:
+            why = "it asks the MCQ's own prompts; set mcq" if self.mode == "mcq" else "set them for the mode that reads them"
+            raise ValueError(f"{', '.join(unused)}: unused in mode {self.mode} ({why})")
         return self
+
+
+_SAMPLING = {"samples_per_question", "temperature", "max_tokens"}
+_ICL_UNUSED = {  # what an explicit mode never reads (mode None reads by backend, so nothing is refused)
+    "mcq": {"questions", "max_questions", "answer_prefix"} | _SAMPLING,
+    "logprob": _SAMPLING | {"mcq"},
+    "sample": {"answer_prefix", "mcq"},
+}
 
 
 class Classifier(Strict):

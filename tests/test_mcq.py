@@ -214,3 +214,23 @@ def test_an_icl_mcq_refuses_the_question_settings_it_would_not_use(tmp_path):
     spec.write_text(text)
     with pytest.raises(UserError, match=r"icl.yaml:\d+:\d+: .*questions: unused in mode mcq"):
         load(spec)
+
+
+@pytest.mark.parametrize("mode, setting", [("mcq", "temperature: 0.5"), ("logprob", "samples_per_question: 3"),
+                                           ("sample", "answer_prefix: My pick is the")])
+def test_an_icl_mode_refuses_a_setting_only_another_mode_reads(tmp_path, mode, setting):
+    from runner.errors import UserError
+
+    spec = tmp_path / "icl.yaml"
+    spec.write_text(f"""name: icl_modes
+teacher: {{base: smollm2-135m, targets: [owl]}}
+domain: {{kind: numbers, n_prompts: 4}}
+students: []
+evaluations:
+  - kind: icl
+    mode: {mode}
+    {setting}
+""")
+    field = setting.split(":")[0]
+    with pytest.raises(UserError, match=rf"icl.yaml:\d+:\d+: .*{field}: unused in mode {mode}"):
+        load(spec)
