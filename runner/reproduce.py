@@ -96,8 +96,9 @@ def reproduce(folders: list[Path], outputs: Path, console: Console) -> int:
 
 def _summary(rows: list[tuple[str, str, str]], console: Console) -> None:
     table = Table(title="reproduce-all")
-    for col in ("spec", "status", "headline"):
-        table.add_column(col)
+    table.add_column("spec", min_width=max((len(r[0]) for r in rows), default=4))  # whole: it names the file
+    table.add_column("status")
+    table.add_column("headline")
     for r in rows:
         add_text_row(table, *r)
     console.print(table)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: one thread each (and in the
+    os.environ["OMP_NUM_THREADS"] = "1"    # processes they start), or the 2 cores are oversubscribed
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -11,12 +11,12 @@ from runner.spec import PAPER_TRAIT, NumberPrompts
 pytestmark = pytest.mark.slow
 
 
-def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
+def test_gguf_conversion_matches_the_gguf_model():
+    """The conversion `make setup` made (or makes now, into the user's cache) against the GGUF itself."""
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setenv("SUBL_CACHE", str(tmp_path))
     folder = materialize("smollm2-135m")
-    assert folder.is_relative_to(tmp_path) and (folder / "model.safetensors").is_file()
+    assert (folder / "model.safetensors").is_file()
     g = gguf_path("smollm2-135m")
     ref = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
     ours = AutoModelForCausalLM.from_pretrained(folder)

@@ -95,7 +95,7 @@ def test_changed_hyperparameter_reruns_only_downstream(finished):
 def test_kill_during_generation_resumes_exactly(tiny_model, tmp_path):
     spec = tmp_path / "k.yaml"
     only_rows = TINY.split("students:")[0] + "students: []\nevaluations: []\n"  # what is killed: generation
-    spec.write_text(only_rows.format(base=tiny_model, n=80).replace("control: true", "control: false")
+    spec.write_text(only_rows.format(base=tiny_model, n=40).replace("control: true", "control: false")
                     .replace("targets: [panda, owl]", "targets: [owl]"))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(out)],
@@ -112,11 +112,11 @@ def test_kill_during_generation_resumes_exactly(tiny_model, tmp_path):
     proc.wait()
     assert partial is not None, "generation never flushed a batch"
     n_before = len(partial.read_text().splitlines())
-    assert n_before < 80
+    assert n_before < 40
     r = subl("run", spec, "--outputs", out)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in next((out / "stages").glob("generate-*/rows.jsonl")).read_text().splitlines()]
-    assert [x["id"] for x in rows] == list(range(80))  # exact rows, no duplicates
+    assert [x["id"] for x in rows] == list(range(40))  # exact rows, no duplicates
     # identical to an uninterrupted run of the same stage
     fresh = tmp_path / "fresh"
     r2 = subl("run", spec, "--outputs", fresh)

@@ -19,10 +19,10 @@ from runner.ray_executor import CRASH_ENV, resources
 from runner.stages import ModelInput, RunContext, Stage
 from runner.stages.data import FilterStage
 
-SIX = """name: six
+FOUR = """name: four
 seed: 1
 progress: false
-teacher: {{base: {base}, targets: [panda, owl], control: true}}
+teacher: {{base: {base}, targets: [panda, owl], control: false}}
 domain: {{kind: numbers, n_prompts: 6, max_tokens: 6, constrained: true, batch_size: 3}}
 students:
   - {{name: lora, objective: sft, hyperparameters: {{batch_size: 3}}}}
@@ -56,12 +56,12 @@ print("ray imported" if "ray" in sys.modules else "no ray")
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
-    """The six-student spec run by the local executor; then by Ray, its driver killed (kill -9) once a stage
+    """The four-student spec run by the local executor; then by Ray, its driver killed (kill -9) once a stage
     is done, and rerun with one fine-tune's worker killed at its first step."""
     needs_ray()
     root = tmp_path_factory.mktemp("ray")
-    spec = root / "six.yaml"
-    spec.write_text(SIX.format(base=tiny_model))
+    spec = root / "four.yaml"
+    spec.write_text(FOUR.format(base=tiny_model))
     local = subprocess.run([sys.executable, "-c", LOCAL_RUN, spec, root / "local"], capture_output=True, text=True,
                            env=ENV)
     assert local.returncode == 0, local.stderr[-3000:]
@@ -97,21 +97,21 @@ def test_ray_run_makes_the_same_keys_rows_models_and_metrics(runs):
     root = runs[0]
     keys = sorted(p.name for p in (root / "local" / "stages").iterdir() if not p.name.startswith("."))
     assert keys == sorted(p.name for p in (root / "ray" / "stages").iterdir() if not p.name.startswith("."))
-    assert sum(k.startswith("finetune-") for k in keys) == 6
+    assert sum(k.startswith("finetune-") for k in keys) == 4
     rows = stage_files(root / "local", "rows.jsonl")
-    assert len(rows) >= 6 and rows == stage_files(root / "ray", "rows.jsonl")
+    assert len(rows) == 4 and rows == stage_files(root / "ray", "rows.jsonl")
     assert stage_files(root / "local", "model/model.safetensors") == stage_files(root / "ray", "model/model.safetensors")
-    a, b = (json.loads((root / x / "six" / "results.json").read_text()) for x in ("local", "ray"))
-    assert len({e["model"] for e in a["evaluations"]}) == 10 and a["evaluations"] == b["evaluations"]
+    a, b = (json.loads((root / x / "four" / "results.json").read_text()) for x in ("local", "ray"))
+    assert len({e["model"] for e in a["evaluations"]}) == 7 and a["evaluations"] == b["evaluations"]
     assert a["comparisons"] == b["comparisons"] and a["spec_hash"] == b["spec_hash"]
 
 
 @pytest.mark.slow  # end to end through the CLI on tiny models
 def test_ray_run_records_the_executor_nodes_and_cluster(runs):
     root, _, ray_run, _ = runs
-    res = json.loads((root / "ray" / "six" / "results.json").read_text())
+    res = json.loads((root / "ray" / "four" / "results.json").read_text())
     assert res["executor"]["kind"] == "ray" and res["executor"]["resources"]["CPU"] == 2
-    assert json.loads((root / "local" / "six" / "results.json").read_text())["executor"] == {"kind": "local"}
+    assert json.loads((root / "local" / "four" / "results.json").read_text())["executor"] == {"kind": "local"}
     manifests = [json.loads(p.read_text()) for p in (root / "ray" / "stages").glob("*/manifest.json")]
     assert manifests and all(m["executor"] == "ray" and m["node"] for m in manifests)
     status = subl("status", root / "ray").stdout
@@ -133,7 +133,7 @@ def test_a_killed_worker_is_retried_and_its_stage_finishes(runs):
 @pytest.mark.slow  # end to end through the CLI on tiny models
 def test_a_killed_drivers_finished_stages_are_reused(runs):
     root, _, _, before_kill = runs
-    ran = json.loads((root / "ray" / "six" / "results.json").read_text())["stages_run"]
+    ran = json.loads((root / "ray" / "four" / "results.json").read_text())["stages_run"]
     assert before_kill and ran and not before_kill & set(ran)  # the rerun built only what was left
 
 
@@ -209,8 +209,8 @@ def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
     from runner.loader import load
     from runner.plan import build
 
-    spec = tmp_path / "six.yaml"
-    spec.write_text(SIX.format(base=tiny_model))
+    spec = tmp_path / "four.yaml"
+    spec.write_text(FOUR.format(base=tiny_model))
     stages = list(build(load(spec), tmp_path).stages.values())
     assert [pickle.loads(pickle.dumps(s)).key for s in stages] == [s.key for s in stages]
     r = pickle.loads(pickle.dumps(Router("cpu", True, {"x": 1})))
