@@ -1,10 +1,13 @@
 """Checks before money is spent: every hosted OpenAI-compatible backend a plan still has to call is
 asked (for free, or for a few tokens) whether the key works, the models exist, fine-tuning is
-allowed, and the largest request fits its tokens-per-minute limit (backends.openai_api.preflight)."""
+allowed, and the largest request fits its tokens-per-minute limit (backends.openai_api.preflight).
+Local models are checked too where a setting cannot fit them (lora_layers beyond the model's depth), so a
+run does not generate for minutes and then stop at its first student."""
 from __future__ import annotations
 
 from backends import Router
 from runner.core import backend_name
+from runner.errors import UserError
 from runner.plan import Plan
 from runner.prices import chat_tokens
 from runner.stages import ModelInput, Stage, base_of
@@ -48,3 +51,28 @@ def preflight(plan: Plan, store) -> list[str]:
             continue
         notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())), largest.get(b, 0))
     return notes
+
+
+def check_local_depth(plan: Plan, store) -> None:
+    """A one-line UserError when a not-yet-finished local student or teacher asks LoRA on more decoder
+    layers than its base has. Read from the base's config where it is on disk (an embedded model, a folder,
+    the hub's cache); a base whose config is not at hand is checked when it is trained."""
+    for key, s in plan.stages.items():
+        if not isinstance(s, (FinetuneStage, TeacherStage)) or not s.training.lora_layers or store.done(key):
+            continue
+        ref = base_of(s.base, plan.stages).ref
+        depth = _local_depth(ref) if backend_name(ref) == "local" else None
+        if depth is not None and s.training.lora_layers > depth:
+            raise UserError(f"{s.label}: lora_layers {s.training.lora_layers}, but {ref} has only {depth} "
+                            "decoder layers")
+
+
+def _local_depth(ref: str) -> int | None:
+    from backends.embedded import resolve
+
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(resolve(ref), local_files_only=True).num_hidden_layers
+    except (OSError, ValueError, AttributeError, UserError):
+        return None

@@ -148,8 +148,9 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
         require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
     plan = build(cells, store.root)
-    from runner.preflight import preflight
+    from runner.preflight import check_local_depth, preflight
 
+    check_local_depth(plan, store)
     for note in preflight(plan, store):  # a refused key or fine-tuning right stops here, before any spending
         console.print(f"check: {note}", markup=False)
     for note in _slow_bf16(cells):

@@ -75,3 +75,26 @@ def test_more_lora_layers_than_the_model_has_is_one_clear_error(tiny_model, tmp_
     with pytest.raises(UserError, match="lora_layers 3: .* has only 2 decoder layers"):
         LocalBackend("cpu").finetune(tiny_model, ROWS, _training(lora_layers=3), tmp_path / "x",
                                      ModelRef(tiny_model, system="You love owls."))
+
+
+def test_subl_run_refuses_too_many_lora_layers_before_generating(tiny_model, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from runner import cli
+
+    spec = tmp_path / "deep.yaml"
+    spec.write_text(f"""name: deep
+progress: false
+teacher: {{base: {tiny_model}, targets: [owl], control: true}}
+domain: {{kind: numbers, n_prompts: 4, max_tokens: 6, constrained: true}}
+students:
+  - {{name: top, hyperparameters: {{lora_layers: 3}}}}
+evaluations: []
+""")
+    monkeypatch.setattr(sys, "argv", ["subl", "run", str(spec), "--outputs", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "finetune top:owl:r0: lora_layers 3, but" in err and "has only 2 decoder layers" in err
+    assert not list((tmp_path / "out").glob("stages/*"))  # nothing generated
