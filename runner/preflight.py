@@ -5,6 +5,8 @@ Local models are checked too where a setting cannot fit them (lora_layers beyond
 run does not generate for minutes and then stop at its first student."""
 from __future__ import annotations
 
+from functools import cache
+
 from backends import Router
 from runner.core import backend_name
 from runner.errors import UserError
@@ -67,6 +69,7 @@ def check_local_depth(plan: Plan, store) -> None:
                             "decoder layers")
 
 
+@cache  # one read per base, however many students share it
 def _local_depth(ref: str) -> int | None:
     from backends.embedded import resolve
 
