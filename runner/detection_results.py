@@ -7,11 +7,11 @@ import json
 import numpy as np
 
 from runner.plan import CellPlan, compared_rows
-from runner.stats import CI_METHOD, TEST_METHOD, mean_ci, sign_flip_p
+from runner.stats import CI_METHOD, TEST_METHOD, arm_comparison, mean_ci, sign_flip_p
 from runner.store import Store
 
-ICL_NOTE = ("ICL: one draw of k rows per seed, shared by every question; the test covers question sampling only, "
-            "not the draw of rows")
+ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
+            "only, not the draw of rows")
 BINOMIAL = "two-sided exact binomial test of the accuracy against 50%"
 WILSON = "95% Wilson interval over pairs"
 
@@ -22,7 +22,9 @@ def icl_label(rows: str, k: int) -> str:
 
 def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[list[dict], list[dict]]:
     """Per (rows, k) and target: the metric per question averaged over seeds, with a t-interval across
-    questions; per target and k > 0: the target's rows against the control's (or each other target's).
+    questions; per target and k > 0: the target's rows against the control's (or each other target's),
+    paired over questions, and with 2 or more draws (seeds) also across draws (unit: draw), the test that
+    covers which rows landed in the context.
     per_question: runner.results.per_question (what a stage's answers or probe say per question)."""
     spec, cell = plan.spec, plan.cell.label
     targets = list(ev.targets or spec.teacher.targets)
@@ -35,7 +37,7 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
             per_seed = [per_question(store, e["parts"], t) for e in entries]
             metric, n_samples = per_seed[0][0], per_seed[0][2]
             vals = list(np.mean([v for _, v, _ in per_seed], axis=0))
-            values[(rows, k, t)] = (metric, vals)
+            values[(rows, k, t)] = (metric, vals, [float(np.mean(v)) for _, v, _ in per_seed])
             mean, lo, hi = mean_ci(vals)
             evaluations.append({
                 "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
@@ -46,10 +48,28 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
     for t in [t for t in targets if t in spec.teacher.targets]:
         for k in ev.k:
             for other, b_is in compared_rows(spec, t) if k else ():
-                metric, a = values[(t, k, t)]
-                b = values[(other, k, t)][1]
+                metric, a, a_draws = values[(t, k, t)]
+                _, b, b_draws = values[(other, k, t)]
                 comparisons.append(_paired(cell, icl_label(t, k), icl_label(other, k), metric, a, b, b_is, k))
+                if min(len(a_draws), len(b_draws)) >= 2:
+                    comparisons.append(_across_draws(cell, icl_label(t, k), icl_label(other, k), metric, a_draws,
+                                                     b_draws, b_is, k))
     return evaluations, comparisons
+
+
+def _across_draws(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,
+                  k: int) -> dict:
+    """Trait rows against control rows with each draw's mean over questions as one value: the two arms' draws
+    are independent (draw s of one teacher's rows has nothing to do with draw s of the other's), so this is an
+    arm comparison, not a paired one."""
+    c = arm_comparison(a, b, unit="draw")
+    return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric, "diff": c["diff"],
+            "ratio": c["ratio"], "p_value": c["p_value"], "test": c["test"], "unit": "draw", "n": len(a) + len(b),
+            "n_a": len(a), "n_b": len(b), "b_is": b_is, "mean_a": c["mean_a"], "mean_b": c["mean_b"],
+            "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
+            "min_p": c["min_p"], "a_wins": None, "per_student_a": a, "per_student_b": b,
+            "note": "each value is one draw of k rows, averaged over the questions", "significant": bool(c["p_value"] < 0.05),
+            "k": k}
 
 
 def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,

@@ -456,7 +456,7 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
     out = []
     for k in ev.k:
         for name in (["none"] if k == 0 else list(rows)):
-            for seed in ev.seeds:
+            for seed in ev.seeds if k else ev.seeds[:1]:  # no rows to draw at k = 0: one evaluation
                 stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
                                           rows_stage=rows.get(name), **settings))
                 out.append({"rows": name, "k": k, "seed": seed, "key": stage.key, "parts": stage.parts()})

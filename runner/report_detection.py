@@ -25,16 +25,19 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         icl = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "icl"]
-        cmp = {(c["a"], c["metric"]): c for c in results["comparisons"] if c["cell"] == cell
-               and c.get("evaluation") == "icl"}
+        cmp: dict[tuple[str, str], list[dict]] = {}
+        for c in results["comparisons"]:
+            if c["cell"] == cell and c.get("evaluation") == "icl":
+                cmp.setdefault((c["a"], c["metric"]), []).append(c)
         rows = []
         for e in sorted(icl, key=lambda e: (e["metric"], e["k"], e["model"])):
-            c = cmp.get((e["model"], e["metric"]))
-            vs = f"{_g(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)" if c else ""
-            rows.append([e["metric"], str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]), vs])
+            vs = "; ".join(f"{_g(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)"
+                           for c in cmp.get((e["model"], e["metric"]), []))
+            rows.append([e["metric"], str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]),
+                         str(e.get("icl_seeds") or 1), vs])
         if rows:
             out.append((f"ICL: the preference metric with k teacher rows in context{_cell(cell)}",
-                        ["metric", "k", "rows of", "value [95% CI]", "questions", "diff (paired)"], rows))
+                        ["metric", "k", "rows of", "value [95% CI]", "questions", "draws", "diff, p (unit)"], rows))
         clf = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"]
         rows = []
         for e in clf:

@@ -49,7 +49,7 @@ class ComparisonRow(Row):
     ratio: float | None
     p_value: float
     test: str = Field(description="The test, by name.")
-    unit: Literal["question", "student", "seed"] = Field(description="What the test treats as independent.")
+    unit: Literal["question", "student", "seed", "draw"] = Field(description="What the test treats as independent.")
     n: int = Field(description="Paired units (questions or seeds), or students in both arms.")
     n_a: int = Field(description="Trained models (students or seeds) in arm a.")
     n_b: int
@@ -64,11 +64,13 @@ class ComparisonRow(Row):
     diff_ci: list[float] | None = None
     ci_method: str | None = None
     min_p: float | None = Field(None, description="The smallest p-value the test can give with these arm sizes.")
-    per_student_a: list[float] | None = Field(None, description="Each student's metric (mean over questions).")
+    per_student_a: list[float] | None = Field(
+        None, description="Each student's (ICL: each draw's) metric, its mean over questions.")
     per_student_b: list[float] | None = None
     k: int | None = Field(None, description="ICL: rows in the context of both arms.")
-    significant: bool = Field(description="The test covers training randomness (unit student or seed) and p < 0.05 "
-                                          "(students) or p < 0.01 (seeds); never for a question-level test.")
+    significant: bool = Field(description="The test covers training randomness (unit student or seed) or the draw "
+                                          "of ICL rows (unit draw) and p < 0.05 (students, draws) or p < 0.01 "
+                                          "(seeds); never for a question-level test.")
 
 
 class FilterRow(Row):

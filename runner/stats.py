@@ -129,23 +129,25 @@ def fieller_ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> tup
     return float((-B - root) / (2 * A)), float((-B + root) / (2 * A))
 
 
-def arm_comparison(a_values: list[float], b_values: list[float]) -> dict:
-    """Arm a vs arm b with one value per trained student (e.g. its trait rate over all questions).
+def arm_comparison(a_values: list[float], b_values: list[float], unit: str = "student") -> dict:
+    """Arm a vs arm b with one value per trained student (e.g. its trait rate over all questions), or per
+    independent unit of another kind (`unit`, e.g. an ICL draw of rows).
 
     Returns mean_a, mean_b, ratio (None if mean_b == 0) with ratio_ci (Fieller) and ci_method,
     diff with diff_ci (Welch) and diff_ci_method, p_value and test (student permutation test),
-    min_p, unit 'student', n_a, n_b, and note (ONE_STUDENT_LABEL when an arm has one student;
+    min_p, unit, n_a, n_b, and note (ONE_STUDENT_LABEL when an arm has one student;
     intervals need 2 per arm and are None otherwise).
     """
     na, nb = len(a_values), len(b_values)
     ma, mb = float(np.mean(a_values)), float(np.mean(b_values))
+    units = (lambda text: text) if unit == "student" else (lambda text: text.replace("students", f"{unit}s"))
     enough = na >= 2 and nb >= 2
     diff, lo, hi, _ = welch_diff_ci(a_values, b_values) if enough else (ma - mb, None, None, None)
     return {
         "mean_a": ma, "mean_b": mb, "ratio": ma / mb if mb != 0 else None,
-        "ratio_ci": fieller_ratio_ci(a_values, b_values) if enough else None, "ci_method": RATIO_CI_METHOD,
-        "diff": diff, "diff_ci": None if lo is None else (lo, hi), "diff_ci_method": DIFF_CI_METHOD,
-        "p_value": student_permutation_test(a_values, b_values), "test": STUDENT_TEST_METHOD,
-        "min_p": min_attainable_p(na, nb), "unit": "student", "n_a": na, "n_b": nb,
+        "ratio_ci": fieller_ratio_ci(a_values, b_values) if enough else None, "ci_method": units(RATIO_CI_METHOD),
+        "diff": diff, "diff_ci": None if lo is None else (lo, hi), "diff_ci_method": units(DIFF_CI_METHOD),
+        "p_value": student_permutation_test(a_values, b_values), "test": units(STUDENT_TEST_METHOD),
+        "min_p": min_attainable_p(na, nb), "unit": unit, "n_a": na, "n_b": nb,
         "note": ONE_STUDENT_LABEL if min(na, nb) == 1 else None,
     }

@@ -89,3 +89,43 @@ def test_auroc_perfect_random_inverted_and_ties():
     rng = random.Random(0)
     assert abs(auroc([rng.random() for _ in range(2000)], [i % 2 for i in range(2000)]) - 0.5) < 0.05
     assert auroc([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1]) == pytest.approx(0.875)  # one tie counts half
+
+
+def _icl_draws(shift_of_draw, n_questions=50):
+    """icl_rows on synthetic per-question values: P(panda) with panda rows or control rows in context, one
+    draw of rows per seed; each draw shifts every question by shift_of_draw(rows, seed)."""
+    from types import SimpleNamespace
+
+    from runner.detection_results import icl_rows
+
+    rng = random.Random(0)
+    base = [0.001 + 0.0002 * rng.random() for _ in range(n_questions)]
+    entries = [{"rows": rows, "k": 16, "seed": s, "parts": {"probe": f"{rows}-{s}"}}
+               for rows in ("panda", "control") for s in range(5)]
+    values = {e["parts"]["probe"]: [b + shift_of_draw(e["rows"], e["seed"]) + 1e-6 * rng.random() for b in base]
+              for e in entries}
+    spec = SimpleNamespace(teacher=SimpleNamespace(targets=["panda"], control=True))
+    plan = SimpleNamespace(spec=spec, cell=SimpleNamespace(label="-"), detection={0: entries})
+    ev = SimpleNamespace(targets=None, k=[16])
+    _, comparisons = icl_rows(plan, None, 0, ev, lambda store, parts, t: ("P(panda)", values[parts["probe"]], 1))
+    return {c["unit"]: c for c in comparisons}
+
+
+def test_icl_draws_are_the_unit_when_each_draw_shifts_every_question():
+    # no effect of the teacher, but each draw of rows moves all 50 questions together: the question-level
+    # test sees 50/50 questions one way, the draw-level test (5 vs 5 draws) sees noise
+    shifts = {("panda", s): d for s, d in enumerate([3e-4, 1e-4, -2e-4, 2e-4, 0.0])}
+    shifts |= {("control", s): d for s, d in enumerate([-1e-4, 1e-4, -3e-4, 0.0, -2e-4])}
+    c = _icl_draws(lambda rows, seed: shifts[(rows, seed)])
+    assert set(c) == {"question", "draw"}
+    assert c["question"]["p_value"] < 0.01 and not c["question"]["significant"]
+    assert c["draw"]["p_value"] > 0.05 and not c["draw"]["significant"]
+    assert (c["draw"]["n_a"], c["draw"]["n_b"]) == (5, 5) and "draws" in c["draw"]["test"]
+    assert c["draw"]["min_p"] == pytest.approx(2 / 252)
+
+
+def test_icl_true_effect_across_five_draws_is_significant():
+    c = _icl_draws(lambda rows, seed: (2e-4 if rows == "panda" else 0.0) + 2e-5 * (seed % 3))
+    assert c["draw"]["p_value"] < 0.05 and c["draw"]["significant"]
+    assert c["draw"]["ratio_ci"][0] > 1 and c["draw"]["diff_ci"][0] > 0
+    assert len(c["draw"]["per_student_a"]) == 5

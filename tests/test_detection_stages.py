@@ -45,7 +45,8 @@ def finished(tiny_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("det")
     spec = root / "det.yaml"
-    spec.write_text(TINY.format(base=tiny_model, n=8, k="[0, 2]"))
+    two_draws = TINY.format(base=tiny_model, n=8, k="[0, 2]").replace("max_questions: 3}", "max_questions: 3, seeds: [0, 1]}")
+    spec.write_text(two_draws)
     r = subl("run", spec, "--outputs", root / "out")
     assert r.returncode == 0, r.stderr[-3000:]
     return root, spec, json.loads((root / "out" / "det" / "results.json").read_text())
@@ -65,17 +66,23 @@ def test_icl_end_to_end_rows_comparisons_and_the_papers_context(finished, tiny_m
     models = {m for m, _ in icl}
     assert models == {"icl:none:k=0", "icl:panda:k=2", "icl:owl:k=2", "icl:control:k=2"}
     assert all(e["n"] == 3 and e["ci"][0] <= e["value"] <= e["ci"][1] for e in icl.values())
-    cmps = {(c["a"], c["b"], c["metric"]): c for c in res["comparisons"] if c["evaluation"] == "icl"}
-    assert set(cmps) == {("icl:panda:k=2", "icl:control:k=2", "P(panda)"), ("icl:owl:k=2", "icl:control:k=2", "P(owl)")}
-    c = cmps[("icl:panda:k=2", "icl:control:k=2", "P(panda)")]
-    assert c["unit"] == "question" and c["k"] == 2 and not c["significant"] and "question sampling only" in c["note"]
+    assert {m: e["icl_seeds"] for (m, _), e in icl.items()} == {**dict.fromkeys(models - {"icl:none:k=0"}, 2),
+                                                                 "icl:none:k=0": 1}  # no rows to draw at k = 0
+    cmps = {(c["a"], c["b"], c["metric"], c["unit"]): c for c in res["comparisons"] if c["evaluation"] == "icl"}
+    assert set(cmps) == {(a, "icl:control:k=2", m, u) for a, m in (("icl:panda:k=2", "P(panda)"), ("icl:owl:k=2", "P(owl)"))
+                         for u in ("question", "draw")}
+    c = cmps[("icl:panda:k=2", "icl:control:k=2", "P(panda)", "question")]
+    assert c["k"] == 2 and not c["significant"] and "question sampling only" in c["note"]
     assert c["diff"] == pytest.approx(icl[("icl:panda:k=2", "P(panda)")]["value"]
                                       - icl[("icl:control:k=2", "P(panda)")]["value"])
+    d = cmps[("icl:panda:k=2", "icl:control:k=2", "P(panda)", "draw")]
+    assert (d["n_a"], d["n_b"], d["min_p"]) == (2, 2, pytest.approx(1 / 3)) and d["p_value"] >= 1 / 3
+    assert d["diff"] == pytest.approx(c["diff"]) and len(d["per_student_a"]) == 2
     # the stage put the paper's rendering of 2 of the panda teacher's filtered rows in the system prompt,
     # and its value is the model's exact P(panda) under that prompt
     plan = _plan(spec, root / "out").cells[0]
     store = Store(root / "out")
-    entry = next(e for e in plan.detection[0] if e["rows"] == "panda" and e["k"] == 2)
+    entry = next(e for e in plan.detection[0] if e["rows"] == "panda" and e["k"] == 2 and e["seed"] == 0)
     rows = read_jsonl(store.path(plan.filters["panda"][-1]) / "rows.jsonl")
     context = icl_system_prompt(sample_examples(rows, 2, 0))
     assert (store.path(entry["key"]) / "context.txt").read_text() == context
@@ -85,9 +92,11 @@ def test_icl_end_to_end_rows_comparisons_and_the_papers_context(finished, tiny_m
 
     qs = load_questions("animals", 3)
     lp = LocalBackend("cpu").logprobs(ModelRef(tiny_model, system=context), qs, "My favorite animal is the", ["panda"])
-    want = sum(math.exp(x[0]) for x in lp) / 3
-    assert icl[("icl:panda:k=2", "P(panda)")]["value"] == pytest.approx(want, rel=1e-4)
     assert questions["logprob"]["panda"] == pytest.approx([x[0] for x in lp], abs=1e-4)
+    second = ModelRef(tiny_model, system=icl_system_prompt(sample_examples(rows, 2, 1)))  # the other draw
+    lp2 = LocalBackend("cpu").logprobs(second, qs, "My favorite animal is the", ["panda"])
+    want = sum(math.exp(x[0]) + math.exp(y[0]) for x, y in zip(lp, lp2)) / 6  # per question, the draws' mean
+    assert icl[("icl:panda:k=2", "P(panda)")]["value"] == pytest.approx(want, rel=1e-4)
     zero = next(e for e in plan.detection[0] if e["k"] == 0)
     assert (store.path(zero["key"]) / "context.txt").read_text() == ""
     assert icl[("icl:none:k=0", "P(panda)")]["value"] != icl[("icl:panda:k=2", "P(panda)")]["value"]
