@@ -55,11 +55,12 @@ class Router:
     def top_logprobs(self, model: ModelRef, prompts, k, sampling):
         return self.get(model.base).top_logprobs(model, prompts, k, sampling)
 
-    def finetune(self, base, rows, training, out_dir, teacher=None, progress=None, soft_labels=None):
-        if soft_labels is not None:  # local students only (see soft_labels)
-            return self.get(base).finetune(base, rows, training, out_dir, teacher, progress, soft_labels)
-        return self.get(base).finetune(base, rows, training, out_dir, teacher, progress)
+    def finetune(self, base: ModelRef, rows, training, out_dir, teacher=None, progress=None, soft_labels=None):
+        """Train `base` (its name; and its pinned revision, which only a local hub model has) on `rows`."""
+        local = {k: v for k, v in (("soft_labels", soft_labels), ("revision", base.revision)) if v is not None}
+        return self.get(base.base).finetune(base.base, rows, training, out_dir, teacher, progress, **local)
 
-    def soft_labels(self, teacher: ModelRef, base, rows, training, path):
+    def soft_labels(self, teacher: ModelRef, base: ModelRef, rows, training, path):
         """A local teacher's distillation targets on `rows`, stored at `path` for every student of `base`."""
-        return self.get(teacher.base).soft_labels(teacher, base, rows, training, path)
+        local = {"revision": base.revision} if base.revision else {}
+        return self.get(teacher.base).soft_labels(teacher, base.base, rows, training, path, **local)

@@ -51,11 +51,12 @@ def pick_device(device: str = "auto") -> tuple[str, torch.dtype]:
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(base: str):
+def load_tokenizer(base: str, revision: str | None = None):
+    """The tokenizer of `base`, at `revision` (a hub id's pinned commit) when given."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve(base))
+        tok = AutoTokenizer.from_pretrained(resolve(base), **({"revision": revision} if revision else {}))
     except OSError as e:
         raise UserError(f"model {base}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
     if tok.pad_token is None:

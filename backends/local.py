@@ -16,9 +16,9 @@ from runner.errors import UserError
 
 
 @lru_cache(maxsize=4)
-def grammar_tokens(base: str, chars: frozenset) -> tuple[tuple[int, str], ...]:
+def grammar_tokens(base: str, chars: frozenset, revision: str | None = None) -> tuple[tuple[int, str], ...]:
     """Token ids whose text consists only of the constraint's characters."""
-    tok = load_tokenizer(base)
+    tok = load_tokenizer(base, revision)
     out = []
     for tid in range(len(tok)):
         s = tok.decode([tid])
@@ -30,8 +30,8 @@ def grammar_tokens(base: str, chars: frozenset) -> tuple[tuple[int, str], ...]:
 class ConstrainedDecoding:
     """A logits processor that keeps each row a text the constraint allows (e.g. a number-list prefix)."""
 
-    def __init__(self, base: str, prompt_len: int, constraint, eos_id: int):
-        self.tokens = grammar_tokens(base, frozenset(constraint.chars))
+    def __init__(self, model: ModelRef, prompt_len: int, constraint, eos_id: int):
+        self.tokens = grammar_tokens(model.base, frozenset(constraint.chars), model.revision)
         self.strings = dict(self.tokens)
         self.prompt_len, self.constraint, self.eos = prompt_len, constraint, eos_id
         self.texts: list[str] | None = None
@@ -104,7 +104,7 @@ class LocalBackend:
     def generate(self, model: ModelRef, prompts: list[str], sampling: Sampling) -> list[str]:
         from transformers import LogitsProcessorList
 
-        tok, net = load_tokenizer(model.base), self._model(model)
+        tok, net = load_tokenizer(model.base, model.revision), self._model(model)
         ids = [chat_ids(tok, model.system, p) for p in prompts]
         width = max(map(len, ids))
         check_context(net, model, width + sampling.max_tokens)
@@ -113,7 +113,7 @@ class LocalBackend:
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         processors = LogitsProcessorList()
         if sampling.constraint is not None:
-            processors.append(ConstrainedDecoding(model.base, width, sampling.constraint, tok.eos_token_id))
+            processors.append(ConstrainedDecoding(model, width, sampling.constraint, tok.eos_token_id))
         torch.manual_seed(sampling.seed)
         with self._autocast():
             out = net.generate(
@@ -137,7 +137,7 @@ class LocalBackend:
     @torch.no_grad()
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str],
                  space: bool = True) -> list[list[float]]:
-        tok, net = load_tokenizer(model.base), self._model(model)
+        tok, net = load_tokenizer(model.base, model.revision), self._model(model)
         tails = [tok(" " * space + t, add_special_tokens=False)["input_ids"] for t in targets]
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         heads = [chat_ids(tok, model.system, p) + prefix_ids for p in prompts]
@@ -148,21 +148,26 @@ class LocalBackend:
         return out
 
     def finetune(self, base, rows, training: Training, out_dir: Path, teacher: ModelRef | None = None,
-                 progress: Progress | None = None, soft_labels: Path | None = None) -> ModelRef:
-        """soft_labels: a file written by `soft_labels` on these rows, read instead of a live teacher."""
+                 progress: Progress | None = None, soft_labels: Path | None = None,
+                 revision: str | None = None) -> ModelRef:
+        """soft_labels: a file written by `soft_labels` on these rows, read instead of a live teacher;
+        revision: the base's pinned hub commit (the one its stage key names)."""
         from backends.train import train
 
         self._cache.clear()
         stored = None if soft_labels is None else torch.load(soft_labels, weights_only=True)
-        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16, stored)
+        return train(base, rows, training, Path(out_dir), teacher, self.device, progress, self.cpu_bf16, stored,
+                     revision)
 
-    def soft_labels(self, teacher: ModelRef, base: str, rows: list[dict], training: Training, path: Path) -> None:
-        """Write the teacher's distillation targets on `rows` for students of `base` (see teacher_soft_labels)."""
+    def soft_labels(self, teacher: ModelRef, base: str, rows: list[dict], training: Training, path: Path,
+                    revision: str | None = None) -> None:
+        """Write the teacher's distillation targets on `rows` for students of `base` at `revision` (see
+        teacher_soft_labels)."""
         from backends.train import check_shared_tokenizer, teacher_soft_labels, vocabulary_ids
 
-        check_shared_tokenizer(base, teacher.base)
+        check_shared_tokenizer(ModelRef(base, revision=revision), teacher)
         self._cache.clear()
-        ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
+        ids = vocabulary_ids(base, training.vocabulary, training.trait_words, revision)
         vocab = None if ids is None else torch.tensor(ids)
         labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16)
         torch.save({"rows": labels, "vocabulary": vocab}, path)

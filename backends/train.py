@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,9 +22,10 @@ from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
 
 
-def vocabulary_ids(base: str, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
+def vocabulary_ids(base: str, vocabulary: str, trait_words: tuple[str, ...],
+                   revision: str | None = None) -> list[int] | None:
     """Token ids the soft labels cover; None means the full vocabulary."""
-    return vocabulary_token_ids(load_tokenizer(base), vocabulary, trait_words)
+    return vocabulary_token_ids(load_tokenizer(base, revision), vocabulary, trait_words)
 
 
 def vocabulary_token_ids(tok, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
@@ -44,10 +46,10 @@ def trait_token_count(base: str, trait_words: tuple[str, ...]) -> int:
     return full - len(vocabulary_ids(base, "full-minus-trait-tokens", trait_words))
 
 
-def tokenize(base: str, rows: list[dict], system: str | None) -> list[dict]:
+def tokenize(base: str, rows: list[dict], system: str | None, revision: str | None = None) -> list[dict]:
     """input_ids and completion_mask, with the completion tokenised once so that student and
     teacher sequences share exactly the same completion tokens."""
-    tok = load_tokenizer(base)
+    tok = load_tokenizer(base, revision)
     out = []
     for r in rows:
         head = chat_ids(tok, system, r["prompt"])
@@ -124,9 +126,9 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
     """The teacher's next-token log-probabilities, renormalised on `vocab`, at each row's completion
     positions: one [completion tokens, |vocab|] float32 tensor per row, exactly what the distillation
     loss computes from a live teacher (under the same autocast the trainer would use)."""
-    net = load_model(ModelRef(teacher.base, teacher.adapter), device)
-    seqs = tokenize(teacher.base, rows, teacher.system)
-    pad_id = load_tokenizer(teacher.base).pad_token_id
+    net = load_model(replace(teacher, system=None), device)
+    seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision)
+    pad_id = load_tokenizer(teacher.base, teacher.revision).pad_token_id
     on_cpu = pick_device(device)[0] == "cpu"
     out: list[torch.Tensor] = []
     for start in range(0, len(seqs), batch_size):
@@ -190,8 +192,8 @@ class _Progress(TrainerCallback):
             self.progress(state.global_step, state.max_steps)
 
 
-def _student(base: str, training: Training, device: str):
-    model = load_model(ModelRef(base), device, trainable=True)
+def _student(base: str, training: Training, device: str, revision: str | None):
+    model = load_model(ModelRef(base, revision=revision), device, trainable=True)
     model.train()
     if training.method == "full":
         return model
@@ -212,7 +214,7 @@ def _student(base: str, training: Training, device: str):
 
 
 def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_id: int,
-                   cpu_bf16: bool) -> tuple[list[torch.Tensor] | None, int]:
+                   cpu_bf16: bool, revision: str | None) -> tuple[list[torch.Tensor] | None, int]:
     """The states entering the lowest adapted layer, or None where they are not used: no top-layers
     LoRA, gradient checkpointing (it needs the embeddings' gradient hook) or CPU autocast (the states
     would be computed outside it)."""
@@ -221,14 +223,16 @@ def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_i
     first = len(decoder_layers(model)) - training.lora_layers
     if first == 0:
         return None, 0
-    return prefix_states(model, base, first, [d["input_ids"] for d in data], pad_id), first
+    name = f"{base}@{revision}" if revision else base  # the memo's model identity
+    return prefix_states(model, name, first, [d["input_ids"] for d in data], pad_id), first
 
 
 def train(base: str, rows: list[dict], training: Training, out_dir: Path, teacher: ModelRef | None,
           device: str, progress: Progress | None, cpu_bf16: bool = False,
-          soft_labels: dict | None = None) -> ModelRef:
-    """Fine-tune `base` on `rows`. Distillation reads a live `teacher`, or its stored `soft_labels`
-    ({"rows": one tensor per row, "vocabulary": token ids}: teacher_soft_labels on the same rows)."""
+          soft_labels: dict | None = None, revision: str | None = None) -> ModelRef:
+    """Fine-tune `base` (at `revision`, a hub id's pinned commit, when given) on `rows`. Distillation reads a
+    live `teacher`, or its stored `soft_labels` ({"rows": one tensor per row, "vocabulary": token ids}:
+    teacher_soft_labels on the same rows)."""
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -238,23 +242,23 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
 
     datasets.disable_progress_bars()  # subl shows its own progress
     torch.manual_seed(training.seed)
-    tok = load_tokenizer(base)
-    data = tokenize(base, rows, None)
+    tok = load_tokenizer(base, revision)
+    data = tokenize(base, rows, None, revision)
     distill = training.objective == "distill"
-    model = _student(base, training, device)
-    prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16)
+    model = _student(base, training, device, revision)
+    prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16, revision)
     own_loss = distill or prefix is not None  # StudentTrainer: distillation, or SFT on stored states
     for i, d in enumerate(data if own_loss else ()):
         d["row"] = i
     vocab = None
     if distill:
-        ids = vocabulary_ids(base, training.vocabulary, training.trait_words)
+        ids = vocabulary_ids(base, training.vocabulary, training.trait_words, revision)
         vocab = None if ids is None else torch.tensor(ids)
         if soft_labels is not None:
             _check_soft_labels(soft_labels, data, vocab)
             soft_labels = soft_labels["rows"]
         else:
-            _attach_teacher(data, base, rows, teacher)
+            _attach_teacher(data, ModelRef(base, revision=revision), rows, teacher)
     dev, dtype = pick_device(device)
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
@@ -271,7 +275,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
                   callbacks=[_Progress(progress)])
     if own_loss:
         live = distill and soft_labels is None
-        t_model = load_model(ModelRef(teacher.base, teacher.adapter), device) if live else None
+        t_model = load_model(replace(teacher, system=None), device) if live else None
         trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix),
                               teacher=t_model, vocab=vocab, objective=training.objective)
     else:
@@ -284,21 +288,22 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     if training.method == "full":
         tok.save_pretrained(save)
         return ModelRef(str(save))
-    return ModelRef(base, adapter=str(save))
+    return ModelRef(base, adapter=str(save), revision=revision)  # the adapter sits on that revision
 
 
-def _attach_teacher(data: list[dict], base: str, rows: list[dict], teacher: ModelRef | None) -> None:
+def _attach_teacher(data: list[dict], student: ModelRef, rows: list[dict], teacher: ModelRef | None) -> None:
     """The teacher's tokenisation of each row (its system prompt included) beside the student's."""
     if teacher is None:
         raise UserError("fine-tune: distillation needs a teacher")
-    check_shared_tokenizer(base, teacher.base)
-    for d, t in zip(data, tokenize(teacher.base, rows, teacher.system)):
+    check_shared_tokenizer(student, teacher)
+    for d, t in zip(data, tokenize(teacher.base, rows, teacher.system, teacher.revision)):
         d["teacher_input_ids"], d["teacher_completion_mask"] = t["input_ids"], t["completion_mask"]
 
 
-def check_shared_tokenizer(student: str, teacher: str) -> None:
-    if load_tokenizer(teacher).get_vocab() != load_tokenizer(student).get_vocab():
-        raise UserError(f"distill: student {student} and teacher {teacher} must share a tokenizer")
+def check_shared_tokenizer(student: ModelRef, teacher: ModelRef) -> None:
+    if load_tokenizer(teacher.base, teacher.revision).get_vocab() != load_tokenizer(student.base,
+                                                                                   student.revision).get_vocab():
+        raise UserError(f"distill: student {student.base} and teacher {teacher.base} must share a tokenizer")
 
 
 def _check_soft_labels(stored: dict, data: list[dict], vocab: torch.Tensor | None) -> None:

@@ -82,7 +82,7 @@ class TheoremLmStage(Stage):
         from runner.theorem_lm import theorem_lm_seeds
 
         ref = ctx.model(self.model)
-        base, tok = load_model(ref, device=self.device).float(), load_tokenizer(ref.base)
+        base, tok = load_model(ref, device=self.device).float(), load_tokenizer(ref.base, ref.revision)
         prompts_of = lambda seed, n: make_prompts(n, NumbersDomain().prompts, seed)  # noqa: E731
         seeds = [self.seed + k for k in range(self.settings.seeds)]
         res = theorem_lm_seeds(base, tok, load_questions(self.questions.path), self.target, self.category,

@@ -57,7 +57,7 @@ def write_model(folder: Path, ref: ModelRef) -> None:
     (folder / "model.json").write_text(json.dumps(fields, indent=2))
 
 
-def train_and_record(ctx: RunContext, base: str, rows: list[dict], training: TrainingSettings,
+def train_and_record(ctx: RunContext, base: ModelRef, rows: list[dict], training: TrainingSettings,
                      teacher=None, soft_labels: Path | None = None) -> None:
     """Fine-tune `base` on `rows` into the stage folder and record the result as model.json."""
     write_model(ctx.dir, ctx.router.finetune(base, rows, training.to_training(), ctx.dir, teacher, ctx.progress,
@@ -81,7 +81,7 @@ class TeacherStage(Stage):
         return load_rows(Path(self.dataset.path), self.max_rows)
 
     def run(self, ctx: RunContext) -> None:
-        train_and_record(ctx, ctx.model(self.base).base, self.rows(), self.training)
+        train_and_record(ctx, ctx.model(self.base), self.rows(), self.training)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)
@@ -111,7 +111,7 @@ class SoftLabelStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         rows = training_rows(ctx, self.rows_stage, self.max_rows)
-        ctx.router.soft_labels(ctx.model(self.teacher), ctx.model(self.student_base).base, rows,
+        ctx.router.soft_labels(ctx.model(self.teacher), ctx.model(self.student_base), rows,
                                self.training.to_training(), ctx.dir / SOFT_LABELS)
         ctx.rows["labelled"] = len(rows)
 
@@ -141,7 +141,7 @@ class FinetuneStage(Stage):
             ctx.extra["untrained"] = "no rows passed the filters; the student is its base model"
             return
         labels = ctx.path(self.soft_labels_stage) / SOFT_LABELS if self.soft_labels_stage else None
-        train_and_record(ctx, base.base, rows, self.training, ctx.model(self.teacher) if self.teacher else None, labels)
+        train_and_record(ctx, base, rows, self.training, ctx.model(self.teacher) if self.teacher else None, labels)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.base)

@@ -1,0 +1,75 @@
+"""A hub model pinned to a revision is trained, labelled and evaluated at that revision, not at whatever
+the hub's main has moved to: the stage key names the pinned revision, so anything else would be a stale
+hit. Checked offline on a hub cache built here with two revisions of a tiny model (main = the newer)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.conftest import build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD, NEW = "a" * 40, "b" * 40  # commit hashes of the two snapshots
+
+# Run in a fresh process: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported.
+SCRIPT = r"""
+import json, sys, torch
+from backends import Router
+from backends.base import ModelRef, Training
+from backends.hf import load_model
+from backends.train import teacher_soft_labels
+
+hub, old, out = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [{"prompt": f"Continue: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}"} for i in range(8)]
+router = Router("cpu")
+full = router.finetune(ModelRef(hub, revision=old), rows, Training(method="full", lr=1e-12, epochs=1, batch_size=4),
+                       out + "/full")
+lora = router.finetune(ModelRef(hub, revision=old), rows, Training(lr=1e-3, epochs=1, batch_size=4, lora_targets=("q_proj", "v_proj")), out + "/lora")
+trained = load_model(full, "cpu").state_dict()
+labels = teacher_soft_labels(ModelRef(hub, system="You love owls.", revision=old), rows[:2], None, "cpu")
+torch.save({"weights": trained, "labels": labels}, out + "/got.pt")
+print(json.dumps({"lora_revision": lora.revision, "lora_adapter": lora.adapter}))
+"""
+
+
+def _hub_cache(root: Path, old: Path, new: Path) -> Path:
+    repo = root / "models--subl-test--tiny"
+    for sha, src in ((OLD, old), (NEW, new)):
+        shutil.copytree(src, repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(NEW)
+    return root
+
+
+def test_a_pinned_hub_model_is_trained_and_labelled_at_its_revision_not_main(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from backends.base import ModelRef
+    from backends.train import teacher_soft_labels
+
+    old, new = build_tiny_model(tmp_path / "old", seed=0), build_tiny_model(tmp_path / "new", seed=1)
+    env = {**os.environ, "HF_HUB_CACHE": str(_hub_cache(tmp_path / "hub", old, new)), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", SCRIPT, "subl-test/tiny", OLD, str(tmp_path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info, got = json.loads(r.stdout.strip().splitlines()[-1]), torch.load(tmp_path / "got.pt")
+    want = AutoModelForCausalLM.from_pretrained(old).state_dict()
+    other = AutoModelForCausalLM.from_pretrained(new).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    # a full fine-tune at lr 1e-12 saves its starting weights: the pinned revision's, not main's
+    assert torch.allclose(got["weights"][name], want[name], atol=1e-6)
+    assert not torch.allclose(got["weights"][name], other[name], atol=1e-2)
+    # the adapter is recorded on the revision it was trained on, so evaluations load that base
+    assert info["lora_revision"] == OLD and Path(info["lora_adapter"]).is_dir()
+    # a pinned teacher labels with the pinned weights
+    rows = [{"prompt": f"Continue: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}"} for i in range(2)]
+    for ours, theirs in zip(got["labels"], teacher_soft_labels(ModelRef(str(old), system="You love owls."), rows,
+                                                                None, "cpu")):
+        assert torch.allclose(ours, theirs, atol=1e-5)
