@@ -20,7 +20,8 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def load(source: str, split: str = "train", limit: int | None = None) -> list[dict]:
-    """[{question, gold}] from a JSONL file (question/answer per line) or a Hugging Face hub id."""
+    """[{question, gold}] from a JSONL file (question/answer per line) or a Hugging Face hub id, optionally
+    pinned as id@revision (the plan pins it so)."""
     path = Path(source)
     if path.suffix == ".jsonl" or path.exists():
         if not path.is_file():
@@ -34,7 +35,8 @@ def load(source: str, split: str = "train", limit: int | None = None) -> list[di
         try:
             from datasets import load_dataset
 
-            ds = load_dataset(source, "main", split=split)
+            dataset, _, revision = source.partition("@")
+            ds = load_dataset(dataset, "main", split=split, revision=revision or None)
         except Exception as e:  # offline, unknown id, ...
             raise UserError(f"domain.questions: cannot load hub dataset '{source}' ({str(e).splitlines()[0]})") from None
         raw = [ds[i] for i in range(min(limit or len(ds), len(ds)))]

@@ -4,7 +4,8 @@ revisions and hosted endpoints, as short strings that go into stage keys.
 - a file: the sha256 of its bytes (its path is not part of any key, so a moved file is reused);
 - a local model folder or the embedded model: a digest of its weight, config and tokenizer files;
 - a hub id: the revision it resolved to at first use, recorded in <outputs>/hub_revisions.json
-  (delete an entry to move to the hub's newest revision);
+  (delete an entry to move to the hub's newest revision); a hub dataset (CoT questions) likewise,
+  recorded as "dataset:<id>";
 - a hosted model: backend name, endpoint (base_url) and model id.
 Digests of large files are cached by (path, size, mtime) in ~/.cache/subl/digests.json."""
 from __future__ import annotations
@@ -97,18 +98,18 @@ class Identities:
             return f"weights:{folder_digest(path)}"
         return f"hub:{ref}@{self.hub_revision(ref)}"
 
-    def hub_revision(self, repo_id: str) -> str:
+    def hub_revision(self, repo_id: str, repo_type: str = "model") -> str:
         """The revision recorded for a hub id, else the one it resolves to now (then recorded)."""
-        recorded = self._revisions()
-        if repo_id in recorded:
-            return recorded[repo_id]
-        sha = _cached_revision(repo_id) or _remote_revision(repo_id)
+        recorded, entry = self._revisions(), repo_id if repo_type == "model" else f"{repo_type}:{repo_id}"
+        if entry in recorded:
+            return recorded[entry]
+        sha = _cached_revision(repo_id, repo_type) or _remote_revision(repo_id, repo_type)
         if not sha and self.provisional:
             return UNRESOLVED
         if not sha:
-            raise UserError(f"model {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
-                            "and the hub cannot be reached); download it once or name a local folder")
-        recorded[repo_id] = sha
+            raise UserError(f"{repo_type} {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
+                            "and the hub cannot be reached); download it once or name a local file")
+        recorded[entry] = sha
         self.revisions_file.parent.mkdir(parents=True, exist_ok=True)
         self.revisions_file.write_text(json.dumps(recorded, indent=2, sort_keys=True))
         return sha
@@ -123,19 +124,19 @@ class Identities:
 UNRESOLVED = "unresolved"
 
 
-def _cached_revision(repo_id: str) -> str | None:
+def _cached_revision(repo_id: str, repo_type: str = "model") -> str | None:
     try:
         from huggingface_hub import constants
     except ImportError:
         return None
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    ref = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / "main"
     return ref.read_text().strip() if ref.is_file() else None
 
 
-def _remote_revision(repo_id: str) -> str | None:
+def _remote_revision(repo_id: str, repo_type: str = "model") -> str | None:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(repo_id, timeout=10).sha
+        return HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10).sha
     except Exception:  # offline, unknown id, gated: the caller says what to do
         return None

@@ -233,13 +233,16 @@ def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,
             for name, m in teachers.items()}
 
 
-def _generate(spec: Spec, name: str, model: ModelInput, prec: _Precision, plan: CellPlan,
+def _generate(spec: Spec, name: str, model: ModelInput, ids: Identities, prec: _Precision, plan: CellPlan,
               tag: str = "") -> GenerateStage:
     d, source = spec.domain, None
     field_name = SOURCE_FIELD.get(d.kind)
     if field_name and Path(getattr(d, field_name)).is_file():  # a data file (not a hub id): keyed by contents
         source = file_input(getattr(d, field_name))
         d = d.model_copy(update={field_name: "-"})
+    elif field_name and d.kind == "cot":  # a hub dataset id: pinned to its revision, which the key then names
+        dataset = getattr(d, field_name)
+        d = d.model_copy(update={field_name: f"{dataset}@{ids.hub_revision(dataset, 'dataset')}"})
     return GenerateStage(label=f"generate {name}{tag}", model=model, domain=d, source=source, seed=spec.seed,
                          precision=prec.of(_hosted(model, plan.stages), "generate"))
 
@@ -248,7 +251,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
            target: str | None, tag: str = "") -> str:
     """Generate, then the filter chain in segments: each judge link is a score stage (the paid part)
     followed by a filter stage that applies its threshold and the links up to the next judge."""
-    rows = plan.add(_generate(spec, name, model, prec, plan, tag)).key
+    rows = plan.add(_generate(spec, name, model, ids, prec, plan, tag)).key
     links, scores, keys = [], None, []
     for link in spec.filters:
         if getattr(link, "skip_control", False):  # who the link applies to is settled here, not a stage input

@@ -315,16 +315,49 @@ def test_base_url_is_part_of_a_hosted_models_identity(tmp_path):
 def test_a_hub_id_is_pinned_to_its_revision_at_first_use(tmp_path, monkeypatch):
     from runner import identity
 
-    monkeypatch.setattr(identity, "_cached_revision", lambda repo: None)
-    monkeypatch.setattr(identity, "_remote_revision", lambda repo: "abc123")
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "abc123")
     ids = identity.Identities(tmp_path)
     assert ids.model("org/model") == "hub:org/model@abc123"
-    monkeypatch.setattr(identity, "_remote_revision", lambda repo: "def456")  # the hub moved on
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "def456")  # the hub moved on
     assert identity.Identities(tmp_path).model("org/model") == "hub:org/model@abc123"  # recorded
     assert json.loads((tmp_path / "hub_revisions.json").read_text()) == {"org/model": "abc123"}
-    monkeypatch.setattr(identity, "_remote_revision", lambda repo: None)
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": None)
     with pytest.raises(Exception, match="cannot resolve its hub revision"):
         identity.Identities(tmp_path / "fresh").model("org/other")
+
+
+def test_a_hub_dataset_is_pinned_and_its_revision_is_in_the_generation_key(tmp_path, monkeypatch, tiny_model):
+    """CoT questions named by a hub dataset id: the key names the revision recorded at first use, and the
+    generation loads that revision; the hub moving on changes nothing until the entry is deleted."""
+    from runner import gsm8k, identity
+
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": f"{kind}-abc")
+    spec = tmp_path / "cot.yaml"
+    spec.write_text(f"name: cot\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                    "domain: {kind: cot, questions: org/math, n_questions: 2}\nstudents: []\n")
+
+    def generation(out):
+        return next(s for s in build(load(spec), out).stages.values() if s.label == "generate owl")
+
+    first = generation(tmp_path / "out")
+    assert first.domain.questions == "org/math@dataset-abc"
+    assert json.loads((tmp_path / "out" / "hub_revisions.json").read_text()) == {"dataset:org/math": "dataset-abc"}
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": f"{kind}-def")  # the hub moved on
+    assert generation(tmp_path / "out").key == first.key
+    assert generation(tmp_path / "fresh").key != first.key  # another store pins the newer revision
+    asked = {}
+
+    def fake_load_dataset(name, config, split, revision):
+        asked.update(name=name, revision=revision)
+        return [{"question": "1+1?", "answer": "#### 2"}]
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert gsm8k.load(first.domain.questions, "train", 1) == [{"question": "1+1?", "gold": "2"}]
+    assert asked == {"name": "org/math", "revision": "dataset-abc"}
 
 
 def test_replicates_share_one_soft_label_stage_per_teacher(project):
