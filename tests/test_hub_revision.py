@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import build_tiny_model
@@ -47,6 +48,7 @@ def _hub_cache(root: Path, old: Path, new: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_pinned_hub_model_is_trained_and_labelled_at_its_revision_not_main(tmp_path):
     from transformers import AutoModelForCausalLM
 
