@@ -1,6 +1,7 @@
 """Stages that make and select training rows: generate, score (a judge's scores), filter."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from functools import lru_cache
@@ -13,7 +14,7 @@ from runner.core import Sampling
 from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
-from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
+from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage, semantic
 from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens, on_gpu
 from runner.store import read_jsonl, write_jsonl
 
@@ -148,17 +149,41 @@ class ScoreStage(Stage):
         return [(q, a) for q, answers in zip(out["questions"], out["answers"]) for a in answers]
 
     def run(self, ctx: RunContext) -> None:
-        from runner.judging import score_pairs
+        from runner.score_memo import ScoreMemo, pair_digest
 
-        judge = ctx.model(self.judge)
-        pairs = self.pairs(ctx.path)
-        scores = score_pairs(ctx.router, judge, self.mode, self.template, pairs, self.answer_prefix,
-                             self.max_tokens or 16, seed=self.seed, progress=ctx.progress,
-                             temperature=self.temperature, parse=self.parse, token=self.token,
-                             top_logprobs=self.top_logprobs or 20)
+        pairs, settings = self.pairs(ctx.path), self.settings_digest()
+        if settings is None:  # scores depend on the pairs' positions: judge them all, as they come
+            scores = self._score(ctx, pairs)
+        else:
+            memo = ScoreMemo(ctx.store.root, settings)
+            known = memo.known()
+            todo = list(dict.fromkeys(p for p in pairs if pair_digest(*p) not in known))
+            fresh = self._score(ctx, todo)
+            memo.add(todo, fresh)
+            known.update({pair_digest(*p): s for p, s in zip(todo, fresh)})
+            scores = [known[pair_digest(*p)] for p in pairs]
+            ctx.extra["scores_reused"] = len(pairs) - len(todo)
         (ctx.dir / "scores.json").write_text(json.dumps({"scores": [[s.kind, s.value] for s in scores],
                                                          "raw": [s.raw for s in scores]}))
         ctx.rows["scored"] = len(scores)
+
+    def _score(self, ctx: RunContext, pairs: list[tuple[str, str]]) -> list:
+        from runner.judging import score_pairs
+
+        return score_pairs(ctx.router, ctx.model(self.judge), self.mode, self.template, pairs, self.answer_prefix,
+                           self.max_tokens or 16, seed=self.seed, progress=ctx.progress,
+                           temperature=self.temperature, parse=self.parse, token=self.token,
+                           top_logprobs=self.top_logprobs or 20)
+
+    def settings_digest(self) -> str | None:
+        """What a pair's score depends on besides the pair: this stage's inputs without its rows and seed
+        (runner/score_memo.py). None for a judge sampling at temperature > 0, whose chunks are seeded by
+        position, so that a pair's score is not a function of the pair alone."""
+        if self.mode == "sample" and self.temperature > 0:
+            return None
+        inputs = {k: v for k, v in semantic(self).items() if k not in ("rows_stage", "answers_stage", "seed")}
+        blob = json.dumps({"kind": self.KIND, "version": self.VERSION, "inputs": inputs}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.judge)
