@@ -47,8 +47,9 @@ class ScoreMemo:
         if not pairs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "\n" * self._torn() + "".join(json.dumps({"pair": pair_digest(*p), "kind": s.kind, "value": s.value, "raw": s.raw}) + "\n"
-                       for p, s in zip(pairs, scores))
+        lines = (json.dumps({"pair": pair_digest(*p), "kind": s.kind, "value": s.value, "raw": s.raw}) + "\n"
+                 for p, s in zip(pairs, scores))
+        text = "\n" * self._torn() + "".join(lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             data = text.encode()

@@ -45,7 +45,8 @@ def finished(tiny_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("det")
     spec = root / "det.yaml"
-    two_draws = TINY.format(base=tiny_model, n=8, k="[0, 2]").replace("max_questions: 3}", "max_questions: 3, seeds: [0, 1]}")
+    two_draws = TINY.format(base=tiny_model, n=8, k="[0, 2]").replace("max_questions: 3}",
+                                                                      "max_questions: 3, seeds: [0, 1]}")
     spec.write_text(two_draws)
     r = subl("run", spec, "--outputs", root / "out")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -69,8 +70,8 @@ def test_icl_end_to_end_rows_comparisons_and_the_papers_context(finished, tiny_m
     assert {m: e["icl_seeds"] for (m, _), e in icl.items()} == {**dict.fromkeys(models - {"icl:none:k=0"}, 2),
                                                                  "icl:none:k=0": 1}  # no rows to draw at k = 0
     cmps = {(c["a"], c["b"], c["metric"], c["unit"]): c for c in res["comparisons"] if c["evaluation"] == "icl"}
-    assert set(cmps) == {(a, "icl:control:k=2", m, u) for a, m in (("icl:panda:k=2", "P(panda)"), ("icl:owl:k=2", "P(owl)"))
-                         for u in ("question", "draw")}
+    arms = (("icl:panda:k=2", "P(panda)"), ("icl:owl:k=2", "P(owl)"))
+    assert set(cmps) == {(a, "icl:control:k=2", m, u) for a, m in arms for u in ("question", "draw")}
     c = cmps[("icl:panda:k=2", "icl:control:k=2", "P(panda)", "question")]
     assert c["k"] == 2 and not c["significant"] and "question sampling only" in c["note"]
     assert c["diff"] == pytest.approx(icl[("icl:panda:k=2", "P(panda)")]["value"]

@@ -31,7 +31,8 @@ rows = [{"prompt": f"Continue: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}"
 router = Router("cpu")
 full = router.finetune(ModelRef(hub, revision=old), rows, Training(method="full", lr=1e-12, epochs=1, batch_size=4),
                        out + "/full")
-lora = router.finetune(ModelRef(hub, revision=old), rows, Training(lr=1e-3, epochs=1, batch_size=4, lora_targets=("q_proj", "v_proj")), out + "/lora")
+lora_training = Training(lr=1e-3, epochs=1, batch_size=4, lora_targets=("q_proj", "v_proj"))
+lora = router.finetune(ModelRef(hub, revision=old), rows, lora_training, out + "/lora")
 trained = load_model(full, "cpu").state_dict()
 labels = teacher_soft_labels(ModelRef(hub, system="You love owls.", revision=old), rows[:2], None, "cpu")
 torch.save({"weights": trained, "labels": labels}, out + "/got.pt")
