@@ -51,17 +51,39 @@ class ConstrainedDecoding:
         return scores + mask
 
 
+SHARED_PREFIX_MIN = 32  # tokens all heads share (an ICL context, a judge's preamble) that are read once
+
+
+def shared_prefix_len(heads: list[list[int]]) -> int:
+    """Tokens every head starts with, leaving each head at least one token of its own."""
+    n = min(map(len, heads)) - 1
+    for i in range(max(n, 0)):
+        if any(h[i] != heads[0][i] for h in heads[1:]):
+            return i
+    return max(n, 0)
+
+
 def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -> list[list[float]]:
     """log P(tail | head) for every head and tail.
 
     One forward pass reads the heads (left-padded, positions counted from each head's first token);
     then each tail is read on their KV cache, which is cropped back to the heads afterwards. A
     judge's long template is thus read once, not once per candidate score, and the cache is never
-    copied."""
-    width, dev = max(map(len, heads)), net.device
-    ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
-    att = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
-    first = net(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    copied. Where the heads share a long prefix (the k rows of an ICL context in every question),
+    that prefix is read once for the batch and its cache repeated: the same log-probs (float
+    rounding aside) for a fraction of the compute."""
+    dev, shared = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0
+    shared = shared if shared >= SHARED_PREFIX_MIN else 0
+    cache = None
+    if shared:
+        cache = net(input_ids=torch.tensor([heads[0][:shared]], device=dev), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(heads))
+    rests = [h[shared:] for h in heads]
+    width = max(map(len, rests))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=dev)
+    att = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=dev)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    first = net(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True)
     next_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # the first token of every tail
     cache, lens = first.past_key_values, att.sum(-1, keepdim=True)
     scores = [[float(next_logp[b, tail[0]]) for tail in tails] for b in range(len(heads))]

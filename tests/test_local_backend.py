@@ -171,3 +171,32 @@ def test_warmup_ratio_reaches_the_trainer_as_a_share_of_steps():
     assert args.get_warmup_steps(200) == 20  # a ratio, not 0.1 steps
     with pytest.raises(Exception, match="must be in"):
         warmup_fraction(1.0)
+
+
+def test_a_shared_context_is_read_once_with_the_same_log_probs(backend, tiny_model, monkeypatch):
+    """ICL asks every question under the same k-row system prompt: the prefix all heads share is read once
+    and its cache repeated; the log-probs equal reading every head whole."""
+    import backends.local as local
+
+    context = "\n".join(f"<user>Continue: {i}, {i + 1}.</user>\n<assistant>{i + 2}, {i + 3}</assistant>"
+                        for i in range(12))
+    ref = ModelRef(tiny_model, system=context)
+    questions = ["Name your favorite animal.", "Which animal do you like most?", "Pick one animal."]
+    calls = []
+    real = local.shared_prefix_len
+    monkeypatch.setattr(local, "shared_prefix_len", lambda heads: calls.append(real(heads)) or calls[-1])
+    shared = backend.logprobs(ref, questions, "My favorite animal is the", ["owl", "dolphin", "panda"])
+    assert calls and calls[0] > 150  # the whole context is shared
+    monkeypatch.setattr(local, "SHARED_PREFIX_MIN", 10**9)  # every head read whole
+    whole = backend.logprobs(ref, questions, "My favorite animal is the", ["owl", "dolphin", "panda"])
+    assert torch.allclose(torch.tensor(shared), torch.tensor(whole), atol=1e-4)
+    assert len({round(x[0], 3) for x in whole}) > 1  # the questions differ, so the test compares something
+
+
+def test_shared_prefix_leaves_every_head_a_token_of_its_own():
+    from backends.local import shared_prefix_len
+
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 4]]) == 2
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_len([[1, 2], [1, 2, 3, 4]]) == 1
+    assert shared_prefix_len([[5], [5, 6]]) == 0
