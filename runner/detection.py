@@ -150,7 +150,9 @@ def choice_from_text(text: str) -> str | None:
 def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
     """Accuracy of A/B choices; an unreadable choice (None) counts as wrong.
 
-    Returns accuracy, ci (Wilson 95%), n, n_unreadable, p_value (two-sided exact binomial vs 50%).
+    Returns accuracy, ci (Wilson 95%), n, n_unreadable, p_value (two-sided exact binomial vs 50%), and
+    chose_a, chose_b: how often the judge picked each position (a judge that always picks one scores the
+    share of pairs whose trait row sits there: valid against 50% under the seeded order, but no detection).
     """
     n = len(truths)
     if len(choices) != n:
@@ -158,6 +160,7 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
     hits = sum(c == t for c, t in zip(choices, truths))
     return {"accuracy": hits / n if n else 0.0, "ci": wilson(hits, n), "n": n,
             "n_unreadable": sum(c is None for c in choices),
+            "chose_a": sum(c == "A" for c in choices), "chose_b": sum(c == "B" for c in choices),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 

@@ -13,6 +13,7 @@ from runner.store import Store
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
             "only, not the draw of rows")
 BINOMIAL = "two-sided exact binomial test of the accuracy against 50%"
+ONE_POSITION = 0.9  # a judge picking one position this often is reading the order, not the rows
 WILSON = "95% Wilson interval over pairs"
 
 
@@ -96,7 +97,8 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
         out.append({**common, "metric": "pairwise_accuracy", "value": acc["accuracy"], "ci": list(acc["ci"]),
                     "ci_method": WILSON, "n": acc["n"],
                     "counts": {"n_unreadable": acc["n_unreadable"], "p_value": acc["p_value"], "test": BINOMIAL,
-                               "chance": 0.5}})
+                               "chance": 0.5, "chose_a": acc["chose_a"], "chose_b": acc["chose_b"],
+                               "note": _position_note(acc)}})
         if res.get("rows"):
             rows = res["rows"]
             out.append({**common, "metric": "auroc", "value": auroc([r["score"] for r in rows],
@@ -105,6 +107,15 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
                         "counts": {"positives": sum(r["label"] for r in rows), "chance": 0.5,
                                    "variant": "per-row yes/no (subl's, not the paper's)"}})
     return out
+
+
+def _position_note(acc: dict) -> str | None:
+    top = max(acc["chose_a"], acc["chose_b"])
+    if not acc["n"] or top < ONE_POSITION * acc["n"]:
+        return None
+    letter = "A" if acc["chose_a"] >= acc["chose_b"] else "B"
+    return (f"the judge picked {letter} in {top}/{acc['n']} pairs: its choice follows the position, so the accuracy "
+            "is the share of pairs whose trait row was shown there, not a detection rate")
 
 
 def method_line(spec, ev) -> str:

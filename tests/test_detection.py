@@ -129,3 +129,14 @@ def test_icl_true_effect_across_five_draws_is_significant():
     assert c["draw"]["p_value"] < 0.05 and c["draw"]["significant"]
     assert c["draw"]["ratio_ci"][0] > 1 and c["draw"]["diff_ci"][0] > 0
     assert len(c["draw"]["per_student_a"]) == 5
+
+
+def test_a_judge_that_always_picks_one_position_is_flagged():
+    from runner.detection_results import _position_note
+
+    truths = ["A", "B"] * 20 + ["B"] * 8
+    always_a = pairwise_accuracy(["A"] * 48, truths)
+    assert (always_a["chose_a"], always_a["chose_b"], always_a["accuracy"]) == (48, 0, 20 / 48)
+    assert "picked A in 48/48" in _position_note(always_a)
+    reading = pairwise_accuracy(truths, truths)  # picks by content: both letters
+    assert reading["accuracy"] == 1.0 and _position_note(reading) is None
