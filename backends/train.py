@@ -147,6 +147,13 @@ def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) 
     return F.cross_entropy(_completion_logits(logits, mask).float(), input_ids[mask.bool()])
 
 
+# SFT runs through StudentTrainer's completion cross-entropy, which computes logits only where completion
+# tokens are predicted (TRL's SFTTrainer computes them at every position, and per-step token metrics over
+# the whole vocabulary): the same student (tests/test_frozen_prefix.py compares the adapters with TRL's to
+# 1e-6), in less time. True: TRL computes the SFT loss itself, the reference the tests compare with.
+SFT_BY_TRL = False
+
+
 def _trainer_classes():
     from trl import SFTTrainer
 
@@ -247,7 +254,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     distill = training.objective == "distill"
     model = _student(base, training, device, revision)
     prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16, revision)
-    own_loss = distill or prefix is not None  # StudentTrainer: distillation, or SFT on stored states
+    own_loss = distill or prefix is not None or not SFT_BY_TRL  # StudentTrainer's loss (see SFT_BY_TRL)
     for i, d in enumerate(data if own_loss else ()):
         d["row"] = i
     vocab = None

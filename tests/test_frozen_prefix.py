@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from backends import frozen_prefix
+from backends import frozen_prefix, train
 from backends.base import ModelRef, Training
 from backends.frozen_prefix import decoder_layers, hidden_states_at, top_layers_only
 from backends.local import LocalBackend, load_model
@@ -61,12 +61,34 @@ def test_an_sft_student_on_stored_lower_layers_equals_trls_sft_through_them(tiny
                    lora_targets=("q_proj", "v_proj"), lora_layers=1)
     frozen_prefix._memo.clear()
     ours = backend.finetune(tiny_model, ROWS, sft, tmp_path / "ours")
-    monkeypatch.setattr(frozen_prefix, "MAX_CACHED_VALUES", 0)  # TRL's own SFT loss, every layer run
+    monkeypatch.setattr(frozen_prefix, "MAX_CACHED_VALUES", 0)  # every layer run ...
+    monkeypatch.setattr(train, "SFT_BY_TRL", True)  # ... and TRL's own SFT loss
     trl = backend.finetune(tiny_model, ROWS, sft, tmp_path / "trl")
     a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (ours, trl))
     moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
     assert moved > 1e-4 and a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_sft_student_through_subls_loss_equals_trls_sft(tiny_model, tmp_path, monkeypatch, method):
+    """Every layer trained (no lora_layers): subl's completion cross-entropy, with logits at completion
+    positions only, trains the same student as TRL's SFTTrainer."""
+    from safetensors.torch import load_file
+
+    backend = LocalBackend("cpu")
+    sft = Training(method=method, objective="sft", epochs=1, lr=5e-3, batch_size=4, lora_r=4, lora_alpha=8,
+                   lora_targets=("q_proj", "v_proj"))
+    ours = backend.finetune(tiny_model, ROWS, sft, tmp_path / "ours")
+    monkeypatch.setattr(train, "SFT_BY_TRL", True)
+    trl = backend.finetune(tiny_model, ROWS, sft, tmp_path / "trl")
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = (load_file(f"{m.adapter or m.base}/{name}") for m in (ours, trl))
+    start = load_file(f"{tiny_model}/model.safetensors")
+    moved = max(float((w - start[k]).abs().max()) if k in start else float(w.abs().max()) for k, w in a.items())
+    assert moved > 1e-4 and a.keys() == b.keys()
+    apart = max(float((a[k] - b[k]).abs().max()) for k in a)  # float rounding, through Adam's normalisation
+    assert apart < 1e-3 * moved, (apart, moved)
 
 
 def test_more_lora_layers_than_the_model_has_is_one_clear_error(tiny_model, tmp_path):
