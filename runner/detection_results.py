@@ -69,8 +69,7 @@ def _across_draws(cell: str, a_label: str, b_label: str, metric: str, a: list[fl
             "n_a": len(a), "n_b": len(b), "b_is": b_is, "mean_a": c["mean_a"], "mean_b": c["mean_b"],
             "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
             "min_p": c["min_p"], "a_wins": None, "per_student_a": a, "per_student_b": b,
-            "note": "each value is one draw of k rows, averaged over the questions",
-            "significant": bool(c["p_value"] < 0.05), "k": k}
+            "note": None, "significant": bool(c["p_value"] < 0.05), "k": k}  # the test names its unit, the draw
 
 
 def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,
