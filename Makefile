@@ -38,3 +38,5 @@ bench:
 	$(PYTHON) benchmarks/bench_generation.py
 	$(PYTHON) benchmarks/bench_mnist.py
 	$(PYTHON) benchmarks/bench_executor.py
+	$(PYTHON) benchmarks/bench_icl.py
+	$(PYTHON) benchmarks/bench_sft.py
