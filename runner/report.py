@@ -154,6 +154,6 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
     for test in dict.fromkeys(c["test"] for c in results["comparisons"]):
         console.print(f"test: {test}", markup=False)
     for note in dict.fromkeys(c["note"] for c in results["comparisons"] if c.get("note")):
-        console.print(f"note: {note}; no comparison is marked significant", markup=False)
+        console.print(f"note: {note}; comparisons with this note are never marked significant", markup=False)
     ran = results["stages_run"]
     console.print(f"{len(ran)} stage(s) ran; results: {folder / 'results.json'} ({results['seconds']} s)", markup=False)
