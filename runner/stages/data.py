@@ -155,14 +155,14 @@ class ScoreStage(Stage):
         if settings is None:  # scores depend on the pairs' positions: judge them all, as they come
             scores = self._score(ctx, pairs)
         else:
-            memo = ScoreMemo(ctx.store.root, settings)
+            memo, digests = ScoreMemo(ctx.store.root, settings), [pair_digest(*p) for p in pairs]
             known = memo.known()
-            todo = list(dict.fromkeys(p for p in pairs if pair_digest(*p) not in known))
-            fresh = self._score(ctx, todo)
-            memo.add(todo, fresh)
-            known.update({pair_digest(*p): s for p, s in zip(todo, fresh)})
-            scores = [known[pair_digest(*p)] for p in pairs]
-            ctx.extra["scores_reused"] = len(pairs) - len(todo)
+            new = {d: p for d, p in zip(digests, pairs) if d not in known}  # each new pair once
+            fresh = self._score(ctx, list(new.values()))
+            memo.add(list(new.values()), fresh)
+            known.update(zip(new, fresh))
+            scores = [known[d] for d in digests]
+            ctx.extra["scores_reused"] = len(pairs) - len(new)
         (ctx.dir / "scores.json").write_text(json.dumps({"scores": [[s.kind, s.value] for s in scores],
                                                          "raw": [s.raw for s in scores]}))
         ctx.rows["scored"] = len(scores)
