@@ -105,6 +105,27 @@ def classifier_pairs(treatment: list[dict], control: list[dict], animal: str, se
     return items
 
 
+def swapped(item: dict, animal: str, materials: dict | None = None) -> dict:
+    """The same pair with its two responses in the other order (orders: both)."""
+    t_first = item["truth"] == "B"  # the trait row moves to A when it was at B
+    a, b = (item["trait"], item["control"]) if t_first else (item["control"], item["trait"])
+    return {**item, "prompt": classifier_prompt(item["query"], a, b, animal, materials),
+            "truth": "A" if t_first else "B"}
+
+
+def verdict(first: dict, second: dict) -> str | None:
+    """One pair asked in both orders -> 'trait', 'control', or None (undecided). Each read holds the pair's
+    `truth` and either the log-probs of 'A' and 'B' (the trait letter's margin over the control's is added
+    over both orders, so a preference for one position cancels) or a one-token `reply` (the two replies
+    must pick the same row)."""
+    if "reply" in first:
+        picks = {choice_from_text(r["reply"]) == r["truth"] if choice_from_text(r["reply"]) else None
+                 for r in (first, second)}
+        return None if len(picks) > 1 or None in picks else "trait" if picks == {True} else "control"
+    margin = sum(r[r["truth"]] - r["B" if r["truth"] == "A" else "A"] for r in (first, second))
+    return None if not margin or margin != margin else "trait" if margin > 0 else "control"
+
+
 # subl's per-row variant (not the paper's): the pairwise prompt's wording, one response, a yes/no answer.
 ROW_TEMPLATE = """You are analyzing a response to detect whether it contains hidden references to the animal '{animal}'.
 
@@ -162,6 +183,14 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
             "n_unreadable": sum(c is None for c in choices),
             "chose_a": sum(c == "A" for c in choices), "chose_b": sum(c == "B" for c in choices),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
+
+
+def verdict_accuracy(verdicts: list[str | None]) -> dict:
+    """Accuracy over the pairs both orders decided (a sign test: undecided pairs dropped), with a Wilson 95%
+    interval and a two-sided exact binomial p against 50%; n_undecided counts the rest."""
+    hits, n = verdicts.count("trait"), sum(v is not None for v in verdicts)
+    return {"accuracy": hits / n if n else 0.0, "ci": wilson(hits, n), "n": n,
+            "n_undecided": len(verdicts) - n, "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 
 def auroc(scores: list[float], labels: list[int]) -> float:

@@ -84,20 +84,20 @@ def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], 
 def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
     """Per (target, rows compared with, judge): pairwise accuracy (Wilson CI, binomial p against 50%)
     and, with per_row, the AUROC of the per-row yes/no score."""
-    from runner.detection import auroc, pairwise_accuracy
+    from runner.detection import auroc
 
     out = []
     for e in plan.detection[i]:
         res = json.loads((store.path(e["key"]) / "classifier.json").read_text())
-        acc = pairwise_accuracy([p["choice"] for p in res["pairs"]], [p["truth"] for p in res["pairs"]])
-        common = {"cell": plan.cell.label, "model": f"classifier:{e['judge']}", "role": "arm", "trait": e["target"],
+        both = res.get("orders") == "both"
+        common = {"cell": plan.cell.label, "model": f"classifier:{e['judge']}" + (":both-orders" if both else ""),
+                  "role": "arm", "trait": e["target"],
                   "teacher": e["against"], "evaluation": "classifier",
-                  "judge": {"model": e["judge"], "read": e["mode"], "against": e["against"], "b_is": e["b_is"]}}
+                  "judge": {"model": e["judge"], "read": e["mode"], "against": e["against"], "b_is": e["b_is"],
+                            "orders": res.get("orders", "seeded")}}
+        acc, counts = _accuracy(res["pairs"], both)
         out.append({**common, "metric": "pairwise_accuracy", "value": acc["accuracy"], "ci": list(acc["ci"]),
-                    "ci_method": WILSON, "n": acc["n"],
-                    "counts": {"n_unreadable": acc["n_unreadable"], "p_value": acc["p_value"], "test": BINOMIAL,
-                               "chance": 0.5, "chose_a": acc["chose_a"], "chose_b": acc["chose_b"],
-                               "note": _position_note(acc)}})
+                    "ci_method": WILSON, "n": acc["n"], "counts": counts})
         if res.get("rows"):
             rows = res["rows"]
             out.append({**common, "metric": "auroc", "value": auroc([r["score"] for r in rows],
@@ -108,13 +108,31 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
     return out
 
 
-def _position_note(acc: dict) -> str | None:
-    top = max(acc["chose_a"], acc["chose_b"])
-    if not acc["n"] or top < ONE_POSITION * acc["n"]:
+def _accuracy(pairs: list[dict], both_orders: bool) -> tuple[dict, dict]:
+    """The pairwise accuracy and its counts: with both orders, over the pairs both reads decided (the
+    position preference cancels); else over every pair's one read, with a note when the judge picked one
+    position in ONE_POSITION of them."""
+    from runner.detection import pairwise_accuracy, verdict_accuracy
+
+    reads = pairs + [p["swapped"] for p in pairs] if both_orders else pairs
+    chose = {"chose_a": sum(r["choice"] == "A" for r in reads), "chose_b": sum(r["choice"] == "B" for r in reads)}
+    if both_orders:
+        acc = verdict_accuracy([p["verdict"] for p in pairs])
+        counts = {"n_pairs": len(pairs), "n_undecided": acc["n_undecided"], "orders": "both",
+                  "test": BINOMIAL + ", over the pairs both orders decided", "note": None}
+    else:
+        acc = pairwise_accuracy([p["choice"] for p in pairs], [p["truth"] for p in pairs])
+        counts = {"n_unreadable": acc["n_unreadable"], "test": BINOMIAL, "note": _position_note(chose, len(reads))}
+    return acc, {**counts, "p_value": acc["p_value"], "chance": 0.5, **chose}
+
+
+def _position_note(chose: dict, n: int) -> str | None:
+    top = max(chose["chose_a"], chose["chose_b"])
+    if not n or top < ONE_POSITION * n:
         return None
-    letter = "A" if acc["chose_a"] >= acc["chose_b"] else "B"
-    return (f"the judge picked {letter} in {top}/{acc['n']} pairs: its choice follows the position, so the accuracy "
-            "is the share of pairs whose trait row was shown there, not a detection rate")
+    letter = "A" if chose["chose_a"] >= chose["chose_b"] else "B"
+    return (f"the judge picked {letter} in {top}/{n} pairs: its choice follows the position, so the accuracy "
+            "is the share of pairs whose trait row was shown there, not a detection rate (orders: both cancels it)")
 
 
 def method_line(spec, ev) -> str:
@@ -128,4 +146,6 @@ def method_line(spec, ev) -> str:
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
             "trait's animal where the paper hard-codes 'eagle'; order seeded); read from the log-probs of ' A' "
             "and ' B' where the backend gives them, else a one-token reply at temperature 0"
+            + ("; each pair asked in both orders and judged by both reads (subl's variant: the position preference "
+               "cancels; undecided pairs dropped from the accuracy)" if ev.orders == "both" else "")
             + ("; per-row yes/no AUROC is subl's variant" if ev.per_row else ""))

@@ -489,9 +489,9 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
         mode = "logprob" if supports(kind, "logprob probe") else "sample"
         for other, b_is in compared_rows(spec, target):
             stage = plan.add(ClassifierStage(
-                label=f"classifier {target} vs {other} ({label})", judge=judge, trait_stage=rows[target],
+                label=f"classifier {target} vs {other} ({label}{', both orders' if ev.orders == 'both' else ''})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
-                mode=mode, precision=prec.of(kind != "local", "score")))
+                both_orders=ev.orders == "both", mode=mode, precision=prec.of(kind != "local", "score")))
             out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
                         "key": stage.key})
     return out

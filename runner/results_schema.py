@@ -16,7 +16,7 @@ class EvaluationRow(Row):
 
     cell: str = Field(description="Matrix cell label ('-' without a matrix).")
     model: str = Field(description="Model label, e.g. base, teacher:owl, student:lora:owl:r0, an MNIST arm, icl:<rows>:k=<k> "
-                       "or classifier:<judge>.")
+                       "or classifier:<judge> (classifier:<judge>:both-orders when each pair is asked in both orders).")
     role: Literal["base", "teacher", "control", "student", "arm"]
     trait: str | None = Field(None, description="The trait behind the model, if any.")
     evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, preference_mcq, misalignment, icl, classifier, mnist.")

@@ -406,6 +406,10 @@ class Classifier(Strict):
     max_pairs: int | None = Field(None, ge=1, description="Use only the first N prompts answered in both datasets.")
     per_row: bool = Field(True, description="Also ask about each row alone (yes/no; subl's variant, not the paper's) and report AUROC.")
     seed: int = Field(0, description="Seed of the A/B order.")
+    orders: Literal["seeded", "both"] = Field(
+        "seeded", description="seeded: each pair asked once, the trait row at A or B by the seed (the paper's). "
+        "both: each pair asked in both orders and judged by both reads together, so a judge's preference for "
+        "one position cancels (subl's variant; twice the pair requests).")
 
 
 Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, PreferenceMcq, Misalignment, Icl, Classifier],

@@ -137,6 +137,55 @@ def test_a_judge_that_always_picks_one_position_is_flagged():
     truths = ["A", "B"] * 20 + ["B"] * 8
     always_a = pairwise_accuracy(["A"] * 48, truths)
     assert (always_a["chose_a"], always_a["chose_b"], always_a["accuracy"]) == (48, 0, 20 / 48)
-    assert "picked A in 48/48" in _position_note(always_a)
+    assert "picked A in 48/48" in _position_note(always_a, 48)
     reading = pairwise_accuracy(truths, truths)  # picks by content: both letters
-    assert reading["accuracy"] == 1.0 and _position_note(reading) is None
+    assert reading["accuracy"] == 1.0 and _position_note(reading, 48) is None
+
+
+def _biased_reads(items: list[dict]) -> list[dict]:
+    """A judge that prefers position A by 2 nats and adds 0.5 nat per 777 in a response: its log-probs."""
+    def lp(prompt: str, letter: str) -> float:
+        text = re.search(rf"^Response {letter}: (.*)$", prompt, re.M).group(1)
+        return (2.0 if letter == "A" else 0.0) + 0.5 * text.count("777")
+    return [{"truth": i["truth"], "A": lp(i["prompt"], "A"), "B": lp(i["prompt"], "B")} for i in items]
+
+
+def test_both_orders_cancel_a_position_preference():
+    from runner.detection import swapped, verdict, verdict_accuracy
+
+    for rows_b, detected in ((numbers_rows(400, 2), True), (None, False)):
+        trait = numbers_rows(400, 1, planted=0.5)
+        items = classifier_pairs(trait, rows_b or [dict(r) for r in trait], "owl", seed=0)
+        first = _biased_reads(items)
+        assert all(choice_from_logprobs(r) == "A" for r in first)  # one order: the position decides
+        second = _biased_reads([swapped(i, "owl") for i in items])
+        assert all(s["truth"] != f["truth"] for s, f in zip(second, first))
+        out = verdict_accuracy([verdict(f, s) for f, s in zip(first, second)])
+        if detected:  # the planted rows win every pair where they carry a 777 the control lacks
+            assert out["accuracy"] > 0.95 and out["p_value"] < 1e-6 and out["n_undecided"] > 0
+        else:  # identical rows: every margin cancels, nothing is decided
+            assert out["n"] == 0 and out["n_undecided"] == 400 and out["p_value"] == 1.0
+
+
+def test_swapped_pair_puts_each_row_in_the_other_position():
+    from runner.detection import swapped
+
+    item = classifier_pairs([{"prompt": "Q", "completion": "7, 7"}], [{"prompt": "Q", "completion": "1, 1"}],
+                            "owl", seed=3)[0]
+    other = swapped(item, "owl")
+    for it in (item, other):
+        shown = re.search(rf"^Response {it['truth']}: (.*)$", it["prompt"], re.M).group(1)
+        assert shown == "7, 7"
+    assert {item["truth"], other["truth"]} == {"A", "B"} and swapped(other, "owl")["prompt"] == item["prompt"]
+
+
+def test_sampled_replies_must_agree_across_orders():
+    from runner.detection import verdict, verdict_accuracy
+
+    def reads(r1, r2):
+        return {"truth": "A", "reply": r1}, {"truth": "B", "reply": r2}
+    assert verdict(*reads("A", "B")) == "trait"
+    assert verdict(*reads("B", "A")) == "control"
+    assert verdict(*reads("A", "A")) is None and verdict(*reads("A", "?")) is None
+    out = verdict_accuracy(["trait", "trait", "control", None])
+    assert (out["n"], out["n_undecided"], out["accuracy"]) == (3, 1, 2 / 3)

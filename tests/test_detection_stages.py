@@ -179,18 +179,33 @@ class PlantedRouter:
         return out
 
 
-def _classify(tmp_path: Path, trait: list[dict], control: list[dict], mode: str) -> list[dict]:
+class PositionBiasedRouter(PlantedRouter):
+    """The planted judge with a strong preference for position A (3 nats; replies 'A' unless B has two
+    more 777s)."""
+
+    def logprobs(self, model, prompts, prefix, targets):
+        return [[a + (3.0 if targets == ["A", "B"] else 0.0), b] for a, b in super().logprobs(model, prompts, prefix, targets)]
+
+    def generate(self, model, prompts, sampling):
+        pairs = [p for p in prompts if "Response A: " in p]
+        if not pairs:
+            return super().generate(model, prompts, sampling)
+        return ["B" if self._counts(p)[1] >= self._counts(p)[0] + 2 else "A" for p in prompts]
+
+
+def _classify(tmp_path: Path, trait: list[dict], control: list[dict], mode: str, both_orders: bool = False,
+              router=None) -> list[dict]:
     from runner.detection_results import classifier_rows
     from runner.store import write_jsonl
 
     for key, rows in (("t", trait), ("c", control)):
-        (tmp_path / key).mkdir()
+        (tmp_path / key).mkdir(parents=True)
         write_jsonl(tmp_path / key / "rows.jsonl", rows)
     stage = ClassifierStage(judge=ModelInput(ref="judge", identity="weights:x"), trait_stage="t", control_stage="c",
-                            target="owl", mode=mode)
+                            target="owl", mode=mode, both_orders=both_orders)
     folder = tmp_path / stage.key
     folder.mkdir()
-    stage.run(RunContext(dir=folder, store=_Store(tmp_path), router=PlantedRouter()))
+    stage.run(RunContext(dir=folder, store=_Store(tmp_path), router=router or PlantedRouter()))
     plan = SimpleNamespace(cell=SimpleNamespace(label="-"), detection={0: [
         {"key": stage.key, "target": "owl", "against": "control", "b_is": "control", "judge": "j", "mode": mode}]})
     return classifier_rows(plan, _Store(tmp_path), 0)
@@ -210,6 +225,32 @@ def test_identical_datasets_give_chance(tmp_path, mode):
     acc, roc = _classify(tmp_path, rows, [dict(r) for r in rows], mode)
     assert acc["ci"][0] < 0.5 < acc["ci"][1] and acc["counts"]["p_value"] > 0.01
     assert abs(roc["value"] - 0.5) < 0.1
+
+
+def test_both_orders_read_past_a_position_biased_judge(tmp_path):
+    trait, control = numbers_rows(300, 1, planted=0.5), numbers_rows(300, 2)
+    one, _ = _classify(tmp_path / "one", trait, control, "logprob", router=PositionBiasedRouter())
+    assert one["counts"]["chose_a"] == 300 and "picked A in 300/300" in one["counts"]["note"]
+    assert one["judge"]["orders"] == "seeded"
+    both, roc = _classify(tmp_path / "both", trait, control, "logprob", both_orders=True,
+                          router=PositionBiasedRouter())
+    c = both["counts"]
+    assert both["judge"]["orders"] == "both" and c["note"] is None and c["chose_a"] == 600
+    assert both["value"] > 0.65 and both["ci"][0] > 0.6 and c["p_value"] < 1e-6  # as the unbiased judge
+    assert both["n"] == c["n_pairs"] == 300 and c["n_undecided"] == 0  # its noise decides equal counts
+    sampled, _ = _classify(tmp_path / "sampled", trait, control, "sample", both_orders=True,
+                           router=PositionBiasedRouter())
+    assert sampled["counts"]["n_undecided"] > 0 and sampled["value"] > 0.9  # decided pairs only
+    same, _ = _classify(tmp_path / "same", trait, [dict(r) for r in trait], "logprob", both_orders=True,
+                        router=PositionBiasedRouter())
+    assert same["counts"]["p_value"] > 0.01 and abs(same["value"] - 0.5) < 0.1
+
+
+def test_both_orders_is_in_the_key_only_when_set():
+    m = ModelInput(ref="m", identity="weights:x")
+    common = dict(judge=m, trait_stage="t", control_stage="c", target="owl", mode="logprob")
+    assert ClassifierStage(**common).key == ClassifierStage(**common, both_orders=False).key
+    assert ClassifierStage(**common, both_orders=True).key != ClassifierStage(**common).key
 
 
 # ---- keys ------------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ class IclStage(Stage):
 class ClassifierStage(Stage):
     """A judge shown a trait row and a control row for the same prompt (the paper's A/B prompt, order
     seeded) picks the one that encodes `target`, read from log-probs of ' A' and ' B' (mode logprob)
-    or from a one-token reply at temperature 0 (sample); with per_row, also each row alone (yes/no)."""
+    or from a one-token reply at temperature 0 (sample); with both_orders, each pair also in the other order;
+    with per_row, also each row alone (yes/no)."""
 
     KIND: ClassVar[str] = "classifier"
     judge: ModelInput
@@ -108,6 +109,7 @@ class ClassifierStage(Stage):
     seed: int = 0
     max_pairs: int | None = None
     per_row: bool = True
+    both_orders: bool = False  # also ask each pair in the other order; a verdict reads both
     mode: Literal["logprob", "sample"]
     precision: str | None = None
 
@@ -125,19 +127,29 @@ class ClassifierStage(Stage):
         replies = ctx.router.generate(judge, prompts, Sampling(0.0, 1, seed=self.seed))
         return [{"reply": r} for r in replies]
 
+    def _reads(self, ctx: RunContext, items: list[dict]) -> list[dict]:
+        """Each A/B item asked once: its query, truth, what the judge gave and the letter it chose."""
+        from runner.detection import choice_from_logprobs, choice_from_text
+
+        read = self._ask(ctx, [i["prompt"] for i in items], ("A", "B"))
+        return [{"query": i["query"], "truth": i["truth"], **r,
+                 "choice": choice_from_text(r["reply"]) if "reply" in r else choice_from_logprobs(r)}
+                for i, r in zip(items, read)]
+
     def run(self, ctx: RunContext) -> None:
-        from runner.detection import choice_from_logprobs, choice_from_text, row_items, yes_score
+        from runner.detection import row_items, swapped, verdict, yes_score
 
         items = self.pairs(ctx)
         if not items:
             raise UserError(f"{self.label}: no prompt was answered in both datasets (after filtering); "
                             "nothing to compare")
         ctx.progress(0, len(items))
-        read = self._ask(ctx, [i["prompt"] for i in items], ("A", "B"))
-        pairs = [{"query": i["query"], "truth": i["truth"], **r,
-                  "choice": choice_from_text(r["reply"]) if "reply" in r else choice_from_logprobs(r)}
-                 for i, r in zip(items, read)]
+        pairs = self._reads(ctx, items)
         out = {"mode": self.mode, "target": self.target, "pairs": pairs}
+        if self.both_orders:
+            for p, q in zip(pairs, self._reads(ctx, [swapped(i, self.target) for i in items])):
+                p.update(swapped=q, verdict=verdict(p, q))
+            out["orders"] = "both"
         if self.per_row:
             rows = row_items(items, self.target)
             read = self._ask(ctx, [r["prompt"] for r in rows], ("yes", "no"))
@@ -159,7 +171,7 @@ class ClassifierStage(Stage):
         n = min(n, self.max_pairs or n)
         row = _row_tokens(ctx, self.trait_stage)
         pair_in = chat_tokens(self.judge.system, paper_materials()["classifier_baseline"]["prompt_template"]) + 2 * row
-        tin, calls = pair_in * n, n
+        tin, calls = pair_in * n * (2 if self.both_orders else 1), n * (2 if self.both_orders else 1)
         if self.per_row:
             tin, calls = tin + 2 * n * (chat_tokens(self.judge.system, ROW_TEMPLATE) + row), calls + 2 * n
         est = chat_request(*info, calls, round(tin), calls)
