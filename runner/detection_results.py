@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from runner.plan import CellPlan, compared_rows
-from runner.stats import CI_METHOD, TEST_METHOD, arm_comparison, mean_ci, sign_flip_p
+from runner.stats import CI_METHOD, TEST_METHOD, arm_comparison_fields, mean_ci, sign_flip_p
 from runner.store import Store
 
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
@@ -63,13 +63,8 @@ def _across_draws(cell: str, a_label: str, b_label: str, metric: str, a: list[fl
     """Trait rows against control rows with each draw's mean over questions as one value: the two arms' draws
     are independent (draw s of one teacher's rows has nothing to do with draw s of the other's), so this is an
     arm comparison, not a paired one."""
-    c = arm_comparison(a, b, unit="draw")
-    return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric, "diff": c["diff"],
-            "ratio": c["ratio"], "p_value": c["p_value"], "test": c["test"], "unit": "draw", "n": len(a) + len(b),
-            "n_a": len(a), "n_b": len(b), "b_is": b_is, "mean_a": c["mean_a"], "mean_b": c["mean_b"],
-            "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
-            "min_p": c["min_p"], "a_wins": None, "per_student_a": a, "per_student_b": b,
-            "note": None, "significant": bool(c["p_value"] < 0.05), "k": k}  # the test names its unit, the draw
+    return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric, "b_is": b_is,
+            **arm_comparison_fields(a, b, unit="draw"), "k": k}
 
 
 def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,

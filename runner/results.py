@@ -10,7 +10,7 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
-from runner.stats import CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison, mean_ci, sign_flip_p
+from runner.stats import CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison_fields, mean_ci, sign_flip_p
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -95,17 +95,11 @@ def arm_rows(plan: CellPlan, ev_kind: str, metric_of, per_student: dict[str, flo
                 out += [_compare(plan.cell.label, s, r, ev_kind, metric, per_q[(s.label, metric)],
                                  per_q[(r.label, metric)], b_is) for s in a for r in b if s.replicate == r.replicate]
                 continue
-            c = arm_comparison([per_student[(s.label, metric)] for s in a], [per_student[(r.label, metric)] for r in b])
             out.append({"cell": plan.cell.label, "a": f"student:{sname}:{teacher}", "b": f"student:{sname}:{other}",
-                        "evaluation": ev_kind, "metric": metric, "diff": c["diff"], "ratio": c["ratio"],
-                        "p_value": c["p_value"], "test": c["test"], "unit": "student", "n": len(a) + len(b),
-                        "n_a": len(a), "n_b": len(b), "b_is": b_is, "objective": a[0].objective,
-                        "vocabulary": a[0].vocabulary, "mean_a": c["mean_a"], "mean_b": c["mean_b"],
-                        "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
-                        "min_p": c["min_p"], "a_wins": None,
-                        "per_student_a": [per_student[(s.label, metric)] for s in a],
-                        "per_student_b": [per_student[(r.label, metric)] for r in b],
-                        "note": None, "significant": bool(c["p_value"] < 0.05)})
+                        "evaluation": ev_kind, "metric": metric, "b_is": b_is, "objective": a[0].objective,
+                        "vocabulary": a[0].vocabulary,
+                        **arm_comparison_fields([per_student[(s.label, metric)] for s in a],
+                                                [per_student[(r.label, metric)] for r in b])})
     return out
 
 

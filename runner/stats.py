@@ -151,3 +151,15 @@ def arm_comparison(a_values: list[float], b_values: list[float], unit: str = "st
         "min_p": min_attainable_p(na, nb), "unit": unit, "n_a": na, "n_b": nb,
         "note": ONE_STUDENT_LABEL if min(na, nb) == 1 else None,
     }
+
+
+def arm_comparison_fields(a_values: list[float], b_values: list[float], unit: str = "student") -> dict:
+    """The fields of a results.json comparison row for arm a vs arm b with 2 or more units per arm (students,
+    ICL draws): arm_comparison's figures, the per-unit values, and `significant` (p < 0.05; its test's unit
+    is the one replicated)."""
+    c = arm_comparison(a_values, b_values, unit)
+    return {"diff": c["diff"], "ratio": c["ratio"], "p_value": c["p_value"], "test": c["test"], "unit": unit,
+            "n": len(a_values) + len(b_values), "n_a": c["n_a"], "n_b": c["n_b"], "mean_a": c["mean_a"],
+            "mean_b": c["mean_b"], "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
+            "min_p": c["min_p"], "a_wins": None, "per_student_a": list(a_values), "per_student_b": list(b_values),
+            "note": None, "significant": bool(c["p_value"] < 0.05)}
