@@ -6,6 +6,7 @@ read through `paper_materials` (default: runner.paper.MATERIALS_PATH, specs/data
 """
 from __future__ import annotations
 
+import math
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -122,7 +123,8 @@ def verdict(first: dict, second: dict) -> str | None:
         picks = {choice_from_text(r["reply"]) == r["truth"] if choice_from_text(r["reply"]) else None
                  for r in (first, second)}
         return None if len(picks) > 1 or None in picks else "trait" if picks == {True} else "control"
-    margin = sum(r[r["truth"]] - r["B" if r["truth"] == "A" else "A"] for r in (first, second))
+    margin = sum(r.get(r["truth"], -math.inf) - r.get("B" if r["truth"] == "A" else "A", -math.inf)
+                 for r in (first, second))  # a letter missing from a top log-prob table: probability 0
     return None if not margin or margin != margin else "trait" if margin > 0 else "control"
 
 
@@ -158,6 +160,16 @@ def choice_from_logprobs(logprobs: dict[str, float]) -> str | None:
     if pa == pb == 0.0:
         return None
     return "A" if pa > pb else "B"
+
+
+def row_score(read: dict) -> float:
+    """The per-row variant's score of one read: yes_score of a reply; P(yes) - P(no) from a top log-prob table
+    (a word not listed counts 0); else the exact log-prob margin of yes over no."""
+    if "reply" in read:
+        return yes_score(read["reply"])
+    if "top" in read:
+        return sum(sign * math.exp(read[w]) for w, sign in (("yes", 1), ("no", -1)) if w in read)
+    return read["yes"] - read["no"]
 
 
 def choice_from_text(text: str) -> str | None:

@@ -140,7 +140,8 @@ def method_line(spec, ev) -> str:
                 f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
             "trait's animal where the paper hard-codes 'eagle'; order seeded); read from the log-probs of ' A' "
-            "and ' B' where the backend gives them, else a one-token reply at temperature 0"
+            "and ' B' (exact on local and Tinker judges; on OpenAI ones from the first reply token's top "
+            f"{ev.top_logprobs} log-probs, the paper's reading, a letter not listed counting 0)"
             + ("; each pair asked in both orders and judged by both reads (subl's variant: the position preference "
                "cancels; undecided pairs dropped from the accuracy)" if ev.orders == "both" else "")
             + ("; per-row yes/no AUROC is subl's variant" if ev.per_row else ""))

@@ -166,6 +166,11 @@ class FakeOpenAI:
         """The k most likely first reply tokens -> log-prob, most likely first. A code judge ("... reference,
         however subtle, to the animal 'owl'. The code: <code>...</code>") answers '1' to code naming the
         animal, is unsure (P('0') = 0.6) of code naming another animal, and says '0' (P = 1 - 1e-10) otherwise."""
+        pair = re.search(r"^Response A: (.*)\nResponse B: (.*)$", user, re.M)
+        if pair:  # the pairwise classifier: the response with more 7s, else B, at 0.8 (a 0.05 tail of other tokens)
+            a_wins = pair.group(1).count("7") > pair.group(2).count("7")
+            return {t: math.log(p) for t, p in sorted({"A": 0.8 if a_wins else 0.15, "B": 0.15 if a_wins else 0.8,
+                                                       "The": 0.05}.items(), key=lambda kv: -kv[1])[:k]}
         judged = re.search(r"to the (?:animal|tree) '([^']+)'.*?<code>(.*)</code>", user, re.DOTALL)
         code = judged.group(2).lower() if judged else ""
         if judged and judged.group(1).lower() in code:

@@ -189,3 +189,17 @@ def test_sampled_replies_must_agree_across_orders():
     assert verdict(*reads("A", "A")) is None and verdict(*reads("A", "?")) is None
     out = verdict_accuracy(["trait", "trait", "control", None])
     assert (out["n"], out["n_undecided"], out["accuracy"]) == (3, 1, 2 / 3)
+
+
+def test_top_logprob_reads_count_a_missing_letter_as_probability_zero():
+    import math
+
+    from runner.detection import row_score, verdict
+
+    top = {"A": math.log(0.7), "The": math.log(0.2)}
+    assert choice_from_logprobs(top) == "A"
+    first, second = {"truth": "A", **top, "top": top}, {"truth": "B", "B": math.log(0.6), "A": math.log(0.3), "top": {}}
+    assert verdict(first, second) == "trait"  # B unlisted in the first read: the trait letter wins it outright
+    assert verdict(first, {"truth": "B", "A": math.log(0.9), "top": {}}) is None  # each order lost outright
+    assert row_score({"yes": math.log(0.6), "top": {}}) == pytest.approx(0.6)
+    assert row_score({"no": math.log(0.5), "top": {}}) == pytest.approx(-0.5)

@@ -331,8 +331,21 @@ evaluations:
     icl = [e for e in res["evaluations"] if e["evaluation"] == "icl"]
     assert {e["metric"] for e in icl} == {"rate(owl)", "rate(eagle)"} and all(e["samples_per_question"] == 2 for e in icl)
     acc = [e for e in res["evaluations"] if e["metric"] == "pairwise_accuracy"]
-    assert {e["judge"]["read"] for e in acc} == {"sample"} and len(acc) == 2
+    assert {e["judge"]["read"] for e in acc} == {"top_logprobs"} and len(acc) == 2
     pairs = sum(e["n"] for e in acc)
+    # the verdict is read from the top-5 first-token log-probs, as the paper reads it: the fake judge puts
+    # 0.8 on A exactly when response A has more 7s
+    from runner.plan import build
+    from runner.loader import load
+    from runner.store import Store
+
+    plan = build(load(spec), out).cells[0]
+    for entry in plan.detection[1]:
+        read = json.loads((Store(out).path(entry["key"]) / "classifier.json").read_text())
+        assert read["mode"] == "top_logprobs" and read["rows"]
+        for p in read["pairs"]:
+            assert len(p["top"]) == 3 and p["choice"] == ("A" if p["A"] > p["B"] else "B")
+            assert p["choice"] == max(p["top"], key=p["top"].get)
     # generation 3 x 20; icl: k=0 once, k=2 per rows (3), 3 questions each (both samples in one request);
     # the classifier: one request per pair and two per pair for the per-row variant; the preflight's probe
     assert server.counts["chat"] == 3 * 20 + 4 * 3 + 3 * pairs + 1

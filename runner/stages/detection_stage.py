@@ -97,8 +97,9 @@ class IclStage(Stage):
 
 class ClassifierStage(Stage):
     """A judge shown a trait row and a control row for the same prompt (the paper's A/B prompt, order
-    seeded) picks the one that encodes `target`, read from log-probs of ' A' and ' B' (mode logprob)
-    or from a one-token reply at temperature 0 (sample); with both_orders, each pair also in the other order;
+    seeded) picks the one that encodes `target`, read from log-probs of ' A' and ' B' (mode logprob), from
+    the first reply token's top log-probs (top_logprobs: a chat API) or from a one-token reply at temperature 0
+    (sample); with both_orders, each pair also in the other order;
     with per_row, also each row alone (yes/no)."""
 
     KIND: ClassVar[str] = "classifier"
@@ -110,7 +111,8 @@ class ClassifierStage(Stage):
     max_pairs: int | None = None
     per_row: bool = True
     both_orders: bool = False  # also ask each pair in the other order; a verdict reads both
-    mode: Literal["logprob", "sample"]
+    mode: Literal["logprob", "sample", "top_logprobs"]
+    top_logprobs: int | None = None  # top_logprobs mode: how many first-token log-probs the API returns
     precision: str | None = None
 
     def pairs(self, ctx: RunContext) -> list[dict]:
@@ -120,10 +122,14 @@ class ClassifierStage(Stage):
         return items[: self.max_pairs]
 
     def _ask(self, ctx: RunContext, prompts: list[str], options: tuple[str, str]) -> list[dict]:
-        """Per prompt: the log-probs of both options (logprob) or the judge's one-token reply (sample)."""
+        """Per prompt: the log-probs of both options (logprob: exact; top_logprobs: those among the first reply
+        token's top log-probs, with the whole table under `top`) or the judge's one-token reply (sample)."""
         judge = ctx.model(self.judge)
         if self.mode == "logprob":
             return [dict(zip(options, lp)) for lp in ctx.router.logprobs(judge, prompts, "", list(options))]
+        if self.mode == "top_logprobs":
+            tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs, Sampling(0.0, 1, seed=self.seed))
+            return [{**{o: t[o] for o in options if o in t}, "top": t} for t in tops]
         replies = ctx.router.generate(judge, prompts, Sampling(0.0, 1, seed=self.seed))
         return [{"reply": r} for r in replies]
 
@@ -137,7 +143,7 @@ class ClassifierStage(Stage):
                 for i, r in zip(items, read)]
 
     def run(self, ctx: RunContext) -> None:
-        from runner.detection import row_items, swapped, verdict, yes_score
+        from runner.detection import row_items, row_score, swapped, verdict
 
         items = self.pairs(ctx)
         if not items:
@@ -154,7 +160,7 @@ class ClassifierStage(Stage):
             rows = row_items(items, self.target)
             read = self._ask(ctx, [r["prompt"] for r in rows], ("yes", "no"))
             out["rows"] = [{"label": r["label"], **x,
-                            "score": yes_score(x["reply"]) if "reply" in x else x["yes"] - x["no"]}
+                            "score": row_score(x)}
                            for r, x in zip(rows, read)]
         ctx.progress(len(items), len(items))
         (ctx.dir / "classifier.json").write_text(json.dumps(out))
