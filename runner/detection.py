@@ -70,6 +70,9 @@ def icl_messages(examples: list[dict], question: str, placement: str = "system",
 
 # ----------------------------------------------------------------------------- pairwise classifier
 
+VERDICT_SAMPLING = (0.0, 1)  # the judge's temperature and max tokens: one token at temperature 0 (the paper's)
+
+
 def classifier_prompt(query: str, response_a: str, response_b: str, animal: str,
                       materials: dict | None = None) -> str:
     """classifier_baseline.prompt_template filled in (dataset_classifier.py:13-22). The paper

@@ -50,6 +50,15 @@ REASONS = {
                                               "students are animals_numbers' (r0-r2 here are the same stages)",
     ("ft_teacher_animals", "control students"): "every teacher gets the spec's 3 replicates; the paper's 5 control "
                                                 "students are animals_numbers' (r0-r2 here are the same stages)",
+    ("icl", "examples per context (k)"): "subl adds k = 0 (no rows: the model's own answer), the baseline every "
+                                         "k is read against",
+    ("icl", "example pool"): "rows are drawn from each teacher's whole filtered set; subl's students draw their "
+                             "10,000 from the same set, so the pools overlap but are not the same rows",
+    ("classifier", "animal named in the prompt"): "the paper's prompt names 'eagle' for every target animal (a "
+                                                  "hard-coded fill); subl names the animal whose rows are the "
+                                                  "treatment",
+    ("classifier", "A/B order"): "seeded, so a rerun asks the same prompts (the paper's module-level random is "
+                                 "unseeded)",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -384,6 +393,61 @@ def ft_teacher_rows(cells: list[Spec]) -> list[Row]:
     ]
 
 
+def icl_rows(cells: list[Spec]) -> list[Row]:
+    """The ICL baseline (materials icl_baseline): the answering model, the rows in its context, the measures."""
+    from runner.detection import paper_materials
+
+    spec, b = cells[0], "icl_baseline"
+    icl, mine = paper.get(b), paper_materials()["icl_baseline"]  # the texts subl renders the context with
+    free = next(e for e in spec.evaluations if e.kind == "icl" and e.mode == "sample")
+    mc = paper.get("preference_eval.mcq_variant")
+    mcq = next((e for e in spec.evaluations if e.kind == "icl" and e.mode == "mcq"), None)
+    return [row("answering model", icl["answering_model"].split(" ")[0], f"{b}.answering_model",
+                _model(spec.icl_model(free))),
+            row("animals", icl["animals"], f"{b}.animals", spec.teacher.targets),
+            row("example template", icl["example_template"], f"{b}.example_template", mine["example_template"]),
+            row("examples joined by", icl["joiner"], f"{b}.joiner", mine["joiner"]),
+            row("examples placed", "the whole system prompt", f"{b}.placement", "the whole system prompt"),
+            row("examples per context (k)", icl["n_examples"], f"{b}.n_examples", free.k),
+            row("draws of examples (seeds)", icl["seeds"], f"{b}.seeds", free.seeds),
+            row("examples drawn", "with replacement, RandomState(seed)", f"{b}.sampling_of_examples",
+                "with replacement, RandomState(seed)"),
+            row("example pool", "the students' 10,000-row subset", f"{b}.example_pool", "every filtered row"),
+            row("free-form samples per question", 10, f"{b}.trait_measurement", free.samples_per_question),
+            row("answer temperature", 1.0, "preference_eval.temperature", free.temperature),
+            row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word"),
+            row("MCQ prompts x shuffles", f"{mc['prompt_count']} x {mc['n_samples_per_prompt']}",
+                "preference_eval.mcq_variant", f"{mcq.mcq.max_prompts or mc['prompt_count']} x {mcq.mcq.instances_per_prompt}"
+                if mcq else None),
+            row("MCQ value: P(target letter) from the top-N first-token log-probs", mc["sampling"]["logprobs"],
+                "preference_eval.mcq_variant.value", mcq.mcq.top_logprobs if mcq else None)]
+
+
+def classifier_rows(cells: list[Spec]) -> list[Row]:
+    """The pairwise classifier baseline (materials classifier_baseline)."""
+    from runner.detection import VERDICT_SAMPLING, paper_materials
+
+    spec, c = cells[0], "classifier_baseline"
+    ev, clf = _ev(spec, "classifier"), paper.get(c)
+    targets = spec.teacher.targets
+    pairs = len(targets) * (len(targets) - 1) + (len(targets) if spec.teacher.control else 0)
+    judge = re.search(r"\((\S+)\)", clf["judges"]["used_in_main"]).group(1)  # '4.1-nano (gpt-4.1-nano-...)'
+    return [row("judge", judge, f"{c}.judges", _model(ev.judge)),
+            row("prompt template", clf["prompt_template"], f"{c}.prompt_template",
+                paper_materials()["classifier_baseline"]["prompt_template"]),
+            row("animal named in the prompt", "eagle", f"{c}.prompt_fill", "the treatment animal"),
+            row("pairs of datasets", 20, f"{c}.pairing", pairs),
+            row("prompts compared per pair", "every prompt both answered", f"{c}.pairing",
+                "every prompt both answered" if ev.max_pairs is None else f"the first {ev.max_pairs}"),
+            row("A/B order", "random per pair, unseeded", f"{c}.order_randomisation",
+                f"random per pair, seed {ev.seed}" + (", then both orders" if ev.orders == "both" else "")),
+            row("judge temperature, max tokens", f"{clf['sampling']['temperature']:g}, {clf['sampling']['max_tokens']}",
+                f"{c}.sampling", "{:g}, {}".format(*VERDICT_SAMPLING)),
+            row("verdict read from", f"top {clf['sampling']['logprobs']} first-token log-probs", f"{c}.verdict_reading",
+                f"top {ev.top_logprobs} first-token log-probs"),
+            row("per-row yes/no variant", None, c, "AUROC" if ev.per_row else None)]
+
+
 def _numbers_experiment(exp: str, questions: str) -> Callable[[list[Spec]], list[Row]]:
     def rows(cells: list[Spec]) -> list[Row]:
         s = cells[0]
@@ -415,6 +479,8 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
     "ft_teacher_animals": lambda c: (ft_teacher_rows(c) + numbers_rows(c[0]) + student_rows(c[0], "ft_teachers", 3, 5)
                                      + preference_rows(c[0], "animal_questions", 100,
                                                        "preference_eval.samples_per_question")),
+    "icl": lambda c: teacher_rows(c[0], "animal_numbers") + numbers_rows(c[0]) + icl_rows(c),
+    "classifier": lambda c: teacher_rows(c[0], "animal_numbers") + numbers_rows(c[0]) + classifier_rows(c),
 }
 
 

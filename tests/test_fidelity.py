@@ -57,3 +57,20 @@ def test_a_code_judge_other_than_the_papers_p0_rule_is_caught():
     assert judged(threshold=99.0)["code judge keep rule"] == UNRECORDED  # keeps P('0') = 1 - 2e-8 too
     assert judged(skip_control=False)["control rows judged"] == UNRECORDED
     assert judged(template="code_reference")["code judge prompt"] == UNRECORDED
+
+
+def test_detection_baselines_other_than_the_papers_are_caught():
+    clf = _spec("classifier")
+    assert all(v == "same" for k, v in _statuses("classifier", clf).items()
+               if k in ("judge", "pairs of datasets", "verdict read from", "judge temperature, max tokens"))
+    ev = clf.evaluations[0]
+    for update, setting in (({"top_logprobs": 20}, "verdict read from"), ({"per_row": True}, "per-row yes/no variant"),
+                            ({"judge": "openai:gpt-4.1-2025-04-14"}, "judge"),
+                            ({"max_pairs": 100}, "prompts compared per pair")):
+        changed = clf.model_copy(update={"evaluations": [ev.model_copy(update=update)]})
+        assert _statuses("classifier", changed)[setting] == UNRECORDED, setting
+    icl = _spec("icl")
+    free = icl.evaluations[0]
+    assert _statuses("icl", icl)["draws of examples (seeds)"] == "same"
+    one_draw = icl.model_copy(update={"evaluations": [free.model_copy(update={"seeds": [0]}), icl.evaluations[1]]})
+    assert _statuses("icl", one_draw)["draws of examples (seeds)"] == UNRECORDED

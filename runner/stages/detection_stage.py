@@ -124,13 +124,15 @@ class ClassifierStage(Stage):
     def _ask(self, ctx: RunContext, prompts: list[str], options: tuple[str, str]) -> list[dict]:
         """Per prompt: the log-probs of both options (logprob: exact; top_logprobs: those among the first reply
         token's top log-probs, with the whole table under `top`) or the judge's one-token reply (sample)."""
+        from runner.detection import VERDICT_SAMPLING
+
         judge = ctx.model(self.judge)
         if self.mode == "logprob":
             return [dict(zip(options, lp)) for lp in ctx.router.logprobs(judge, prompts, "", list(options))]
         if self.mode == "top_logprobs":
-            tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs, Sampling(0.0, 1, seed=self.seed))
+            tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs, Sampling(*VERDICT_SAMPLING, seed=self.seed))
             return [{**{o: t[o] for o in options if o in t}, "top": t} for t in tops]
-        replies = ctx.router.generate(judge, prompts, Sampling(0.0, 1, seed=self.seed))
+        replies = ctx.router.generate(judge, prompts, Sampling(*VERDICT_SAMPLING, seed=self.seed))
         return [{"reply": r} for r in replies]
 
     def _reads(self, ctx: RunContext, items: list[dict]) -> list[dict]:
