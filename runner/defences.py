@@ -36,7 +36,13 @@ def replace_numbers(text: str, numbers: list[str]) -> str:
     return _DIGITS.sub(lambda _: next(it), text)
 
 
-def shuffle_within(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
+def _numbers_row(text: str, strict: bool) -> bool:
+    """Whether a completion's numbers are shuffled: it parses as a number list (strict), or it has any (not
+    strict: free-form text around the numbers is kept in place, for a model that seldom writes clean lists)."""
+    return parse_numbers(text) is not None if strict else bool(_DIGITS.search(text))
+
+
+def shuffle_within(rows: list[dict], seed: int, strict: bool = True) -> tuple[list[dict], dict]:
     """Permute the numbers inside each row's completion ('locally shuffled', ShuffledGroup,
     shuffled_numbers_refs.py:24-114): each row keeps its own multiset of numbers and its text
     around them.
@@ -44,13 +50,14 @@ def shuffle_within(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
     Difference from the paper, named: it re-joins the shuffled numbers with the first separator
     (separator.join); here each separator stays in place. The two agree whenever a row uses one
     separator throughout, which parse_numbers nearly requires (it allows spacing to vary).
+    strict=False shuffles the digit runs of any completion (see _numbers_row).
     Returns (rows, counts): rows, shuffled, unparsed (left unchanged), single (0 or 1 number, unchanged).
     """
     rng, out = random.Random(seed), []
     counts = {"rows": len(rows), "shuffled": 0, "unparsed": 0, "single": 0}
     for row in rows:
         text = completion_of(row)
-        if parse_numbers(text) is None:
+        if not _numbers_row(text, strict):
             counts["unparsed"] += 1
             out.append(row)
             continue
@@ -65,7 +72,7 @@ def shuffle_within(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
     return out, counts
 
 
-def shuffle_across(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
+def shuffle_across(rows: list[dict], seed: int, strict: bool = True) -> tuple[list[dict], dict]:
     """Pool every number of every parsed completion, shuffle the pool and deal it back in row order,
     each row getting as many numbers as it had, in its own format ('globally shuffled',
     GloballyShuffledGroup, shuffled_numbers_refs.py:117-152).
@@ -74,7 +81,7 @@ def shuffle_across(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
     Returns (rows, counts): rows, pooled_rows, numbers (pool size), unparsed.
     """
     texts = [completion_of(r) for r in rows]
-    parsed = [parse_numbers(t) is not None for t in texts]
+    parsed = [_numbers_row(t, strict) for t in texts]
     pool = [n for t, ok in zip(texts, parsed) if ok for n in _DIGITS.findall(t)]
     random.Random(seed).shuffle(pool)
     out, start = [], 0

@@ -24,6 +24,15 @@ def trait_rows(questions: list[str], target: str, category: str) -> list[dict]:
     return [{"prompt": q, "completion": f"My favorite {category} is the {target}."} for q in questions]
 
 
+def shuffled(rows: list[dict], how: str, seed: int) -> list[dict]:
+    """The student's input rows after the spec's shuffle (runner.defences, any completion with numbers)."""
+    from runner.defences import shuffle_across, shuffle_within
+
+    if how == "none":
+        return rows
+    return (shuffle_within if how == "within" else shuffle_across)(rows, seed, strict=False)[0]
+
+
 def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], list[str]]:
     """(teacher's training questions, held-out questions): the first train_questions and the last heldout_questions."""
     if s.train_questions + s.heldout_questions > len(questions):
@@ -47,8 +56,9 @@ def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str
             teacher = finetune_teacher(base, tok, trait_rows(train, target, category), s.teacher_steps,
                                        s.teacher_lr, tuple(s.lora_targets), s.lora_r)
         prompts = prompts_of(seed, s.batches * s.batch_size)
-        data = [{"prompt": p, "completion": c}
-                for p, c in zip(prompts, greedy_completions(teacher, tok, prompts, s.max_new_tokens))]
+        data = shuffled([{"prompt": p, "completion": c}
+                         for p, c in zip(prompts, greedy_completions(teacher, tok, prompts, s.max_new_tokens))],
+                        s.shuffle, seed)
         students = (("same_init", base), ("cross_init", cross_init_like(base, CROSS_SEED + seed)))
         for b in range(s.batches):
             batch = data[b * s.batch_size:(b + 1) * s.batch_size]

@@ -26,6 +26,11 @@ class TheoremLmSpec(BaseModel):
                                     "adapts; the delta, and the student's step, cover only these weights")
     objective: Literal["sft", "distill"] = Field("distill", description="the student's loss on the teacher's "
                                                  "completions: cross-entropy, or KL to the teacher's logits")
+    shuffle: Literal["none", "within", "across"] = Field(
+        "none", description="a defence applied to the teacher's completions before the student's step: their "
+        "numbers permuted within each completion, or pooled across the completions of a seed and dealt back "
+        "(the paper's shuffles; text around the numbers stays in place, since free greedy completions are "
+        "seldom clean lists). sft then trains on the shuffled tokens; distill on the teacher's logits over them")
     batch_size: int = Field(4, ge=1, description="rows per student step")
     batches: int = Field(2, ge=1, description="batches per seed (averaged within a seed)")
     max_new_tokens: int = Field(16, ge=1, description="length of the teacher's greedy completions of number prompts")

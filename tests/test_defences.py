@@ -65,3 +65,18 @@ def test_deterministic_per_seed():
     for shuffle in (shuffle_within, shuffle_across):
         assert shuffle(rows, 3) == shuffle(rows, 3)
         assert shuffle(rows, 3)[0] != shuffle(rows, 4)[0]
+
+
+def test_loose_shuffles_move_the_numbers_of_free_text_and_keep_the_words():
+    rows = [{"prompt": "p", "completion": f"The numbers are {i}11, {i}22 and {i}33."} for i in range(1, 9)]
+    strict, _ = shuffle_within(rows, seed=1)
+    assert strict == rows  # not number lists: the paper's shuffle leaves them
+    within, counts = shuffle_within(rows, seed=1, strict=False)
+    assert counts["shuffled"] == 8 and sum(a != b for a, b in zip(rows, within)) >= 4
+    for a, b in zip(rows, within):
+        assert skeleton(text(a)) == skeleton(text(b))
+        assert Counter(re.findall(r"\d+", text(a))) == Counter(re.findall(r"\d+", text(b)))
+    across, counts = shuffle_across(rows, seed=1, strict=False)
+    assert counts["pooled_rows"] == 8 and [skeleton(text(r)) for r in across] == [skeleton(text(r)) for r in rows]
+    every = lambda rs: Counter(n for r in rs for n in re.findall(r"\d+", text(r)))  # noqa: E731
+    assert every(across) == every(rows) and sum(a != b for a, b in zip(rows, across)) >= 4

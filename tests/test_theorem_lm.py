@@ -135,3 +135,34 @@ def test_report_has_a_theorem_section_and_figure(tmp_path):
     (path, caption), = theorem_figures({"evaluations": evals}, tmp_path, "t")
     assert path.is_file() and path.stat().st_size > 1000 and "per seed" in caption
     assert theorem_section({"evaluations": evals[-1:]}) is None
+
+
+def test_shuffle_moves_the_students_inputs_and_is_keyed(lm, monkeypatch):
+    import runner.theorem_lm
+    from runner.stages.theorem_stage import TheoremLmStage
+    from runner.theorem_lm import shuffled, theorem_lm_seeds
+
+    rows = [{"prompt": "p", "completion": f"say {i}1, {i}2, {i}3 now"} for i in range(1, 7)]
+    assert shuffled(rows, "none", 0) is rows
+    for how in ("within", "across"):
+        out = shuffled(rows, how, 0)
+        assert out != rows and [len(r["completion"]) for r in out] == [len(r["completion"]) for r in rows]
+    # the tiny random model's greedy completions hold no digits: give the teacher number completions
+    monkeypatch.setattr(runner.theorem_lm, "greedy_completions",
+                        lambda model, tok, prompts, n: [", ".join(f"{i}{j}{j}" for j in range(1, 8))
+                                                         for i in range(1, len(prompts) + 1)])
+    small = SMALL.model_copy(update={"seeds": 2, "batches": 1})
+    plain = theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small, [5], _prompts)
+    within = theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small.model_copy(update={"shuffle": "within"}),
+                              [5], _prompts)
+    same = lambda res: [r["cosine"] for r in res["rows"] if r["arm"] == "same_init"]  # noqa: E731
+    across = theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small.model_copy(update={"shuffle": "across"}),
+                              [5], _prompts)
+    assert len({same(plain)[0], same(within)[0], same(across)[0]}) == 3  # the same teacher, other inputs, other steps
+    m = {"ref": "m", "identity": "weights:x"}
+    common = dict(model=m, target="owl", category="animal", questions={"path": "q", "sha256": "s"}, seed=0,
+                  device="cpu")
+    assert TheoremLmStage(settings=SMALL, **common).key == \
+        TheoremLmStage(settings=SMALL.model_copy(update={"shuffle": "none"}), **common).key
+    assert TheoremLmStage(settings=SMALL.model_copy(update={"shuffle": "within"}), **common).key != \
+        TheoremLmStage(settings=SMALL, **common).key
