@@ -51,7 +51,7 @@ def hosted_backend(stage: Stage, stages: dict[str, Stage]) -> str | None:
 
 def execute(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
             on_wait: Callable[[str], None] | None = None, slots: dict[str, int] | None = None) -> dict[str, float]:
-    """Run every stage not yet done, each once its upstream stages are; return {label: seconds} of what ran.
+    """Run every stage not yet done, each once its upstream stages are; return {stage key: seconds} of what ran.
     The first failure stops new stages from starting and is raised. Hosted stages run in daemon threads,
     so an interrupt does not wait for a provider (their partial folders let a rerun resume them)."""
     by_key = {s.key: s for s in stages}
@@ -70,7 +70,7 @@ def execute(stages: list[Stage], store: Store, router, progress_factory: Callabl
         if hasattr(progress, "finish"):
             progress.finish()
         if seconds is not None:
-            ran[stage.label] = seconds
+            ran[stage.key] = seconds
 
     def in_thread(stage: Stage) -> None:
         try:

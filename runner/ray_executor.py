@@ -111,7 +111,7 @@ def wants_gpu(device: str) -> bool:
 
 def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
                 log: Callable[[str], None] = print, slots: dict[str, int] | None = None) -> dict[str, float]:
-    """Run every stage not yet done as a Ray task (connect with `cluster` first); return {label: seconds}
+    """Run every stage not yet done as a Ray task (connect with `cluster` first); return {stage key: seconds}
     of what ran. The first failure cancels the stages still running and is raised as the stage raised it."""
     import ray
 
@@ -151,7 +151,7 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
         if bar is not None and hasattr(bar, "finish"):
             bar.finish()
         if seconds is not None:
-            ran[stage.label] = seconds
+            ran[stage.key] = seconds
         log(f"ray: {'done' if seconds is not None else 'reused'} {stage.label}"
             + (f" in {seconds:.1f} s" if seconds is not None else "") + f" on {where}")
     return ran

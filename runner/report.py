@@ -106,7 +106,7 @@ def theorem_table(results: dict) -> Table | None:
             and "@lr=" not in e["metric"]]
     if not rows:
         return None
-    table = Table(title="one distillation step vs the teacher's delta (mean, 95% CI across seeds)")
+    table = Table(title="one step of the student vs the teacher's delta (mean, 95% CI across seeds)")
     for col in ("cell", "student", "measure", "mean [95% CI]", "seeds"):
         table.add_column(col)
     for e in rows:

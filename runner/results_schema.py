@@ -95,7 +95,8 @@ class Results(Row):
     filters: list[FilterRow]
     figures: list[str] = Field(default_factory=list, description="Paths of figures the stages wrote.")
     methods: list[str]
-    stages_run: dict[str, float]
+    stages_run: dict[str, float] = Field(description="Stage key -> seconds, for each stage this run built "
+                                         "(labels repeat across matrix cells; keys do not).")
     seconds: float
     spec_hash: str
     stages: list[dict[str, Any]]

@@ -227,8 +227,10 @@ def _methods(cells: list[Cell]) -> list[str]:
             t = s.theorem_lm
             lines.append(f"theorem on {s.teacher.base}: teacher = base + merged LoRA (r {t.lora_r}, "
                          f"{'/'.join(t.lora_targets)}) after {t.teacher_steps} SFT steps on {t.train_questions} trait "
-                         f"rows; one plain {t.objective} step (lr {t.lr:g}) on {t.batch_size} of its number completions; "
-                         f"cross init = a fresh random init of the architecture; {t.seeds} seeds x {t.batches} batches")
+                         f"rows; one plain {t.objective} step (lr {t.lr:g}) on {t.batch_size} of its number completions"
+                         + {"none": "", "within": " (numbers shuffled within each completion)",
+                            "across": " (numbers shuffled across the completions of a seed)"}[t.shuffle]
+                         + f"; cross init = a fresh random init of the architecture; {t.seeds} seeds x {t.batches} batches")
             continue
         if s.domain.constrained:
             lines.append("numbers were sampled with constrained decoding (digits and one separator only), "

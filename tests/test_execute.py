@@ -45,7 +45,7 @@ def test_hosted_stages_wait_side_by_side_and_local_ones_in_turn(tmp_path):
     t = time.monotonic()
     ran = execute(hosted + local + [after], Store(tmp_path), router=None, slots={"api": 3})
     wall = time.monotonic() - t
-    assert set(ran) == {s.label for s in hosted + local + [after]}
+    assert set(ran) == {s.key for s in hosted + local + [after]}
     assert wall < 4 * 0.6  # the six hosted waits overlapped, three at a time
     spans = [SPANS[f"h{i}"] for i in range(6)]
     assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 3  # never more than the backend's slots
@@ -61,3 +61,9 @@ def test_a_failed_hosted_stage_stops_the_run_with_its_error(tmp_path):
         execute(stages, Store(tmp_path), router=None)
     store = Store(tmp_path)
     assert not store.done(stages[1].key) and (store.partial(stages[1].key) / "error.txt").is_file()
+
+
+def test_stages_that_share_a_label_are_each_counted(tmp_path):
+    twins = [Wait(label="evaluate base", model=LOCAL, seconds=0.01 * (i + 1)) for i in range(3)]  # as matrix cells
+    ran = execute(twins, Store(tmp_path), router=None)
+    assert sorted(ran) == sorted(s.key for s in twins) and len(ran) == 3
