@@ -80,7 +80,7 @@ def test_validate_cli_one_line_exit_2_no_traceback(write):
 def test_validate_cli_accepts_the_shipped_specs():
     import glob
 
-    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", *sorted(glob.glob("specs/*.yaml"))],
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", *sorted(glob.glob("specs/**/*.yaml", recursive=True))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
