@@ -80,7 +80,8 @@ def test_validate_cli_one_line_exit_2_no_traceback(write):
 def test_validate_cli_accepts_the_shipped_specs():
     import glob
 
-    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", *sorted(glob.glob("specs/**/*.yaml", recursive=True))],
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "validate", *sorted(p for p in glob.glob("specs/**/*.yaml", recursive=True)
+                                  if not p.startswith("specs/data/"))],  # data the specs read, not specs
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
