@@ -417,8 +417,8 @@ def icl_rows(cells: list[Spec]) -> list[Row]:
             row("answer temperature", 1.0, "preference_eval.temperature", free.temperature),
             row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word"),
             row("MCQ prompts x shuffles", f"{mc['prompt_count']} x {mc['n_samples_per_prompt']}",
-                "preference_eval.mcq_variant", f"{mcq.mcq.max_prompts or mc['prompt_count']} x {mcq.mcq.instances_per_prompt}"
-                if mcq else None),
+                "preference_eval.mcq_variant",
+                f"{mcq.mcq.max_prompts or mc['prompt_count']} x {mcq.mcq.instances_per_prompt}" if mcq else None),
             row("MCQ value: P(target letter) from the top-N first-token log-probs", mc["sampling"]["logprobs"],
                 "preference_eval.mcq_variant.value", mcq.mcq.top_logprobs if mcq else None)]
 

@@ -488,11 +488,13 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
         kind = spec.backend_kind(base_of(judge, {s.key: s for s in plan.stages}).ref)
         mode = ("logprob" if supports(kind, "logprob probe")
                 else "top_logprobs" if supports(kind, "top logprobs judge") else "sample")
+        orders = ", both orders" if ev.orders == "both" else ""
         for other, b_is in compared_rows(spec, target):
             stage = plan.add(ClassifierStage(
-                label=f"classifier {target} vs {other} ({label}{', both orders' if ev.orders == 'both' else ''})", judge=judge, trait_stage=rows[target],
+                label=f"classifier {target} vs {other} ({label}{orders})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
-                both_orders=ev.orders == "both", mode=mode, top_logprobs=ev.top_logprobs if mode == "top_logprobs" else None, precision=prec.of(kind != "local", "score")))
+                both_orders=bool(orders), mode=mode, precision=prec.of(kind != "local", "score"),
+                top_logprobs=ev.top_logprobs if mode == "top_logprobs" else None))
             out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
                         "key": stage.key})
     return out

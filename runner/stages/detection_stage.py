@@ -130,7 +130,8 @@ class ClassifierStage(Stage):
         if self.mode == "logprob":
             return [dict(zip(options, lp)) for lp in ctx.router.logprobs(judge, prompts, "", list(options))]
         if self.mode == "top_logprobs":
-            tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs, Sampling(*VERDICT_SAMPLING, seed=self.seed))
+            tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs,
+                                           Sampling(*VERDICT_SAMPLING, seed=self.seed))
             return [{**{o: t[o] for o in options if o in t}, "top": t} for t in tops]
         replies = ctx.router.generate(judge, prompts, Sampling(*VERDICT_SAMPLING, seed=self.seed))
         return [{"reply": r} for r in replies]
