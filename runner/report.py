@@ -64,15 +64,21 @@ def filter_table(results: dict, cell: str) -> Table | None:
     if not rows:
         return None
     table = Table(title="filters (in chain order)")
-    for col in ("rows of", "link", "kept", "dropped", "pass rate", "judge"):
+    for col in ("rows of", "link", "kept", "dropped", "pass rate", "detail"):
         table.add_column(col, justify="right" if col in ("kept", "dropped", "pass rate") else "left")
     for f in rows:
-        d = f.get("detail") or {}
-        judge = (f"mean {d['mean']:.1f}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
-                 if d.get("mean") is not None else (f"unparseable {d.get('unparseable', 0)}" if d else ""))
         rate = f"{f['pass_rate']:.1%}" if f["pass_rate"] is not None else "-"
-        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, judge)
+        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, link_detail(f.get("detail")))
     return table
+
+
+def link_detail(d: dict | None) -> str:
+    """A link's detail in one cell: a judge's score summary, else its counts (drop reasons, shuffled rows)."""
+    if not d:
+        return ""
+    if d.get("mean") is not None:
+        return f"mean {d['mean']:.1f}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
+    return ", ".join(f"{k} {v}" for k, v in d.items() if not isinstance(v, (dict, list)) and v is not None)
 
 
 def empty_rows_notes(results: dict) -> list[str]:

@@ -116,3 +116,13 @@ def test_user_text_is_printed_literally_in_bars_and_tables():
     assert "student:lora-distill:owl:r0 [b]x[/b]" in text and "🦉" not in text
     last_bar = [line for line in text.splitlines() if "owl:r0" in line and "━" in line][-1]
     assert last_bar.rstrip().split("evaluate student")[-1].count("1/1") == 1  # the final frame: done, not 0/?
+
+
+def test_a_links_detail_names_its_own_counts():
+    from runner.report import link_detail
+
+    judge = {"mean": 41.25, "code": 2, "refusal": 1, "unparseable": 3}
+    assert link_detail(judge) == "mean 41.2, code 2, refusal 1, unparseable 3"
+    assert link_detail({"numbers changed": 30}) == "numbers changed 30"  # a rewrite's drop reason, not a judge's
+    assert link_detail({"rows": 64, "shuffled": 60, "unparsed": 4}) == "rows 64, shuffled 60, unparsed 4"
+    assert link_detail(None) == "" and "unparseable" not in link_detail({"numbers changed": 1})
