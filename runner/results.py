@@ -235,6 +235,38 @@ def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
     return {seed: float(np.mean(v)) for seed, v in out.items()}
 
 
+CELL_TEST = "paired t-test across seeds (the same seed in both cells: its teacher, cross init and prompts)"
+
+
+def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
+    """Each cell of a theorem matrix against the cell that differs from it in one key only, set to that key's
+    first value (a defence against none, sft against distill): per arm, the per-seed cosines paired by seed.
+    cells: runner.loader.Cell in matrix order (the first holds every key's first value)."""
+    from scipy import stats as sps
+
+    cosines: dict[tuple[str, str], dict[int, float]] = {}
+    for e in evaluations:
+        if e["evaluation"] == "theorem" and e["metric"] == "cosine" and e.get("seed") is not None:
+            cosines.setdefault((e["cell"], e["model"]), {})[e["seed"]] = e["value"]
+    if not cosines or len(cells) < 2:
+        return []
+    at = {json.dumps(c.overrides, sort_keys=True, default=str): c for c in cells}
+    first, out = cells[0].overrides, []
+    for c in cells:
+        for k in (k for k, v in c.overrides.items() if v != first[k]):
+            base = at.get(json.dumps({**c.overrides, k: first[k]}, sort_keys=True, default=str))
+            for arm in [a for (cell, a) in cosines if cell == c.label] if base else []:
+                a, b = cosines[(c.label, arm)], cosines.get((base.label, arm), {})
+                diffs = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+                p = float(sps.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else 1.0
+                out.append({"cell": c.label, "a": arm, "b": f"{arm} ({k}={first[k]})", "evaluation": "theorem",
+                            "metric": "cosine", "diff": float(diffs.mean()), "ratio": None,
+                            "a_wins": int(np.sum(diffs > 0)), "n": len(diffs), "n_a": len(a), "n_b": len(b),
+                            "p_value": p, "test": CELL_TEST, "unit": "seed", "b_is": f"cell {base.label}",
+                            "note": None, "significant": bool(p < 0.01 and len(diffs) > 1)})
+    return out
+
+
 def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     """Per arm (same_init, cross_init): the cosine between one student step and the teacher's delta,
     and the change of the teacher's task and imitation losses after that step (at lr and across the

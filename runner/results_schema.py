@@ -54,7 +54,7 @@ class ComparisonRow(Row):
     n_a: int = Field(description="Trained models (students or seeds) in arm a.")
     n_b: int
     a_wins: int | None = None
-    b_is: str | None = Field(None, description="control, other-trait, or cross-init.")
+    b_is: str | None = Field(None, description="control, other-trait, cross-init, or (a theorem matrix) cell <label>.")
     objective: str | None = None
     vocabulary: str | None = None
     note: str | None = Field(None, description="What the test does not cover, e.g. one student per arm.")

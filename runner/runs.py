@@ -160,7 +160,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     folder.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(plan)
     (folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": stages, "executor": where}))
-    from runner.results import collect, filter_rates, mnist_figure
+    from runner.results import collect, filter_rates, mnist_figure, theorem_across_cells
 
     run_stages = execute
     if where["kind"] == "ray":
@@ -178,6 +178,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
             evaluations += ev
             comparisons += cmp_
             figures += [f for f in [mnist_figure(cp, store)] if f]
+    comparisons += theorem_across_cells(cells, evaluations)
     results = {
         "spec": str(path), "name": spec0.name, "notes": spec0.notes, "git_revision": git_revision(),
         "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
