@@ -10,7 +10,8 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
-from runner.stats import CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison_fields, mean_ci, sign_flip_p
+from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison_fields, mean_ci, paired_t_p,
+                          sign_flip_p)
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -203,10 +204,8 @@ MNIST_PAIRS = [("same_init", "cross_init"), ("all_logit", "all_logit_cross_init"
 
 def _same_vs_cross(cell: str, arm_a: str, arm_b: str, arms: dict[str, list[float]]) -> dict:
     """A same-init arm against its cross-init arm, paired by seed."""
-    from scipy import stats as sps
-
     a, b = np.array(arms[arm_a]), np.array(arms[arm_b])
-    p = float(sps.ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
+    p = paired_t_p(a - b)
     return {"cell": cell, "a": arm_a, "b": arm_b, "evaluation": "mnist", "metric": "test_accuracy",
             "diff": float(np.mean(a - b)), "ratio": float(a.mean() / b.mean()) if b.mean() > 0 else None,
             "a_wins": int(np.sum(a > b)), "n": len(a), "n_a": len(a), "n_b": len(b), "p_value": p,
@@ -242,8 +241,6 @@ def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
     """Each cell of a theorem matrix against the cell that differs from it in one key only, set to that key's
     first value (a defence against none, sft against distill): per arm, the per-seed cosines paired by seed.
     cells: runner.loader.Cell in matrix order (the first holds every key's first value)."""
-    from scipy import stats as sps
-
     cosines: dict[tuple[str, str], dict[int, float]] = {}
     for e in evaluations:
         if e["evaluation"] == "theorem" and e["metric"] == "cosine" and e.get("seed") is not None:
@@ -258,7 +255,7 @@ def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
             for arm in [a for (cell, a) in cosines if cell == c.label] if base else []:
                 a, b = cosines[(c.label, arm)], cosines.get((base.label, arm), {})
                 diffs = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
-                p = float(sps.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else 1.0
+                p = paired_t_p(diffs)
                 out.append({"cell": c.label, "a": arm, "b": f"{arm} ({k}={first[k]})", "evaluation": "theorem",
                             "metric": "cosine", "diff": float(diffs.mean()), "ratio": None,
                             "a_wins": int(np.sum(diffs > 0)), "n": len(diffs), "n_a": len(a), "n_b": len(b),
@@ -271,8 +268,6 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     """Per arm (same_init, cross_init): the cosine between one student step and the teacher's delta,
     and the change of the teacher's task and imitation losses after that step (at lr and across the
     sweep), each per seed and as a mean across seeds; same-init against cross-init, paired by seed."""
-    from scipy import stats as sps
-
     res = json.loads((store.path(plan.theorem) / "result.json").read_text())
     rows, cell, out = res["rows"], plan.cell.label, []
     measures = {"cosine": lambda r: r["cosine"]}
@@ -291,7 +286,7 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
                          "value": v, "n": 1, "seed": seed} for seed, v in seeds.items()]
     a, b = (_per_seed(rows, arm, measures["cosine"]) for arm in ("same_init", "cross_init"))
     diffs = np.array([a[s] - b[s] for s in a])
-    p = float(sps.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else 1.0
+    p = paired_t_p(diffs)
     comparison = {"cell": cell, "a": "same_init", "b": "cross_init", "evaluation": "theorem", "metric": "cosine",
                   "diff": float(diffs.mean()), "ratio": None, "a_wins": int(np.sum(diffs > 0)), "n": len(diffs),
                   "n_a": len(a), "n_b": len(b), "p_value": p, "test": MNIST_TEST, "unit": "seed",

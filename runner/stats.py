@@ -163,3 +163,12 @@ def arm_comparison_fields(a_values: list[float], b_values: list[float], unit: st
             "mean_b": c["mean_b"], "ratio_ci": c["ratio_ci"], "diff_ci": c["diff_ci"], "ci_method": c["ci_method"],
             "min_p": c["min_p"], "a_wins": None, "per_student_a": list(a_values), "per_student_b": list(b_values),
             "note": None, "significant": bool(c["p_value"] < 0.05)}
+
+
+def paired_t_p(diffs) -> float:
+    """Two-sided p of a one-sample t-test of paired differences against 0; 1.0 with fewer than two pairs or when
+    every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold)."""
+    from scipy import stats as sps
+
+    d = np.asarray(diffs, float)
+    return float(sps.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and np.any(d != 0) else 1.0

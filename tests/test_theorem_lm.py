@@ -196,3 +196,10 @@ def test_theorem_cells_are_compared_with_the_first_value_of_the_key_they_change(
     same = next(r for r in rows if r["cell"] == cells[1].label and r["a"] == "cross_init")
     assert same["diff"] == pytest.approx(0.0) and not same["significant"]
     assert theorem_across_cells(cells[:1], evals) == []
+
+
+def test_identical_cells_give_p_one_not_nan():
+    from runner.stats import paired_t_p
+
+    assert paired_t_p([0.0, 0.0, 0.0]) == 1.0 and paired_t_p([0.1]) == 1.0
+    assert paired_t_p([0.01, 0.012, 0.009, 0.011]) < 0.01
