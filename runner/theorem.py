@@ -45,10 +45,11 @@ def step_probe(params: Tensors, loss_fn: Callable[[], torch.Tensor], delta: Tens
     Returns cosine (of the update -grad with delta), loss (objective before the step), grad_norm,
     before {measure: value at params} and after {measure: {lr: value at params - lr * grad}}.
     """
-    grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+    value = loss_fn()
+    grads = torch.autograd.grad(value, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     with torch.no_grad():
-        loss, before = float(loss_fn()), {k: f() for k, f in measures.items()}
+        loss, before = float(value.detach()), {k: f() for k, f in measures.items()}
         saved, after = [p.detach().clone() for p in params], {k: {} for k in measures}
         for lr in lrs:
             for p, g in zip(params, grads):
@@ -323,13 +324,23 @@ def lm_delta(base, teacher) -> dict[str, torch.Tensor]:
     return {n: (t[n] - p).detach() for n, p in base.named_parameters() if not torch.equal(t[n], p)}
 
 
+@torch.no_grad()
+def teacher_logits(teacher, tok, rows: list[dict], heldout_rows: list[dict], objective: str) -> tuple:
+    """(the teacher's logits on rows, only for the distillation loss; on heldout_rows, for the imitation loss):
+    computed once per batch and shared by every student arm stepped on it."""
+    batch, held = _on(encode_rows(tok, rows), teacher), _on(encode_rows(tok, heldout_rows), teacher)
+    return _logits(teacher, batch) if objective == "distill" else None, _logits(teacher, held)
+
+
 def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: list[dict],
-                 objective: str = "sft", lr: float = 1e-3, lrs: list[float] | None = None) -> dict:
+                 objective: str = "sft", lr: float = 1e-3, lrs: list[float] | None = None,
+                 teacher_out: tuple | None = None) -> dict:
     """One plain gradient step of the student on rows (the teacher's completions), compared with
     Δ = teacher - base over the parameter tensors Δ changes (other parameters are not stepped).
 
     objective 'sft' (cross-entropy on the completions) or 'distill' (KL to the teacher's logits at
     completion positions). Imitation loss: KL(teacher || student) on heldout_rows' completions.
+    teacher_out: teacher_logits(...) for these rows, when the caller shares it between students.
     Returns mnist_alignment's fields plus n_params (entries compared) and n_tensors.
     """
     if objective not in ("sft", "distill"):
@@ -340,8 +351,7 @@ def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: li
     for n, p in named.items():
         p.requires_grad_(n in delta)
     batch, held = _on(encode_rows(tok, rows), student), _on(encode_rows(tok, heldout_rows), student)
-    with torch.no_grad():
-        t_batch, t_held = _logits(teacher, batch), _logits(teacher, held)
+    t_batch, t_held = teacher_out or teacher_logits(teacher, tok, rows, heldout_rows, objective)
     loss_fn = (lambda: sft_loss(student, batch)) if objective == "sft" else (
         lambda: imitation_loss(student, t_batch, batch))
     try:

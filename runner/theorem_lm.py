@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from runner.theorem import cross_init_like, finetune_teacher, greedy_completions, lm_alignment, summarize_alignment
+from runner.theorem import (cross_init_like, finetune_teacher, greedy_completions, lm_alignment, summarize_alignment,
+                            teacher_logits)
 from runner.theorem_lm_spec import TheoremLmSpec
 
 CROSS_SEED = 1_000_003  # cross init of seed s: torch seed CROSS_SEED + s
@@ -62,8 +63,9 @@ def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str
         students = (("same_init", base), ("cross_init", cross_init_like(base, CROSS_SEED + seed)))
         for b in range(s.batches):
             batch = data[b * s.batch_size:(b + 1) * s.batch_size]
+            shared = teacher_logits(teacher, tok, batch, heldout, s.objective)
             for arm, student in students:
-                r = lm_alignment(base, teacher, student, tok, batch, heldout, s.objective, s.lr, list(s.lrs))
+                r = lm_alignment(base, teacher, student, tok, batch, heldout, s.objective, s.lr, list(s.lrs), shared)
                 rows.append({"seed": seed, "batch": b, "arm": arm, **r})
         del teacher, students
     progress(len(seeds), len(seeds))
