@@ -255,6 +255,8 @@ def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
             for arm in [a for (cell, a) in cosines if cell == c.label] if base else []:
                 a, b = cosines[(c.label, arm)], cosines.get((base.label, arm), {})
                 diffs = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+                if not len(diffs):  # no seed in common: nothing to pair
+                    continue
                 p = paired_t_p(diffs)
                 out.append({"cell": c.label, "a": arm, "b": f"{arm} ({k}={first[k]})", "evaluation": "theorem",
                             "metric": "cosine", "diff": float(diffs.mean()), "ratio": None,
