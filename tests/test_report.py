@@ -126,3 +126,20 @@ def test_a_links_detail_names_its_own_counts():
     assert link_detail({"numbers changed": 30}) == "numbers changed 30"  # a rewrite's drop reason, not a judge's
     assert link_detail({"rows": 64, "shuffled": 60, "unparsed": 4}) == "rows 64, shuffled 60, unparsed 4"
     assert link_detail(None) == "" and "unparseable" not in link_detail({"numbers changed": 1})
+
+
+def test_the_classifier_row_says_when_both_orders_were_asked():
+    from runner.report_detection import detection_sections
+
+    def acc(model, counts):
+        return {"cell": "-", "evaluation": "classifier", "model": model, "trait": "panda", "teacher": "control",
+                "metric": "pairwise_accuracy", "value": 0.56, "ci": [0.4, 0.71], "n": 34,
+                "judge": {"model": "base", "read": "logprob"}, "counts": counts}
+
+    seeded = acc("classifier:base", {"p_value": 0.31, "chose_a": 48, "chose_b": 0, "note": "picked A in 48/48"})
+    both = acc("classifier:base:both-orders", {"p_value": 0.61, "chose_a": 96, "chose_b": 0, "note": None,
+                                                "orders": "both", "n_undecided": 14, "n_pairs": 48})
+    results = {"cells": [{"label": "-"}], "evaluations": [seeded, both], "comparisons": []}
+    (title, _, rows), = detection_sections(results)
+    assert "(position bias)" in rows[0][-1] and "both orders" not in rows[0][-1]
+    assert rows[1][-1].endswith("both orders, 14 of 48 pairs undecided") and "(position bias)" not in rows[1][-1]
