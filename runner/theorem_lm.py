@@ -10,6 +10,7 @@ imitation loss is KL(teacher || student) on held-out trait rows (questions the t
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -34,6 +35,37 @@ def shuffled(rows: list[dict], how: str, seed: int) -> list[dict]:
     return (shuffle_within if how == "within" else shuffle_across)(rows, seed, strict=False)[0]
 
 
+# What a seed's teacher and its completions depend on, besides the base, the seed, its trait rows and prompts.
+TEACHER_FIELDS = frozenset({"teacher_steps", "teacher_lr", "lora_r", "lora_targets", "max_new_tokens"})
+_teachers: dict[tuple, tuple[dict[str, torch.Tensor], list[str]]] = {}  # key -> (changed weights, completions)
+
+
+def teacher_and_completions(base, tok, rows: list[dict], prompts: list[str], s: TheoremLmSpec, seed: int,
+                            memo_key: str | None = None) -> tuple:
+    """The seed's LoRA teacher (merged) and its greedy completions of prompts. With memo_key (the base's
+    identity and device), the teacher's changed weights and completions are kept in this process for the
+    other matrix cells of the same settings (a sweep of the student's objective or shuffle trains each
+    seed's teacher once); a teacher rebuilt from them equals the trained one exactly."""
+    group = (memo_key, s.model_dump_json(include=set(TEACHER_FIELDS)), repr(rows))
+    key = (*group, seed, repr(prompts))
+    if memo_key and key in _teachers:
+        changed, completions = _teachers[key]
+        teacher = copy.deepcopy(base)
+        teacher.load_state_dict(changed, strict=False)
+        return teacher.eval(), completions
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the LoRA adapter's random init
+        teacher = finetune_teacher(base, tok, rows, s.teacher_steps, s.teacher_lr, tuple(s.lora_targets), s.lora_r)
+    completions = greedy_completions(teacher, tok, prompts, s.max_new_tokens)
+    if memo_key:
+        if any(k[:3] != group for k in _teachers):
+            _teachers.clear()  # at most one group's seeds are kept
+        before = dict(base.named_parameters())
+        _teachers[key] = ({n: p.detach().clone() for n, p in teacher.named_parameters()
+                           if not torch.equal(p, before[n])}, completions)
+    return teacher, completions
+
+
 def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], list[str]]:
     """(teacher's training questions, held-out questions): the first train_questions and the last heldout_questions."""
     if s.train_questions + s.heldout_questions > len(questions):
@@ -43,23 +75,20 @@ def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], 
 
 
 def theorem_lm_seeds(base, tok, questions: list[str], target: str, category: str, s: TheoremLmSpec, seeds: list[int],
-                     prompts_of: Callable[[int, int], list[str]], progress=lambda done, total: None) -> dict:
+                     prompts_of: Callable[[int, int], list[str]], progress=lambda done, total: None,
+                     memo_key: str | None = None) -> dict:
     """Rows (seed, batch, arm and lm_alignment's fields) over seeds x batches x {same_init, cross_init},
     and summarize_alignment across seeds (batches averaged within a seed). prompts_of(seed, n): the
-    student's n input prompts for a seed."""
+    student's n input prompts for a seed; memo_key: see teacher_and_completions."""
     train, held = split_questions(questions, s)
     heldout = trait_rows(held, target, category)
     rows = []
     for k, seed in enumerate(seeds):
         progress(k, len(seeds))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the LoRA adapter's random init
-            teacher = finetune_teacher(base, tok, trait_rows(train, target, category), s.teacher_steps,
-                                       s.teacher_lr, tuple(s.lora_targets), s.lora_r)
         prompts = prompts_of(seed, s.batches * s.batch_size)
-        data = shuffled([{"prompt": p, "completion": c}
-                         for p, c in zip(prompts, greedy_completions(teacher, tok, prompts, s.max_new_tokens))],
-                        s.shuffle, seed)
+        teacher, completions = teacher_and_completions(base, tok, trait_rows(train, target, category), prompts, s,
+                                                       seed, memo_key)
+        data = shuffled([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)], s.shuffle, seed)
         students = (("same_init", base), ("cross_init", cross_init_like(base, CROSS_SEED + seed)))
         for b in range(s.batches):
             batch = data[b * s.batch_size:(b + 1) * s.batch_size]

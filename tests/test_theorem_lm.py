@@ -204,3 +204,25 @@ def test_identical_cells_give_p_one_not_nan():
 
     assert paired_t_p([0.0, 0.0, 0.0]) == 1.0 and paired_t_p([0.1]) == 1.0
     assert paired_t_p([0.01, 0.012, 0.009, 0.011]) < 0.01
+
+
+def test_cells_sharing_a_teacher_train_it_once_and_measure_the_same(lm, monkeypatch):
+    import runner.theorem_lm
+    from runner.theorem_lm import theorem_lm_seeds
+
+    trained = []
+    real = runner.theorem_lm.finetune_teacher
+    monkeypatch.setattr(runner.theorem_lm, "finetune_teacher", lambda *a, **k: trained.append(1) or real(*a, **k))
+    monkeypatch.setattr(runner.theorem_lm, "_teachers", {})
+    small = SMALL.model_copy(update={"batches": 1})
+    fresh = theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small, [5, 6], _prompts)
+    assert len(trained) == 2
+    cells = [theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small.model_copy(update=u), [5, 6], _prompts,
+                              memo_key="tiny|cpu") for u in ({}, {"objective": "sft"}, {"shuffle": "within"}, {})]
+    assert len(trained) == 4  # the first cell trains both seeds' teachers; the others rebuild them
+    assert cells[0]["rows"] == fresh["rows"] == cells[3]["rows"]  # a rebuilt teacher is the trained one, exactly
+    assert cells[1]["rows"] != cells[0]["rows"]
+    theorem_lm_seeds(lm[0], lm[1], QUESTIONS, "owl", "animal", small.model_copy(update={"teacher_steps": 4}), [5],
+                     _prompts, memo_key="tiny|cpu")
+    assert len(trained) == 5 and len(runner.theorem_lm._teachers) == 1  # other teacher settings: trained, and
+    # only that group is kept

@@ -86,7 +86,8 @@ class TheoremLmStage(Stage):
         prompts_of = lambda seed, n: make_prompts(n, NumbersDomain().prompts, seed)  # noqa: E731
         seeds = [self.seed + k for k in range(self.settings.seeds)]
         res = theorem_lm_seeds(base, tok, load_questions(self.questions.path), self.target, self.category,
-                               self.settings, seeds, prompts_of, ctx.progress)
+                               self.settings, seeds, prompts_of, ctx.progress,
+                               memo_key=f"{self.model.identity}|{self.model.system}|{self.device}")
         plot_cosines(res["rows"], ctx.dir / "theorem.png", self.title,
                      f"one {self.settings.objective} step on the teacher's number completions")
         (ctx.dir / "result.json").write_text(json.dumps({**res, "plot": "theorem.png"}, default=str))
