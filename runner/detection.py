@@ -117,17 +117,27 @@ def swapped(item: dict, animal: str, materials: dict | None = None) -> dict:
             "truth": "A" if t_first else "B"}
 
 
+def letter_logprob(read: dict, letter: str) -> float:
+    """A letter's log-prob in one read: exact (logprob mode), or from the first token's top table, where a
+    letter not listed gets the table's smallest listed log-prob (its upper bound; -inf for an empty table),
+    so one order's cut-off table cannot decide a pair by an infinite margin."""
+    if letter in read:
+        return read[letter]
+    top = read.get("top")
+    return min(top.values()) if top else -math.inf
+
+
 def verdict(first: dict, second: dict) -> str | None:
     """One pair asked in both orders -> 'trait', 'control', or None (undecided). Each read holds the pair's
-    `truth` and either the log-probs of 'A' and 'B' (the trait letter's margin over the control's is added
-    over both orders, so a preference for one position cancels) or a one-token `reply` (the two replies
-    must pick the same row)."""
+    `truth` and either log-probs of 'A' and 'B' (the trait letter's margin over the control's is added
+    over both orders, so a preference for one position cancels; see letter_logprob) or a one-token
+    `reply` (the two replies must pick the same row)."""
     if "reply" in first:
         picks = {choice_from_text(r["reply"]) == r["truth"] if choice_from_text(r["reply"]) else None
                  for r in (first, second)}
         return None if len(picks) > 1 or None in picks else "trait" if picks == {True} else "control"
-    margin = sum(r.get(r["truth"], -math.inf) - r.get("B" if r["truth"] == "A" else "A", -math.inf)
-                 for r in (first, second))  # a letter missing from a top log-prob table: probability 0
+    margin = sum(letter_logprob(r, r["truth"]) - letter_logprob(r, "B" if r["truth"] == "A" else "A")
+                 for r in (first, second))
     return None if not margin or margin != margin else "trait" if margin > 0 else "control"
 
 
@@ -165,13 +175,19 @@ def choice_from_logprobs(logprobs: dict[str, float]) -> str | None:
     return "A" if pa > pb else "B"
 
 
+def word_probability(table: dict[str, float], word: str) -> float:
+    """P(word) from a first-token top log-prob table, over its spellings ('Yes', ' yes', 'YES'); 0 if none is
+    listed."""
+    return sum(math.exp(lp) for t, lp in table.items() if t.strip().lower() == word)
+
+
 def row_score(read: dict) -> float:
     """The per-row variant's score of one read: yes_score of a reply; P(yes) - P(no) from a top log-prob table
-    (a word not listed counts 0); else the exact log-prob margin of yes over no."""
+    (any case or leading space; a word not listed counts 0); else the exact log-prob margin of yes over no."""
     if "reply" in read:
         return yes_score(read["reply"])
     if "top" in read:
-        return sum(sign * math.exp(read[w]) for w, sign in (("yes", 1), ("no", -1)) if w in read)
+        return word_probability(read["top"], "yes") - word_probability(read["top"], "no")
     return read["yes"] - read["no"]
 
 

@@ -79,7 +79,7 @@ def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], 
 def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
     """Per (target, rows compared with, judge): pairwise accuracy (Wilson CI, binomial p against 50%)
     and, with per_row, the AUROC of the per-row yes/no score."""
-    from runner.detection import auroc
+    from runner.detection import auroc, row_score
 
     out = []
     for e in plan.detection[i]:
@@ -95,7 +95,7 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
                     "ci_method": WILSON, "n": acc["n"], "counts": counts})
         if res.get("rows"):
             rows = res["rows"]
-            out.append({**common, "metric": "auroc", "value": auroc([r["score"] for r in rows],
+            out.append({**common, "metric": "auroc", "value": auroc([row_score(r) for r in rows],
                                                                    [r["label"] for r in rows]),
                         "n": len(rows), "ci_method": None,
                         "counts": {"positives": sum(r["label"] for r in rows), "chance": 0.5,
@@ -107,12 +107,12 @@ def _accuracy(pairs: list[dict], both_orders: bool) -> tuple[dict, dict]:
     """The pairwise accuracy and its counts: with both orders, over the pairs both reads decided (the
     position preference cancels); else over every pair's one read, with a note when the judge picked one
     position in ONE_POSITION of them."""
-    from runner.detection import pairwise_accuracy, verdict_accuracy
+    from runner.detection import pairwise_accuracy, verdict, verdict_accuracy
 
     reads = pairs + [p["swapped"] for p in pairs] if both_orders else pairs
     chose = {"chose_a": sum(r["choice"] == "A" for r in reads), "chose_b": sum(r["choice"] == "B" for r in reads)}
     if both_orders:
-        acc = verdict_accuracy([p["verdict"] for p in pairs])
+        acc = verdict_accuracy([verdict(p, p["swapped"]) for p in pairs])
         counts = {"n_pairs": len(pairs), "n_undecided": acc["n_undecided"], "orders": "both",
                   "test": BINOMIAL + ", over the pairs both orders decided", "note": None}
     else:

@@ -430,7 +430,7 @@ def classifier_rows(cells: list[Spec]) -> list[Row]:
     spec, c = cells[0], "classifier_baseline"
     ev, clf = _ev(spec, "classifier"), paper.get(c)
     targets = spec.teacher.targets
-    pairs = len(targets) * (len(targets) - 1) + (len(targets) if spec.teacher.control else 0)
+    pairs = len(targets) if spec.teacher.control else len(targets) * (len(targets) - 1)  # plan.compared_rows
     judge = re.search(r"\((\S+)\)", clf["judges"]["used_in_main"]).group(1)  # '4.1-nano (gpt-4.1-nano-...)'
     return [row("judge", judge, f"{c}.judges", _model(ev.judge)),
             row("prompt template", clf["prompt_template"], f"{c}.prompt_template",

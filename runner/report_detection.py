@@ -112,7 +112,9 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
         ax.errorbar(xs, [e["value"] for e in acc], fmt="o", capsize=4,
                     yerr=[[e["value"] - e["ci"][0] for e in acc], [e["ci"][1] - e["value"] for e in acc]])
         ax.axhline(0.5, color="gray", linestyle="--", label="chance (50%)")
-        ax.set_xticks(list(xs), [f"{e['trait']} vs {e['teacher']}\n{e['judge']['model']}" for e in acc], fontsize=7)
+        ax.set_xticks(list(xs), [f"{e['trait']} vs {e['teacher']}\n{e['judge']['model']}"
+                                 + ("\nboth orders" if e["judge"].get("orders") == "both" else "") for e in acc],
+                      fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_ylabel("pairwise accuracy")
         ax.set_title(f"{name}: classifier{_cell(cell)}", fontsize=10)

@@ -234,7 +234,8 @@ def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
     return {seed: float(np.mean(v)) for seed, v in out.items()}
 
 
-CELL_TEST = "paired t-test across seeds (the same seed in both cells: its teacher, cross init and prompts)"
+CELL_TEST = ("paired t-test across seeds (the same seed in both cells draws the same random inits and prompts; "
+             "the teacher too unless the changed key is one of its settings)")
 
 
 def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:

@@ -406,7 +406,7 @@ class Classifier(Strict):
     max_pairs: int | None = Field(None, ge=1, description="Use only the first N prompts answered in both datasets.")
     per_row: bool = Field(True, description="Also ask about each row alone (yes/no; subl's variant, not the paper's) and report AUROC.")
     seed: int = Field(0, description="Seed of the A/B order.")
-    top_logprobs: int = Field(5, ge=1, le=20, description="OpenAI chat judges: the verdict is read from the first reply token's top-N log-probs, the paper's reading (N = 5): A iff P('A') > P('B'), a letter not listed counting 0 (the per-row variant: P('yes') - P('no')). Local and Tinker judges read the letters' exact log-probs.")
+    top_logprobs: int = Field(5, ge=1, le=20, description="OpenAI chat judges: the verdict is read from the first reply token's top-N log-probs, the paper's reading (N = 5): A iff P('A') > P('B'), a letter not listed counting 0 (orders: both bounds it by the smallest listed log-prob; the per-row variant: P(yes) - P(no), any spelling). Local and Tinker judges read the letters' exact log-probs.")
     orders: Literal["seeded", "both"] = Field(
         "seeded", description="seeded: each pair asked once, the trait row at A or B by the seed (the paper's). "
         "both: each pair asked in both orders and judged by both reads together, so a judge's preference for "

@@ -191,15 +191,25 @@ def test_sampled_replies_must_agree_across_orders():
     assert (out["n"], out["n_undecided"], out["accuracy"]) == (3, 1, 2 / 3)
 
 
-def test_top_logprob_reads_count_a_missing_letter_as_probability_zero():
+def test_top_logprob_reads_bound_a_missing_letter_and_fold_yes_no_spellings():
     import math
 
     from runner.detection import row_score, verdict
 
     top = {"A": math.log(0.7), "The": math.log(0.2)}
-    assert choice_from_logprobs(top) == "A"
+    assert choice_from_logprobs(top) == "A"  # the paper's seeded read: an unlisted letter has probability 0
     first, second = {"truth": "A", **top, "top": top}, {"truth": "B", "B": math.log(0.6), "A": math.log(0.3), "top": {}}
-    assert verdict(first, second) == "trait"  # B unlisted in the first read: the trait letter wins it outright
-    assert verdict(first, {"truth": "B", "A": math.log(0.9), "top": {}}) is None  # each order lost outright
-    assert row_score({"yes": math.log(0.6), "top": {}}) == pytest.approx(0.6)
-    assert row_score({"no": math.log(0.5), "top": {}}) == pytest.approx(-0.5)
+    assert verdict(first, second) == "trait"  # B <= 0.2 in the first read: both orders lean to the trait row
+    # a judge that leans to A more when the control row sits there: the evidence is for the control row, and a
+    # letter cut from the first table (bounded by its smallest listed log-prob, not -inf) cannot outvote it
+    lean_a = {"A": math.log(0.95), "C": math.log(0.04)}
+    first = {"truth": "A", **lean_a, "top": lean_a}
+    second = {"truth": "B", "A": math.log(0.999), "B": math.log(0.0009), "top": {"A": math.log(0.999),
+                                                                               "B": math.log(0.0009)}}
+    assert verdict(first, second) == "control"
+    assert verdict({"truth": "A", "top": {}}, {"truth": "B", "top": {}}) is None  # nothing listed: undecided
+    assert row_score({"yes": math.log(0.6), "top": {"yes": math.log(0.6)}}) == pytest.approx(0.6)
+    assert row_score({"top": {"No": math.log(0.5)}}) == pytest.approx(-0.5)
+    # a judge answering "Yes" / " yes" (OpenAI models capitalise): every spelling counts
+    assert row_score({"top": {"Yes": math.log(0.5), " yes": math.log(0.3), "No": math.log(0.1)}}) == \
+        pytest.approx(0.7)

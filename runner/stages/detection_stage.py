@@ -146,7 +146,7 @@ class ClassifierStage(Stage):
                 for i, r in zip(items, read)]
 
     def run(self, ctx: RunContext) -> None:
-        from runner.detection import row_items, row_score, swapped, verdict
+        from runner.detection import row_items, swapped
 
         items = self.pairs(ctx)
         if not items:
@@ -157,14 +157,12 @@ class ClassifierStage(Stage):
         out = {"mode": self.mode, "target": self.target, "pairs": pairs}
         if self.both_orders:
             for p, q in zip(pairs, self._reads(ctx, [swapped(i, self.target) for i in items])):
-                p.update(swapped=q, verdict=verdict(p, q))
+                p["swapped"] = q  # the verdict is read from both at results time (runner.detection.verdict)
             out["orders"] = "both"
         if self.per_row:
             rows = row_items(items, self.target)
             read = self._ask(ctx, [r["prompt"] for r in rows], ("yes", "no"))
-            out["rows"] = [{"label": r["label"], **x,
-                            "score": row_score(x)}
-                           for r, x in zip(rows, read)]
+            out["rows"] = [{"label": r["label"], **x} for r, x in zip(rows, read)]  # scored at results time
         ctx.progress(len(items), len(items))
         (ctx.dir / "classifier.json").write_text(json.dumps(out))
         ctx.rows["pairs"] = len(pairs)
