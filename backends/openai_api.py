@@ -625,7 +625,8 @@ class OpenAIBackend:
             top = (cache.get(key).get("top") or [None])[0]
             if top is None:
                 raise UserError(f"backend '{self.name}': {body['model']} answered without top_logprobs, which a "
-                                "log-prob judge reads; this endpoint does not return log-probs (use judge mode: sample)")
+                                "log-prob judge reads; this endpoint does not return log-probs (a judge: `mode: sample`; a classifier: "
+                                "`read: reply`)")
             out.append(top)
         return out
 

@@ -486,7 +486,7 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
     for target in spec.teacher.targets:
         label, judge = _classifier_judge(spec, plan, ids, ev, target, teachers)
         kind = spec.backend_kind(base_of(judge, {s.key: s for s in plan.stages}).ref)
-        mode = ("logprob" if supports(kind, "logprob probe")
+        mode = ("sample" if ev.read == "reply" else "logprob" if supports(kind, "logprob probe")
                 else "top_logprobs" if supports(kind, "top logprobs judge") else "sample")
         orders = ", both orders" if ev.orders == "both" else ""
         for other, b_is in compared_rows(spec, target):

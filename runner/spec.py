@@ -411,6 +411,10 @@ class Classifier(Strict):
         "seeded", description="seeded: each pair asked once, the trait row at A or B by the seed (the paper's). "
         "both: each pair asked in both orders and judged by both reads together, so a judge's preference for "
         "one position cancels (subl's variant; twice the pair requests).")
+    read: Literal["auto", "reply"] = Field(
+        "auto", description="auto: the judge's log-probs where its backend gives them (exact locally and on Tinker; "
+        "the top_logprobs table on OpenAI). reply: a one-token reply at temperature 0, for an OpenAI-compatible "
+        "endpoint that returns no log-probs.")
 
 
 Evaluation = Annotated[Union[PreferenceLogprob, PreferenceSample, PreferenceMcq, Misalignment, Icl, Classifier],

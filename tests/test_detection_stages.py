@@ -369,6 +369,11 @@ def test_hosted_estimates_price_the_context_and_every_pair(tmp_path):
     assert ten.input_tokens > zero.input_tokens + 4 * 10 * 40 and ten.cost > zero.cost > 0
     clf = est["classifier owl vs control (openai:gpt-4.1-nano-2025-04-14)"][0]
     assert clf.requests == 40 * 3 and clf.output_tokens == 40 * 3 and clf.cost > 0
+    modes = {e["mode"] for e in plan.cells[0].detection[1]}
+    assert modes == {"top_logprobs"}
+    spec.write_text(spec.read_text().replace("per_row: true}", "per_row: true, read: reply}"))
+    replies = build(load(spec), tmp_path / "out").cells[0].detection[1]
+    assert {e["mode"] for e in replies} == {"sample"} and replies[0]["key"] != plan.cells[0].detection[1][0]["key"]
 
 
 def test_reproduce_headline_names_the_classifier_accuracy_and_its_test():
