@@ -444,7 +444,7 @@ def classifier_rows(cells: list[Spec]) -> list[Row]:
             row("judge temperature, max tokens", f"{clf['sampling']['temperature']:g}, {clf['sampling']['max_tokens']}",
                 f"{c}.sampling", "{:g}, {}".format(*VERDICT_SAMPLING)),
             row("verdict read from", f"top {clf['sampling']['logprobs']} first-token log-probs", f"{c}.verdict_reading",
-                f"top {ev.top_logprobs} first-token log-probs"),
+                f"top {ev.top_logprobs} first-token log-probs" if ev.read == "auto" else "a one-token reply"),
             row("per-row yes/no variant", None, c, "AUROC" if ev.per_row else None)]
 
 

@@ -64,7 +64,8 @@ def test_detection_baselines_other_than_the_papers_are_caught():
     assert all(v == "same" for k, v in _statuses("classifier", clf).items()
                if k in ("judge", "pairs of datasets", "verdict read from", "judge temperature, max tokens"))
     ev = clf.evaluations[0]
-    for update, setting in (({"top_logprobs": 20}, "verdict read from"), ({"per_row": True}, "per-row yes/no variant"),
+    for update, setting in (({"top_logprobs": 20}, "verdict read from"), ({"read": "reply"}, "verdict read from"),
+                            ({"per_row": True}, "per-row yes/no variant"),
                             ({"judge": "openai:gpt-4.1-2025-04-14"}, "judge"),
                             ({"max_pairs": 100}, "prompts compared per pair")):
         changed = clf.model_copy(update={"evaluations": [ev.model_copy(update=update)]})
