@@ -44,7 +44,8 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
             c, j = e.get("counts") or {}, e.get("judge") or {}
             p = f"p={c['p_value']:.2g} vs 50%" if "p_value" in c else c.get("variant", "")
             if "chose_a" in c:
-                p += f"; picked A {c['chose_a']}, B {c['chose_b']}" + (" (position bias)" if c.get("note") else "")
+                reads = " of 2 reads per pair" if c.get("orders") == "both" else ""
+                p += f"; picked A {c['chose_a']}, B {c['chose_b']}{reads}" + (" (position bias)" if c.get("note") else "")
             if c.get("orders") == "both":
                 p += f"; both orders, {c['n_undecided']} of {c['n_pairs']} pairs undecided"
             rows.append([e["trait"], e["teacher"], j.get("model", ""), j.get("read", ""), e["metric"], _ci(e),

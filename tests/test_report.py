@@ -143,3 +143,4 @@ def test_the_classifier_row_says_when_both_orders_were_asked():
     (title, _, rows), = detection_sections(results)
     assert "(position bias)" in rows[0][-1] and "both orders" not in rows[0][-1]
     assert rows[1][-1].endswith("both orders, 14 of 48 pairs undecided") and "(position bias)" not in rows[1][-1]
+    assert "picked A 96, B 0 of 2 reads per pair" in rows[1][-1] and "reads per pair" not in rows[0][-1]
