@@ -144,3 +144,15 @@ def test_the_classifier_row_says_when_both_orders_were_asked():
     assert "(position bias)" in rows[0][-1] and "both orders" not in rows[0][-1]
     assert rows[1][-1].endswith("both orders, 14 of 48 pairs undecided") and "(position bias)" not in rows[1][-1]
     assert "picked A 96, B 0 of 2 reads per pair" in rows[1][-1] and "reads per pair" not in rows[0][-1]
+
+
+def test_the_terminal_comparisons_show_the_difference_where_no_ratio_is_defined():
+    from runner.report import comparison_table
+
+    cell = {"cell": "-", "a": "cell shuffle=across", "b": "cell shuffle=none", "metric": "cosine(same_init)",
+            "ratio": None, "diff": -0.0027, "a_wins": None, "n": 5, "p_value": 0.006, "significant": True,
+            "unit": "seed", "n_a": 5, "n_b": 5}
+    console = Console(record=True, width=200, emoji=False)
+    console.print(comparison_table({"comparisons": [cell]}, "-"))
+    line = next(x for x in console.export_text().splitlines() if "shuffle=across" in x)
+    assert "-0.0027" in line and "(a lower)" in line
