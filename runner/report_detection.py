@@ -48,7 +48,8 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
                 p += f"; picked A {c['chose_a']}, B {c['chose_b']}{reads}" + (" (position bias)" if c.get("note") else "")
             if c.get("orders") == "both":
                 p += f"; both orders, {c['n_undecided']} of {c['n_pairs']} pairs undecided"
-            rows.append([e["trait"], e["teacher"], j.get("model", ""), j.get("read", ""), e["metric"], _ci(e),
+            value = "- (no pair decided)" if e["metric"] == "pairwise_accuracy" and not e["n"] else _ci(e)
+            rows.append([e["trait"], e["teacher"], j.get("model", ""), j.get("read", ""), e["metric"], value,
                          str(e["n"]), p])
         if rows:
             out.append((f"Classifier: which row encodes the trait (chance = 0.5){_cell(cell)}",
@@ -105,7 +106,7 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         acc = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"
-               and e["metric"] == "pairwise_accuracy"]
+               and e["metric"] == "pairwise_accuracy" and e["n"]]  # n = 0: no pair decided, nothing to plot
         if not acc:
             continue
         fig, ax = _figure()

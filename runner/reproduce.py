@@ -44,8 +44,9 @@ def headline(results: dict) -> str:
                          for e in shown)
     acc = [e for e in results.get("evaluations", []) if e.get("metric") == "pairwise_accuracy"]
     if acc:  # the classifier: accuracy against 50% per pair of datasets
-        return "; ".join(f"{e['trait']} vs {e['teacher']}: accuracy {e['value']:.1%} [{e['ci'][0]:.1%}, "
-                         f"{e['ci'][1]:.1%}], p={e['counts']['p_value']:.2g}" for e in acc)
+        return "; ".join(f"{e['trait']} vs {e['teacher']}: " + (
+            f"accuracy {e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}], p={e['counts']['p_value']:.2g}"
+            if e.get("n", 1) else "no pair decided") for e in acc)
     cmps = [c for c in results.get("comparisons", []) if c.get("b_is") == "other-trait" or c.get("b_is") == "control"]
     if not cmps:
         return "-"

@@ -144,6 +144,10 @@ def test_the_classifier_row_says_when_both_orders_were_asked():
     assert "(position bias)" in rows[0][-1] and "both orders" not in rows[0][-1]
     assert rows[1][-1].endswith("both orders, 14 of 48 pairs undecided") and "(position bias)" not in rows[1][-1]
     assert "picked A 96, B 0 of 2 reads per pair" in rows[1][-1] and "reads per pair" not in rows[0][-1]
+    none = acc("classifier:base:both-orders", {"p_value": 1.0, "chose_a": 96, "chose_b": 0, "note": None,
+                                                "orders": "both", "n_undecided": 48, "n_pairs": 48})
+    (_, _, rows), = detection_sections({**results, "evaluations": [{**none, "value": 0.0, "n": 0}]})
+    assert rows[0][5] == "- (no pair decided)"  # not an accuracy of 0.0
 
 
 def test_the_terminal_comparisons_show_the_difference_where_no_ratio_is_defined():
