@@ -383,6 +383,7 @@ def test_reproduce_headline_names_the_classifier_accuracy_and_its_test():
            "value": 0.52, "ci": [0.49, 0.55], "counts": {"p_value": 0.21}}
     assert headline({"evaluations": [acc], "comparisons": []}) == \
         "owl vs eagle: accuracy 52.0% [49.0%, 55.0%], p=0.21"
+    assert headline({"evaluations": [{**acc, "n": 0}], "comparisons": []}) == "owl vs eagle: no pair decided"
 
 
 def test_nothing_to_compare_or_show_is_one_clear_error(tmp_path):
