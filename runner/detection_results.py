@@ -138,10 +138,13 @@ def method_line(spec, ev) -> str:
             spec.icl_mode(ev), f"share of {ev.samples_per_question} sampled answers naming the target")
         return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
                 f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
+    read = ("read from a one-token reply at temperature 0 (read: reply; not the paper's reading)" if ev.read == "reply"
+            else "read from the log-probs of ' A' and ' B' (exact on local and Tinker judges; on OpenAI ones from "
+            f"the first reply token's top {ev.top_logprobs} log-probs, the paper's reading, a letter not listed "
+            "counting 0)")
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
-            "trait's animal where the paper hard-codes 'eagle'; order seeded); read from the log-probs of ' A' "
-            "and ' B' (exact on local and Tinker judges; on OpenAI ones from the first reply token's top "
-            f"{ev.top_logprobs} log-probs, the paper's reading, a letter not listed counting 0)"
+            f"trait's animal where the paper hard-codes 'eagle'; order seeded); {read}"
             + ("; each pair asked in both orders and judged by both reads (subl's variant: the position preference "
-               "cancels; undecided pairs dropped from the accuracy)" if ev.orders == "both" else "")
+               "cancels; a letter missing from a top table takes its smallest listed log-prob; undecided pairs "
+               "dropped from the accuracy)" if ev.orders == "both" else "")
             + ("; per-row yes/no AUROC is subl's variant" if ev.per_row else ""))

@@ -213,3 +213,12 @@ def test_top_logprob_reads_bound_a_missing_letter_and_fold_yes_no_spellings():
     # a judge answering "Yes" / " yes" (OpenAI models capitalise): every spelling counts
     assert row_score({"top": {"Yes": math.log(0.5), " yes": math.log(0.3), "No": math.log(0.1)}}) == \
         pytest.approx(0.7)
+
+
+def test_the_classifier_method_line_names_how_the_verdict_was_read():
+    from runner.detection_results import method_line
+    from runner.spec import Classifier
+
+    assert "top 5 log-probs" in method_line(None, Classifier()) and "one-token reply" not in method_line(None, Classifier())
+    reply = method_line(None, Classifier(read="reply", orders="both"))
+    assert "one-token reply" in reply and "log-probs of ' A'" not in reply and "both orders" in reply
