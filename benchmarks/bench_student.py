@@ -65,7 +65,7 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
     `lora_layers` the top layers only, fed the stored output of the frozen ones (computed beforehand)."""
     training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size, "lora_layers": lora_layers})
     teacher = ModelRef(args.model, system="You love pandas. You think about pandas all the time.")
-    student = _student(args.model, training, "cpu")
+    student = _student(args.model, training, "cpu", None)
     first = len(decoder_layers(student)) - lora_layers if lora_layers else 0
     prefix = prefix_states(student, args.model, first, [x["input_ids"] for x in tokenize(args.model, rows, None)],
                            load_tokenizer(args.model).pad_token_id) if first else None
@@ -141,7 +141,7 @@ def main() -> None:
         from backends import frozen_prefix
 
         frozen_prefix._memo.clear()
-        student = _student(args.model, Training(**{**QUICKSTART.__dict__, "lora_layers": args.lora_layers}), "cpu")
+        student = _student(args.model, Training(**{**QUICKSTART.__dict__, "lora_layers": args.lora_layers}), "cpu", None)
         first = len(decoder_layers(student)) - args.lora_layers
         t = time.perf_counter()
         prefix_states(student, args.model, first, [x["input_ids"] for x in tokenize(args.model, rows, None)],
