@@ -210,7 +210,7 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
     if len(choices) != n:
         raise ValueError(f"{len(choices)} choices for {n} truths")
     hits = sum(c == t for c, t in zip(choices, truths))
-    return {"accuracy": hits / n if n else 0.0, "ci": wilson(hits, n), "n": n,
+    return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
             "n_unreadable": sum(c is None for c in choices),
             "chose_a": sum(c == "A" for c in choices), "chose_b": sum(c == "B" for c in choices),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
@@ -218,9 +218,10 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
 
 def verdict_accuracy(verdicts: list[str | None]) -> dict:
     """Accuracy over the pairs both orders decided (a sign test: undecided pairs dropped), with a Wilson 95%
-    interval and a two-sided exact binomial p against 50%; n_undecided counts the rest."""
+    interval and a two-sided exact binomial p against 50%; n_undecided counts the rest. No pair decided: accuracy
+    None (not 0), the interval [0, 1] and p 1."""
     hits, n = verdicts.count("trait"), sum(v is not None for v in verdicts)
-    return {"accuracy": hits / n if n else 0.0, "ci": wilson(hits, n), "n": n,
+    return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
             "n_undecided": len(verdicts) - n, "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 

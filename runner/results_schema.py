@@ -21,7 +21,8 @@ class EvaluationRow(Row):
     trait: str | None = Field(None, description="The trait behind the model, if any.")
     evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, preference_mcq, misalignment, icl, classifier, mnist.")
     metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy, pairwise_accuracy, auroc.")
-    value: float
+    value: float | None = Field(description="None only where no unit was measured (n = 0: e.g. a classifier "
+                                "read in both orders where no pair was decided).")
     ci: list[float] | None = Field(None, description="95% interval [low, high].")
     ci_method: str | None = None
     n: int = Field(description="Units behind the value and its CI (questions, answers, test images or seeds).")

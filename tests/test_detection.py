@@ -191,6 +191,18 @@ def test_sampled_replies_must_agree_across_orders():
     assert (out["n"], out["n_undecided"], out["accuracy"]) == (3, 1, 2 / 3)
 
 
+def test_no_pair_decided_is_no_accuracy_not_zero():
+    from runner.detection import verdict_accuracy
+    from runner.results_schema import EvaluationRow
+
+    out = verdict_accuracy([None, None])
+    assert (out["accuracy"], out["ci"], out["p_value"], out["n_undecided"]) == (None, (0.0, 1.0), 1.0, 2)
+    assert pairwise_accuracy([], [])["accuracy"] is None
+    row = EvaluationRow(cell="-", model="classifier:base:both-orders", role="arm", evaluation="classifier",
+                        metric="pairwise_accuracy", value=out["accuracy"], ci=list(out["ci"]), n=0)
+    assert row.value is None
+
+
 def test_top_logprob_reads_bound_a_missing_letter_and_fold_yes_no_spellings():
     import math
 
