@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.core import is_hosted
+from runner.features import supports
 from runner.identity import Identities, file_sha256, folder_digest
 from runner.loader import Cell
 from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
@@ -204,22 +205,32 @@ def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, base: ModelIn
     from runner.teacher_data import dataset_path
 
     f = trait.finetune
-    hosted = is_hosted(spec.teacher.base)
     return TeacherStage(label=f"teacher {name} (fine-tuned)", base=base,
                         dataset=file_input(str(dataset_path(f.dataset, name))), max_rows=f.max_rows,
-                        training=training_settings(f.method, "sft", f.hyperparameters, 0, hosted),
-                        precision=prec.of(hosted, "generate"))
+                        training=training_settings(f.method, "sft", f.hyperparameters, 0,
+                                                   spec.backend_kind(spec.teacher.base)),
+                        precision=prec.of(is_hosted(spec.teacher.base), "generate"))
 
 
-def training_settings(method: str, objective: str, h: Hyper, seed: int, hosted: bool, vocabulary: str | None = None,
+def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: str, vocabulary: str | None = None,
                       trait_words: tuple[str, ...] = ()) -> TrainingSettings:
-    common = dict(method=method, objective=objective, epochs=h.epochs, batch_size=h.batch_size, seed=seed)
-    if hosted:
-        return TrainingSettings(**common, lr_multiplier=h.lr_multiplier)
-    return TrainingSettings(**common, vocabulary=vocabulary, trait_words=trait_words, lr=h.lr, lora_r=h.lora_r,
-                            lora_alpha=h.lora_alpha, lora_targets=tuple(h.lora_targets), warmup_ratio=h.warmup_ratio,
-                            weight_decay=h.weight_decay, gradient_checkpointing=h.gradient_checkpointing,
-                            lora_layers=h.lora_layers)
+    """The settings a model trained on backend kind `kind` is trained with, and so keyed by: exactly those its
+    backend reads (a field it ignores would re-pay for a change that changes nothing; one it reads but the
+    key lacked would reuse a stale model)."""
+    fields = dict(method=method, objective=objective, epochs=h.epochs, batch_size=h.batch_size, seed=seed)
+    if supports(kind, "lr multiplier"):
+        fields.update(lr_multiplier=h.lr_multiplier)
+    if supports(kind, "lr"):
+        fields.update(lr=h.lr, warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay)
+    if supports(kind, "lora"):
+        fields.update(lora_r=h.lora_r, lora_targets=tuple(h.lora_targets))
+    if supports(kind, "lora alpha"):
+        fields.update(lora_alpha=h.lora_alpha)
+    if supports(kind, "distill"):
+        fields.update(vocabulary=vocabulary, trait_words=trait_words)
+    if kind == "local":
+        fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers)
+    return TrainingSettings(**fields)
 
 
 def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,
@@ -344,7 +355,7 @@ def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: Mode
     distill = s.objective == "distill"
     words = tuple(spec.teacher.targets) if distill and s.vocabulary == "full-minus-trait-tokens" else ()
     hosted = is_hosted(base.ref)
-    training = training_settings(s.method, s.objective, s.hyperparameters, rep, hosted,
+    training = training_settings(s.method, s.objective, s.hyperparameters, rep, spec.backend_kind(base.ref),
                                  s.vocabulary if distill else None, words)
     if distill and _stores_soft_labels(s, base, teacher, plan):
         labels = plan.add(SoftLabelStage(
@@ -413,8 +424,6 @@ def mcq_settings(spec: Spec, ev, model: ModelInput, stages: list[Stage]) -> McqS
     """An MCQ's questions, and how the model's backend reads the letter: exactly where it gives
     log-probs (local, Tinker), else from a chat API's top log-probs."""
     from runner import mcq
-    from runner.features import supports
-
     exact = supports(spec.backend_kind(base_of(model, {s.key: s for s in stages}).ref), "logprob probe")
     return McqSettings(prompts=tuple(mcq.prompts()[:ev.max_prompts]), fmt=mcq.pieces(),
                        choices=tuple(ev.choice_list()), per_prompt=ev.instances_per_prompt, shuffle_seed=ev.seed,
@@ -480,8 +489,6 @@ def _classifier_judge(spec: Spec, plan: CellPlan, ids: Identities, ev, target: s
 
 def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, teachers: dict[str, ModelInput],
                 rows: dict[str, str]) -> list[dict]:
-    from runner.features import supports
-
     out = []
     for target in spec.teacher.targets:
         label, judge = _classifier_judge(spec, plan, ids, ev, target, teachers)

@@ -528,6 +528,9 @@ class Spec(Strict):
             raise ValueError("domain.constrained: constrained decoding needs a local teacher")
         for i, s in enumerate(self.students):
             self._student_limits(s, f"students.{i}", teacher, kind(self.student_base(s)))
+        ft = getattr(self.teacher.trait, "finetune", None)
+        if ft is not None:
+            self._training_limits(ft.method, ft.hyperparameters, "teacher.trait.finetune", teacher)
         evaluated = [self.teacher.base] + [self.student_base(s) for s in self.students]
         for i, ev in enumerate(self.evaluations):
             if ev.kind == "preference_logprob" and not all(supports(kind(r), "logprob probe") for r in evaluated):
@@ -552,7 +555,14 @@ class Spec(Strict):
             if teacher != student:
                 raise ValueError(f"{where}.objective: distillation needs teacher and student on the same backend "
                                  f"(teacher: {teacher}, student: {student})")
-        if s.method == "full" and supports(student, "lora") and not supports(student, "full fine-tuning"):
+        Spec._training_limits(s.method, h, where, student)
+
+    @staticmethod
+    def _training_limits(method: str, h: "Hyper", where: str, student: str) -> None:
+        """What a model trained on backend kind `student` can be given: a setting it would ignore is refused."""
+        from runner.features import supports
+
+        if method == "full" and supports(student, "lora") and not supports(student, "full fine-tuning"):
             raise ValueError(f"{where}.method: students on {student} are trained as LoRA adapters only")
         if h.epochs != int(h.epochs) and not supports(student, "fractional epochs"):
             raise ValueError(f"{where}.hyperparameters.epochs: a hosted student takes whole epochs")
@@ -565,6 +575,8 @@ class Spec(Strict):
                 ("lr_multiplier" in h.model_fields_set and not supports(student, "lr multiplier")):
             raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students "
                              "on an OpenAI-style API")
+        if h.lora_layers is not None and not supports(student, "lora layers"):
+            raise ValueError(f"{where}.hyperparameters.lora_layers: {student} adapts every layer; remove lora_layers")
 
     @model_validator(mode="after")
     def _theorem_lm(self) -> "Spec":

@@ -134,10 +134,11 @@ def ledger() -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _record(op: str, run: str, data: Any) -> None:
+def _record(op: str, run: str, data: Any, **shown) -> None:
+    """One ledger line: the op, its run, a digest of what was sent, and `shown` fields in the clear."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     with _LOCK, open(_home() / "ledger.jsonl", "a") as f:
-        f.write(json.dumps({"op": op, "run": run, "batch": hashlib.sha256(blob).hexdigest()[:16]}) + "\n")
+        f.write(json.dumps({"op": op, "run": run, "batch": hashlib.sha256(blob).hexdigest()[:16], **shown}) + "\n")
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class TrainingClient:
                 opt.zero_grad()
             return types.OptimStepResponse()
 
-        return _answer("optim_step", work, lambda: _record("optim_step", self.model_id, p.model_dump()), session=self.session)
+        return _answer("optim_step", work, lambda: _record("optim_step", self.model_id, p.model_dump(), lr=p.learning_rate), session=self.session)
 
     def _adapter(self) -> dict:
         return {k: v.detach().clone() for k, v in self.net.state_dict().items() if "lora_" in k}

@@ -363,10 +363,58 @@ evaluations:
     ("students: [{name: s, hyperparameters: {lr_multiplier: 2}}]", "OpenAI-style"),
     ("students: [{name: s, objective: distill, base: smollm2-135m}]", "same backend"),
     ("domain: {kind: numbers, constrained: true}", "constrained"),
+    ("students: [{name: s, hyperparameters: {lora_layers: 2}}]", "adapts every layer; remove lora_layers"),
 ])
 def test_spec_rejects_what_tinker_cannot_do(tmp_path, extra, match):
     with pytest.raises(SpecError, match=match):
         _load(tmp_path, TK + extra)
+
+
+def test_a_fine_tuned_teachers_settings_are_checked_like_a_students(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "hi", "completion": "owls"}\n')
+    ft = "{finetune: {dataset: t.jsonl, hyperparameters: {lora_alpha: 8}}}"
+    with pytest.raises(SpecError, match="teacher.trait.finetune.hyperparameters.lora_alpha"):
+        _load(tmp_path, TK.replace("targets: [owl]", f"targets: [owl], trait: {ft}"))
+
+
+def test_tinker_students_are_trained_and_keyed_by_every_setting_tinker_reads(tmp_path):
+    """lr, LoRA rank and targets, warm-up, weight decay and the distillation vocabulary reach a Tinker
+    student's training settings and key (they were once dropped as for an OpenAI student, which trains
+    with none of them: a silent default and a stale hit)."""
+    from runner.plan import build
+
+    def finetune(student: str):
+        cell = build(_load(tmp_path, TK + f"students: [{student}]\n"), tmp_path / "out").cells[0]
+        return next(s for s in cell.stages if s.KIND == "finetune")
+
+    base = "{name: d, objective: distill, vocabulary: numbers-only, hyperparameters: {lr: 0.001, lora_r: 16}}"
+    ft = finetune(base)
+    assert (ft.training.lr, ft.training.lora_r, ft.training.vocabulary) == (0.001, 16, "numbers-only")
+    assert ft.training.to_training().lr == 0.001 and ft.training.lora_alpha is None  # the service's scaling
+    changed = [base.replace("lr: 0.001", "lr: 0.002"), base.replace("lora_r: 16", "lora_r: 8"),
+               base.replace("numbers-only", "full"), base.replace("lora_r: 16", "lora_r: 16, warmup_ratio: 0.1"),
+               base.replace("lora_r: 16", "lora_r: 16, weight_decay: 0.01"),
+               base.replace("lora_r: 16", "lora_r: 16, lora_targets: [q_proj]")]
+    keys = {ft.key} | {finetune(c).key for c in changed}
+    assert len(keys) == 1 + len(changed)
+
+
+def test_a_tinker_models_identity_names_the_endpoint_the_sdk_calls(tmp_path, monkeypatch):
+    from tinker.lib.base_url import resolve_base_url
+
+    from runner.identity import Identities
+
+    def identity() -> str:
+        return Identities(tmp_path, {"tk": HostedBackend(kind="tinker")}).model(QWEN)
+
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    prod = identity()
+    assert resolve_base_url(None) in prod
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://elsewhere/v1")
+    assert identity() == prod  # not the OpenAI SDK's variable
+    monkeypatch.setenv("TINKER_BASE_URL", "http://staging/tinker")
+    assert identity() != prod and resolve_base_url(None) in identity()
 
 
 def test_backend_fields_of_the_other_kind_are_refused(tmp_path):
@@ -459,6 +507,7 @@ def test_quickstart_pipeline_end_to_end_on_the_fake(fake, tmp_path):
     assert results["comparisons"]
     trained = [e for e in fake_tinker.ledger() if e["op"] == "optim_step"]
     assert len(trained) == 4 * 2  # four students, two steps each
+    assert max(e["lr"] for e in trained) == 1.0e-3  # the spec's lr, not a default
     again = _cli(["run", str(spec), "--outputs", str(out)], fake)
     assert again.returncode == 0 and len(fake_tinker.ledger()) == 16  # every stage reused, nothing re-sent
     assert "tk-test-key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*.json*") if p.is_file())

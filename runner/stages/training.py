@@ -14,8 +14,8 @@ from runner.store import read_jsonl
 
 class TrainingSettings(Frozen):
     """The hyper-parameters a backend trains with. Fields a backend does not use are left at their
-    default (so they are in no key): a hosted student has no lr or LoRA settings, a local one no
-    lr_multiplier."""
+    default (so they are in no key; runner.plan.training_settings): an OpenAI student has no lr or LoRA
+    settings, a Tinker one no lora_alpha or lora_layers, a local one no lr_multiplier."""
 
     method: Literal["lora", "full"] = "lora"
     objective: Literal["sft", "distill"] = "sft"
