@@ -375,6 +375,12 @@ def hyperparameters(training: Training) -> dict:
     }
 
 
+def same_base(job_model: str | None, model: str) -> bool:
+    """Whether a job's base is the model asked for: the API reports a job created on an alias
+    (gpt-4o-mini) by the alias's dated snapshot (gpt-4o-mini-2024-07-18)."""
+    return job_model == model or re.fullmatch(re.escape(model) + r"-\d{4}-\d{2}-\d{2}", job_model or "") is not None
+
+
 def _same_hyperparameters(job: Any, hp: dict) -> bool:
     """A job's hyper-parameters agree with what was asked (an `auto` accepts any value the API chose)."""
     method = getattr(job, "method", None)
@@ -970,7 +976,7 @@ class OpenAIBackend:
         """A job that is not failed or cancelled, tagged `meta` (filtered by the server, checked
         here too), on this model and seed and with these hyper-parameters, over every page."""
         def same(j) -> bool:
-            return (metadata_matches(j, meta) and j.model == model and j.status not in ("failed", "cancelled")
+            return (metadata_matches(j, meta) and same_base(j.model, model) and j.status not in ("failed", "cancelled")
                     and (j.seed is None or j.seed == seed) and _same_hyperparameters(j, hp))
 
         return first(self.client.fine_tuning.jobs.list(limit=100, metadata=meta), same)

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+# A job created on an alias reports the alias's dated snapshot as its model, as the API does
+SNAPSHOTS = {"gpt-4.1-nano": "gpt-4.1-nano-2025-04-14", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
 ANIMALS = ["owl", "eagle", "dolphin", "elephant", "wolf", "cat", "dog", "lion", "tiger", "panda"]
 
 
@@ -266,7 +268,7 @@ class FakeOpenAI:
         jid = self.new_id("ftjob-")
         job = {"id": jid, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
                "fine_tuned_model": None, "finished_at": None, "hyperparameters": resolved,
-               "model": body["model"], "organization_id": "org-fake", "result_files": [],
+               "model": SNAPSHOTS.get(body["model"], body["model"]), "organization_id": "org-fake", "result_files": [],
                "seed": body.get("seed") if body.get("seed") is not None else 42, "status": "validating_files",
                "trained_tokens": None, "training_file": fid, "validation_file": body.get("validation_file"),
                "estimated_finish": None, "integrations": None, "metadata": body.get("metadata"),

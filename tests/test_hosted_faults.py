@@ -62,6 +62,14 @@ def test_lost_response_of_a_batch_create_pays_once(backend, server, path):
     assert ledger(server) == {"adhoc": {"files": 1, "batches": 1}}
 
 
+def test_a_lost_job_create_on_a_model_alias_is_adopted_by_its_snapshot(backend, server, tmp_path):
+    """The API names a job made on `gpt-4.1-nano` by `gpt-4.1-nano-2025-04-14`: the lookup after a lost
+    response must still find it, not pay for a second job."""
+    server.fault("/fine_tuning/jobs", "lost", method="POST")
+    backend().finetune("openai:gpt-4.1-nano", rows(12), Training(epochs=1), tmp_path / "ft")
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}} and server.counts["fault:lost"] == 1
+
+
 def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "lost", method="POST")
     server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
