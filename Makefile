@@ -41,3 +41,4 @@ bench:
 	$(PYTHON) benchmarks/bench_executor.py
 	$(PYTHON) benchmarks/bench_icl.py
 	$(PYTHON) benchmarks/bench_sft.py
+	$(PYTHON) benchmarks/bench_student.py

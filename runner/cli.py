@@ -124,7 +124,8 @@ def run(spec: Path, outputs: Path = OUTPUTS,
 @app.command()
 def reproduce(folders: list[Path] = typer.Argument(..., help="Folders of specs, e.g. specs specs/local."),
               outputs: Path = OUTPUTS) -> None:
-    """Run every spec in the folders (hosted ones only when their key is set); end with a summary table."""
+    """Run every spec in the folders (hosted ones only when their key is set, CUDA-only ones only on a machine
+    with CUDA); end with a summary table."""
     from runner.reproduce import reproduce as run_all
 
     sys.exit(run_all(folders, outputs, out))
