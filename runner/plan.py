@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.core import is_hosted
+from runner.core import backend_name, is_hosted
 from runner.features import supports
 from runner.identity import Identities, file_sha256, folder_digest
 from runner.loader import Cell
@@ -213,7 +213,7 @@ def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, base: ModelIn
 
 
 def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: str, vocabulary: str | None = None,
-                      trait_words: tuple[str, ...] = ()) -> TrainingSettings:
+                      trait_words: tuple[str, ...] = (), top_k: int | None = None) -> TrainingSettings:
     """The settings a model trained on backend kind `kind` is trained with, and so keyed by: exactly those its
     backend reads (a field it ignores would re-pay for a change that changes nothing; one it reads but the
     key lacked would reuse a stale model)."""
@@ -228,6 +228,8 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
         fields.update(lora_alpha=h.lora_alpha)
     if supports(kind, "distill"):
         fields.update(vocabulary=vocabulary, trait_words=trait_words)
+    if kind == "tinker" and objective == "distill":
+        fields.update(top_k=top_k)  # the teacher's next tokens the loss sees (backends.<name>.top_k)
     if kind == "local":
         fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers)
     return TrainingSettings(**fields)
@@ -355,8 +357,9 @@ def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: Mode
     distill = s.objective == "distill"
     words = tuple(spec.teacher.targets) if distill and s.vocabulary == "full-minus-trait-tokens" else ()
     hosted = is_hosted(base.ref)
+    backend = spec.backends.get(backend_name(base.ref))
     training = training_settings(s.method, s.objective, s.hyperparameters, rep, spec.backend_kind(base.ref),
-                                 s.vocabulary if distill else None, words)
+                                 s.vocabulary if distill else None, words, getattr(backend, "top_k", None))
     if distill and _stores_soft_labels(s, base, teacher, plan):
         labels = plan.add(SoftLabelStage(
             label=f"soft labels {name} ({s.vocabulary}, {s.max_rows or 'all'} rows)", teacher=teacher,

@@ -378,13 +378,13 @@ def test_a_fine_tuned_teachers_settings_are_checked_like_a_students(tmp_path):
 
 
 def test_tinker_students_are_trained_and_keyed_by_every_setting_tinker_reads(tmp_path):
-    """lr, LoRA rank and targets, warm-up, weight decay and the distillation vocabulary reach a Tinker
+    """lr, LoRA rank and targets, warm-up, weight decay, the distillation vocabulary and top_k reach a Tinker
     student's training settings and key (they were once dropped as for an OpenAI student, which trains
     with none of them: a silent default and a stale hit)."""
     from runner.plan import build
 
-    def finetune(student: str):
-        cell = build(_load(tmp_path, TK + f"students: [{student}]\n"), tmp_path / "out").cells[0]
+    def finetune(student: str, tk: str = TK):
+        cell = build(_load(tmp_path, tk + f"students: [{student}]\n"), tmp_path / "out").cells[0]
         return next(s for s in cell.stages if s.KIND == "finetune")
 
     base = "{name: d, objective: distill, vocabulary: numbers-only, hyperparameters: {lr: 0.001, lora_r: 16}}"
@@ -397,6 +397,8 @@ def test_tinker_students_are_trained_and_keyed_by_every_setting_tinker_reads(tmp
                base.replace("lora_r: 16", "lora_r: 16, lora_targets: [q_proj]")]
     keys = {ft.key} | {finetune(c).key for c in changed}
     assert len(keys) == 1 + len(changed)
+    assert ft.training.top_k == 20 and finetune(base, TK.replace("kind: tinker", "kind: tinker, top_k: 8")).key != ft.key
+    assert finetune("{name: s}").training.top_k is None  # sft reads no teacher top-k
 
 
 def test_a_tinker_models_identity_names_the_endpoint_the_sdk_calls(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ class TrainingSettings(Frozen):
     gradient_checkpointing: bool = False
     lora_layers: int | None = None
     lr_multiplier: float | Literal["auto"] | None = None  # hosted only
+    top_k: int | None = None  # Tinker distillation: the teacher's top-k next tokens (read from the backend's config)
 
     def to_training(self) -> Training:
         t = Training(method=self.method, objective=self.objective, vocabulary=self.vocabulary or "",
