@@ -52,13 +52,13 @@ from backends.openai_api import (RequestCache, RetryPolicy, _digest, _notify, _o
                                  redact, register_secret, retry_after)
 from runner.core import current_stage_dir
 from runner.errors import UserError
+from runner.features import LORA_GROUPS
 
 REQUESTS_FILE = "tinker_requests.jsonl"
 TRAIN_STATE_FILE = "tinker_train.json"
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the local trainer's AdamW
-ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
-MLP = {"gate_proj", "up_proj", "down_proj"}
+ATTENTION, MLP, _ = LORA_GROUPS["tinker"]
 
 
 def sdk():

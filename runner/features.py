@@ -29,6 +29,14 @@ FEATURES: dict[str, dict[str, bool]] = {
 }
 
 
+# Backends that adapt modules in whole groups (Tinker: attention, MLP, unembedding): lora_targets must list
+# whole groups there, or the service would train more than the spec says
+LORA_GROUPS: dict[str, tuple[frozenset[str], ...]] = {
+    "tinker": (frozenset({"q_proj", "k_proj", "v_proj", "o_proj"}), frozenset({"gate_proj", "up_proj", "down_proj"}),
+               frozenset({"lm_head"})),
+}
+
+
 def supports(kind: str, feature: str) -> bool:
     """Whether a backend kind offers a feature; an unknown feature name is a programming error."""
     return FEATURES[kind][feature]

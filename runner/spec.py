@@ -560,7 +560,7 @@ class Spec(Strict):
     @staticmethod
     def _training_limits(method: str, h: "Hyper", where: str, student: str) -> None:
         """What a model trained on backend kind `student` can be given: a setting it would ignore is refused."""
-        from runner.features import supports
+        from runner.features import LORA_GROUPS, supports
 
         if method == "full" and supports(student, "lora") and not supports(student, "full fine-tuning"):
             raise ValueError(f"{where}.method: students on {student} are trained as LoRA adapters only")
@@ -575,6 +575,11 @@ class Spec(Strict):
                 ("lr_multiplier" in h.model_fields_set and not supports(student, "lr multiplier")):
             raise ValueError(f"{where}.hyperparameters: batch_size auto and lr_multiplier are for hosted students "
                              "on an OpenAI-style API")
+        groups = LORA_GROUPS.get(student)
+        if groups and method == "lora" and set(h.lora_targets) != set().union(*(g for g in groups if g & set(h.lora_targets))):
+            names = "; ".join(", ".join(sorted(g)) for g in groups)
+            raise ValueError(f"{where}.hyperparameters.lora_targets: {student} adapts whole groups of modules "
+                             f"({names}); list whole groups")
         if h.lora_layers is not None and not supports(student, "lora layers"):
             raise ValueError(f"{where}.hyperparameters.lora_layers: {student} adapts every layer; remove lora_layers")
 

@@ -364,6 +364,9 @@ evaluations:
     ("students: [{name: s, objective: distill, base: smollm2-135m}]", "same backend"),
     ("domain: {kind: numbers, constrained: true}", "constrained"),
     ("students: [{name: s, hyperparameters: {lora_layers: 2}}]", "adapts every layer; remove lora_layers"),
+    ("students: [{name: s, hyperparameters: {lora_targets: [q_proj, v_proj]}}]", "list whole groups"),
+    ("students: [{name: s, hyperparameters: {lora_targets: [q_proj, k_proj, v_proj, o_proj, c_attn]}}]",
+     "list whole groups"),
 ])
 def test_spec_rejects_what_tinker_cannot_do(tmp_path, extra, match):
     with pytest.raises(SpecError, match=match):
@@ -394,7 +397,7 @@ def test_tinker_students_are_trained_and_keyed_by_every_setting_tinker_reads(tmp
     changed = [base.replace("lr: 0.001", "lr: 0.002"), base.replace("lora_r: 16", "lora_r: 8"),
                base.replace("numbers-only", "full"), base.replace("lora_r: 16", "lora_r: 16, warmup_ratio: 0.1"),
                base.replace("lora_r: 16", "lora_r: 16, weight_decay: 0.01"),
-               base.replace("lora_r: 16", "lora_r: 16, lora_targets: [q_proj]")]
+               base.replace("lora_r: 16", "lora_r: 16, lora_targets: [q_proj, k_proj, v_proj, o_proj]")]
     keys = {ft.key} | {finetune(c).key for c in changed}
     assert len(keys) == 1 + len(changed)
     assert ft.training.top_k == 20 and finetune(base, TK.replace("kind: tinker", "kind: tinker, top_k: 8")).key != ft.key
