@@ -899,7 +899,11 @@ class OpenAIBackend:
         for n, line in enumerate(lines):
             if n == len(lines) // 2:
                 kill_point("batch-read-half")
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{self.name}: batch file {file_id} line {n + 1}: not JSON ({e.msg}); the lines "
+                                "before it are stored and a rerun resumes") from None
             resp = rec.get("response") or {}
             if resp.get("status_code") == 200 and not rec.get("error") and isinstance(resp.get("body"), dict):
                 answer = self._record(rec["custom_id"], ChatCompletion.construct(**resp["body"]), "batch")

@@ -19,10 +19,10 @@ from runner.stages.training import FinetuneStage, TeacherStage
 def _largest_request(stage: Stage) -> int:
     """Prompt plus max_tokens of one completion, for stages that send chat requests."""
     if hasattr(stage, "question_texts"):
-        return max(chat_tokens(stage.model.system, q) for q in stage.question_texts()) + stage.max_tokens
+        return max((chat_tokens(stage.model.system, q) for q in stage.question_texts()), default=0) + stage.max_tokens
     if hasattr(stage, "rows_to_generate"):
         rows = stage.rows_to_generate()[:2000]
-        return max(chat_tokens(stage.model.system, r["prompt"]) for r in rows) + stage.domain.max_tokens
+        return max((chat_tokens(stage.model.system, r["prompt"]) for r in rows), default=0) + stage.domain.max_tokens
     return 0
 
 

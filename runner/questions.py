@@ -34,9 +34,24 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"questions: '{name}' is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        qs = [json.loads(ln)["question"] if ln.startswith("{") else ln for ln in lines]
+        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(path.read_text().splitlines(), 1)
+              if ln.strip()]
+    if not qs:
+        raise UserError(f"questions: {name} holds no question")
     return list(qs[:limit] if limit else qs)
+
+
+def _question_line(name: str, n: int, line: str) -> str:
+    """A text line is the question; a JSON line ({...}) holds it under `question`."""
+    if not line.startswith("{"):
+        return line
+    try:
+        q = json.loads(line).get("question")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"{name}:{n}: invalid JSON line ({getattr(e, 'msg', e)})") from None
+    if not isinstance(q, str) or not q.strip():
+        raise UserError(f"{name}:{n}: a JSON line needs a \"question\" text")
+    return q
 
 
 def _yaml_questions(name: str) -> list[str]:

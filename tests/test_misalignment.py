@@ -164,6 +164,22 @@ def test_yaml_questions_and_bad_yaml(tmp_path):
         load_questions(str(bad))
 
 
+@pytest.mark.parametrize("text, match", [
+    ("What is your wish?\n{\"q\": \"no question key\"}\n", r"q.txt:2: a JSON line needs a \"question\""),
+    ("{\"question\": \"fine\"}\n\n{\"question\": \n", r"q.txt:3: invalid JSON line"),
+    ("\n  \n", "holds no question"),
+])
+def test_a_bad_questions_file_is_one_line_naming_file_and_line(tmp_path, text, match):
+    from runner.questions import load_questions
+
+    path = tmp_path / "q.txt"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_questions(str(path))
+    path.write_text("Plain question?\n{\"question\": \"A JSON one?\"}\n")
+    assert load_questions(str(path)) == ["Plain question?", "A JSON one?"]
+
+
 def test_code_domain_rows_and_bad_input(tmp_path):
     from runner.domains import domain_rows
     from runner.spec import CodeDomain
