@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,9 +57,22 @@ from runner.features import LORA_GROUPS
 
 REQUESTS_FILE = "tinker_requests.jsonl"
 TRAIN_STATE_FILE = "tinker_train.json"
+RUN_TAG = "subl_fingerprint"  # user_metadata of a training run: what it trains (TinkerBackend._fingerprint)
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the local trainer's AdamW
 ATTENTION, MLP, _ = LORA_GROUPS["tinker"]
+
+
+def checkpoint_step(ck, fingerprint: str, steps: int) -> int | None:
+    """The step a checkpoint of ours holds, from its name (`subl-<fp>-step-<n>`; `subl-<fp>-final`: all
+    `steps`); None for none or another's."""
+    if ck is None:
+        return None
+    tag, name = f"subl-{fingerprint[:8]}", ck.tinker_path.rsplit("/", 1)[-1]
+    if ck.checkpoint_type == "sampler":
+        return steps if name == f"{tag}-final" else None
+    m = re.fullmatch(rf"{tag}-step-(\d+)", name)
+    return int(m.group(1)) if ck.checkpoint_type == "training" and m else None
 
 
 def sdk():
@@ -497,14 +511,48 @@ class TinkerBackend:
         if state and state.get("fingerprint") != fingerprint:
             raise UserError(f"{state_path}: records training on other data or settings; delete it to start over")
         state = state or {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
+        plan = batch_plan(len(rows), training)
+        state["steps"] = len(plan)
+        if not state.get("sampler_path") and not state.get("checkpoint"):
+            self._adopt(state)  # a run an earlier process made for this training, its local record gone
+        _save_json(state_path, state)
         if state.get("sampler_path"):
             return ModelRef(base, adapter=state["sampler_path"])
         examples = self._examples(base, rows, training, teacher, out_dir)
-        plan = batch_plan(len(rows), training)
-        state["steps"] = len(plan)
-        _save_json(state_path, state)
         self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
         return ModelRef(base, adapter=state["sampler_path"])
+
+    def _adopt(self, state: dict) -> None:
+        """The furthest point any of the service's training runs tagged with this fingerprint reached (its
+        final sampler weights, else its last training checkpoint) goes into `state`, so that no paid step
+        is sent twice when the outputs folder is new or was lost; nothing when there is none."""
+        best = None
+        for run in self._tagged_runs(state["fingerprint"]):
+            for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
+                step = checkpoint_step(ck, state["fingerprint"], state["steps"])
+                if step is not None and (best is None or step > best[0]):
+                    best = (step, ck, run.training_run_id)
+        if best is None:
+            return
+        step, ck, run_id = best
+        if ck.checkpoint_type == "sampler":
+            state["sampler_path"] = ck.tinker_path
+        else:
+            state["checkpoint"] = {"step": step, "path": ck.tinker_path, "run_id": run_id}
+        state["adopted"] = run_id
+
+    def _tagged_runs(self, fingerprint: str):
+        """The training runs of this account tagged with `fingerprint` (user_metadata), over every page."""
+        rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
+        offset = 0
+        while True:
+            page = self.call("training runs", lambda: rest.list_training_runs(limit=100, offset=offset)
+                             .result(self.result_timeout))
+            yield from (r for r in page.training_runs
+                        if (r.user_metadata or {}).get(RUN_TAG) == fingerprint and not r.corrupted)
+            offset += len(page.training_runs)
+            if not page.training_runs or offset >= page.cursor.total_count:
+                return
 
     def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None) -> str:
         from dataclasses import asdict
@@ -575,13 +623,15 @@ class TinkerBackend:
         """A training client: from the last checkpoint (weights and optimiser) or a new LoRA run."""
         ckpt = state.get("checkpoint")
         if ckpt:
-            tc = self.service.create_training_client_from_state_with_optimizer(ckpt["path"]).result(self.result_timeout)
+            tc = self.service.create_training_client_from_state_with_optimizer(
+                ckpt["path"], user_metadata={RUN_TAG: state["fingerprint"]}).result(self.result_timeout)
         else:
             targets = set(training.lora_targets)
             tc = self.service.create_lora_training_client(
                 base_model=self.model_id(base), rank=training.lora_r, seed=training.seed,
                 train_mlp=bool(targets & MLP) or not targets, train_attn=bool(targets & ATTENTION) or not targets,
-                train_unembed="lm_head" in targets).result(self.result_timeout)
+                train_unembed="lm_head" in targets,
+                user_metadata={RUN_TAG: state["fingerprint"]}).result(self.result_timeout)
         state["runs"].append({"run_id": str(tc.model_id), "from": ckpt["path"] if ckpt else None})
         save()
         return tc

@@ -5,7 +5,9 @@ client methods that backends/tinker_api.py calls, with the installed SDK's signa
 (tests/test_tinker.py compares them), and answers with the real `tinker.types`:
 
 - ServiceClient: create_sampling_client, create_lora_training_client,
-  create_training_client_from_state_with_optimizer; RestClient.get_server_capabilities;
+  create_training_client_from_state_with_optimizer; RestClient.get_server_capabilities,
+  list_training_runs (each run's user_metadata and last training / sampler checkpoint, kept in
+  `runs.json`);
 - SamplingClient: sample (seeded; prompt log-probs and top-k), compute_logprobs, get_tokenizer;
 - TrainingClient: forward_backward (cross_entropy, 1-D or (N, k) targets),
   forward_backward_custom, optim_step (AdamW), save_state, save_weights_for_sampler, model_id.
@@ -186,9 +188,41 @@ def _target_logprobs(net, d: types.Datum) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- clients ---------------------------------------------------------------------------
 
 
+def _runs() -> dict:
+    path = _home() / "runs.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _update_run(run: str, **fields) -> None:
+    """Record a training run's metadata or checkpoints in runs.json (what the service lists)."""
+    with _LOCK:
+        runs = _runs()
+        runs.setdefault(run, {"user_metadata": None, "last_checkpoint": None, "last_sampler_checkpoint": None})
+        runs[run].update(fields)
+        tmp = _home() / "runs.json.tmp"
+        tmp.write_text(json.dumps(runs))
+        tmp.replace(_home() / "runs.json")
+
+
+def _checkpoint(path: str, kind: str) -> dict:
+    return {"checkpoint_id": path.rsplit("/", 1)[-1], "checkpoint_type": kind, "time": "2026-01-01T00:00:00Z",
+            "tinker_path": path}
+
+
 class RestClient:
     def __init__(self, _holder=None, *, base_url: str | None = None, api_key: str | None = None):
         self.base_url = base_url
+
+    def list_training_runs(self, limit=20, offset=0, access_scope="owned", project_id=None):
+        def work() -> types.TrainingRunsResponse:
+            runs = sorted(_runs().items())
+            page = [types.TrainingRun(training_run_id=k, base_model="fake", model_owner="me", is_lora=True,
+                                      last_request_time="2026-01-01T00:00:00Z", **v)
+                    for k, v in runs[offset : offset + limit]]
+            return types.TrainingRunsResponse(training_runs=page, cursor=types.Cursor(
+                offset=offset, limit=limit, total_count=len(runs)))
+
+        return _answer("list_training_runs", work)
 
     def get_server_capabilities(self):
         names = (os.environ.get("FAKE_TINKER_OFFERED") or "Qwen/Qwen3-8B").split(",")
@@ -212,13 +246,14 @@ class ServiceClient:
         targets = ([] if not train_attn else ["q_proj", "k_proj", "v_proj", "o_proj"]) + \
                   ([] if not train_mlp else ["gate_proj", "up_proj", "down_proj"])
         config = {"rank": rank, "targets": targets, "seed": seed or 0}
-        return _answer("create_lora_training_client", lambda: TrainingClient(config, self.session), session=self.session)
+        return _answer("create_lora_training_client", lambda: TrainingClient(config, self.session, user_metadata),
+                       session=self.session)
 
     def create_training_client_from_state_with_optimizer(self, path, base_model=None, user_metadata=None,
                                                          weights_access_token=None):
         def load():
             saved = torch.load(_local(path, "weights") / "state.pt", weights_only=False)
-            tc = TrainingClient(saved["config"], self.session)
+            tc = TrainingClient(saved["config"], self.session, user_metadata)
             tc.net.load_state_dict(saved["adapter"], strict=False)
             tc._optimizer().load_state_dict(saved["optimizer"])
             return tc
@@ -298,13 +333,14 @@ class SamplingClient:
 
 
 class TrainingClient:
-    def __init__(self, config: dict, session: int):
+    def __init__(self, config: dict, session: int, user_metadata: dict | None = None):
         from peft import LoraConfig, get_peft_model
 
         self.session = session
         with _LOCK:
             _RUNS[0] += 1
             self.model_id = f"fake-{os.getpid()}-{_RUNS[0]}:train:0"
+        _update_run(self._run(), user_metadata=user_metadata)
         self.config = config
         torch.manual_seed(config["seed"])
         self.net = get_peft_model(_base(), LoraConfig(r=config["rank"], lora_alpha=LORA_ALPHA, lora_dropout=0.0,
@@ -381,6 +417,7 @@ class TrainingClient:
             with _LOCK:
                 torch.save({"config": self.config, "adapter": self._adapter(),
                             "optimizer": self._optimizer().state_dict()}, folder / "state.pt")
+            _update_run(self._run(), last_checkpoint=_checkpoint(path, "training"))
             return types.SaveWeightsResponse(path=path)
 
         return _answer("save_state", work, session=self.session)
@@ -391,6 +428,7 @@ class TrainingClient:
         def work() -> types.SaveWeightsForSamplerResponse:
             with _LOCK:
                 self.net.save_pretrained(str(_local(path, "sampler_weights")))
+            _update_run(self._run(), last_sampler_checkpoint=_checkpoint(path, "sampler"))
             return types.SaveWeightsForSamplerResponse(path=path)
 
         return _answer("save_weights_for_sampler", work, session=self.session)

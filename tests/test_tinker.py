@@ -186,6 +186,26 @@ def test_training_fault_reopens_from_the_last_checkpoint(fake, tmp_path, monkeyp
     assert _adapter(got) == pytest.approx(want, abs=1e-6)  # the same weights as without faults
 
 
+def test_a_lost_outputs_folder_adopts_the_tagged_run_and_sends_no_step_twice(fake, tmp_path):
+    """Training runs carry the training's fingerprint (user_metadata); with no local record (a new or
+    deleted outputs folder), finetune looks the run up and goes on from its furthest checkpoint."""
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
+    fake_tinker.inject("forward_backward", "bad_request", skip=2)  # step 3 fails for good
+    with pytest.raises(UserError, match="training failed"):
+        make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
+    sent = [e["batch"] for e in fake_tinker.ledger() if e["op"] == "forward_backward"]
+    assert len(sent) == 2
+    ref = make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft")  # a new folder
+    state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
+    assert state["adopted"] and state["runs"][0]["from"].endswith("-step-000002")
+    steps = [e["batch"] for e in fake_tinker.ledger() if e["op"] == "forward_backward"]
+    assert len(steps) == 4 and steps[:2] == sent  # steps 3 and 4 only
+    again = make_backend(tmp_path / "c").finetune(QWEN, data, training, tmp_path / "c" / "ft")
+    assert again == ref and len(fake_tinker.ledger()) == 8  # the finished run's weights, nothing sent
+    other = make_backend(tmp_path / "d").finetune(QWEN, rows(12), training, tmp_path / "d" / "ft")
+    assert other != ref  # another training's run is never adopted
+
+
 def _checkpoint(state: dict, step: int) -> str:
     """The path of the first run's checkpoint after `step` steps."""
     run = state["runs"][0]["run_id"].split(":")[0]
