@@ -93,8 +93,9 @@ class Identities:
 
     def _identify(self, ref: str) -> str:
         name = backend_name(ref)
-        if name != "local":
-            return f"hosted:{name}@{hosted_endpoint(self.backends.get(name))}:{hosted_model_id(ref)}"
+        if name != "local":  # the backend's name is the spec's label for it: not part of what answers
+            cfg = self.backends.get(name)
+            return f"hosted:{getattr(cfg, 'kind', 'openai')}@{hosted_endpoint(cfg)}:{hosted_model_id(ref)}"
         from backends.embedded import EMBEDDED, resolve
 
         path = Path(resolve(ref))

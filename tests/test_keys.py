@@ -412,3 +412,13 @@ evaluations: [{{kind: preference_logprob}}]
     shared = build(load(spec), root / "out")
     assert len([s for s in shared.stages.values() if s.KIND == "generate"]) == 2
     assert len({s.rows_stage for s in shared.stages.values() if s.KIND == "finetune"}) == 2
+
+
+def test_a_hosted_models_identity_is_its_endpoint_and_model_not_the_backends_name(tmp_path):
+    """Renaming `openai:` to `oai:` in a spec must not re-pay for every hosted stage; another endpoint must."""
+    from runner.identity import Identities
+    from runner.spec import HostedBackend
+
+    ids = Identities(tmp_path, {"openai": HostedBackend(base_url="http://a/v1"), "oai": HostedBackend(base_url="http://a/v1"),
+                                "other": HostedBackend(base_url="http://b/v1")})
+    assert ids.model("openai:gpt-4.1-nano") == ids.model("oai:gpt-4.1-nano") != ids.model("other:gpt-4.1-nano")
