@@ -347,6 +347,12 @@ class TinkerBackend:
         self._check_offered(mid)
         return mid
 
+    def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
+        """Before anything is paid for: the key is accepted and every model is offered (one capabilities
+        request), so a student base the service lacks stops the run before the teacher's paid sampling."""
+        ids = [self.model_id(m) for m in dict.fromkeys(models + finetune_models)]
+        return [f"backend '{self.name}': the key is accepted and the service offers {', '.join(ids)}"]
+
     def _check_offered(self, mid: str) -> None:
         """One capabilities request per model: is it offered for sampling and training?"""
         if mid in self._checked:

@@ -27,8 +27,8 @@ def _largest_request(stage: Stage) -> int:
 
 
 def preflight(plan: Plan, store) -> list[str]:
-    """Notes from every OpenAI-kind backend that a not-yet-finished stage calls; raises a one-line
-    UserError on the first failure."""
+    """Notes from every hosted backend that a not-yet-finished stage calls (OpenAI: key, models, fine-tuning
+    rights, rate limits; Tinker: every model offered); raises a one-line UserError on the first failure."""
     stages = plan.stages
     todo = [s for k, s in stages.items() if not store.done(k)]
     models: dict[str, set[str]] = {}
@@ -49,7 +49,8 @@ def preflight(plan: Plan, store) -> list[str]:
     router = Router(hosted=cfgs)
     notes = []
     for b in sorted(models):
-        if getattr(cfgs[b], "kind", "openai") != "openai" or not cfgs[b].preflight:
+        kind = getattr(cfgs[b], "kind", "openai")
+        if kind == "openai" and not cfgs[b].preflight:
             continue
         notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())), largest.get(b, 0))
     return notes

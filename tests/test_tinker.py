@@ -495,6 +495,17 @@ def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_a_student_base_the_service_lacks_stops_the_run_before_any_sampling(fake, tmp_path):
+    spec = tmp_path / "tk_missing.yaml"
+    spec.write_text(QUICKSTART.replace("  - {name: sft, hyperparameters:", "  - {name: sft, base: tk:Llama-9, hyperparameters:"))
+    fake_tinker.inject("sample", "kill")  # a sample request would end this run with SIGKILL, not exit 2
+    r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], fake)
+    assert r.returncode == 2 and r.stderr.strip().endswith("model Llama-9 is not offered by the service "
+                                                           "(offered: Qwen/Qwen3-8B)"), r.stderr[-2000:]
+    stages = tmp_path / "out" / "stages"
+    assert not stages.exists() or not list(stages.iterdir())  # no stage was started
+
+
 def test_run_without_key_stops_in_one_line_and_reproduce_skips(tmp_path):
     r = _cli(["run", "specs/tinker/quickstart_8b.yaml", "--outputs", str(tmp_path / "out")], {})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "TINKER_API_KEY" in r.stderr
