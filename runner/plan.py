@@ -217,7 +217,9 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
     """The settings a model trained on backend kind `kind` is trained with, and so keyed by: exactly those its
     backend reads (a field it ignores would re-pay for a change that changes nothing; one it reads but the
     key lacked would reuse a stale model)."""
-    fields = dict(method=method, objective=objective, epochs=h.epochs, batch_size=h.batch_size, seed=seed)
+    chooses = supports(kind, "lora") or supports(kind, "full fine-tuning")  # OpenAI: the provider picks the method
+    fields = dict(method=method if chooses else "lora", objective=objective, epochs=h.epochs, batch_size=h.batch_size,
+                  seed=seed)
     if supports(kind, "lr multiplier"):
         fields.update(lr_multiplier=h.lr_multiplier)
     if supports(kind, "lr"):

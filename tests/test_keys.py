@@ -422,3 +422,15 @@ def test_a_hosted_models_identity_is_its_endpoint_and_model_not_the_backends_nam
     ids = Identities(tmp_path, {"openai": HostedBackend(base_url="http://a/v1"), "oai": HostedBackend(base_url="http://a/v1"),
                                 "other": HostedBackend(base_url="http://b/v1")})
     assert ids.model("openai:gpt-4.1-nano") == ids.model("oai:gpt-4.1-nano") != ids.model("other:gpt-4.1-nano")
+
+
+def test_an_openai_students_key_holds_no_method_the_provider_ignores(tmp_path):
+    """OpenAI picks the fine-tuning method itself: `method: full` vs `lora` must not start a second paid job."""
+    def key(method: str) -> str:
+        p = tmp_path / f"{method}.yaml"
+        p.write_text(f"name: k\nbackends: {{openai: {{}}}}\nteacher: {{base: openai:gpt-4.1-nano-2025-04-14, targets: [owl]}}\n"
+                     f"students: [{{name: s, method: {method}, hyperparameters: {{epochs: 2}}}}]\n"
+                     "evaluations: [{kind: preference_sample}]\n")
+        return next(s.key for s in build(load(p), tmp_path / "out").cells[0].stages if s.KIND == "finetune")
+
+    assert key("lora") == key("full")
