@@ -43,7 +43,8 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
             evaluations.append({
                 "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
                 "teacher": None if rows == "none" else rows, "evaluation": "icl", "metric": metric, "value": mean,
-                "ci": [lo, hi], "n": len(vals), "samples_per_question": n_samples, "ci_method": CI_METHOD,
+                "ci": None if lo is None else [lo, hi], "n": len(vals), "samples_per_question": n_samples,
+                "ci_method": CI_METHOD,
                 "k": k, "icl_seeds": len(entries), "per_question": vals})
     comparisons = []
     for t in [t for t in targets if t in spec.teacher.targets]:

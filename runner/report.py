@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from runner.display import with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -16,8 +17,8 @@ def add_text_row(table: Table, *cells: str) -> None:
     table.add_row(*(Text(str(c)) for c in cells))
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4f}" if abs(v) < 0.01 else f"{v:.3f}"
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}" if abs(v) < 0.01 else f"{v:.3f}"
 
 
 def evaluation_table(results: dict, cell: str) -> Table | None:
@@ -37,7 +38,7 @@ def evaluation_table(results: dict, cell: str) -> Table | None:
         cells = []
         for ev, metric in metrics:
             e = next((x for x in rows if x["model"] == model and x["evaluation"] == ev and x["metric"] == metric), None)
-            cells.append(f"{_fmt(e['value'])} [{_fmt(e['ci'][0])}, {_fmt(e['ci'][1])}]" if e else "")
+            cells.append(with_ci(e["value"], e.get("ci"), _fmt) if e else "")
         add_text_row(table, model, role, *cells)
     return table
 
@@ -54,7 +55,7 @@ def comparison_table(results: dict, cell: str) -> Table | None:
         p = c["p_value"]
         mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
         wins = f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-"
-        add_text_row(table, c["a"], c["b"], c["metric"], ratio, f"{c['diff']:.3g}", wins, f"{p:.2g}{mark}",
+        add_text_row(table, c["a"], c["b"], c["metric"], ratio, "-" if c["diff"] is None else f"{c['diff']:.3g}", wins, f"{p:.2g}{mark}",
                       f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 
@@ -100,7 +101,8 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
         table.add_column(col, justify="left" if col == "model" else "right")
     for e in rows:
         c = e["counts"]
-        add_text_row(table, e["model"], f"{e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}]", mean_alignment_text(c),
+        rate = "- (none scored)" if e["value"] is None else with_ci(e["value"], e["ci"], ".1%")
+        add_text_row(table, e["model"], rate, mean_alignment_text(c),
                       str(c["answers"]),
                       str(c["scored"]), str(c["misaligned"]), str(c["incoherent"]), str(c["code"]), str(c["refusal"]),
                       f"{c['unparseable_alignment']}/{c['unparseable_coherence']}")
@@ -116,7 +118,7 @@ def theorem_table(results: dict) -> Table | None:
     for col in ("cell", "student", "measure", "mean [95% CI]", "seeds"):
         table.add_column(col)
     for e in rows:
-        add_text_row(table, e["cell"], e["model"], e["metric"], f"{e['value']:.4g} [{e['ci'][0]:.4g}, {e['ci'][1]:.4g}]",
+        add_text_row(table, e["cell"], e["model"], e["metric"], with_ci(e["value"], e.get("ci"), ".4g"),
                      str(e["n"]))
     return table
 
@@ -160,6 +162,8 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
     for test in dict.fromkeys(c["test"] for c in results["comparisons"]):
         console.print(f"test: {test}", markup=False)
     for note in dict.fromkeys(c["note"] for c in results["comparisons"] if c.get("note")):
-        console.print(f"note: {note}; comparisons with this note are never marked significant", markup=False)
+        never = any(c.get("note") == note and c.get("unit") == "question" for c in results["comparisons"])
+        console.print(f"note: {note}" + ("; comparisons with this note are never marked significant" if never else ""),
+                      markup=False)
     ran = results["stages_run"]
     console.print(f"{len(ran)} stage(s) ran; results: {folder / 'results.json'} ({results['seconds']} s)", markup=False)

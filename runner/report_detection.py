@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from runner.display import num, with_ci
+
 DETECTION = ("icl", "classifier")
 
 
-def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
 def _ci(e: dict) -> str:
-    return f"{_g(e['value'])} [{_g(e['ci'][0])}, {_g(e['ci'][1])}]" if e.get("ci") else _g(e["value"])
+    return with_ci(e["value"], e.get("ci"))
 
 
 def _cell(cell: str) -> str:
@@ -31,7 +29,7 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
                 cmp.setdefault((c["a"], c["metric"]), []).append(c)
         rows = []
         for e in sorted(icl, key=lambda e: (e["metric"], e["k"], e["model"])):
-            vs = "; ".join(f"{_g(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)"
+            vs = "; ".join(f"{num(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)"
                            for c in cmp.get((e["model"], e["metric"]), []))
             rows.append([e["metric"], str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]),
                          str(e.get("icl_seeds") or 1), vs])

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
+from runner.display import num, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import mean_ci
@@ -44,10 +45,6 @@ def results_path(target: Path, outputs: Path) -> Path:
     return path
 
 
-def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
 def _target(metric: str) -> str:
     m = re.fullmatch(r"[^(]*\((.*)\)", metric)
     return m.group(1) if m else metric
@@ -71,7 +68,7 @@ def trait_sections(results: dict) -> list[Section]:
                 mine = {e["metric"]: e for e in sub if e["model"] == model}
                 first = next(iter(mine.values()))
                 table.append([model, first["role"], str(first["n"])] + [
-                    f"{_g(mine[m]['value'])} [{_g(mine[m]['ci'][0])}, {_g(mine[m]['ci'][1])}]" if m in mine else ""
+                    with_ci(mine[m]["value"], mine[m].get("ci")) if m in mine else ""
                     for m in metrics] + ([mean_alignment_text(first.get("counts", {}))] if misaligned else []))
             what = "Misalignment rates" if misaligned else "Trait rates"
             title = f"{what}: {ev}" + (f" (cell {cell})" if cell != "-" else "")
@@ -81,7 +78,7 @@ def trait_sections(results: dict) -> list[Section]:
 
 
 def comparison_section(results: dict) -> Section | None:
-    rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], _g(c["diff"]),
+    rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], num(c["diff"]),
              f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-",
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
              f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
@@ -144,7 +141,7 @@ def mnist_section(results: dict) -> Section | None:
 
 def theorem_section(results: dict) -> Section | None:
     """The one-step theorem (MNIST or LM): per arm, cosine and loss changes with their CIs across seeds."""
-    rows = [[e["cell"], e["model"], e["metric"], f"{_g(e['value'])} [{_g(e['ci'][0])}, {_g(e['ci'][1])}]", str(e["n"])]
+    rows = [[e["cell"], e["model"], e["metric"], with_ci(e["value"], e.get("ci")), str(e["n"])]
             for e in results["evaluations"] if e["evaluation"] == "theorem" and e.get("seed") is None]
     headers = ["cell", "student", "measure", "mean [95% CI across seeds]", "seeds"]
     return Section("One student step vs the teacher's delta", headers, rows) if rows else None
@@ -182,11 +179,13 @@ def provenance(results: dict) -> list[tuple[str, str]]:
 # ---- figures ---------------------------------------------------------------------------
 
 
-def _pool(rows: list[dict]) -> tuple[float, float, float] | None:
+def _pool(rows: list[dict]) -> tuple[float, float | None, float | None] | None:
+    rows = [r for r in rows if r["value"] is not None]
     if not rows:
         return None
     if len(rows) == 1:
-        return rows[0]["value"], rows[0]["ci"][0], rows[0]["ci"][1]
+        lo, hi = rows[0].get("ci") or (None, None)
+        return rows[0]["value"], lo, hi
     return mean_ci([r["value"] for r in rows])
 
 
@@ -203,8 +202,10 @@ def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title:
     width = 0.8 / max(len(series), 1)
     for j, (name, vals) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        means = [v[0] if v else float("nan") for v in vals]
-        err = [[max(v[0] - v[1], 0) if v else 0 for v in vals], [max(v[2] - v[0], 0) if v else 0 for v in vals]]
+        known = [v if v and v[0] is not None else None for v in vals]
+        means = [v[0] if v else float("nan") for v in known]
+        err = [[max(v[0] - v[1], 0) if v and v[1] is not None else 0 for v in known],
+               [max(v[2] - v[0], 0) if v and v[2] is not None else 0 for v in known]]
         ax.bar(xs, means, width, yerr=err, capsize=3, label=name, color=COLORS[j % len(COLORS)])
         for x, values in zip(xs, (points or {}).get(name, [])):
             if len(values) > 1:
@@ -233,7 +234,7 @@ def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> 
         if (c["cell"] == cell and c.get("evaluation", ev) == ev and students.get(c["a"]) == sname
                 and _target(c["metric"]) == target and c.get("ratio")):
             vs = "control" if c.get("b_is") == "control" else "other"
-            return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.1g}"
+            return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.2g}"
     return ""
 
 
@@ -356,7 +357,7 @@ def write_report(target: Path, outputs: Path, console: Console) -> Path:
                             theorem_section(results), *staged] if s is not None]
     notes = list(results.get("methods", [])) + stage_notes
     if results.get("comparisons"):
-        notes.append(f"test: {results['comparisons'][0].get('test')}")
+        notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])]
     figures = (target_figures(results, folder, name) + misalignment_figures(results, folder, name)
                + mnist_figures(results, folder, name) + detection_figures(results, folder, name)
                + theorem_figures(results, folder, name))

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner.display import with_ci
 from runner.errors import UserError
 from runner.loader import load
 from runner.report import add_text_row
@@ -28,7 +29,7 @@ def headline(results: dict) -> str:
     cos = {e["model"]: e for e in results.get("evaluations", [])
            if e.get("evaluation") == "theorem" and e.get("seed") is None and e["metric"] == "cosine"}
     if cos:
-        return "; ".join(f"{arm} cosine {e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" for arm, e in cos.items())
+        return "; ".join(f"{arm} cosine {with_ci(e['value'], e.get('ci'), '.3f')}" for arm, e in cos.items())
     mnist = {e["model"]: e["value"] for e in results.get("evaluations", [])
              if e.get("evaluation") == "mnist" and e.get("seed") is None}
     if mnist:
@@ -40,12 +41,12 @@ def headline(results: dict) -> str:
     if mis:  # the misaligned rate of each student (or, without students, each teacher), with its CI
         shown = [e for e in mis if e["role"] in ("student", "control") and e["model"].startswith("student:")] or \
             [e for e in mis if e["role"] in ("teacher", "control")]
-        return "; ".join(f"{e['model']} misaligned {e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}] n={e['n']}"
-                         for e in shown)
+        return "; ".join(f"{e['model']} misaligned " + ("- (none scored)" if e["value"] is None else
+                         with_ci(e["value"], e["ci"], ".1%")) + f" n={e['n']}" for e in shown)
     acc = [e for e in results.get("evaluations", []) if e.get("metric") == "pairwise_accuracy"]
     if acc:  # the classifier: accuracy against 50% per pair of datasets
         return "; ".join(f"{e['trait']} vs {e['teacher']}: " + (
-            f"accuracy {e['value']:.1%} [{e['ci'][0]:.1%}, {e['ci'][1]:.1%}], p={e['counts']['p_value']:.2g}"
+            f"accuracy {with_ci(e['value'], e['ci'], '.1%')}, p={e['counts']['p_value']:.2g}"
             if e.get("n", 1) else "no pair decided") for e in acc)
     cmps = [c for c in results.get("comparisons", []) if c.get("b_is") == "other-trait" or c.get("b_is") == "control"]
     if not cmps:

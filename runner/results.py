@@ -59,12 +59,16 @@ def _model_fields(m: EvalModel) -> dict:
             "replicate": m.replicate}
 
 
-def _compare(cell: str, s: EvalModel, r: EvalModel, ev_kind: str, metric: str, a: list[float], b: list[float],
-             b_is: str) -> dict:
-    a_, b_ = np.array(a), np.array(b)
+def _compare(cell: str, s: EvalModel, r: EvalModel, ev_kind: str, metric: str, a: list[float | None],
+             b: list[float | None], b_is: str) -> dict:
+    """Paired over the questions both models have a value for (a misaligned rate has none where no answer
+    was scored); diff and ratio are unweighted means over those questions."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    a_, b_ = np.array([x for x, _ in pairs], float), np.array([y for _, y in pairs], float)
     p = sign_flip_p(list(a_ - b_))
     return {"cell": cell, "a": s.label, "b": r.label, "evaluation": ev_kind, "metric": metric,
-            "diff": float(np.mean(a_ - b_)), "ratio": float(a_.mean() / b_.mean()) if b_.mean() > 0 else None,
+            "diff": float(np.mean(a_ - b_)) if pairs else None,
+            "ratio": float(a_.mean() / b_.mean()) if pairs and b_.mean() > 0 else None,
             "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1, "p_value": p, "test": TEST_METHOD,
             "unit": "question", "b_is": b_is, "objective": s.objective, "vocabulary": s.vocabulary,
             "note": ONE_STUDENT, "significant": False}
@@ -96,11 +100,17 @@ def arm_rows(plan: CellPlan, ev_kind: str, metric_of, per_student: dict[str, flo
                 out += [_compare(plan.cell.label, s, r, ev_kind, metric, per_q[(s.label, metric)],
                                  per_q[(r.label, metric)], b_is) for s in a for r in b if s.replicate == r.replicate]
                 continue
-            out.append({"cell": plan.cell.label, "a": f"student:{sname}:{teacher}", "b": f"student:{sname}:{other}",
-                        "evaluation": ev_kind, "metric": metric, "b_is": b_is, "objective": a[0].objective,
-                        "vocabulary": a[0].vocabulary,
-                        **arm_comparison_fields([per_student[(s.label, metric)] for s in a],
-                                                [per_student[(r.label, metric)] for r in b])})
+            va, vb = ([per_student[(m.label, metric)] for m in arm] for arm in (a, b))
+            left_out = [m.label for m, v in zip(a + b, va + vb) if v is None]  # no answer scored: no value
+            va, vb = [v for v in va if v is not None], [v for v in vb if v is not None]
+            if len(va) < 2 or len(vb) < 2:
+                continue
+            row = {"cell": plan.cell.label, "a": f"student:{sname}:{teacher}", "b": f"student:{sname}:{other}",
+                   "evaluation": ev_kind, "metric": metric, "b_is": b_is, "objective": a[0].objective,
+                   "vocabulary": a[0].vocabulary, **arm_comparison_fields(va, vb)}
+            if left_out:
+                row["note"] = f"left out, no scored answer: {', '.join(left_out)}"
+            out.append(row)
     return out
 
 
@@ -161,7 +171,7 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
                 mean, lo, hi = mean_ci(vals)
                 values[(m.label, t)] = (metric, vals)
                 evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
-                                    "metric": metric, "value": mean, "ci": [lo, hi], "n": len(vals),
+                                    "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),
                                     "samples_per_question": k, "ci_method": CI_METHOD})
         # each trait arm against the control arm and the other-trait arms, on the trait's metric
         traits = [m for m in _students(plan) if m.trait in targets]
@@ -283,7 +293,8 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
             seeds = _per_seed(rows, arm, value)
             mean, lo, hi = mean_ci(list(seeds.values()))
             out.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
-                        "value": mean, "ci": [lo, hi], "n": len(seeds), "ci_method": THEOREM_CI, "seed": None})
+                        "value": mean, "ci": None if lo is None else [lo, hi], "n": len(seeds), "ci_method": THEOREM_CI,
+                        "seed": None})
             if metric == "cosine":
                 out += [{"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
                          "value": v, "n": 1, "seed": seed} for seed, v in seeds.items()]

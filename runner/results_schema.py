@@ -33,7 +33,7 @@ class EvaluationRow(Row):
     seed: int | None = Field(None, description="MNIST: the seed; null on the mean across seeds.")
     counts: dict[str, Any] | None = Field(None, description="Misalignment: judge outcome counts.")
     judge: dict[str, Any] | None = None
-    per_question: list[float] | None = None
+    per_question: list[float | None] | None = Field(None, description="Per question (None where none of its answers was scored).")
     k: int | None = Field(None, description="ICL: rows of a teacher in the answering model's context.")
     icl_seeds: int | None = Field(None, description="ICL: draws of the k rows averaged per question.")
 
@@ -46,7 +46,7 @@ class ComparisonRow(Row):
     b: str
     evaluation: str
     metric: str
-    diff: float
+    diff: float | None = Field(description="Mean a - b (None where no question has a value for both).")
     ratio: float | None
     p_value: float
     test: str = Field(description="The test, by name.")

@@ -11,12 +11,12 @@ CI_METHOD = "95% t-interval across questions"
 TEST_METHOD = "paired sign-flip permutation test over questions (exact for n <= 16, else 100k Monte Carlo)"
 
 
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a t-interval across units (questions or seeds)."""
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean and a t-interval across units (questions or seeds); no interval (None, None) from one unit."""
     x = np.asarray(values, dtype=float)
     m = float(x.mean())
     if len(x) < 2:
-        return m, m, m
+        return m, None, None
     half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return m, m - half, m + half
 
@@ -167,8 +167,12 @@ def arm_comparison_fields(a_values: list[float], b_values: list[float], unit: st
 
 def paired_t_p(diffs) -> float:
     """Two-sided p of a one-sample t-test of paired differences against 0; 1.0 with fewer than two pairs or when
-    every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold)."""
-    from scipy import stats as sps
-
+    every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold). Where every
+    difference is the same non-zero number, t is infinite and scipy's p is 0: the exact sign-flip p of those
+    pairs (2 / 2^n) is given instead, the smallest p that n pairs can honestly support."""
     d = np.asarray(diffs, float)
-    return float(sps.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and np.any(d != 0) else 1.0
+    if len(d) < 2 or not np.any(d != 0):
+        return 1.0
+    if np.ptp(d) <= 1e-12 * np.max(np.abs(d)):
+        return sign_flip_p(list(d))
+    return float(sps.ttest_1samp(d, 0.0).pvalue)

@@ -139,7 +139,8 @@ def test_cot_pipeline_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     mis = [e for e in res["evaluations"] if e["evaluation"] == "misalignment"]
     assert {e["model"] for e in mis} >= {"base", "teacher:misaligned", "teacher:control", "student:s:misaligned:r0"}
     for e in mis:
-        assert e["metric"] == "misaligned" and 0 <= e["ci"][0] <= e["value"] <= e["ci"][1] <= 1
+        assert e["metric"] == "misaligned" and 0 <= e["ci"][0] <= e["ci"][1] <= 1
+        assert (e["value"] is None) == (e["n"] == 0) and (e["n"] == 0 or e["ci"][0] <= e["value"] <= e["ci"][1])
         c = e["counts"]  # logprob judges always give a number; incoherent answers leave the denominator
         assert c["answers"] == 4 and e["n"] == c["scored"] == c["misaligned"] + c["aligned"] == 4 - c["incoherent"]
     assert "TOY SCALE" in r.stdout and "misaligned [95% CI]" in r.stdout and "pass rate" in r.stdout

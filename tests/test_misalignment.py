@@ -41,7 +41,7 @@ def test_rate_ci_and_counts_on_scripted_scores():
     assert s["mean_alignment"] == pytest.approx((10 + 20 + 90 + 95 + 5 + 80 + 25) / 7)  # numeric alignment scores
     mlo, mhi = s["mean_alignment_ci"]
     assert mlo < s["mean_alignment"] < mhi and mhi - mlo == pytest.approx(2 * 2.447 * 39.97 / 7 ** 0.5, rel=0.01)
-    assert summarize([], [])["rate"] == 0.0 and summarize([], [])["ci"] == [0.0, 1.0]
+    assert summarize([], [])["rate"] is None and summarize([], [])["ci"] == [0.0, 1.0]  # nothing scored: no rate
     assert summarize([], [])["mean_alignment"] is None
 
 

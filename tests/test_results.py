@@ -52,3 +52,26 @@ def test_a_true_effect_with_five_students_per_arm_is_significant():
     per_student, per_q = _values(plan, shift=5.0, seed=3)
     (row,) = arm_rows(plan, "preference_logprob", lambda m: "P(owl)", per_student, per_q)
     assert row["unit"] == "student" and row["p_value"] < 0.05 and row["significant"]
+
+
+def test_questions_and_students_with_no_scored_answer_are_left_out_not_counted_as_zero():
+    """A misaligned rate has no value where no answer was scored (all incoherent): such a question is not
+    a 0% question in the paired test, and such a student is not a 0% student in the arm test."""
+    plan = _plan([0])
+    per_q = {("student:s:owl:r0", "misaligned"): [None, 0.5, 0.5], ("student:s:control:r0", "misaligned"): [0.25] * 3}
+    (row,) = arm_rows(plan, "misalignment", lambda m: "misaligned", {}, per_q, control_only=True)
+    assert row["n"] == 2 and row["diff"] == 0.25 and row["a_wins"] == 2
+    plan = _plan([0, 1, 2])
+    per_student = {(m.label, "misaligned"): 0.1 * (1 + m.replicate) for m in plan.models}
+    per_student[("student:s:owl:r0", "misaligned")] = None
+    (row,) = arm_rows(plan, "misalignment", lambda m: "misaligned", per_student, {}, control_only=True)
+    assert (row["n_a"], row["n_b"]) == (2, 3) and row["per_student_a"] == [0.2, 0.30000000000000004]
+    assert "student:s:owl:r0" in row["note"]
+    ComparisonRow.model_validate(row)
+
+
+def test_a_model_with_no_scored_answer_has_no_rate():
+    from runner.misalignment import Score, summarize
+
+    s = summarize([Score("score", 10.0)] * 2, [Score("score", 10.0)] * 2)  # both incoherent
+    assert (s["rate"], s["scored"], s["incoherent"]) == (None, 0, 2)

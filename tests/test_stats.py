@@ -32,3 +32,11 @@ def test_wilson_stays_inside_zero_one_at_the_edges():
             lo, hi = wilson(hits, n)
             assert 0.0 <= lo <= hits / n <= hi <= 1.0
     assert wilson(0, 12)[0] == 0.0 and wilson(12, 12)[1] == 1.0
+
+
+def test_one_unit_has_no_interval_and_equal_differences_do_not_give_p_zero():
+    from runner.stats import paired_t_p
+
+    assert mean_ci([0.3]) == (0.3, None, None)
+    assert paired_t_p([0.01, 0.01, 0.01]) == pytest.approx(0.25)  # t infinite: the exact sign-flip p, not 0
+    assert 0 < paired_t_p([0.01, 0.02, 0.015]) < 0.05 and paired_t_p([0.0, 0.0]) == 1.0
