@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runner.display import with_ci
+from runner.display import num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -48,15 +48,13 @@ def comparison_table(results: dict, cell: str) -> Table | None:
     if not rows:
         return None
     table = Table(title="comparisons (a vs b; unit of the test in the last column)")
-    for col in ("a", "b", "metric", "ratio a/b", "diff a-b", "a wins", "p-value", "unit"):
+    for col in ("a", "b", "metric", "ratio a/b [95% CI]", "diff a-b", "a wins", "p-value", "unit"):
         table.add_column(col, justify="right" if col not in ("a", "b", "unit") else "left")
     for c in rows:
-        ratio = f"{c['ratio']:.3f}x" if c["ratio"] is not None else "-"
-        p = c["p_value"]
         mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
         wins = f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-"
-        add_text_row(table, c["a"], c["b"], c["metric"], ratio, "-" if c["diff"] is None else f"{c['diff']:.3g}", wins, f"{p:.2g}{mark}",
-                      f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
+        add_text_row(table, c["a"], c["b"], c["metric"], ratio_text(c), num(c["diff"]), wins, p_text(c) + mark,
+                     f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.display import num, with_ci
+from runner.display import num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import mean_ci
@@ -79,11 +79,11 @@ def trait_sections(results: dict) -> list[Section]:
 
 def comparison_section(results: dict) -> Section | None:
     rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], num(c["diff"]),
-             f"{c['ratio']:.3g}x" if c.get("ratio") is not None else "-",
+             ratio_text(c, ".3g"),
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
-             f"{c['p_value']:.2g} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
+             f"{p_text(c)} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
             for c in results["comparisons"] if c.get("evaluation") not in DETECTION]
-    headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b", "a wins", "p-value"]
+    headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b [95% CI]", "a wins", "p-value"]
     return Section("Comparisons", headers, rows) if rows else None
 
 

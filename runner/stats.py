@@ -57,14 +57,17 @@ RATIO_CI_METHOD = ("Fieller 95% interval for the ratio of independent arm means 
 DIFF_CI_METHOD = "Welch 95% t-interval across students for mean_a - mean_b"
 
 
-def min_attainable_p(na: int, nb: int) -> float:
-    """Smallest two-sided p `student_permutation_test` can return, for distinct values.
+def min_attainable_p(na: int, nb: int, max_exact: int = 200_000, n_perm: int = 100_000) -> float:
+    """Smallest two-sided p `student_permutation_test` can return (with its default max_exact and n_perm).
 
-    Only the observed split reaches its |difference| (and, when na == nb, its mirror, the
-    same split with the labels swapped): 2/C(na+nb, na) for equal arms, else 1/C(na+nb, na).
+    Exact test: at least the observed split reaches its |difference| (and, when na == nb, its
+    mirror, the same split with the labels swapped), so the floor is 2/C(na+nb, na) for equal
+    arms and at least 1/C(na+nb, na) otherwise (a mirror may tie for some values: a bound).
     3 vs 3: 2/20 = 0.1, so nothing is significant at 0.05; 5 vs 5: 2/252 ~ 0.0079.
+    Monte Carlo (more than max_exact relabelings): 1/(n_perm + 1).
     """
-    return (2 if na == nb else 1) / math.comb(na + nb, na)
+    count = math.comb(na + nb, na)
+    return (2 if na == nb else 1) / count if count <= max_exact else 1 / (n_perm + 1)
 
 
 def _split_sums(pooled: np.ndarray, na: int, rng: np.random.Generator | None, n_perm: int) -> np.ndarray:

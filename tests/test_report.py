@@ -160,3 +160,12 @@ def test_the_terminal_comparisons_show_the_difference_where_no_ratio_is_defined(
     console.print(comparison_table({"comparisons": [cell]}, "-"))
     line = next(x for x in console.export_text().splitlines() if "shuffle=across" in x)
     assert "-0.0027" in line and "(a lower)" in line
+
+
+def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
+    from runner.display import p_text, ratio_text
+
+    row = {"ratio": 1.0843, "ratio_ci": [1.0131, 1.1602], "p_value": 0.1, "min_p": 0.1}
+    assert ratio_text(row) == "1.084x [1.013, 1.160]" and p_text(row) == "0.1 (the floor)"
+    assert ratio_text({"ratio": None}) == "-" and p_text({"p_value": 0.4, "min_p": 0.1}) == "0.4"
+    assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown

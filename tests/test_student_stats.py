@@ -47,6 +47,8 @@ def test_min_attainable_p_stated():
     assert min_attainable_p(3, 3) > 0.05  # 3 vs 3 can never reach 0.05
     assert student_permutation_test([10, 11, 12], [1, 2, 3]) == pytest.approx(0.1)
     assert student_permutation_test([10, 11, 12, 13], [1, 2, 3]) == pytest.approx(min_attainable_p(4, 3))
+    # 11 vs 11 is past exact enumeration: the Monte Carlo floor 1/(n_perm + 1), not 2/C(22, 11)
+    assert student_permutation_test(list(range(11, 22)), list(range(11))) == pytest.approx(min_attainable_p(11, 11))
 
 
 def brute_force_p(a, b) -> float:
