@@ -96,6 +96,8 @@ def arm_rows(plan: CellPlan, ev_kind: str, metric_of, per_student: dict[str, flo
                 continue
             b_is = "control" if b[0].role == "control" else "other-trait"
             metric = metric_of(a[0])
+            if metric is None:  # the evaluation does not measure this arm's trait (its `targets` leave it out)
+                continue
             if len(a) == 1 or len(b) == 1:  # paired over questions, replicate by replicate
                 out += [_compare(plan.cell.label, s, r, ev_kind, metric, per_q[(s.label, metric)],
                                  per_q[(r.label, metric)], b_is) for s in a for r in b if s.replicate == r.replicate]

@@ -75,3 +75,14 @@ def test_a_model_with_no_scored_answer_has_no_rate():
 
     s = summarize([Score("score", 10.0)] * 2, [Score("score", 10.0)] * 2)  # both incoherent
     assert (s["rate"], s["scored"], s["incoherent"]) == (None, 0, 2)
+
+
+def test_an_arm_whose_trait_the_evaluation_does_not_measure_is_not_compared():
+    plan = _plan([0, 1, 2])
+    for m in plan.models:  # a second trait arm, eagle, which the evaluation's targets leave out
+        if m.trait == "owl":
+            plan.models.append(EvalModel(m.label.replace("owl", "eagle"), "student", "eagle", m.model, "s", "eagle",
+                                         m.replicate))
+    per_student, per_q = _values(plan, shift=0.0)
+    rows = arm_rows(plan, "preference_logprob", lambda m: "P(owl)" if m.trait == "owl" else None, per_student, per_q)
+    assert {(r["a"], r["b"]) for r in rows} == {("student:s:owl", "student:s:control"), ("student:s:owl", "student:s:eagle")}
