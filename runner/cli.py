@@ -34,10 +34,9 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
     except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+        if isinstance(e, _usage_errors()):
+            err.print(f"error: {e.format_message()} (see subl --help, or subl COMMAND --help)", markup=False,
+                      soft_wrap=True)
             sys.exit(2)
         if os.environ.get("SUBL_DEBUG"):
             raise
@@ -45,6 +44,20 @@ def main() -> None:
 
         err.print(redact(f"internal error: {type(e).__name__}: {e} (set SUBL_DEBUG=1 for a traceback)"), markup=False)
         sys.exit(1)
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """click's usage-error class, from click and from the copy newer typer versions bundle."""
+    import click
+
+    classes = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+
+        classes.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(classes)
 
 
 @app.command()

@@ -123,3 +123,13 @@ def test_data_paths_are_read_from_the_spec_files_folder(write, tmp_path, monkeyp
     assert _err(bad) == f"{bad}:5:32: evaluations.0.questions: file not found: {tmp_path / 'specs/data/nope.txt'}"
     built_in = write("specs/b.yaml", GOOD + "evaluations: [{kind: preference_logprob, questions: animals}]\n")
     assert load(built_in)[0].spec.evaluations[0].questions == "animals"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["validate"], "Missing argument 'files'"), (["diff", "a.yaml"], "Missing argument 'b'"),
+    (["schema", "--bogus"], "No such option: --bogus"), (["nosuch"], "No such command 'nosuch'"),
+])
+def test_a_cli_usage_error_is_one_line_exit_2(args, says):
+    r = subprocess.run([sys.executable, "-m", "runner.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
+    assert "internal error" not in r.stderr
