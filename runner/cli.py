@@ -33,6 +33,12 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except UnicodeDecodeError as e:  # a data file read where no reader names it
+        err.print(f"error: a file it read is not UTF-8 text ({e.reason} at byte {e.start}); data files, questions "
+                  "and rows must be UTF-8 (SUBL_DEBUG=1 shows which)", markup=False)
+        if os.environ.get("SUBL_DEBUG"):
+            raise
+        sys.exit(2)
     except Exception as e:  # click usage errors and the like
         if isinstance(e, _usage_errors()):
             err.print(f"error: {e.format_message()} (see subl --help, or subl COMMAND --help)", markup=False,
@@ -155,16 +161,32 @@ def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
         raise UserError(f"{src}: file not found")
     from runner.store import json_lines
 
-    rows = [row for _, row in json_lines(src)]
+    rows = []
+    for n, row in json_lines(src):
+        if not _is_row(row):
+            raise UserError(f"{src}:{n}: a row is a JSON object with prompt and completion texts, or messages "
+                            "(a list of {role, content})")
+        rows.append(row)
     try:
         kept, counts = apply_chain(rows, chain)
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    except OSError as e:
+        raise UserError(f"{dst}: cannot write it ({e.strerror})") from None
     for c in counts:
         out.print(f"{c.link:16s} kept {c.kept:7d}  dropped {c.dropped:7d}  pass {c.pass_rate:6.1%}", markup=False)
     out.print(f"{'total':16s} kept {len(kept):7d} of {len(rows)} -> {dst}", markup=False)
+
+
+def _is_row(row) -> bool:
+    if not isinstance(row, dict):
+        return False
+    if isinstance(row.get("messages"), list):
+        return all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in row["messages"])
+    return isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
 
 
 @app.command()

@@ -134,7 +134,11 @@ def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
     one-line UserError naming file:line:col."""
     from runner.errors import UserError
 
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 yield n, json.loads(line)

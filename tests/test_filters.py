@@ -76,3 +76,18 @@ def test_target_in_banned_words_is_the_teachers_own():
     assert _own_words(spec, link, "owl").words == ["owl", "code"]
     assert _own_words(spec, link, "control").words == ["owl", "wolf", "code"]
     assert _own_words(spec, BannedWordsFilter(words=["cat"]), "owl").words == ["cat"]
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'{"prompt": "p", "completion": "1, 2"}\n[1, 2]\n', "rows.jsonl:2: a row is a JSON object"),
+    (b'{"messages": "hi"}\n', "rows.jsonl:1: a row is a JSON object"),
+    (b'{"prompt": "p", "completion": "\xff 1"}\n', "rows.jsonl: not UTF-8 text"),
+])
+def test_subl_filter_refuses_bad_rows_in_one_line(tmp_path, content, says):
+    import subprocess
+    import sys
+
+    (tmp_path / "rows.jsonl").write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "filter", "specs/quickstart.yaml", str(tmp_path / "rows.jsonl"),
+                        str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
