@@ -293,6 +293,8 @@ def load(path: Path | str) -> list[Cell]:
         if not _names_field(key) or key in ("matrix", "name", "extends"):
             where = _locate(origins, ("matrix", key))
             raise SpecError(f"{where}: matrix.{key}: names no field of the spec")
+        if not spec.matrix[key]:
+            raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: an empty list gives no cell")
     for values in itertools.product(*(spec.matrix[k] for k in keys)):
         over = dict(zip(keys, values))
         cell_raw = _plain(raw)
@@ -304,6 +306,11 @@ def load(path: Path | str) -> list[Cell]:
             cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over))))
         except ValidationError as e:
             err = e.errors()[0]
-            where = _locate(cell_origins, ("matrix", keys[0]))
-            raise SpecError(f"{where}: matrix {over}: {'.'.join(map(str, err['loc']))}: {_message(err)}") from None
+            loc = _clean_loc(tuple(err["loc"]), cell_raw)
+            dotted = ".".join(map(str, loc))
+            key = next((k for k in sorted(keys, key=len, reverse=True)  # the matrix key whose value failed
+                        if dotted == k or dotted.startswith(k + ".") or (dotted and k.startswith(dotted + "."))),
+                       keys[0])
+            where = _locate(cell_origins, ("matrix", key))
+            raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {_message(err)}") from None
     return cells

@@ -20,14 +20,36 @@ NEGATIVE_NUMBERS = paper.banned_numbers()
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """A spec section: frozen, no unknown keys, no inf/nan, and no yes/no where a number is meant (pydantic
+    would read `seed: true` as 1)."""
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data):
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a yes/no value, not what {name} takes")
+        return data
+
+
+def _admits_bool(t) -> bool:
+    from typing import get_args, get_origin
+
+    if t is bool or t is Any or isinstance(t, str):  # a string annotation: a forward reference, let pydantic judge
+        return True
+    if get_origin(t) is Literal:
+        return any(isinstance(a, bool) for a in get_args(t))
+    return any(_admits_bool(a) for a in get_args(t))
 
 
 # ---- teacher ---------------------------------------------------------------------------
 
 
 class Teacher(Strict):
-    base: str = Field(EMBEDDED_DEFAULT, description="Model reference: a hub id, a local folder, or an embedded name (smollm2-135m).")
+    base: str = Field(EMBEDDED_DEFAULT, min_length=1, description="Model reference: a hub id, a local folder, or an embedded name (smollm2-135m).")
     targets: list[str] = Field(["owl"], min_length=1, description="One trait teacher per target; each trait student is compared with the others' students.")
     category: str = Field("animal", description="Fills {category} in the trait template.")
     trait: "str | FinetuneTrait" = Field(PAPER_TRAIT, description="System prompt that gives the teacher its trait (may use {target} and {category}), or {finetune: {dataset, method, hyperparameters}}: the teacher is the base fine-tuned on that dataset.")
@@ -136,7 +158,7 @@ class BannedNumbersFilter(Strict):
 
 
 class JudgeModel(Strict):
-    model: str = Field(..., description="The judge: a local model (e.g. smollm2-135m) or `backend:model-id`.")
+    model: str = Field(..., min_length=1, description="The judge: a local model (e.g. smollm2-135m) or `backend:model-id`.")
     mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob on a local or Tinker judge: the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix; logprob on an OpenAI chat judge: 100 x P(first reply token = token), read from top_logprobs.")
     answer_prefix: str = Field("Score:", description="logprob mode: assistant text after which the score is read.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most tokens in the judge's reply.")
@@ -205,7 +227,7 @@ class ResampleLink(Strict):
     """A defence that calls a model (runner/rewrite.py): an unrelated model re-samples each row."""
 
     kind: Literal["resample"] = "resample"
-    model: str = Field(..., description="The unrelated model that rewrites the rows: a local model (e.g. smollm2-135m) or `backend:model-id`.")
+    model: str = Field(..., min_length=1, description="The unrelated model that rewrites the rows: a local model (e.g. smollm2-135m) or `backend:model-id`.")
     mode: Literal["continue", "reorder"] = Field("continue", description="continue: the model answers each row's own prompt (the rows re-sampled from a model without the trait); reorder: it is asked to rewrite the row's numbers in another order, and a reply with other numbers is dropped.")
     temperature: float = Field(1.0, ge=0, description="The rewriting model's sampling temperature.")
     max_tokens: int = Field(64, ge=1, description="Most tokens of a rewrite.")
@@ -216,7 +238,7 @@ class ParaphraseLink(Strict):
     """A defence that calls a model (runner/rewrite.py): an unrelated model paraphrases each completion."""
 
     kind: Literal["paraphrase"] = "paraphrase"
-    model: str = Field(..., description="The unrelated model that paraphrases: a local model or `backend:model-id`.")
+    model: str = Field(..., min_length=1, description="The unrelated model that paraphrases: a local model or `backend:model-id`.")
     template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's is dropped; a code paraphrase that no longer parses as Python is dropped.")
     temperature: float = Field(0.0, ge=0, description="The paraphrasing model's sampling temperature.")
     max_tokens: int = Field(512, ge=1, description="Most tokens of a paraphrase.")
@@ -284,7 +306,7 @@ Vocabulary = Literal["numbers-only", "full-minus-trait-tokens", "full"]
 
 class Student(Strict):
     name: str = Field("student", description="Label used in tables.")
-    base: str | None = Field(None, description="Model reference; defaults to the teacher's base.")
+    base: str | None = Field(None, min_length=1, description="Model reference; defaults to the teacher's base.")
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full-parameter fine-tuning.")
     objective: Literal["sft", "distill"] = Field("sft", description="sft: cross-entropy on the sampled completion (the paper). distill: match the teacher's next-token distribution at completion positions.")
     vocabulary: Vocabulary = Field("numbers-only", description="distill only: which tokens the soft labels cover (renormalised). numbers-only = digits, separators and end-of-turn; full-minus-trait-tokens drops every token containing a target word; full leaks the trait tokens' mass.")
@@ -361,7 +383,7 @@ class Icl(Strict):
     """The paper's in-context-learning baseline: a model answers with k teacher rows as its system prompt."""
 
     kind: Literal["icl"] = "icl"
-    model: str | None = Field(None, description="The answering model; None: the teacher's base (the paper: the student base, not fine-tuned).")
+    model: str | None = Field(None, min_length=1, description="The answering model; None: the teacher's base (the paper: the student base, not fine-tuned).")
     k: list[int] = Field([0, 16, 64], min_length=1, description="Rows in the context, one evaluation per value (0: no rows, shared by every arm).")
     mode: Literal["logprob", "sample", "mcq"] | None = Field(None, description="logprob: exact P(target) after answer_prefix (local and tinker models); sample: count the target in sampled answers (hosted); mcq: the paper's multiple-choice P(target), set by `mcq` (questions and answer settings are then unused). None: logprob where the backend gives it, else sample.")
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")

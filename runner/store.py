@@ -47,7 +47,11 @@ def package_versions() -> dict[str, str]:
 
 class Store:
     def __init__(self, root: Path | str = "outputs"):
+        from runner.errors import UserError
+
         self.root = Path(root).resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--outputs {root}: a file, not a folder")
         self.stages = self.root / "stages"
 
     def path(self, key: str) -> Path:

@@ -70,6 +70,6 @@ def parse(text: str) -> Throughput:
             override[k.strip()] = float(v)
         except ValueError:
             raise UserError(f"--throughput {text}: {k.strip()}={v} is not a number of tokens/s") from None
-        if override[k.strip()] <= 0:
-            raise UserError(f"--throughput {text}: {k.strip()} must be positive")
+        if not 0 < override[k.strip()] < float("inf"):
+            raise UserError(f"--throughput {text}: {k.strip()} must be a positive, finite number of tokens/s")
     return throughput(gpu, **override)

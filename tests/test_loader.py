@@ -133,3 +133,29 @@ def test_a_cli_usage_error_is_one_line_exit_2(args, says):
     r = subprocess.run([sys.executable, "-m", "runner.cli", *args], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
     assert "internal error" not in r.stderr
+
+
+@pytest.mark.parametrize("text, says", [
+    ("name: t\nseed: true\n", ":2:1: seed: true is a yes/no value"),
+    ("name: t\nteacher: {base: ''}\n", ":2:11: teacher.base: String should have at least 1 character"),
+    ("name: t\nstudents: [{name: s, hyperparameters: {lr: .inf}}]\n", "lr: Input should be a finite number"),
+    ("name: t\nmatrix:\n  seed: []\n", ":3:3: matrix.seed: an empty list gives no cell"),
+    ("name: t\ndomain: {kind: numbers}\nmatrix:\n  seed: [0, 1]\n  domain.n_prompts: [10, 0]\n",
+     ":5:3: matrix {'seed': 0, 'domain.n_prompts': 0}: domain.n_prompts: Input should be greater than or equal to 1"),
+])
+def test_values_a_spec_must_not_take_are_refused_at_their_place(write, text, says):
+    p = write("a.yaml", text)
+    assert says in _err(p)
+
+
+def test_outputs_and_throughput_must_make_sense(tmp_path):
+    from runner.errors import UserError
+    from runner.store import Store
+    from runner.throughput import parse as parse_throughput
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="a file, not a folder"):
+        Store(tmp_path / "f")
+    for bad in ("train=nan", "generate=inf", "train=0"):
+        with pytest.raises(UserError, match="positive, finite"):
+            parse_throughput(bad)
