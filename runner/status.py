@@ -35,8 +35,13 @@ def cell_prefix(stage: dict) -> str:
 
 def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dict], str | None]:
     """A run's stages: as recorded in its results, else planned from its spec file as it is now."""
-    if info.get("stages"):
-        return info["stages"], None
+    stages = info.get("stages")
+    if stages:
+        if isinstance(stages, list) and all(isinstance(x, dict) and isinstance(x.get("key"), str) for x in stages):
+            return stages, None
+        return [], "stages unknown: the run file's stages are not a list of {key, label}"
+    if not isinstance(info.get("spec"), str):
+        return [], "stages unknown: the run file is unreadable or names no spec"
     from runner.loader import load
     from runner.plan import build, plan_stages
 
@@ -71,17 +76,35 @@ def hosted_jobs(folder: Path) -> list[dict]:
     """Hosted fine-tuning jobs and batches a backend recorded in the folder, oldest first: {id, state, error}."""
     out = []
     for name in ("hosted_job.json", "hosted_batches.json"):
-        try:
-            data = json.loads((folder / name).read_text()) if (folder / name).is_file() else {}
-        except json.JSONDecodeError:
+        data = _json_file(folder / name, {})
+        if not isinstance(data, dict):
             data = {"job_id": f"? ({name} unreadable)"}
         if name == "hosted_batches.json":
             out += [{"id": b.get("batch_id", "?"), "kind": "batch", "state": b.get("status", "created"), "error": None}
                     for b in data.values() if isinstance(b, dict)]
             continue
-        for j in data.get("previous_jobs", []) + ([data] if data.get("job_id") else []):
-            out.append({"id": j["job_id"], "kind": "job", "state": j.get("status", "?"), "error": j.get("error")})
+        previous = data.get("previous_jobs") if isinstance(data.get("previous_jobs"), list) else []
+        for j in [j for j in previous if isinstance(j, dict)] + ([data] if data.get("job_id") else []):
+            out.append({"id": j.get("job_id", "?"), "kind": "job", "state": j.get("status", "?"), "error": j.get("error")})
     return out
+
+
+def _json_file(path: Path, default):
+    """A JSON file subl wrote, or None where it is damaged (not JSON, not UTF-8); `default` where absent."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _line_count(path: Path) -> int | str:
+    """Complete rows of a JSONL file a stage is writing (a torn last line is not one); '?' where unreadable."""
+    try:
+        return len(read_jsonl(path))
+    except (UnicodeDecodeError, ValueError):
+        return "?"
 
 
 def inspect(store: Store, key: str, total: int | None = None) -> dict:
@@ -90,7 +113,9 @@ def inspect(store: Store, key: str, total: int | None = None) -> dict:
 
     done, part = store.path(key), store.partial(key)
     if (done / "manifest.json").is_file():
-        m = json.loads((done / "manifest.json").read_text())
+        m = _json_file(done / "manifest.json", None)
+        if not isinstance(m, dict) or not isinstance(m.get("seconds", 0), (int, float)):
+            return {"state": "damaged", "label": None, "size": size_of(done), "detail": "manifest.json unreadable"}
         rows = ", ".join(f"{k} {v}" for k, v in (m.get("rows") or {}).items())
         jobs = [f"{j['kind']} {j['id']}: {j['state']}" for j in hosted_jobs(done)]
         node = f", node {m['node']}" if m.get("node") else ""  # a Ray node's address
@@ -109,12 +134,12 @@ def inspect(store: Store, key: str, total: int | None = None) -> dict:
 def _partial(folder: Path, total: int | None) -> dict:
     bits, state = [], "partial"
     if (folder / "rows.jsonl").is_file():
-        bits.append(f"rows {len(read_jsonl(folder / 'rows.jsonl'))}" + (f"/{total}" if total else ""))
+        bits.append(f"rows {_line_count(folder / 'rows.jsonl')}" + (f"/{total}" if total else ""))
     checkpoints = sorted(folder.rglob("checkpoint-*"), key=lambda p: int("0" + re.sub(r"\D", "", p.name)))
     if checkpoints:
         bits.append(f"at {checkpoints[-1].name}")
     if (folder / "hosted_requests.jsonl").is_file():
-        bits.append(f"{len(read_jsonl(folder / 'hosted_requests.jsonl'))} hosted requests answered")
+        bits.append(f"{_line_count(folder / 'hosted_requests.jsonl')} hosted requests answered")
     jobs = hosted_jobs(folder)
     bits += [f"{j['kind']} {j['id']}: {j['state']}" for j in jobs]
     last = [j for j in jobs if j["kind"] == "job"][-1:]
@@ -124,7 +149,7 @@ def _partial(folder: Path, total: int | None) -> dict:
     for name in ("error.txt", "error.json"):  # written by a stage that failed, if it says why
         if (folder / name).is_file():
             state = "failed"
-            why = (folder / name).read_text().strip().splitlines() or ["no message"]
+            why = (folder / name).read_text(errors="replace").strip().splitlines() or ["no message"]
             bits.append(f"error: {why[-1]}")
     files = [f for f in folder.rglob("*") if f.is_file()]
     if files:
@@ -155,10 +180,8 @@ def _runs(root: Path) -> list[tuple[Path, dict]]:
         path = folder / "results.json"
         path = path if path.is_file() else folder / "run.json"  # run.json: a run in progress, if recorded
         if path.is_file():
-            try:
-                out.append((path, json.loads(path.read_text())))
-            except json.JSONDecodeError:
-                out.append((path, {"spec": None, "unreadable": True}))
+            info = _json_file(path, None)
+            out.append((path, info if isinstance(info, dict) else {"spec": None, "unreadable": True}))
     return out
 
 

@@ -59,3 +59,23 @@ def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path
         status_lines(spec)
     with pytest.raises(UserError, match="no such outputs folder"):
         status_lines(tmp_path / "absent")
+
+
+def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
+    root = tmp_path / "outputs"
+    runs = {"notjson": b"{\"spec\": ", "alist": b"[1, 2]", "badstages": b'{"stages": [{"label": "a"}]}',
+            "latin1": b'{"spec": "\xff"}'}
+    for name, content in runs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "results.json").write_bytes(content)
+    stage = root / "stages" / "generate-abc"
+    stage.mkdir(parents=True)
+    (stage / "manifest.json").write_bytes(b'{"seconds": "slow"}')
+    partial = root / "stages" / ".score-def.partial"
+    partial.mkdir()
+    (partial / "hosted_job.json").write_bytes(b"[1, 2]")
+    (partial / "error.txt").write_bytes(b"\xff\n")
+    text = "\n".join(status_lines(root))
+    assert text.count("the run file is unreadable or names no spec") == 3
+    assert "stages are not a list of {key, label}" in text and "manifest.json unreadable" in text
+    assert "hosted_job.json unreadable" in text and "1 damaged, 1 failed" in text
