@@ -526,17 +526,29 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _checks(self) -> "Spec":
         names = [s.name for s in self.students]
-        if len(set(names)) != len(names):
-            raise ValueError("student names must be unique")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"students.{i}.name: '{name}' is the name of an earlier student; names must be unique")
         return self
 
     @model_validator(mode="after")
     def _hosted_refs(self) -> "Spec":
-        for ref in self.model_refs():
+        for where, ref in self._placed_refs():
             prefix = backend_name(ref)
             if prefix != "local" and prefix not in self.backends:
-                raise ValueError(f"model '{ref}' names backend '{prefix}', which is not declared under backends")
+                raise ValueError(f"{where}: model '{ref}' names backend '{prefix}', which is not declared under backends")
         return self
+
+    def _placed_refs(self) -> list[tuple[str, str]]:
+        """(field path, model reference) for the references whose place is plain, then every other one."""
+        placed = [("teacher.base", self.teacher.base)] + [(f"students.{i}.base", s.base)
+                                                          for i, s in enumerate(self.students) if s.base]
+        placed += [(f"filters.{i}.{'judge.model' if f.kind == 'judge' else 'model'}",
+                    f.judge.model if f.kind == "judge" else f.model)
+                   for i, f in enumerate(self.filters) if f.kind == "judge" or f.kind in REWRITES]
+        placed += [(f"evaluations.{i}.judge.model", e.judge.model) for i, e in enumerate(self.evaluations)
+                   if e.kind == "misalignment"]
+        return placed + [("spec", r) for r in self.model_refs()]
 
     @model_validator(mode="after")
     def _hosted_limits(self) -> "Spec":

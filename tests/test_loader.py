@@ -159,3 +159,10 @@ def test_outputs_and_throughput_must_make_sense(tmp_path):
     for bad in ("train=nan", "generate=inf", "train=0"):
         with pytest.raises(UserError, match="positive, finite"):
             parse_throughput(bad)
+
+
+def test_cross_field_errors_point_at_the_field(write):
+    p = write("a.yaml", "name: t\nstudents:\n  - {name: a}\n  - {name: b, base: zz:m}\n")
+    assert ":4:15: students.1.base: model 'zz:m' names backend 'zz'" in _err(p)
+    p = write("b.yaml", "name: t\nstudents: [{name: a}, {name: a}]\n")
+    assert ":2:24: students.1.name: 'a' is the name of an earlier student" in _err(p)
