@@ -206,6 +206,7 @@ def _names_field(dotted: str) -> bool:
 # (key path, kind): "file" must exist; "file-or-name" is a file unless it is a built-in name (no
 # such file beside the spec); "file-or-hub" is a hub id unless a file of that name exists or it
 # ends with .jsonl; "dataset" may hold {target}. "*" matches any list index or mapping key.
+FOLDERS_ALLOWED = ("mnist", "theorem")  # MNIST data may be an IDX folder
 PATH_FIELDS = [
     (("domain", "questions"), "file-or-hub"),
     (("domain", "prompts"), "file"),
@@ -249,11 +250,24 @@ def resolve_paths(raw: dict, origins: dict, overrides: dict | None = None) -> di
         for loc in _matches(raw, pattern):
             where = _origin_of(origins, loc, overrides)
             value, must_exist = _resolve_one(raw_get(raw, loc), kind, Path(where[0]).resolve().parent)
-            if must_exist and not Path(value).exists():
-                dotted = ".".join(map(str, loc))
-                raise SpecError("%s:%d:%d: " % where + f"{dotted}: file not found: {value}")
+            dotted, place = ".".join(map(str, loc)), "%s:%d:%d: " % where
+            for path in [value] if must_exist else _per_target(raw, loc, value, kind):
+                if not Path(path).exists():
+                    raise SpecError(place + f"{dotted}: file not found: {path}")
+                if Path(path).is_dir() and loc[0] not in FOLDERS_ALLOWED:
+                    raise SpecError(place + f"{dotted}: {path} is a folder, not a file")
             raw = _set_path(raw, loc, value)
     return raw
+
+
+def _per_target(raw: dict, loc: tuple, value: str, kind: str) -> list[str]:
+    """A `{target}` dataset's file for each teacher it is filled for (a control: its own name); none for a
+    field that need not exist (a built-in name, a hub id)."""
+    if kind != "dataset" or "{target}" not in value:
+        return []
+    teacher = raw.get("teacher") if isinstance(raw.get("teacher"), dict) else {}
+    names = [loc[2]] if loc[1] == "controls" else teacher.get("targets", ["owl"])
+    return [value.replace("{target}", str(n)) for n in (names if isinstance(names, list) else [])]
 
 
 def _origin_of(origins: dict, loc: tuple, overrides: dict | None) -> tuple:

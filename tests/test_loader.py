@@ -166,3 +166,14 @@ def test_cross_field_errors_point_at_the_field(write):
     assert ":4:15: students.1.base: model 'zz:m' names backend 'zz'" in _err(p)
     p = write("b.yaml", "name: t\nstudents: [{name: a}, {name: a}]\n")
     assert ":2:24: students.1.name: 'a' is the name of an earlier student" in _err(p)
+
+
+def test_each_targets_dataset_must_exist_and_a_data_file_is_not_a_folder(write, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "owl.jsonl").write_text('{"prompt": "p", "completion": "owls"}\n')
+    ft = "  trait: {finetune: {dataset: 'data/{target}.jsonl'}}\n"
+    p = write("a.yaml", "name: t\nteacher:\n  targets: [owl, unicorn]\n" + ft)
+    assert f":4:22: teacher.trait.finetune.dataset: file not found: {tmp_path}/data/unicorn.jsonl" in _err(p)
+    p = write("b.yaml", "name: t\nevaluations:\n  - {kind: preference_logprob, questions: data}\n")
+    assert f":3:32: evaluations.0.questions: {tmp_path}/data is a folder, not a file" in _err(p)
+    assert load(write("c.yaml", "name: t\nteacher:\n  targets: [owl]\n" + ft))
