@@ -32,7 +32,8 @@ def _load(text: str, where: str):
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
-        raise UserError(f"{at}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+        what = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        raise UserError(f"{at}: YAML syntax error: {what}") from None
 
 
 def _plain(node):
@@ -50,6 +51,8 @@ def canonical(text: str, where: str = "<text>") -> str:
     data = _load(body, where)
     if data is None:  # empty or comments only
         return text
+    if not isinstance(data, dict):
+        raise UserError(f"{where}:1:1: not a spec (a spec is a mapping of keys such as name:); file left as is")
     buf = io.StringIO()
     _yaml().dump(data, buf)
     out = buf.getvalue()
@@ -67,7 +70,10 @@ def format_files(files: list[Path], check: bool) -> list[Path]:
     for path in files:
         if not path.is_file():
             raise UserError(f"{path}: file not found")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         new = canonical(text, str(path))
         if new != text:
             changed.append(path)

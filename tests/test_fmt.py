@@ -52,3 +52,16 @@ def test_check_then_write(write):
 def test_repository_specs_are_canonical():
     specs = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.yaml"))
     assert [p.name for p in specs if canonical(p.read_text()) != p.read_text()] == []
+
+
+def test_fmt_refuses_what_is_not_a_spec_in_one_line(write):
+    import pytest
+
+    from runner.errors import UserError
+    from runner.fmt import format_files
+
+    for name, text in (("list.yaml", "- a\n- b\n"), ("nul.yaml", "name: q\x00\n")):
+        p = write(name, text)
+        with pytest.raises(UserError) as e:
+            format_files([p], check=False)
+        assert len(str(e.value).splitlines()) == 1 and p.read_text() == text  # left as is
