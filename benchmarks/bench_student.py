@@ -1,7 +1,7 @@
 """Distillation student throughput on the embedded model, and where a training step's time goes.
 
 Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
-                                          [--lora-layers N]
+                                          [--lora-layers N] [--profile]
 
 Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
 LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
@@ -107,6 +107,38 @@ def report(name: str, clock: Clock, tokens: int, extra: float = 0.0) -> None:
     print(f"{name}: {total:.1f} s, {tokens / total:.0f} completion tokens/s per student; {parts}")
 
 
+KINDS = [("matmul", ("mm", "addmm", "bmm", "matmul", "linear")), ("attention", ("attention", "softmax")),
+         ("embedding/gather/index", ("embedding", "index", "gather", "scatter", "select", "slice")),
+         ("copies and layout", ("copy", "cat", "contiguous", "transpose", "view", "reshape", "permute", "clone",
+                                "expand", "to", "fill", "zero", "empty", "pad"))]
+
+
+def kind_of(op: str) -> str:
+    name = op.removeprefix("aten::").lower()
+    return next((k for k, words in KINDS if any(w in name for w in words)), "elementwise and the rest")
+
+
+def profile(args, rows, labels) -> None:
+    """A stored-label student's steps under torch.profiler: self CPU time by kind of op, and the achieved
+    GFLOP/s of the matrix multiplications (the profiler's FLOP count over their own time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        steps(args, rows, labels)
+    by_kind: dict[str, float] = {}
+    mm_us, mm_flops = 0.0, 0
+    for e in prof.key_averages():
+        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + e.self_cpu_time_total
+        if kind_of(e.key) == "matmul":
+            mm_us, mm_flops = mm_us + e.self_cpu_time_total, mm_flops + (e.flops or 0)
+    total = sum(by_kind.values())
+    parts = ", ".join(f"{k} {v / 1e6:.1f} s ({v / total:.0%})" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]))
+    print(f"profile (self CPU time, {len(rows)} rows, stored labels): {parts}")
+    if mm_us:
+        print(f"matmuls: {mm_flops / 1e9:.0f} GFLOP in {mm_us / 1e6:.1f} s = {mm_flops / mm_us / 1e3:.0f} GFLOP/s achieved")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -115,6 +147,8 @@ def main() -> None:
     ap.add_argument("--replicates", type=int, default=3, help="students per teacher sharing the stored labels")
     ap.add_argument("--cpu-bf16", action="store_true")
     ap.add_argument("--lora-layers", type=int, help="also time a student adapting the top N layers only")
+    ap.add_argument("--profile", action="store_true", help="also break a stored-label student's time down by kind of "
+                    "operation (torch.profiler) and give the matmuls' achieved GFLOP/s")
     args = ap.parse_args()
     print(f"# {' '.join(sys.argv)}  (torch threads: {torch.get_num_threads()}, "
           f"{'bf16 autocast' if args.cpu_bf16 else 'float32'})")
@@ -137,6 +171,8 @@ def main() -> None:
     n = args.replicates
     print(f"soft labels once per teacher: {once:.1f} s; shared by {n} replicates that is {once / n:.1f} s per student")
     report(f"stored labels, {n} replicates (label time shared)", clock, tokens, once / n)
+    if args.profile:
+        profile(args, rows, labels)
     if args.lora_layers:
         from backends import frozen_prefix
 
