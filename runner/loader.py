@@ -243,9 +243,20 @@ def _resolve_one(value: str, kind: str, folder: Path) -> tuple[str, bool]:
     return str(path.resolve()), kind != "dataset" or "{target}" not in value
 
 
+MODEL_FIELDS = [("teacher", "base"), ("students", "*", "base"), ("filters", "*", "model"),
+                ("filters", "*", "judge", "model"), ("evaluations", "*", "model"), ("evaluations", "*", "judge", "model")]
+
+
 def resolve_paths(raw: dict, origins: dict, overrides: dict | None = None) -> dict:
     """Make every data path absolute, read from the folder of the file that sets it (the matrix
-    entry's file for a matrix override); a missing file is a SpecError at its place."""
+    entry's file for a matrix override); a missing file is a SpecError at its place. A model given as a
+    local folder (./, /, ~) must exist too (it is read from where subl runs, as backends.embedded does)."""
+    for pattern in MODEL_FIELDS:
+        for loc in _matches(raw, pattern):
+            ref = raw_get(raw, loc)
+            if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().is_dir():
+                where = _origin_of(origins, loc, overrides)
+                raise SpecError("%s:%d:%d: " % where + f"{'.'.join(map(str, loc))}: local model folder not found: {ref}")
     for pattern, kind in PATH_FIELDS:
         for loc in _matches(raw, pattern):
             where = _origin_of(origins, loc, overrides)

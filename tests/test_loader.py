@@ -177,3 +177,8 @@ def test_each_targets_dataset_must_exist_and_a_data_file_is_not_a_folder(write, 
     p = write("b.yaml", "name: t\nevaluations:\n  - {kind: preference_logprob, questions: data}\n")
     assert f":3:32: evaluations.0.questions: {tmp_path}/data is a folder, not a file" in _err(p)
     assert load(write("c.yaml", "name: t\nteacher:\n  targets: [owl]\n" + ft))
+
+
+def test_a_local_model_folder_that_is_missing_is_placed(write):
+    p = write("a.yaml", "name: t\nstudents:\n  - {name: s, base: ./no/such/model}\n")
+    assert ":3:15: students.0.base: local model folder not found: ./no/such/model" in _err(p)
