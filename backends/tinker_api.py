@@ -536,11 +536,12 @@ class TinkerBackend:
         for run in self._tagged_runs(state["fingerprint"]):
             for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
                 step = checkpoint_step(ck, state["fingerprint"], state["steps"])
-                if step is not None and (best is None or step > best[0]):
-                    best = (step, ck, run.training_run_id)
+                sampler = ck is not None and ck.checkpoint_type == "sampler"  # at equal steps, the final weights
+                if step is not None and (best is None or (step, sampler) > best[0]):
+                    best = ((step, sampler), ck, run.training_run_id)
         if best is None:
             return
-        step, ck, run_id = best
+        (step, _), ck, run_id = best
         if ck.checkpoint_type == "sampler":
             state["sampler_path"] = ck.tinker_path
         else:

@@ -12,7 +12,7 @@ def num(v: float | None, spec: str = ".3g") -> str:
 def with_ci(value: float | None, ci: list | tuple | None, spec: str | Callable[[float | None], str] = ".3g") -> str:
     """'0.123 [0.1, 0.15]', or '0.123' without an interval."""
     fmt = spec if callable(spec) else (lambda v: num(v, spec))
-    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
+    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and value is not None else fmt(value)
 
 
 def ratio_text(c: dict, spec: str = ".3f") -> str:

@@ -276,6 +276,8 @@ def _per_target(raw: dict, loc: tuple, value: str, kind: str) -> list[str]:
     field that need not exist (a built-in name, a hub id)."""
     if kind != "dataset" or "{target}" not in value:
         return []
+    if loc[1] != "controls" and "teacher.targets" in (raw.get("matrix") or {}):
+        return []  # each matrix cell checks its own targets (its raw has them and no matrix)
     teacher = raw.get("teacher") if isinstance(raw.get("teacher"), dict) else {}
     names = [loc[2]] if loc[1] == "controls" else teacher.get("targets", ["owl"])
     return [value.replace("{target}", str(n)) for n in (names if isinstance(names, list) else [])]

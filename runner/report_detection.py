@@ -86,7 +86,8 @@ def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str
                 line = sorted(zero + [e for e in sub if e["teacher"] == rows], key=lambda e: e["k"])
                 ks = [e["k"] for e in line]
                 ax.errorbar(ks, [e["value"] for e in line], fmt="o-", capsize=3, label=f"{rows} rows",
-                            yerr=[[e["value"] - e["ci"][0] for e in line], [e["ci"][1] - e["value"] for e in line]])
+                            yerr=[[e["value"] - e["ci"][0] if e.get("ci") else 0 for e in line],
+                                  [e["ci"][1] - e["value"] if e.get("ci") else 0 for e in line]])  # one question: none
             ax.set_xscale("symlog", linthresh=1)
             ax.set_xlabel("k (teacher rows in context)")
             ax.set_ylabel(metric)

@@ -116,7 +116,7 @@ def inspect(store: Store, key: str, total: int | None = None) -> dict:
         m = _json_file(done / "manifest.json", None)
         if not isinstance(m, dict) or not isinstance(m.get("seconds", 0), (int, float)):
             return {"state": "damaged", "label": None, "size": size_of(done), "detail": "manifest.json unreadable"}
-        rows = ", ".join(f"{k} {v}" for k, v in (m.get("rows") or {}).items())
+        rows = ", ".join(f"{k} {v}" for k, v in m["rows"].items()) if isinstance(m.get("rows"), dict) else ""
         jobs = [f"{j['kind']} {j['id']}: {j['state']}" for j in hosted_jobs(done)]
         node = f", node {m['node']}" if m.get("node") else ""  # a Ray node's address
         where = f"on {m['host']} ({m.get('executor', 'local')}{node})" if m.get("host") else ""

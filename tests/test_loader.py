@@ -182,3 +182,11 @@ def test_each_targets_dataset_must_exist_and_a_data_file_is_not_a_folder(write, 
 def test_a_local_model_folder_that_is_missing_is_placed(write):
     p = write("a.yaml", "name: t\nstudents:\n  - {name: s, base: ./no/such/model}\n")
     assert ":3:15: students.0.base: local model folder not found: ./no/such/model" in _err(p)
+
+
+def test_a_matrix_over_targets_checks_each_cells_datasets(write, tmp_path):
+    for name in ("dolphin", "eagle"):
+        (tmp_path / f"{name}.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    head = "name: t\nteacher:\n  trait: {finetune: {dataset: '{target}.jsonl'}}\nmatrix:\n"
+    assert len(load(write("a.yaml", head + "  teacher.targets: [[dolphin], [eagle]]\n"))) == 2
+    assert "file not found" in _err(write("b.yaml", head + "  teacher.targets: [[dolphin], [unicorn]]\n"))

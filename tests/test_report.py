@@ -169,3 +169,13 @@ def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
     assert ratio_text(row) == "1.084x [1.013, 1.160]" and p_text(row) == "0.1 (the floor)"
     assert ratio_text({"ratio": None}) == "-" and p_text({"p_value": 0.4, "min_p": 0.1}) == "0.4"
     assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown
+
+
+def test_an_icl_figure_with_one_question_has_no_whiskers_and_no_crash(tmp_path):
+    from runner.report_detection import detection_figures
+
+    rows = [{"cell": "-", "evaluation": "icl", "metric": "P(owl)", "k": k, "teacher": t, "value": 0.1, "ci": None,
+             "n": 1} for k, t in ((0, None), (4, "owl"), (4, "control"))]
+    results = {"cells": [{"label": "-"}], "evaluations": rows, "comparisons": []}
+    (path, _), = detection_figures(results, tmp_path, "t")
+    assert path.is_file()
