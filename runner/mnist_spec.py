@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MnistSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: str | None = Field(None, description="MNIST .npz (x_train, y_train, x_test, y_test) or folder of "
                              "IDX files (.gz or not; a relative path is read from the folder of the spec file that sets "
@@ -56,7 +56,7 @@ class TheoremSpec(BaseModel):
     reference init, one small step of a student's auxiliary-logit distillation on noise, from the same
     init or another, compared with the teacher's parameter delta."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: str | None = Field(None, description="MNIST as for mnist.data (a relative path is read from the folder "
                              "of the spec file that sets it); None: the default locations")

@@ -12,7 +12,7 @@ class TheoremLmSpec(BaseModel):
     cross-init student on the teacher's completions of number prompts, compared with the teacher's
     merged LoRA delta. Base, target and category come from `teacher`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     questions: str = Field("animals", description="Preference questions the trait rows answer (a built-in set or "
                            "a file, as for evaluations); the first train_questions teach the teacher, the last "
