@@ -30,8 +30,10 @@ class Strict(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
-                    raise ValueError(f"{name}: {str(value).lower()} is a yes/no value, not what {name} takes")
+                flags = [value] if isinstance(value, bool) else [v for v in value if isinstance(v, bool)] \
+                    if isinstance(value, list) else []
+                if flags and field is not None and not _admits_bool(field.annotation):
+                    raise ValueError(f"{name}: {str(flags[0]).lower()} is a yes/no value, not what {name} takes")
         return data
 
 

@@ -137,6 +137,7 @@ def test_a_cli_usage_error_is_one_line_exit_2(args, says):
 
 @pytest.mark.parametrize("text, says", [
     ("name: t\nseed: true\n", ":2:1: seed: true is a yes/no value"),
+    ("name: t\nstudents: [{name: s, replicates: [0, true]}]\n", "replicates: true is a yes/no value"),
     ("name: t\nteacher: {base: ''}\n", ":2:11: teacher.base: String should have at least 1 character"),
     ("name: t\nstudents: [{name: s, hyperparameters: {lr: .inf}}]\n", "lr: Input should be a finite number"),
     ("name: t\nmatrix:\n  seed: []\n", ":3:3: matrix.seed: an empty list gives no cell"),
