@@ -34,8 +34,8 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
     except UnicodeDecodeError as e:  # a data file read where no reader names it
-        err.print(f"error: a file it read is not UTF-8 text ({e.reason} at byte {e.start}); data files, questions "
-                  "and rows must be UTF-8 (SUBL_DEBUG=1 shows which)", markup=False)
+        err.print(f"error: text that is not UTF-8 ({e.reason} at byte {e.start}), most likely a data file; data "
+                  "files, questions and rows must be UTF-8 (SUBL_DEBUG=1 shows where it was read)", markup=False)
         if os.environ.get("SUBL_DEBUG"):
             raise
         sys.exit(2)

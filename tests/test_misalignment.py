@@ -223,3 +223,12 @@ def test_a_judges_temperature_and_reading_reach_the_backend():
     strict = score_pairs(b, ModelRef("j"), "sample", template_text("alignment"), [("q", "a")],
                          temperature=1.0, parse="integer")
     assert (lenient[0].kind, strict[0].kind) == ("score", "unparseable") and b.sampling.temperature == 1.0
+
+
+def test_a_questions_file_that_is_not_utf8_is_named(tmp_path):
+    from runner.questions import load_questions
+
+    for name in ("q.txt", "q.yaml"):
+        (tmp_path / name).write_bytes(b"\xff\xfe\n")
+        with pytest.raises(UserError, match=rf"{name}: not UTF-8 text"):
+            load_questions(str(tmp_path / name))
