@@ -10,6 +10,7 @@ import re
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,23 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
     return out
 
 
+PLAIN_HEADS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
+
+
+def vocab_logits(model, feed: dict, attention_mask: torch.Tensor, keep: int, vocab: torch.Tensor):
+    """The last `keep` positions' logits on the `vocab` columns only: the decoder's final hidden states times
+    those rows of the output layer (a numbers-only loss reads 131 of SmolLM2's 49,152 columns; the whole
+    output layer is ~8% of a student step, benchmarks/bench_student.py --profile). The same numbers as the
+    full logits' columns; None for an architecture whose logits are not that plain product (the caller then
+    computes them all)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "lm_head", None)
+    if type(base).__name__ not in PLAIN_HEADS or not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    hidden = base.model(**feed, attention_mask=attention_mask).last_hidden_state[:, -keep:]
+    return hidden @ head.weight[vocab.to(head.weight.device)].T
+
+
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the completion tokens (TRL's completion-only loss for one batch)."""
     return F.cross_entropy(_completion_logits(logits, mask).float(), input_ids[mask.bool()])
@@ -169,8 +187,14 @@ def _trainer_classes():
             # logits only where completion tokens are predicted: the head is a fifth of the compute
             feed = ({"inputs_embeds": inputs["prefix_states"]} if "prefix_states" in inputs
                     else {"input_ids": inputs["input_ids"]})  # frozen lower layers: their stored output
-            out = model(**feed, attention_mask=inputs["attention_mask"],
-                        logits_to_keep=needed_positions(inputs["completion_mask"]))
+            keep = needed_positions(inputs["completion_mask"])
+            if self.objective == "distill" and self.vocab is not None:
+                logits = vocab_logits(model, feed, inputs["attention_mask"], keep, self.vocab)
+                if logits is not None:  # and on the loss's vocabulary only
+                    log_t = inputs["soft_labels"] if "soft_labels" in inputs else self._teacher_labels(inputs)
+                    loss = kl_to_soft_labels(logits, inputs["completion_mask"], log_t, None)
+                    return (loss, SimpleNamespace(logits=logits)) if return_outputs else loss
+            out = model(**feed, attention_mask=inputs["attention_mask"], logits_to_keep=keep)
             loss = self._loss(out.logits, inputs)
             return (loss, out) if return_outputs else loss
 
@@ -180,12 +204,18 @@ def _trainer_classes():
             vocab = None if self.vocab is None else self.vocab.to(logits.device)
             if "soft_labels" in inputs:  # the teacher's labels, computed once for every replicate
                 return kl_to_soft_labels(logits, inputs["completion_mask"], inputs["soft_labels"], vocab)
-            with torch.no_grad():
-                t_logits = self.teacher(
-                    input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
-                    logits_to_keep=needed_positions(inputs["teacher_completion_mask"]),
-                ).logits
-            return distill_loss(logits, t_logits, inputs["completion_mask"], inputs["teacher_completion_mask"], vocab)
+            return kl_to_soft_labels(logits, inputs["completion_mask"], self._teacher_labels(inputs), vocab)
+
+        @torch.no_grad()
+        def _teacher_labels(self, inputs):
+            """A live teacher's log-probabilities on the vocabulary at each completion position (what the
+            soft_labels stage stores)."""
+            t_logits = self.teacher(
+                input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
+                logits_to_keep=needed_positions(inputs["teacher_completion_mask"]),
+            ).logits
+            vocab = None if self.vocab is None else self.vocab.to(t_logits.device)
+            return vocab_log_probs(_completion_logits(t_logits, inputs["teacher_completion_mask"]), vocab)
 
     return SFTTrainer, StudentTrainer
 

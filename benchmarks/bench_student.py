@@ -28,7 +28,7 @@ from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, to
 from backends.hf import load_model, load_tokenizer  # noqa: E402
 from backends.train import (  # noqa: E402
     _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
-    vocab_log_probs, vocabulary_ids,
+    vocab_log_probs, vocab_logits, vocabulary_ids,
 )
 from runner.numbers import make_prompts  # noqa: E402
 from runner.spec import Hyper, NumberPrompts  # noqa: E402
@@ -90,9 +90,13 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
             with clock.phase("student forward"), top_layers_only(student, first):
                 feed = ({"inputs_embeds": pad_states(prefix[start : start + args.batch_size])} if prefix
                         else {"input_ids": b["input_ids"]})
-                out = student(**feed, attention_mask=b["attention_mask"],
-                              logits_to_keep=needed_positions(b["completion_mask"])).logits
-                loss = kl_to_soft_labels(out, b["completion_mask"], log_t, vocab)
+                keep = needed_positions(b["completion_mask"])
+                out = vocab_logits(student, feed, b["attention_mask"], keep, vocab) if args.vocab_head else None
+                if out is not None:  # the output layer's vocabulary rows only, as the trainer does
+                    loss = kl_to_soft_labels(out, b["completion_mask"], log_t, None)
+                else:
+                    out = student(**feed, attention_mask=b["attention_mask"], logits_to_keep=keep).logits
+                    loss = kl_to_soft_labels(out, b["completion_mask"], log_t, vocab)
         with clock.phase("backward"), top_layers_only(student, first):
             loss.backward()
         with clock.phase("optimizer"):
@@ -147,6 +151,8 @@ def main() -> None:
     ap.add_argument("--replicates", type=int, default=3, help="students per teacher sharing the stored labels")
     ap.add_argument("--cpu-bf16", action="store_true")
     ap.add_argument("--lora-layers", type=int, help="also time a student adapting the top N layers only")
+    ap.add_argument("--full-head", dest="vocab_head", action="store_false",
+                    help="compute every vocabulary logit, as students did before vocab_logits (for comparison)")
     ap.add_argument("--profile", action="store_true", help="also break a stored-label student's time down by kind of "
                     "operation (torch.profiler) and give the matmuls' achieved GFLOP/s")
     args = ap.parse_args()

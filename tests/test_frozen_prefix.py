@@ -120,3 +120,24 @@ evaluations: []
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert "finetune top:owl:r0: lora_layers 3, but" in err and "has only 2 decoder layers" in err
     assert not list((tmp_path / "out").glob("stages/*"))  # nothing generated
+
+
+@pytest.mark.parametrize("lora_layers", [None, 1])
+def test_a_student_computing_only_its_vocabularys_logits_equals_one_computing_them_all(tiny_model, tmp_path,
+                                                                                      monkeypatch, lora_layers):
+    """vocab_logits (the output layer's rows of the numbers-only vocabulary) trains the same adapter as the
+    full logits sliced to it (PLAIN_HEADS emptied: every architecture takes the full path)."""
+    from safetensors.torch import load_file
+
+    backend, teacher = LocalBackend("cpu"), ModelRef(tiny_model, system="You love owls.")
+    calls = []
+    real = train.vocab_logits
+    monkeypatch.setattr(train, "vocab_logits", lambda *a: calls.append(real(*a)) or calls[-1])
+    frozen_prefix._memo.clear()
+    fast = backend.finetune(tiny_model, ROWS, _training(lora_layers=lora_layers), tmp_path / "fast", teacher)
+    assert calls and all(c is not None and c.shape[-1] < 1000 for c in calls)  # the vocabulary's columns only
+    monkeypatch.setattr(train, "PLAIN_HEADS", ())
+    full = backend.finetune(tiny_model, ROWS, _training(lora_layers=lora_layers), tmp_path / "full", teacher)
+    a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (fast, full))
+    moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
+    assert moved > 1e-4 and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
