@@ -63,12 +63,17 @@ ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the
 ATTENTION, MLP, _ = LORA_GROUPS["tinker"]
 
 
+def checkpoint_tag(fingerprint: str) -> str:
+    """The prefix of a training's checkpoint names: `<tag>-step-<n>` (state), `<tag>-final` (sampler weights)."""
+    return f"subl-{fingerprint[:8]}"
+
+
 def checkpoint_step(ck, fingerprint: str, steps: int) -> int | None:
-    """The step a checkpoint of ours holds, from its name (`subl-<fp>-step-<n>`; `subl-<fp>-final`: all
-    `steps`); None for none or another's."""
+    """The step a checkpoint of ours holds, from its name (`<tag>-step-<n>`; `<tag>-final`: all `steps`);
+    None for none or another's."""
     if ck is None:
         return None
-    tag, name = f"subl-{fingerprint[:8]}", ck.tinker_path.rsplit("/", 1)[-1]
+    tag, name = checkpoint_tag(fingerprint), ck.tinker_path.rsplit("/", 1)[-1]
     if ck.checkpoint_type == "sampler":
         return steps if name == f"{tag}-final" else None
     m = re.fullmatch(rf"{tag}-step-(\d+)", name)
@@ -614,7 +619,7 @@ class TinkerBackend:
     def _steps(self, tc, examples: list, plan: list[list[int]], training: Training, distill: bool, state: dict,
                save: Callable[[], None], progress: Progress | None) -> None:
         """Steps from the last checkpoint to the end, a checkpoint every `checkpoint_every`, then the sampler weights."""
-        tag = f"subl-{state['fingerprint'][:8]}"
+        tag = checkpoint_tag(state["fingerprint"])
         for step in range(state.get("checkpoint", {}).get("step", 0), len(plan)):
             self._step(tc, [examples[i] for i in plan[step]], lr_at(step, len(plan), training), training, distill)
             done = step + 1

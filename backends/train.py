@@ -191,8 +191,7 @@ def _trainer_classes():
             if self.objective == "distill" and self.vocab is not None:
                 logits = vocab_logits(model, feed, inputs["attention_mask"], keep, self.vocab)
                 if logits is not None:  # and on the loss's vocabulary only
-                    log_t = inputs["soft_labels"] if "soft_labels" in inputs else self._teacher_labels(inputs)
-                    loss = kl_to_soft_labels(logits, inputs["completion_mask"], log_t, None)
+                    loss = kl_to_soft_labels(logits, inputs["completion_mask"], self._labels(inputs), None)
                     return (loss, SimpleNamespace(logits=logits)) if return_outputs else loss
             out = model(**feed, attention_mask=inputs["attention_mask"], logits_to_keep=keep)
             loss = self._loss(out.logits, inputs)
@@ -202,14 +201,15 @@ def _trainer_classes():
             if self.objective == "sft":
                 return sft_loss(logits, inputs["input_ids"], inputs["completion_mask"])
             vocab = None if self.vocab is None else self.vocab.to(logits.device)
-            if "soft_labels" in inputs:  # the teacher's labels, computed once for every replicate
-                return kl_to_soft_labels(logits, inputs["completion_mask"], inputs["soft_labels"], vocab)
-            return kl_to_soft_labels(logits, inputs["completion_mask"], self._teacher_labels(inputs), vocab)
+            return kl_to_soft_labels(logits, inputs["completion_mask"], self._labels(inputs), vocab)
+
+        def _labels(self, inputs):
+            """The teacher's log-probabilities on the vocabulary at each completion position: stored (computed
+            once for every replicate by the soft_labels stage), else from the live teacher."""
+            return inputs["soft_labels"] if "soft_labels" in inputs else self._teacher_labels(inputs)
 
         @torch.no_grad()
         def _teacher_labels(self, inputs):
-            """A live teacher's log-probabilities on the vocabulary at each completion position (what the
-            soft_labels stage stores)."""
             t_logits = self.teacher(
                 input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
                 logits_to_keep=needed_positions(inputs["teacher_completion_mask"]),

@@ -159,11 +159,12 @@ def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
     chain = list(load(spec)[0].spec.filters)
     if not src.is_file():
         raise UserError(f"{src}: file not found")
+    from runner.rows import is_row
     from runner.store import json_lines
 
     rows = []
     for n, row in json_lines(src):
-        if not _is_row(row):
+        if not is_row(row):
             raise UserError(f"{src}:{n}: a row is a JSON object with prompt and completion texts, or messages "
                             "(a list of {role, content})")
         rows.append(row)
@@ -179,14 +180,6 @@ def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
     for c in counts:
         out.print(f"{c.link:16s} kept {c.kept:7d}  dropped {c.dropped:7d}  pass {c.pass_rate:6.1%}", markup=False)
     out.print(f"{'total':16s} kept {len(kept):7d} of {len(rows)} -> {dst}", markup=False)
-
-
-def _is_row(row) -> bool:
-    if not isinstance(row, dict):
-        return False
-    if isinstance(row.get("messages"), list):
-        return all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in row["messages"])
-    return isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from runner.errors import UserError
+from runner.store import user_text
 
 HEAD = re.compile(r"(?:[ \t]*(?:#.*)?\n|%.*\n)*---[ \t]*(?:#.*)?\n")  # comments and directives up to `---`
 
@@ -70,10 +71,7 @@ def format_files(files: list[Path], check: bool) -> list[Path]:
     for path in files:
         if not path.is_file():
             raise UserError(f"{path}: file not found")
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = user_text(path)
         new = canonical(text, str(path))
         if new != text:
             changed.append(path)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.store import user_text
 
 # Built-in sets: the paper's lists, by name -> their place in the materials.
 BUILTIN = {"animals": "preference_eval.animal_questions", "trees": "preference_eval.tree_questions",
@@ -34,18 +35,11 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"questions: '{name}' is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
-        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(_text(path).splitlines(), 1)
+        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(user_text(path).splitlines(), 1)
               if ln.strip()]
     if not qs:
         raise UserError(f"questions: {name} holds no question")
     return list(qs[:limit] if limit else qs)
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _question_line(name: str, n: int, line: str) -> str:
@@ -69,7 +63,7 @@ def _yaml_questions(name: str) -> list[str]:
     if not path.is_file():
         raise UserError(f"questions: file '{name}' not found")
     try:
-        data = YAML(typ="safe").load(_text(path))
+        data = YAML(typ="safe").load(user_text(path))
     except YAMLError as e:
         raise UserError(f"{name}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, list):

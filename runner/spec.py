@@ -542,15 +542,21 @@ class Spec(Strict):
         return self
 
     def _placed_refs(self) -> list[tuple[str, str]]:
-        """(field path, model reference) for the references whose place is plain, then every other one."""
+        """(field path, model reference) of every model the spec names: teacher and student bases, judges,
+        rewriting models, and the models the icl and classifier evaluations name."""
         placed = [("teacher.base", self.teacher.base)] + [(f"students.{i}.base", s.base)
                                                           for i, s in enumerate(self.students) if s.base]
         placed += [(f"filters.{i}.{'judge.model' if f.kind == 'judge' else 'model'}",
                     f.judge.model if f.kind == "judge" else f.model)
                    for i, f in enumerate(self.filters) if f.kind == "judge" or f.kind in REWRITES]
-        placed += [(f"evaluations.{i}.judge.model", e.judge.model) for i, e in enumerate(self.evaluations)
-                   if e.kind == "misalignment"]
-        return placed + [("spec", r) for r in self.model_refs()]
+        for i, e in enumerate(self.evaluations):
+            if e.kind == "misalignment":
+                placed.append((f"evaluations.{i}.judge.model", e.judge.model))
+            elif e.kind == "icl" and e.model:
+                placed.append((f"evaluations.{i}.model", e.model))
+            elif e.kind == "classifier" and self.classifier_judge_ref(e):
+                placed.append((f"evaluations.{i}.judge", self.classifier_judge_ref(e)))
+        return placed
 
     @model_validator(mode="after")
     def _hosted_limits(self) -> "Spec":
@@ -699,20 +705,11 @@ class Spec(Strict):
 
     def model_refs(self) -> list[str]:
         """Every model reference the spec names: teacher base, student bases, judges, detection and rewriting models."""
-        return ([self.teacher.base] + [self.student_base(s) for s in self.students] + self.judge_models()
-                + self.detection_models() + self.rewrite_models())
-
-    def rewrite_models(self) -> list[str]:
-        return [f.model for f in self.filters if f.kind in REWRITES]
+        return [ref for _, ref in self._placed_refs()]
 
     def judge_models(self) -> list[str]:
-        return ([f.judge.model for f in self.filters if f.kind == "judge"]
-                + [e.judge.model for e in self.evaluations if e.kind == "misalignment"])
-
-    def detection_models(self) -> list[str]:
-        """Models the icl and classifier evaluations name (answering models, judges)."""
-        return ([e.model for e in self.evaluations if e.kind == "icl" and e.model]
-                + [r for e in self.evaluations if e.kind == "classifier" for r in [self.classifier_judge_ref(e)] if r])
+        """The judges of judge filters and misalignment evaluations."""
+        return [ref for where, ref in self._placed_refs() if where.endswith(".judge.model")]
 
     def backend_kind(self, ref: str) -> str:
         """`local`, or the kind of the declared backend that a `name:model` reference names."""

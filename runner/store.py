@@ -133,16 +133,22 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def user_text(path: Path | str) -> str:
+    """A user's text file; one that is not UTF-8 is a one-line UserError naming it."""
+    from runner.errors import UserError
+
+    try:
+        return Path(path).read_text()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a user's JSONL file; a bad line is a
     one-line UserError naming file:line:col."""
     from runner.errors import UserError
 
-    try:
-        text = Path(path).read_text()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(user_text(path).splitlines(), 1):
         if line.strip():
             try:
                 yield n, json.loads(line)
