@@ -5,6 +5,7 @@ Local models are checked too where a setting cannot fit them (lora_layers beyond
 run does not generate for minutes and then stop at its first student."""
 from __future__ import annotations
 
+import math
 from functools import cache
 
 from backends import Router
@@ -16,14 +17,18 @@ from runner.stages import ModelInput, Stage, base_of
 from runner.stages.training import FinetuneStage, TeacherStage
 
 
-def _largest_request(stage: Stage) -> int:
-    """Prompt plus max_tokens of one completion, for stages that send chat requests."""
+def _largest_request(stage: Stage, ctx) -> int:
+    """About the tokens of the stage's largest single chat request (prompt plus max_tokens of one completion):
+    exact where the prompts are known before the run (questions, domain prompts); else the mean request of the
+    stage's own cost estimate, which carries what earlier stages will write (an ICL context of k rows, a
+    judged row, a classifier's pair)."""
     if hasattr(stage, "question_texts"):
         return max((chat_tokens(stage.model.system, q) for q in stage.question_texts()), default=0) + stage.max_tokens
     if hasattr(stage, "rows_to_generate"):
         rows = stage.rows_to_generate()[:2000]
         return max((chat_tokens(stage.model.system, r["prompt"]) for r in rows), default=0) + stage.domain.max_tokens
-    return 0
+    sizes = [math.ceil((e.input_tokens + e.output_tokens) / e.requests) for e in stage.estimate(ctx) if e.requests]
+    return max(sizes, default=0)
 
 
 def preflight(plan: Plan, store) -> list[str]:
@@ -34,6 +39,7 @@ def preflight(plan: Plan, store) -> list[str]:
     models: dict[str, set[str]] = {}
     tune: dict[str, set[str]] = {}
     largest: dict[str, int] = {}
+    ctx = plan.context()
     for s in todo:
         for name, value in s:
             if isinstance(value, ModelInput):
@@ -42,10 +48,10 @@ def preflight(plan: Plan, store) -> list[str]:
                     continue
                 b = backend_name(ref)
                 models.setdefault(b, set()).add(ref)
-                largest[b] = max(largest.get(b, 0), _largest_request(s))
+                largest[b] = max(largest.get(b, 0), _largest_request(s, ctx))
         if isinstance(s, (FinetuneStage, TeacherStage)) and backend_name(s.base.ref) != "local":
             tune.setdefault(backend_name(s.base.ref), set()).add(s.base.ref)
-    cfgs = plan.context().backends
+    cfgs = ctx.backends
     router = Router(hosted=cfgs)
     notes = []
     for b in sorted(models):

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -350,6 +351,33 @@ evaluations:
     # the classifier: one request per pair and two per pair for the per-row variant; the preflight's probe
     assert server.counts["chat"] == 3 * 20 + 4 * 3 + 3 * pairs + 1
     assert all(e["counts"]["n_unreadable"] == 0 for e in acc)
+
+
+def test_preflight_sizes_an_icl_request_with_its_context_and_stops_before_spending(tmp_path):
+    """The largest request of an ICL stage is its k rows plus a question: past the model's tokens-per-minute
+    limit every request would be refused, so the run must stop before the teachers generate (the check once
+    sized only question and generation requests)."""
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_hosted import ENV, KEY, _cli, _on_test_server
+
+    server = FakeOpenAI(key=KEY).start()
+    try:
+        server.tpm_limit = 1000  # a generation request (~130 tokens) fits; 40 rows in a context do not
+        spec = tmp_path / "icl.yaml"
+        spec.write_text(_on_test_server("icl", "icl_tpm", server.base_url) + """\
+teacher: {targets: [owl]}
+domain: {kind: numbers, n_prompts: 20}
+evaluations:
+  - {kind: icl, k: [0, 40], seeds: [0], max_questions: 2, samples_per_question: 2}
+""")
+        r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], {ENV: KEY})
+        paid, chats = server.paid_total(), server.counts["chat"]
+    finally:
+        server.stop()
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "allows 1,000 tokens per minute, but the largest request needs about" in err, err
+    assert paid == Counter() and chats <= 1  # at most the rate-limit probe
 
 
 def test_hosted_estimates_price_the_context_and_every_pair(tmp_path):
