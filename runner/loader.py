@@ -107,6 +107,8 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
     if not ppath.is_file():
         raise SpecError(f"{where}: extends: file not found: {parent}")
     base, base_origins = load_raw(ppath, _seen + (path.resolve(),))
+    if not base:  # nothing to inherit: a truncated or wrong file, not what the spec meant
+        raise SpecError(f"{where}: extends: {parent} is empty")
     base = dict(base)
     base.pop("matrix", None) if "matrix" in data else None
     return _merge(base, data), {**base_origins, **origins}

@@ -37,6 +37,12 @@ def test_missing_extends_file(write):
     assert _err(p) == f"{p}:1:1: extends: file not found: nowhere.yaml"
 
 
+def test_extends_of_an_empty_file_is_refused(write):
+    write("empty.yaml", "# nothing yet\n")
+    p = write("a.yaml", "name: t\nextends: empty.yaml\n")
+    assert _err(p) == f"{p}:2:1: extends: empty.yaml is empty"
+
+
 def test_matrix_over_unknown_key(write):
     p = write("a.yaml", "name: t\nmatrix:\n  teacher.colour: [red, blue]\n")
     assert _err(p) == f"{p}:3:3: matrix.teacher.colour: names no field of the spec"
