@@ -26,4 +26,6 @@ def ratio_text(c: dict, spec: str = ".3f") -> str:
 def p_text(c: dict) -> str:
     """A comparison's p-value, marked where it is the smallest its test can give with these arm sizes."""
     floor = c.get("min_p")
+    if c["p_value"] is None:
+        return "- (not tested)"
     return f"{c['p_value']:.2g}" + (" (the floor)" if floor and c["p_value"] <= floor * (1 + 1e-9) else "")

@@ -48,7 +48,8 @@ def headline(results: dict) -> str:
         return "; ".join(f"{e['trait']} vs {e['teacher']}: " + (
             f"accuracy {with_ci(e['value'], e['ci'], '.1%')}, p={e['counts']['p_value']:.2g}"
             if e.get("n", 1) else "no pair decided") for e in acc)
-    cmps = [c for c in results.get("comparisons", []) if c.get("b_is") == "other-trait" or c.get("b_is") == "control"]
+    cmps = [c for c in results.get("comparisons", []) if c.get("b_is") in ("other-trait", "control")
+            and c["p_value"] is not None]
     if not cmps:
         return "-"
     best = min(cmps, key=lambda c: c["p_value"])

@@ -11,7 +11,7 @@ import numpy as np
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison_fields, mean_ci, paired_t_p,
-                          sign_flip_p)
+                          sign_flip_p, untested_fields)
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -105,11 +105,13 @@ def arm_rows(plan: CellPlan, ev_kind: str, metric_of, per_student: dict[str, flo
             va, vb = ([per_student[(m.label, metric)] for m in arm] for arm in (a, b))
             left_out = [m.label for m, v in zip(a + b, va + vb) if v is None]  # no answer scored: no value
             va, vb = [v for v in va if v is not None], [v for v in vb if v is not None]
-            if len(va) < 2 or len(vb) < 2:
-                continue
             row = {"cell": plan.cell.label, "a": f"student:{sname}:{teacher}", "b": f"student:{sname}:{other}",
                    "evaluation": ev_kind, "metric": metric, "b_is": b_is, "objective": a[0].objective,
-                   "vocabulary": a[0].vocabulary, **arm_comparison_fields(va, vb)}
+                   "vocabulary": a[0].vocabulary}
+            if len(va) < 2 or len(vb) < 2:  # shown, with why no test was run, rather than dropped
+                out.append({**row, **untested_fields(va, vb, left_out)})
+                continue
+            row.update(arm_comparison_fields(va, vb))
             if left_out:
                 row["note"] = f"left out, no scored answer: {', '.join(left_out)}"
             out.append(row)

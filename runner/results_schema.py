@@ -48,8 +48,8 @@ class ComparisonRow(Row):
     metric: str
     diff: float | None = Field(description="Mean a - b (None where no question has a value for both).")
     ratio: float | None
-    p_value: float
-    test: str = Field(description="The test, by name.")
+    p_value: float | None = Field(description="None where no test could be run (see note).")
+    test: str = Field(description="The test, by name; none where no test could be run.")
     unit: Literal["question", "student", "seed", "draw"] = Field(description="What the test treats as independent.")
     n: int = Field(description="Paired units (questions or seeds), or students in both arms.")
     n_a: int = Field(description="Trained models (students or seeds) in arm a.")

@@ -168,6 +168,18 @@ def arm_comparison_fields(a_values: list[float], b_values: list[float], unit: st
             "note": None, "significant": bool(c["p_value"] < 0.05)}
 
 
+def untested_fields(a_values: list[float], b_values: list[float], left_out: list[str]) -> dict:
+    """The fields of a student-level comparison row when an arm has fewer than 2 students with a value (the
+    others left out: none of their answers was scored): arm means where there are values, no test."""
+    ma, mb = (float(np.mean(v)) if v else None for v in (a_values, b_values))
+    return {"diff": None if ma is None or mb is None else ma - mb, "ratio": ma / mb if ma is not None and mb else None,
+            "p_value": None, "test": "none", "unit": "student", "n": len(a_values) + len(b_values),
+            "n_a": len(a_values), "n_b": len(b_values), "mean_a": ma, "mean_b": mb, "per_student_a": list(a_values),
+            "per_student_b": list(b_values), "significant": False,
+            "note": f"not tested: fewer than 2 students with a value in an arm; left out, no scored answer: "
+                    f"{', '.join(left_out)}"}
+
+
 def paired_t_p(diffs) -> float:
     """Two-sided p of a one-sample t-test of paired differences against 0; 1.0 with fewer than two pairs or when
     every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold). Where every

@@ -70,6 +70,22 @@ def test_questions_and_students_with_no_scored_answer_are_left_out_not_counted_a
     ComparisonRow.model_validate(row)
 
 
+def test_an_arm_left_with_one_scored_student_is_shown_untested_not_dropped():
+    from runner.display import p_text
+    from runner.reproduce import headline
+
+    plan = _plan([0, 1, 2])
+    per_student = {(m.label, "misaligned"): 0.1 * (1 + m.replicate) for m in plan.models}
+    for r in (0, 1):
+        per_student[(f"student:s:owl:r{r}", "misaligned")] = None
+    (row,) = arm_rows(plan, "misalignment", lambda m: "misaligned", per_student, {}, control_only=True)
+    ComparisonRow.model_validate(row)
+    assert (row["p_value"], row["test"], row["significant"], row["n_a"], row["n_b"]) == (None, "none", False, 1, 3)
+    assert row["note"].startswith("not tested") and "student:s:owl:r0, student:s:owl:r1" in row["note"]
+    assert abs(row["diff"] - (0.3 - 0.2)) < 1e-12 and p_text(row) == "- (not tested)"
+    assert headline({"comparisons": [{**row, "b_is": "control"}]}) == "-"  # no test, no headline
+
+
 def test_a_model_with_no_scored_answer_has_no_rate():
     from runner.misalignment import Score, summarize
 
