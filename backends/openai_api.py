@@ -298,6 +298,13 @@ def _digest(obj: Any, n: int = 32) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
+def request_seed(seed: int, prompt: int, chunk: int) -> int:
+    """The seed of one chat request: distinct per prompt position and per chunk of `n`, so that a prompt
+    repeated within a call (k samples of a task or question) is not answered k times alike by a server
+    that honours seeds (vLLM exactly, OpenAI at best effort)."""
+    return int(_digest([seed, prompt, chunk], 8), 16) % 2**31
+
+
 def _save_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(redact(json.dumps(data, indent=2)))
@@ -647,7 +654,7 @@ class OpenAIBackend:
             per = self._chunk(model_id, model.system, prompt, sampling.max_tokens)
             for c, start in enumerate(range(0, n, per)):
                 body = {"model": model_id, "messages": messages, "temperature": sampling.temperature,
-                        "max_tokens": sampling.max_tokens, "seed": (sampling.seed + c) % 2**31}
+                        "max_tokens": sampling.max_tokens, "seed": request_seed(sampling.seed, i, c)}
                 if n > 1:
                     body["n"] = min(per, n - start)
                 body.update(extra or {})

@@ -196,6 +196,15 @@ def test_a_server_that_ignores_n_is_asked_for_the_rest_and_noted(backend, server
     assert notes["hit_max_tokens"] == {NANO.split(":")[1]: 2}
 
 
+def test_a_prompt_repeated_in_one_call_is_sampled_independently(backend, server):
+    """k samples of one code task or GSM8K question are k copies of the prompt in one generate call; a server
+    that honours seeds (the fake, like vLLM) answered them alike when every request carried the same seed."""
+    out = backend().generate(ModelRef(NANO), ["Name an animal."] * 6, Sampling(1.0, 16, seed=1))
+    assert len(set(out)) > 1, out
+    again = backend().generate(ModelRef(NANO), ["Name an animal."] * 6, Sampling(1.0, 16, seed=1))
+    assert again == out  # still reproducible
+
+
 def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(backend, server):
     server.tpm_limit = 60
     with pytest.raises(UserError) as e:
