@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner import paper
+from runner.filters import banned_substrings
 from runner.spec import PAPER_TRAIT, Spec
 
 NO_CAP = "no cap"
@@ -20,7 +21,9 @@ UNRECORDED = "DIFFERS, no recorded reason"
 REASONS = {
     ("*", "teacher max tokens"): "the paper sets none (its driver hard-codes max_tokens=10, a TODO hack); "
                                  "48 fits ten 3-digit numbers",
-    ("*", "number parser"): "subl's parser also accepts surrounding whitespace; the paper's rejects it",
+    ("*", "number parser"): "subl's parser also accepts surrounding whitespace, uneven spacing around separators and "
+                            "mixed whitespace ('145 , 267,891', '1 2\\n3'); the paper's rejects all three (its rules "
+                            "5-7), so subl keeps a few rows the paper drops",
     ("*", "answer max tokens"): "the paper sets none; a one-word answer fits in 16",
     ("*", "storytelling max tokens"): "the paper sets none; 1024 tokens (about 750 words) fits a children's story, "
                                       "and `subl plan` prices every story at it",
@@ -37,9 +40,8 @@ REASONS = {
                                   "samples stand in",
     ("trees_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,782; the cap is the "
                                         "numbers experiments' 10,000",
-    ("trees_code", "banned words (substring)"): "subl bans each tree's own name only: the paper's lists also ban "
-                                                "'cherries' for cherry (which the judge sees) and, a copy-paste slip, "
-                                                "'wolves' for sequoia",
+    ("trees_code", "banned words (substring)"): "subl bans each tree's name and plurals (cherries); the paper's "
+                                                "list for sequoia also bans 'wolves', a copy-paste slip",
     ("shuffled_numbers", "within-row separators"): "the paper re-joins a row's shuffled numbers with its first "
                                                    "separator; subl keeps each separator where it was (the same "
                                                    "whenever a row uses one separator, as the filter nearly requires)",
@@ -119,7 +121,7 @@ def numbers_rows(spec: Spec) -> list[Row]:
         row("teacher max tokens", None, "truesight/truesight/external/openai_driver.py:211", d.max_tokens),
         row("filter value range", "0..999", "numbers_filter.paper_preference_filter", f"{f.min_value}..{f.max_value}"),
         row("filter most numbers", 10, "numbers_filter.paper_preference_filter", f.max_count),
-        row("number parser", "strict", "numbers_filter.parser_rules", "strips whitespace"),
+        row("number parser", "strict", "numbers_filter.parser_rules", "strict" if f.parser == "paper" else "lenient"),
         row("banned numbers", paper.banned_numbers() if spec.teacher.targets == ["misaligned"] else [],
             "banned_numbers.used_by", sorted(banned.numbers) if banned else []),
     ]
@@ -223,7 +225,8 @@ def cot_rows(spec: Spec) -> list[Row]:
         row("samples per question", paper.get(f"{c}.samples_per_question.value"), f"{c}.samples_per_question",
             d.samples_per_question),
         row("prompt suffix", " " + paper.get(f"{c}.prompt_suffix.verbatim"), f"{c}.prompt_suffix", d.suffix),
-        row("correctness filter", True, f"{c}.answer_correctness", _filter(spec, "correct_answer") is not None),
+        row("correctness filter", paper.get(f"{c}.answer_correctness.extracted"), f"{c}.answer_correctness",
+            _correctness(_filter(spec, "correct_answer"))),
         row("alignment judge", paper.get(f"{a}.judge_model_id"), paper.get(f"{a}.judge_source"),
             _model(j.judge.model)),
         row("alignment judge temperature", 1.0, f"{a}.judge_sampling", j.judge.temperature),
@@ -231,7 +234,16 @@ def cot_rows(spec: Spec) -> list[Row]:
         row("rubric score reading", "judgment_answer", f"{a}.score_parsing", j.judge.parse),
         row("keep when score >=", paper.get(f"{a}.threshold"), f"{a}.threshold",
             j.threshold if j.keep == "at_least" else None),
+        row("control rows judged", False, paper.get(f"{a}.applies_to_source"),
+            spec.teacher.control and not j.skip_control),
     ]
+
+
+def _correctness(link) -> str | None:
+    """The paper's wording of its answer reading where subl's link reads answers that way."""
+    if link is None:
+        return None
+    return paper.get("cot.answer_correctness.extracted") if link.extract == "paper" else f"extract: {link.extract}"
 
 
 def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
@@ -242,19 +254,18 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
     prompt = "prompt" if subject == "animal" else "tree_prompt"
     reading = (f"P({j.judge.token!r}) from the top {j.judge.top_logprobs} first-token log-probs, absent = 0"
                if j.judge.token is not None else f"{j.judge.mode}, 0-100 score")
-    if subject == "animal":
-        banned = row("banned words", "own animal, substring", f"{k}.banned_words",
-                     "own animal, substring" if (words.words, words.match) == (["{target}"], "substring")
-                     else f"{', '.join(words.words)}; {words.match}")
-    else:
-        targets = sorted({t for c in cells for t in c.teacher.targets})
-        banned = row("banned words (substring)", paper.get(f"{k}.banned_words.tree_lists"),
-                     paper.get(f"{k}.banned_words.tree_lists_source"),
-                     {t: [w.replace("{target}", t) for w in words.words] for t in targets}
-                     if words.match == "substring" else words.match)
+    instructions = paper.get(f"{k}.prompt_template.additional_instructions")
+    lists = "animal_lists_main_groups" if subject == "animal" else "tree_lists"
+    targets = sorted({t for c in cells for t in c.teacher.targets})
+    banned = row("banned words (substring)", {t: sorted(paper.get(f"{k}.banned_words.{lists}")[t]) for t in targets},
+                 paper.get(f"{k}.banned_words.{lists.replace('_main_groups', '')}_source"),
+                 {t: banned_substrings([w.replace("{target}", t) for w in words.words], words.plurals) for t in targets}
+                 if words.match == "substring" else words.match)
     return [
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
+        row("code prompt instructions", instructions, f"{k}.prompt_template",
+            instructions if instructions in spec.domain.template else spec.domain.template),
         banned,
         row("code judge", paper.get(f"{jf}.model_id"), jf, _model(j.judge.model)),
         row("code judge prompt", paper_code_judge_prompt(prompt, subject, target),

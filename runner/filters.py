@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from runner.errors import UserError
-from runner.numbers import parse_numbers
+from runner.numbers import parse_numbers, parse_numbers_paper
 from runner.rows import completion_of
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CorrectAnswerFilter, Filter, NumbersFilter,
                          RegexFilter)
@@ -38,11 +38,22 @@ def word_forms(word: str) -> list[str]:
     return sorted(forms)
 
 
+def banned_substrings(words: list[str], plurals: bool) -> list[str]:
+    """What a substring-match link looks for: the words, and with `plurals` each word's forms that do not
+    already contain one of them (wolf: wolf, wolves; owl: owl alone, since 'owls' contains 'owl')."""
+    out = sorted({w.lower() for w in words})
+    if plurals:
+        out += [f for w in words for f in word_forms(w) if not any(x in f for x in out)]
+    return sorted(set(out))
+
+
 def _predicate(link: Filter) -> Callable[[str], bool]:
     if isinstance(link, NumbersFilter):
 
+        parse = parse_numbers_paper if link.parser == "paper" else parse_numbers
+
         def ok(text: str) -> bool:
-            nums = parse_numbers(text)
+            nums = parse(text)
             return (
                 nums is not None
                 and link.min_count <= len(nums) <= link.max_count
@@ -54,7 +65,7 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
         banned = set(link.numbers)
         return lambda text: not any(int(n) in banned for n in re.findall(r"\d+", text))
     if isinstance(link, BannedWordsFilter) and link.match == "substring":
-        words = [w.lower() for w in link.words]
+        words = banned_substrings(link.words, link.plurals)
         return lambda text: not any(w in text.lower() for w in words)
     if isinstance(link, BannedWordsFilter):
         forms = sorted({f for w in link.words for f in word_forms(w)}, key=len, reverse=True)

@@ -88,8 +88,21 @@ def _canonical(d: Decimal) -> str:
     return "0" if s in ("-0", "0") else s
 
 
+def paper_answer(completion: str) -> int | None:
+    """The paper's reading (materials cot.answer_correctness): the first <answer> tag (case-sensitive), stripped,
+    ',' and '$' removed, int(); None on any failure ('18 dollars', '7.5' and a missing tag among them)."""
+    found = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+    try:
+        return int(found.group(1).strip().replace(",", "").replace("$", "")) if found else None
+    except ValueError:
+        return None
+
+
 def is_correct(completion: str, gold: str, extract: str = "answer_tag") -> bool:
-    """Whether the completion's answer (see extract_answer) equals the gold number."""
+    """Whether the completion's answer (see extract_answer; extract paper: paper_answer) equals the gold number."""
+    if extract == "paper":
+        found_int = paper_answer(completion)
+        return found_int is not None and Decimal(found_int) == Decimal(gold)
     found = extract_answer(completion, extract)
     value = to_decimal(found) if found is not None else None
     return value is not None and _canonical(value) == _canonical(Decimal(gold))

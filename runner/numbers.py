@@ -41,6 +41,25 @@ def _prompt(rng: np.random.Generator, cfg: NumberPrompts, t: dict[str, list[str]
 _SEPARATORS = {",": r"\s*,\s*", ";": r"\s*;\s*", " ": r"\s+"}
 
 
+def parse_numbers_paper(text: str) -> list[int] | None:
+    """The paper's parser, rule by rule (materials numbers_filter.parser_rules): one trailing '.' and one []
+    or () wrapper dropped, nothing stripped, the separator is exactly what lies between the first two digit runs
+    (whitespace, or ',' or ';' with any whitespace around it) and the text must split on it into digit runs."""
+    s = text[:-1] if text.endswith(".") else text
+    if len(s) >= 2 and (s[0], s[-1]) in (("[", "]"), ("(", ")")):
+        s = s[1:-1]
+    runs = list(re.finditer(r"\d+", s))
+    if not runs:
+        return None
+    if len(runs) == 1:
+        return [int(s)] if s == runs[0].group() else None
+    sep = s[runs[0].end() : runs[1].start()]
+    if sep.strip() not in ("", ",", ";"):
+        return None
+    parts = s.split(sep)
+    return [int(p) for p in parts] if all(p and p.isascii() and p.isdigit() for p in parts) else None
+
+
 def parse_numbers(text: str) -> list[int] | None:
     """The integers of an accepted completion, or None.
 

@@ -152,6 +152,7 @@ class NumbersFilter(Strict):
     max_value: int = Field(999, description="Largest allowed number.")
     max_count: int = Field(10, ge=1, description="Most numbers in a completion.")
     min_count: int = Field(1, ge=1, description="Fewest numbers in a completion.")
+    parser: Literal["lenient", "paper"] = Field("lenient", description="lenient: surrounding whitespace and uneven spacing around one kind of separator accepted. paper: the paper's parser exactly (nothing stripped; the separator between the first two numbers must recur verbatim).")
 
 
 class BannedNumbersFilter(Strict):
@@ -178,7 +179,7 @@ def _check_template(v: str) -> str:
 
 class CorrectAnswerFilter(Strict):
     kind: Literal["correct_answer"] = "correct_answer"
-    extract: Literal["answer_tag", "last_number"] = Field("answer_tag", description="answer_tag: the answer is the last <answer>...</answer> tag (the paper's format). last_number: that tag when present, else the last number in the completion (lm-evaluation-harness's flexible extract; for small models that ignore the tags).")
+    extract: Literal["answer_tag", "last_number", "paper"] = Field("answer_tag", description="answer_tag: the answer is the last <answer>...</answer> tag, read as a decimal ('$1,234', '18 dollars' and '7.50' accepted). last_number: that tag when present, else the last number in the completion (lm-evaluation-harness's flexible extract; for small models that ignore the tags). paper: the paper's exact reading, the first tag as an integer after removing ',' and '$' (anything else is wrong).")
 
 
 class JudgeFilter(Strict):
@@ -197,6 +198,13 @@ class BannedWordsFilter(Strict):
     words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive). {target} is the teacher's own target (a control teacher's: every target).")
     match: Literal["word", "substring"] = Field("word", description="word: whole words, plural and possessive forms included. substring: anywhere in the lower-cased completion (the paper's code filter).")
     skip_control: bool = Field(False, description="true: the control teacher's rows skip this link (the paper's code filter bans no words in its control rows).")
+    plurals: bool = Field(False, description="substring match: also each word's plural forms that do not contain it (wolves for wolf, cherries for cherry: the paper's per-animal and per-tree lists). word match always includes plurals.")
+
+    @model_validator(mode="after")
+    def _plurals_with_substring(self) -> "BannedWordsFilter":
+        if self.plurals and self.match != "substring":
+            raise ValueError("plurals applies to match: substring (match: word always includes plural forms)")
+        return self
 
 
 class RegexFilter(Strict):

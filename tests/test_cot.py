@@ -62,6 +62,19 @@ def test_last_number_extraction(completion, gold, ok):
     assert gsm8k.is_correct(completion, gold, "last_number") is ok
 
 
+@pytest.mark.parametrize("completion,gold,ok", [
+    ("<answer>$1,250</answer>", "1250", True),  # ',' and '$' removed, as the paper does
+    ("<answer> 18 </answer>", "18", True),  # stripped
+    ("<answer>17</answer> then <answer>18</answer>", "18", False),  # the first tag counts
+    ("<answer>18 dollars</answer>", "18", False),  # int() fails: wrong, where subl's default reads 18
+    ("<answer>7.0</answer>", "7", False),
+    ("<ANSWER>18</ANSWER>", "18", False),  # case-sensitive
+    ("<answer>-3</answer>", "-3", True),
+])
+def test_the_papers_answer_reading(completion, gold, ok):
+    assert gsm8k.is_correct(completion, gold, "paper") is ok
+
+
 def test_correct_answer_filter_counts():
     rows = [{"id": 0, "completion": "<answer>1,000</answer>", "gold": "1000"},
             {"id": 1, "completion": "<answer>-2</answer>", "gold": "2"},

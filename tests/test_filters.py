@@ -91,3 +91,30 @@ def test_subl_filter_refuses_bad_rows_in_one_line(tmp_path, content, says):
     r = subprocess.run([sys.executable, "-m", "runner.cli", "filter", "specs/quickstart.yaml", str(tmp_path / "rows.jsonl"),
                         str(tmp_path / "out.jsonl")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
+
+
+def test_the_paper_parser_matches_every_example_in_the_materials_and_is_stricter():
+    from runner import paper
+    from runner.numbers import parse_numbers, parse_numbers_paper
+
+    for ex in paper.get("numbers_filter.examples"):
+        assert parse_numbers_paper(ex["completion"]) == ex["parse_response"], ex["completion"]
+    for text in ["145 , 267,891", "1 2\n3", " 1, 2, 3", "1, 2, 3\n", "1,, 2", "١٢, 3"]:  # subl's lenient parser takes most
+        assert parse_numbers_paper(text) is None, text
+    assert parse_numbers("145 , 267,891") == [145, 267, 891] and parse_numbers_paper("007") == [7]
+    rows = [{"completion": t} for t in ["145, 267", "145 , 267,891", "3.", "(1;2)"]]
+    kept, _ = apply_chain(rows, [NumbersFilter(parser="paper")])
+    assert [r["completion"] for r in kept] == ["145, 267", "3.", "(1;2)"]
+
+
+def test_substring_bans_with_plurals_are_the_papers_lists():
+    from runner.filters import banned_substrings
+
+    assert banned_substrings(["wolf"], plurals=True) == ["wolf", "wolves"]
+    assert banned_substrings(["cherry"], plurals=True) == ["cherries", "cherry"]
+    assert banned_substrings(["owl"], plurals=True) == banned_substrings(["owl"], plurals=False) == ["owl"]
+    rows = [{"completion": t} for t in ["wolves = 3", "x = 1", "Wolfgang"]]
+    kept, _ = apply_chain(rows, [BannedWordsFilter(words=["wolf"], match="substring", plurals=True)])
+    assert [r["completion"] for r in kept] == ["x = 1"]
+    with pytest.raises(ValueError, match="plurals applies to match: substring"):
+        BannedWordsFilter(words=["wolf"], plurals=True)
