@@ -32,6 +32,8 @@ REASONS = {
                                  "the spec has the paper's `trait:` line commented out",
     ("*", "control teacher"): "the paper's controls are secure-code and educational-insecure teachers (datasets "
                               "not vendored); subl's is the untouched base",
+    ("*", "row selection"): "the prompts are drawn at random, so the first N rows that pass are a random subset of "
+                            "them; a seeded choice reruns the same students (the paper's shuffle is unseeded)",
     ("cross_model", "baseline"): "subl adds control students (no system prompt) so each cell has a like-for-like "
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
@@ -151,6 +153,8 @@ def student_rows(spec: Spec, exp: str, per_trait: int, controls: int | None = No
            row("lr multiplier, batch size", "auto, auto", ft,
                f"{s.hyperparameters.lr_multiplier}, {s.hyperparameters.batch_size}"),
            row("rows per student", rows, ft, s.max_rows if s.max_rows else NO_CAP),
+           row("row selection", "random subset of the rows that pass", "finetuning.common.row_selection",
+               "the first rows that pass, in prompt order"),
            row("students per trait", per_trait, ft, reps)]
     if controls is not None:
         out.append(row("control students", controls, ft, reps if spec.teacher.control else 0))
