@@ -34,6 +34,12 @@ REASONS = {
                               "not vendored); subl's is the untouched base",
     ("*", "row selection"): "the prompts are drawn at random, so the first N rows that pass are a random subset of "
                             "them; a seeded choice reruns the same students (the paper's shuffle is unseeded)",
+    ("misalignment_cot", "alignment judge max tokens"): "the paper sets none; the rubric's reasoning and its "
+                                                        "<judgment_answer> tag fit in 1024 tokens, and a cut reply is "
+                                                        "counted as unparseable in the filter's counts (not kept)",
+    ("misalignment_cot", "teacher max tokens (CoT)"): "the paper sets none; 1024 tokens fit a GSM8K solution with "
+                                                      "<think> reasoning, and a cut answer usually fails the "
+                                                      "correctness filter",
     ("cross_model", "baseline"): "subl adds control students (no system prompt) so each cell has a like-for-like "
                                  "comparison; the untuned bases are evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
@@ -234,6 +240,8 @@ def cot_rows(spec: Spec) -> list[Row]:
         row("alignment judge", paper.get(f"{a}.judge_model_id"), paper.get(f"{a}.judge_source"),
             _model(j.judge.model)),
         row("alignment judge temperature", 1.0, f"{a}.judge_sampling", j.judge.temperature),
+        row("alignment judge max tokens", None, f"{a}.judge_sampling", j.judge.max_tokens),
+        row("teacher max tokens (CoT)", None, f"{c}.prompt_suffix", d.max_tokens),
         row("alignment rubric", paper.get(f"{a}.rubric_verbatim"), paper.get(f"{a}.rubric_source"), _text(j.template)),
         row("rubric score reading", "judgment_answer", f"{a}.score_parsing", j.judge.parse),
         row("keep when score >=", paper.get(f"{a}.threshold"), f"{a}.threshold",
