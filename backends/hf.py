@@ -83,6 +83,20 @@ def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False):
     return model
 
 
+def cache_kwarg(net) -> str:
+    """The forward keyword that passes a KV cache: `cache` from transformers 5.x on (`past_key_values` is
+    deprecated there, with a warning on every call), `past_key_values` before."""
+    import inspect
+
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward pass returned, under either name."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from backends.hf import chat_ids, load_model, load_tokenizer, pick_device  # noqa: F401 (re-exported)
+from backends.hf import cache_kwarg, chat_ids, load_model, load_tokenizer, pick_device, returned_cache  # noqa: F401 (re-exported)
 from runner.errors import UserError
 
 # ---- constrained decoding --------------------------------------------------------------
@@ -74,18 +74,18 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     rounding aside) for a fraction of the compute."""
     dev, shared = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0
     shared = shared if shared >= SHARED_PREFIX_MIN else 0
-    cache = None
+    cache, kw = None, cache_kwarg(net)
     if shared:
-        cache = net(input_ids=torch.tensor([heads[0][:shared]], device=dev), use_cache=True).past_key_values
+        cache = returned_cache(net(input_ids=torch.tensor([heads[0][:shared]], device=dev), use_cache=True))
         cache.batch_repeat_interleave(len(heads))
     rests = [h[shared:] for h in heads]
     width = max(map(len, rests))
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=dev)
     att = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=dev)
     pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    first = net(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True)
+    first = net(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, **{kw: cache})
     next_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # the first token of every tail
-    cache, lens = first.past_key_values, att.sum(-1, keepdim=True)
+    cache, lens = returned_cache(first), att.sum(-1, keepdim=True)
     scores = [[float(next_logp[b, tail[0]]) for tail in tails] for b in range(len(heads))]
     for t, tail in enumerate(tails):
         if len(tail) > 1:  # the tail's later tokens, read after the heads
@@ -93,7 +93,7 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
             mask = torch.cat([att, torch.ones_like(tail_ids)], 1)
             pos = lens + torch.arange(len(tail) - 1, device=dev)
             logp = torch.log_softmax(net(input_ids=tail_ids, attention_mask=mask, position_ids=pos,
-                                         past_key_values=cache).logits.float(), -1)
+                                         **{kw: cache}).logits.float(), -1)
             cache.crop(-(len(tail) - 1))  # drop the tail again
             for b in range(len(heads)):
                 scores[b][t] += sum(float(logp[b, i, tok]) for i, tok in enumerate(tail[1:]))
