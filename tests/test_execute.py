@@ -67,3 +67,20 @@ def test_stages_that_share_a_label_are_each_counted(tmp_path):
     twins = [Wait(label="evaluate base", model=LOCAL, seconds=0.01 * (i + 1)) for i in range(3)]  # as matrix cells
     ran = execute(twins, Store(tmp_path), router=None)
     assert sorted(ran) == sorted(s.key for s in twins) and len(ran) == 3
+
+
+def test_a_model_trained_from_a_relative_local_base_loads_its_base_again(tmp_path, monkeypatch):
+    """model.json's ./ names the stage folder, so a base given as ./mybase (read from where subl runs) is
+    stored absolute; stored as given, the student's base became <stage>/mybase and could never load."""
+    from runner.core import ModelRef
+    from runner.stages.training import write_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mybase").mkdir()
+    store = Store(tmp_path / "out")
+    folder = store.path("finetune-abc")
+    (folder / "adapter").mkdir(parents=True)
+    write_model(folder, ModelRef("./mybase", str(folder / "adapter")))
+    ref = RunContext(folder, store, None).model(ModelInput(ref="x", identity="stage:finetune-abc",
+                                                           from_stage="finetune-abc"))
+    assert ref.base == str(tmp_path / "mybase") and ref.adapter == str(folder / "adapter")

@@ -47,9 +47,12 @@ class TrainingSettings(Frozen):
 
 
 def _inside(value, folder: Path):
-    """Paths inside the (temporary) stage folder are stored relative to it, as ./..."""
+    """Paths inside the (temporary) stage folder are stored relative to it, as ./...; a local folder given
+    relative to where subl runs (a base './mybase') is stored absolute, since ./ now means the stage folder."""
     if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(folder):
         return "./" + str(Path(value).relative_to(folder))
+    if isinstance(value, str) and value.startswith(("./", "../", "~")) and Path(value).expanduser().is_dir():
+        return str(Path(value).expanduser().resolve())
     return value
 
 
