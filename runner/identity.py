@@ -114,10 +114,22 @@ class Identities:
         if not sha:
             raise UserError(f"{repo_type} {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
                             "and the hub cannot be reached); download it once or name a local file")
-        recorded[entry] = sha
+        return self._record(entry, sha)
+
+    def _record(self, entry: str, sha: str) -> str:
+        """Add one pin under a lock, re-reading the file first: two runs into one folder each keep the other's
+        pins, and a pin already recorded by the other run wins (every later key names it)."""
+        import fcntl
+
         self.revisions_file.parent.mkdir(parents=True, exist_ok=True)
-        self.revisions_file.write_text(json.dumps(recorded, indent=2, sort_keys=True))
-        return sha
+        with open(self.revisions_file.with_name(".hub_revisions.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            recorded = self._revisions()
+            recorded.setdefault(entry, sha)
+            tmp = self.revisions_file.with_name(self.revisions_file.name + ".tmp")
+            tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True))
+            os.replace(tmp, self.revisions_file)
+        return recorded[entry]
 
     def _revisions(self) -> dict:
         try:

@@ -36,12 +36,22 @@ def ray_module():
     return ray
 
 
+def endpoint_env() -> dict[str, str]:
+    """The hosted endpoints as the driver resolves them (its variable, else the SDK's default), set on every
+    worker: a backend without base_url is keyed by the driver's endpoint, so a worker must not pick its own."""
+    from runner.identity import DEFAULT_BASE_URL, TINKER_BASE_URL
+
+    return {"OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+            "TINKER_BASE_URL": os.environ.get("TINKER_BASE_URL") or TINKER_BASE_URL}
+
+
 @contextmanager
 def cluster(address: str | None, cpus: int | None) -> Iterator[dict[str, float]]:
     """Connect to the Ray cluster at `address` (auto, ray://host:10001), or start a local instance with
     `cpus` CPUs (default: all); yield its resources; disconnect (stopping a local instance) at the end."""
     ray = ray_module()
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (CODE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (CODE_ROOT, os.environ.get("PYTHONPATH")) if p),
+           **endpoint_env()}
     if os.environ.get(CRASH_ENV):
         env[CRASH_ENV] = os.environ[CRASH_ENV]
     kw = dict(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="WARNING")

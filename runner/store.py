@@ -157,6 +157,11 @@ def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
+    """Whole or not at all: written beside `path`, then renamed over it (a resumed generation rewrites its
+    rows file; a kill mid-write must not lose the batches already paid for)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)

@@ -76,3 +76,27 @@ def test_a_pinned_hub_model_is_trained_and_labelled_at_its_revision_not_main(tmp
     for ours, theirs in zip(got["labels"], teacher_soft_labels(ModelRef(str(old), system="You love owls."), rows,
                                                                 None, "cpu")):
         assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_runs_recording_pins_at_once_keep_each_others(tmp_path, monkeypatch):
+    """Two runs into one outputs folder pin hub ids at the same time: each read-modify-write of
+    hub_revisions.json used to be able to drop the other's pins (a later run then re-pinned to the newest
+    revision and redid everything downstream)."""
+    import threading
+
+    from runner import identity
+
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind: f"sha-{repo}")
+    ids = [f"org/model-{i}" for i in range(160)]
+
+    def pin(chunk):
+        for repo in chunk:
+            identity.Identities(tmp_path).hub_revision(repo)
+
+    threads = [threading.Thread(target=pin, args=(ids[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recorded = json.loads((tmp_path / "hub_revisions.json").read_text())
+    assert recorded == {repo: f"sha-{repo}" for repo in ids}

@@ -215,3 +215,20 @@ def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
     assert [pickle.loads(pickle.dumps(s)).key for s in stages] == [s.key for s in stages]
     r = pickle.loads(pickle.dumps(Router("cpu", True, {"x": 1})))
     assert (r.device, r.cpu_bf16, r.hosted) == ("cpu", True, {"x": 1})
+
+
+def test_workers_get_the_endpoints_the_driver_keyed(monkeypatch):
+    from runner.identity import DEFAULT_BASE_URL, TINKER_BASE_URL, hosted_endpoint
+    from runner.ray_executor import endpoint_env
+    from runner.spec import HostedBackend
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("TINKER_BASE_URL", "https://tinker.example/v1")
+    env = endpoint_env()
+    assert env == {"OPENAI_BASE_URL": DEFAULT_BASE_URL, "TINKER_BASE_URL": "https://tinker.example/v1"}
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://elsewhere.example/v1")  # what a worker's own shell may say
+    with monkeypatch.context() as m:
+        for k, v in env.items():
+            m.setenv(k, v)
+        assert hosted_endpoint(HostedBackend()) == DEFAULT_BASE_URL != "https://elsewhere.example/v1"
+    assert TINKER_BASE_URL.startswith("https://")
