@@ -930,8 +930,9 @@ class OpenAIBackend:
         """Upload the rows in chat format, start a supervised job, poll it, return the new model.
 
         The upload and the job are tagged with the stage and a digest of (model, seed,
-        hyper-parameters, training data), and looked up by that tag before they are created: a
-        rerun, on this folder or on an empty one, adopts them instead of paying again."""
+        hyper-parameters, training data); a job is looked up by that digest before anything is created: a
+        rerun, on this folder or on an empty one, or another stage with the same training (a filter edit
+        that kept the same rows) adopts it instead of paying again."""
         if teacher is not None or training.objective != "sft":
             raise UserError(f"model {base}: hosted fine-tuning supports objective: sft only")
         model = self.model_id(base)
@@ -957,13 +958,20 @@ class OpenAIBackend:
         def save() -> None:
             _save_json(path, state)
 
-        if not state.get("file_id"):
+        if not state.get("job_id"):  # the same training made under another stage key (a filter edit that kept
+            found = self.call("fine-tuning job lookup", self._find_job, {"subl_digest": digest}, model,
+                              training.seed, hp)  # every row): adopted, not paid again
+            if found is not None:
+                state.update(job_id=found.id, status=found.status, adopted_from=(found.metadata or {}).get("subl_stage"))
+                save()
+        if not state.get("job_id") and not state.get("file_id"):
             name = tagged_filename("train", stage, training_sha)
             state["file_id"] = self._upload(name, data, "fine-tune", "training file upload").id
             kill_point("train-file-created")
             save()
         if not state.get("job_id"):
-            job = self._start_job(model, state["file_id"], hp, training.seed, tags(stage, digest), state["suffix"])
+            job = self._start_job(model, state["file_id"], hp, training.seed, tags(stage, digest), state["suffix"],
+                                  {"subl_digest": digest})
             kill_point("job-created")
             state.update(job_id=job.id, status=job.status)
             save()
@@ -972,8 +980,9 @@ class OpenAIBackend:
         save()
         return ModelRef(base=f"{self.name}:{job.fine_tuned_model}")
 
-    def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str):
-        """Adopt this stage's live job with these exact settings, else create it (once)."""
+    def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str, same: dict):
+        """Adopt a live job tagged `same` (the training's digest) with these exact settings, else create it (once),
+        tagged `meta`."""
 
         def create():
             return self.client.fine_tuning.jobs.create(
@@ -981,7 +990,7 @@ class OpenAIBackend:
                 method={"type": "supervised", "supervised": {"hyperparameters": hp}})
 
         return self.call("fine-tuning job create",
-                         adopt_or_create(lambda: self._find_job(meta, model, seed, hp), create, self.grace))
+                         adopt_or_create(lambda: self._find_job(same, model, seed, hp), create, self.grace))
 
     def _find_job(self, meta: dict, model: str, seed: int, hp: dict) -> Any:
         """A job that is not failed or cancelled, tagged `meta` (filtered by the server, checked

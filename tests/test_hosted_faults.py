@@ -70,6 +70,24 @@ def test_a_lost_job_create_on_a_model_alias_is_adopted_by_its_snapshot(backend, 
     assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}} and server.counts["fault:lost"] == 1
 
 
+def test_the_same_training_under_another_stage_key_adopts_the_job(backend, server, tmp_path):
+    """A filter edit that keeps every row (a threshold no score lies between) gives the students a new stage key
+    but the same training: the job is found by its digest and adopted; nothing is uploaded or paid again."""
+    from runner.core import enter_stage, leave_stage
+
+    refs = []
+    for key in ("finetune-aaaa1111", "finetune-bbbb2222"):
+        tokens = enter_stage(key, tmp_path / key)
+        try:
+            refs.append(backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key))
+        finally:
+            leave_stage(tokens)
+    assert refs[0] == refs[1] and ledger(server) == {"finetune-aaaa1111": {"files": 1, "jobs": 1}}
+    assert json.loads((tmp_path / "finetune-bbbb2222" / "hosted_job.json").read_text())["adopted_from"] == "finetune-aaaa1111"
+    backend().finetune(NANO, rows(12), Training(epochs=1, seed=7), tmp_path / "other-seed")  # other training: paid
+    assert server.counts["jobs.create"] == 2
+
+
 def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "lost", method="POST")
     server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
@@ -99,7 +117,7 @@ def test_adoption_reads_every_page_and_filters_by_metadata(backend, server, tmp_
     assert len(fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))) == 10
     assert ledger(server) == {"adhoc": {"files": 2, "jobs": 1, "batches": 1}}
     gets = [p for m, p, _ in server.log if m == "GET"]
-    assert any(p.startswith("/v1/fine_tuning/jobs?") and "metadata%5Bsubl_stage%5D=adhoc" in p and "after=" in p
+    assert any(p.startswith("/v1/fine_tuning/jobs?") and "metadata%5Bsubl_digest%5D=" in p and "after=" in p
                for p in gets)
     assert any(p.startswith("/v1/files?") and "after=" in p for p in gets)
     assert any(p.startswith("/v1/batches?") and "after=" in p for p in gets)
