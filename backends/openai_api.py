@@ -658,7 +658,7 @@ class OpenAIBackend:
                 if n > 1:
                     body["n"] = min(per, n - start)
                 body.update(extra or {})
-                requests.append((_digest({"backend": self.name, "body": body, "index": i}), body))
+                requests.append((_digest({"endpoint": self.endpoint, "body": body, "index": i}), body))
                 owner.append(i)
         return requests, owner
 

@@ -345,6 +345,18 @@ class TinkerBackend:
             tries = f" after {retrying.statistics.get('attempt_number', 1)} attempt(s)" if transient(e) else ""
             raise UserError(redact(_one_line(f"backend '{self.name}': {what} failed{tries}: {describe(e)}"))) from None
 
+    @property
+    def endpoint(self) -> str:
+        from runner.identity import hosted_endpoint
+
+        return hosted_endpoint(self.cfg)
+
+    def plain(self, ref: str) -> str:
+        """A model reference without this backend's name, which the spec may rename: what request keys and the
+        training fingerprint hold (the endpoint says where)."""
+        prefix, _, rest = ref.partition(":")
+        return rest if prefix == self.name and rest else ref
+
     def model_id(self, ref: str) -> str:
         prefix, _, mid = ref.partition(":")
         if prefix != self.name or not mid:
@@ -433,7 +445,7 @@ class TinkerBackend:
             ids = chat_ids(tok, model.system, prompt)
             params = t.SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                       seed=(sampling.seed + i) % 2**31, stop=stop_ids(tok))
-            key = _digest({"backend": self.name, "op": "sample", "model": model.base, "adapter": model.adapter,
+            key = _digest({"endpoint": self.endpoint, "op": "sample", "model": self.plain(model.base), "adapter": model.adapter,
                            "ids": ids, "n": n, "params": params.model_dump()})
 
             def ask(ids=ids, params=params) -> dict:
@@ -462,7 +474,7 @@ class TinkerBackend:
             head = chat_ids(tok, model.system, prompt) + prefix_ids
             for tail in tails:
                 ids = head + tail
-                key = _digest({"backend": self.name, "op": "logprobs", "model": model.base,
+                key = _digest({"endpoint": self.endpoint, "op": "logprobs", "model": self.plain(model.base),
                                "adapter": model.adapter, "ids": ids, "last": len(tail)})
 
                 def ask(ids=ids, n=len(tail)) -> dict:
@@ -487,7 +499,7 @@ class TinkerBackend:
         for r in rows:
             tail = completion_ids(tok, r["completion"])
             ids = chat_ids(tok, teacher.system, r["prompt"]) + tail
-            key = _digest({"backend": self.name, "op": "topk", "model": teacher.base, "adapter": teacher.adapter,
+            key = _digest({"endpoint": self.endpoint, "op": "topk", "model": self.plain(teacher.base), "adapter": teacher.adapter,
                            "ids": ids, "k": k, "last": len(tail)})
 
             def ask(ids=ids, n=len(tail)) -> dict:
@@ -569,8 +581,9 @@ class TinkerBackend:
     def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None) -> str:
         from dataclasses import asdict
 
-        blob = json.dumps({"base": base, "rows": rows, "training": asdict(training), "top_k": self.cfg.top_k,
-                           "teacher": asdict(teacher) if teacher else None}, sort_keys=True, default=str)
+        teacher = None if teacher is None else {**asdict(teacher), "base": self.plain(teacher.base)}
+        blob = json.dumps({"base": self.plain(base), "rows": rows, "training": asdict(training),
+                           "top_k": self.cfg.top_k, "teacher": teacher}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,

@@ -128,7 +128,9 @@ def model_input(ids: Identities, ref: str, system: str | None = None) -> ModelIn
 
 
 def made_by(stage: Stage, label: str, system: str | None = None) -> ModelInput:
-    return ModelInput(ref=label, identity=f"stage:{stage.key}", system=system, from_stage=stage.key)
+    base = stage.base
+    backend = base.backend if base.from_stage else backend_name(base.ref)
+    return ModelInput(ref=label, identity=f"stage:{stage.key}", system=system, from_stage=stage.key, backend=backend)
 
 
 def file_input(path: str) -> FileInput:

@@ -561,6 +561,24 @@ def test_end_to_end_run_on_the_test_server(server, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_renamed_backend_reuses_its_students_and_serves_them_under_the_new_name(server, tmp_path):
+    """Keys name a hosted model by endpoint and id, not by the spec's name for its backend, so a rename reruns
+    nothing; a student made under the old name must then still load for a new evaluation (its model.json
+    says openai:ft:...; the spec now calls the backend oai)."""
+    spec = _scaled_spec(tmp_path, server.base_url)
+    out = tmp_path / "outputs"
+    assert _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY}).returncode == 0
+    jobs = server.paid_total()["jobs"]
+    renamed = spec.read_text().replace("  openai: {", "  oai: {").replace("max_questions: 3", "max_questions: 4")
+    spec.write_text(renamed + "teacher: {base: 'oai:gpt-4.1-nano-2025-04-14'}\n")
+    r = _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert server.paid_total()["jobs"] == jobs  # no student trained again
+    results = json.loads((out / "animals_small" / "results.json").read_text())
+    assert {e["model"] for e in results["evaluations"]} >= {"student:gpt-4.1-nano:owl:r0"}
+
+
+@pytest.mark.slow
 def test_process_killed_while_polling_then_resumed(server, tmp_path):
     server.job_polls = 10_000  # the job runs until the test lets it finish
     spec = _scaled_spec(tmp_path, server.base_url, "teacher: {control: false}\n")

@@ -38,11 +38,12 @@ class ModelInput(Frozen):
     """A model a stage reads. `identity` is what it is (weights digest, hub revision, hosted endpoint
     and id, or the stage that made it); `ref` is how to load it, which may move without a rerun."""
 
-    DISPLAY: ClassVar[frozenset[str]] = frozenset({"ref"})
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"ref", "backend"})
     ref: str
     identity: str
     system: str | None = None  # a system prompt is part of the model's behaviour
     from_stage: str | None = None  # the stage whose model.json names it (fine-tuned teachers, students)
+    backend: str | None = None  # a stage-made model: the spec's name now for the backend that serves it
 
     @property
     def hosted(self) -> bool:
@@ -180,6 +181,9 @@ class RunContext:
             raw = json.loads((self.path(m.from_stage) / "model.json").read_text())
             folder = self.path(m.from_stage)
             raw = {k: str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v for k, v in raw.items()}
+            stored = raw["base"].split(":", 1)
+            if m.backend and m.backend != "local" and len(stored) == 2 and stored[0] != m.backend:
+                raw["base"] = f"{m.backend}:{stored[1]}"  # the backend was renamed in the spec since (same key)
             return ModelRef(**{**raw, "system": m.system})
         revision = m.identity.rsplit("@", 1)[1] if m.identity.startswith("hub:") else None
         return ModelRef(m.ref, system=m.system, revision=revision)
