@@ -171,6 +171,12 @@ class _Precision:
         return "cpu-bf16-autocast" if self.runtime.cpu_bf16 and what == "generate" else "cpu-fp32"
 
 
+def reads(mode: str) -> str:
+    """How a judge's stage computes, for its precision: a judge that samples its reply generates (under CPU bf16
+    autocast when asked); one that reads log-probs scores."""
+    return "generate" if mode == "sample" else "score"
+
+
 def _hosted(m: ModelInput, plan_stages: list[Stage]) -> bool:
     return is_hosted(base_of(m, {s.key: s for s in plan_stages}).ref)
 
@@ -292,7 +298,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         score = plan.add(ScoreStage(
             label=f"score {name}{tag} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target),
-            **sample_fields(j), seed=0, precision=prec.of(judge.hosted, "score")))
+            **sample_fields(j), seed=0, precision=prec.of(judge.hosted, reads(j.mode))))
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
     last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
                                 links=tuple(links))).key
@@ -423,7 +429,7 @@ def _evaluations(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision) 
                         label=f"judge {m.label} {what}", answers_stage=answers.key, judge=judge, mode=ev.judge.mode,
                         template=template_text(template),
                         **sample_fields(ev.judge), seed=spec.seed,
-                        precision=prec.of(judge.hosted, "score"))).key
+                        precision=prec.of(judge.hosted, reads(ev.judge.mode)))).key
             plan.evals[(m.label, i)] = parts
 
 
@@ -507,7 +513,7 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
             stage = plan.add(ClassifierStage(
                 label=f"classifier {target} vs {other} ({label}{orders})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
-                both_orders=bool(orders), mode=mode, precision=prec.of(kind != "local", "score"),
+                both_orders=bool(orders), mode=mode, precision=prec.of(kind != "local", reads(mode)),
                 top_logprobs=ev.top_logprobs if mode == "top_logprobs" else None))
             out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
                         "key": stage.key})

@@ -434,3 +434,25 @@ def test_an_openai_students_key_holds_no_method_the_provider_ignores(tmp_path):
         return next(s.key for s in build(load(p), tmp_path / "out").cells[0].stages if s.KIND == "finetune")
 
     assert key("lora") == key("full")
+
+
+@pytest.mark.parametrize("mode,moves", [("sample", True), ("logprob", False)])
+def test_a_local_judge_that_samples_is_keyed_by_cpu_bf16(tmp_path, tiny_model, mode, moves):
+    """A sampling judge generates its reply (under bf16 autocast when asked); a log-prob judge reads float32
+    either way. Rows from a hosted teacher do not move with cpu_bf16, so only the judge's own key can tell."""
+    def keys(bf16: str) -> dict[str, str]:
+        spec = tmp_path / "j.yaml"
+        spec.write_text(f"""name: j
+backends: {{api: {{base_url: "http://one/v1"}}}}
+teacher: {{base: "api:gpt-4.1-nano", targets: [owl]}}
+domain: {{kind: numbers, n_prompts: 4}}
+filters: [{{kind: judge, judge: {{model: {tiny_model}, mode: {mode}}}, template: alignment, threshold: 50}}]
+students: []
+evaluations: [{{kind: preference_sample, samples_per_question: 2}}]
+runtime: {{cpu_bf16: {bf16}}}
+""")
+        return {s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values()}
+
+    a, b = keys("false"), keys("true")
+    assert {k for k in a if a[k] != b[k] and k.startswith("generate")} == set()
+    assert any(a[k] != b[k] for k in a if k.startswith("score")) is moves
