@@ -81,12 +81,27 @@ def check_outputs(outputs: Path, address: str | None) -> None:
 
 
 def resources(stage: Stage, hosted: str | None, gpu: bool) -> dict:
-    """What a stage's task asks of a node."""
+    """What a stage's task asks of a node (a GPU only where its key names CUDA, or names no device)."""
     if hosted:
         return {"num_cpus": 0}
-    if gpu and stage.KIND in MODEL_KINDS:
+    if gpu and stage.KIND in MODEL_KINDS and device_of(stage) != "cpu":
         return {"num_cpus": 1, "num_gpus": 1}
     return {"num_cpus": 1}
+
+
+def device_of(stage: Stage) -> str | None:
+    """The device a local model stage's key names (its precision, decided where the run was planned), which
+    the worker must use: with device auto a worker would pick its own, and a CPU driver's cpu-fp32 key would
+    hold a GPU's bf16 results (or the reverse)."""
+    precision = getattr(stage, "precision", None) or ""
+    return "cuda" if precision.startswith("cuda") else "cpu" if precision.startswith("cpu") else None
+
+
+def router_for(stage: Stage, router):
+    device = device_of(stage)
+    if device is None or router.device == device:
+        return router
+    return type(router)(device, router.cpu_bf16, router.hosted)
 
 
 def build_on_worker(stage: Stage, root: str, router) -> tuple[float | None, str]:
@@ -144,7 +159,7 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
             todo.remove(stage)
             need = resources(stage, backend, gpu)
             ref = task.options(**need, max_retries=MAX_RETRIES, retry_exceptions=False,
-                               name=stage.label[:100]).remote(stage, str(store.root), router)
+                               name=stage.label[:100]).remote(stage, str(store.root), router_for(stage, router))
             pending[ref] = (stage, progress_factory(stage) if progress_factory else None, backend)
             log(f"ray: queued {stage.label} ({', '.join(f'{k} {v:g}' for k, v in need.items())})")
         if not pending:

@@ -204,6 +204,22 @@ def test_stage_resources_by_kind_and_backend():
     assert resources(FilterStage.model_construct(), None, gpu=True) == {"num_cpus": 1}
 
 
+def test_a_worker_computes_on_the_device_its_stage_key_names():
+    """Planned on a CPU driver (device auto), a stage's key says cpu-fp32: on a cluster with GPUs its task must
+    neither take a GPU nor let the worker pick CUDA bf16, or the store would hold bf16 results under an fp32 key."""
+    from backends import Router
+    from runner.ray_executor import router_for
+    from runner.stages.evaluation import ProbeStage
+
+    local = ModelInput(ref="m", identity="weights:abc")
+    cpu, cuda = (ProbeStage.model_construct(model=local, precision=p) for p in ("cpu-fp32", "cuda-bf16"))
+    auto = Router("auto", False, {})
+    assert resources(cpu, None, gpu=True) == {"num_cpus": 1}
+    assert resources(cuda, None, gpu=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert router_for(cpu, auto).device == "cpu" and router_for(cuda, auto).device == "cuda"
+    assert router_for(FilterStage.model_construct(), auto) is auto
+
+
 def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
     from backends import Router
     from runner.loader import load
