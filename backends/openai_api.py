@@ -39,7 +39,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_befo
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
                                    never_reached, stage_tag, tagged_filename, tags)
-from runner.core import backend_name, current_stage_dir
+from runner.core import backend_name, current_stage_dir, hosted_endpoint
 from runner.prices import chat_tokens, estimate_tokens
 from runner.errors import UserError
 
@@ -429,7 +429,7 @@ class OpenAIBackend:
 
     @property
     def endpoint(self) -> str:
-        return redact(self.cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        return redact(hosted_endpoint(self.cfg))
 
     def _key(self) -> str:
         env = key_env(self.name, self.cfg.api_key_env)

@@ -347,7 +347,7 @@ class TinkerBackend:
 
     @property
     def endpoint(self) -> str:
-        from runner.identity import hosted_endpoint
+        from runner.core import hosted_endpoint
 
         return hosted_endpoint(self.cfg)
 

@@ -2,6 +2,7 @@
 naming, and the stage being built. Imports nothing of the project (a leaf: backends may use it)."""
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,3 +89,17 @@ def enter_stage(key: str, folder: Path) -> tuple:
 def leave_stage(tokens: tuple) -> None:
     _STAGE_DIR.reset(tokens[0])
     _STAGE_KEY.reset(tokens[1])
+
+
+# ---- where a hosted backend's requests go -----------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+TINKER_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"  # tinker.lib.base_url (SDK 0.38)
+
+
+def hosted_endpoint(cfg) -> str:
+    """The endpoint a hosted backend's requests go to, resolved as its SDK resolves it: base_url, else the
+    SDK's variable (OPENAI_BASE_URL or TINKER_BASE_URL), else the SDK's default."""
+    env, default = (("TINKER_BASE_URL", TINKER_BASE_URL) if getattr(cfg, "kind", "openai") == "tinker"
+                    else ("OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    return (getattr(cfg, "base_url", None) or os.environ.get(env) or default).rstrip("/")

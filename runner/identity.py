@@ -15,12 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from runner.core import backend_name, hosted_model_id
+from runner.core import backend_name, hosted_endpoint, hosted_model_id
 from runner.errors import UserError
 
 MODEL_FILES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken")
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-TINKER_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"  # tinker.lib.base_url (SDK 0.38)
 
 
 def _cache_path() -> Path:
@@ -67,14 +65,6 @@ def folder_digest(folder: Path) -> str:
     for p in files:
         h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
     return h.hexdigest()[:32]
-
-
-def hosted_endpoint(cfg) -> str:
-    """The endpoint a hosted backend's requests go to, resolved as its SDK resolves it: base_url, else the
-    SDK's variable (OPENAI_BASE_URL or TINKER_BASE_URL), else the SDK's default."""
-    env, default = (("TINKER_BASE_URL", TINKER_BASE_URL) if getattr(cfg, "kind", "openai") == "tinker"
-                    else ("OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    return (getattr(cfg, "base_url", None) or os.environ.get(env) or default).rstrip("/")
 
 
 class Identities:

@@ -39,7 +39,7 @@ def ray_module():
 def endpoint_env() -> dict[str, str]:
     """The hosted endpoints as the driver resolves them (its variable, else the SDK's default), set on every
     worker: a backend without base_url is keyed by the driver's endpoint, so a worker must not pick its own."""
-    from runner.identity import DEFAULT_BASE_URL, TINKER_BASE_URL
+    from runner.core import DEFAULT_BASE_URL, TINKER_BASE_URL
 
     return {"OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
             "TINKER_BASE_URL": os.environ.get("TINKER_BASE_URL") or TINKER_BASE_URL}

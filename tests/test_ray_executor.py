@@ -234,7 +234,7 @@ def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
 
 
 def test_workers_get_the_endpoints_the_driver_keyed(monkeypatch):
-    from runner.identity import DEFAULT_BASE_URL, TINKER_BASE_URL, hosted_endpoint
+    from runner.core import DEFAULT_BASE_URL, TINKER_BASE_URL, hosted_endpoint
     from runner.ray_executor import endpoint_env
     from runner.spec import HostedBackend
 
