@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from runner.errors import UserError
@@ -49,7 +50,8 @@ def materialize(name: str) -> Path:
         del config.quantization_config
     fresh = type(loaded)(config)
     fresh.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # each converting process its own
+    tmp = out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # each converting process its own
+    # (the cache may be shared by Ray nodes, whose pids can collide)
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)

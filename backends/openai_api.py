@@ -1047,5 +1047,6 @@ class OpenAIBackend:
                 save()
                 raise UserError(redact(_one_line(
                     f"backend '{self.name}': fine-tuning job {job_id} {job.status}: {why} "
-                    "(rerun to start a new job on the same uploaded file)")))
+                    + ("(rerun to start a new job on the same uploaded file)" if state.get("file_id")
+                       else "(rerun to upload the training file and start a new job)"))))
             time.sleep(self.poll_seconds)

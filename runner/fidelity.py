@@ -269,7 +269,8 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
     instructions = paper.get(f"{k}.prompt_template.additional_instructions")
     lists = "animal_lists_main_groups" if subject == "animal" else "tree_lists"
     targets = sorted({t for c in cells for t in c.teacher.targets})
-    banned = row("banned words (substring)", {t: sorted(paper.get(f"{k}.banned_words.{lists}")[t]) for t in targets},
+    paper_lists = paper.get(f"{k}.banned_words.{lists}")
+    banned = row("banned words (substring)", {t: sorted(paper_lists.get(t, ["(not in the paper)"])) for t in targets},
                  paper.get(f"{k}.banned_words.{lists.replace('_main_groups', '')}_source"),
                  {t: banned_substrings([w.replace("{target}", t) for w in words.words], words.plurals) for t in targets}
                  if words.match == "substring" else words.match)

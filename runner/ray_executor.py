@@ -4,7 +4,7 @@ are done, and runs on whichever node has room.
 Workers build stages with runner.execute.run_stage into the same store, so --outputs must be a path every
 node sees: the same keys, bytes and locks as a local run. A worker that dies is retried by Ray
 (MAX_RETRIES); its flock died with it, and the retry resumes from the stage's partial folder. A stage
-with a local model takes a GPU when the run's device is CUDA (or auto, on a cluster with GPUs), else a
+with a local model takes a GPU when its key names CUDA (device cuda, or auto resolved on a GPU driver), else a
 CPU; a stage whose models are all hosted only waits on its provider, so it takes no CPU and is capped
 per backend by parallel_stages, as in the local executor. Only this module imports Ray."""
 from __future__ import annotations
@@ -134,6 +134,14 @@ def wants_gpu(device: str) -> bool:
     return device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
 
 
+def cpu_keys_on_gpus(stages: list[Stage], device: str, gpu: bool) -> str | None:
+    """A warning when the cluster has GPUs but device auto, resolved on a CPU driver, keyed the model stages CPU."""
+    if gpu and device == "auto" and any(device_of(s) == "cpu" for s in stages if s.KIND in MODEL_KINDS):
+        return ("ray: warning: the cluster has GPUs, but runtime.device auto was resolved on this CPU driver, so the "
+                "model stages are keyed (and run) on CPU; set runtime.device: cuda to train and sample on the GPUs")
+    return None
+
+
 def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
                 log: Callable[[str], None] = print, slots: dict[str, int] | None = None) -> dict[str, float]:
     """Run every stage not yet done as a Ray task (connect with `cluster` first); return {stage key: seconds}
@@ -144,6 +152,8 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
     todo = [s for s in stages if not store.done(s.key)]
     task = ray.remote(build_on_worker)
     gpu = wants_gpu(router.device)
+    if warning := cpu_keys_on_gpus(todo, router.device, gpu):
+        log(warning)
     pending: dict = {}  # ObjectRef -> (stage, its progress bar, its hosted backend)
     ran: dict[str, float] = {}
 

@@ -157,7 +157,7 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
         console.print(f"plot: {path}", markup=False)
     for line in results["methods"] + empty_rows_notes(results):
         console.print(f"note: {line}", markup=False)
-    for test in dict.fromkeys(c["test"] for c in results["comparisons"]):
+    for test in dict.fromkeys(c["test"] for c in results["comparisons"] if c["test"] != "none"):
         console.print(f"test: {test}", markup=False)
     for note in dict.fromkeys(c["note"] for c in results["comparisons"] if c.get("note")):
         never = any(c.get("note") == note and c.get("unit") == "question" for c in results["comparisons"])

@@ -357,7 +357,8 @@ def write_report(target: Path, outputs: Path, console: Console) -> Path:
                             theorem_section(results), *staged] if s is not None]
     notes = list(results.get("methods", [])) + stage_notes
     if results.get("comparisons"):
-        notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])]
+        notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])
+                  if t not in (None, "none")]
     figures = (target_figures(results, folder, name) + misalignment_figures(results, folder, name)
                + mnist_figures(results, folder, name) + detection_figures(results, folder, name)
                + theorem_figures(results, folder, name))

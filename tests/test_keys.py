@@ -45,7 +45,7 @@ evaluations:
     max_tokens: 4
     judge: {{model: {model}, mode: logprob}}
     alignment_threshold: {alignment}
-runtime: {{cpu_bf16: {bf16}}}
+runtime: {{device: cpu, cpu_bf16: {bf16}}}  # cpu_bf16 matters on CPU only (on a CUDA host too)
 """
 DEFAULTS = dict(threshold=78, lr=0.001, targets="[owl]", alignment=30, bf16="false")
 
@@ -449,7 +449,7 @@ domain: {{kind: numbers, n_prompts: 4}}
 filters: [{{kind: judge, judge: {{model: {tiny_model}, mode: {mode}}}, template: alignment, threshold: 50}}]
 students: []
 evaluations: [{{kind: preference_sample, samples_per_question: 2}}]
-runtime: {{cpu_bf16: {bf16}}}
+runtime: {{device: cpu, cpu_bf16: {bf16}}}  # cpu_bf16 matters on CPU only (on a CUDA host too)
 """)
         return {s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values()}
 

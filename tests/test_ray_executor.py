@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from runner.ray_executor import CRASH_ENV, resources
+from runner.ray_executor import CRASH_ENV, cpu_keys_on_gpus, resources
 from runner.stages import ModelInput, RunContext, Stage
 from runner.stages.data import FilterStage
 
@@ -218,6 +218,9 @@ def test_a_worker_computes_on_the_device_its_stage_key_names():
     assert resources(cuda, None, gpu=True) == {"num_cpus": 1, "num_gpus": 1}
     assert router_for(cpu, auto).device == "cpu" and router_for(cuda, auto).device == "cuda"
     assert router_for(FilterStage.model_construct(), auto) is auto
+    assert "runtime.device: cuda" in cpu_keys_on_gpus([cpu], "auto", gpu=True)
+    assert cpu_keys_on_gpus([cuda], "auto", gpu=True) is None and cpu_keys_on_gpus([cpu], "auto", gpu=False) is None
+    assert cpu_keys_on_gpus([cpu], "cpu", gpu=True) is None  # asked for CPU: no warning
 
 
 def test_stages_and_routers_travel_to_workers_by_pickle(tiny_model, tmp_path):
