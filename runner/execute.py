@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 from runner.core import backend_name, is_hosted
+from runner.drift import check_unchanged
 from runner.stages import KEY_SCHEME, ModelInput, RunContext, Stage, base_of
 from runner.store import Store
 
@@ -34,7 +35,13 @@ def run_stage(stage: Stage, store: Store, router, progress: Callable = lambda do
     with store.claim(stage.key, on_wait) as needed:
         if not needed:
             return None
-        with store.build(stage.key, {**manifest_of(stage), **(placement or {})}, stage.verify) as b:
+        check_unchanged(stage)
+
+        def verify(folder) -> None:
+            stage.verify(folder)
+            check_unchanged(stage)  # edited while the stage ran: its folder is not renamed into place
+
+        with store.build(stage.key, {**manifest_of(stage), **(placement or {})}, verify) as b:
             ctx = RunContext(b.dir, store, router, progress, b.rows, b.extra)
             stage.run(ctx)
     return store.manifest(stage.key)["seconds"]

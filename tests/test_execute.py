@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from runner.execute import execute
-from runner.stages import ModelInput, RunContext, Stage
+from runner.stages import FileInput, ModelInput, RunContext, Stage
 from runner.store import Store
 
 SPANS: dict[str, tuple[float, float]] = {}
@@ -34,7 +35,7 @@ class Wait(Stage):
 
 
 HOSTED = ModelInput(ref="api:model", identity="hosted:api@http://x:model")
-LOCAL = ModelInput(ref="smollm2-135m", identity="weights:abc")
+LOCAL = ModelInput(ref="local-model", identity="hub:local-model@0")  # a stand-in: hub models pin a revision
 
 
 def test_hosted_stages_wait_side_by_side_and_local_ones_in_turn(tmp_path):
@@ -84,3 +85,63 @@ def test_a_model_trained_from_a_relative_local_base_loads_its_base_again(tmp_pat
     ref = RunContext(folder, store, None).model(ModelInput(ref="x", identity="stage:finetune-abc",
                                                            from_stage="finetune-abc"))
     assert ref.base == str(tmp_path / "mybase") and ref.adapter == str(folder / "adapter")
+
+
+class ReadFile(Stage):
+    """A stage that reads a pinned file (and can edit it while it runs, as a user might)."""
+
+    KIND: ClassVar[str] = "readfile"
+    source: FileInput
+    model: ModelInput | None = None
+    edit_while_running: bool = False
+
+    def run(self, ctx: RunContext) -> None:
+        (ctx.dir / "copy").write_text(Path(self.source.path).read_text())
+        if self.edit_while_running:
+            Path(self.source.path).write_text("edited while the stage ran\n")
+
+
+def test_a_file_edited_after_the_plan_is_refused_not_stored_under_its_old_key(tmp_path):
+    from runner.errors import UserError
+    from runner.plan import file_input
+
+    data = tmp_path / "prompts.txt"
+    data.write_text("one\n")
+    stage = ReadFile(label="read", source=file_input(str(data)))
+    data.write_text("two\n")  # edited between plan and run
+    store = Store(tmp_path / "out")
+    with pytest.raises(UserError, match="prompts.txt: changed since the run was planned"):
+        execute([stage], store, router=None)
+    assert not store.done(stage.key)
+    data.write_text("one\n")  # back as planned: it runs
+    assert stage.key in execute([stage], store, router=None)
+    assert (store.path(stage.key) / "copy").read_text() == "one\n"
+
+
+def test_a_file_edited_while_its_stage_runs_is_not_renamed_into_place(tmp_path):
+    from runner.errors import UserError
+    from runner.plan import file_input
+
+    data = tmp_path / "prompts.txt"
+    data.write_text("one\n")
+    stage = ReadFile(label="read", source=file_input(str(data)), edit_while_running=True)
+    store = Store(tmp_path / "out")
+    with pytest.raises(UserError, match="changed since the run was planned"):
+        execute([stage], store, router=None)
+    assert not store.done(stage.key)
+
+
+def test_a_local_model_folder_retrained_after_the_plan_is_refused(tmp_path):
+    from runner.errors import UserError
+    from runner.identity import Identities
+    from runner.plan import file_input
+
+    base = tmp_path / "mybase"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights one")
+    (tmp_path / "p.txt").write_text("x\n")
+    model = ModelInput(ref=str(base), identity=Identities(tmp_path / "out").model(str(base)))
+    stage = ReadFile(label="read", source=file_input(str(tmp_path / "p.txt")), model=model)
+    (base / "model.safetensors").write_bytes(b"weights two")
+    with pytest.raises(UserError, match="mybase: changed since the run was planned"):
+        execute([stage], Store(tmp_path / "out"), router=None)

@@ -181,7 +181,7 @@ def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path):
     from runner.store import Store
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    local = [Span(label=f"l{i}", model=ModelInput(ref="m", identity="weights:x"), seconds=3 + i / 100) for i in range(2)]
+    local = [Span(label=f"l{i}", model=ModelInput(ref="m", identity="hub:m@0"), seconds=3 + i / 100) for i in range(2)]
     hosted = [Span(label=f"h{i}", model=ModelInput(ref="api:m", identity="hosted:api@x:m"), seconds=1 + i / 100)
               for i in range(4)]
     store = Store(tmp_path)
