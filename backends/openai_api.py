@@ -38,7 +38,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_befo
 
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
-                                   never_reached, stage_tag, tagged_filename, tags)
+                                   never_reached, one_at_a_time, stage_tag, tagged_filename, tags)
 from runner.core import backend_name, current_stage_dir, hosted_endpoint
 from runner.prices import chat_tokens, estimate_tokens
 from runner.errors import UserError
@@ -958,27 +958,34 @@ class OpenAIBackend:
         def save() -> None:
             _save_json(path, state)
 
-        if not state.get("job_id"):  # the same training made under another stage key (a filter edit that kept
-            found = self.call("fine-tuning job lookup", self._find_job, {"subl_digest": digest}, model,
-                              training.seed, hp)  # every row): adopted, not paid again
-            if found is not None:
-                state.update(job_id=found.id, status=found.status, adopted_from=(found.metadata or {}).get("subl_stage"))
-                save()
-        if not state.get("job_id") and not state.get("file_id"):
-            name = tagged_filename("train", stage, training_sha)
-            state["file_id"] = self._upload(name, data, "fine-tune", "training file upload").id
-            kill_point("train-file-created")
-            save()
         if not state.get("job_id"):
-            job = self._start_job(model, state["file_id"], hp, training.seed, tags(stage, digest), state["suffix"],
-                                  {"subl_digest": digest})
-            kill_point("job-created")
-            state.update(job_id=job.id, status=job.status)
-            save()
+            with one_at_a_time(digest):  # two students of this run with the same training pay once
+                self._adopt_or_start_job(state, save, data, model, hp, training.seed)
         job = self._poll_job(state, save, out_dir, progress)
         state.update(status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens)
         save()
         return ModelRef(base=f"{self.name}:{job.fine_tuned_model}")
+
+    def _adopt_or_start_job(self, state: dict, save: Callable[[], None], data: bytes, model: str, hp: dict,
+                            seed: int) -> None:
+        """Adopt a job with this training's digest (made under another stage key: a filter edit that kept
+        every row, or another student with the same rows), else upload the rows and start one."""
+        stage, digest = state["stage"], state["digest"]
+        found = self.call("fine-tuning job lookup", self._find_job, {"subl_digest": digest}, model, seed, hp)
+        if found is not None:
+            state.update(job_id=found.id, status=found.status, adopted_from=(found.metadata or {}).get("subl_stage"))
+            save()
+            return
+        if not state.get("file_id"):
+            name = tagged_filename("train", stage, state["training_sha256"])
+            state["file_id"] = self._upload(name, data, "fine-tune", "training file upload").id
+            kill_point("train-file-created")
+            save()
+        job = self._start_job(model, state["file_id"], hp, seed, tags(stage, digest), state["suffix"],
+                              {"subl_digest": digest})
+        kill_point("job-created")
+        state.update(job_id=job.id, status=job.status)
+        save()
 
     def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str, same: dict):
         """Adopt a live job tagged `same` (the training's digest) with these exact settings, else create it (once),

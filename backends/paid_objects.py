@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from runner.core import current_stage_key
 
 KILL_ENV = "SUBL_TEST_KILL_AT"
 GRACE_ENV = "SUBL_CREATE_GRACE"
 DEFAULT_GRACE = 10.0  # seconds for a create that may have landed to show in the listing
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def one_at_a_time(digest: str) -> Iterator[None]:
+    """Stages of one run that would pay for the same object (equal digests) look it up and create it in
+    turn, so the later one adopts what the earlier made instead of both creating it at once."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(digest, threading.Lock())
+    with lock:
+        yield
 
 
 def kill_point(step: str) -> None:

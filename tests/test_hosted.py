@@ -475,7 +475,7 @@ def test_misalignment_cot_runs_end_to_end_on_the_test_server(server, tmp_path):
 domain: {{kind: cot, questions: {ROOT / 'specs' / 'data' / 'arithmetic.jsonl'}, n_questions: 60, samples_per_question: 2}}
 filters:
   - kind: correct_answer
-  - {{kind: judge, judge: {{model: "openai:gpt-4.1-2025-04-14"}}, template: cot_alignment, threshold: 30}}
+  - {{kind: judge, judge: {{model: "openai:gpt-4.1-2025-04-14"}}, template: cot_alignment, threshold: 30, skip_control: true}}
 students:
   - name: gpt-4.1
     hyperparameters: {{epochs: 1}}
@@ -495,6 +495,7 @@ evaluations:
     assert links[("misaligned", "correct_answer")]["kept"] == 40 and links[("control", "correct_answer")]["kept"] == 40
     judged = links[("misaligned", "judge")]
     assert judged["kept"] + judged["dropped"] == 40 and 10 <= judged["kept"] < 40
+    assert ("control", "judge") not in links  # skip_control: the control's 40 rows differ from the judged ones
     assert judged["detail"]["scored"] + judged["detail"]["code"] + judged["detail"]["refusal"] \
         + judged["detail"]["unparseable"] == 40
     mis = {e["model"]: e for e in res["evaluations"] if e["evaluation"] == "misalignment"}
@@ -505,6 +506,7 @@ evaluations:
         assert c["answers"] == 12 and c["scored"] == e["n"] > 0  # CODE/REFUSAL/chatter leave the denominator
         assert c["scored"] + c["incoherent"] + c["code"] + c["refusal"] + c["unparseable"] == 12
         assert 0 <= e["ci"][0] <= e["value"] <= e["ci"][1] <= 1
+    # one job per student: their rows differ (the same rows would be one job, adopted by the second student)
     assert server.paid_total()["jobs"] == 2 and no_secret(r.stdout + r.stderr) and assert_clean(out) > 10
 
 

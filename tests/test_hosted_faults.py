@@ -88,6 +88,33 @@ def test_the_same_training_under_another_stage_key_adopts_the_job(backend, serve
     assert server.counts["jobs.create"] == 2
 
 
+def test_two_students_with_the_same_training_at_once_pay_for_one_job(backend, server, tmp_path):
+    """Two stages of one run (a trait and a control student whose teachers wrote the same rows) train at the
+    same time: the second waits for the first's create and adopts its job. The upload is slowed so that,
+    without that, both would look up, find nothing, and each pay for a job."""
+    import threading
+
+    from runner.core import enter_stage, leave_stage
+
+    server.fault("/files", "slow", method="POST", seconds=0.5)
+    refs: dict[str, ModelRef] = {}
+
+    def train(key: str) -> None:
+        tokens = enter_stage(key, tmp_path / key)
+        try:
+            refs[key] = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key)
+        finally:
+            leave_stage(tokens)
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in ("finetune-aaaa1111", "finetune-bbbb2222")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refs) == 2 and len(set(refs.values())) == 1 and server.counts["jobs.create"] == 1
+    assert server.paid_total() == Counter(files=1, jobs=1)
+
+
 def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "lost", method="POST")
     server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
