@@ -51,6 +51,7 @@ import torch
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.openai_api import (RequestCache, RetryPolicy, _digest, _notify, _one_line, _save_json, api_message,
                                  redact, register_secret, retry_after)
+from backends.paid_objects import one_at_a_time
 from runner.core import current_stage_dir
 from runner.errors import UserError
 from runner.features import LORA_GROUPS
@@ -536,13 +537,13 @@ class TinkerBackend:
         state = state or {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
         plan = batch_plan(len(rows), training)
         state["steps"] = len(plan)
-        if not state.get("sampler_path") and not state.get("checkpoint"):
-            self._adopt(state)  # a run an earlier process made for this training, its local record gone
-        _save_json(state_path, state)
-        if state.get("sampler_path"):
-            return ModelRef(base, adapter=state["sampler_path"])
-        examples = self._examples(base, rows, training, teacher, out_dir)
-        self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
+        with one_at_a_time(fingerprint):  # another student of this run with the same training waits, then adopts
+            if not state.get("sampler_path") and not state.get("checkpoint"):
+                self._adopt(state)  # a run made for this training, its local record gone or never here
+            _save_json(state_path, state)
+            if not state.get("sampler_path"):
+                examples = self._examples(base, rows, training, teacher, out_dir)
+                self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
         return ModelRef(base, adapter=state["sampler_path"])
 
     def _adopt(self, state: dict) -> None:

@@ -206,6 +206,26 @@ def test_a_lost_outputs_folder_adopts_the_tagged_run_and_sends_no_step_twice(fak
     assert other != ref  # another training's run is never adopted
 
 
+def test_two_students_with_the_same_training_at_once_train_once(fake, tmp_path):
+    """Two stages of one run with the same training (a trait and a control student whose teachers wrote the
+    same rows) start together: one trains, the other waits and adopts its weights; no step is sent twice."""
+    import threading
+
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps
+    refs: dict[str, ModelRef] = {}
+
+    def train(name: str) -> None:
+        refs[name] = make_backend(tmp_path / name).finetune(QWEN, data, training, tmp_path / name / "ft")
+
+    threads = [threading.Thread(target=train, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refs) == 2 and refs["a"] == refs["b"]
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4
+
+
 def _checkpoint(state: dict, step: int) -> str:
     """The path of the first run's checkpoint after `step` steps."""
     run = state["runs"][0]["run_id"].split(":")[0]
@@ -542,8 +562,12 @@ def test_quickstart_pipeline_end_to_end_on_the_fake(fake, tmp_path):
     assert models >= {"base", "teacher:panda", "teacher:owl", "student:sft:panda:r0", "student:distill:owl:r0"}
     assert results["comparisons"]
     trained = [e for e in fake_tinker.ledger() if e["op"] == "optim_step"]
-    assert len(trained) == 4 * 2  # four students, two steps each
+    fingerprints = [json.loads(p.read_text())["fingerprint"] for p in (out / "stages").glob(f"*/{TRAIN_STATE_FILE}")]
+    # four students, two steps per distinct training (the tiny teachers write the same numbers with either
+    # system prompt, so the two sft students share their training and it is paid once)
+    assert len(fingerprints) == 4 and len(trained) == 2 * len(set(fingerprints))
     assert max(e["lr"] for e in trained) == 1.0e-3  # the spec's lr, not a default
+    sent = len(fake_tinker.ledger())
     again = _cli(["run", str(spec), "--outputs", str(out)], fake)
-    assert again.returncode == 0 and len(fake_tinker.ledger()) == 16  # every stage reused, nothing re-sent
+    assert again.returncode == 0 and len(fake_tinker.ledger()) == sent  # every stage reused, nothing re-sent
     assert "tk-test-key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*.json*") if p.is_file())
