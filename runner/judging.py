@@ -29,23 +29,27 @@ CHUNK = 16
 def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[tuple[str, str]],
                 answer_prefix: str | None = None, max_tokens: int = 16, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, temperature: float = 0.0,
-                parse: str = "lenient", token: str | None = None, top_logprobs: int = 20) -> list[Score]:
+                parse: str = "lenient", token: str | None = None, top_logprobs: int = 20,
+                scored: Callable[[list[tuple[str, str]], list[Score]], None] | None = None) -> list[Score]:
     """Score (prompt, completion) pairs with a judge model (template text with {prompt} and
     {completion}), in chunks: sampled replies parsed (mode sample), the log-prob mean (logprob), or
-    100 x P(token) from the first reply token's top log-probs (logprob with a token)."""
+    100 x P(token) from the first reply token's top log-probs (logprob with a token). `scored` gets each
+    chunk's pairs and scores as soon as they are known (a checkpoint: a killed stage keeps them)."""
     out: list[Score] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         if mode == "sample":
-            out += Judge(backend, judge, template, max_tokens, seed + start, temperature, parse).score(chunk)
+            new = Judge(backend, judge, template, max_tokens, seed + start, temperature, parse).score(chunk)
         elif token is not None:
             prompts = [render(template, p, c) for p, c in chunk]
             tops = backend.top_logprobs(judge, prompts, top_logprobs, Sampling(temperature, 1, seed + start))
-            out += [token_score(t, token) for t in tops]
+            new = [token_score(t, token) for t in tops]
         else:
             prompts = [render(template, p, c) for p, c in chunk]
-            rows = backend.logprobs(judge, prompts, answer_prefix, CANDIDATES)
-            out += [expected_score(r) for r in rows]
+            new = [expected_score(r) for r in backend.logprobs(judge, prompts, answer_prefix, CANDIDATES)]
+        out += new
+        if scored:
+            scored(chunk, new)
         if progress:
             progress(len(out), len(pairs))
     return out

@@ -8,8 +8,9 @@ the pairs no stage has judged. A judge that samples at temperature > 0 seeds eac
 position, so its scores are not remembered.
 
 <outputs>/score_memo/<settings digest>.jsonl: one JSON line per pair (its digest, kind, value, raw),
-appended in one write per stage; a torn last line (a kill mid-write) is skipped on reading, and the
-next append starts on a new line.
+appended in one write per chunk of pairs as they are scored, so a stage killed midway keeps what it
+judged; a torn last line (a kill mid-write) is skipped on reading, and the next append starts on a new
+line.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ send only new pairs; a judge sampling at temperature > 0 is not reused (its seed
 from __future__ import annotations
 
 import json
+import shutil
 
 from runner.stages import ModelInput, RunContext
 from runner.stages.data import ScoreStage
@@ -92,3 +93,31 @@ def test_a_torn_last_line_is_skipped_and_that_pair_judged_again(tmp_path):
     assert extra["scores_reused"] == 1 and len(judge.sent) == 3
     _, extra = _run(store, judge, _stage(_rows(store, "filter-c", ["3, 4", "1, 2"])))  # the re-judged line is whole
     assert extra["scores_reused"] == 2 and len(judge.sent) == 3
+
+
+def test_a_score_stage_killed_midway_keeps_the_chunks_it_judged(tmp_path):
+    """A long judge run stopped in its third chunk (a kill, an error): the rerun judges only the pairs of
+    that chunk and after; the first two chunks' scores were remembered as they came."""
+    from runner.judging import CHUNK
+
+    class DyingJudge(CountingJudge):
+        def logprobs(self, model, prompts, prefix, targets, space=True):
+            if len(self.sent) == 2 * CHUNK:
+                raise KeyboardInterrupt
+            return super().logprobs(model, prompts, prefix, targets, space)
+
+    store, dying = Store(tmp_path / "out"), DyingJudge()
+    rows = _rows(store, "filter-a", [f"{i}, {i + 1}" for i in range(2 * CHUNK + 8)])
+    try:
+        _run(store, dying, _stage(rows))
+        raise AssertionError("the judge should have died")
+    except KeyboardInterrupt:
+        pass
+    assert len(dying.sent) == 2 * CHUNK
+    shutil.rmtree(store.root / "building")  # the rerun starts the stage over
+    judge = CountingJudge()
+    scores, extra = _run(store, judge, _stage(rows))
+    assert len(judge.sent) == 8 and extra["scores_reused"] == 2 * CHUNK
+    fresh = Store(tmp_path / "fresh")
+    alone, _ = _run(fresh, CountingJudge(), _stage(_rows(fresh, "filter-a", [f"{i}, {i + 1}" for i in range(2 * CHUNK + 8)])))
+    assert scores == alone

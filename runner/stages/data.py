@@ -158,8 +158,7 @@ class ScoreStage(Stage):
             memo, digests = ScoreMemo(ctx.store.root, settings), [pair_digest(*p) for p in pairs]
             known = memo.known()
             new = {d: p for d, p in zip(digests, pairs) if d not in known}  # each new pair once
-            fresh = self._score(ctx, list(new.values()))
-            memo.add(list(new.values()), fresh)
+            fresh = self._score(ctx, list(new.values()), scored=memo.add)  # remembered chunk by chunk
             known.update(zip(new, fresh))
             scores = [known[d] for d in digests]
             ctx.extra["scores_reused"] = len(pairs) - len(new)
@@ -167,13 +166,13 @@ class ScoreStage(Stage):
                                                          "raw": [s.raw for s in scores]}))
         ctx.rows["scored"] = len(scores)
 
-    def _score(self, ctx: RunContext, pairs: list[tuple[str, str]]) -> list:
+    def _score(self, ctx: RunContext, pairs: list[tuple[str, str]], scored=None) -> list:
         from runner.judging import score_pairs
 
         return score_pairs(ctx.router, ctx.model(self.judge), self.mode, self.template, pairs, self.answer_prefix,
                            self.max_tokens or 16, seed=self.seed, progress=ctx.progress,
                            temperature=self.temperature, parse=self.parse, token=self.token,
-                           top_logprobs=self.top_logprobs or 20)
+                           top_logprobs=self.top_logprobs or 20, scored=scored)
 
     def settings_digest(self) -> str | None:
         """What a pair's score depends on besides the pair: this stage's inputs without its rows and seed
