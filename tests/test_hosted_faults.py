@@ -172,6 +172,37 @@ def test_moderation_failure_after_training_stops_in_one_line_with_one_job(backen
     assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
 
 
+def test_an_adopted_jobs_failure_says_the_rerun_uploads_its_own_file(backend, server, tmp_path):
+    """Two stages with the same training share one job; when it fails, the stage that uploaded says a rerun
+    starts a new job on its file, the one that adopted the job (no file of its own) says a rerun uploads."""
+    import threading
+
+    from runner.core import enter_stage, leave_stage
+
+    server.fail_next_job = {"code": "invalid_training_file", "message": "Training file has too few usable examples."}
+    errors: dict[str, str] = {}
+
+    def train(key: str) -> None:
+        tokens = enter_stage(key, tmp_path / key)
+        try:
+            backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key)
+        except UserError as e:
+            errors[key] = str(e)
+        finally:
+            leave_stage(tokens)
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in ("finetune-aaaa1111", "finetune-bbbb2222")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert server.counts["jobs.create"] == 1 and len(errors) == 2
+    ends = sorted(msg.split("(")[-1] for msg in errors.values())
+    assert ends == ["rerun to start a new job on the same uploaded file)",
+                    "rerun to upload the training file and start a new job)"]
+    assert all("too few usable examples" in msg and "\n" not in msg for msg in errors.values())
+
+
 def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=2)
     server.job_pauses, server.job_polls = 2, 5
