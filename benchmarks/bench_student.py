@@ -1,7 +1,7 @@
 """Distillation student throughput on the embedded model, and where a training step's time goes.
 
 Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
-                                          [--lora-layers N] [--profile]
+                                          [--lora-layers N] [--profile] [--compile]
 
 Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
 LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
@@ -9,7 +9,9 @@ training step by phase: the teacher's forward (a live teacher, as before the sof
 student's forward, backward and optimizer step; and the same steps reading stored soft labels (computed
 once per teacher and rows, and timed as such). Prints completion tokens/s per student, the padding share
 of random batches against length-sorted ones, and seconds per phase. With --lora-layers N also a student
-that adapts the top N layers only, fed the frozen layers' output computed once (backends/frozen_prefix.py). Plain torch loop, no Trainer: the
+that adapts the top N layers only, fed the frozen layers' output computed once (backends/frozen_prefix.py). With
+--compile also a stored-label student whose decoder runs under torch.compile (inductor, dynamic shapes): the
+compile time (its first two steps) and its steps after. Plain torch loop, no Trainer: the
 Trainer adds its own (small) overhead on top of these phases."""
 from __future__ import annotations
 
@@ -59,6 +61,12 @@ class Clock:
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
+    @staticmethod
+    def only(clock: "Clock", name: str) -> "Clock":
+        out = Clock()
+        out.seconds[name] = clock.seconds.get(name, 0.0)
+        return out
+
 
 def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
     """Train one student over `rows` in batches; a live teacher unless soft labels are given; with
@@ -103,6 +111,32 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
             opt.step()
             opt.zero_grad()
     return clock, tokens
+
+
+def compiled(args, rows, soft_labels) -> None:
+    """A stored-label student with its decoder under torch.compile: its first two steps (which compile) and
+    the rest of its steps, timed apart."""
+    training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size})
+    student = _student(args.model, training, "cpu", None)
+    inner = student.get_base_model()
+    inner.model = torch.compile(inner.model, dynamic=True)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=training.lr)
+    vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
+    mine, pad = tokenize(args.model, rows, None), load_tokenizer(args.model).pad_token_id
+    clock, tokens = Clock(), 0
+    for n, start in enumerate(range(0, len(rows), args.batch_size)):
+        b = pad_right(mine[start : start + args.batch_size], pad)
+        with clock.phase("compiling (first two steps)" if n < 2 else "compiled steps"):
+            out = vocab_logits(student, {"input_ids": b["input_ids"]}, b["attention_mask"],
+                               needed_positions(b["completion_mask"]), vocab)
+            loss = kl_to_soft_labels(out, b["completion_mask"], torch.cat(soft_labels[start : start + args.batch_size]),
+                                     None)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        tokens += int(b["completion_mask"].sum()) if n >= 2 else 0
+    report("torch.compile, stored labels, after compiling", Clock.only(clock, "compiled steps"), tokens)
+    print(f"compiling took {clock.seconds['compiling (first two steps)']:.1f} s (its first two steps)")
 
 
 def report(name: str, clock: Clock, tokens: int, extra: float = 0.0) -> None:
@@ -155,6 +189,8 @@ def main() -> None:
                     help="compute every vocabulary logit, as students did before vocab_logits (for comparison)")
     ap.add_argument("--profile", action="store_true", help="also break a stored-label student's time down by kind of "
                     "operation (torch.profiler) and give the matmuls' achieved GFLOP/s")
+    ap.add_argument("--compile", action="store_true", help="also time a stored-label student under torch.compile "
+                    "(its compile time apart)")
     args = ap.parse_args()
     print(f"# {' '.join(sys.argv)}  (torch threads: {torch.get_num_threads()}, "
           f"{'bf16 autocast' if args.cpu_bf16 else 'float32'})")
@@ -179,6 +215,8 @@ def main() -> None:
     report(f"stored labels, {n} replicates (label time shared)", clock, tokens, once / n)
     if args.profile:
         profile(args, rows, labels)
+    if args.compile:
+        compiled(args, rows, labels)
     if args.lora_layers:
         from backends import frozen_prefix
 

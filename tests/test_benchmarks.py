@@ -24,6 +24,7 @@ def bench(script: str, *args: str) -> str:
 
 @pytest.mark.parametrize("script, args, figure", [
     ("bench_student.py", ["--rows", "4", "--batch-size", "2", "--lora-layers", "1"], "completion tokens/s per student"),
+    ("bench_student.py", ["--rows", "6", "--batch-size", "2", "--compile"], "compiling took"),
     ("bench_sft.py", ["--rows", "2"], "s/row"),
     ("bench_icl.py", ["--k", "2", "--questions", "2"], "context read once"),
     ("bench_generation.py", ["--prompts", "2", "--max-tokens", "4"], "tokens/s"),
