@@ -172,11 +172,17 @@ class Span(Stage):
         (ctx.dir / "span").write_text(f"{start} {time.time()}")
 
 
-def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path):
+def _worker_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path, monkeypatch):
+    """... and the workers call the endpoint the driver keyed its hosted stages by."""
     needs_ray()
     import ray
 
     from backends import Router
+    from runner.core import DEFAULT_BASE_URL
     from runner.ray_executor import cluster, execute_ray
     from runner.store import Store
 
@@ -185,8 +191,11 @@ def test_hosted_stages_take_no_cpu_and_keep_to_their_slots(tmp_path):
     hosted = [Span(label=f"h{i}", model=ModelInput(ref="api:m", identity="hosted:api@x:m"), seconds=1 + i / 100)
               for i in range(4)]
     store = Store(tmp_path)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)  # the driver keys by the SDK's default endpoint
     with cluster(None, 2):
         execute_ray(local + hosted, store, Router("cpu"), log=lambda msg: None, slots={"api": 2})
+        seen = ray.get(ray.remote(_worker_env).options(num_cpus=0).remote("OPENAI_BASE_URL"))
+    assert seen == DEFAULT_BASE_URL  # set on every worker, so none can pick another from its own shell
     span = {s.label: [float(x) for x in (store.path(s.key) / "span").read_text().split()] for s in local + hosted}
     spans = [span[s.label] for s in hosted]
     assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2  # two at a time, never three
