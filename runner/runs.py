@@ -53,7 +53,17 @@ def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) 
     hosted = [e for e in costs if e.backend != "local"]
     local = [e for e in costs if e.backend == "local"]
     return (lines + cost_lines(hosted) + gpu_lines(local, tp) + unresolved_lines(plan) + stale_lines(store, plan)
-            + checked)
+            + alias_lines(plan) + checked)
+
+
+def alias_lines(plan) -> list[str]:
+    """A warning per OpenAI model the plan names by an alias that may move (runner/aliases.py)."""
+    from runner.aliases import alias_warnings
+    from runner.drift import pinned_inputs
+    from runner.stages import ModelInput
+
+    return alias_warnings(m.identity for cp in plan.cells for st in cp.stages for m in pinned_inputs(st)
+                          if isinstance(m, ModelInput))
 
 
 def cost_lines(estimates: list[Estimate]) -> list[str]:
@@ -155,6 +165,8 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
         console.print(f"check: {note}", markup=False)
     for note in _slow_bf16(cells):
         console.print(f"warning: {note}", markup=False)
+    for line in alias_lines(plan):
+        console.print(line, markup=False)
     spec0, started = cells[0].spec, time.time()
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
