@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from functools import cache
 from pathlib import Path
 
 from runner.errors import UserError
@@ -89,6 +90,27 @@ def hosted_jobs(folder: Path) -> list[dict]:
     return out
 
 
+COMPUTE_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate")
+
+
+@cache
+def _installed() -> dict[str, str]:
+    from runner.store import package_versions
+
+    return package_versions()
+
+
+def version_change(recorded) -> str | None:
+    """'built with torch 2.12.0 (now 2.13.0)' for the compute packages a stage was built with in another version
+    than the one installed (keys leave versions out, so such a stage is still reused)."""
+    if not isinstance(recorded, dict):
+        return None
+    now = _installed()
+    moved = [f"{p} {recorded[p]} (now {now[p]})" for p in COMPUTE_PACKAGES
+             if isinstance(recorded.get(p), str) and p in now and recorded[p] != now[p]]
+    return "built with " + ", ".join(moved) if moved else None
+
+
 def _json_file(path: Path, default):
     """A JSON file subl wrote, or None where it is damaged (not JSON, not UTF-8); `default` where absent."""
     if not path.is_file():
@@ -122,8 +144,9 @@ def inspect(store: Store, key: str, total: int | None = None) -> dict:
         where = f"on {m['host']} ({m.get('executor', 'local')}{node})" if m.get("host") else ""
         old = ["made by an older subl (key scheme 1): not reused; its spec reruns this stage under a new key"
                ] if m.get("key_scheme", 1) != KEY_SCHEME else []
+        versions = [v] if (v := version_change(m.get("packages"))) else []
         detail = "; ".join([f"{m.get('seconds', 0):.1f} s"] + ([where] if where else []) + ([rows] if rows else [])
-                           + jobs + old)
+                           + jobs + versions + old)
         return {"state": "done" if not old else "stale", "label": m.get("label"), "size": size_of(done),
                 "detail": detail}
     if not part.is_dir():

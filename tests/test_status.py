@@ -9,7 +9,7 @@ import pytest
 from runner.loader import load
 from runner.plan import build, plan_stages
 from runner.status import status_lines
-from runner.store import Store
+from runner.store import Store, package_versions
 
 SPEC = "name: part\nteacher: {targets: [owl], control: false}\ndomain: {kind: numbers, n_prompts: 12}\n"
 
@@ -22,6 +22,10 @@ def test_status_on_a_partial_run(write, tmp_path: Path):
     store.path(teacher).mkdir(parents=True)
     (store.path(teacher) / "manifest.json").write_text(json.dumps({"label": "filter owl", "seconds": 0.5,
                                                                    "key_scheme": 2, "host": "box"}))
+    built = store.path("probe-00000000000000bb")  # by other torch and transformers versions than these
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text(json.dumps({"label": "probe", "seconds": 1, "key_scheme": 2, "packages": {
+        "torch": "0.0.1", "transformers": "0.0.2", "peft": package_versions()["peft"], "numpy": "0.0.3"}}))
     old = store.path("finetune-00000000000000aa")  # made by subl 0.1's key scheme
     old.mkdir(parents=True)
     (old / "manifest.json").write_text(json.dumps({"label": "finetune s:owl:r0", "seconds": 9}))
@@ -46,8 +50,12 @@ def test_status_on_a_partial_run(write, tmp_path: Path):
     assert line[gen].split()[0] == "partial" and "rows 5/12" in line[gen] and "last write" in line[gen]
     assert line[ft].split()[0] == "failed" and "job ftjob-1: failed" in line[ft] and "invalid training file" in line[ft]
     assert "missing" in text and "not started" in text
-    assert "that no run lists (2)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
-    assert lines[-1].startswith("1 done, 1 failed, ") and "1 stale" in lines[-1] and "partial" in lines[-1] and "on disk" in lines[-1]
+    probe = next(ln for ln in lines if "probe-00000000000000bb" in ln)
+    assert probe.split()[0] == "done" and probe.endswith(f"built with torch 0.0.1 (now {package_versions()['torch']}), "
+                                                         f"transformers 0.0.2 (now {package_versions()['transformers']})")
+    assert "built with" not in line[teacher]  # no versions recorded
+    assert "that no run lists (3)" in text and "started, nothing written yet" in line["generate-0123456789abcdef"]
+    assert lines[-1].startswith("2 done, 1 failed, ") and "1 stale" in lines[-1] and "partial" in lines[-1] and "on disk" in lines[-1]
 
 
 def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path):
