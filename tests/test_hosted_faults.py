@@ -88,21 +88,21 @@ def test_the_same_training_under_another_stage_key_adopts_the_job(backend, serve
     assert server.counts["jobs.create"] == 2
 
 
-def test_two_students_with_the_same_training_at_once_pay_for_one_job(backend, server, tmp_path):
-    """Two stages of one run (a trait and a control student whose teachers wrote the same rows) train at the
-    same time: the second waits for the first's create and adopts its job. The upload is slowed so that,
-    without that, both would look up, find nothing, and each pay for a job."""
+def two_stages_at_once(backend, tmp_path) -> dict[str, ModelRef | UserError]:
+    """Two stages (other keys, the same training) fine-tune at the same time, in threads, as a run's
+    trait and control students do; each stage's model, or the UserError it stopped with."""
     import threading
 
     from runner.core import enter_stage, leave_stage
 
-    server.fault("/files", "slow", method="POST", seconds=0.5)
-    refs: dict[str, ModelRef] = {}
+    out: dict[str, ModelRef | UserError] = {}
 
     def train(key: str) -> None:
         tokens = enter_stage(key, tmp_path / key)
         try:
-            refs[key] = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key)
+            out[key] = backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key)
+        except UserError as e:
+            out[key] = e
         finally:
             leave_stage(tokens)
 
@@ -111,8 +111,17 @@ def test_two_students_with_the_same_training_at_once_pay_for_one_job(backend, se
         t.start()
     for t in threads:
         t.join()
+    return out
+
+
+def test_two_students_with_the_same_training_at_once_pay_for_one_job(backend, server, tmp_path):
+    """Two stages of one run (a trait and a control student whose teachers wrote the same rows) train at the
+    same time: the second waits for the first's create and adopts its job. The upload is slowed so that,
+    without that, both would look up, find nothing, and each pay for a job."""
+    server.fault("/files", "slow", method="POST", seconds=0.5)
+    refs = two_stages_at_once(backend, tmp_path)
     assert len(refs) == 2 and len(set(refs.values())) == 1 and server.counts["jobs.create"] == 1
-    assert server.paid_total() == Counter(files=1, jobs=1)
+    assert all(isinstance(r, ModelRef) for r in refs.values()) and server.paid_total() == Counter(files=1, jobs=1)
 
 
 def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
@@ -175,32 +184,13 @@ def test_moderation_failure_after_training_stops_in_one_line_with_one_job(backen
 def test_an_adopted_jobs_failure_says_the_rerun_uploads_its_own_file(backend, server, tmp_path):
     """Two stages with the same training share one job; when it fails, the stage that uploaded says a rerun
     starts a new job on its file, the one that adopted the job (no file of its own) says a rerun uploads."""
-    import threading
-
-    from runner.core import enter_stage, leave_stage
-
     server.fail_next_job = {"code": "invalid_training_file", "message": "Training file has too few usable examples."}
-    errors: dict[str, str] = {}
-
-    def train(key: str) -> None:
-        tokens = enter_stage(key, tmp_path / key)
-        try:
-            backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / key)
-        except UserError as e:
-            errors[key] = str(e)
-        finally:
-            leave_stage(tokens)
-
-    threads = [threading.Thread(target=train, args=(k,)) for k in ("finetune-aaaa1111", "finetune-bbbb2222")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = [str(e) for e in two_stages_at_once(backend, tmp_path).values() if isinstance(e, UserError)]
     assert server.counts["jobs.create"] == 1 and len(errors) == 2
-    ends = sorted(msg.split("(")[-1] for msg in errors.values())
+    ends = sorted(msg.split("(")[-1] for msg in errors)
     assert ends == ["rerun to start a new job on the same uploaded file)",
                     "rerun to upload the training file and start a new job)"]
-    assert all("too few usable examples" in msg and "\n" not in msg for msg in errors.values())
+    assert all("too few usable examples" in msg and "\n" not in msg for msg in errors)
 
 
 def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_path):
