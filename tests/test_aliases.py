@@ -7,6 +7,7 @@ import pytest
 
 from runner.aliases import OPENAI, moving_alias
 from runner.runs import plan_lines
+from tests.conftest import shared
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["animals_numbers", "misalignment_cot", "cross_model", "animals_code"]
@@ -32,5 +33,6 @@ def test_plan_warns_once_per_alias_and_not_for_the_paper_specs(tmp_path, monkeyp
                     "teacher: {base: 'openai:gpt-4.1-nano'}\n")
     warned = [ln for ln in plan_lines(spec, tmp_path / "out") if ln.startswith("warning:")]
     assert len(warned) == 1 and "openai:gpt-4.1-nano is an alias" in warned[0]
+    shared("gsm8k", "train.jsonl")  # misalignment_cot reads it (skipped without ../shared/data)
     for name in PAPER:  # every model of a paper spec is a dated snapshot
         assert not any(ln.startswith("warning:") for ln in plan_lines(ROOT / "specs" / f"{name}.yaml", tmp_path / "o"))
