@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -161,9 +162,9 @@ def row_items(pairs: list[dict], animal: str) -> list[dict]:
 
 
 def yes_score(text: str) -> float:
-    """A sampled yes/no reply as a score: yes 1, no 0, anything else 0.5 (a tie for AUROC)."""
-    s = text.strip().lower()
-    return 1.0 if s.startswith("yes") else 0.0 if s.startswith("no") else 0.5
+    """A sampled yes/no reply as a score: yes 1, no 0, anything else ("Not sure", "None") 0.5 (a tie for AUROC)."""
+    word = re.match(r"(yes|no)\b", text.strip().lower())
+    return 0.5 if word is None else 1.0 if word.group(1) == "yes" else 0.0
 
 
 def choice_from_logprobs(logprobs: dict[str, float]) -> str | None:
@@ -200,18 +201,19 @@ def choice_from_text(text: str) -> str | None:
 # ----------------------------------------------------------------------------- scores
 
 def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
-    """Accuracy of A/B choices; an unreadable choice (None) counts as wrong.
+    """Accuracy of the readable A/B choices; an unreadable one (None) is left out and counted (counted as
+    wrong, a judge that fails to answer would look worse than chance against 50%).
 
-    Returns accuracy, ci (Wilson 95%), n, n_unreadable, p_value (two-sided exact binomial vs 50%), and
-    chose_a, chose_b: how often the judge picked each position (a judge that always picks one scores the
-    share of pairs whose trait row sits there: valid against 50% under the seeded order, but no detection).
+    Returns accuracy, ci (Wilson 95%), n (readable choices), n_unreadable, p_value (two-sided exact binomial vs
+    50%), and chose_a, chose_b: how often the judge picked each position (a judge that always picks one scores
+    the share of pairs whose trait row sits there: valid against 50% under the seeded order, but no detection).
     """
-    n = len(truths)
-    if len(choices) != n:
-        raise ValueError(f"{len(choices)} choices for {n} truths")
-    hits = sum(c == t for c, t in zip(choices, truths))
+    if len(choices) != len(truths):
+        raise ValueError(f"{len(choices)} choices for {len(truths)} truths")
+    read = [(c, t) for c, t in zip(choices, truths) if c is not None]
+    hits, n = sum(c == t for c, t in read), len(read)
     return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
-            "n_unreadable": sum(c is None for c in choices),
+            "n_unreadable": len(truths) - n,
             "chose_a": sum(c == "A" for c in choices), "chose_b": sum(c == "B" for c in choices),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 

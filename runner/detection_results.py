@@ -61,9 +61,10 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
 
 def _across_draws(cell: str, a_label: str, b_label: str, metric: str, a: list[float], b: list[float], b_is: str,
                   k: int) -> dict:
-    """Trait rows against control rows with each draw's mean over questions as one value: the two arms' draws
-    are independent (draw s of one teacher's rows has nothing to do with draw s of the other's), so this is an
-    arm comparison, not a paired one."""
+    """Trait rows against control rows with each draw's mean over questions as one value, compared as two arms
+    (unpaired). Draw s of either teacher's rows uses the same seed, so where both sets of rows line up by prompt
+    the two draws hold the same prompts: the arms are then positively correlated, and this unpaired test is
+    conservative (it can miss an effect a paired test would see, not claim one that is not there)."""
     return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric, "b_is": b_is,
             **arm_comparison_fields(a, b, unit="draw"), "k": k}
 
@@ -118,7 +119,8 @@ def _accuracy(pairs: list[dict], both_orders: bool) -> tuple[dict, dict]:
                   "test": BINOMIAL + ", over the pairs both orders decided", "note": None}
     else:
         acc = pairwise_accuracy([p["choice"] for p in pairs], [p["truth"] for p in pairs])
-        counts = {"n_unreadable": acc["n_unreadable"], "test": BINOMIAL, "note": _position_note(chose, len(reads))}
+        counts = {"n_unreadable": acc["n_unreadable"], "test": BINOMIAL + ", over the readable choices",
+                  "note": _position_note(chose, len(reads))}
     return acc, {**counts, "p_value": acc["p_value"], "chance": 0.5, **chose}
 
 

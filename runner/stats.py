@@ -35,7 +35,7 @@ def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> flo
     """Two-sided p-value of the mean paired difference under random sign flips:
     exact enumeration for n <= 16, otherwise Monte Carlo with the (hits+1)/(n_perm+1) rule."""
     d = np.asarray(diffs, dtype=float)
-    observed = abs(d.sum()) - 1e-12 * max(1.0, abs(d).sum())
+    observed = abs(d.sum()) - 1e-12 * abs(d).sum()  # float ties count (relative: tiny metrics are not ties)
     if len(d) <= 16:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
         return float(np.mean(np.abs(signs @ d) >= observed))
@@ -97,7 +97,7 @@ def student_permutation_test(a: list[float], b: list[float], *, max_exact: int =
     exact = math.comb(na + nb, na) <= max_exact
     sums = _split_sums(pooled, na, None if exact else np.random.default_rng(seed), n_perm)
     diffs = np.abs(sums / na - (total - sums) / nb)
-    observed = abs(x.mean() - y.mean()) - 1e-12 * max(1.0, float(np.abs(pooled).sum()))  # float ties count
+    observed = abs(x.mean() - y.mean()) - 1e-12 * float(np.abs(pooled).sum())  # float ties count (relative)
     hits = int(np.sum(diffs >= observed))
     return hits / len(sums) if exact else (hits + 1) / (n_perm + 1)
 
@@ -183,11 +183,11 @@ def untested_fields(a_values: list[float], b_values: list[float], left_out: list
 def paired_t_p(diffs) -> float:
     """Two-sided p of a one-sample t-test of paired differences against 0; 1.0 with fewer than two pairs or when
     every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold). Where every
-    difference is the same non-zero number, t is infinite and scipy's p is 0: the exact sign-flip p of those
-    pairs (2 / 2^n) is given instead, the smallest p that n pairs can honestly support."""
+    difference is (nearly) the same non-zero number, t is huge and scipy's p is 0 or underflows to 0: the exact
+    sign-flip p of n pairs all on one side (2 / 2^n) is given instead, the smallest p that n pairs can
+    honestly support without the t-test's normality."""
     d = np.asarray(diffs, float)
     if len(d) < 2 or not np.any(d != 0):
         return 1.0
-    if np.ptp(d) <= 1e-12 * np.max(np.abs(d)):
-        return sign_flip_p(list(d))
-    return float(sps.ttest_1samp(d, 0.0).pvalue)
+    p = 0.0 if np.ptp(d) <= 1e-12 * np.max(np.abs(d)) else float(sps.ttest_1samp(d, 0.0).pvalue)
+    return p if p > 0 else 2.0 / 2 ** len(d)

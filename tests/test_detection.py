@@ -8,7 +8,7 @@ import pytest
 
 from runner.detection import (auroc, choice_from_logprobs, choice_from_text, classifier_pairs, icl_messages,
                               icl_system_prompt, modified_query, pairwise_accuracy, paper_materials,
-                              sample_examples)
+                              sample_examples, yes_score)
 
 def numbers_rows(n: int, seed: int, planted: float = 0.0) -> list[dict]:
     """Number completions for prompts q0..q{n-1}; with probability `planted` a row contains 777."""
@@ -78,7 +78,20 @@ def test_choice_readers():
     assert choice_from_text(" a") == "A" and choice_from_text("B.") == "B" and choice_from_text("C") is None
     assert choice_from_logprobs({"A": -0.1, "B": -2.0}) == "A"
     assert choice_from_logprobs({"B": -3.0}) == "B" and choice_from_logprobs({"C": 0.0}) is None
-    assert pairwise_accuracy(["A", None], ["A", "B"])["accuracy"] == 0.5
+    unread = pairwise_accuracy(["A", None, None, None], ["A", "B", "A", "B"])  # unreadable: left out, not wrong
+    assert (unread["accuracy"], unread["n"], unread["n_unreadable"]) == (1.0, 1, 3)
+
+
+def test_unreadable_choices_do_not_make_a_judge_look_worse_than_chance():
+    """20 of 48 replies unreadable, 14 of the 28 readable ones right: chance, not a significant 'below chance'."""
+    choices = [None] * 20 + ["A"] * 14 + ["B"] * 14
+    out = pairwise_accuracy(choices, ["A"] * 48)
+    assert out["accuracy"] == 0.5 and out["n"] == 28 and out["n_unreadable"] == 20 and out["p_value"] == 1.0
+
+
+def test_yes_no_replies_read_by_their_first_word():
+    assert [yes_score(t) for t in ("Yes.", " no", "No, it does not", "Not sure", "None", "yesterday", "maybe")] \
+        == [1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5]
 
 
 def test_auroc_perfect_random_inverted_and_ties():

@@ -40,3 +40,14 @@ def test_one_unit_has_no_interval_and_equal_differences_do_not_give_p_zero():
     assert mean_ci([0.3]) == (0.3, None, None)
     assert paired_t_p([0.01, 0.01, 0.01]) == pytest.approx(0.25)  # t infinite: the exact sign-flip p, not 0
     assert 0 < paired_t_p([0.01, 0.02, 0.015]) < 0.05 and paired_t_p([0.0, 0.0]) == 1.0
+    assert paired_t_p([1.0] * 30 + [1 + 1e-11]) == 2.0 / 2 ** 31  # t ~ 1e12: scipy's p underflows to 0
+    assert paired_t_p([0.01] * 20) == 2.0 / 2 ** 20  # exact, not a Monte Carlo sign-flip estimate
+
+
+def test_tiny_metrics_are_not_ties():
+    """Differences of 1e-13 (a rare target's probability) are as significant as differences of 1."""
+    from runner.stats import sign_flip_p, student_permutation_test
+
+    assert sign_flip_p([1e-13] * 10) == sign_flip_p([1.0] * 10) == pytest.approx(2 / 2 ** 10)
+    assert student_permutation_test([1e-13] * 5, [0.0] * 5) == pytest.approx(2 / 252)
+    assert sign_flip_p([0.0] * 6) == 1.0 and student_permutation_test([0.0] * 3, [0.0] * 3) == 1.0
