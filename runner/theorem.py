@@ -190,11 +190,11 @@ def theorem_mnist(settings: TheoremSettings, seeds: list[int], batches: int,
 
 # ----------------------------------------------------------------------------- summaries
 
-def _per_unit(rows: list[dict], value: Callable[[dict], float], unit: str | None) -> list[float]:
-    """One value per unit (the mean over rows sharing row[unit]); unit None: one per row."""
+def _per_unit(rows: list[dict], value: Callable[[dict], float], unit: str) -> list[float]:
+    """One value per unit (the mean over rows sharing row[unit])."""
     groups: dict = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(i if unit is None else r[unit], []).append(value(r))
+    for r in rows:
+        groups.setdefault(r[unit], []).append(value(r))
     return [sum(v) / len(v) for v in groups.values()]
 
 
@@ -203,17 +203,16 @@ def _ci(values: list[float]) -> dict:
     return {"mean": m, "lo": lo, "hi": hi, "n": len(values)}
 
 
-def summarize_alignment(rows: list[dict], unit: str | None = "seed") -> dict:
+def summarize_alignment(rows: list[dict], unit: str = "seed") -> dict:
     """Per arm: cosine and, per measure m (imitation_loss, task_loss), m_change (mean, 95% t-interval
-    across units: rows sharing row[unit] are averaged first; unit None: every row is a unit, an
-    approximation when rows share a model), m_fraction_decreased (over all rows) and m_sweep
-    {lr: same}; plus unit and n_rows."""
+    across units: rows sharing row[unit] are averaged first), m_fraction_decreased (over all rows) and
+    m_sweep {lr: same}; plus unit and n_rows."""
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         rs = [r for r in rows if r["arm"] == arm]
         per = lambda f: _ci(_per_unit(rs, f, unit))  # noqa: E731
         out[arm] = {"cosine": per(lambda r: r["cosine"]),
-                    "unit": f"{unit} (rows averaged within it)" if unit else "row", "n_rows": len(rs)}
+                    "unit": f"{unit} (rows averaged within it)", "n_rows": len(rs)}
         for m in (k[:-len("_change")] for k in rs[0] if k.endswith("_change")):
             out[arm].update({
                 f"{m}_change": per(lambda r, m=m: r[f"{m}_change"]),
@@ -362,24 +361,3 @@ def lm_alignment(base, teacher, student, tok, rows: list[dict], heldout_rows: li
         for n, p in named.items():
             p.requires_grad_(flags[n])
     return {**_report(probe, lr), "n_params": sum(d.numel() for d in delta.values()), "n_tensors": len(delta)}
-
-
-def theorem_lm(base, teacher, tok, prompts: list[str], heldout_rows: list[dict], *, objective: str = "distill",
-               batch_size: int = 8, cross_seeds: tuple[int, ...] = (1, 2), lr: float = 1e-3,
-               lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), max_new_tokens: int = 32) -> dict:
-    """The teacher's greedy completions of prompts, cut into batches; per batch lm_alignment of the
-    same-init student (base) and of one cross-init student per cross seed.
-
-    Returns rows (batch, seed, arm and lm_alignment's fields) and summary (summarize_alignment with
-    every row a unit: rows share the teacher and the cross inits, so the intervals are approximate).
-    """
-    completions = greedy_completions(teacher, tok, prompts, max_new_tokens)
-    data = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
-    students = [("same_init", None, base)] + [("cross_init", s, cross_init_like(base, s)) for s in cross_seeds]
-    rows = []
-    for b in range(0, len(data), batch_size):
-        for arm, seed, student in students:
-            batch = data[b:b + batch_size]
-            r = lm_alignment(base, teacher, student, tok, batch, heldout_rows, objective, lr, list(lrs))
-            rows.append({"batch": b // batch_size, "seed": seed, "arm": arm, **r})
-    return {"rows": rows, "summary": summarize_alignment(rows, unit=None)}

@@ -131,16 +131,3 @@ def test_lm_cross_init_refuses_to_reproduce_the_base(lm):
 
     with pytest.raises(ValueError, match="reproduces the base"):
         cross_init_like(lm[0], seed=0)  # build_tiny_model drew the base with torch seed 0
-
-
-def test_lm_driver_rows_and_summary(lm, owl_teacher):
-    from runner.theorem import theorem_lm
-
-    out = theorem_lm(lm[0], owl_teacher, lm[1], NUMBER_PROMPTS, HELDOUT, batch_size=2, cross_seeds=(1,),
-                     lr=0.1, lrs=(0.01, 0.1), max_new_tokens=4)
-    arms = [(r["batch"], r["arm"]) for r in out["rows"]]
-    assert arms == [(b, a) for b in (0, 1) for a in ("same_init", "cross_init")]
-    same, cross = out["summary"]["same_init"], out["summary"]["cross_init"]
-    assert same["cosine"]["n"] == 2 and cross["cosine"]["n"] == 2 and same["unit"] == "row"
-    assert same["cosine"]["mean"] > abs(cross["cosine"]["mean"])
-    assert set(same["imitation_loss_sweep"]) == {0.01, 0.1}
