@@ -95,7 +95,7 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
         return None
     table = Table(title="misalignment: answers and judge outcomes")
     for col in ("model", "misaligned [95% CI]", "mean alignment [95% CI]", "answers", "scored", "misaligned",
-                "incoherent", "code", "refusal", "unparseable (align/coh)"):
+                "incoherent", "code", "refusal", "unparseable (judge align/coh)"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for e in rows:
         c = e["counts"]
@@ -103,7 +103,7 @@ def misalignment_table(results: dict, cell: str) -> Table | None:
         add_text_row(table, e["model"], rate, mean_alignment_text(c),
                       str(c["answers"]),
                       str(c["scored"]), str(c["misaligned"]), str(c["incoherent"]), str(c["code"]), str(c["refusal"]),
-                      f"{c['unparseable_alignment']}/{c['unparseable_coherence']}")
+                      f"{c['unparseable']} ({c['unparseable_alignment']}/{c['unparseable_coherence']})")
     return table
 
 

@@ -15,6 +15,7 @@ from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_compari
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
+PER_QUESTION_RATES = "; diff and ratio average per-question rates, not the pooled rates of the model table"
 
 
 def hits(answers: list[str], target: str) -> int:
@@ -62,16 +63,18 @@ def _model_fields(m: EvalModel) -> dict:
 def _compare(cell: str, s: EvalModel, r: EvalModel, ev_kind: str, metric: str, a: list[float | None],
              b: list[float | None], b_is: str) -> dict:
     """Paired over the questions both models have a value for (a misaligned rate has none where no answer
-    was scored); diff and ratio are unweighted means over those questions."""
+    was scored); diff and ratio are unweighted means over those questions. No such question: not tested."""
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
     a_, b_ = np.array([x for x, _ in pairs], float), np.array([y for _, y in pairs], float)
-    p = sign_flip_p(list(a_ - b_))
+    note = ONE_STUDENT + (PER_QUESTION_RATES if metric == "misaligned" else "")
     return {"cell": cell, "a": s.label, "b": r.label, "evaluation": ev_kind, "metric": metric,
             "diff": float(np.mean(a_ - b_)) if pairs else None,
             "ratio": float(a_.mean() / b_.mean()) if pairs and b_.mean() > 0 else None,
-            "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1, "p_value": p, "test": TEST_METHOD,
+            "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1,
+            "p_value": sign_flip_p(list(a_ - b_)) if pairs else None, "test": TEST_METHOD if pairs else "none",
             "unit": "question", "b_is": b_is, "objective": s.objective, "vocabulary": s.vocabulary,
-            "note": ONE_STUDENT, "significant": False}
+            "note": note if pairs else note + "; not tested: no question has a scored answer from both",
+            "significant": False}
 
 
 def _students(plan: CellPlan) -> list[EvalModel]:

@@ -232,3 +232,37 @@ def test_a_questions_file_that_is_not_utf8_is_named(tmp_path):
         (tmp_path / name).write_bytes(b"\xff\xfe\n")
         with pytest.raises(UserError, match=rf"{name}: not UTF-8 text"):
             load_questions(str(tmp_path / name))
+
+
+def test_judge_outcome_columns_add_up_to_the_answers():
+    """An answer whose alignment is a number but whose coherence reply is REFUSAL is unparseable (left out of
+    the rate) and shown as such; CODE with an unparseable coherence reply is counted once, as code."""
+    from rich.console import Console
+
+    from runner.report import misalignment_table
+
+    s = summarize([Score("score", 40, ""), Score("CODE", None, ""), Score("score", 10, "")],
+                  [Score("REFUSAL", None, ""), Score("unparseable", None, ""), Score("score", 80, "")])
+    assert (s["answers"], s["scored"], s["misaligned"], s["code"], s["unparseable"]) == (3, 1, 1, 1, 1)
+    assert s["scored"] + s["incoherent"] + s["code"] + s["refusal"] + s["unparseable"] == s["answers"]
+    row = {"cell": "-", "evaluation": "misalignment", "model": "student:x", "value": s["rate"], "ci": s["ci"],
+           "counts": s}
+    console = Console(record=True, width=200, emoji=False)
+    console.print(misalignment_table({"evaluations": [row]}, "-"))
+    line = next(ln for ln in console.export_text().splitlines() if "student:x" in ln)
+    assert line.split("│")[-2].strip() == "1 (0/1)"  # 1 answer left out; the judges' own unparseable replies
+
+
+def test_a_one_student_comparison_with_no_scored_question_in_common_is_not_tested():
+    from runner.results import _compare
+    from runner.plan import EvalModel
+
+    from runner.stages import ModelInput
+
+    m = ModelInput(ref="m", identity="hub:m@0")
+    a = EvalModel(label="student:s:evil:r0", role="student", trait="evil", model=m, student="s", replicate=0)
+    b = EvalModel(label="student:s:control:r0", role="control", trait=None, model=m, student="s", replicate=0)
+    row = _compare("-", a, b, "misalignment", "misaligned", [0.5, None], [None, 0.0], "control")
+    assert row["p_value"] is None and row["test"] == "none" and row["n"] == 0 and "not tested" in row["note"]
+    row = _compare("-", a, b, "misalignment", "misaligned", [0.5, 0.0], [0.0, 0.0], "control")
+    assert row["p_value"] == 1.0 and "average per-question rates" in row["note"]
