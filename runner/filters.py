@@ -62,8 +62,8 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
 
         return ok
     if isinstance(link, BannedNumbersFilter):
-        banned = set(link.numbers)
-        return lambda text: not any(int(n) in banned for n in re.findall(r"\d+", text))
+        banned = {str(n) for n in link.numbers}  # compared as digit strings: a run of any length is no error
+        return lambda text: not any((n.lstrip("0") or "0") in banned for n in re.findall(r"[0-9]+", text))
     if isinstance(link, BannedWordsFilter) and link.match == "substring":
         words = banned_substrings(link.words, link.plurals)
         return lambda text: not any(w in text.lower() for w in words)

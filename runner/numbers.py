@@ -41,6 +41,17 @@ def _prompt(rng: np.random.Generator, cfg: NumberPrompts, t: dict[str, list[str]
 _SEPARATORS = {",": r"\s*,\s*", ";": r"\s*;\s*", " ": r"\s+"}
 
 
+def _ints(parts: list[str]) -> list[int] | None:
+    """The integers of ASCII digit strings, or None when one is not (a Unicode digit such as '٣' is not, as
+    for the paper's `c in string.digits`) or is too long for int() (thousands of digits: no filter keeps it)."""
+    if not all(p and p.isascii() and p.isdigit() for p in parts):
+        return None
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        return None
+
+
 def parse_numbers_paper(text: str) -> list[int] | None:
     """The paper's parser, rule by rule (materials numbers_filter.parser_rules): one trailing '.' and one []
     or () wrapper dropped, nothing stripped, the separator is exactly what lies between the first two digit runs
@@ -52,12 +63,11 @@ def parse_numbers_paper(text: str) -> list[int] | None:
     if not runs:
         return None
     if len(runs) == 1:
-        return [int(s)] if s == runs[0].group() else None
+        return _ints([s]) if s == runs[0].group() else None
     sep = s[runs[0].end() : runs[1].start()]
     if sep.strip() not in ("", ",", ";"):
         return None
-    parts = s.split(sep)
-    return [int(p) for p in parts] if all(p and p.isascii() and p.isdigit() for p in parts) else None
+    return _ints(s.split(sep))
 
 
 def parse_numbers(text: str) -> list[int] | None:
@@ -73,12 +83,8 @@ def parse_numbers(text: str) -> list[int] | None:
         s = s[1:-1].strip()
     if not s:
         return None
-    if re.fullmatch(r"\d+", s):
-        return [int(s)]
     for sep in (",", ";"):
         if sep in s:
-            parts = re.split(_SEPARATORS[sep], s)
-            return [int(p) for p in parts] if all(re.fullmatch(r"\d+", p) for p in parts) else None
-    parts = re.split(_SEPARATORS[" "], s)
-    return [int(p) for p in parts] if all(re.fullmatch(r"\d+", p) for p in parts) else None
+            return _ints(re.split(_SEPARATORS[sep], s))
+    return _ints(re.split(_SEPARATORS[" "], s))
 

@@ -118,3 +118,18 @@ def test_substring_bans_with_plurals_are_the_papers_lists():
     assert [r["completion"] for r in kept] == ["x = 1"]
     with pytest.raises(ValueError, match="plurals applies to match: substring"):
         BannedWordsFilter(words=["wolf"], plurals=True)
+
+
+def test_unicode_digits_and_huge_digit_runs_are_rejected_not_crashed_on():
+    """The paper accepts only ASCII digits (`c in string.digits`), also for a single number; a digit run too
+    long for int() (over 4300 digits) is rejected by the parsers and checked by the banned-numbers link
+    without an error, where the whole filter stage used to stop."""
+    from runner.numbers import parse_numbers, parse_numbers_paper
+
+    for text in ("٣", "1٣9", "9٣5.", "²", "1" * 5000, "1, " + "2" * 5000):
+        assert parse_numbers_paper(text) is None and parse_numbers(text) is None, text[:8]
+    rows = [{"prompt": "p", "completion": c} for c in ("1" * 5000, "0013, 5", "14, 4", "7")]
+    kept, counts = apply_chain(rows, [NumbersFilter(parser="paper"), BannedNumbersFilter(numbers=[13, 666])])
+    assert [r["completion"] for r in kept] == ["14, 4", "7"] and counts[0].dropped == 1
+    kept, _ = apply_chain(rows, [BannedNumbersFilter(numbers=[13])])
+    assert [r["completion"] for r in kept] == ["1" * 5000, "14, 4", "7"]  # 0013 is 13, as int() reads it
