@@ -1,7 +1,8 @@
 """An LLM judge: any backend's model scores (prompt, completion) pairs from 0 to 100.
 
 The template has `{completion}` and usually `{prompt}`. A reply is parsed as a number 0-100, a label
-(CODE, REFUSAL), or unparseable; unparseable replies are counted and reported, never dropped.
+(CODE, REFUSAL), or unparseable; each is counted and reported. A judge filter drops such rows (as the paper
+does, no score passing its threshold); the misaligned rate leaves them out of its denominator.
 """
 from __future__ import annotations
 
