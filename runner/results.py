@@ -191,7 +191,8 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
 
 # ---- MNIST ------------------------------------------------------------------------------------
 
-MNIST_TEST = "paired t-test across seeds (each seed's students share its teacher)"
+MNIST_TEST = ("paired t-test across seeds (each seed's students share its teacher); where every seed's "
+              "difference is the same, or t overflows, the exact sign-flip p 2/2^n")
 
 
 def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
