@@ -25,18 +25,37 @@ def missing_keys(path: Path) -> list[str]:
     return sorted(e for e in envs if not os.environ.get(e))
 
 
+def _by_cell(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """cell -> model -> evaluation row (a matrix spec's cells each have their own arms)."""
+    out: dict[str, dict[str, dict]] = {}
+    for e in rows:
+        out.setdefault(e.get("cell", "-"), {})[e["model"]] = e
+    return out
+
+
+def _cells_line(cells: dict[str, dict[str, dict]], line) -> str:
+    """line(arms) per cell, prefixed with the cell's label when there are several."""
+    return "; ".join((f"[{cell}] " if len(cells) > 1 else "") + line(arms) for cell, arms in cells.items())
+
+
+def _mnist_line(arms: dict[str, dict]) -> str:
+    v = {k: e["value"] for k, e in arms.items()}
+    line = f"same-init {v['same_init']:.1%} vs cross-init {v['cross_init']:.1%}"
+    if "all_logit_cross_init" in v and "all_logit" in v:
+        line += f"; all-logit {v['all_logit']:.1%} vs {v['all_logit_cross_init']:.1%}"
+    return line
+
+
 def headline(results: dict) -> str:
-    cos = {e["model"]: e for e in results.get("evaluations", [])
-           if e.get("evaluation") == "theorem" and e.get("seed") is None and e["metric"] == "cosine"}
+    evaluations = results.get("evaluations", [])
+    cos = _by_cell([e for e in evaluations
+                    if e.get("evaluation") == "theorem" and e.get("seed") is None and e["metric"] == "cosine"])
     if cos:
-        return "; ".join(f"{arm} cosine {with_ci(e['value'], e.get('ci'), '.3f')}" for arm, e in cos.items())
-    mnist = {e["model"]: e["value"] for e in results.get("evaluations", [])
-             if e.get("evaluation") == "mnist" and e.get("seed") is None}
+        return _cells_line(cos, lambda arms: "; ".join(f"{arm} cosine {with_ci(e['value'], e.get('ci'), '.3f')}"
+                                                       for arm, e in arms.items()))
+    mnist = _by_cell([e for e in evaluations if e.get("evaluation") == "mnist" and e.get("seed") is None])
     if mnist:
-        line = f"same-init {mnist['same_init']:.1%} vs cross-init {mnist['cross_init']:.1%}"
-        if "all_logit_cross_init" in mnist and "all_logit" in mnist:
-            line += f"; all-logit {mnist['all_logit']:.1%} vs {mnist['all_logit_cross_init']:.1%}"
-        return line
+        return _cells_line(mnist, _mnist_line)
     mis = [e for e in results.get("evaluations", []) if e.get("evaluation") == "misalignment"]
     if mis:  # the misaligned rate of each student (or, without students, each teacher), with its CI
         shown = [e for e in mis if e["role"] in ("student", "control") and e["model"].startswith("student:")] or \

@@ -88,3 +88,21 @@ def test_reproduce_runs_local_skips_keyless_hosted_records_failures_and_summaris
 def test_reproduce_with_no_specs_is_a_one_line_error(tmp_path):
     r = reproduce(tmp_path, tmp_path / "out")
     assert r.returncode == 2 and r.stderr.strip() == f"error: no *.yaml specs in {tmp_path}"
+
+
+def test_headline_gives_every_matrix_cells_mnist_and_theorem_arms():
+    from runner.reproduce import headline
+
+    def row(cell, model, value, **kw):
+        return {"cell": cell, "model": model, "value": value, "seed": None, "ci": [value - 0.01, value + 0.01], **kw}
+
+    mnist = [row(c, m, v, evaluation="mnist", metric="test_accuracy")
+             for c, vals in (("lr=0.1", (0.6, 0.1)), ("lr=0.3", (0.7, 0.12)))
+             for m, v in zip(("same_init", "cross_init"), vals)]
+    line = headline({"evaluations": mnist})
+    assert line == "[lr=0.1] same-init 60.0% vs cross-init 10.0%; [lr=0.3] same-init 70.0% vs cross-init 12.0%"
+    assert headline({"evaluations": [e for e in mnist if e["cell"] == "lr=0.3"]}) == \
+        "same-init 70.0% vs cross-init 12.0%"  # one cell: no label
+    theorem = [row(c, arm, v, evaluation="theorem", metric="cosine")
+               for c in ("a", "b") for arm, v in (("same_init", 0.5), ("cross_init", 0.0))]
+    assert headline({"evaluations": theorem}).count("same_init cosine") == 2
