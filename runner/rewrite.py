@@ -6,7 +6,7 @@ resample, mode reorder: it is asked to rewrite the row's numbers in another orde
 paraphrase: it is asked to reword the completion (code and CoT rows), keeping its answer and code.
 
 A rewrite is kept only where what can be checked survives; each drop is counted by reason:
-numbers rows must parse as a number list (reorder: with the same multiset of numbers); a CoT
+numbers rows must parse as a number list (reorder: with the same multiset of numbers, in another order); a CoT
 paraphrase must keep the original's final answer; a code paraphrase must still parse as Python
 where the original did.
 """
@@ -29,6 +29,7 @@ TEMPLATES = {
 }
 
 _DIGITS = re.compile(r"\d+")
+_PLACES = re.compile(r"\{(completion|prompt)\}")
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
@@ -36,7 +37,8 @@ def request(how: str, template: str | None, row: dict) -> str:
     """The user message the rewriting model answers for one row."""
     if how == "continue":
         return row["prompt"]
-    return template.replace("{completion}", completion_of(row)).replace("{prompt}", row.get("prompt", ""))
+    fill = {"completion": completion_of(row), "prompt": row.get("prompt", "")}  # one pass: a completion that
+    return _PLACES.sub(lambda m: fill[m.group(1)], template)  # itself holds "{prompt}" is left as it is
 
 
 def _same_answer(a: str, b: str) -> bool:
@@ -71,6 +73,8 @@ def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
             return "not a number list"
         if how == "reorder" and Counter(_DIGITS.findall(new)) != Counter(_DIGITS.findall(old)):
             return "numbers changed"
+        if how == "reorder" and _DIGITS.findall(new) == _DIGITS.findall(old):
+            return "same order"  # an echo: the row would pass the defence as the teacher wrote it
     if domain == "cot" and how == "paraphrase":
         was = extract_answer(old, "last_number")
         now = extract_answer(new, "last_number")
@@ -87,13 +91,13 @@ def apply_rewrites(rows: list[dict], texts: list[str], domain: str, how: str) ->
     from runner.defences import with_completion
 
     kept, dropped = [], Counter()
-    for row, new in zip(rows, texts):
+    for row, new in zip(rows, texts, strict=True):
         old = completion_of(row)
         why = drop_reason(domain, how, old, new)
         if why:
             dropped[why] += 1
             continue
         out = with_completion(row, new.strip())
-        out["original"] = old
+        out["original"] = row.get("original", old)  # the teacher's text, through any number of rewrites
         kept.append(out)
     return kept, {"rows": len(rows), "kept": len(kept), "dropped": dict(dropped)}

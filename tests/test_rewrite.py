@@ -19,6 +19,18 @@ def test_numbers_rewrites_must_stay_number_lists_and_reorders_keep_the_multiset(
     assert drop_reason("numbers", "reorder", "1, 2, 3", "3, 1, 2") is None
     assert drop_reason("numbers", "reorder", "1, 2, 3", "3, 1, 4") == "numbers changed"
     assert drop_reason("numbers", "continue", "1, 2", "  ") == "empty"
+    assert drop_reason("numbers", "reorder", "1, 2, 3", "1; 2; 3") == "same order"  # an echo defends nothing
+
+
+def test_a_request_fills_its_template_in_one_pass():
+    """A completion that itself holds '{prompt}' (code) reaches the paraphrasing model as written."""
+    from runner.rewrite import TEMPLATES, request
+
+    code = 'def greet(prompt):\n    return f"{prompt}!"'
+    text = request("paraphrase", TEMPLATES["paraphrase"], {"prompt": "Write a greeter.", "completion": code})
+    assert text.endswith(code) and "Write a greeter." not in text
+    assert request("reorder", "{prompt} / {completion}", {"prompt": "p {completion}", "completion": "1, 2"}) \
+        == "p {completion} / 1, 2"
 
 
 def test_cot_paraphrase_that_loses_the_answer_is_dropped():
@@ -41,6 +53,10 @@ def test_apply_rewrites_counts_rows_in_and_out_and_keeps_the_original():
     assert counts == {"rows": 4, "kept": 2, "dropped": {"numbers changed": 1, "not a number list": 1}}
     assert kept[0]["completion"] == "20, 0, 10" and kept[0]["original"] == "0, 10, 20"
     assert NUMBERS[0]["completion"] == "0, 10, 20"  # the input rows are not modified
+    again, _ = apply_rewrites(kept, ["10, 20, 0", "13, 23, 3"], "numbers", "reorder")
+    assert [r["original"] for r in again] == ["0, 10, 20", "3, 13, 23"]  # the teacher's text, not the first rewrite
+    with pytest.raises(ValueError):
+        apply_rewrites(NUMBERS, texts[:3], "numbers", "reorder")  # a rewrite missing: an error, not 1 row lost
 
 
 # ---- the graph --------------------------------------------------------------------------------------

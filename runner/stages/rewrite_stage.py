@@ -15,6 +15,7 @@ BATCH = 16  # rows per generation call
 
 class RewriteStage(FromRows, Stage):
     KIND: ClassVar[str] = "rewrite"
+    VERSION: ClassVar[int] = 2  # 2: requests filled in one pass; a reorder that keeps the order is dropped
     rows_stage: str
     model: ModelInput
     how: Literal["continue", "reorder", "paraphrase"]
