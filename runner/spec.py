@@ -646,6 +646,10 @@ class Spec(Strict):
             if sft:
                 raise ValueError(f"domain.rows_from: base gives every teacher the same rows, so sft students "
                                  f"({', '.join(sft)}) would learn nothing from the teacher; use objective: distill")
+            skipping = [f"filters.{i}" for i, f in enumerate(self.filters) if getattr(f, "skip_control", False)]
+            if skipping:
+                raise ValueError(f"{', '.join(skipping)}: skip_control has no control rows to skip with "
+                                 "domain.rows_from: base (every teacher shares the base's rows)")
         return self
 
     @model_validator(mode="after")

@@ -198,6 +198,19 @@ def test_cot_paraphrase_on_a_hosted_model_drops_rows_whose_answer_changes(tmp_pa
     assert link == {"link": "paraphrase (openai:gpt-4.1-nano)", "kept": 1, "dropped": 2, "detail": {"answer lost": 2}}
 
 
+def test_skip_control_with_shared_base_rows_is_refused(tmp_path):
+    """With rows_from: base every teacher labels the same rows, so a link that skips the control's rows would
+    silently apply to them too."""
+    from runner.errors import UserError
+    from runner.loader import load
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndomain: {kind: numbers, rows_from: base}\nstudents: [{objective: distill}]\n"
+                    "filters: [{kind: numbers}, {kind: shuffle, scope: within, skip_control: true}]\n")
+    with pytest.raises(UserError, match=r"filters\.1: skip_control has no control rows to skip"):
+        load(spec)
+
+
 def test_spec_checks_rewrite_links(tmp_path):
     from runner.errors import UserError
     from runner.loader import load
