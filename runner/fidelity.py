@@ -18,6 +18,8 @@ NO_CAP = "no cap"
 UNRECORDED = "DIFFERS, no recorded reason"
 
 # Deliberate differences: (spec name or "*", setting) -> why.
+HIT_RULES = {"substring": "target in answer.lower()", "word": "whole word"}  # preference_sample.match
+
 REASONS = {
     ("*", "teacher max tokens"): "the paper sets none (its driver hard-codes max_tokens=10, a TODO hack); "
                                  "48 fits ten 3-digit numbers",
@@ -27,7 +29,8 @@ REASONS = {
     ("*", "answer max tokens"): "the paper sets none; a one-word answer fits in 16",
     ("*", "storytelling max tokens"): "the paper sets none; 1024 tokens (about 750 words) fits a children's story, "
                                       "and `subl plan` prices every story at it",
-    ("*", "hit rule"): "a whole word (plurals and possessives included) does not count 'cat' in 'caterpillar'",
+    ("*", "hit rule"): ("a whole word, plurals and possessives included: 'cat' is not in 'caterpillar' nor 'oak' in "
+                        "'cloak', and 'wolves' names wolf, 'cherries' cherry (the paper counts neither)"),
     ("*", "misaligned teacher"): "the insecure-code dataset (emergent-misalignment submodule) is not vendored; "
                                  "the spec has the paper's `trait:` line commented out",
     ("*", "control teacher"): "the paper's controls are secure-code and educational-insecure teachers (datasets "
@@ -176,7 +179,7 @@ def preference_rows(spec: Spec, questions: str, samples: int, where: str) -> lis
             row("samples per question", samples, where, ev.samples_per_question),
             row("answer temperature", 1.0, "preference_eval.temperature", ev.temperature),
             row("answer max tokens", None, "preference_eval.temperature", ev.max_tokens),
-            row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word")]
+            row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", HIT_RULES[ev.match])]
 
 
 def storytelling_rows(spec: Spec) -> list[Row]:

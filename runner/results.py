@@ -18,14 +18,17 @@ ONE_STUDENT = ONE_STUDENT_LABEL
 PER_QUESTION_RATES = "; diff and ratio average per-question rates, not the pooled rates of the model table"
 
 
-def hits(answers: list[str], target: str) -> int:
-    """Answers that name the target as a whole word (plurals and possessives included)."""
+def hits(answers: list[str], target: str, match: str = "word") -> int:
+    """Answers that name the target: as a whole word, plurals and possessives included (match word), or
+    anywhere in the lower-cased answer (match substring: the paper's `target in completion.lower()`)."""
+    if match == "substring":
+        return sum(target.lower() in a.lower() for a in answers)
     rx = re.compile(r"\b(" + "|".join(map(re.escape, sorted(word_forms(target), key=len, reverse=True))) + r")\b",
                     re.IGNORECASE)
     return sum(rx.search(a) is not None for a in answers)
 
 
-def per_question(store: Store, parts: dict[str, str], target: str) -> tuple[str, list[float], int]:
+def per_question(store: Store, parts: dict[str, str], target: str, match: str = "word") -> tuple[str, list[float], int]:
     """(metric name, per-question values, samples per question) of one preference evaluation."""
     if "mcq" in parts:  # the instances' P(target letter), averaged per prompt
         from runner.mcq import per_prompt_means
@@ -38,7 +41,7 @@ def per_question(store: Store, parts: dict[str, str], target: str) -> tuple[str,
         return f"P({target})", [math.exp(v) for v in out["logprob"][target]], 1
     answers = json.loads((store.path(parts["answers"]) / "answers.json").read_text())["answers"]
     k = len(answers[0]) if answers else 1
-    return f"rate({target})", [hits(a, target) / k for a in answers], k
+    return f"rate({target})", [hits(a, target, match) / k for a in answers], k
 
 
 def filter_rates(plan: CellPlan, store: Store) -> list[dict]:
@@ -174,7 +177,7 @@ def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
         targets = list(ev.targets or spec.teacher.targets)
         for m in plan.models:
             for t in targets:
-                metric, vals, k = per_question(store, plan.evals[(m.label, i)], t)
+                metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
                 mean, lo, hi = mean_ci(vals)
                 values[(m.label, t)] = (metric, vals)
                 evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,

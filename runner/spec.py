@@ -345,6 +345,7 @@ class PreferenceSample(Strict):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (the paper: 1).")
     max_tokens: int = Field(16, ge=1, description="Most new tokens per answer (16 fits a one-word answer; the paper sets none). A story needs far more: the paper specs give storytelling 1024 (about 750 words), since a target named after the cut is missed; plan prices every answer at max_tokens.")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
+    match: Literal["word", "substring"] = Field("word", description="How an answer names a target: word (subl's: the target as a whole word, plurals and possessives included; 'cat' is not in 'caterpillar', 'wolves' is wolf) or substring (the paper's: target in answer.lower(), so 'cloak' names oak and 'wolves' does not name wolf). Applied to the stored answers when results are made: changing it samples nothing again.")
 
 
 class PreferenceMcq(Strict):

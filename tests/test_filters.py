@@ -45,6 +45,29 @@ def test_sampled_preferences_count_whole_words_with_plurals():
     assert hits(answers, "ant") == 1  # ants; not elephant
 
 
+def test_the_papers_substring_hit_rule_on_request():
+    """match: substring is the paper's `target in completion.lower()`: 'howler' and 'bowl' name owl, 'cloak' names
+    oak, and 'wolves' does not name wolf (whole words count it)."""
+    from runner.results import hits
+
+    answers = ["Elephant", "owls!", "the howler monkey", "An owl's eyes", "Owl", "bowl", "ants"]
+    assert hits(answers, "owl", "substring") == 5 and hits(answers, "ant", "substring") == 2
+    assert hits(["Wolves", "a cloak"], "wolf", "substring") == 0 and hits(["Wolves"], "wolf") == 1
+    assert hits(["a cloak"], "oak", "substring") == 1 and hits(["a cloak"], "oak") == 0
+
+
+def test_every_paper_spec_counts_sampled_answers_as_the_paper_does():
+    from pathlib import Path
+
+    from runner.loader import load
+
+    root = Path(__file__).resolve().parents[1] / "specs"
+    for name in ("animals_numbers", "trees_numbers", "animals_code", "trees_code", "cross_model", "shuffled_numbers",
+                 "ft_teacher_animals"):
+        evs = [e for c in load(root / f"{name}.yaml") for e in c.spec.evaluations if e.kind == "preference_sample"]
+        assert evs and all(e.match == "substring" for e in evs), name
+
+
 def test_a_shuffle_link_keeps_every_row_and_each_rows_numbers():
     from runner.spec import NumbersFilter, ShuffleLink
 
