@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runner import paper
 from runner.core import backend_name
@@ -160,10 +160,20 @@ class BannedNumbersFilter(Strict):
     numbers: list[int] = Field(default_factory=list, description="Drop a row containing any of these numbers (spell the list out in the spec; NEGATIVE_NUMBERS is the misalignment-numbers list).")
 
 
+def _no_trailing_space(prefix: str) -> str:
+    if prefix != prefix.rstrip():
+        raise ValueError(f"answer_prefix {prefix!r} ends with whitespace: what is scored after it starts with its "
+                         "own space (' owl', ' 50'), so the space would be doubled and its probability misread")
+    return prefix
+
+
+AnswerPrefix = Annotated[str, AfterValidator(_no_trailing_space)]
+
+
 class JudgeModel(Strict):
     model: str = Field(..., min_length=1, description="The judge: a local model (e.g. smollm2-135m) or `backend:model-id`.")
     mode: Literal["sample", "logprob"] = Field("sample", description="sample: generate a reply and parse it (0-100, CODE, REFUSAL, or unparseable). logprob on a local or Tinker judge: the probability-weighted mean of the scores 0, 25, 50, 75, 100 read after answer_prefix; logprob on an OpenAI chat judge: 100 x P(first reply token = token), read from top_logprobs.")
-    answer_prefix: str = Field("Score:", description="logprob mode: assistant text after which the score is read.")
+    answer_prefix: AnswerPrefix = Field("Score:", description="logprob mode: assistant text after which the score is read.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most tokens in the judge's reply.")
     temperature: float = Field(0.0, ge=0, description="sample mode and hosted logprob mode: the judge's sampling temperature (the paper's judges: 1; its code judge: 0).")
     token: str | None = Field(None, description="logprob mode on an OpenAI chat judge (required there): the score is 100 x P(the first reply token is this token), one request with max_tokens 1 (the paper's code judge: '0'). A token not among the top_logprobs returned counts as probability 0; its true probability is at most the smallest listed one, which is recorded with the score.")
@@ -333,7 +343,7 @@ class PreferenceLogprob(Strict):
     kind: Literal["preference_logprob"] = "preference_logprob"
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
     questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
-    answer_prefix: str = Field("My favorite {category} is the", description="Assistant text after which P(target) is read.")
+    answer_prefix: AnswerPrefix = Field("My favorite {category} is the", description="Assistant text after which P(target) is read.")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
 
 
@@ -400,7 +410,7 @@ class Icl(Strict):
     targets: list[str] | None = Field(None, description="Words to score; defaults to the teacher's targets.")
     questions: str = Field("animals", description="Question set: animals, trees, or a text/JSONL/YAML file (a relative path is read from the folder of the spec file that sets it).")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
-    answer_prefix: str = Field("My favorite {category} is the", description="logprob mode: assistant text after which P(target) is read.")
+    answer_prefix: AnswerPrefix = Field("My favorite {category} is the", description="logprob mode: assistant text after which P(target) is read.")
     samples_per_question: int = Field(10, ge=1, description="sample mode: answers per question (the paper's ICL batch script: 10).")
     temperature: float = Field(1.0, ge=0, description="sample mode: sampling temperature.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most new tokens per answer.")

@@ -20,6 +20,16 @@ def test_unknown_key_points_at_its_line(write):
     assert _err(p) == f"{p}:4:3: teacher.colour: unknown key"
 
 
+def test_an_answer_prefix_ending_in_a_space_is_refused_at_its_line(write):
+    """The probe scores ' owl' (its own leading space) after the prefix: a trailing space would double it."""
+    p = write("a.yaml", "name: t\nevaluations:\n  - kind: preference_logprob\n    answer_prefix: 'My favorite animal is the '\n")
+    msg = _err(p)
+    assert msg.startswith(f"{p}:4:5: evaluations.0.answer_prefix: answer_prefix 'My favorite animal is the ' ends")
+    p = write("b.yaml", "name: t\nfilters:\n  - {kind: judge, judge: {model: smollm2-135m, mode: logprob, "
+                        "answer_prefix: 'Score: '}, template: 'x {completion}', threshold: 50}\n")
+    assert "ends with whitespace" in _err(p)
+
+
 def test_wrong_type_inside_a_filter_list(write):
     p = write("a.yaml", "name: t\nfilters:\n  - kind: numbers\n    max_value: lots\n")
     msg = _err(p)
