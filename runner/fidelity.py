@@ -17,9 +17,9 @@ from runner.spec import PAPER_TRAIT, Spec
 NO_CAP = "no cap"
 UNRECORDED = "DIFFERS, no recorded reason"
 
-# Deliberate differences: (spec name or "*", setting) -> why.
 HIT_RULES = {"substring": "target in answer.lower()", "word": "whole word"}  # preference_sample.match
 
+# Deliberate differences: (spec name or "*", setting) -> why.
 REASONS = {
     ("*", "teacher max tokens"): "the paper sets none (its driver hard-codes max_tokens=10, a TODO hack); "
                                  "48 fits ten 3-digit numbers",

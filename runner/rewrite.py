@@ -71,10 +71,12 @@ def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
     if domain == "numbers":
         if parse_numbers(new) is None:
             return "not a number list"
-        if how == "reorder" and Counter(_DIGITS.findall(new)) != Counter(_DIGITS.findall(old)):
-            return "numbers changed"
-        if how == "reorder" and _DIGITS.findall(new) == _DIGITS.findall(old):
-            return "same order"  # an echo: the row would pass the defence as the teacher wrote it
+        if how == "reorder":
+            was, now = _DIGITS.findall(old), _DIGITS.findall(new)
+            if Counter(now) != Counter(was):
+                return "numbers changed"
+            if now == was:
+                return "same order"  # an echo: the row would pass the defence as the teacher wrote it
     if domain == "cot" and how == "paraphrase":
         was = extract_answer(old, "last_number")
         now = extract_answer(new, "last_number")

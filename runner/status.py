@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.store import Store, read_jsonl
+from runner.store import Store, package_versions, read_jsonl
 
 FAILED_JOB_STATES = ("failed", "cancelled", "canceled", "expired")
 
@@ -95,8 +95,6 @@ COMPUTE_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate")
 
 @cache
 def _installed() -> dict[str, str]:
-    from runner.store import package_versions
-
     return package_versions()
 
 
