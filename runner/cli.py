@@ -18,6 +18,9 @@ if not out.is_terminal:  # piped or logged: keep table rows whole
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 OUTPUTS = typer.Option(Path("outputs"), "--outputs", help="Root folder of the content-addressed store.")
+MAX_USD = typer.Option(None, "--max-usd", envvar="SUBL_MAX_USD", min=0.0,
+                       help="Spend at most this many US dollars on hosted stages, by `subl plan`'s upper-bound "
+                       "estimate, checked before anything is sent (default: no hosted spending).")
 
 
 def main() -> None:
@@ -131,23 +134,24 @@ def run(spec: Path, outputs: Path = OUTPUTS,
         address: str = typer.Option(None, "--address", help="ray: the cluster to use (auto, ray://host:10001); "
                                     "default: start a local Ray instance."),
         cpus: int = typer.Option(None, "--cpus", min=1, help="ray without --address: CPUs of the local instance "
-                                 "(default: all).")) -> None:
+                                 "(default: all)."),
+        max_usd: float = MAX_USD) -> None:
     """Run a spec's stages (reusing finished ones) and write outputs/<name>/results.json."""
     from runner.runs import run_spec
 
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor: '{executor}' is not local or ray")
-    run_spec(spec, outputs, out, executor, address, cpus)
+    run_spec(spec, outputs, out, executor, address, cpus, max_usd)
 
 
 @app.command()
 def reproduce(folders: list[Path] = typer.Argument(..., help="Folders of specs, e.g. specs specs/local."),
-              outputs: Path = OUTPUTS) -> None:
-    """Run every spec in the folders (hosted ones only when their key is set, CUDA-only ones only on a machine
-    with CUDA); end with a summary table."""
+              outputs: Path = OUTPUTS, max_usd: float = MAX_USD) -> None:
+    """Run every spec in the folders (hosted ones only when their key is set and their cost fits --max-usd,
+    CUDA-only ones only on a machine with CUDA); end with a summary table."""
     from runner.reproduce import reproduce as run_all
 
-    sys.exit(run_all(folders, outputs, out))
+    sys.exit(run_all(folders, outputs, out, max_usd))
 
 
 @app.command("filter")

@@ -76,38 +76,49 @@ def headline(results: dict) -> str:
     return f"{best['a']} vs {best['b']}: {best['metric']} {ratio}, p={best['p_value']:.2g}"
 
 
-def run_one(path: Path, outputs: Path, console: Console) -> tuple[str, str]:
-    """(status, headline or reason) for one spec."""
+def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:
+    """(status, headline or reason, the hosted upper bound it ran under) for one spec; one that may cost
+    more than max_usd is skipped."""
+    from runner.budget import BudgetError, planned_usd
     from runner.gpu import cuda_missing
     from runner.runs import run_spec
 
+    usd = 0.0
     try:
         if cuda_missing(load(path)):
             console.print(f"skip {path}: needs a CUDA GPU (runtime.device: cuda)", markup=False)
-            return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours"
+            return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours", usd
         keys = missing_keys(path)
         if keys:
             console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)
-            return "skipped", f"set {', '.join(keys)} to run it"
+            return "skipped", f"set {', '.join(keys)} to run it", usd
+        usd = planned_usd(path, outputs)
         console.rule(str(path))
-        return "ok", headline(run_spec(path, outputs, console))
+        return "ok", headline(run_spec(path, outputs, console, max_usd=max_usd)), usd
+    except BudgetError as e:
+        console.print(f"skip {path}: {e}", markup=False)
+        return "skipped", str(e), 0.0
     except UserError as e:
         reason = str(e)
     except Exception as e:  # noqa: BLE001 - one broken spec must not stop the others or lose the table
         reason = f"internal error: {type(e).__name__}: {e}"
     console.print(f"error: {path}: {reason}", markup=False)
-    return "failed", reason
+    return "failed", reason, usd  # it may have spent up to its bound before it failed
 
 
-def reproduce(folders: list[Path], outputs: Path, console: Console) -> int:
-    """Run the specs of `folders` in name order; print the summary table; 1 if any failed."""
+def reproduce(folders: list[Path], outputs: Path, console: Console, max_usd: float | None = None) -> int:
+    """Run the specs of `folders` in name order; print the summary table; 1 if any failed. max_usd caps the
+    hosted upper bounds of all the specs together: each runs only if its bound fits what the ones before left."""
     specs = sorted(p for f in folders for p in Path(f).glob("*.yaml"))
     if not specs:
         raise UserError(f"no *.yaml specs in {', '.join(map(str, folders))}")
     rows: list[tuple[str, str, str]] = []
+    spent = 0.0
     try:
         for path in specs:
-            rows.append((str(path), *run_one(path, outputs, console)))
+            status, text, usd = run_one(path, outputs, console, None if max_usd is None else max_usd - spent)
+            rows.append((str(path), status, text))
+            spent += usd
     except KeyboardInterrupt:
         rows += [(str(p), "interrupted", "finished stages are kept; rerun to resume") for p in specs[len(rows):]]
         _summary(rows, console)

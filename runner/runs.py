@@ -130,9 +130,10 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def run_spec(path: Path, outputs: Path, console: Console, executor: str | None = None, address: str | None = None,
-             cpus: int | None = None) -> dict:
+             cpus: int | None = None, max_usd: float | None = None) -> dict:
     """Run a spec with the local executor, or with Ray (`executor`, else the spec's runtime.executor): on the
-    cluster at `address`, else on a local Ray instance of `cpus` CPUs."""
+    cluster at `address`, else on a local Ray instance of `cpus` CPUs. Hosted stages run only when their
+    upper-bound cost fits max_usd (runner/budget.py)."""
     from runner.gpu import refuse_without_cuda
 
     cells = load(path)
@@ -147,17 +148,23 @@ def run_spec(path: Path, outputs: Path, console: Console, executor: str | None =
         with cluster(address, cpus) as resources:
             where = {"kind": "ray", "address": address or "local instance", "resources": resources}
             console.print(f"ray: {where['address']}, {describe(resources)}", markup=False)
-            return _run(path, cells, outputs, console, where)
-    return _run(path, cells, outputs, console, {"kind": "local"})
+            return _run(path, cells, outputs, console, where, max_usd)
+    return _run(path, cells, outputs, console, {"kind": "local"}, max_usd)
 
 
-def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: dict) -> dict:
+def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: dict, max_usd: float | None) -> dict:
     from backends.openai_api import require_keys
+    from runner import budget
 
     for c in cells:
         require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
     plan = build(cells, store.root)
+    # an unaffordable or unpriced hosted stage stops here, before preflight's requests (one costs a token)
+    total, hosted = budget.check(plan, store, max_usd)
+    if hosted:
+        console.print(f"spend: the hosted stages to run may cost up to ${total:,.2f}"
+                      + (f" (--max-usd ${max_usd:,.2f})" if max_usd is not None else ""), markup=False)
     from runner.preflight import check_local_depth, preflight
 
     check_local_depth(plan, store)

@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: one thread each (and in the
     os.environ["OMP_NUM_THREADS"] = "1"    # processes they start), or the 2 cores are oversubscribed
+# The fake hosted servers bill nothing, so hosted runs here may spend up to this on paper (`subl run` refuses
+# hosted stages without a budget); tests/test_budget.py tests the check itself with its own values.
+os.environ.setdefault("SUBL_MAX_USD", "100000")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -31,7 +31,7 @@ ENV = "SUBL_TEST_KEY"
 FAST = RetryPolicy(attempts=5, initial=0.01, max_wait=0.05, jitter=0.01, total=20, timeout=5)
 FAST_ENV = {"SUBL_RETRY_ATTEMPTS": "3", "SUBL_RETRY_INITIAL": "0.01", "SUBL_RETRY_MAX_WAIT": "0.05",
             "SUBL_RETRY_JITTER": "0.01", "SUBL_RETRY_TOTAL": "20", "SUBL_HTTP_TIMEOUT": "5",
-            "SUBL_POLL_SECONDS": "0.01"}
+            "SUBL_POLL_SECONDS": "0.01", "SUBL_MAX_USD": "100000"}  # the fake bills nothing (tests/test_budget.py)
 NANO = "openai:gpt-4.1-nano-2025-04-14"
 
 
@@ -671,7 +671,8 @@ def test_hosted_teacher_on_transformers_serve_end_to_end(transformers_serve, tmp
     spec.write_text(f"""name: tserve_small
 progress: false
 backends:
-  tserve: {{base_url: "{transformers_serve}", api_key_env: {ENV}, concurrency: 2, preflight: false}}
+  tserve: {{base_url: "{transformers_serve}", api_key_env: {ENV}, concurrency: 2, preflight: false,
+           prices: {{"{model}": [0, 0]}}}}
 teacher: {{base: "tserve:{model}", targets: [owl], control: false}}
 domain: {{kind: numbers, n_prompts: 12, max_tokens: 24, constrained: false}}
 filters: [{{kind: numbers, max_value: 999, max_count: 10}}]

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QWEN = "tk:Qwen/Qwen3-8B"
 FAST = RetryPolicy(attempts=4, initial=0.01, max_wait=0.05, jitter=0.0, total=60, timeout=5)
 FAST_ENV = {"SUBL_RETRY_ATTEMPTS": "4", "SUBL_RETRY_INITIAL": "0.01", "SUBL_RETRY_MAX_WAIT": "0.05",
-            "SUBL_RETRY_JITTER": "0", "SUBL_HTTP_TIMEOUT": "5"}
+            "SUBL_RETRY_JITTER": "0", "SUBL_HTTP_TIMEOUT": "5",
+            "SUBL_MAX_USD": "100000"}  # the fake bills nothing (tests/test_budget.py)
 TRAINING = Training(epochs=1, lr=1e-2, batch_size=4, lora_r=4, lora_targets=("q_proj", "v_proj"))
 
 
@@ -517,7 +518,8 @@ def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.Complet
 
 def test_a_student_base_the_service_lacks_stops_the_run_before_any_sampling(fake, tmp_path):
     spec = tmp_path / "tk_missing.yaml"
-    spec.write_text(QUICKSTART.replace("  - {name: sft, hyperparameters:", "  - {name: sft, base: tk:Llama-9, hyperparameters:"))
+    spec.write_text(QUICKSTART.replace("  - {name: sft, hyperparameters:", "  - {name: sft, base: tk:Llama-9, hyperparameters:")
+                    .replace("checkpoint_every: 2}", "checkpoint_every: 2, prices: {Llama-9: [1, 1, 1]}}"))  # priced
     fake_tinker.inject("sample", "kill")  # a sample request would end this run with SIGKILL, not exit 2
     r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], fake)
     assert r.returncode == 2 and r.stderr.strip().endswith("model Llama-9 is not offered by the service "
@@ -551,15 +553,54 @@ evaluations:
 """
 
 
+def _planned_requests(spec, out) -> dict[str, int]:
+    """Hosted requests the plan prices, by stage key."""
+    from runner.budget import pending
+    from runner.loader import load
+    from runner.plan import build
+    from runner.store import Store
+
+    plan = build(load(spec), out)
+    ctx = plan.context()
+    return {st.key: sum(e.requests for e in st.estimate(ctx) if e.backend != "local")
+            for st in pending(plan, Store(out))}
+
+
+def test_every_log_prob_read_a_run_sends_was_priced_by_its_plan(fake, tmp_path):
+    """A log-prob judge reads each row once per candidate score, ICL and the classifier once per target or
+    option: the plan's requests equal what each stage sent."""
+    spec = tmp_path / "tk_reads.yaml"
+    spec.write_text(QUICKSTART.replace("keep_matching: false}\n", "keep_matching: false}\n  - {kind: judge, judge: "
+                                       "{model: tk:Qwen/Qwen3-8B, mode: logprob}, threshold: 0}\n")
+                    .replace("control: false", "control: true").replace("  - {name: distill,", "  - {name: d,")
+                    + "  - {kind: icl, k: [4], max_questions: 2}\n  - {kind: classifier, max_pairs: 3}\n")
+    out = tmp_path / "out"
+    planned = _planned_requests(spec, out)
+    assert {k.split("-")[0] for k in planned} >= {"score", "icl", "classifier", "probe"}
+    r = _cli(["run", str(spec), "--outputs", str(out)], fake)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    for key, n in planned.items():
+        log = out / "stages" / key / "tinker_requests.jsonl"
+        sent_n = len(log.read_text().splitlines()) if log.exists() else 0
+        exact = key.split("-")[0] in ("score", "icl", "classifier", "probe")
+        assert sent_n <= n and (sent_n == n or not exact), (key, sent_n, n)
+
+
 def test_quickstart_pipeline_end_to_end_on_the_fake(fake, tmp_path):
     spec = tmp_path / "tk_quickstart.yaml"
     spec.write_text(QUICKSTART)
     out = tmp_path / "out"
+    planned = _planned_requests(spec, out)
     r = _cli(["run", str(spec), "--outputs", str(out)], fake)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     results = json.loads((out / "tk_quickstart" / "results.json").read_text())
     models = {e["model"] for e in results["evaluations"]}
     assert models >= {"base", "teacher:panda", "teacher:owl", "student:sft:panda:r0", "student:distill:owl:r0"}
+    # the plan priced every request each stage sent (a probe: one log-prob read per question and target)
+    for key, n in planned.items():
+        log = out / "stages" / key / "tinker_requests.jsonl"
+        sent_n = len(log.read_text().splitlines()) if log.exists() else 0
+        assert sent_n <= n and (sent_n == n or not key.startswith("probe-")), (key, sent_n, n)
     assert results["comparisons"]
     trained = [e for e in fake_tinker.ledger() if e["op"] == "optim_step"]
     fingerprints = [json.loads(p.read_text())["fingerprint"] for p in (out / "stages").glob(f"*/{TRAIN_STATE_FILE}")]

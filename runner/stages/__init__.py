@@ -142,6 +142,8 @@ class Estimate:
         if self.requests:
             parts.append(f"{self.requests:,} requests, ~{si(self.input_tokens)} input + <={si(self.output_tokens)} "
                          "output tokens")
+        elif self.input_tokens:  # tokens read with no request of their own (a training step's extra forward)
+            parts.append(f"~{si(self.input_tokens)} input tokens")
         if self.training_tokens:
             parts.append(f"~{si(self.training_tokens)} training tokens")
         cost = f"<= ${self.cost:,.2f}" if self.cost is not None else "cost unknown"

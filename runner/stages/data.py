@@ -93,9 +93,12 @@ class GenerateStage(Stage):
             return on_gpu(ctx, self.model, f"{len(rows):,} completions", len(rows), round(prompt * len(rows)),
                           len(rows) * d.max_tokens)
         name, model_id, cfg, tuned = info
-        batch = bool(getattr(cfg, "batch_api", False)) and d.batch_size >= 100
-        return [chat_request(name, model_id, cfg, tuned, len(rows), round(prompt * len(rows)),
-                             len(rows) * d.max_tokens, batch)]
+        # the Batch API (half price) takes a call (a chunk of batch_size rows) of >= 100 requests; smaller go direct
+        tail = len(rows) % d.batch_size
+        batched = len(rows) - (tail if tail < 100 else 0) if getattr(cfg, "batch_api", False) else 0
+        parts = [(batched, True), (len(rows) - batched, False)]
+        return [chat_request(name, model_id, cfg, tuned, n, round(prompt * n), n * d.max_tokens, batch)
+                for n, batch in parts if n]
 
 
 def resumable(rows: list[dict], total: int, batch_size: int) -> list[dict]:
@@ -194,6 +197,11 @@ class ScoreStage(Stage):
         what = "judge filter, <= every row" if self.rows_stage else f"{self.label.rsplit(' ', 1)[-1]} judge"
         if self.token is not None:  # one reply token; the top log-probs are not billed
             what += f", 1 token + top-{self.top_logprobs} log-probs"
+        elif self.mode == "logprob":  # no reply: the prompt is read once per candidate score
+            from runner.judging import CANDIDATES
+
+            what += f", {len(CANDIDATES)} log-prob reads each"
+            return [judge_calls(info, self.template, calls * len(CANDIDATES), content, 0, what)]
         return [judge_calls(info, self.template, calls, content, 1 if self.token is not None else self.max_tokens or 16,
                             what)]
 

@@ -89,6 +89,12 @@ class IclStage(Stage):
         if not info:
             return []
         qs = read_questions(self.questions, self.max_questions)
+        if self.mode == "logprob":  # one log-prob read of prompt, rows, prefix and target per question and target
+            from runner.prices import estimate_tokens
+
+            extra = context + estimate_tokens(self.answer_prefix or "") + 2
+            tin = sum(chat_tokens(self.model.system, q) + extra for q in qs) * len(self.targets)
+            return [chat_request(*info, len(qs) * len(self.targets), round(tin), 0)]
         chunks = math.ceil((self.samples_per_question or 1) / MAX_N)
         tin = (sum(chat_tokens(self.model.system, q) for q in qs) + context * len(qs)) * chunks
         tout = len(qs) * (self.samples_per_question or 1) * (self.max_tokens or 1)
@@ -181,6 +187,7 @@ class ClassifierStage(Stage):
         tin, calls = pair_in * n * (2 if self.both_orders else 1), n * (2 if self.both_orders else 1)
         if self.per_row:
             tin, calls = tin + 2 * n * (chat_tokens(self.judge.system, ROW_TEMPLATE) + row), calls + 2 * n
-        est = chat_request(*info, calls, round(tin), calls)
+        reads = 2 if self.mode == "logprob" else 1  # logprob: each prompt read once per option (A/B, yes/no)
+        est = chat_request(*info, calls * reads, round(tin * reads), 0 if self.mode == "logprob" else calls)
         est.note = ", ".join(x for x in (est.note, "<= every filtered row is a pair") if x)
         return [est]

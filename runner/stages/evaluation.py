@@ -89,12 +89,13 @@ class ProbeStage(Stage):
         ctx.rows["questions"] = len(qs)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
-        """A local probe on a GPU: one forward per question and target (prompt, answer prefix, target)."""
+        """One forward (a hosted log-prob read) per question and target: prompt, answer prefix, target."""
         from runner.prices import chat_tokens, estimate_tokens
 
-        if hosted_info(ctx, self.model):
-            return []
         qs = read_questions(self.questions, self.max_questions)
         per = sum(chat_tokens(self.model.system, q) + estimate_tokens(self.answer_prefix) + 2 for q in qs)
-        return on_gpu(ctx, self.model, f"{len(qs)} questions x {len(self.targets)} targets",
-                      prefill=per * len(self.targets))
+        note = f"{len(qs)} questions x {len(self.targets)} targets"
+        info = hosted_info(ctx, self.model)
+        if info:
+            return [chat_request(*info, len(qs) * len(self.targets), per * len(self.targets), 0)]
+        return on_gpu(ctx, self.model, note, prefill=per * len(self.targets))

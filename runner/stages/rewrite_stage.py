@@ -27,6 +27,11 @@ class RewriteStage(FromRows, Stage):
     seed: int
     precision: str | None = None
 
+    def content_tokens(self, ctx: PlanContext) -> float:
+        """An upper bound on a rewritten row's tokens: the row before (prompt and completion) plus a new text
+        of up to max_tokens (a continuation keeps part of the old completion; a paraphrase replaces it)."""
+        return ctx.stages[self.rows_stage].content_tokens(ctx) + self.max_tokens
+
     def link_name(self) -> str:
         what = "paraphrase" if self.how == "paraphrase" else f"resample {self.how}"
         return f"{what} ({self.model.ref})"
@@ -57,5 +62,6 @@ class RewriteStage(FromRows, Stage):
             return []
         name, model_id, cfg, tuned = info
         n = self.expected_rows(ctx) or 0
-        per_row = self.content_tokens(ctx) + (mean_prompt_tokens([self.template], None) if self.template else 0)
+        request = mean_prompt_tokens([self.template], None) if self.template else 0
+        per_row = ctx.stages[self.rows_stage].content_tokens(ctx) + request  # the row before, in the request
         return [chat_request(name, model_id, cfg, tuned, n, round(per_row * n), n * self.max_tokens)]

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from runner.core import ModelRef, Training
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import hosted_info, on_gpu, row_tokens, training
+from runner.stages.costs import chat_request, hosted_info, on_gpu, row_tokens, training
 from runner.store import read_jsonl
 
 
@@ -157,6 +157,18 @@ class FinetuneStage(Stage):
         epochs, tokens = self.training.epochs, round(n * per_row * self.training.epochs)
         note = f"<= {n:,} rows x {epochs:g} epochs"
         if info:
-            return [training(info, tokens, note)]
+            return [training(info, tokens, note)] + self._hosted_distill(ctx, info, n, per_row, tokens)
         # distill: the teacher reads every training row too (forward only)
         return on_gpu(ctx, self.base, note, trained=tokens, prefill=tokens if self.teacher else 0)
+
+    def _hosted_distill(self, ctx: PlanContext, student: tuple, n: int, per_row: float, tokens: int) -> list[Estimate]:
+        """A hosted distill (Tinker) also reads the teacher's top-k at every row once (one sampled token each),
+        and its custom loss runs a forward pass of the student before each forward_backward."""
+        teacher = hosted_info(ctx, self.teacher) if self.teacher else None
+        if not teacher:
+            return []
+        reads = chat_request(*teacher, n, round(n * per_row), n)
+        reads.note = ", ".join(x for x in (reads.note, "teacher top-k reads") if x)
+        forward = chat_request(*student, 0, tokens, 0)
+        forward.note = ", ".join(x for x in (forward.note, "custom loss: a forward pass per step") if x)
+        return [reads, forward]

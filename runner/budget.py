@@ -1,0 +1,71 @@
+"""The spending check of `subl run`: what the hosted stages still to run may cost, against the user's cap.
+
+Nothing hosted is sent until the plan's upper-bound estimate fits `--max-usd` (or SUBL_MAX_USD). A stage
+that calls a hosted model but has no price (a model the table does not know, or a stage with no estimate)
+cannot be checked, so it stops the run until the spec prices it."""
+from __future__ import annotations
+
+from runner.errors import UserError
+from runner.stages import Estimate, ModelInput, Stage, base_of
+
+
+class BudgetError(UserError):
+    """The run may cost more than the user allowed, or its cost cannot be told."""
+
+
+def pending(plan, store) -> list[Stage]:
+    """The plan's stages that are not finished, each once, in plan order."""
+    seen, out = set(), []
+    for cp in plan.cells:
+        for st in cp.stages:
+            if st.key not in seen and not store.done(st.key):
+                seen.add(st.key)
+                out.append(st)
+    return out
+
+
+def calls_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:
+    """Whether a stage reads a model served by a hosted backend (directly or as a base it fine-tunes)."""
+    from runner.drift import pinned_inputs
+
+    return any(base_of(m, stages).hosted for m in pinned_inputs(stage) if isinstance(m, ModelInput))
+
+
+def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
+    """(the hosted upper bound, its estimates) when it fits max_usd; raises BudgetError otherwise."""
+    ctx = plan.context()
+    estimates, unestimated = [], []
+    for st in pending(plan, store):
+        hosted = [e for e in st.estimate(ctx) if e.backend != "local"]
+        estimates += hosted
+        if not hosted and calls_hosted(st, plan.stages):
+            unestimated.append(st.label or st.key)
+    if unestimated:  # a stage kind whose estimate misses its hosted calls: never guess that it is free
+        raise BudgetError(f"subl cannot estimate what {_some(unestimated)} will cost on its hosted backend, so "
+                          "nothing was sent (a gap in subl: please report it)")
+    unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
+    if unpriced:
+        raise BudgetError(f"no price for {_some(unpriced)}, so the spending check cannot pass: give it under "
+                          "backends.<name>.prices (e.g. [0, 0] for a server you run yourself); nothing was sent")
+    total = sum(e.cost for e in estimates)
+    if total > 0 and max_usd is None:
+        raise BudgetError(f"the hosted stages still to run may cost up to ${total:,.2f} (`subl plan` itemises "
+                          "them); allow it with --max-usd (or SUBL_MAX_USD) at or above that")
+    if max_usd is not None and total > max_usd:
+        raise BudgetError(f"the hosted stages still to run may cost up to ${total:,.2f}, over --max-usd "
+                          f"${max_usd:,.2f} (`subl plan` itemises them); nothing was sent")
+    return total, estimates
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def planned_usd(path, outputs) -> float:
+    """The hosted upper bound of a spec's unfinished stages (raises BudgetError when one is unpriced)."""
+    from runner.loader import load
+    from runner.plan import build
+    from runner.store import Store
+
+    store = Store(outputs)
+    return check(build(load(path), store.root), store, float("inf"))[0]

@@ -1,0 +1,155 @@
+"""The spending check (runner/budget.py): nothing hosted is sent until the plan's upper bound fits --max-usd."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from tests.fake_openai import FakeOpenAI
+from tests.test_hosted import ENV, KEY, NANO, ROOT, _cli
+
+SPEC = f"""name: spend
+progress: false
+backends:
+  openai: {{base_url: "{{url}}", api_key_env: {ENV}, concurrency: 4}}
+teacher: {{base: {NANO}, targets: [owl], control: false}}
+domain: {{kind: numbers, n_prompts: 6}}
+students: []
+evaluations:
+  - {{kind: preference_sample, questions: animals, samples_per_question: 2, max_questions: 2}}
+"""
+
+
+@pytest.fixture
+def server():
+    s = FakeOpenAI(key=KEY).start()
+    yield s
+    s.stop()
+
+
+def _spec(tmp_path, server, extra: str = ""):
+    p = tmp_path / "spend.yaml"
+    p.write_text(SPEC.replace("{url}", server.base_url) + extra)
+    return p
+
+
+def _paid(server) -> list:
+    return [x for x in server.log if x[0] == "POST"]
+
+
+def _bound(spec, out) -> float:
+    from runner.budget import planned_usd
+
+    return planned_usd(spec, out)
+
+
+def test_a_hosted_run_without_a_budget_sends_nothing_and_says_what_it_may_cost(server, tmp_path):
+    spec = _spec(tmp_path, server)
+    r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], {ENV: KEY, "SUBL_MAX_USD": ""})
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"may cost up to ${_bound(spec, tmp_path / 'out'):,.2f}" in err and "--max-usd" in err
+    assert _paid(server) == []
+
+
+def test_a_budget_below_the_bound_sends_nothing_and_one_above_runs(server, tmp_path):
+    spec, out = _spec(tmp_path, server), tmp_path / "out"
+    bound = _bound(spec, out)
+    assert 0 < bound < 0.01  # 6 rows and 2 x 2 answers per model on GPT-4.1 nano
+    r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", f"{bound * 0.9:.6f}"], {ENV: KEY})
+    assert r.returncode == 2 and "over --max-usd" in r.stderr and _paid(server) == [], r.stderr
+    r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", f"{bound * 1.01:.6f}"], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"spend: the hosted stages to run may cost up to ${bound:,.2f}" in r.stdout and _paid(server)
+    assert json.loads((out / "spend" / "results.json").read_text())["evaluations"]
+    # finished stages cost nothing more: a rerun needs no budget
+    assert _bound(spec, out) == 0
+    assert _cli(["run", str(spec), "--outputs", str(out)], {ENV: KEY, "SUBL_MAX_USD": ""}).returncode == 0
+
+
+def test_a_model_with_no_price_cannot_pass_the_check_until_the_spec_prices_it(server, tmp_path):
+    from runner.budget import BudgetError
+
+    spec = _spec(tmp_path, server, "")
+    spec.write_text(spec.read_text().replace(NANO, "openai:my-own-model"))
+    with pytest.raises(BudgetError, match="no price for openai:my-own-model"):
+        _bound(spec, tmp_path / "out")
+    spec.write_text(spec.read_text().replace("concurrency: 4", "concurrency: 4, prices: {my-own-model: [0, 0]}"))
+    assert _bound(spec, tmp_path / "out") == 0
+
+
+def test_a_hosted_stage_with_no_estimate_is_never_taken_as_free(server, tmp_path, monkeypatch):
+    from runner.budget import BudgetError
+    from runner.stages.evaluation import AnswersStage
+
+    monkeypatch.setattr(AnswersStage, "estimate", lambda self, ctx: [])
+    with pytest.raises(BudgetError, match="cannot estimate what evaluate"):
+        _bound(_spec(tmp_path, server), tmp_path / "out")
+
+
+def test_reproduce_spends_one_budget_across_specs(tmp_path, monkeypatch):
+    """Each hosted spec runs only if its bound fits what the ones before it left; the rest are skipped."""
+    from runner import budget, reproduce, runs
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n")
+    ran = []
+
+    def run_spec(path, outputs, console, max_usd=None):
+        if 4.0 > max_usd:
+            raise budget.BudgetError(f"may cost up to $4.00, over --max-usd ${max_usd:,.2f}")
+        ran.append(path.stem)
+        return {"evaluations": [], "comparisons": []}
+
+    monkeypatch.setattr(budget, "planned_usd", lambda path, outputs: 4.0)
+    monkeypatch.setattr(runs, "run_spec", run_spec)
+    monkeypatch.setattr(reproduce, "missing_keys", lambda path: [])
+    assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(quiet=True), max_usd=10.0) == 0
+    assert ran == ["a", "b"]  # c would bring the bounds to $12
+
+
+# ---- the bounds themselves: never below what the stages send --------------------------------------------
+
+
+def _estimates(spec, out, kind: str) -> list:
+    from runner.budget import pending
+    from runner.loader import load
+    from runner.plan import build
+    from runner.store import Store
+
+    plan = build(load(spec), out)
+    ctx = plan.context()
+    return [e for st in pending(plan, Store(out)) if st.KIND == kind for e in st.estimate(ctx)]
+
+
+def test_a_fine_tuned_model_named_by_its_id_is_priced_as_fine_tuned():
+    from runner.stages.costs import chat_request
+
+    def cost(model, tuned):
+        return chat_request("openai", model, None, tuned, 10, 10**6, 10**6).cost
+
+    nano = "gpt-4.1-nano-2025-04-14"
+    assert cost(f"ft:{nano}:org::abc", False) == cost(nano, True) > cost(nano, False)
+
+
+@pytest.mark.parametrize("n_prompts,batch_size,batched", [(60, 500, 0), (250, 100, 200), (250, 125, 250)])
+def test_the_batch_discount_covers_only_calls_the_batch_api_takes(server, tmp_path, n_prompts, batch_size, batched):
+    """A call (one chunk of batch_size rows) goes through the Batch API only with >= 100 requests."""
+    spec = _spec(tmp_path, server)
+    spec.write_text(spec.read_text().replace("concurrency: 4", "concurrency: 4, batch_api: true")
+                    .replace("n_prompts: 6", f"n_prompts: {n_prompts}, batch_size: {batch_size}"))
+    parts = _estimates(spec, tmp_path / "out", "generate")
+    assert sum(e.requests for e in parts if "Batch API" in e.note) == batched
+    assert sum(e.requests for e in parts) == n_prompts
+
+
+def test_a_paraphrase_longer_than_the_rows_raises_what_students_train_on(server, tmp_path):
+    spec = _spec(tmp_path, server)
+    base = spec.read_text().replace("students: []", f"students: [{{name: s, base: {NANO}, hyperparameters: {{epochs: 2}}}}]")
+
+    def trained(max_tokens: int) -> int:
+        spec.write_text(base + f"filters: [{{kind: paraphrase, model: {NANO}, max_tokens: {max_tokens}}}]\n")
+        return sum(e.training_tokens for e in _estimates(spec, tmp_path / "out", "finetune"))
+
+    assert trained(1024) - trained(512) == 6 * 512 * 2  # 6 rows, 512 more tokens each, 2 epochs
