@@ -59,6 +59,10 @@ from runner.features import LORA_GROUPS
 REQUESTS_FILE = "tinker_requests.jsonl"
 TRAIN_STATE_FILE = "tinker_train.json"
 RUN_TAG = "subl_fingerprint"  # user_metadata of a training run: what it trains (TinkerBackend._fingerprint)
+# The training loop's version (loss, batching, schedule): part of every run's fingerprint, so a release that
+# changes what this code trains never adopts a run the old code made. Bump it with such a change.
+TRAIN_CODE = 1
+LOST_RETRIES = 2  # a future not answered in result_timeout is re-sent this often, beyond the retry policy's total
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the local trainer's AdamW
 ATTENTION, MLP, _ = LORA_GROUPS["tinker"]
@@ -334,7 +338,9 @@ class TinkerBackend:
             ra = retry_after(exc)
             return max(p.backoff(rs.attempt_number), ra or 0.0)
 
-        retrying = Retrying(stop=stop_after_attempt(p.attempts) | stop_before_delay(p.total), wait=wait,
+        # a lost future has already waited result_timeout (by default longer than total): leave room to re-send it
+        budget = p.total + LOST_RETRIES * self.result_timeout
+        retrying = Retrying(stop=stop_after_attempt(p.attempts) | stop_before_delay(budget), wait=wait,
                             retry=retry_if_exception(transient), reraise=True)
         try:
             for attempt in retrying:
@@ -583,8 +589,10 @@ class TinkerBackend:
         from dataclasses import asdict
 
         teacher = None if teacher is None else {**asdict(teacher), "base": self.plain(teacher.base)}
-        blob = json.dumps({"base": self.plain(base), "rows": rows, "training": asdict(training),
-                           "top_k": self.cfg.top_k, "teacher": teacher}, sort_keys=True, default=str)
+        top_k = self.cfg.top_k if training.objective == "distill" else None  # sft never reads it
+        blob = json.dumps({"base": self.plain(base), "rows": rows, "training": asdict(training), "top_k": top_k,
+                           "teacher": teacher, "endpoint": self.endpoint, "code": TRAIN_CODE},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,48 @@ def test_a_lost_outputs_folder_adopts_the_tagged_run_and_sends_no_step_twice(fak
     assert again == ref and len(fake_tinker.ledger()) == 8  # the finished run's weights, nothing sent
     other = make_backend(tmp_path / "d").finetune(QWEN, rows(12), training, tmp_path / "d" / "ft")
     assert other != ref  # another training's run is never adopted
+
+
+def test_a_run_made_by_other_training_code_or_at_another_endpoint_is_never_adopted(fake, tmp_path, monkeypatch):
+    """A release that changes the training loop bumps TRAIN_CODE; its students train anew instead of taking
+    the weights the old code made (their stage keys are new, so their folders are empty)."""
+    import backends.tinker_api as tinker_api
+
+    data, training = rows(8), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 2 steps
+    ref = make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
+    assert make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft") == ref  # adopted
+    monkeypatch.setattr(tinker_api, "TRAIN_CODE", tinker_api.TRAIN_CODE + 1)
+    assert make_backend(tmp_path / "c").finetune(QWEN, data, training, tmp_path / "c" / "ft") != ref
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4
+    monkeypatch.setattr(TinkerBackend, "endpoint", property(lambda self: "tinker:https://other.example"))
+    make_backend(tmp_path / "d").finetune(QWEN, data, training, tmp_path / "d" / "ft")
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 6
+
+
+def test_an_sft_run_killed_midway_resumes_after_the_distill_top_k_setting_changed(fake, tmp_path):
+    """top_k is read by distillation only: an SFT student's fingerprint does not change with it."""
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, a checkpoint at 2
+    fake_tinker.inject("forward_backward", "bad_request", skip=2)
+    with pytest.raises(UserError, match="training failed"):
+        make_backend(tmp_path, top_k=8).finetune(QWEN, data, training, tmp_path / "ft")
+    make_backend(tmp_path, top_k=16).finetune(QWEN, data, training, tmp_path / "ft")
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4  # steps 3 and 4 only
+
+
+def test_a_lost_future_is_sent_again_even_when_its_wait_outlasts_the_retry_total(fake, tmp_path, monkeypatch):
+    """A future not answered in result_timeout is re-sent although that wait alone passed the policy's total."""
+    monkeypatch.setattr(fake_tinker.Lost, "result", lambda self, timeout=None: (time.sleep(timeout or 0),
+                                                                                 _raise(TimeoutError("lost")))[1])
+    clean = make_backend(tmp_path / "clean").sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 1)
+    fake_tinker.inject("sample", "lost")
+    spec = HostedBackend(kind="tinker", concurrency=2, checkpoint_every=2)
+    slow = RetryPolicy(attempts=4, initial=0.01, max_wait=0.05, jitter=0.0, total=0.2, timeout=5)
+    b = TinkerBackend("tk", spec, retry=slow, state_dir=tmp_path / "state", result_timeout=0.5)
+    assert b.sample(ModelRef(QWEN), ["Count"], Sampling(max_tokens=5, seed=1), 1) == clean
+
+
+def _raise(e: Exception):
+    raise e
 
 
 def test_two_students_with_the_same_training_at_once_train_once(fake, tmp_path):
