@@ -128,12 +128,12 @@ def load_mnist(path: str | Path | None = None) -> MnistData:
                             f"(x_train, y_train, x_test, y_test) or a folder with the four IDX files")
 
 
-def _scale(u8: torch.Tensor) -> torch.Tensor:
+def scale_pixels(u8: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [-1, 1]."""
     return torch.mul(u8, 1 / 127.5).sub_(1.0)
 
 
-def _to_tensors(data: MnistData):
+def to_tensors(data: MnistData):
     """(x_train uint8 [N, 784] (scaled per batch, cheaper to gather), y_train, x_test float32, y_test)."""
     def u8(a):
         a = np.ascontiguousarray(a)
@@ -146,7 +146,7 @@ def _to_tensors(data: MnistData):
         if len(a) and not 0 <= a.min() <= a.max() < N_CLASSES:
             raise MnistDataError(f"MNIST labels must be 0..9, got {a.min()}..{a.max()}")
         return torch.from_numpy(a)
-    return u8(data.x_train), y(data.y_train), _scale(u8(data.x_test)), y(data.y_test)
+    return u8(data.x_train), y(data.y_train), scale_pixels(u8(data.x_test)), y(data.y_test)
 
 
 # ----------------------------------------------------------------------------- models
@@ -281,7 +281,7 @@ def _train_teacher(teacher: Params, xtr, ytr, gdata, spec: MnistSpec, progress: 
         perm = torch.stack([torch.randperm(n, generator=g) for g in gdata])  # [S, N]
         for i in range(0, n, bs):
             idx = perm[:, i:i + bs]
-            loss = _ce(forward(teacher, _scale(xtr[idx])), ytr[idx])
+            loss = _ce(forward(teacher, scale_pixels(xtr[idx])), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -357,7 +357,7 @@ def run_mnist(spec: MnistSpec, seed: int, progress: Progress | None = None, *,
     all_logit_cross_init when spec.all_logit_cross_student.
     """
     t0 = time.perf_counter()
-    tensors = _to_tensors(data if data is not None else load_mnist(spec.data))
+    tensors = to_tensors(data if data is not None else load_mnist(spec.data))
     return _result(train_batched(spec, tensors, seed, progress), tensors, t0)
 
 
@@ -393,7 +393,7 @@ def _loop_seed(spec: MnistSpec, xtr, ytr, seed: int) -> dict[str, MLP]:
         perm = torch.randperm(n, generator=g_data)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            loss = _ce(teacher(_scale(xtr[idx])), ytr[idx])
+            loss = _ce(teacher(scale_pixels(xtr[idx])), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -427,7 +427,7 @@ def run_mnist_loop(spec: MnistSpec, seed: int, progress: Progress | None = None,
                    data: MnistData | None = None) -> dict:
     """Reference: like run_mnist, but a plain Python loop over per-seed nn.Modules."""
     t0 = time.perf_counter()
-    tensors = _to_tensors(data if data is not None else load_mnist(spec.data))
+    tensors = to_tensors(data if data is not None else load_mnist(spec.data))
     return _result(train_loop(spec, tensors, seed, progress), tensors, t0)
 
 

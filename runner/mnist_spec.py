@@ -39,7 +39,9 @@ class MnistSpec(BaseModel):
     all_logit_student: bool = Field(False, description="also distil a same-init student on all 10+m logits")
     all_logit_cross_student: bool = Field(False, description="also distil a cross-init student on all 10+m "
                                           "logits (the paper's fourth arm)")
-    seeds: int = Field(5, ge=1, description="number of seeds, trained together as batched models")
+    seeds: int = Field(5, ge=1, description="number of seeds, trained together as batched models: the spec's seed "
+                       "s runs seeds s..s+seeds-1, so a replication with new models starts at s+seeds or above "
+                       "(seed: 1 shares four of seed: 0's five teachers, inits and students)")
 
     @model_validator(mode="after")
     def _m1_kl(self):
@@ -73,5 +75,13 @@ class TheoremSpec(BaseModel):
     lr: float = Field(0.1, gt=0, description="the student's plain gradient step")
     lrs: list[float] = Field([0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0], min_length=1,
                              description="step sizes of the sweep: where the first-order guarantee stops holding")
-    seeds: int = Field(5, ge=2, description="seeds (reference init, cross init and teacher each)")
+    seeds: int = Field(5, ge=2, description="seeds (reference init, cross init and teacher each): the spec's seed s "
+                       "runs s..s+seeds-1, so a replication with new models starts at s+seeds or above")
     batches: int = Field(3, ge=1, description="noise batches per seed (averaged within a seed)")
+
+    @model_validator(mode="after")
+    def _m1_aux(self):
+        if self.m == 1 and self.objective == "aux":
+            raise ValueError("m=1 with objective: aux gives no gradient (the softmax of one logit is constant), so "
+                             "both arms would read as 'no alignment'; use m >= 2 or objective: all")
+        return self

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from runner.mnist import N_CLASSES, draw_init, forward
+from runner.mnist import N_CLASSES, draw_init, forward, scale_pixels, to_tensors
 from runner.stats import mean_ci
 
 Tensors = list  # list[torch.Tensor]
@@ -151,9 +151,10 @@ def synthetic_digits(n: int, seed: int, noise: float = 0.5) -> tuple[torch.Tenso
 
 
 def mnist_float(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """runner.mnist.MnistData train split as (x float in [-1, 1] [N, 784], y int64)."""
-    x = torch.as_tensor(data.x_train).reshape(len(data.x_train), 784).float() / 127.5 - 1
-    return x, torch.as_tensor(data.y_train).long()
+    """runner.mnist.MnistData train split as (x float in [-1, 1] [N, 784], y int64), checked as the MNIST
+    stage checks it (uint8 28x28 images, labels 0..9: float images would all map to about -1)."""
+    x_u8, y, _, _ = to_tensors(data)
+    return scale_pixels(x_u8), y
 
 
 def _noise(n: int, g: torch.Generator) -> torch.Tensor:

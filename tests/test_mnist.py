@@ -73,7 +73,7 @@ def test_all_logit_student_and_progress(data):
 def test_batched_equals_loop(data):
     spec = M.MnistSpec(hidden=32, teacher_epochs=1, student_epochs=1, batch_size=256,
                        noise_per_epoch=1000, seeds=3, all_logit_student=True)
-    t = M._to_tensors(data)
+    t = M.to_tensors(data)
     b, lp = M.train_batched(spec, t, 7), M.train_loop(spec, t, 7)
     assert set(b) == set(lp)
     for arm in b:
@@ -155,7 +155,7 @@ def test_load_idx(tmp_path, gz):
     check(d, arrays)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's non-writable-array warning
-        assert M._to_tensors(d)[0].shape == (5, 784)
+        assert M.to_tensors(d)[0].shape == (5, 784)
 
 
 def test_bad_npz_and_bad_idx(tmp_path):
@@ -195,7 +195,7 @@ def test_missing_data_error_is_one_line(tmp_path, monkeypatch):
 def test_uint8_required():
     d = synth(20, 10)
     with pytest.raises(ValueError, match="uint8"):
-        M._to_tensors(d._replace(x_train=d.x_train.astype(np.float32)))
+        M.to_tensors(d._replace(x_train=d.x_train.astype(np.float32)))
 
 
 # ----------------------------------------------------------------------------- spec, summary, plot
@@ -215,7 +215,7 @@ def test_spec_validation():
 
 def test_m1_mse_student_moves(data):
     spec = M.MnistSpec(**{**SMALL, "m": 1, "loss": "mse", "seeds": 1, "student_epochs": 1})
-    t = M._to_tensors(data)
+    t = M.to_tensors(data)
     out = M.train_batched(spec, t, 0)
     assert not torch.equal(out["same_init"][0], out["init"][0])
 
@@ -294,7 +294,7 @@ def test_four_arms_with_the_fixed_set(data):
 def test_four_arms_batched_equals_loop_with_the_fixed_set(data):
     spec = M.MnistSpec(hidden=32, teacher_epochs=1, student_epochs=2, batch_size=256, noise_per_epoch=1000,
                        seeds=2, noise_set="fixed", all_logit_student=True, all_logit_cross_student=True)
-    t = M._to_tensors(data)
+    t = M.to_tensors(data)
     b, lp = M.train_batched(spec, t, 5), M.train_loop(spec, t, 5)
     assert set(b) == set(lp) >= {"all_logit", "all_logit_cross_init"}
     for arm in b:

@@ -131,3 +131,29 @@ def test_lm_cross_init_refuses_to_reproduce_the_base(lm):
 
     with pytest.raises(ValueError, match="reproduces the base"):
         cross_init_like(lm[0], seed=0)  # build_tiny_model drew the base with torch seed 0
+
+
+def test_the_theorem_reads_mnist_as_the_mnist_stage_does():
+    """Float images in [0, 1] would all map to about -1 (a teacher on blank inputs): refused, as there."""
+    import numpy as np
+
+    from runner.mnist import MnistDataError
+    from runner.theorem import mnist_float
+    from tests.test_mnist import synth
+
+    d = synth(20, 10)
+    x, y = mnist_float(d)
+    assert x.shape == (20, 784) and -1 <= x.min() < x.max() <= 1 and y.dtype == torch.int64
+    with pytest.raises(MnistDataError, match="uint8"):
+        mnist_float(d._replace(x_train=d.x_train.astype(np.float32) / 255))
+
+
+def test_one_auxiliary_logit_with_the_aux_objective_is_refused():
+    """A softmax over one logit is constant: no gradient, and both arms would read as 'no alignment'."""
+    from pydantic import ValidationError
+
+    from runner.mnist_spec import TheoremSpec
+
+    with pytest.raises(ValidationError, match="m=1 with objective: aux"):
+        TheoremSpec(m=1)
+    assert TheoremSpec(m=1, objective="all").m == 1
