@@ -298,7 +298,7 @@ class TinkerBackend:
         self._service = None
         self._samplers: dict[tuple[str, str | None], Any] = {}
         self._tokenizers: dict[str, Any] = {}
-        self._checked: set[str] = set()
+        self._checked: dict[str, Any] = {}  # model id -> the service's SupportedModel
         self._lock = threading.RLock()
 
     # -- clients
@@ -373,21 +373,33 @@ class TinkerBackend:
 
     def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
         """Before anything is paid for: the key is accepted and every model is offered (one capabilities
-        request), so a student base the service lacks stops the run before the teacher's paid sampling."""
+        request), for training where it is fine-tuned and for sampling where it is sampled, with a context
+        that holds the largest request, so a student base the service lacks stops the run before the
+        teacher's paid sampling."""
         ids = [self.model_id(m) for m in dict.fromkeys(models + finetune_models)]
+        for ref in dict.fromkeys(models + finetune_models):
+            mid, caps = self.model_id(ref), self._checked[self.model_id(ref)]
+            if ref in finetune_models and caps.trainable is False:
+                raise UserError(f"backend '{self.name}': model {mid} is offered for sampling only; it cannot be "
+                                "fine-tuned")
+            if ref in models and caps.sampleable is False:
+                raise UserError(f"backend '{self.name}': model {mid} has no sampling capacity on the service")
+            if caps.max_context_length and largest_request_tokens > caps.max_context_length:
+                raise UserError(f"backend '{self.name}': the largest request (~{largest_request_tokens:,} tokens) "
+                                f"exceeds {mid}'s context of {caps.max_context_length:,} tokens")
         return [f"backend '{self.name}': the key is accepted and the service offers {', '.join(ids)}"]
 
     def _check_offered(self, mid: str) -> None:
-        """One capabilities request per model: is it offered for sampling and training?"""
+        """One capabilities request per model: is it offered? (preflight reads what for, and its context)"""
         if mid in self._checked:
             return
         rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
         caps = self.call("server capabilities", lambda: rest.get_server_capabilities().result(self.result_timeout))
-        names = [m.model_name for m in caps.supported_models if m.model_name]
-        if mid not in names:
+        offered = {m.model_name: m for m in caps.supported_models if m.model_name}
+        if mid not in offered:
             raise UserError(_one_line(f"backend '{self.name}': model {mid} is not offered by the service "
-                                      f"(offered: {', '.join(names) or 'none'})"))
-        self._checked.add(mid)
+                                      f"(offered: {', '.join(offered) or 'none'})"))
+        self._checked[mid] = offered[mid]
 
     def _sampler(self, model: ModelRef):
         key = (self.model_id(model.base), model.adapter)

@@ -20,7 +20,8 @@ a list of {"op", "error", "skip"}, each consumed by the call of that op after `s
 rate_limit, server, bad_request, lost (the work is done but its future never answers), session (the
 session expired) or kill (SIGKILL of this process before the op runs). Every base model
 name maps to the model folder FAKE_TINKER_MODEL; FAKE_TINKER_OFFERED lists the model names
-the service offers (comma-separated; default Qwen/Qwen3-8B).
+the service offers (comma-separated; default Qwen/Qwen3-8B), FAKE_TINKER_SAMPLE_ONLY those it
+offers for sampling only, FAKE_TINKER_CONTEXT their context length (default: none given).
 """
 from __future__ import annotations
 
@@ -226,8 +227,11 @@ class RestClient:
 
     def get_server_capabilities(self):
         names = (os.environ.get("FAKE_TINKER_OFFERED") or "Qwen/Qwen3-8B").split(",")
+        sample_only = (os.environ.get("FAKE_TINKER_SAMPLE_ONLY") or "").split(",")  # offered, not trainable
+        context = int(os.environ.get("FAKE_TINKER_CONTEXT") or 0) or None
         return _answer("get_server_capabilities", lambda: types.GetServerCapabilitiesResponse(
-            supported_models=[types.SupportedModel(model_name=n, trainable=True, sampleable=True) for n in names]))
+            supported_models=[types.SupportedModel(model_name=n, trainable=n not in sample_only, sampleable=True,
+                                                   max_context_length=context) for n in names]))
 
 
 class ServiceClient:
