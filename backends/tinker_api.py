@@ -658,12 +658,26 @@ class TinkerBackend:
             self._step(tc, [examples[i] for i in plan[step]], lr_at(step, len(plan), training), training, distill)
             done = step + 1
             if done % self.cfg.checkpoint_every == 0 or done == len(plan):
+                superseded = state.get("checkpoint", {}).get("path")
                 path = tc.save_state(f"{tag}-step-{done:06d}").result(self.result_timeout).path
                 state["checkpoint"] = {"step": done, "path": path, "run_id": str(tc.model_id)}
                 save()  # before the next step is sent
+                if superseded:
+                    self._delete_checkpoint(superseded, state, save)
             _notify(progress, done, len(plan), f"step {done}/{len(plan)}")
         state["sampler_path"] = tc.save_weights_for_sampler(f"{tag}-final").result(self.result_timeout).path
         save()
+
+    def _delete_checkpoint(self, path: str, state: dict, save: Callable[[], None]) -> None:
+        """Delete a training checkpoint the next one superseded (the service keeps and bills every one until
+        deleted; weights and Adam state, hundreds of MB for an 8B LoRA). A failure is recorded, not raised:
+        the training is unharmed, and `undeleted` in the state file lists what is left to delete by hand."""
+        try:
+            rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
+            rest.delete_checkpoint_from_tinker_path(path).result(self.result_timeout)
+        except Exception as e:  # noqa: BLE001 - best effort: storage, not results
+            state.setdefault("undeleted", []).append({"path": path, "error": redact(_one_line(describe(e)))})
+            save()
 
     def _open_run(self, base: str, training: Training, state: dict, save: Callable[[], None]):
         """A training client: from the last checkpoint (weights and optimiser) or a new LoRA run."""

@@ -225,6 +225,14 @@ class RestClient:
 
         return _answer("list_training_runs", work)
 
+    def delete_checkpoint_from_tinker_path(self, tinker_path: str):
+        def work() -> None:
+            import shutil
+
+            shutil.rmtree(_local(tinker_path, "weights"))  # a path that is gone raises, as the service would
+
+        return _answer("delete_checkpoint", work)
+
     def get_server_capabilities(self):
         names = (os.environ.get("FAKE_TINKER_OFFERED") or "Qwen/Qwen3-8B").split(",")
         sample_only = (os.environ.get("FAKE_TINKER_SAMPLE_ONLY") or "").split(",")  # offered, not trainable

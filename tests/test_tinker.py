@@ -250,6 +250,18 @@ def _raise(e: Exception):
     raise e
 
 
+def test_a_superseded_checkpoint_is_deleted_and_a_failed_delete_only_recorded(fake, tmp_path):
+    """The service bills every stored checkpoint: each is deleted once the next is recorded."""
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
+    make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
+    kept = sorted(p.name for p in (tmp_path / "service").glob("*/weights/*"))
+    assert len(kept) == 1 and kept[0].endswith("-step-000004")
+    fake_tinker.inject("delete_checkpoint", "bad_request")
+    make_backend(tmp_path / "b").finetune(QWEN, rows(12), training, tmp_path / "b" / "ft")  # 3 steps: 2, 3
+    state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
+    assert state["sampler_path"] and [u["path"].rsplit("/", 1)[1][-6:] for u in state["undeleted"]] == ["000002"]
+
+
 def test_two_students_with_the_same_training_at_once_train_once(fake, tmp_path):
     """Two stages of one run with the same training (a trait and a control student whose teachers wrote the
     same rows) start together: one trains, the other waits and adopts its weights; no step is sent twice."""
