@@ -40,7 +40,7 @@ from backends.base import ModelRef, Progress, Sampling, Training
 from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
                                    never_reached, one_at_a_time, stage_tag, tagged_filename, tags)
 from runner.core import backend_name, current_stage_dir, hosted_endpoint
-from runner.prices import chat_tokens, estimate_tokens
+from runner.prices import BATCH_MIN_REQUESTS, chat_tokens, estimate_tokens
 from runner.errors import UserError
 
 REQUESTS_FILE = "hosted_requests.jsonl"
@@ -406,7 +406,7 @@ class OpenAIBackend:
     judges); the exact `logprobs` probe is not offered."""
 
     def __init__(self, name: str, cfg, retry: RetryPolicy | None = None, poll_seconds: float | None = None,
-                 state_dir: Path | None = None, batch_min_requests: int = 100):
+                 state_dir: Path | None = None, batch_min_requests: int = BATCH_MIN_REQUESTS):
         self.name, self.cfg = name, cfg
         self.retry = retry or RetryPolicy.from_env()
         if poll_seconds is None:

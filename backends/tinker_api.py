@@ -550,6 +550,8 @@ class TinkerBackend:
         state_path = out_dir / TRAIN_STATE_FILE
         fingerprint = self._fingerprint(base, rows, training, teacher)
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if state and state.get("fingerprint") == self._fingerprint(base, rows, training, teacher, legacy=True):
+            state["fingerprint"] = fingerprint  # recorded by subl before TRAIN_CODE 1, whose loop is the same
         if state and state.get("fingerprint") != fingerprint:
             raise UserError(f"{state_path}: records training on other data or settings; delete it to start over")
         state = state or {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
@@ -597,15 +599,18 @@ class TinkerBackend:
             if not page.training_runs or offset >= page.cursor.total_count:
                 return
 
-    def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None) -> str:
+    def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
+                     legacy: bool = False) -> str:
+        """What a run trains. legacy: the fingerprint subl wrote before TRAIN_CODE (no endpoint or code, top_k
+        for every objective), so that a run it left half done resumes instead of being paid for again."""
         from dataclasses import asdict
 
         teacher = None if teacher is None else {**asdict(teacher), "base": self.plain(teacher.base)}
-        top_k = self.cfg.top_k if training.objective == "distill" else None  # sft never reads it
-        blob = json.dumps({"base": self.plain(base), "rows": rows, "training": asdict(training), "top_k": top_k,
-                           "teacher": teacher, "endpoint": self.endpoint, "code": TRAIN_CODE},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        top_k = self.cfg.top_k if training.objective == "distill" or legacy else None  # sft never reads it
+        what = {"base": self.plain(base), "rows": rows, "training": asdict(training), "top_k": top_k, "teacher": teacher}
+        if not legacy:
+            what.update(endpoint=self.endpoint, code=TRAIN_CODE)
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
                   out_dir: Path) -> list:

@@ -5,12 +5,23 @@ that calls a hosted model but has no price (a model the table does not know, or 
 cannot be checked, so it stops the run until the spec prices it."""
 from __future__ import annotations
 
+import math
+
 from runner.errors import UserError
 from runner.stages import Estimate, ModelInput, Stage, base_of
 
 
 class BudgetError(UserError):
-    """The run may cost more than the user allowed, or its cost cannot be told."""
+    """The run's cost cannot be told (a model with no price, a stage with no estimate)."""
+
+
+class OverBudget(BudgetError):
+    """The run may cost more than the user allowed."""
+
+
+def usd(x: float) -> str:
+    """Dollars rounded up to the cent: a bound never prints below itself ($0.004 is $0.01, not $0.00)."""
+    return f"${math.ceil(round(x * 100, 6)) / 100:,.2f}"
 
 
 def pending(plan, store) -> list[Stage]:
@@ -46,14 +57,15 @@ def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
     if unpriced:
         raise BudgetError(f"no price for {_some(unpriced)}, so the spending check cannot pass: give it under "
-                          "backends.<name>.prices (e.g. [0, 0] for a server you run yourself); nothing was sent")
+                          "backends.<name>.prices (for a server you run yourself: [0, 0] on an OpenAI-kind backend, "
+                          "[0, 0, 0] on Tinker); nothing was sent")
     total = sum(e.cost for e in estimates)
     if total > 0 and max_usd is None:
-        raise BudgetError(f"the hosted stages still to run may cost up to ${total:,.2f} (`subl plan` itemises "
-                          "them); allow it with --max-usd (or SUBL_MAX_USD) at or above that")
-    if max_usd is not None and total > max_usd:
-        raise BudgetError(f"the hosted stages still to run may cost up to ${total:,.2f}, over --max-usd "
-                          f"${max_usd:,.2f} (`subl plan` itemises them); nothing was sent")
+        raise OverBudget(f"the hosted stages still to run may cost up to {usd(total)} (`subl plan` itemises "
+                         "them); allow it with --max-usd (or SUBL_MAX_USD) at or above that")
+    if max_usd is not None and total > max_usd + 1e-9:
+        raise OverBudget(f"the hosted stages still to run may cost up to {usd(total)}, over --max-usd "
+                         f"${max_usd:,.2f} (`subl plan` itemises them); nothing was sent")
     return total, estimates
 
 

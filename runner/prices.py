@@ -19,6 +19,7 @@ from runner.errors import UserError
 # override in the spec where they have changed.
 PRICES_DATE = "2026-11-25"
 BATCH_DISCOUNT = 0.5  # the Batch API bills half the synchronous price
+BATCH_MIN_REQUESTS = 100  # the OpenAI backend sends a call through the Batch API only from this many requests
 
 
 @dataclass(frozen=True)

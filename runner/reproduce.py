@@ -79,23 +79,26 @@ def headline(results: dict) -> str:
 def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:
     """(status, headline or reason, the hosted upper bound it ran under) for one spec; one that may cost
     more than max_usd is skipped."""
-    from runner.budget import BudgetError, planned_usd
+    from runner.budget import OverBudget, planned_usd, usd
     from runner.gpu import cuda_missing
     from runner.runs import run_spec
 
-    usd = 0.0
+    bound = 0.0
     try:
         if cuda_missing(load(path)):
             console.print(f"skip {path}: needs a CUDA GPU (runtime.device: cuda)", markup=False)
-            return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours", usd
+            return "skipped", "needs a CUDA GPU; `subl plan` prints its GPU-hours", bound
         keys = missing_keys(path)
         if keys:
             console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)
-            return "skipped", f"set {', '.join(keys)} to run it", usd
-        usd = planned_usd(path, outputs)
+            return "skipped", f"set {', '.join(keys)} to run it", bound
+        bound = planned_usd(path, outputs)  # a model with no price fails the spec here
+        if bound > 0 and (max_usd is None or bound > max_usd + 1e-9):
+            left = "no --max-usd was given" if max_usd is None else f"only ${max_usd:,.2f} of --max-usd is left"
+            raise OverBudget(f"its hosted stages may cost up to {usd(bound)}, and {left}")
         console.rule(str(path))
-        return "ok", headline(run_spec(path, outputs, console, max_usd=max_usd)), usd
-    except BudgetError as e:
+        return "ok", headline(run_spec(path, outputs, console, max_usd=max_usd)), bound
+    except OverBudget as e:
         console.print(f"skip {path}: {e}", markup=False)
         return "skipped", str(e), 0.0
     except UserError as e:
@@ -103,7 +106,7 @@ def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None =
     except Exception as e:  # noqa: BLE001 - one broken spec must not stop the others or lose the table
         reason = f"internal error: {type(e).__name__}: {e}"
     console.print(f"error: {path}: {reason}", markup=False)
-    return "failed", reason, usd  # it may have spent up to its bound before it failed
+    return "failed", reason, bound  # it may have spent up to its bound before it failed
 
 
 def reproduce(folders: list[Path], outputs: Path, console: Console, max_usd: float | None = None) -> int:

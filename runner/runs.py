@@ -163,7 +163,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     # an unaffordable or unpriced hosted stage stops here, before preflight's requests (one costs a token)
     total, hosted = budget.check(plan, store, max_usd)
     if hosted:
-        console.print(f"spend: the hosted stages to run may cost up to ${total:,.2f}"
+        console.print(f"spend: the hosted stages to run may cost up to {budget.usd(total)}"
                       + (f" (--max-usd ${max_usd:,.2f})" if max_usd is not None else ""), markup=False)
     from runner.preflight import check_local_depth, preflight
 

@@ -6,6 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
+from runner.budget import usd
 from tests.fake_openai import FakeOpenAI
 from tests.test_hosted import ENV, KEY, NANO, ROOT, _cli
 
@@ -49,7 +50,7 @@ def test_a_hosted_run_without_a_budget_sends_nothing_and_says_what_it_may_cost(s
     r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], {ENV: KEY, "SUBL_MAX_USD": ""})
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1, err
-    assert f"may cost up to ${_bound(spec, tmp_path / 'out'):,.2f}" in err and "--max-usd" in err
+    assert f"may cost up to {usd(_bound(spec, tmp_path / 'out'))}" in err and "--max-usd" in err
     assert _paid(server) == []
 
 
@@ -61,7 +62,7 @@ def test_a_budget_below_the_bound_sends_nothing_and_one_above_runs(server, tmp_p
     assert r.returncode == 2 and "over --max-usd" in r.stderr and _paid(server) == [], r.stderr
     r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", f"{bound * 1.01:.6f}"], {ENV: KEY})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"spend: the hosted stages to run may cost up to ${bound:,.2f}" in r.stdout and _paid(server)
+    assert f"spend: the hosted stages to run may cost up to {usd(bound)}" in r.stdout and _paid(server)
     assert json.loads((out / "spend" / "results.json").read_text())["evaluations"]
     # finished stages cost nothing more: a rerun needs no budget
     assert _bound(spec, out) == 0
@@ -97,16 +98,34 @@ def test_reproduce_spends_one_budget_across_specs(tmp_path, monkeypatch):
     ran = []
 
     def run_spec(path, outputs, console, max_usd=None):
-        if 4.0 > max_usd:
-            raise budget.BudgetError(f"may cost up to $4.00, over --max-usd ${max_usd:,.2f}")
+        if bounds[path.stem] > max_usd + 1e-9:
+            raise budget.OverBudget("over --max-usd")
         ran.append(path.stem)
         return {"evaluations": [], "comparisons": []}
 
-    monkeypatch.setattr(budget, "planned_usd", lambda path, outputs: 4.0)
+    bounds = {"a": 4.0, "b": 4.0, "c": 4.0}
+    monkeypatch.setattr(budget, "planned_usd", lambda path, outputs: bounds[path.stem])
     monkeypatch.setattr(runs, "run_spec", run_spec)
     monkeypatch.setattr(reproduce, "missing_keys", lambda path: [])
     assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(quiet=True), max_usd=10.0) == 0
     assert ran == ["a", "b"]  # c would bring the bounds to $12
+    ran.clear()
+    bounds.update(a=0.1, b=0.2, c=0.0)  # 0.1 + 0.2 fit 0.3 although 0.3 - 0.1 < 0.2 in floats
+    assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(quiet=True), max_usd=0.3) == 0
+    assert ran == ["a", "b", "c"]
+
+
+def test_reproduce_fails_a_spec_it_cannot_price_instead_of_skipping_it(tmp_path, monkeypatch):
+    from runner import budget, reproduce
+
+    (tmp_path / "a.yaml").write_text("name: a\n")
+
+    def unpriced(path, outputs):
+        raise budget.BudgetError("no price for openai:mine")
+
+    monkeypatch.setattr(budget, "planned_usd", unpriced)
+    monkeypatch.setattr(reproduce, "missing_keys", lambda path: [])
+    assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(quiet=True), max_usd=10.0) == 1
 
 
 # ---- the bounds themselves: never below what the stages send --------------------------------------------
@@ -124,6 +143,7 @@ def _estimates(spec, out, kind: str) -> list:
 
 
 def test_a_fine_tuned_model_named_by_its_id_is_priced_as_fine_tuned():
+    from runner.spec import HostedBackend
     from runner.stages.costs import chat_request
 
     def cost(model, tuned):
@@ -131,9 +151,26 @@ def test_a_fine_tuned_model_named_by_its_id_is_priced_as_fine_tuned():
 
     nano = "gpt-4.1-nano-2025-04-14"
     assert cost(f"ft:{nano}:org::abc", False) == cost(nano, True) > cost(nano, False)
+    priced = HostedBackend(prices={f"ft:{nano}:org::abc": [1.0, 2.0]})  # the spec prices that very model
+    assert chat_request("openai", f"ft:{nano}:org::abc", priced, False, 10, 10**6, 10**6).cost == 3.0
 
 
-@pytest.mark.parametrize("n_prompts,batch_size,batched", [(60, 500, 0), (250, 100, 200), (250, 125, 250)])
+def test_a_bound_below_a_cent_prints_as_a_cent_and_that_budget_passes(server, tmp_path):
+    from runner.budget import OverBudget, check
+    from runner.loader import load
+    from runner.plan import build
+    from runner.store import Store
+
+    assert (usd(0.004), usd(0.01), usd(1234.561)) == ("$0.01", "$0.01", "$1,234.57")
+    spec, store = _spec(tmp_path, server), Store(tmp_path / "out")
+    plan = build(load(spec), store.root)
+    with pytest.raises(OverBudget, match=r"up to \$0\.01 .*--max-usd") as e:
+        check(plan, store, None)
+    assert check(plan, store, 0.01)[0] <= 0.01  # the advice in the message works
+
+
+@pytest.mark.parametrize("n_prompts,batch_size,batched", [(60, 500, 0), (250, 100, 200), (250, 125, 250),
+                                                         (1000, 64, 0)])
 def test_the_batch_discount_covers_only_calls_the_batch_api_takes(server, tmp_path, n_prompts, batch_size, batched):
     """A call (one chunk of batch_size rows) goes through the Batch API only with >= 100 requests."""
     spec = _spec(tmp_path, server)

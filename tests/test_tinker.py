@@ -234,6 +234,20 @@ def test_an_sft_run_killed_midway_resumes_after_the_distill_top_k_setting_change
     assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4  # steps 3 and 4 only
 
 
+def test_a_run_left_half_done_by_the_previous_fingerprint_resumes_without_paying_again(fake, tmp_path):
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, a checkpoint at 2
+    fake_tinker.inject("forward_backward", "bad_request", skip=2)
+    b = make_backend(tmp_path)
+    with pytest.raises(UserError, match="training failed"):
+        b.finetune(QWEN, data, training, tmp_path / "ft")
+    path = tmp_path / "ft" / TRAIN_STATE_FILE
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "fingerprint": b._fingerprint(QWEN, data, training, None, legacy=True)}))
+    make_backend(tmp_path).finetune(QWEN, data, training, tmp_path / "ft")
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4  # steps 3 and 4 only
+    assert json.loads(path.read_text())["fingerprint"] == state["fingerprint"]
+
+
 def test_a_lost_future_is_sent_again_even_when_its_wait_outlasts_the_retry_total(fake, tmp_path, monkeypatch):
     """A future not answered in result_timeout is re-sent although that wait alone passed the policy's total."""
     monkeypatch.setattr(fake_tinker.Lost, "result", lambda self, timeout=None: (time.sleep(timeout or 0),

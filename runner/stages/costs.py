@@ -56,7 +56,8 @@ def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, toke
         return _on_tinker(name, model_id, cfg, requests, "fine-tuned weights" if tuned else "", prefill=tokens_in,
                           sampled=tokens_out)
     price = price_for(model_id, _prices(cfg))
-    named_ft = model_id.startswith("ft:")  # a fine-tuned model the spec names by id: fine-tuned prices too
+    # a fine-tuned model the spec names by id: fine-tuned prices, unless the spec prices that very id
+    named_ft = model_id.startswith("ft:") and model_id not in (_prices(cfg) or {})
     tuned = tuned or named_ft
     note = ", ".join(x for x in ("fine-tuned model prices" if tuned else "", "Batch API, half price" if batch else "") if x)
     return Estimate(name, f"ft:{model_id}" if tuned and not named_ft else model_id, requests, tokens_in, tokens_out, 0,

@@ -93,12 +93,22 @@ class GenerateStage(Stage):
             return on_gpu(ctx, self.model, f"{len(rows):,} completions", len(rows), round(prompt * len(rows)),
                           len(rows) * d.max_tokens)
         name, model_id, cfg, tuned = info
-        # the Batch API (half price) takes a call (a chunk of batch_size rows) of >= 100 requests; smaller go direct
-        tail = len(rows) % d.batch_size
-        batched = len(rows) - (tail if tail < 100 else 0) if getattr(cfg, "batch_api", False) else 0
+        batched = _batched(len(rows), d.batch_size) if getattr(cfg, "batch_api", False) else 0
         parts = [(batched, True), (len(rows) - batched, False)]
         return [chat_request(name, model_id, cfg, tuned, n, round(prompt * n), n * d.max_tokens, batch)
                 for n, batch in parts if n]
+
+
+def _batched(n: int, batch_size: int) -> int:
+    """Of n rows generated a chunk of batch_size at a time, those the Batch API (half price) takes: the chunks
+    of at least BATCH_MIN_REQUESTS requests (the rest go direct). A batch line that fails is re-sent direct at
+    full price, which this bound does not foresee."""
+    from runner.prices import BATCH_MIN_REQUESTS
+
+    if batch_size < BATCH_MIN_REQUESTS:
+        return 0
+    tail = n % batch_size
+    return n - (tail if tail < BATCH_MIN_REQUESTS else 0)
 
 
 def resumable(rows: list[dict], total: int, batch_size: int) -> list[dict]:
