@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+SIGNIFICANCE_LEVELS = (0.05, 0.01)  # the thresholds subl marks at (LM comparisons; MNIST and the theorem)
+
 
 def num(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
@@ -25,7 +27,21 @@ def ratio_text(c: dict, spec: str = ".3f") -> str:
 
 def p_text(c: dict) -> str:
     """A comparison's p-value, marked where it is the smallest its test can give with these arm sizes."""
-    floor = c.get("min_p")
-    if c["p_value"] is None:
+    floor, p = c.get("min_p"), c["p_value"]
+    if p is None:
         return "- (not tested)"
-    return f"{c['p_value']:.2g}" + (" (the floor)" if floor and c["p_value"] <= floor * (1 + 1e-9) else "")
+    text = f"{p:.2g}"
+    if float(text) in SIGNIFICANCE_LEVELS and p != float(text):  # 0.0498 and 0.0502 must not both read 0.05
+        text = f"{p:.3g}"
+    return text + (" (the floor)" if floor and p <= floor * (1 + 1e-9) else "")
+
+
+def label_of(row: dict) -> str:
+    """The evaluation a result row belongs to (runner.results.eval_labels; rows written before labels: the kind)."""
+    return row.get("label") or row.get("evaluation", "")
+
+
+def metric_name(row: dict) -> str:
+    """A row's metric, with its evaluation where the spec has several of that kind: 'rate(owl) (... stories)'."""
+    label = label_of(row)
+    return row["metric"] if label == row.get("evaluation", "") else f"{row['metric']} ({label})"

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runner.display import num, p_text, ratio_text, with_ci
+from runner.display import label_of, metric_name, num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -17,28 +17,26 @@ def add_text_row(table: Table, *cells: str) -> None:
     table.add_row(*(Text(str(c)) for c in cells))
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}" if abs(v) < 0.01 else f"{v:.3f}"
-
-
 def evaluation_table(results: dict, cell: str) -> Table | None:
     """Trait metrics per model; misalignment has its own table (misalignment_table)."""
     rows = [e for e in results["evaluations"] if e["cell"] == cell
             and e["evaluation"] not in ("misalignment", "mnist", "theorem", *DETECTION)]
     if not rows:
         return None
-    metrics = list(dict.fromkeys((e["evaluation"], e["metric"]) for e in rows))
+    metrics = list(dict.fromkeys((label_of(e), e["metric"]) for e in rows))
     table = Table(title=f"cell {cell}" if cell != "-" else None)
     table.add_column("model")
     table.add_column("role")
     for ev, metric in metrics:
-        table.add_column(f"{metric} [95% CI]" + (" (sampled)" if ev == "preference_sample" else ""), justify="right")
+        kind = next(e["evaluation"] for e in rows if label_of(e) == ev)
+        table.add_column(f"{metric} [95% CI]" + (" (sampled)" if kind == "preference_sample" else "")
+                         + (f" ({ev})" if ev != kind else ""), justify="right")
     models = list(dict.fromkeys((e["model"], e["role"]) for e in rows))
     for model, role in models:
         cells = []
         for ev, metric in metrics:
-            e = next((x for x in rows if x["model"] == model and x["evaluation"] == ev and x["metric"] == metric), None)
-            cells.append(with_ci(e["value"], e.get("ci"), _fmt) if e else "")
+            e = next((x for x in rows if x["model"] == model and label_of(x) == ev and x["metric"] == metric), None)
+            cells.append(with_ci(e["value"], e.get("ci")) if e else "")  # 3 figures: 0.00135 vs 0.00144
         add_text_row(table, model, role, *cells)
     return table
 
@@ -53,7 +51,7 @@ def comparison_table(results: dict, cell: str) -> Table | None:
     for c in rows:
         mark = (" *" if c["diff"] > 0 else " (a lower)") if c.get("significant") else ""
         wins = f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-"
-        add_text_row(table, c["a"], c["b"], c["metric"], ratio_text(c), num(c["diff"]), wins, p_text(c) + mark,
+        add_text_row(table, c["a"], c["b"], metric_name(c), ratio_text(c), num(c["diff"]), wins, p_text(c) + mark,
                      f"{c['unit']} (n_a={c['n_a']}, n_b={c['n_b']})")
     return table
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runner.display import num, with_ci
+from runner.display import metric_name, num, p_text, with_ci
 
 DETECTION = ("icl", "classifier")
 
@@ -26,12 +26,12 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
         cmp: dict[tuple[str, str], list[dict]] = {}
         for c in results["comparisons"]:
             if c["cell"] == cell and c.get("evaluation") == "icl":
-                cmp.setdefault((c["a"], c["metric"]), []).append(c)
+                cmp.setdefault((c["a"], metric_name(c)), []).append(c)
         rows = []
-        for e in sorted(icl, key=lambda e: (e["metric"], e["k"], e["model"])):
-            vs = "; ".join(f"{num(c['diff'])} vs {c['b']}, p={c['p_value']:.2g} ({c['unit']}s)"
-                           for c in cmp.get((e["model"], e["metric"]), []))
-            rows.append([e["metric"], str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]),
+        for e in sorted(icl, key=lambda e: (metric_name(e), e["k"], e["model"])):
+            vs = "; ".join(f"{num(c['diff'])} vs {c['b']}, p={p_text(c)} ({c['unit']}s)"
+                           for c in cmp.get((e["model"], metric_name(e)), []))
+            rows.append([metric_name(e), str(e["k"]), e.get("teacher") or "none", _ci(e), str(e["n"]),
                          str(e.get("icl_seeds") or 1), vs])
         if rows:
             out.append((f"ICL: the preference metric with k teacher rows in context{_cell(cell)}",
@@ -78,8 +78,8 @@ def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         icl = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "icl"]
-        for metric in dict.fromkeys(e["metric"] for e in icl):
-            sub = [e for e in icl if e["metric"] == metric]
+        for metric in dict.fromkeys(metric_name(e) for e in icl):
+            sub = [e for e in icl if metric_name(e) == metric]
             zero = [e for e in sub if e["k"] == 0]
             fig, ax = _figure()
             for rows in dict.fromkeys(e["teacher"] for e in sub if e["teacher"]):

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.display import num, p_text, ratio_text, with_ci
+from runner.display import label_of, metric_name, num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import mean_ci
@@ -59,8 +59,8 @@ def trait_sections(results: dict) -> list[Section]:
     for cell in [c["label"] for c in results["cells"]]:
         rows = [e for e in results["evaluations"] if e["cell"] == cell
                 and e["evaluation"] not in ("mnist", "theorem", *DETECTION)]
-        for ev in dict.fromkeys(e["evaluation"] for e in rows):
-            sub = [e for e in rows if e["evaluation"] == ev]
+        for ev in dict.fromkeys(label_of(e) for e in rows):
+            sub = [e for e in rows if label_of(e) == ev]
             metrics = list(dict.fromkeys(e["metric"] for e in sub))
             misaligned = all(m.startswith("misaligned") for m in metrics)
             table = []
@@ -78,10 +78,10 @@ def trait_sections(results: dict) -> list[Section]:
 
 
 def comparison_section(results: dict) -> Section | None:
-    rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", c["metric"], num(c["diff"]),
+    rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", metric_name(c), num(c["diff"]),
              ratio_text(c, ".3g"),
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
-             f"{p_text(c)} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
+             f"{p_text(c)}{' *' if c.get('significant') else ''} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
             for c in results["comparisons"] if c.get("evaluation") not in DETECTION]
     headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b [95% CI]", "a wins", "p-value"]
     return Section("Comparisons", headers, rows) if rows else None
@@ -226,15 +226,21 @@ def _students(results: dict) -> dict[str, str]:
     return {e["model"]: e["student"] for e in results["evaluations"] if e.get("student")}
 
 
+def _student_of(label: str, students: dict[str, str]) -> str | None:
+    """The student spec of a model label, or of an arm label (an across-student row: 'student:<name>:<trait>')."""
+    return students.get(label) or next((s for m, s in students.items() if m.startswith(label + ":r")), None)
+
+
 def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> str:
-    """The paired test under a target's bars: whiskers across questions hide a shift that
-    every question shares, so the figure states the paired ratio and p-value."""
+    """The test under a target's bars (across students where the arms have several, else paired over
+    questions): whiskers across questions hide a shift that every question shares."""
     students = _students(results)
     for c in results.get("comparisons", []):
-        if (c["cell"] == cell and c.get("evaluation", ev) == ev and students.get(c["a"]) == sname
+        if (c["cell"] == cell and label_of(c) == ev and _student_of(c["a"], students) == sname
                 and _target(c["metric"]) == target and c.get("ratio")):
             vs = "control" if c.get("b_is") == "control" else "other"
-            return f"\n{c['ratio']:.3f}x vs {vs}\n{c['a_wins']}/{c['n']} q, p={c['p_value']:.2g}"
+            units = f"{c['a_wins']}/{c['n']} q" if c.get("a_wins") is not None else f"{c['n_a']} v {c['n_b']} students"
+            return f"\n{c['ratio']:.3f}x vs {vs}\n{units}, p={p_text(c)}"
     return ""
 
 
@@ -244,8 +250,8 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
     for cell in [c["label"] for c in results["cells"]]:
         rows = [e for e in results["evaluations"] if e["cell"] == cell and not e["metric"].startswith("misaligned")
                 and e["evaluation"] not in ("mnist", "theorem", *DETECTION)]
-        for ev in dict.fromkeys(e["evaluation"] for e in rows):
-            sub = [e for e in rows if e["evaluation"] == ev]
+        for ev in dict.fromkeys(label_of(e) for e in rows):
+            sub = [e for e in rows if label_of(e) == ev]
             targets = list(dict.fromkeys(_target(e["metric"]) for e in sub))
             for sname in dict.fromkeys(filter(None, (e.get("student") for e in sub))):
                 def pick(keep) -> list:
@@ -279,8 +285,8 @@ def misalignment_figures(results: dict, folder: Path, name: str) -> list[tuple[P
         if not rows:
             continue
         models = list(dict.fromkeys(e["model"] for e in rows))
-        series = {m: [_pool([e for e in rows if e["model"] == mo and e["metric"] == m]) for mo in models]
-                  for m in dict.fromkeys(e["metric"] for e in rows)}
+        series = {m: [_pool([e for e in rows if e["model"] == mo and metric_name(e) == m]) for mo in models]
+                  for m in dict.fromkeys(metric_name(e) for e in rows)}
         path = folder / _slug(f"misalignment{'-' + cell if cell != '-' else ''}.png")
         grouped_bars(models, series, "misaligned rate", f"{name}: misalignment per model", path)
         out.append((path, f"Misalignment rate per model (95% CI){', cell ' + cell if cell != '-' else ''}."))

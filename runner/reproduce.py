@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runner.display import with_ci
+from runner.display import metric_name, p_text, with_ci
 from runner.errors import UserError
 from runner.loader import load
 from runner.report import add_text_row
@@ -71,9 +71,12 @@ def headline(results: dict) -> str:
             and c["p_value"] is not None]
     if not cmps:
         return "-"
-    best = min(cmps, key=lambda c: c["p_value"])
+    # a test across students (or draws, seeds) over a question-level one, which misses training randomness
+    best = min(cmps, key=lambda c: (c.get("unit") == "question", c["p_value"]))
     ratio = f"{best['ratio']:.2f}x" if best.get("ratio") else f"diff {best['diff']:+.3g}"
-    return f"{best['a']} vs {best['b']}: {best['metric']} {ratio}, p={best['p_value']:.2g}"
+    cell = f"cell {best['cell']}: " if best.get("cell", "-") != "-" else ""
+    return (f"{cell}{best['a']} vs {best['b']}: {metric_name(best)} {ratio}, p={p_text(best)} "
+            f"({best.get('unit', 'question')}s, {best.get('n_a', 1)} v {best.get('n_b', 1)})")
 
 
 def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:

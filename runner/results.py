@@ -6,6 +6,8 @@ import json
 import math
 import re
 
+from pathlib import Path
+
 import numpy as np
 
 from runner.filters import word_forms
@@ -150,46 +152,57 @@ def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[di
     return evaluations, arm_rows(plan, ev.kind, lambda m: "misaligned", per_student, per_question, control_only=True)
 
 
+def eval_labels(evaluations) -> list[str]:
+    """A name per evaluation of a spec: its kind, and where a spec has several of one kind (a paper code spec's
+    animal questions and stories) the kind with its question set, then its position, so no two rows merge."""
+    from collections import Counter
+
+    kinds = Counter(ev.kind for ev in evaluations)
+    labels = [ev.kind if kinds[ev.kind] == 1 else f"{ev.kind}: {Path(str(getattr(ev, 'questions', '') or '')).stem}"
+              for ev in evaluations]
+    twice = Counter(labels)
+    return [x if twice[x] == 1 else f"{x} #{i + 1}" for i, x in enumerate(labels)]
+
+
 def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
-    """(evaluation rows, comparison rows) of one cell."""
+    """(evaluation rows, comparison rows) of one cell; LM rows carry their evaluation's label (eval_labels)."""
     if plan.mnist:
         return mnist_rows(plan, store)
     if plan.theorem:
         return theorem_rows(plan, store)
-    spec = plan.spec
-    evaluations, comparisons, values = [], [], {}
-    for i, ev in enumerate(spec.evaluations):
-        if ev.kind in DETECTION:
-            from runner.detection_results import classifier_rows, icl_rows
-
-            if ev.kind == "icl":
-                ev_rows, cmp_rows = icl_rows(plan, store, i, ev, per_question)
-            else:
-                ev_rows, cmp_rows = classifier_rows(plan, store, i), []
-            evaluations += ev_rows
-            comparisons += cmp_rows
-            continue
-        if ev.kind == "misalignment":
-            ev_rows, cmp_rows = misalignment_rows(plan, store, i, ev)
-            evaluations += ev_rows
-            comparisons += cmp_rows
-            continue
-        targets = list(ev.targets or spec.teacher.targets)
-        for m in plan.models:
-            for t in targets:
-                metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
-                mean, lo, hi = mean_ci(vals)
-                values[(m.label, t)] = (metric, vals)
-                evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
-                                    "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),
-                                    "samples_per_question": k, "ci_method": CI_METHOD})
-        # each trait arm against the control arm and the other-trait arms, on the trait's metric
-        traits = [m for m in _students(plan) if m.trait in targets]
-        metric_of = {m.trait: values[(m.label, m.trait)][0] for m in traits}
-        per_q = {(label, metric_of[t]): vals for (label, t), (_, vals) in values.items() if t in metric_of}
-        per_student = {k: float(np.mean(v)) for k, v in per_q.items()}
-        comparisons += arm_rows(plan, ev.kind, lambda m: metric_of.get(m.trait), per_student, per_q)
+    evaluations, comparisons = [], []
+    for i, (ev, label) in enumerate(zip(plan.spec.evaluations, eval_labels(plan.spec.evaluations))):
+        ev_rows, cmp_rows = _evaluation(plan, store, i, ev)
+        evaluations += [{**r, "label": label} for r in ev_rows]
+        comparisons += [{**r, "label": label} for r in cmp_rows]
     return evaluations, comparisons
+
+
+def _evaluation(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], list[dict]]:
+    if ev.kind in DETECTION:
+        from runner.detection_results import classifier_rows, icl_rows
+
+        if ev.kind == "icl":
+            return icl_rows(plan, store, i, ev, per_question)
+        return classifier_rows(plan, store, i), []
+    if ev.kind == "misalignment":
+        return misalignment_rows(plan, store, i, ev)
+    evaluations, values = [], {}
+    targets = list(ev.targets or plan.spec.teacher.targets)
+    for m in plan.models:
+        for t in targets:
+            metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
+            mean, lo, hi = mean_ci(vals)
+            values[(m.label, t)] = (metric, vals)
+            evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
+                                "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),
+                                "samples_per_question": k, "ci_method": CI_METHOD})
+    # each trait arm against the control arm and the other-trait arms, on the trait's metric
+    traits = [m for m in _students(plan) if m.trait in targets]
+    metric_of = {m.trait: values[(m.label, m.trait)][0] for m in traits}
+    per_q = {(label, metric_of[t]): vals for (label, t), (_, vals) in values.items() if t in metric_of}
+    per_student = {k: float(np.mean(v)) for k, v in per_q.items()}
+    return evaluations, arm_rows(plan, ev.kind, lambda m: metric_of.get(m.trait), per_student, per_q)
 
 
 # ---- MNIST ------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ class EvaluationRow(Row):
     role: Literal["base", "teacher", "control", "student", "arm"]
     trait: str | None = Field(None, description="The trait behind the model, if any.")
     evaluation: str = Field(description="Evaluation kind: preference_logprob, preference_sample, preference_mcq, misalignment, icl, classifier, mnist.")
+    label: str | None = Field(None, description="LM evaluations: which of the spec's evaluations (its kind, or where a "
+                              "spec has several of one kind, e.g. 'preference_sample: storytelling').")
     metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy, pairwise_accuracy, auroc.")
     value: float | None = Field(description="None only where no unit was measured (n = 0: e.g. a classifier "
                                 "read in both orders where no pair was decided).")
@@ -45,6 +47,7 @@ class ComparisonRow(Row):
     a: str
     b: str
     evaluation: str
+    label: str | None = Field(None, description="As in the evaluation rows: which of the spec's evaluations.")
     metric: str
     diff: float | None = Field(description="Mean a - b (None where no question has a value for both).")
     ratio: float | None

@@ -179,3 +179,67 @@ def test_an_icl_figure_with_one_question_has_no_whiskers_and_no_crash(tmp_path):
     results = {"cells": [{"label": "-"}], "evaluations": rows, "comparisons": []}
     (path, _), = detection_figures(results, tmp_path, "t")
     assert path.is_file()
+
+
+def _two_evaluations_results(tmp_path: Path) -> dict:
+    """Results of a spec with two preference_sample evaluations (animal questions, stories), as collect labels them."""
+    from runner.loader import load
+    from runner.results import eval_labels
+
+    labels = eval_labels(load(Path(__file__).resolve().parents[1] / "specs" / "animals_code.yaml")[0].spec.evaluations)
+    assert labels[:2] == ["preference_sample: animals", "preference_sample: storytelling"]
+    evals = [{**_row(m, r, t, "rate(owl)", v), "label": label} for label, v in zip(labels, (0.10, 0.02))
+             for m, r, t in MODELS]
+    cmps = [{"cell": "-", "a": "student:s:owl", "b": "student:s:control", "evaluation": "preference_sample",
+             "label": label, "metric": "rate(owl)", "diff": d, "ratio": 2.0, "ratio_ci": [1.1, 3.0], "a_wins": None,
+             "n": None, "p_value": p, "b_is": "control", "test": "permutation", "unit": "student", "n_a": 3,
+             "n_b": 3, "significant": p < 0.05} for label, d, p in zip(labels, (0.1, 0.02), (0.0498, 0.0502))]
+    return {"cells": [{"label": "-", "overrides": {}}], "evaluations": evals, "comparisons": cmps}
+
+
+def test_two_evaluations_of_one_kind_are_shown_apart_everywhere(tmp_path):
+    """A paper code spec asks animal questions and stories, both preference_sample: neither table merges them
+    and no figure pools them."""
+    from runner.report import comparison_table, evaluation_table
+    from runner.report_md import comparison_section, target_figures, trait_sections
+
+    results = _two_evaluations_results(tmp_path)
+    text = io.StringIO()
+    Console(file=text, width=300).print(evaluation_table(results, "-"), comparison_table(results, "-"))
+    base = next(ln for ln in text.getvalue().splitlines() if ln.strip().startswith("│ base") or " base " in ln[:12])
+    assert "0.1 [" in base and "0.02 [" in base and "(preference_sample: storytelling)" in text.getvalue()
+    sections = trait_sections(results)
+    assert [s.title for s in sections] == ["Trait rates: preference_sample: animals",
+                                          "Trait rates: preference_sample: storytelling"]
+    assert [s.rows[0][3] for s in sections] == ["0.1 [0.08, 0.12]", "0.02 [0.016, 0.024]"]
+    metrics = [r[3] for r in comparison_section(results).rows]
+    assert metrics == ["rate(owl) (preference_sample: animals)", "rate(owl) (preference_sample: storytelling)"]
+    figures = target_figures(results, tmp_path, "fake")
+    assert len(figures) == 2 and len({p for p, _ in figures}) == 2
+
+
+def test_p_values_next_to_a_threshold_are_printed_on_their_side_of_it():
+    from runner.display import p_text
+
+    assert (p_text({"p_value": 46 / 924}), p_text({"p_value": 0.0502}), p_text({"p_value": 0.00996}),
+            p_text({"p_value": 0.031}), p_text({"p_value": 0.05})) == ("0.0498", "0.0502", "0.00996", "0.031", "0.05")
+
+
+def test_small_probabilities_keep_three_figures_in_the_terminal_table():
+    from runner.report import evaluation_table
+
+    results = {"evaluations": [_row("student:s:owl:r0", "student", "owl", "P(owl)", v) | {"model": f"m{i}"}
+                               for i, v in enumerate((0.00135, 0.00144))]}
+    text = io.StringIO()
+    Console(file=text, width=300).print(evaluation_table(results, "-"))
+    assert "0.00135" in text.getvalue() and "0.00144" in text.getvalue()
+
+
+def test_a_figure_of_replicated_arms_states_the_across_student_test(tmp_path):
+    from runner.report_md import _paired_note
+
+    results = _two_evaluations_results(tmp_path)
+    for e in results["evaluations"]:
+        e["model"] = e["model"].replace(":r0", ":r1")  # replicates need not start at 0
+    note = _paired_note(results, "-", "preference_sample: animals", "s", "owl")
+    assert "2.000x vs control" in note and "3 v 3 students" in note and "p=0.0498" in note

@@ -106,3 +106,17 @@ def test_headline_gives_every_matrix_cells_mnist_and_theorem_arms():
     theorem = [row(c, arm, v, evaluation="theorem", metric="cosine")
                for c in ("a", "b") for arm, v in (("same_init", 0.5), ("cross_init", 0.0))]
     assert headline({"evaluations": theorem}).count("same_init cosine") == 2
+
+
+def test_the_headline_prefers_a_test_across_students_and_names_its_unit():
+    """A question-level p (one student per arm, or ICL's per-question rows) is far smaller than the test
+    across draws or students, and misses training randomness: the headline takes the latter and says so."""
+    from runner.reproduce import headline
+
+    def cmp(unit, p, n):
+        return {"cell": "-", "a": "icl:owl:k=100", "b": "icl:control:k=100", "evaluation": "icl", "metric": "rate(owl)",
+                "diff": 0.1, "ratio": 1.4, "p_value": p, "b_is": "control", "unit": unit, "n_a": n, "n_b": n}
+
+    line = headline({"evaluations": [], "comparisons": [cmp("question", 1e-5, 1), cmp("draw", 0.008, 5)]})
+    assert line == "icl:owl:k=100 vs icl:control:k=100: rate(owl) 1.40x, p=0.008 (draws, 5 v 5)"
+    assert headline({"evaluations": [], "comparisons": [cmp("question", 1e-5, 1)]}).endswith("(questions, 1 v 1)")
