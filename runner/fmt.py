@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import Counter
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -62,7 +63,27 @@ def canonical(text: str, where: str = "<text>") -> str:
         out = stripped
     elif _plain(_load(out, where)) != _plain(data):
         raise UserError(f"{where}: formatting would change the data; file left as is")
+    lost = Counter(_comments(body)) - Counter(_comments(out))
+    if lost:  # ruamel drops a comment inside a [...] or {...} that spans lines
+        raise UserError(f"{where}: formatting would drop the comment '{next(iter(lost))}' (ruamel drops comments inside a "
+                        "[...] or {{...}} that spans lines: move it above that key); file left as is")
     return prefix + out
+
+
+def _comments(text: str) -> list[str]:
+    """Every comment of a YAML text, as the scanner reads it (a '#' inside a quoted string is not one)."""
+    out: list[str] = []
+
+    def walk(c) -> None:
+        if isinstance(c, (list, tuple)):
+            for x in c:
+                walk(x)
+        elif c is not None and hasattr(c, "value"):
+            out.extend(line.strip() for line in c.value.splitlines() if line.strip())
+
+    for token in YAML(typ="rt").scan(text):
+        walk(getattr(token, "comment", None))
+    return out
 
 
 def format_files(files: list[Path], check: bool) -> list[Path]:

@@ -93,16 +93,17 @@ class Store:
         kill, so a stage may resume from it."""
         tmp = self.partial(key)
         tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "error.txt").unlink(missing_ok=True)  # a resumed stage is running, not failed
         b = Build(tmp, time.time())
         tokens = enter_stage(key, tmp)
         try:
             yield b
             if verify:
                 verify(tmp)
-        except BaseException as e:  # kept for `subl status`; the partial folder stays for a resume
+        except Exception as e:  # kept for `subl status`; the partial folder stays for a resume
             first = str(e).splitlines()[0] if str(e) else ""
             (tmp / "error.txt").write_text(f"{type(e).__name__}: {first}\n")
-            raise
+            raise  # an interrupt or exit is not a failure: the stage shows as partial
         finally:
             leave_stage(tokens)
         (tmp / "error.txt").unlink(missing_ok=True)

@@ -1,12 +1,16 @@
 """`subl fmt`: canonical layout, comments kept, idempotent; --check changes nothing and exits 1."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from runner.cli import app
+from runner.errors import UserError
 from runner.fmt import canonical
 
 MESSY = """# header comment
@@ -65,3 +69,16 @@ def test_fmt_refuses_what_is_not_a_spec_in_one_line(write):
         with pytest.raises(UserError) as e:
             format_files([p], check=False)
         assert len(str(e.value).splitlines()) == 1 and p.read_text() == text  # left as is
+
+
+def test_a_comment_formatting_would_drop_leaves_the_file_as_is(write):
+    """ruamel drops comments inside a [...] or {...} that spans lines; the data check cannot see that."""
+    text = ("name: q\nteacher:\n  targets: [panda,   # strongest effect here\n    owl]\n"
+            "  trait: 'a # not a comment'\n")
+    with pytest.raises(UserError, match="would drop the comment '# strongest effect here'"):
+        canonical(text, "q.yaml")
+    path = write("q.yaml", text)
+    assert subprocess.run([sys.executable, "-m", "runner.cli", "fmt", str(path)], capture_output=True).returncode == 2
+    assert path.read_text() == text
+    moved = "name: q\nteacher:\n  # strongest effect here\n  targets: [panda, owl]\n  trait: 'a # not a comment'\n"
+    assert canonical(moved) == moved  # a '#' in a quoted string is not a comment

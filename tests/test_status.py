@@ -87,3 +87,20 @@ def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
     assert text.count("the run file is unreadable or names no spec") == 3
     assert "stages are not a list of {key, label}" in text and "manifest.json unreadable" in text
     assert "hosted_job.json unreadable" in text and "1 damaged, 1 failed" in text
+
+
+def test_an_interrupted_stage_is_partial_and_a_resumed_one_no_longer_failed(tmp_path: Path):
+    from runner.status import inspect
+
+    store = Store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with store.build("generate-k1", {"label": "generate"}):
+            raise KeyboardInterrupt
+    assert inspect(store, "generate-k1")["state"] == "partial"  # Ctrl-C is not a failure
+    with pytest.raises(RuntimeError):
+        with store.build("generate-k1", {"label": "generate"}):
+            raise RuntimeError("the teacher crashed")
+    assert inspect(store, "generate-k1")["state"] == "failed"
+    with store.build("generate-k1", {"label": "generate"}):
+        assert inspect(store, "generate-k1")["state"] == "partial"  # resumed, running: not the old failure
+    assert store.done("generate-k1")
