@@ -67,7 +67,8 @@ def prune(value: Any, ann: Any = Spec) -> Any:
     if not isinstance(value, dict) or not models:
         return value
     fits = [m for m in models if set(value) <= set(m.model_fields)]
-    model = next((m for m in fits if "kind" not in value or m.model_fields["kind"].default == value["kind"]), None)
+    model = next((m for m in fits if "kind" not in value or value["kind"] == m.model_fields["kind"].default
+                  or value["kind"] in get_args(m.model_fields["kind"].annotation)), None)  # kind: tinker
     if model is None:  # a mapping of names to models (backends)
         return {k: prune(v, ann) for k, v in value.items()}
     out = {}
@@ -207,7 +208,7 @@ def diff_specs(a: Path, b: Path) -> dict:
     for c in changes:
         try:
             c.reruns = _new_stages(sa, stage_labels(expand(apply(da, c))))
-        except (UserError, ValueError, KeyError, TypeError):  # valid only with other changes
+        except (UserError, ValueError, KeyError, TypeError, AttributeError):  # valid only with other changes
             c.reruns = None
     return {
         "a": str(a), "b": str(b), "equal": not changes,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -87,3 +88,22 @@ def test_errors_exit_2(write, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 0
+
+
+def test_a_tinker_spec_change_is_separable(write):
+    """A backend of kind tinker (not the default kind) is read back as such: a notes edit reruns nothing."""
+    tk = ("backends: {tk: {kind: tinker}}\nteacher: {base: 'tk:Qwen/Qwen3-8B', targets: [owl], control: false}\n"
+          "domain: {kind: numbers, n_prompts: 10}\nevaluations: [{kind: preference_logprob}]\n")
+    a = write("a.yaml", "name: t\nnotes: one\n" + tk)
+    b = write("b.yaml", "name: t\nnotes: two\n" + tk.replace("n_prompts: 10", "n_prompts: 20"))
+    reruns = {c["path"]: c["reruns"] for c in diff_specs(a, b)["changes"]}
+    assert reruns["notes"] == {} and reruns["domain.n_prompts"]["generate"]
+
+
+def test_a_change_valid_only_with_another_is_not_separable_rather_than_a_crash(write):
+    data = Path(__file__).resolve().parents[1] / "specs" / "data" / "ft_teachers" / "{target}.jsonl"
+    a = write("a.yaml", BASE.replace("control: false", "control: false, trait: 'You love {target}s.'"))
+    b = write("b.yaml", BASE.replace("control: false", f"control: false, trait: {{finetune: {{dataset: '{data}'}}}}")
+              + "matrix: {teacher.trait.finetune.hyperparameters.lr: [0.001, 0.002]}\n")
+    d = diff_specs(a, b)
+    assert [(c["path"], c["reruns"]) for c in d["changes"]][1] == ("matrix[teacher.trait.finetune.hyperparameters.lr]", None)
