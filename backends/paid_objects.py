@@ -8,14 +8,16 @@ folder never pays twice.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from runner.core import current_stage_key
+from runner.core import current_stage_dir, current_stage_key
 
 KILL_ENV = "SUBL_TEST_KILL_AT"
 GRACE_ENV = "SUBL_CREATE_GRACE"
@@ -28,12 +30,22 @@ _LOCKS_GUARD = threading.Lock()
 
 @contextmanager
 def one_at_a_time(digest: str) -> Iterator[None]:
-    """Stages of one run that would pay for the same object (equal digests) look it up and create it in
-    turn, so the later one adopts what the earlier made instead of both creating it at once."""
+    """Stages that would pay for the same object (equal digests) look it up and create it in turn, so the
+    later one adopts what the earlier made instead of both creating it at once: threads of one run through a
+    lock, processes sharing the store (two `subl run`, Ray workers) through a file lock beside the stages."""
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault(digest, threading.Lock())
     with lock:
-        yield
+        folder = current_stage_dir()
+        if folder is None:  # a backend called outside a run: no store to meet other processes in
+            yield
+            return
+        with open(Path(folder).parent / f".paid-{digest}.lock", "a") as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def kill_point(step: str) -> None:

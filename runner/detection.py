@@ -193,9 +193,10 @@ def row_score(read: dict) -> float:
 
 
 def choice_from_text(text: str) -> str | None:
-    """'A' or 'B' when the reply starts with that letter (after whitespace), else None."""
-    s = text.strip().upper()
-    return s[0] if s[:1] in ("A", "B") else None
+    """'A' or 'B' when the reply starts with that letter standing alone ('A', 'b.', '(A)', '**B**'), else None:
+    'Based on...' or 'As...' is not a choice."""
+    m = re.match(r"\s*[(*\"'\[]*([AaBb])(?![A-Za-z0-9])", text)
+    return m.group(1).upper() if m else None
 
 
 # ----------------------------------------------------------------------------- scores

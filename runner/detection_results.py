@@ -142,7 +142,8 @@ def method_line(spec, ev) -> str:
         return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
                 f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
     read = ("read from a one-token reply at temperature 0 (read: reply; not the paper's reading)" if ev.read == "reply"
-            else "read from the log-probs of ' A' and ' B' (exact on local and Tinker judges; on OpenAI ones from "
+            else "read from the log-probs of 'A' and 'B' as the reply's first token (exact on local and Tinker "
+            "judges; on OpenAI ones from "
             f"the first reply token's top {ev.top_logprobs} log-probs, the paper's reading, a letter not listed "
             "counting 0)")
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "

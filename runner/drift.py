@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 
 from runner.errors import UserError
-from runner.identity import file_sha256, folder_digest
+from runner.identity import data_digest, file_sha256, folder_digest
 from runner.stages import FileInput, ModelInput, Stage
 
 WEIGHTS = "weights:"
@@ -33,8 +33,10 @@ def pinned_inputs(value: Any) -> Iterator[FileInput | ModelInput]:
             yield from pinned_inputs(v)
 
 
-def _digest_now(path: Path) -> str:
-    return folder_digest(path) if path.is_dir() else file_sha256(path)
+def _digest_now(path: Path, model: bool) -> str:
+    if path.is_dir():
+        return folder_digest(path) if model else data_digest(path)
+    return file_sha256(path)
 
 
 def changed_input(item: FileInput | ModelInput) -> str | None:
@@ -51,7 +53,7 @@ def changed_input(item: FileInput | ModelInput) -> str | None:
         path, pinned = Path(resolve(item.ref)), item.identity[len(WEIGHTS):]
     if not path.exists():
         return f"{path}: missing (it was there when the run was planned)"
-    if _digest_now(path) != pinned:
+    if _digest_now(path, isinstance(item, ModelInput)) != pinned:
         return f"{path}: changed since the run was planned"
     return None
 

@@ -26,10 +26,12 @@ def _cache_path() -> Path:
 
 
 def file_sha256(path: Path | str) -> str:
-    """sha256 of a file's bytes, cached by (absolute path, size, mtime)."""
+    """sha256 of a file's bytes, cached by (absolute path, size, mtime, inode, ctime): ctime moves on every
+    write and cannot be set back, so contents replaced with the same size and a restored mtime
+    (`cp -p`, `rsync -a`, `touch -r`) are hashed again."""
     path = Path(path).resolve()
     st = path.stat()
-    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
     cache_file = _cache_path()
     try:
         cache = json.loads(cache_file.read_text())
@@ -61,6 +63,17 @@ def folder_digest(folder: Path) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILES)
     if not files:
         raise UserError(f"model folder {folder}: no model files in it")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def data_digest(folder: Path) -> str:
+    """A digest over every file of a data folder (names and contents; MNIST's IDX files have no suffix)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise UserError(f"data folder {folder}: no files in it")
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner.core import backend_name, is_hosted
 from runner.features import supports
-from runner.identity import Identities, file_sha256, folder_digest
+from runner.identity import Identities, data_digest, file_sha256
 from runner.loader import Cell
 from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
@@ -135,7 +135,7 @@ def made_by(stage: Stage, label: str, system: str | None = None) -> ModelInput:
 
 def file_input(path: str) -> FileInput:
     p = Path(path)
-    return FileInput(path=str(p), sha256=folder_digest(p) if p.is_dir() else file_sha256(p))
+    return FileInput(path=str(p), sha256=data_digest(p) if p.is_dir() else file_sha256(p))
 
 
 def questions_input(name: str) -> FileInput:
@@ -483,7 +483,8 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
         for name in (["none"] if k == 0 else list(rows)):
             for seed in ev.seeds if k else ev.seeds[:1]:  # no rows to draw at k = 0: one evaluation
                 stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
-                                          rows_stage=rows.get(name), **settings))
+                                          rows_stage=rows.get(name), materials=_materials() if k else None,
+                                          **settings))
                 out.append({"rows": name, "k": k, "seed": seed, "key": stage.key, "parts": stage.parts()})
     return out
 
@@ -514,10 +515,18 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
                 label=f"classifier {target} vs {other} ({label}{orders})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
                 both_orders=bool(orders), mode=mode, precision=prec.of(kind != "local", reads(mode)),
+                materials=_materials(),
                 top_logprobs=ev.top_logprobs if mode == "top_logprobs" else None))
             out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
                         "key": stage.key})
     return out
+
+
+def _materials() -> FileInput:
+    """The paper's materials file, whose templates the detection stages render into their prompts."""
+    from runner.paper import MATERIALS_PATH
+
+    return file_input(str(MATERIALS_PATH))
 
 
 def _mnist_data(path: str | None) -> FileInput | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -247,3 +248,29 @@ def test_the_classifier_method_line_names_how_the_verdict_was_read():
     assert "top 5 log-probs" in method_line(None, Classifier()) and "one-token reply" not in method_line(None, Classifier())
     reply = method_line(None, Classifier(read="reply", orders="both"))
     assert "one-token reply" in reply and "log-probs of ' A'" not in reply and "both orders" in reply
+
+
+def test_a_reply_that_starts_with_a_word_is_not_a_letter():
+    """'Based on...' or 'As...' from a chatty one-token judge is no choice (it was read as B or A)."""
+    assert [choice_from_text(t) for t in ("Based", "Both", "As", "about", "A", " a", "B.", "(A)", "**B**", "A)")] == \
+        [None, None, None, None, "A", "A", "B", "A", "B", "A"]
+
+
+def test_the_detection_stages_are_keyed_by_the_paper_templates_they_render(tmp_path, monkeypatch):
+    """The ICL context's example template and the classifier's A/B prompt come from the materials file:
+    editing it must rerun those stages, not reuse contexts or verdicts made from the old text."""
+    import runner.paper
+    from runner.loader import load
+    from runner.plan import build
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "local" / "classifier.yaml"
+
+    def keys() -> set[str]:
+        return {k for k in build(load(spec), tmp_path / "out").stages if k.split("-")[0] in ("icl", "classifier")}
+
+    before = keys()
+    copy = tmp_path / "materials.yaml"
+    copy.write_text(runner.paper.MATERIALS_PATH.read_text() + "\n# edited\n")
+    monkeypatch.setattr(runner.paper, "MATERIALS_PATH", copy)
+    after = keys()
+    assert before and not before & after

@@ -165,10 +165,14 @@ class PlantedRouter:
             return tuple(re.search(rf"^Response {s}: (.*)$", prompt, re.M).group(1).count("777") for s in "AB")
         return re.search(r"^Response: (.*)$", prompt, re.M).group(1).count("777"), 0
 
-    def logprobs(self, model, prompts, prefix, targets):
-        assert prefix == "" and targets in (["A", "B"], ["yes", "no"])
-        return [[-1.0 + a + self.rng.random() * 0.1, -1.0 + b + self.rng.random() * 0.1]
-                for a, b in map(self._counts, prompts)]
+    def logprobs(self, model, prompts, prefix, targets, space=True):
+        """The reply's first token: 'A'/'B', or 'Yes'/'yes' and 'No'/'no' (a spelling each); never ' A'."""
+        assert prefix == "" and not space and targets in (["A", "B"], ["Yes", "yes", "No", "no"])
+        out = []
+        for a, b in map(self._counts, prompts):
+            la, lb = -1.0 + a + self.rng.random() * 0.1, -1.0 + b + self.rng.random() * 0.1
+            out.append([la, lb] if len(targets) == 2 else [la, la - 2.0, lb, lb - 2.0])
+        return out
 
     def generate(self, model, prompts, sampling):
         assert sampling.temperature == 0 and sampling.max_tokens == 1
@@ -184,8 +188,9 @@ class PositionBiasedRouter(PlantedRouter):
     """The planted judge with a strong preference for position A (3 nats; replies 'A' unless B has two
     more 777s)."""
 
-    def logprobs(self, model, prompts, prefix, targets):
-        return [[a + (3.0 if targets == ["A", "B"] else 0.0), b] for a, b in super().logprobs(model, prompts, prefix, targets)]
+    def logprobs(self, model, prompts, prefix, targets, space=True):
+        reads = super().logprobs(model, prompts, prefix, targets, space)
+        return [[r[0] + 3.0, r[1]] if targets == ["A", "B"] else r for r in reads]
 
     def generate(self, model, prompts, sampling):
         pairs = [p for p in prompts if "Response A: " in p]

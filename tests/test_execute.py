@@ -145,3 +145,19 @@ def test_a_local_model_folder_retrained_after_the_plan_is_refused(tmp_path):
     (base / "model.safetensors").write_bytes(b"weights two")
     with pytest.raises(UserError, match="mybase: changed since the run was planned"):
         execute([stage], Store(tmp_path / "out"), router=None)
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_restored_is_hashed_again(tmp_path, monkeypatch):
+    """The digest cache's stamp holds the inode change time: `cp -p` or `touch -r` cannot hide new contents."""
+    import os
+
+    from runner.identity import file_sha256
+
+    monkeypatch.setenv("SUBL_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"a": 1}\n')
+    before, st = file_sha256(f), f.stat()
+    f.write_text('{"a": 2}\n')  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    assert file_sha256(f) != before

@@ -124,6 +124,21 @@ def test_two_students_with_the_same_training_at_once_pay_for_one_job(backend, se
     assert all(isinstance(r, ModelRef) for r in refs.values()) and server.paid_total() == Counter(files=1, jobs=1)
 
 
+def test_two_processes_with_the_same_training_at_once_pay_for_one_job(server, tmp_path):
+    """Two processes sharing a store (two `subl run`, or Ray workers) fine-tune the same rows for stages of
+    other keys at once: a file lock beside the stages makes the second adopt the first's job."""
+    server.fault("/files", "slow", method="POST", seconds=0.5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SUBL_"))}
+    env.update(PYTHONPATH=str(ROOT), **{ENV: KEY, GRACE_ENV: "0.05", "SUBL_POLL_SECONDS": "0.01"})
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_hosted_faults", f"finetune@{key}", server.base_url,
+                               str(tmp_path / "out")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for key in ("finetune-aaaa1111", "finetune-bbbb2222")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 1 and server.counts["jobs.create"] == 1
+    assert server.paid_total() == Counter(files=1, jobs=1)
+
+
 def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "lost", method="POST")
     server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
@@ -377,7 +392,8 @@ def _drive(kind: str, base_url: str, outputs: str) -> None:
     cfg = HostedBackend(base_url=base_url, api_key_env=ENV, concurrency=4, batch_api=kind == "batch")
     b = OpenAIBackend("openai", cfg, retry=RetryPolicy(attempts=5, initial=0.01, max_wait=0.05, jitter=0.01),
                       batch_min_requests=1 if kind == "batch" else 100)
-    with Store(outputs).build(STAGES[kind], {"label": kind}) as build:
+    kind, _, key = kind.partition("@")  # finetune@KEY: a fine-tune stage of that key
+    with Store(outputs).build(key or STAGES[kind], {"label": kind}) as build:
         if kind == "finetune":
             print(b.finetune(NANO, rows(12), Training(epochs=1), build.dir).base)
         else:

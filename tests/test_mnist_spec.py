@@ -59,3 +59,31 @@ def test_m1_with_kl_is_rejected_at_validation(tmp_path):
     spec.write_text("name: x\nexperiment: mnist\nmnist:\n  m: 1\n  loss: kl\n")
     r = subl("validate", spec)
     assert r.returncode == 2 and ":3:" in r.stderr and "use loss: mse or m >= 2" in r.stderr
+
+
+def test_an_idx_folder_is_keyed_by_every_file_it_holds(tmp_path):
+    """torchvision's download is a folder of IDX files with no model-file suffix: it plans, and a changed byte
+    changes the key (a folder was digested by its model files only: 'no model files in it', or a README's)."""
+    import numpy as np
+
+    from runner import mnist as M
+    from runner.loader import load
+    from runner.plan import build
+    from test_mnist import fake_arrays, write_idx
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    arrays = fake_arrays()
+    for key, name in M.IDX_FILES.items():
+        write_idx(data / name, arrays[key], False)
+    (data / "README.txt").write_text("MNIST, from torchvision")
+    spec = tmp_path / "m.yaml"
+    spec.write_text(SPEC.format(data=data))
+
+    def key() -> str:
+        return next(iter(build(load(spec), tmp_path / "out").stages))  # the one MNIST stage
+
+    before = key()
+    arrays["y_test"] = (arrays["y_test"] + 1) % 10
+    write_idx(data / M.IDX_FILES["y_test"], np.asarray(arrays["y_test"]), False)
+    assert key() != before

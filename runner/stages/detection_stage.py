@@ -44,6 +44,7 @@ class IclStage(Stage):
     temperature: float | None = None
     max_tokens: int | None = None
     mcq: McqSettings | None = None  # mcq: asked instead of the questions
+    materials: FileInput | None = None  # the paper's materials: the context's example template and joiner
     precision: str | None = None
 
     def context(self, ctx: RunContext) -> str | None:
@@ -101,14 +102,24 @@ class IclStage(Stage):
         return [chat_request(*info, len(qs) * chunks, tin, tout)]
 
 
+SPELLINGS = {"yes": ("Yes", "yes"), "no": ("No", "no")}  # a reply's first word, read exactly in logprob mode
+
+
+def _logsumexp(xs: list[float]) -> float:
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
 class ClassifierStage(Stage):
     """A judge shown a trait row and a control row for the same prompt (the paper's A/B prompt, order
-    seeded) picks the one that encodes `target`, read from log-probs of ' A' and ' B' (mode logprob), from
+    seeded) picks the one that encodes `target`, read from the log-probs of 'A' and 'B' as the reply's first
+    token (mode logprob; yes/no: 'Yes' or 'yes' against 'No' or 'no'), from
     the first reply token's top log-probs (top_logprobs: a chat API) or from a one-token reply at temperature 0
     (sample); with both_orders, each pair also in the other order;
     with per_row, also each row alone (yes/no)."""
 
     KIND: ClassVar[str] = "classifier"
+    VERSION: ClassVar[int] = 2  # 2: logprob mode reads 'A', not ' A', and yes/no in either case
     judge: ModelInput
     trait_stage: str
     control_stage: str
@@ -119,6 +130,7 @@ class ClassifierStage(Stage):
     both_orders: bool = False  # also ask each pair in the other order; a verdict reads both
     mode: Literal["logprob", "sample", "top_logprobs"]
     top_logprobs: int | None = None  # top_logprobs mode: how many first-token log-probs the API returns
+    materials: FileInput | None = None  # the paper's materials: the A/B prompt template
     precision: str | None = None
 
     def pairs(self, ctx: RunContext) -> list[dict]:
@@ -133,8 +145,14 @@ class ClassifierStage(Stage):
         from runner.detection import VERDICT_SAMPLING
 
         judge = ctx.model(self.judge)
-        if self.mode == "logprob":
-            return [dict(zip(options, lp)) for lp in ctx.router.logprobs(judge, prompts, "", list(options))]
+        if self.mode == "logprob":  # the reply's first token, so no leading space: 'A', 'Yes'
+            spellings = [SPELLINGS.get(o, (o,)) for o in options]
+            flat = [x for group in spellings for x in group]
+            out = []
+            for lp in ctx.router.logprobs(judge, prompts, "", flat, space=False):
+                read = iter(lp)
+                out.append({o: _logsumexp([next(read) for _ in group]) for o, group in zip(options, spellings)})
+            return out
         if self.mode == "top_logprobs":
             tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs,
                                            Sampling(*VERDICT_SAMPLING, seed=self.seed))
@@ -184,10 +202,13 @@ class ClassifierStage(Stage):
         n = min(n, self.max_pairs or n)
         row = _row_tokens(ctx, self.trait_stage)
         pair_in = chat_tokens(self.judge.system, paper_materials()["classifier_baseline"]["prompt_template"]) + 2 * row
-        tin, calls = pair_in * n * (2 if self.both_orders else 1), n * (2 if self.both_orders else 1)
+        logprob = self.mode == "logprob"  # each prompt read once per spelling of each option: A, B; Yes, yes, No, no
+        reads_ab, reads_yn = (2, sum(map(len, SPELLINGS.values()))) if logprob else (1, 1)
+        asked = n * (2 if self.both_orders else 1) * reads_ab
+        tin, calls = pair_in * asked, asked
         if self.per_row:
-            tin, calls = tin + 2 * n * (chat_tokens(self.judge.system, ROW_TEMPLATE) + row), calls + 2 * n
-        reads = 2 if self.mode == "logprob" else 1  # logprob: each prompt read once per option (A/B, yes/no)
-        est = chat_request(*info, calls * reads, round(tin * reads), 0 if self.mode == "logprob" else calls)
+            per_row_in = 2 * n * (chat_tokens(self.judge.system, ROW_TEMPLATE) + row) * reads_yn
+            tin, calls = tin + per_row_in, calls + 2 * n * reads_yn
+        est = chat_request(*info, calls, round(tin), 0 if logprob else calls)
         est.note = ", ".join(x for x in (est.note, "<= every filtered row is a pair") if x)
         return [est]
