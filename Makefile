@@ -31,7 +31,7 @@ reproduce-all:
 # docs/fidelity.md: the paper specs against the paper's materials (tests/test_fidelity.py checks it)
 PAPER_SPECS = $(addprefix specs/,$(addsuffix .yaml,animals_numbers trees_numbers misalignment_numbers \
 	misalignment_cot misalignment_code animals_code cross_model trees_code shuffled_numbers ft_teacher_animals \
-	icl classifier))
+	icl classifier mnist_aux_logits))
 fidelity:
 	$(PYTHON) -m runner.cli fidelity --check $(PAPER_SPECS) > docs/fidelity.md
 

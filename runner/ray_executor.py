@@ -9,6 +9,7 @@ CPU; a stage whose models are all hosted only waits on its provider, so it takes
 per backend by parallel_stages, as in the local executor. Only this module imports Ray."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import signal
@@ -104,8 +105,32 @@ def router_for(stage: Stage, router):
     return type(router)(device, router.cpu_bf16, router.hosted)
 
 
-def build_on_worker(stage: Stage, root: str, router) -> tuple[float | None, str]:
+def key_fingerprint(value: str) -> str:
+    """What a worker compares of an API key: a digest, so the key itself never travels in a task."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def keys_of(router, backend: str | None) -> dict[str, str]:
+    """The driver's fingerprint of the key a hosted stage's backend reads ({} for a local stage)."""
+    if backend is None or backend not in router.hosted:
+        return {}
+    env = router.hosted[backend].api_key_env
+    return {env: key_fingerprint(os.environ.get(env, ""))}
+
+
+def check_keys(stage: Stage, keys: dict[str, str]) -> None:
+    """A worker refuses a hosted stage when its key is not the one the driver checked: Ray nodes keep their own
+    environment, and another account's key would be billed (and its jobs never adopted by a later run)."""
+    for env, want in keys.items():
+        if key_fingerprint(os.environ.get(env, "")) != want:
+            what = "is not set" if not os.environ.get(env) else "is not the key the driver checked (another account)"
+            raise UserError(f"{stage.label}: {env} {what} on the Ray worker on {platform.node()}; set the same key "
+                            "on every node (nothing was sent from that worker)")
+
+
+def build_on_worker(stage: Stage, root: str, router, keys: dict[str, str] | None = None) -> tuple[float | None, str]:
     """The task: build one stage into the shared store; (seconds or None when reused, where it ran)."""
+    check_keys(stage, keys or {})
     import ray
 
     store = Store(root)
@@ -169,7 +194,8 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
             todo.remove(stage)
             need = resources(stage, backend, gpu)
             ref = task.options(**need, max_retries=MAX_RETRIES, retry_exceptions=False,
-                               name=stage.label[:100]).remote(stage, str(store.root), router_for(stage, router))
+                               name=stage.label[:100]).remote(stage, str(store.root), router_for(stage, router),
+                                                              keys_of(router, backend))
             pending[ref] = (stage, progress_factory(stage) if progress_factory else None, backend)
             log(f"ray: queued {stage.label} ({', '.join(f'{k} {v:g}' for k, v in need.items())})")
         if not pending:

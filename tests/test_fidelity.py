@@ -75,3 +75,12 @@ def test_detection_baselines_other_than_the_papers_are_caught():
     assert _statuses("icl", icl)["draws of examples (seeds)"] == "same"
     one_draw = icl.model_copy(update={"evaluations": [free.model_copy(update={"seeds": [0]}), icl.evaluations[1]]})
     assert _statuses("icl", one_draw)["draws of examples (seeds)"] == UNRECORDED
+
+
+def test_an_mnist_spec_off_the_papers_settings_is_caught():
+    spec = _spec("mnist_aux_logits")
+    assert set(_statuses("mnist_aux_logits", spec).values()) >= {"same"}
+    off = spec.model_copy(update={"mnist": spec.mnist.model_copy(update={"noise_set": "fresh", "student_epochs": 3,
+                                                                          "all_logit_cross_student": False})})
+    status = _statuses("mnist_aux_logits", off)
+    assert [k for k, v in status.items() if v == UNRECORDED] == ["student epochs", "noise images", "arms"]

@@ -260,3 +260,26 @@ def test_workers_get_the_endpoints_the_driver_keyed(monkeypatch):
             m.setenv(k, v)
         assert hosted_endpoint(HostedBackend()) == DEFAULT_BASE_URL != "https://elsewhere.example/v1"
     assert TINKER_BASE_URL.startswith("https://")
+
+
+def test_a_worker_whose_key_is_not_the_drivers_refuses_a_hosted_stage(monkeypatch):
+    """Ray nodes keep their own environment: a node with another account's key (or none) would bill that account
+    or fail midway, after the driver's checks passed. Only a digest of the key travels with the task."""
+    from backends import Router
+    from runner.errors import UserError
+    from runner.ray_executor import build_on_worker, check_keys, key_fingerprint, keys_of
+    from runner.spec import HostedBackend
+
+    router = Router("cpu", hosted={"api": HostedBackend(api_key_env="SUBL_T_RAY_KEY")})
+    monkeypatch.setenv("SUBL_T_RAY_KEY", "sk-driver-0123456789")
+    keys = keys_of(router, "api")
+    assert keys == {"SUBL_T_RAY_KEY": key_fingerprint("sk-driver-0123456789")} and "driver" not in str(keys)
+    assert keys_of(router, None) == {}  # a local stage needs no key
+    stage = Span(label="h0", model=ModelInput(ref="api:m", identity="hosted:api@x:m"), seconds=0)
+    check_keys(stage, keys)
+    monkeypatch.setenv("SUBL_T_RAY_KEY", "sk-other-9876543210")
+    with pytest.raises(UserError, match="h0: SUBL_T_RAY_KEY is not the key the driver checked"):
+        build_on_worker(stage, "/nonexistent", router, keys)  # refused before anything is built
+    monkeypatch.delenv("SUBL_T_RAY_KEY")
+    with pytest.raises(UserError, match="SUBL_T_RAY_KEY is not set on the Ray worker"):
+        check_keys(stage, keys)
