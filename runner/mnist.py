@@ -67,17 +67,24 @@ def _read_idx(path: Path) -> np.ndarray:
     raise MnistDataError(f"{path}: not an MNIST IDX file (magic {magic}, expected 2049 or 2051)")
 
 
-def _load_folder(folder: Path) -> MnistData | None:
+def _idx_files(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files (plain or .gz) in a folder, or in torchvision's MNIST/raw or raw below it."""
     for d in (folder, folder / "MNIST" / "raw", folder / "raw"):
-        found = {}
-        for key, name in IDX_FILES.items():
-            hit = next((p for p in (d / name, d / f"{name}.gz") if p.is_file()), None)
-            if hit is None:
-                break
-            found[key] = _read_idx(hit)
-        else:
-            return MnistData(**found)
+        found = {key: next((p for p in (d / name, d / f"{name}.gz") if p.is_file()), None)
+                 for key, name in IDX_FILES.items()}
+        if all(found.values()):
+            return found
     return None
+
+
+def _load_folder(folder: Path) -> MnistData | None:
+    files = _idx_files(folder)
+    return MnistData(**{key: _read_idx(p) for key, p in files.items()}) if files else None
+
+
+def default_data() -> Path | None:
+    """The default location load_mnist(None) reads: the first that holds an .npz or the four IDX files."""
+    return next((p for p in DEFAULT_DATA if p.is_file() or (p.is_dir() and _idx_files(p))), None)
 
 
 def _load_npz(path: Path) -> MnistData:

@@ -530,11 +530,12 @@ def _materials() -> FileInput:
 
 
 def _mnist_data(path: str | None) -> FileInput | None:
-    """The MNIST file a stage reads: the spec's, else the first default location that exists."""
-    from runner.mnist import DEFAULT_DATA
+    """The MNIST file a stage reads: the spec's, else the first default location that holds MNIST (the one
+    load_mnist(None) reads; an empty data/mnist folder before it is skipped, as the loader skips it)."""
+    from runner.mnist import default_data
 
-    found = [Path(path)] if path else [p for p in DEFAULT_DATA if p.exists()][:1]
-    return file_input(str(found[0])) if found and found[0].exists() else None
+    found = Path(path) if path else default_data()
+    return file_input(str(found)) if found is not None and found.exists() else None
 
 
 def _mnist(spec: Spec) -> MnistStage:

@@ -87,3 +87,21 @@ def test_an_idx_folder_is_keyed_by_every_file_it_holds(tmp_path):
     arrays["y_test"] = (arrays["y_test"] + 1) % 10
     write_idx(data / M.IDX_FILES["y_test"], np.asarray(arrays["y_test"]), False)
     assert key() != before
+
+
+def test_the_default_data_keyed_is_the_one_the_loader_reads(tmp_path, monkeypatch):
+    """An empty data/mnist before the real download was keyed (and then 'not found' at run time)."""
+    from runner import mnist as M
+    from runner.plan import _mnist_data
+    from test_mnist import fake_arrays, write_idx
+
+    empty, real = tmp_path / "data" / "mnist", tmp_path / "cache" / "mnist" / "MNIST" / "raw"
+    empty.mkdir(parents=True)
+    real.mkdir(parents=True)
+    for key, name in M.IDX_FILES.items():
+        write_idx(real / name, fake_arrays()[key], True)
+    monkeypatch.setattr(M, "DEFAULT_DATA", [empty, tmp_path / "cache" / "mnist"])
+    assert _mnist_data(None).path == str(tmp_path / "cache" / "mnist")
+    assert len(M.load_mnist(None).x_train) == len(fake_arrays()["x_train"])
+    monkeypatch.setattr(M, "DEFAULT_DATA", [empty])
+    assert _mnist_data(None) is None
