@@ -5,6 +5,7 @@ changed spec that A's plan lacks. Everything else is reused from the content-add
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 from dataclasses import dataclass
@@ -149,10 +150,17 @@ def _walk_list(a: list, b: list, path: tuple) -> list[Change]:
         if [n for n in na if n in ib] != [n for n in nb if n in ia]:
             out.append(Change("reordered", path, a, [ia[n] for n in order]))
         return out
-    if all(isinstance(x, dict) for x in a + b):  # matched by position
-        out = [c for i, (x, y) in enumerate(zip(a, b)) for c in _walk(x, y, path + (i,))]
-        out += [Change("removed", path + (i,), a[i], None) for i in range(len(b), len(a))]
-        out += [Change("added", path + (i,), None, b[i]) for i in range(len(a), len(b))]
+    if all(isinstance(x, dict) for x in a + b):  # equal items lined up first, the rest paired by position
+        out = []
+        blocks = difflib.SequenceMatcher(a=list(map(_canon, a)), b=list(map(_canon, b)), autojunk=False)
+        for op, i1, i2, j1, j2 in blocks.get_opcodes():
+            if op == "equal":
+                continue
+            paired = min(i2 - i1, j2 - j1) if op == "replace" else 0
+            for k in range(paired):
+                out += _walk(a[i1 + k], b[j1 + k], path + (i1 + k,))
+            out += [Change("removed", path + (i,), a[i], None) for i in range(i1 + paired, i2)]
+            out += [Change("added", path + (j,), None, b[j]) for j in range(j1 + paired, j2)]
         return out
     return [Change("changed", path, a, b)]
 

@@ -107,3 +107,10 @@ def test_a_change_valid_only_with_another_is_not_separable_rather_than_a_crash(w
               + "matrix: {teacher.trait.finetune.hyperparameters.lr: [0.001, 0.002]}\n")
     d = diff_specs(a, b)
     assert [(c["path"], c["reruns"]) for c in d["changes"]][1] == ("matrix[teacher.trait.finetune.hyperparameters.lr]", None)
+
+
+def test_a_filter_removed_from_the_front_reads_as_one_removal(write):
+    a = write("a.yaml", BASE + "filters: [{kind: numbers, max_value: 999, max_count: 10}, {kind: banned_numbers}]\n")
+    b = write("b.yaml", BASE + "filters: [{kind: banned_numbers}]\n")
+    d = diff_specs(a, b)
+    assert ops(d) == [("removed", "filters[0]")] and d["changes"][0]["old"]["kind"] == "numbers"
