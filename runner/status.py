@@ -191,7 +191,8 @@ def _table(rows: list[tuple]) -> list[str]:
 def _stage_keys(store: Store) -> list[str]:
     if not store.stages.is_dir():
         return []
-    keys = [p.name[1:-len(".partial")] if p.name.endswith(".partial") else p.name for p in store.stages.iterdir()]
+    keys = [p.name[1:-len(".partial")] if p.name.endswith(".partial") else p.name for p in store.stages.iterdir()
+            if p.is_dir()]  # stages and partial folders; not locks or stray files
     return sorted(set(k for k in keys if not k.startswith(".")))
 
 

@@ -104,3 +104,14 @@ def test_an_interrupted_stage_is_partial_and_a_resumed_one_no_longer_failed(tmp_
     with store.build("generate-k1", {"label": "generate"}):
         assert inspect(store, "generate-k1")["state"] == "partial"  # resumed, running: not the old failure
     assert store.done("generate-k1")
+
+
+def test_a_stray_file_among_the_stages_is_not_listed_as_a_stage(tmp_path: Path):
+    from runner.status import _stage_keys
+
+    store = Store(tmp_path)
+    with store.build("generate-k1", {"label": "generate"}):
+        pass
+    (store.stages / "stray.txt").write_text("notes")
+    (store.stages / ".paid-abc.lock").write_text("")
+    assert _stage_keys(store) == ["generate-k1"]
