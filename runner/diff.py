@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from runner.errors import UserError
-from runner.loader import Cell, _set, load, load_raw, validate
+from runner.loader import Cell, _set, load, load_raw, resolve_paths, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
@@ -89,8 +89,9 @@ def _ann_at(path: tuple) -> Any:
     return ann
 
 
-def expand(data: dict) -> list[Cell]:
-    """Matrix cells of resolved spec data (as runner.loader.load does for a file)."""
+def expand(data: dict, origins: dict | None = None) -> list[Cell]:
+    """Matrix cells of resolved spec data (as runner.loader.load does for a file); origins (load_raw's): a
+    matrix value that is a relative path is read from the folder of the file that sets it, as load does."""
     data = prune(data)
     spec = Spec.model_validate(data)
     if not spec.matrix:
@@ -102,7 +103,7 @@ def expand(data: dict) -> list[Cell]:
         raw = base
         for k, v in over.items():
             raw = _set(raw, k, v)
-        cells.append(Cell(over, Spec.model_validate(raw)))
+        cells.append(Cell(over, Spec.model_validate(resolve_paths(raw, origins, over) if origins else raw)))
     return cells
 
 
@@ -213,9 +214,12 @@ def diff_specs(a: Path, b: Path) -> dict:
     da, db = resolved(a), resolved(b)
     changes = _walk(da, db)
     sa, sb = stage_labels(cells_a), stage_labels(cells_b)
+    oa, ob = load_raw(a)[1], load_raw(b)[1]
     for c in changes:
+        # a matrix entry b changes is read from b's file (its relative paths from b's folder); the rest from a's
+        origins = {**oa, **{k: v for k, v in ob.items() if c.path[:1] == ("matrix",) and k[:2] == c.path[:2]}}
         try:
-            c.reruns = _new_stages(sa, stage_labels(expand(apply(da, c))))
+            c.reruns = _new_stages(sa, stage_labels(expand(apply(da, c), origins)))
         except (UserError, ValueError, KeyError, TypeError, AttributeError):  # valid only with other changes
             c.reruns = None
     return {

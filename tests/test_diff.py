@@ -114,3 +114,22 @@ def test_a_filter_removed_from_the_front_reads_as_one_removal(write):
     b = write("b.yaml", BASE + "filters: [{kind: banned_numbers}]\n")
     d = diff_specs(a, b)
     assert ops(d) == [("removed", "filters[0]")] and d["changes"][0]["old"]["kind"] == "numbers"
+
+
+def test_a_matrix_of_relative_paths_is_read_from_the_spec_folder_wherever_diff_runs(tmp_path, monkeypatch):
+    import shutil
+
+    data = tmp_path / "specs" / "data"
+    data.mkdir(parents=True)
+    for name in ("a.jsonl", "b.jsonl"):
+        shutil.copy(Path(__file__).resolve().parents[1] / "specs" / "data" / "code_tasks.jsonl", data / name)
+    spec = ("name: m\nteacher: {targets: [owl], control: false}\n"
+            "domain: {kind: code, prompts: data/a.jsonl, n_prompts: 5, samples_per_prompt: 4}\n"
+            "matrix: {domain.prompts: [data/a.jsonl, data/b.jsonl]}\n")
+    a, b = tmp_path / "specs" / "a.yaml", tmp_path / "specs" / "b.yaml"
+    a.write_text(spec)
+    b.write_text(spec.replace("samples_per_prompt: 4", "samples_per_prompt: 3"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # data/a.jsonl is not here
+    [change] = diff_specs(a, b)["changes"]
+    assert change["reruns"] and change["reruns"]["generate"]
