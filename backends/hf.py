@@ -64,10 +64,13 @@ def load_tokenizer(base: str, revision: str | None = None):
     return tok
 
 
-def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False):
+def load_model(ref: ModelRef, device: str = "auto", trainable: bool = False, fp32_weights: bool = False):
+    """fp32_weights: float32 even on a GPU (a full fine-tune: Adam's small steps round away in bfloat16
+    weights; the trainer's bf16 autocast still computes in bfloat16)."""
     from transformers import AutoModelForCausalLM
 
     dev, dtype = pick_device(device)
+    dtype = torch.float32 if fp32_weights else dtype
     try:
         pinned = {"revision": ref.revision} if ref.revision else {}
         model = AutoModelForCausalLM.from_pretrained(resolve(ref.base), dtype=dtype, **pinned)

@@ -230,9 +230,10 @@ class _Progress(TrainerCallback):
 
 
 def _student(base: str, training: Training, device: str, revision: str | None):
-    model = load_model(ModelRef(base, revision=revision), device, trainable=True)
+    full = training.method == "full"  # float32 weights: bfloat16 ones lose Adam's small steps
+    model = load_model(ModelRef(base, revision=revision), device, trainable=True, fp32_weights=full)
     model.train()
-    if training.method == "full":
+    if full:
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -257,11 +258,22 @@ def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_i
     would be computed outside it)."""
     if training.method != "lora" or not training.lora_layers or training.gradient_checkpointing or cpu_bf16:
         return None, 0
+    if len(set(getattr(model.config, "layer_types", None) or [])) > 1:  # Gemma, sliding-window Qwen: the top
+        return None, 0  # layers run alone would be renumbered from 0 and take the bottom layers' attention kinds
     first = len(decoder_layers(model)) - training.lora_layers
     if first == 0:
         return None, 0
     name = f"{base}@{revision}" if revision else base  # the memo's model identity
     return prefix_states(model, name, first, [d["input_ids"] for d in data], pad_id), first
+
+
+def one_device(args) -> None:
+    """A stage trains on one device: the Trainer would wrap the student in DataParallel over every visible GPU,
+    multiplying its batch (and cutting its steps) by their number, which no stage key records."""
+    if args.n_gpu > 1:
+        raise UserError(f"{args.n_gpu} GPUs are visible: a subl stage trains on one (the Trainer would multiply its "
+                        "batch by their number); set CUDA_VISIBLE_DEVICES to one GPU, or use --executor ray, which "
+                        "gives each stage one")
 
 
 def train(base: str, rows: list[dict], training: Training, out_dir: Path, teacher: ModelRef | None,
@@ -307,6 +319,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         gradient_checkpointing=training.gradient_checkpointing,
         dataset_kwargs={"skip_prepare_dataset": True} if own_loss else None,
     )
+    one_device(args)
     sft_cls, student_cls = _trainer_classes()
     common = dict(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
                   callbacks=[_Progress(progress)])

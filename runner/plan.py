@@ -166,9 +166,15 @@ class _Precision:
         score (log-probs) always reads float32 on a CPU."""
         if ref_hosted:
             return None
-        if self.device() == "cuda":
-            return "cuda-bf16"
-        return "cpu-bf16-autocast" if self.runtime.cpu_bf16 and what == "generate" else "cpu-fp32"
+        if self.device() == "cuda":  # full fine-tuning keeps float32 weights under bf16 autocast
+            return "cuda-bf16-autocast-fp32-weights" if what == "train-full" else "cuda-bf16"
+        generates = what in ("generate", "train-full")
+        return "cpu-bf16-autocast" if self.runtime.cpu_bf16 and generates else "cpu-fp32"
+
+
+def _trains(method: str) -> str:
+    """How a training stage computes, for its precision: a full fine-tune keeps float32 weights on a GPU."""
+    return "train-full" if method == "full" else "generate"
 
 
 def reads(mode: str) -> str:
@@ -217,7 +223,7 @@ def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, base: ModelIn
                         dataset=file_input(str(dataset_path(f.dataset, name))), max_rows=f.max_rows,
                         training=training_settings(f.method, "sft", f.hyperparameters, 0,
                                                    spec.backend_kind(spec.teacher.base)),
-                        precision=prec.of(is_hosted(spec.teacher.base), "generate"))
+                        precision=prec.of(is_hosted(spec.teacher.base), _trains(f.method)))
 
 
 def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: str, vocabulary: str | None = None,
@@ -379,10 +385,10 @@ def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: Mode
             precision=prec.of(False, "generate")))
         return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
                              max_rows=s.max_rows, training=training, soft_labels_stage=labels.key,
-                             precision=prec.of(hosted, "generate"))
+                             precision=prec.of(hosted, _trains(s.method)))
     return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
                          max_rows=s.max_rows, training=training, teacher=teacher if distill else None,
-                         precision=prec.of(hosted, "generate"))
+                         precision=prec.of(hosted, _trains(s.method)))
 
 
 STORED_VOCABULARIES = ("numbers-only",)  # ~131 tokens: a few MB per 256 rows; full vocabularies would take GBs

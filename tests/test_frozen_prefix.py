@@ -141,3 +141,34 @@ def test_a_student_computing_only_its_vocabularys_logits_equals_one_computing_th
     a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (fast, full))
     moved = max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k)
     assert moved > 1e-4 and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+
+
+def test_no_stored_prefix_for_a_model_whose_layers_differ_in_kind():
+    """Gemma and sliding-window Qwen pick each layer's attention by its index: run alone, the top layers would be
+    renumbered from 0 and take the bottom layers' kinds (a different student), so they are run through."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(layer_types=["sliding_attention", "full_attention"]))
+    training = Training(method="lora", lora_layers=1)
+    assert train._frozen_prefix(model, "m", training, [], 0, False, None) == (None, 0)
+
+
+def test_a_full_fine_tune_keeps_float32_weights_where_inference_would_use_bfloat16(tiny_model, monkeypatch):
+    """On a GPU models load in bfloat16; a full student's Adam steps below half a bfloat16 step would round away."""
+    from backends import hf
+
+    monkeypatch.setattr(hf, "pick_device", lambda device="auto": ("cpu", torch.bfloat16))  # as on CUDA
+    full = train._student(tiny_model, Training(method="full"), "cpu", None)
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+    lora = train._student(tiny_model, Training(method="lora", lora_targets=("q_proj", "v_proj")), "cpu", None)
+    assert {p.dtype for p in lora.parameters() if not p.requires_grad} == {torch.bfloat16}  # frozen base as before
+
+
+def test_a_stage_refuses_to_train_over_several_gpus():
+    from types import SimpleNamespace
+
+    from runner.errors import UserError
+
+    train.one_device(SimpleNamespace(n_gpu=1))
+    with pytest.raises(UserError, match="4 GPUs are visible: a subl stage trains on one"):
+        train.one_device(SimpleNamespace(n_gpu=4))

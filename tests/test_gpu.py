@@ -156,3 +156,17 @@ def test_the_gpu_spec_validates_with_the_papers_qwen_settings():
     assert sorted(c.spec.teacher.targets[0] for c in [cell, *rest]) == sorted(animals)
     raw = yaml.safe_load(GPU_SPEC.read_text())
     assert "r 8" in raw["notes"] and "inconsistencies" in raw["notes"]
+
+
+def test_a_full_fine_tune_on_a_gpu_is_keyed_by_its_float32_weights(monkeypatch):
+    """Its results differ from the bfloat16-weights training of before, so its precision (in its key) says so;
+    LoRA and every CPU key are as they were."""
+    from runner.plan import _Precision, _trains
+
+    gpu = _Precision.__new__(_Precision)
+    gpu._device, gpu.runtime = "cuda", None
+    assert gpu.of(False, _trains("full")) == "cuda-bf16-autocast-fp32-weights"
+    assert gpu.of(False, _trains("lora")) == "cuda-bf16"
+    cpu = _Precision.__new__(_Precision)
+    cpu._device, cpu.runtime = "cpu", type("R", (), {"cpu_bf16": False})()
+    assert cpu.of(False, _trains("full")) == cpu.of(False, _trains("lora")) == "cpu-fp32"
