@@ -119,11 +119,13 @@ class LocalBackend:
         key = ModelRef(ref.base, ref.adapter, revision=ref.revision)
         if key not in self._cache:
             self._cache.clear()  # keep one model in memory
-            self._cache[key] = load_model(key, self.device)
+            self._cache[key] = _neutral(load_model(key, self.device))
         return self._cache[key]
 
     @torch.no_grad()
     def generate(self, model: ModelRef, prompts: list[str], sampling: Sampling) -> list[str]:
+        """Sampled exactly at the stage's temperature: none of the model's own generation defaults
+        (a hub model's repetition_penalty, top_k, top_p) apply; every end token of the model stops a row."""
         from transformers import LogitsProcessorList
 
         tok, net = load_tokenizer(model.base, model.revision), self._model(model)
@@ -142,7 +144,7 @@ class LocalBackend:
                 input_ids=input_ids.to(net.device), attention_mask=attention.to(net.device),
                 max_new_tokens=sampling.max_tokens, do_sample=sampling.temperature > 0,
                 temperature=sampling.temperature if sampling.temperature > 0 else None, top_p=None, top_k=None,
-                logits_processor=processors, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                logits_processor=processors, pad_token_id=pad, eos_token_id=_stops(tok, net),
             )
         return [tok.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
 
@@ -202,3 +204,22 @@ def check_context(net, model: ModelRef, tokens: int) -> None:
         what = "its system prompt (in-context rows?) and " if model.system else ""
         raise UserError(f"{model.base}: {what}the prompt needs {tokens} tokens, more than the model's context of "
                         f"{limit}; use fewer or shorter rows (e.g. a smaller icl k)")
+
+
+def _neutral(net):
+    """The model with a generation config that sets nothing but its special tokens: transformers fills every
+    sampling setting a call leaves unset from the model's config (Qwen2.5-Instruct: repetition_penalty 1.05),
+    so a stage's sampling would not be the temperature it is keyed by."""
+    from transformers import GenerationConfig
+
+    gc = net.generation_config
+    net.generation_config = GenerationConfig(bos_token_id=gc.bos_token_id, eos_token_id=gc.eos_token_id,
+                                             pad_token_id=gc.pad_token_id)
+    return net
+
+
+def _stops(tok, net) -> list[int]:
+    """The tokenizer's end token and every end token of the model's config (Qwen: <|im_end|> and <|endoftext|>)."""
+    ends = net.generation_config.eos_token_id
+    ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+    return list(dict.fromkeys([tok.eos_token_id, *ends]))

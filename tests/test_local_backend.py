@@ -200,3 +200,22 @@ def test_shared_prefix_leaves_every_head_a_token_of_its_own():
     assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix_len([[1, 2], [1, 2, 3, 4]]) == 1
     assert shared_prefix_len([[5], [5, 6]]) == 0
+
+
+def test_a_models_own_generation_defaults_do_not_change_what_a_stage_samples(monkeypatch):
+    """transformers fills unset sampling settings from the model's generation_config (Qwen2.5-Instruct ships
+    repetition_penalty 1.05): a stage keyed by its temperature samples exactly at it, whatever the model says."""
+    import backends.local as local
+    from backends.embedded import materialize
+
+    ref, prompts = ModelRef(materialize("smollm2-135m")), ["Continue: 1, 2, 3, 4, 5, 6", "List ten numbers."]
+    plain = LocalBackend("cpu").generate(ref, prompts, Sampling(1.0, 24, seed=5))
+    loaded = local.load_model
+
+    def fussy(*args, **kw):  # the same weights, with a hub model's sampling defaults
+        net = loaded(*args, **kw)
+        net.generation_config.repetition_penalty, net.generation_config.no_repeat_ngram_size = 1.5, 2
+        return net
+
+    monkeypatch.setattr(local, "load_model", fussy)
+    assert LocalBackend("cpu").generate(ref, prompts, Sampling(1.0, 24, seed=5)) == plain
