@@ -60,22 +60,20 @@ def text_sha256(text: str) -> str:
 
 def folder_digest(folder: Path) -> str:
     """A digest over the model files of a folder (names and contents)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILES)
-    if not files:
-        raise UserError(f"model folder {folder}: no model files in it")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
-    return h.hexdigest()[:32]
+    return _files_digest(folder, [p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILES],
+                         "model folder", "model files")
 
 
 def data_digest(folder: Path) -> str:
     """A digest over every file of a data folder (names and contents; MNIST's IDX files have no suffix)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _files_digest(folder, [p for p in folder.rglob("*") if p.is_file()], "data folder", "files")
+
+
+def _files_digest(folder: Path, files: list[Path], what: str, kind: str) -> str:
     if not files:
-        raise UserError(f"data folder {folder}: no files in it")
+        raise UserError(f"{what} {folder}: no {kind} in it")
     h = hashlib.sha256()
-    for p in files:
+    for p in sorted(files):
         h.update(f"{p.relative_to(folder)}\0{file_sha256(p)}\0".encode())
     return h.hexdigest()[:32]
 
