@@ -82,8 +82,13 @@ def cost_lines(estimates: list[Estimate]) -> list[str]:
     cost = f"<= ${sum(known):,.2f}" if known else "cost unknown"
     if unpriced:
         cost += f" (no price for {', '.join(unpriced)}: add it under backends.<name>.prices)"
-    return [f"hosted: {', '.join(parts)}, {cost}; price table dated {PRICES_DATE} (USD per 1M tokens, "
-            "a spec's `prices` override it); output counted at max_tokens, so costs are upper bounds"]
+    from backends.tinker_prices import PRICES_DATE as TINKER_DATE
+
+    tables = [f"price table dated {PRICES_DATE}" if t == "openai" else f"Tinker prices dated {TINKER_DATE} (not "
+              "checked against the service; tokens counted as OpenAI's o200k counts them, fewer than Qwen's for "
+              "digits)" for t in sorted({e.table for e in estimates}, reverse=True)]
+    return [f"hosted: {', '.join(parts)}, {cost}; {' and '.join(tables)} (USD per 1M tokens, a spec's `prices` "
+            "override them); output counted at max_tokens, so costs are upper bounds"]
 
 
 def stale_lines(store: Store, plan: Plan) -> list[str]:

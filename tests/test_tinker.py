@@ -547,6 +547,17 @@ def test_paper_specs_validate_and_plan_without_a_key(monkeypatch):
         assert r.returncode == 0 and r.stdout.strip().endswith(")"), r.stdout + r.stderr
 
 
+def test_a_tinker_plan_names_the_tinker_price_table_and_its_token_caveat(monkeypatch):
+    from backends.tinker_prices import PRICES_DATE
+    from runner.prices import PRICES_DATE as OPENAI_DATE
+    from runner.runs import plan_lines
+
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    total = plan_lines(ROOT / "specs" / "tinker" / "quickstart_8b.yaml", ROOT / "outputs-never-written")[-1]
+    assert f"Tinker prices dated {PRICES_DATE}" in total and "fewer than Qwen's for digits" in total
+    assert f"price table dated {OPENAI_DATE}" not in total  # no OpenAI model in this plan
+
+
 def test_readme_features_table_is_the_code_table():
     from runner.features import FEATURES
 

@@ -136,6 +136,7 @@ class Estimate:
     cost: float | None = 0.0
     seconds: float | None = None
     note: str = ""
+    table: str = "openai"  # the price table behind `cost`: openai (runner/prices.py) or tinker
 
     def line(self) -> str:
         parts = []

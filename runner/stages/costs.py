@@ -47,7 +47,7 @@ def _on_tinker(name: str, model_id: str, cfg, requests: int, note: str, **tokens
     e = estimate(model_id, overrides=_prices(cfg), **tokens)
     return Estimate(name, model_id, requests, tokens.get("prefill", 0), tokens.get("sampled", 0),
                     tokens.get("trained", 0), e.usd, e.seconds, ", ".join(x for x in (note, f"Tinker prices of {PRICES_DATE}")
-                                                                       if x))
+                                                                       if x), table="tinker")
 
 
 def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, tokens_in: int, tokens_out: int,
