@@ -14,6 +14,7 @@ import os
 import platform
 import signal
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -128,8 +129,29 @@ def check_keys(stage: Stage, keys: dict[str, str]) -> None:
                             "on every node (nothing was sent from that worker)")
 
 
-def build_on_worker(stage: Stage, root: str, router, keys: dict[str, str] | None = None) -> tuple[float | None, str]:
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the subl this process runs (every .py under runner/ and backends/): what computes keys and
+    builds stages."""
+    h = hashlib.sha256()
+    for p in sorted(f for d in ("runner", "backends") for f in (Path(CODE_ROOT) / d).rglob("*.py")):
+        h.update(f"{p.relative_to(CODE_ROOT)}\0".encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_code(stage: Stage, driver_code: str | None) -> None:
+    """A worker refuses a stage when its subl is not the driver's: it would compute other keys, or build a stage
+    with other code under the driver's key (a stale result every later run reuses)."""
+    if driver_code and code_digest() != driver_code:
+        raise UserError(f"{stage.label}: the Ray worker on {platform.node()} runs another subl than the driver "
+                        f"(code {code_digest()} vs {driver_code}); install the driver's version on every node, or "
+                        "give the nodes the driver's checkout at the same path")
+
+
+def build_on_worker(stage: Stage, root: str, router, keys: dict[str, str] | None = None,
+                    driver_code: str | None = None) -> tuple[float | None, str]:
     """The task: build one stage into the shared store; (seconds or None when reused, where it ran)."""
+    check_code(stage, driver_code)
     check_keys(stage, keys or {})
     import ray
 
@@ -195,7 +217,7 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
             need = resources(stage, backend, gpu)
             ref = task.options(**need, max_retries=MAX_RETRIES, retry_exceptions=False,
                                name=stage.label[:100]).remote(stage, str(store.root), router_for(stage, router),
-                                                              keys_of(router, backend))
+                                                              keys_of(router, backend), code_digest())
             pending[ref] = (stage, progress_factory(stage) if progress_factory else None, backend)
             log(f"ray: queued {stage.label} ({', '.join(f'{k} {v:g}' for k, v in need.items())})")
         if not pending:

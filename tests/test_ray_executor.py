@@ -283,3 +283,15 @@ def test_a_worker_whose_key_is_not_the_drivers_refuses_a_hosted_stage(monkeypatc
     monkeypatch.delenv("SUBL_T_RAY_KEY")
     with pytest.raises(UserError, match="SUBL_T_RAY_KEY is not set on the Ray worker"):
         check_keys(stage, keys)
+
+
+def test_a_worker_running_another_subl_refuses_the_stage(monkeypatch):
+    """Workers import the subl their node has: another version would key or build the stage otherwise."""
+    from backends import Router
+    from runner import ray_executor
+    from runner.errors import UserError
+
+    stage = Span(label="l0", model=ModelInput(ref="m", identity="hub:m@0"), seconds=0)
+    ray_executor.check_code(stage, ray_executor.code_digest())  # the same checkout: fine
+    with pytest.raises(UserError, match="l0: the Ray worker on .* runs another subl than the driver"):
+        ray_executor.build_on_worker(stage, "/nonexistent", Router("cpu"), {}, "0123456789abcdef")
