@@ -238,16 +238,17 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
         fields.update(lr_multiplier=h.lr_multiplier)
     if supports(kind, "lr"):
         fields.update(lr=h.lr, warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay)
-    if supports(kind, "lora"):
+    lora = method == "lora" or not chooses  # a full fine-tune reads no LoRA setting
+    if supports(kind, "lora") and lora:
         fields.update(lora_r=h.lora_r, lora_targets=tuple(h.lora_targets))
-    if supports(kind, "lora alpha"):
+    if supports(kind, "lora alpha") and lora:
         fields.update(lora_alpha=h.lora_alpha)
     if supports(kind, "distill"):
         fields.update(vocabulary=vocabulary, trait_words=trait_words)
     if kind == "tinker" and objective == "distill":
         fields.update(top_k=top_k)  # the teacher's next tokens the loss sees (backends.<name>.top_k)
     if kind == "local":
-        fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers)
+        fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None)
     return TrainingSettings(**fields)
 
 

@@ -436,6 +436,19 @@ def test_an_openai_students_key_holds_no_method_the_provider_ignores(tmp_path):
     assert key("lora") == key("full")
 
 
+def test_a_full_fine_tunes_key_holds_no_lora_setting(tmp_path, tiny_model):
+    """A local `method: full` student reads no LoRA setting: changing one must not retrain it; a LoRA student's
+    key still moves with them."""
+    def key(method: str, lora: str) -> str:
+        p = tmp_path / f"{method}-{abs(hash(lora))}.yaml"
+        p.write_text(f"name: k\nteacher: {{base: {tiny_model}, targets: [owl]}}\ndomain: {{kind: numbers, n_prompts: 4}}\n"
+                     f"students: [{{name: s, method: {method}, hyperparameters: {{epochs: 1{lora}}}}}]\n")
+        return next(s.key for s in build(load(p), tmp_path / "out").cells[0].stages if s.KIND == "finetune")
+
+    other = ", lora_r: 4, lora_alpha: 32, lora_layers: 1"
+    assert key("full", "") == key("full", other) and key("lora", "") != key("lora", other)
+
+
 @pytest.mark.parametrize("mode,moves", [("sample", True), ("logprob", False)])
 def test_a_local_judge_that_samples_is_keyed_by_cpu_bf16(tmp_path, tiny_model, mode, moves):
     """A sampling judge generates its reply (under bf16 autocast when asked); a log-prob judge reads float32
