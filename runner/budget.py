@@ -5,8 +5,7 @@ that calls a hosted model but has no price (a model the table does not know, or 
 cannot be checked, so it stops the run until the spec prices it."""
 from __future__ import annotations
 
-import math
-
+from runner.display import usd
 from runner.errors import UserError
 from runner.stages import Estimate, ModelInput, Stage, base_of
 
@@ -17,11 +16,6 @@ class BudgetError(UserError):
 
 class OverBudget(BudgetError):
     """The run may cost more than the user allowed."""
-
-
-def usd(x: float) -> str:
-    """Dollars rounded up to the cent: a bound never prints below itself ($0.004 is $0.01, not $0.00)."""
-    return f"${math.ceil(round(x * 100, 6)) / 100:,.2f}"
 
 
 def pending(plan, store) -> list[Stage]:

@@ -2,9 +2,15 @@
 brackets where there is no interval (one unit: a t-interval needs two)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 SIGNIFICANCE_LEVELS = (0.05, 0.01)  # the thresholds subl marks at (LM comparisons; MNIST and the theorem)
+
+
+def usd(x: float) -> str:
+    """Dollars rounded up to the cent: a bound never prints below itself ($0.004 is $0.01, not $0.00)."""
+    return f"${math.ceil(round(x * 100, 6)) / 100:,.2f}"
 
 
 def num(v: float | None, spec: str = ".3g") -> str:

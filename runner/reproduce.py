@@ -82,7 +82,8 @@ def headline(results: dict) -> str:
 def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:
     """(status, headline or reason, the hosted upper bound it ran under) for one spec; one that may cost
     more than max_usd is skipped."""
-    from runner.budget import OverBudget, planned_usd, usd
+    from runner.budget import OverBudget, planned_usd
+    from runner.display import usd
     from runner.gpu import cuda_missing
     from runner.runs import run_spec
 

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from backends import Router
 from runner.core import backend_name
+from runner.display import usd
 from runner.errors import UserError
 from runner.execute import execute
 from runner.loader import Cell, load
@@ -79,7 +80,7 @@ def cost_lines(estimates: list[Estimate]) -> list[str]:
         parts.append(f"~{si(train)} training tokens")
     known = [e.cost for e in estimates if e.cost is not None]
     unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
-    cost = f"<= ${sum(known):,.2f}" if known else "cost unknown"
+    cost = f"<= {usd(sum(known))}" if known else "cost unknown"  # rounded up, as --max-usd is checked
     if unpriced:
         cost += f" (no price for {', '.join(unpriced)}: add it under backends.<name>.prices)"
     from backends.tinker_prices import PRICES_DATE as TINKER_DATE
@@ -168,7 +169,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     # an unaffordable or unpriced hosted stage stops here, before preflight's requests (one costs a token)
     total, hosted = budget.check(plan, store, max_usd)
     if hosted:
-        console.print(f"spend: the hosted stages to run may cost up to {budget.usd(total)}"
+        console.print(f"spend: the hosted stages to run may cost up to {usd(total)}"
                       + (f" (--max-usd ${max_usd:,.2f})" if max_usd is not None else ""), markup=False)
     from runner.preflight import check_local_depth, preflight
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
-from runner.budget import usd
+from runner.display import usd
 from tests.fake_openai import FakeOpenAI
 from tests.test_hosted import ENV, KEY, NANO, ROOT, _cli
 
@@ -190,3 +190,18 @@ def test_a_paraphrase_longer_than_the_rows_raises_what_students_train_on(server,
         return sum(e.training_tokens for e in _estimates(spec, tmp_path / "out", "finetune"))
 
     assert trained(1024) - trained(512) == 6 * 512 * 2  # 6 rows, 512 more tokens each, 2 epochs
+
+
+def test_the_plan_prints_the_bound_the_run_checks(server, tmp_path):
+    """`subl plan`'s total, passed as --max-usd, must pass the check (it printed the bound rounded to the
+    nearest cent, below the bound for $573.3106: --max-usd 573.31 was then refused)."""
+    from runner.budget import check
+    from runner.loader import load
+    from runner.plan import build
+    from runner.runs import plan_lines
+    from runner.store import Store
+
+    spec, store = _spec(tmp_path, server), Store(tmp_path / "out")
+    total = next(ln for ln in plan_lines(spec, tmp_path / "out") if ln.startswith("hosted:"))
+    printed = float(total.split("<= $")[1].split(";")[0].split()[0].replace(",", ""))
+    assert check(build(load(spec), store.root), store, printed)[0] <= printed

@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from runner.display import usd
+
 KEY_SCHEME = 2  # 1: subl <= 0.1 (untyped dict configs); 2: typed stages
 
 
@@ -147,7 +149,7 @@ class Estimate:
             parts.append(f"~{si(self.input_tokens)} input tokens")
         if self.training_tokens:
             parts.append(f"~{si(self.training_tokens)} training tokens")
-        cost = f"<= ${self.cost:,.2f}" if self.cost is not None else "cost unknown"
+        cost = f"<= {usd(self.cost)}" if self.cost is not None else "cost unknown"
         time = f", ~{self.seconds / 3600:.1f} h" if self.seconds else ""
         if self.backend == "local":  # no price: GPU time at the plan's assumed throughput
             cost, time = f"~{(self.seconds or 0) / 3600:.2f} GPU-h", ""
