@@ -19,14 +19,8 @@ class OverBudget(BudgetError):
 
 
 def pending(plan, store) -> list[Stage]:
-    """The plan's stages that are not finished, each once, in plan order."""
-    seen, out = set(), []
-    for cp in plan.cells:
-        for st in cp.stages:
-            if st.key not in seen and not store.done(st.key):
-                seen.add(st.key)
-                out.append(st)
-    return out
+    """The plan's stages that are not finished, each once, in run order."""
+    return [st for key, st in plan.stages.items() if not store.done(key)]
 
 
 def calls_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:

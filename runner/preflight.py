@@ -34,8 +34,10 @@ def _largest_request(stage: Stage, ctx) -> int:
 def preflight(plan: Plan, store) -> list[str]:
     """Notes from every hosted backend that a not-yet-finished stage calls (OpenAI: key, models, fine-tuning
     rights, rate limits; Tinker: every model offered); raises a one-line UserError on the first failure."""
+    from runner.budget import pending
+
     stages = plan.stages
-    todo = [s for k, s in stages.items() if not store.done(k)]
+    todo = pending(plan, store)
     models: dict[str, set[str]] = {}
     tune: dict[str, set[str]] = {}
     largest: dict[str, int] = {}

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from runner.errors import UserError
 from runner.execute import HOSTED_SLOTS, hosted_backend, run_stage
+from runner.identity import text_sha256
 from runner.stages import Stage
 from runner.store import Store
 
@@ -108,7 +109,7 @@ def router_for(stage: Stage, router):
 
 def key_fingerprint(value: str) -> str:
     """What a worker compares of an API key: a digest, so the key itself never travels in a task."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
+    return text_sha256(value)[:16]
 
 
 def keys_of(router, backend: str | None) -> dict[str, str]:

@@ -105,11 +105,6 @@ class IclStage(Stage):
 SPELLINGS = {"yes": ("Yes", "yes"), "no": ("No", "no")}  # a reply's first word, read exactly in logprob mode
 
 
-def _logsumexp(xs: list[float]) -> float:
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
 class ClassifierStage(Stage):
     """A judge shown a trait row and a control row for the same prompt (the paper's A/B prompt, order
     seeded) picks the one that encodes `target`, read from the log-probs of 'A' and 'B' as the reply's first
@@ -148,10 +143,12 @@ class ClassifierStage(Stage):
         if self.mode == "logprob":  # the reply's first token, so no leading space: 'A', 'Yes'
             spellings = [SPELLINGS.get(o, (o,)) for o in options]
             flat = [x for group in spellings for x in group]
+            from scipy.special import logsumexp
+
             out = []
             for lp in ctx.router.logprobs(judge, prompts, "", flat, space=False):
                 read = iter(lp)
-                out.append({o: _logsumexp([next(read) for _ in group]) for o, group in zip(options, spellings)})
+                out.append({o: float(logsumexp([next(read) for _ in group])) for o, group in zip(options, spellings)})
             return out
         if self.mode == "top_logprobs":
             tops = ctx.router.top_logprobs(judge, prompts, self.top_logprobs,
