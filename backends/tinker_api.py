@@ -549,8 +549,9 @@ class TinkerBackend:
         out_dir.mkdir(parents=True, exist_ok=True)
         state_path = out_dir / TRAIN_STATE_FILE
         fingerprint = self._fingerprint(base, rows, training, teacher)
+        legacy = self._fingerprint(base, rows, training, teacher, legacy=True)
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
-        if state and state.get("fingerprint") == self._fingerprint(base, rows, training, teacher, legacy=True):
+        if state and state.get("fingerprint") == legacy:
             state["fingerprint"] = fingerprint  # recorded by subl before TRAIN_CODE 1, whose loop is the same
         if state and state.get("fingerprint") != fingerprint:
             raise UserError(f"{state_path}: records training on other data or settings; delete it to start over")
@@ -559,21 +560,22 @@ class TinkerBackend:
         state["steps"] = len(plan)
         with one_at_a_time(fingerprint):  # another student of this run with the same training waits, then adopts
             if not state.get("sampler_path") and not state.get("checkpoint"):
-                self._adopt(state)  # a run made for this training, its local record gone or never here
+                self._adopt(state, legacy)  # a run made for this training, its local record gone or never here
             _save_json(state_path, state)
             if not state.get("sampler_path"):
                 examples = self._examples(base, rows, training, teacher, out_dir)
                 self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
         return ModelRef(base, adapter=state["sampler_path"])
 
-    def _adopt(self, state: dict) -> None:
-        """The furthest point any of the service's training runs tagged with this fingerprint reached (its
-        final sampler weights, else its last training checkpoint) goes into `state`, so that no paid step
-        is sent twice when the outputs folder is new or was lost; nothing when there is none."""
+    def _adopt(self, state: dict, legacy: str) -> None:
+        """The furthest point any of the service's training runs tagged with this fingerprint (or the one subl
+        wrote before TRAIN_CODE 1, `legacy`: the same loop) reached (its final sampler weights, else its last
+        training checkpoint) goes into `state`, so that no paid step is sent twice when the outputs folder is
+        new or was lost; nothing when there is none."""
         best = None
-        for run in self._tagged_runs(state["fingerprint"]):
+        for run, fingerprint in self._tagged_runs({state["fingerprint"], legacy}):
             for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
-                step = checkpoint_step(ck, state["fingerprint"], state["steps"])
+                step = checkpoint_step(ck, fingerprint, state["steps"])
                 sampler = ck is not None and ck.checkpoint_type == "sampler"  # at equal steps, the final weights
                 if step is not None and (best is None or (step, sampler) > best[0]):
                     best = ((step, sampler), ck, run.training_run_id)
@@ -586,15 +588,16 @@ class TinkerBackend:
             state["checkpoint"] = {"step": step, "path": ck.tinker_path, "run_id": run_id}
         state["adopted"] = run_id
 
-    def _tagged_runs(self, fingerprint: str):
-        """The training runs of this account tagged with `fingerprint` (user_metadata), over every page."""
+    def _tagged_runs(self, fingerprints: set[str]):
+        """(run, its fingerprint) for the training runs of this account tagged with one of `fingerprints`
+        (user_metadata), over every page."""
         rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
         offset = 0
         while True:
             page = self.call("training runs", lambda: rest.list_training_runs(limit=100, offset=offset)
                              .result(self.result_timeout))
-            yield from (r for r in page.training_runs
-                        if (r.user_metadata or {}).get(RUN_TAG) == fingerprint and not r.corrupted)
+            yield from ((r, (r.user_metadata or {}).get(RUN_TAG)) for r in page.training_runs
+                        if (r.user_metadata or {}).get(RUN_TAG) in fingerprints and not r.corrupted)
             offset += len(page.training_runs)
             if not page.training_runs or offset >= page.cursor.total_count:
                 return

@@ -248,6 +248,19 @@ def test_a_run_left_half_done_by_the_previous_fingerprint_resumes_without_paying
     assert json.loads(path.read_text())["fingerprint"] == state["fingerprint"]
 
 
+def test_a_run_finished_under_the_previous_fingerprint_is_adopted_into_an_empty_folder(fake, tmp_path, monkeypatch):
+    """A student trained by subl before TRAIN_CODE (its run tagged with the old fingerprint), its outputs lost:
+    the new subl finds that run by either fingerprint and takes its weights instead of paying again."""
+    data, training = rows(8), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 2 steps
+    current = TinkerBackend._fingerprint
+    monkeypatch.setattr(TinkerBackend, "_fingerprint", lambda self, *a, legacy=False: current(self, *a, legacy=True))
+    old = make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
+    monkeypatch.setattr(TinkerBackend, "_fingerprint", current)
+    sent = len(fake_tinker.ledger())
+    assert make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft") == old
+    assert len(fake_tinker.ledger()) == sent  # nothing trained again
+
+
 def test_a_lost_future_is_sent_again_even_when_its_wait_outlasts_the_retry_total(fake, tmp_path, monkeypatch):
     """A future not answered in result_timeout is re-sent although that wait alone passed the policy's total."""
     monkeypatch.setattr(fake_tinker.Lost, "result", lambda self, timeout=None: (time.sleep(timeout or 0),
