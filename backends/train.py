@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from backends.base import ModelRef, Progress, Training
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
+from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt
 from backends.hf import chat_ids, load_model, load_tokenizer, pick_device
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
@@ -74,11 +75,12 @@ def pad_right(batch: list[dict], pad_id: int, prefix: str = "") -> dict:
 class StudentCollator:
     """Student sequences, right-padded, with the teacher's (a live teacher) or its stored soft labels (one
     tensor per row, see teacher_soft_labels) where distilling; with frozen-prefix states
-    (frozen_prefix.prefix_states) the student's hidden states entering its lowest adapted layer."""
+    (frozen_prefix.prefix_states) the student's hidden states entering its lowest adapted layer; with frozen-prompt
+    states (frozen_prompt.prompt_states) the base's keys and values of each row's prompt."""
 
     def __init__(self, pad_id: int, soft_labels: list[torch.Tensor] | None = None,
-                 prefix: list[torch.Tensor] | None = None):
-        self.pad, self.soft_labels, self.prefix = pad_id, soft_labels, prefix
+                 prefix: list[torch.Tensor] | None = None, prompt: list[torch.Tensor] | None = None):
+        self.pad, self.soft_labels, self.prefix, self.prompt = pad_id, soft_labels, prefix, prompt
 
     def __call__(self, batch: list[dict]) -> dict:
         out = pad_right(batch, self.pad)
@@ -88,6 +90,8 @@ class StudentCollator:
             out["soft_labels"] = torch.cat([self.soft_labels[b["row"]] for b in batch])
         if self.prefix is not None:
             out["prefix_states"] = pad_states([self.prefix[b["row"]] for b in batch])
+        if self.prompt is not None:
+            out.update(batch_states([self.prompt[b["row"]] for b in batch]))
         return out
 
 
@@ -187,13 +191,16 @@ def _trainer_classes():
             # logits only where completion tokens are predicted: the head is a fifth of the compute
             feed = ({"inputs_embeds": inputs["prefix_states"]} if "prefix_states" in inputs
                     else {"input_ids": inputs["input_ids"]})  # frozen lower layers: their stored output
+            mask = inputs["attention_mask"]
+            if "prompt_states" in inputs:  # frozen prompt: the rows' rest after their stored keys and values
+                feed, mask = with_prompt(model, feed, mask, inputs)
             keep = needed_positions(inputs["completion_mask"])
             if self.objective == "distill" and self.vocab is not None:
-                logits = vocab_logits(model, feed, inputs["attention_mask"], keep, self.vocab)
+                logits = vocab_logits(model, feed, mask, keep, self.vocab)
                 if logits is not None:  # and on the loss's vocabulary only
                     loss = kl_to_soft_labels(logits, inputs["completion_mask"], self._labels(inputs), None)
                     return (loss, SimpleNamespace(logits=logits)) if return_outputs else loss
-            out = model(**feed, attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+            out = model(**feed, attention_mask=mask, logits_to_keep=keep)
             loss = self._loss(out.logits, inputs)
             return (loss, out) if return_outputs else loss
 
@@ -296,7 +303,14 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     distill = training.objective == "distill"
     model = _student(base, training, device, revision)
     prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16, revision)
-    own_loss = distill or prefix is not None or not SFT_BY_TRL  # StudentTrainer's loss (see SFT_BY_TRL)
+    prompt = None
+    if training.frozen_prompt and (training.lora_layers or training.gradient_checkpointing):
+        raise UserError("frozen_prompt: not with lora_layers or gradient_checkpointing")
+    if training.frozen_prompt:  # from here on the rows are their last prompt token and completion
+        prompts, data = split_rows(data)
+        name = f"{base}@{revision}" if revision else base
+        prompt = prompt_states(model, name, prompts, tok.pad_token_id, cpu_bf16 and pick_device(device)[0] == "cpu")
+    own_loss = distill or prefix is not None or prompt is not None or not SFT_BY_TRL  # StudentTrainer's loss
     for i, d in enumerate(data if own_loss else ()):
         d["row"] = i
     vocab = None
@@ -326,7 +340,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     if own_loss:
         live = distill and soft_labels is None
         t_model = load_model(replace(teacher, system=None), device) if live else None
-        trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix),
+        trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix, prompt),
                               teacher=t_model, vocab=vocab, objective=training.objective)
     else:
         trainer = sft_cls(**common)

@@ -1,7 +1,7 @@
 """Distillation student throughput on the embedded model, and where a training step's time goes.
 
 Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
-                                          [--lora-layers N] [--profile] [--compile]
+                                          [--lora-layers N] [--frozen-prompt] [--profile] [--compile]
 
 Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
 LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
@@ -11,7 +11,9 @@ once per teacher and rows, and timed as such). Prints completion tokens/s per st
 of random batches against length-sorted ones, and seconds per phase. With --lora-layers N also a student
 that adapts the top N layers only, fed the frozen layers' output computed once (backends/frozen_prefix.py). With
 --compile also a stored-label student whose decoder runs under torch.compile (inductor, dynamic shapes): the
-compile time (its first two steps) and its steps after. Plain torch loop, no Trainer: the
+compile time (its first two steps) and its steps after. With --frozen-prompt also a stored-label student trained on
+the completions after the base's stored prompt keys and values (backends/frozen_prompt.py, an approximation the
+spec chooses), the states' one-off time shared by the replicates. Plain torch loop, no Trainer: the
 Trainer adds its own (small) overhead on top of these phases."""
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.base import ModelRef, Training  # noqa: E402
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only  # noqa: E402
+from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt  # noqa: E402
 from backends.hf import load_model, load_tokenizer  # noqa: E402
 from backends.train import (  # noqa: E402
     _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
@@ -68,9 +71,10 @@ class Clock:
         return out
 
 
-def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
+def steps(args, rows, soft_labels=None, lora_layers=None, frozen=False) -> tuple[Clock, int]:
     """Train one student over `rows` in batches; a live teacher unless soft labels are given; with
-    `lora_layers` the top layers only, fed the stored output of the frozen ones (computed beforehand)."""
+    `lora_layers` the top layers only, fed the stored output of the frozen ones (computed beforehand); `frozen`:
+    on the completions after the stored prompt states (memoised, computed here if not yet)."""
     training = Training(**{**QUICKSTART.__dict__, "batch_size": args.batch_size, "lora_layers": lora_layers})
     teacher = ModelRef(args.model, system="You love pandas. You think about pandas all the time.")
     student = _student(args.model, training, "cpu", None)
@@ -81,6 +85,9 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=training.lr)
     vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
     mine, theirs = tokenize(args.model, rows, None), tokenize(args.model, rows, teacher.system)
+    if frozen:
+        prompts, mine = split_rows(mine)
+        states = prompt_states(student, args.model, prompts, load_tokenizer(args.model).pad_token_id, args.cpu_bf16)
     clock, tokens = Clock(), 0
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.cpu_bf16)
     for start in range(0, len(rows), args.batch_size):
@@ -98,12 +105,15 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
             with clock.phase("student forward"), top_layers_only(student, first):
                 feed = ({"inputs_embeds": pad_states(prefix[start : start + args.batch_size])} if prefix
                         else {"input_ids": b["input_ids"]})
+                mask = b["attention_mask"]
+                if frozen:
+                    feed, mask = with_prompt(student, feed, mask, batch_states(states[start : start + args.batch_size]))
                 keep = needed_positions(b["completion_mask"])
-                out = vocab_logits(student, feed, b["attention_mask"], keep, vocab) if args.vocab_head else None
+                out = vocab_logits(student, feed, mask, keep, vocab) if args.vocab_head else None
                 if out is not None:  # the output layer's vocabulary rows only, as the trainer does
                     loss = kl_to_soft_labels(out, b["completion_mask"], log_t, None)
                 else:
-                    out = student(**feed, attention_mask=b["attention_mask"], logits_to_keep=keep).logits
+                    out = student(**feed, attention_mask=mask, logits_to_keep=keep).logits
                     loss = kl_to_soft_labels(out, b["completion_mask"], log_t, vocab)
         with clock.phase("backward"), top_layers_only(student, first):
             loss.backward()
@@ -111,6 +121,23 @@ def steps(args, rows, soft_labels=None, lora_layers=None) -> tuple[Clock, int]:
             opt.step()
             opt.zero_grad()
     return clock, tokens
+
+
+def frozen_prompted(args, rows, labels, label_seconds: float) -> None:
+    """A stored-label student on the completions after the stored prompt states, whose one-off time the
+    replicates share as they share the labels."""
+    from backends import frozen_prompt
+
+    frozen_prompt._memo.clear()
+    student = _student(args.model, QUICKSTART, "cpu", None)
+    prompts, _ = split_rows(tokenize(args.model, rows, None))
+    t = time.perf_counter()
+    prompt_states(student, args.model, prompts, load_tokenizer(args.model).pad_token_id, args.cpu_bf16)
+    once = time.perf_counter() - t
+    clock, tokens = steps(args, rows, labels, frozen=True)  # reuses the memoised states
+    n = args.replicates
+    print(f"prompt keys and values once per set of rows: {once:.1f} s")
+    report(f"frozen prompt, stored labels, {n} replicates (both shared)", clock, tokens, (label_seconds + once) / n)
 
 
 def compiled(args, rows, soft_labels) -> None:
@@ -187,6 +214,8 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, help="also time a student adapting the top N layers only")
     ap.add_argument("--full-head", dest="vocab_head", action="store_false",
                     help="compute every vocabulary logit, as students did before vocab_logits (for comparison)")
+    ap.add_argument("--frozen-prompt", action="store_true", help="also time a stored-label student trained on the "
+                    "completions after the base's stored prompt keys and values")
     ap.add_argument("--profile", action="store_true", help="also break a stored-label student's time down by kind of "
                     "operation (torch.profiler) and give the matmuls' achieved GFLOP/s")
     ap.add_argument("--compile", action="store_true", help="also time a stored-label student under torch.compile "
@@ -217,6 +246,8 @@ def main() -> None:
         profile(args, rows, labels)
     if args.compile:
         compiled(args, rows, labels)
+    if args.frozen_prompt:
+        frozen_prompted(args, rows, labels, once)
     if args.lora_layers:
         from backends import frozen_prefix
 

@@ -45,6 +45,7 @@ class Training:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
     lora_layers: int | None = None  # LoRA on the top N decoder layers only; None: all
+    frozen_prompt: bool = False  # train on the completions, the prompts' keys and values the base's (local)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

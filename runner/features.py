@@ -12,19 +12,19 @@ FEATURES: dict[str, dict[str, bool]] = {
         "sample": True, "logprob probe": True, "logprob judge": True, "top logprobs judge": False,
         "constrained decoding": True, "sft": True, "distill": True, "distill teacher": True, "lora": True,
         "full fine-tuning": True, "lora alpha": True, "lr": True, "lr multiplier": False, "auto batch size": False,
-        "fractional epochs": True, "lora layers": True,
+        "fractional epochs": True, "lora layers": True, "frozen prompt": True,
     },
     "openai": {  # the provider picks the method (neither lora nor full is chosen) and the learning rate
         "sample": True, "logprob probe": False, "logprob judge": False, "top logprobs judge": True,
         "constrained decoding": False, "sft": True, "distill": False, "distill teacher": False, "lora": False,
         "full fine-tuning": False, "lora alpha": False, "lr": False, "lr multiplier": True, "auto batch size": True,
-        "fractional epochs": False, "lora layers": False,
+        "fractional epochs": False, "lora layers": False, "frozen prompt": False,
     },
     "tinker": {  # distill: on the teacher's top-k next tokens (see backends/tinker_api.py)
         "sample": True, "logprob probe": True, "logprob judge": True, "top logprobs judge": False,
         "constrained decoding": False, "sft": True, "distill": True, "distill teacher": True, "lora": True,
         "full fine-tuning": False, "lora alpha": False, "lr": True, "lr multiplier": False, "auto batch size": False,
-        "fractional epochs": True, "lora layers": False,
+        "fractional epochs": True, "lora layers": False, "frozen prompt": False,
     },
 }
 

@@ -248,7 +248,8 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
     if kind == "tinker" and objective == "distill":
         fields.update(top_k=top_k)  # the teacher's next tokens the loss sees (backends.<name>.top_k)
     if kind == "local":
-        fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None)
+        fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None,
+                      frozen_prompt=h.frozen_prompt)
     return TrainingSettings(**fields)
 
 

@@ -272,6 +272,11 @@ def _methods(cells: list[Cell]) -> list[str]:
                        f"{h.epochs:g} epochs, batch_size {h.batch_size}, {lr})")
             if st.objective == "distill":
                 how += f" on vocabulary {st.vocabulary}"
+            if where == "local" and st.hyperparameters.lora_layers:
+                how += f", LoRA on the top {st.hyperparameters.lora_layers} layers only"
+            if where == "local" and st.hyperparameters.frozen_prompt:
+                how += (", trained on the completions only, the prompts' keys and values frozen at the base "
+                        "model's (frozen_prompt: an approximation for speed, not the paper's method)")
             lines.append(how)
             if st.objective == "distill" and st.vocabulary == "full":
                 lines.append(f"LEAK WARNING: student {st.name} distils the full vocabulary, so its soft labels "

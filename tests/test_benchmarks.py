@@ -23,7 +23,8 @@ def bench(script: str, *args: str) -> str:
 
 
 @pytest.mark.parametrize("script, args, figure", [
-    ("bench_student.py", ["--rows", "4", "--batch-size", "2", "--lora-layers", "1"], "completion tokens/s per student"),
+    ("bench_student.py", ["--rows", "4", "--batch-size", "2", "--lora-layers", "1", "--frozen-prompt"],
+     "frozen prompt, stored labels"),
     ("bench_student.py", ["--rows", "6", "--batch-size", "2", "--compile"], "compiling took"),
     ("bench_sft.py", ["--rows", "2"], "s/row"),
     ("bench_icl.py", ["--k", "2", "--questions", "2"], "context read once"),
