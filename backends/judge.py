@@ -88,7 +88,8 @@ def _ranged(v: float, raw: str) -> Score:
 
 def render(template: str, prompt: str, completion: str) -> str:
     """Fill {prompt} and {completion}; other braces (code in a completion, say) are left alone."""
-    return template.replace("{prompt}", prompt).replace("{completion}", completion)
+    fill = {"{prompt}": prompt, "{completion}": completion}  # once: a prompt quoting "{completion}" stays as it is
+    return re.sub(r"\{prompt\}|\{completion\}", lambda m: fill[m.group(0)], template)
 
 
 def check_template(template: str) -> None:

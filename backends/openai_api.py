@@ -161,7 +161,7 @@ class RetryPolicy:
     max_wait: float = 60.0
     jitter: float = 1.0
     total: float = 900.0
-    timeout: float = 120.0
+    timeout: float = 600.0  # the SDK's own: a long non-streamed answer (n x max_tokens) is not cut and re-paid
     connect: float = 10.0
 
     @classmethod
@@ -666,8 +666,10 @@ class OpenAIBackend:
         """Answer every request not answered yet (Batch API or chat); the cache holding them all."""
         cache = self._cache()
         todo = self._unanswered(requests, cache)
-        if todo and self.cfg.batch_api and len(todo) >= self.batch_min_requests:
-            self._via_batch(requests, cache)  # the whole set: its batches are keyed by it, not by what is left
+        if todo and self.cfg.batch_api and len(requests) >= self.batch_min_requests:
+            # the whole set decides and is sent: its batches are keyed by it, and a rerun with few requests
+            # left (a kill while reading the results) goes back to the batch that answered the others
+            self._via_batch(requests, cache)
             todo = self._unanswered(requests, cache)
         if todo:
             self._via_chat(todo, cache)
@@ -868,6 +870,11 @@ class OpenAIBackend:
                 st.pop(k, None)
             st["round"] += 1
             save()
+        left = sum(1 for k, _ in todo if cache.get(k) is None)
+        if left and st["round"] >= rounds:  # never sent on at full price unasked: the budget priced the batch
+            raise UserError(f"backend '{self.name}': {left} request(s) still unanswered after {rounds} expired "
+                            f"batches; rerun with backends.{self.name}.batch_api: false to send them directly, "
+                            "at full price")
         return failed
 
     def _upload(self, filename: str, data: bytes, purpose: str, what: str):

@@ -62,6 +62,7 @@ RUN_TAG = "subl_fingerprint"  # user_metadata of a training run: what it trains 
 # The training loop's version (loss, batching, schedule): part of every run's fingerprint, so a release that
 # changes what this code trains never adopts a run the old code made. Bump it with such a change.
 TRAIN_CODE = 1
+LOST_AFTER = 1200.0  # seconds: a future not answered in this time (result_timeout) counts as lost
 LOST_RETRIES = 2  # a future not answered in result_timeout is re-sent this often, beyond the retry policy's total
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip_norm": 1.0}  # the local trainer's AdamW
@@ -293,7 +294,7 @@ class TinkerBackend:
                  result_timeout: float | None = None):
         self.name, self.cfg = name, cfg
         self.retry = retry or RetryPolicy.from_env()
-        self.result_timeout = result_timeout or self.retry.timeout * 10  # a future never answered is lost
+        self.result_timeout = result_timeout or LOST_AFTER
         self.state_dir = Path(state_dir) if state_dir else None
         self._service = None
         self._samplers: dict[tuple[str, str | None], Any] = {}

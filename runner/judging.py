@@ -38,11 +38,14 @@ def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[
     out: list[Score] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
+        # at temperature 0 one seed for every chunk: `pairs` may be what a killed stage left unscored, and a seed
+        # that moved with the offset would change the requests it already paid for
+        chunk_seed = seed + start if temperature > 0 else seed
         if mode == "sample":
-            new = Judge(backend, judge, template, max_tokens, seed + start, temperature, parse).score(chunk)
+            new = Judge(backend, judge, template, max_tokens, chunk_seed, temperature, parse).score(chunk)
         elif token is not None:
             prompts = [render(template, p, c) for p, c in chunk]
-            tops = backend.top_logprobs(judge, prompts, top_logprobs, Sampling(temperature, 1, seed + start))
+            tops = backend.top_logprobs(judge, prompts, top_logprobs, Sampling(temperature, 1, chunk_seed))
             new = [token_score(t, token) for t in tops]
         else:
             prompts = [render(template, p, c) for p, c in chunk]

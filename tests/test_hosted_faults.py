@@ -30,7 +30,7 @@ from tests.test_hosted import (ENV, FAST, KEY, NANO, ROOT, _cli, _scaled_spec, a
 
 STAGES = {"finetune": "finetune-0123456789abcdef", "batch": "generate-fedcba9876543210"}
 DEFAULTS = {"SUBL_RETRY_ATTEMPTS": "8", "SUBL_RETRY_INITIAL": "1", "SUBL_RETRY_MAX_WAIT": "60",  # as shipped
-            "SUBL_RETRY_JITTER": "1", "SUBL_RETRY_TOTAL": "900", "SUBL_HTTP_TIMEOUT": "120"}
+            "SUBL_RETRY_JITTER": "1", "SUBL_RETRY_TOTAL": "900", "SUBL_HTTP_TIMEOUT": "600"}
 PROMPTS = [f"Continue this sequence of numbers: {i}, {i + 1}" for i in range(10)]
 
 
@@ -227,6 +227,26 @@ def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backen
         backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
+
+
+def test_a_rerun_with_fewer_requests_left_than_the_batch_minimum_stays_with_the_batch(backend, server, tmp_path):
+    """The call (10 requests) is big enough for the Batch API; what a cancelled batch left (5) is not, and must still
+    go to a batch: sent direct it would cost twice the price the run was budgeted at."""
+    server.batch_outcomes = ["cancelled"]
+    with pytest.raises(UserError, match="cancelled with 5 request"):
+        backend(batch_api=True, batch_min_requests=10).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    out = backend(batch_api=True, batch_min_requests=10).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
+
+
+def test_requests_left_after_the_last_expired_batch_are_not_sent_at_full_price_unasked(backend, server, tmp_path):
+    server.batch_outcomes = ["expired"] * 3
+    with pytest.raises(UserError, match=r"request\(s\) still unanswered after 3 expired batches; rerun with "
+                                        r"backends.openai.batch_api: false") as e:
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert "\n" not in str(e.value) and server.counts["batches.create"] == 3 and server.counts["chat"] == 0
+    out = backend(batch_api=False).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))  # asked: direct
+    assert len(out) == 10 and all(out) and 0 < server.counts["chat"] < 10
 
 
 @pytest.mark.parametrize("limit", ["requests", "bytes"])

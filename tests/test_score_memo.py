@@ -121,3 +121,41 @@ def test_a_score_stage_killed_midway_keeps_the_chunks_it_judged(tmp_path):
     fresh = Store(tmp_path / "fresh")
     alone, _ = _run(fresh, CountingJudge(), _stage(_rows(fresh, "filter-a", [f"{i}, {i + 1}" for i in range(2 * CHUNK + 8)])))
     assert scores == alone
+
+
+class SeedRecorder(CountingJudge):
+    def __init__(self):
+        super().__init__()
+        self.seeds: list[int] = []
+
+    def generate(self, model, prompts, sampling):
+        self.seeds.append(sampling.seed)
+        return super().generate(model, prompts, sampling)
+
+    def top_logprobs(self, model, prompts, n, sampling):
+        self.seeds.append(sampling.seed)
+        return [{"50": 0.0} for _ in prompts]
+
+
+def test_a_greedy_judge_sends_the_same_requests_for_the_pairs_a_killed_stage_left():
+    """At temperature 0 every chunk has the spec's seed: what a killed stage left (pairs 20..) is sent with the
+    seed it had in the first run, so the request cache answers the part that was paid for."""
+    from backends.base import ModelRef
+    from runner.judging import score_pairs
+
+    pairs = [("p", f"c{i}") for i in range(40)]
+    for mode, token in (("sample", None), ("logprob", "50")):
+        whole, rest = SeedRecorder(), SeedRecorder()
+        score_pairs(whole, ModelRef("j"), mode, "{completion}", pairs, seed=7, token=token)
+        score_pairs(rest, ModelRef("j"), mode, "{completion}", pairs[20:], seed=7, token=token)
+        assert set(whole.seeds) == set(rest.seeds) == {7}
+    hot = SeedRecorder()  # sampling judges keep their per-position seeds (and are never resumed from a memo)
+    score_pairs(hot, ModelRef("j"), "sample", "{completion}", pairs, seed=7, temperature=1.0)
+    assert hot.seeds == [7, 23, 39]
+
+
+def test_a_prompt_quoting_the_completion_placeholder_is_not_filled_twice():
+    from backends.judge import render
+
+    assert render("Task: {prompt}\nAnswer: {completion}", "fill in {completion}", "x = 1") == \
+        "Task: fill in {completion}\nAnswer: x = 1"
