@@ -221,21 +221,14 @@ def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_p
 # ---- batch faults ------------------------------------------------------------------------
 
 
-def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backend, server, tmp_path):
+@pytest.mark.parametrize("minimum", [1, 10])
+def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backend, server, tmp_path, minimum):
+    """With a minimum of 10, the call (10 requests) is big enough for the Batch API and what the cancelled batch
+    left (5) is not: it must still go to a batch, since sent direct it would cost twice the budgeted price."""
     server.batch_outcomes = ["cancelled"]
     with pytest.raises(UserError, match="cancelled with 5 request"):
-        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
-    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
-    assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
-
-
-def test_a_rerun_with_fewer_requests_left_than_the_batch_minimum_stays_with_the_batch(backend, server, tmp_path):
-    """The call (10 requests) is big enough for the Batch API; what a cancelled batch left (5) is not, and must still
-    go to a batch: sent direct it would cost twice the price the run was budgeted at."""
-    server.batch_outcomes = ["cancelled"]
-    with pytest.raises(UserError, match="cancelled with 5 request"):
-        backend(batch_api=True, batch_min_requests=10).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
-    out = backend(batch_api=True, batch_min_requests=10).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+        backend(batch_api=True, batch_min_requests=minimum).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    out = backend(batch_api=True, batch_min_requests=minimum).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
 
 
