@@ -20,6 +20,7 @@ from backends.base import ModelRef, Progress, Training
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
 from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt
 from backends.hf import chat_ids, load_model, load_tokenizer, pick_device
+from backends.shared_prefix import after_prefix, can_share, prefix_cache, split_shared
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
 
@@ -133,15 +134,18 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
     loss computes from a live teacher (under the same autocast the trainer would use)."""
     net = load_model(replace(teacher, system=None), device)
     seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision)
+    shared, seqs = split_shared(seqs) if can_share(net) else ([], seqs)  # the system prompt, once per batch
     pad_id = load_tokenizer(teacher.base, teacher.revision).pad_token_id
     on_cpu = pick_device(device)[0] == "cpu"
     out: list[torch.Tensor] = []
     for start in range(0, len(seqs), batch_size):
         batch = seqs[start : start + batch_size]
         b = pad_right(batch, pad_id)
+        feed, mask = {"input_ids": b["input_ids"].to(net.device)}, b["attention_mask"].to(net.device)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and on_cpu):
-            logits = net(input_ids=b["input_ids"].to(net.device), attention_mask=b["attention_mask"].to(net.device),
-                         logits_to_keep=needed_positions(b["completion_mask"])).logits
+            if shared:
+                feed, mask = after_prefix(net, prefix_cache(net, shared, len(batch)), len(shared), feed, mask)
+            logits = net(**feed, attention_mask=mask, logits_to_keep=needed_positions(b["completion_mask"])).logits
         log_t = vocab_log_probs(_completion_logits(logits, b["completion_mask"].to(logits.device)), vocab).cpu()
         out += list(log_t.split([sum(x["completion_mask"]) for x in batch]))
     return out
@@ -183,9 +187,9 @@ def _trainer_classes():
         """SFTTrainer with subl's own loss: the KL to a teacher's next-token distribution (distill), or the
         completion cross-entropy (sft) for a student fed its frozen layers' stored output."""
 
-        def __init__(self, *args, teacher=None, vocab=None, objective="distill", **kwargs):
+        def __init__(self, *args, teacher=None, vocab=None, objective="distill", shared=(), **kwargs):
             super().__init__(*args, **kwargs)
-            self.teacher, self.vocab, self.objective = teacher, vocab, objective
+            self.teacher, self.vocab, self.objective, self.shared = teacher, vocab, objective, list(shared)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # logits only where completion tokens are predicted: the head is a fifth of the compute
@@ -194,6 +198,9 @@ def _trainer_classes():
             mask = inputs["attention_mask"]
             if "prompt_states" in inputs:  # frozen prompt: the rows' rest after their stored keys and values
                 feed, mask = with_prompt(model, feed, mask, inputs)
+            if self.shared:  # the rows' shared prefix, run once for the batch
+                cache = prefix_cache(model, self.shared, mask.shape[0])
+                feed, mask = after_prefix(model, cache, len(self.shared), feed, mask)
             keep = needed_positions(inputs["completion_mask"])
             if self.objective == "distill" and self.vocab is not None:
                 logits = vocab_logits(model, feed, mask, keep, self.vocab)
@@ -311,6 +318,9 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         name = f"{base}@{revision}" if revision else base
         prompt = prompt_states(model, name, prompts, tok.pad_token_id, cpu_bf16 and pick_device(device)[0] == "cpu")
     own_loss = distill or prefix is not None or prompt is not None or not SFT_BY_TRL  # StudentTrainer's loss
+    shared: list[int] = []
+    if own_loss and prefix is None and prompt is None and not training.gradient_checkpointing and can_share(model):
+        shared, data = split_shared(data)  # from here on the rows are what follows their shared prefix
     for i, d in enumerate(data if own_loss else ()):
         d["row"] = i
     vocab = None
@@ -341,7 +351,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         live = distill and soft_labels is None
         t_model = load_model(replace(teacher, system=None), device) if live else None
         trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix, prompt),
-                              teacher=t_model, vocab=vocab, objective=training.objective)
+                              teacher=t_model, vocab=vocab, objective=training.objective, shared=shared)
     else:
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())

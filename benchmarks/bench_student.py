@@ -1,7 +1,7 @@
 """Distillation student throughput on the embedded model, and where a training step's time goes.
 
 Usage: python benchmarks/bench_student.py [--model smollm2-135m] [--rows 64] [--batch-size 8] [--cpu-bf16]
-                                          [--lora-layers N] [--frozen-prompt] [--profile] [--compile]
+                                          [--no-shared-prefix] [--lora-layers N] [--frozen-prompt] [--profile] [--compile]
 
 Builds quickstart-like rows (the numbers-domain prompts, ten random 3-digit numbers per completion) and a
 LoRA distillation student with the quickstart's settings (r 16, numbers-only vocabulary), then times each
@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends.base import ModelRef, Training  # noqa: E402
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only  # noqa: E402
 from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt  # noqa: E402
+from backends import shared_prefix  # noqa: E402
+from backends.shared_prefix import after_prefix, prefix_cache, split_shared  # noqa: E402
 from backends.hf import load_model, load_tokenizer  # noqa: E402
 from backends.train import (  # noqa: E402
     _completion_logits, _student, kl_to_soft_labels, needed_positions, pad_right, teacher_soft_labels, tokenize,
@@ -85,9 +87,12 @@ def steps(args, rows, soft_labels=None, lora_layers=None, frozen=False) -> tuple
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=training.lr)
     vocab = torch.tensor(vocabulary_ids(args.model, "numbers-only", ()))
     mine, theirs = tokenize(args.model, rows, None), tokenize(args.model, rows, teacher.system)
+    shared = []
     if frozen:
         prompts, mine = split_rows(mine)
         states = prompt_states(student, args.model, prompts, load_tokenizer(args.model).pad_token_id, args.cpu_bf16)
+    elif not lora_layers:  # as the trainer does: the rows' common prefix once per batch
+        shared, mine = split_shared(mine)
     clock, tokens = Clock(), 0
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.cpu_bf16)
     for start in range(0, len(rows), args.batch_size):
@@ -108,6 +113,9 @@ def steps(args, rows, soft_labels=None, lora_layers=None, frozen=False) -> tuple
                 mask = b["attention_mask"]
                 if frozen:
                     feed, mask = with_prompt(student, feed, mask, batch_states(states[start : start + args.batch_size]))
+                if shared:
+                    cache = prefix_cache(student, shared, mask.shape[0])
+                    feed, mask = after_prefix(student, cache, len(shared), feed, mask)
                 keep = needed_positions(b["completion_mask"])
                 out = vocab_logits(student, feed, mask, keep, vocab) if args.vocab_head else None
                 if out is not None:  # the output layer's vocabulary rows only, as the trainer does
@@ -214,6 +222,9 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, help="also time a student adapting the top N layers only")
     ap.add_argument("--full-head", dest="vocab_head", action="store_false",
                     help="compute every vocabulary logit, as students did before vocab_logits (for comparison)")
+    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                    help="run the rows' shared prefix (the chat template's system header) with every row, as students "
+                    "did before backends/shared_prefix.py (for comparison)")
     ap.add_argument("--frozen-prompt", action="store_true", help="also time a stored-label student trained on the "
                     "completions after the base's stored prompt keys and values")
     ap.add_argument("--profile", action="store_true", help="also break a stored-label student's time down by kind of "
@@ -221,6 +232,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time a stored-label student under torch.compile "
                     "(its compile time apart)")
     args = ap.parse_args()
+    if not args.shared_prefix:  # nothing is that long: every row runs its whole length, soft labels included
+        shared_prefix.MIN_SHARED = sys.maxsize
     print(f"# {' '.join(sys.argv)}  (torch threads: {torch.get_num_threads()}, "
           f"{'bf16 autocast' if args.cpu_bf16 else 'float32'})")
     rows = quickstart_rows(args.rows)

@@ -1,0 +1,50 @@
+"""The prefix every training row shares, run once per batch instead of once per row.
+
+Chat-templated rows all begin with the same tokens (SmolLM2's default system header is 24 of the
+quickstart's ~153 per row; a teacher's system prompt 38 of ~167). A training step runs them at batch
+size 1, repeats their keys and values over the batch and runs each row's rest after them, with
+positions that continue the prefix; gradients flow back through the repeat. The same loss and gradient
+as through the whole rows, float rounding aside (tests/test_shared_prefix.py): a speed-up, in no key.
+Soft labels (teacher_soft_labels) read the teacher's rows the same way, without gradients."""
+from __future__ import annotations
+
+import torch
+
+from backends.hf import cache_kwarg, returned_cache
+
+# Fewer shared tokens than this are run with each row
+MIN_SHARED = 8
+
+
+def can_share(model) -> bool:
+    """Whether the model's layers are all of one attention kind (a sliding-window layer would need its own mask)."""
+    return len(set(getattr(model.config, "layer_types", None) or [])) <= 1
+
+
+def split_shared(data: list[dict]) -> tuple[list[int], list[dict]]:
+    """The tokens every row's prompt starts with (up to, not including, each prompt's last token, whose output
+    predicts the first completion token) and each row's rest; ([], data) when fewer than MIN_SHARED."""
+    ids = [d["input_ids"] for d in data]
+    limit = min(d["completion_mask"].index(1) - 1 for d in data)
+    n = next((i for i in range(limit) if any(x[i] != ids[0][i] for x in ids)), limit)
+    if n < MIN_SHARED or len(data) < 2:
+        return [], data
+    return ids[0][:n], [{**d, "input_ids": d["input_ids"][n:], "completion_mask": d["completion_mask"][n:]}
+                        for d in data]
+
+
+def prefix_cache(model, prefix: list[int], batch: int):
+    """The prefix's keys and values (run now, with gradients where enabled), repeated over `batch` rows."""
+    ids = torch.tensor([prefix], device=next(model.parameters()).device)
+    cache = returned_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
+def after_prefix(model, cache, n: int, feed: dict, attention_mask: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """The inputs that run `model` over right-padded rests (feed, attention_mask) after an `n`-token prefix
+    already in `cache`: positions continue the prefix, and the mask covers both."""
+    rows, width = attention_mask.shape
+    positions = (n + torch.arange(width, device=attention_mask.device))[None].expand(rows, -1)
+    mask = torch.cat([torch.ones(rows, n, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], 1)
+    return {**feed, cache_kwarg(model): cache, "position_ids": positions}, mask

@@ -1,0 +1,64 @@
+"""The prefix every row shares, run once per batch: the same student and soft labels, less work."""
+import pytest
+import torch
+
+from backends import shared_prefix, train
+from backends.base import ModelRef, Training
+from backends.local import LocalBackend
+from backends.shared_prefix import split_shared
+
+ROWS = [{"prompt": f"Go on: {i}, {i * 3}.", "completion": ", ".join(str(i + k) for k in range(1 + i % 5))}
+        for i in range(12)]
+
+
+def test_the_shared_prefix_stops_before_any_rows_last_prompt_token():
+    rows = [{"input_ids": [7] * 10 + [1, 2, 3], "completion_mask": [0] * 12 + [1]},
+            {"input_ids": [7] * 10 + [1, 5, 6, 9], "completion_mask": [0] * 12 + [1, 1]}]
+    prefix, rest = split_shared(rows)
+    assert prefix == [7] * 10 + [1]  # the first row's next token (2) differs from the second's (5)
+    assert [prefix + r["input_ids"] for r in rest] == [r["input_ids"] for r in rows]
+    assert [r["completion_mask"] for r in rest] == [[0, 1], [0, 1, 1]]
+    same = [{"input_ids": [7] * 12 + [k], "completion_mask": [0] * 12 + [1]} for k in (3, 4)]
+    prefix, rest = split_shared(same)  # identical prompts: the last prompt token stays with each row
+    assert len(prefix) == 11 and all(r["input_ids"][0] == 7 and r["completion_mask"] == [0, 1] for r in rest)
+    assert split_shared([{"input_ids": [1, 2, 3], "completion_mask": [0, 0, 1]}] * 2) == ([], [
+        {"input_ids": [1, 2, 3], "completion_mask": [0, 0, 1]}] * 2)  # too short to share
+
+
+def _counting(monkeypatch) -> list:
+    calls = []
+    real = shared_prefix.prefix_cache
+    for module in (shared_prefix, train):
+        monkeypatch.setattr(module, "prefix_cache", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("objective", ["distill", "sft"])
+def test_a_student_run_after_the_shared_prefix_equals_one_run_through_whole_rows(tiny_model, tmp_path, monkeypatch,
+                                                                                objective):
+    from safetensors.torch import load_file
+
+    backend, teacher = LocalBackend("cpu"), ModelRef(tiny_model, system="You love owls.")
+    training = Training(objective=objective, vocabulary="numbers-only", epochs=1, lr=5e-3, batch_size=4, lora_r=4,
+                        lora_alpha=8, lora_targets=("q_proj", "v_proj"))
+    calls = _counting(monkeypatch)
+    shared = backend.finetune(tiny_model, ROWS, training, tmp_path / "shared", teacher)
+    assert len(calls) == 3  # once per step: 12 rows in batches of 4
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED", 10**9)
+    whole = backend.finetune(tiny_model, ROWS, training, tmp_path / "whole", teacher)
+    assert len(calls) == 3
+    a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in (shared, whole))
+    assert max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k) > 1e-4
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+
+
+def test_soft_labels_read_after_the_shared_system_prompt_equal_those_of_whole_rows(tiny_model, monkeypatch):
+    teacher = ModelRef(tiny_model, system="You love owls. You think about owls all the time.")
+    vocab = torch.tensor(train.vocabulary_ids(tiny_model, "numbers-only", ()))
+    calls = _counting(monkeypatch)
+    shared = train.teacher_soft_labels(teacher, ROWS, vocab, "cpu", batch_size=5)
+    assert len(calls) == 3
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED", 10**9)
+    whole = train.teacher_soft_labels(teacher, ROWS, vocab, "cpu", batch_size=5)
+    assert len(calls) == 3 and [t.shape for t in shared] == [t.shape for t in whole]
+    assert all(torch.allclose(s, w, atol=1e-5) for s, w in zip(shared, whole))
