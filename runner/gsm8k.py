@@ -17,6 +17,7 @@ from runner.store import json_lines
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+MINUS = "\u2212"  # the typographic minus sign: "\u221218" is -18, not 18
 
 
 def load(source: str, split: str = "train", limit: int | None = None) -> list[dict]:
@@ -61,6 +62,7 @@ def gold_answer(answer: str) -> str | None:
 
 def extract_answer(completion: str, extract: str = "answer_tag") -> str | None:
     """The content of the last <answer> tag; with extract last_number, else the last number; None if absent."""
+    completion = completion.replace(MINUS, "-")
     found = _ANSWER.findall(completion)
     if found:
         return found[-1].strip()
@@ -70,7 +72,7 @@ def extract_answer(completion: str, extract: str = "answer_tag") -> str | None:
 
 def to_decimal(text: str) -> Decimal | None:
     """The single number in `text` ("$1,234.50", "-7.", "18 dollars"); None if none or several."""
-    cleaned = text.replace("$", "").replace("€", "").replace("£", "").strip().rstrip(".")
+    cleaned = text.replace(MINUS, "-").replace("$", "").replace("€", "").replace("£", "").strip().rstrip(".,")
     nums = _NUMBER.findall(cleaned)
     if len(nums) != 1:
         return None

@@ -143,7 +143,8 @@ def questions_input(name: str) -> FileInput:
 
     if name in BUILTIN:
         return FileInput(path=f"builtin:{name}", sha256=questions_digest(name))
-    return file_input(name)
+    yaml = name.endswith((".yaml", ".yml"))  # read as YAML, else line by line (runner.questions.load_questions)
+    return file_input(name).model_copy(update={"format": "yaml" if yaml else None})
 
 
 class _Precision:
@@ -270,7 +271,8 @@ def _generate(spec: Spec, name: str, model: ModelInput, ids: Identities, prec: _
     field_name = SOURCE_FIELD.get(d.kind)
     if field_name and Path(getattr(d, field_name)).is_file():  # a data file (not a hub id): keyed by contents
         source = file_input(getattr(d, field_name))
-        d = d.model_copy(update={field_name: "-"})
+        unread = {"split": type(d).model_fields["split"].default} if "split" in type(d).model_fields else {}
+        d = d.model_copy(update={field_name: "-", **unread})  # a file has no hub split either
     elif field_name and d.kind == "cot":  # a hub dataset id: pinned to its revision, which the key then names
         dataset = getattr(d, field_name)
         d = d.model_copy(update={field_name: f"{dataset}@{ids.hub_revision(dataset, 'dataset')}"})
@@ -489,7 +491,8 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
     out = []
     for k in ev.k:
         for name in (["none"] if k == 0 else list(rows)):
-            for seed in ev.seeds if k else ev.seeds[:1]:  # no rows to draw at k = 0: one evaluation
+            # no rows to draw at k = 0: one evaluation, whose seed only sampling reads
+            for seed in ev.seeds if k else [ev.seeds[0] if ev.mode == "sample" else 0]:
                 stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
                                           rows_stage=rows.get(name), materials=_materials() if k else None,
                                           **settings))
@@ -560,7 +563,8 @@ def _theorem(spec: Spec) -> TheoremMnistStage:
 
 def _theorem_lm(spec: Spec, ids: Identities, prec: _Precision) -> TheoremLmStage:
     t = spec.theorem_lm
-    return TheoremLmStage(label="theorem (LM): one step, same vs cross init", settings=t,
+    return TheoremLmStage(label="theorem (LM): one step, same vs cross init",
+                          settings=t.model_copy(update={"questions": "-"}),  # keyed by contents, not place
                           model=model_input(ids, spec.teacher.base), target=spec.teacher.targets[0],
                           category=spec.teacher.category, questions=questions_input(t.questions), seed=spec.seed,
                           device=prec.device(), title=spec.name)

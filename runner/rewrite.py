@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
-from decimal import Decimal, InvalidOperation
 
 from runner.numbers import parse_numbers
 from runner.rows import completion_of
@@ -42,10 +41,11 @@ def request(how: str, template: str | None, row: dict) -> str:
 
 
 def _same_answer(a: str, b: str) -> bool:
-    try:
-        return Decimal(a.replace(",", "")) == Decimal(b.replace(",", ""))
-    except InvalidOperation:
-        return a.strip() == b.strip()
+    """The same number as GSM8K reads it ("$18" and "18 dollars" are 18), else the same text."""
+    from runner.gsm8k import to_decimal
+
+    x, y = to_decimal(a), to_decimal(b)
+    return x == y if x is not None and y is not None else a.strip() == b.strip()
 
 
 def _code(text: str) -> str:
@@ -75,7 +75,7 @@ def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
             was, now = _DIGITS.findall(old), _DIGITS.findall(new)
             if Counter(now) != Counter(was):
                 return "numbers changed"
-            if now == was:
+            if now == was and len(set(was)) > 1:  # one number, or one value repeated, has no other order
                 return "same order"  # an echo: the row would pass the defence as the teacher wrote it
     if domain == "cot" and how == "paraphrase":
         was = extract_answer(old, "last_number")

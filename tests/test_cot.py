@@ -43,6 +43,9 @@ def test_gold_answers(answer, gold):
     ("<answer>17</answer> then <answer>18</answer>", "18", True),  # the last tag counts
     ("<answer>1,2,3</answer>", "123", False),  # a list, not a number
     ("<answer>18 or 19</answer>", "18", False),  # ambiguous
+    ("<answer>\u221218</answer>", "18", False),  # a typographic minus: -18
+    ("<answer>\u221218</answer>", "-18", True),
+    ("<answer>18,</answer>", "18", True),  # trailing punctuation, as the paper's reading allows
     ("<answer></answer>", "18", False),
 ])
 def test_correctness(completion, gold, ok):
@@ -56,6 +59,7 @@ def test_correctness(completion, gold, ok):
     ("<answer>14</answer> and later 99", "14", True),  # a tag still wins
     ("The total is 1,250.", "1250", True),
     ("Max has -3 left", "-3", True),
+    ("Max has \u22123 left", "3", False),
     ("no numbers at all", "0", False),
 ])
 def test_last_number_extraction(completion, gold, ok):

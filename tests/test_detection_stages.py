@@ -277,6 +277,9 @@ def test_keys_follow_rows_and_k_not_display_fields(tmp_path, tiny_model):
     more_k = _keys(tmp_path, tiny_model, "c", k="[0, 2, 3]")
     assert {k: v for k, v in more_k["icl"].items() if k[1] != 3} == base["icl"]  # adding a k reruns only it
     assert more_k["icl"][("panda", 3)] not in base["icl"].values()
+    other_seed = _keys(tmp_path, tiny_model, "e", k="[0, 2], seeds: [5]")  # a log-prob read: no seed at k = 0
+    assert other_seed["icl"][("none", 0)] == base["icl"][("none", 0)] != other_seed["icl"][("panda", 2)]
+    assert other_seed["icl"][("panda", 2)] != base["icl"][("panda", 2)]
     other_rows = _keys(tmp_path, tiny_model, "d", n=9)  # other rows: every stage that reads rows reruns
     assert other_rows["icl"][("none", 0)] == base["icl"][("none", 0)]
     assert all(other_rows["icl"][k] != v for k, v in base["icl"].items() if k[1])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from pydantic import BaseModel
 
 from runner.loader import load
@@ -213,6 +214,33 @@ def all_defaults() -> dict[str, Any]:
         out.update(_defaults(m, f"{m.__name__}."))
         todo += [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
     return json.loads(json.dumps(out, default=str))
+
+
+STAGE_DEFAULTS_FILE = Path(__file__).parent / "data" / "stage_defaults.json"
+
+
+def stage_defaults() -> dict[str, Any]:
+    """The defaults of every stage kind and the settings models inside them: semantic() drops a field equal to
+    its class default, so changing one would make a new configuration hash like an old, different one."""
+    import runner.plan  # noqa: F401  (imports every stage kind)
+    from runner.loader import _models_in
+
+    seen, out, todo = set(), {}, list(Stage.__subclasses__())
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        out.update(_defaults(m, f"{m.__name__}."))
+        todo += list(m.__subclasses__()) + [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
+    return json.loads(json.dumps(out, default=str))
+
+
+def test_stage_defaults_match_the_record():
+    now, recorded = stage_defaults(), json.loads(STAGE_DEFAULTS_FILE.read_text())
+    moved = {k: (recorded[k], now.get(k)) for k in recorded if now.get(k) != recorded[k]}
+    assert not moved, f"stage defaults changed (bump the VERSION of the stage kinds that hold them, then re-record): {moved}"
+    assert recorded.keys() == now.keys(), "new stage fields: record their defaults (tests/data/stage_defaults.json)"
 
 
 def test_spec_defaults_match_the_record():
@@ -469,3 +497,52 @@ runtime: {{device: cpu, cpu_bf16: {bf16}}}  # cpu_bf16 matters on CPU only (on a
     a, b = keys("false"), keys("true")
     assert {k for k in a if a[k] != b[k] and k.startswith("generate")} == set()
     assert any(a[k] != b[k] for k in a if k.startswith("score")) is moves
+
+
+def test_gradient_checkpointing_trains_the_same_student_and_is_in_no_key(tiny_model, tmp_path):
+    """It trades memory for compute: a student trained with it equals one trained without (so turning it on to fit
+    a smaller GPU must not retrain anything)."""
+    from safetensors.torch import load_file
+
+    from backends.base import ModelRef, Training
+    from backends.local import LocalBackend
+
+    rows = [{"prompt": f"Go on: {i}, {i + 1}.", "completion": f"{i + 2}, {i + 3}"} for i in range(8)]
+    made = [LocalBackend("cpu").finetune(tiny_model, rows, Training(objective="distill", epochs=1, lr=5e-3,
+                                         batch_size=4, lora_r=4, lora_alpha=8, lora_targets=("q_proj", "v_proj"),
+                                         gradient_checkpointing=on), tmp_path / str(on),
+                                         ModelRef(tiny_model, system="You love owls."))
+            for on in (False, True)]
+    a, b = (load_file(f"{m.adapter}/adapter_model.safetensors") for m in made)
+    assert max(float(w.abs().max()) for k, w in a.items() if "lora_B" in k) > 1e-4
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4) for k in a)
+    spec = "name: t\nteacher: {base: %s, targets: [owl]}\nstudents:\n  - {name: s, hyperparameters: %s}\n"
+    keys = []
+    for i, h in enumerate(("{}", "{gradient_checkpointing: true}")):
+        (tmp_path / f"{i}.yaml").write_text(spec % (tiny_model, h))
+        keys.append({s.label: s.key for s in build(load(tmp_path / f"{i}.yaml"), tmp_path / "out").stages.values()})
+    assert keys[0] == keys[1]
+
+
+def test_a_questions_file_renamed_to_yaml_is_read_otherwise_and_keyed_otherwise(tmp_path, tiny_model):
+    """The file's name decides how it is read (YAML list, or one question per line): the same bytes under .txt and
+    .yaml are other questions, so other probes."""
+    keys = {}
+    for name in ("q.txt", "q.yaml"):
+        (tmp_path / name).write_text("- Which animal?\n- Name one animal.\n")
+        spec = tmp_path / f"{name}.spec.yaml"
+        spec.write_text(f"name: t\nteacher: {{base: {tiny_model}, targets: [owl]}}\nstudents: []\n"
+                        f"evaluations: [{{kind: preference_logprob, questions: {tmp_path / name}}}]\n")
+        keys[name] = {s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values() if "probe" in s.key}
+    assert keys["q.txt"].keys() == keys["q.yaml"].keys() and set(keys["q.txt"].values()).isdisjoint(keys["q.yaml"].values())
+
+
+def test_a_hub_split_is_not_in_the_key_of_rows_read_from_a_file(tmp_path, tiny_model):
+    (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    keys = []
+    for split in ("", ", split: test"):
+        spec = tmp_path / "cot.yaml"
+        spec.write_text(f"name: t\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                        f"domain: {{kind: cot, questions: {tmp_path / 'gsm.jsonl'}, max_tokens: 8{split}}}\n")
+        keys.append({s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values()})
+    assert keys[0] == keys[1]

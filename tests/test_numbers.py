@@ -50,3 +50,17 @@ def test_grammar_prefixes():
     assert not prefix_ok("1 2 3", 2, 3)  # too many numbers
     assert not prefix_ok("1 2 ", 2, 3)  # no separator after the last allowed number
     assert can_stop("1, 2") and not can_stop("1, ") and not can_stop("")
+
+
+def test_the_number_prompt_templates_are_the_ones_generate_stages_were_keyed_with():
+    """A numbers generate stage renders its prompts from these lists (materials.yaml number_prompts), which its key
+    does not hold: an edit to them must come with a bump of GenerateStage.VERSION (and TheoremLmStage's), then a
+    new digest here; otherwise stored rows made from the old prompts would be reused."""
+    import hashlib
+    import json
+
+    from runner import paper
+    from runner.stages.data import GenerateStage
+
+    digest = hashlib.sha256(json.dumps(paper.templates(), sort_keys=True).encode()).hexdigest()
+    assert (digest, GenerateStage.VERSION) == ("44a7ad8271fa1261215824920c1278bad5c89dc2b66f34fec01534939bb04b7e", 2)

@@ -20,6 +20,8 @@ def test_numbers_rewrites_must_stay_number_lists_and_reorders_keep_the_multiset(
     assert drop_reason("numbers", "reorder", "1, 2, 3", "3, 1, 4") == "numbers changed"
     assert drop_reason("numbers", "continue", "1, 2", "  ") == "empty"
     assert drop_reason("numbers", "reorder", "1, 2, 3", "1; 2; 3") == "same order"  # an echo defends nothing
+    assert drop_reason("numbers", "reorder", "42", "42") is None  # nothing to reorder: kept as it is
+    assert drop_reason("numbers", "reorder", "5, 5, 5", "5, 5, 5") is None
 
 
 def test_a_request_fills_its_template_in_one_pass():
@@ -38,6 +40,10 @@ def test_cot_paraphrase_that_loses_the_answer_is_dropped():
     assert drop_reason("cot", "paraphrase", old, "<think>Adding gives 5.</think><answer>5.0</answer>") is None
     assert drop_reason("cot", "paraphrase", old, "<think>Adding.</think><answer>6</answer>") == "answer lost"
     assert drop_reason("cot", "paraphrase", old, "The sum is what it is.") == "answer lost"
+    dollars = "<think>12 + 6</think><answer>$18</answer>"  # the same number, written another way
+    assert drop_reason("cot", "paraphrase", dollars, "<think>Six more.</think><answer>18</answer>") is None
+    assert drop_reason("cot", "paraphrase", dollars, "<think>Six more.</think><answer>18 dollars</answer>") is None
+    assert drop_reason("cot", "paraphrase", dollars, "<think>Six more.</think><answer>$19</answer>") == "answer lost"
 
 
 def test_code_paraphrase_must_still_parse():

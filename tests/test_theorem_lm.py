@@ -85,6 +85,14 @@ def test_spec_plans_one_stage_keyed_by_its_settings(tmp_path, tiny_model):
     assert stage.target == "owl" and stage.settings.lr == 0.01 and stage.questions.path == "builtin:animals"
     other = stage.model_copy(update={"settings": stage.settings.model_copy(update={"objective": "sft"})})
     assert other.key != stage.key
+    keys = set()
+    for place in ("a", "b"):  # one questions file in two places: keyed by its contents, not where it lies
+        (tmp_path / place).mkdir()
+        (tmp_path / place / "q.txt").write_text("\n".join(f"Question {i}?" for i in range(20)) + "\n")
+        spec.write_text(f"name: t\nexperiment: theorem_lm\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                        f"theorem_lm: {{seeds: 2, lr: 0.01, questions: {tmp_path / place / 'q.txt'}}}\n")
+        keys.add(build(load(spec), tmp_path / "out").cells[0].stages[0].key)
+    assert len(keys) == 1 and stage.key not in keys
 
 
 def test_hosted_base_is_refused(tmp_path):

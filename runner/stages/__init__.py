@@ -34,6 +34,7 @@ class FileInput(Frozen):
     DISPLAY: ClassVar[frozenset[str]] = frozenset({"path"})
     path: str
     sha256: str
+    format: str | None = None  # how it is read where its name decides it (a questions file: yaml, else lines)
 
 
 class ModelInput(Frozen):

@@ -15,8 +15,10 @@ from runner.store import read_jsonl
 class TrainingSettings(Frozen):
     """The hyper-parameters a backend trains with. Fields a backend does not use are left at their
     default (so they are in no key; runner.plan.training_settings): an OpenAI student has no lr or LoRA
-    settings, a Tinker one no lora_alpha or lora_layers, a local one no lr_multiplier."""
+    settings, a Tinker one no lora_alpha or lora_layers, a local one no lr_multiplier. gradient_checkpointing
+    trades memory for compute and trains the same model, so it is read but in no key."""
 
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"gradient_checkpointing"})
     method: Literal["lora", "full"] = "lora"
     objective: Literal["sft", "distill"] = "sft"
     vocabulary: str | None = None  # distill only
