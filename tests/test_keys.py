@@ -202,18 +202,24 @@ def _defaults(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def all_defaults() -> dict[str, Any]:
+def _defaults_from(roots: list[type[BaseModel]], subclasses: bool = False) -> dict[str, Any]:
+    """The defaults of `roots` and of every model inside their fields (and their subclasses, when asked)."""
     from runner.loader import _models_in
 
-    seen, out, todo = set(), {}, [Spec]
+    seen, out, todo = set(), {}, list(roots)
     while todo:
         m = todo.pop()
         if m in seen:
             continue
         seen.add(m)
         out.update(_defaults(m, f"{m.__name__}."))
-        todo += [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
+        todo += (list(m.__subclasses__()) if subclasses else []) + \
+            [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
     return json.loads(json.dumps(out, default=str))
+
+
+def all_defaults() -> dict[str, Any]:
+    return _defaults_from([Spec])
 
 
 STAGE_DEFAULTS_FILE = Path(__file__).parent / "data" / "stage_defaults.json"
@@ -223,17 +229,8 @@ def stage_defaults() -> dict[str, Any]:
     """The defaults of every stage kind and the settings models inside them: semantic() drops a field equal to
     its class default, so changing one would make a new configuration hash like an old, different one."""
     import runner.plan  # noqa: F401  (imports every stage kind)
-    from runner.loader import _models_in
 
-    seen, out, todo = set(), {}, list(Stage.__subclasses__())
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        out.update(_defaults(m, f"{m.__name__}."))
-        todo += list(m.__subclasses__()) + [x for f in m.model_fields.values() for x in _models_in(f.annotation)]
-    return json.loads(json.dumps(out, default=str))
+    return _defaults_from(Stage.__subclasses__(), subclasses=True)
 
 
 def test_stage_defaults_match_the_record():
