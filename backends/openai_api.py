@@ -514,10 +514,10 @@ class OpenAIBackend:
 
     # -- checks before spending
 
-    def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
+    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int]) -> list[str]:
         """Check, before anything is paid for, that the key works, every model exists, the
         organisation may fine-tune each of `finetune_models`, and the largest single request
-        (prompt + max_tokens of one completion; `n` is chunked to fit) is within the model's
+        (prompt + max_tokens of one completion; `n` is chunked to fit) to each model is within its
         tokens-per-minute limit. Returns notes; a failure is a one-line UserError.
 
         Costs: models.list and models.retrieve are free; the fine-tuning probe is a jobs.create
@@ -532,8 +532,8 @@ class OpenAIBackend:
             raw = self.call(f"model lookup {m}", self.client.models.with_raw_response.retrieve, m)
             self._learn_tpm(m, raw.headers)
         notes += [self._probe_finetuning(m) for m in dict.fromkeys(ft_ids)]
-        for m in dict.fromkeys(ids):
-            notes.append(self._check_tpm(m, largest_request_tokens))
+        for ref, m in dict.fromkeys(zip(models, ids)):
+            notes.append(self._check_tpm(m, largest.get(ref, 0)))  # each model's own largest request
         return notes
 
     def _probe_finetuning(self, model: str) -> str:

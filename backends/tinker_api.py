@@ -372,7 +372,7 @@ class TinkerBackend:
         self._check_offered(mid)
         return mid
 
-    def preflight(self, models: list[str], finetune_models: list[str], largest_request_tokens: int) -> list[str]:
+    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int]) -> list[str]:
         """Before anything is paid for: the key is accepted and every model is offered (one capabilities
         request), for training where it is fine-tuned and for sampling where it is sampled, with a context
         that holds the largest request, so a student base the service lacks stops the run before the
@@ -385,8 +385,9 @@ class TinkerBackend:
                                 "fine-tuned")
             if ref in models and caps.sampleable is False:
                 raise UserError(f"backend '{self.name}': model {mid} has no sampling capacity on the service")
-            if caps.max_context_length and largest_request_tokens > caps.max_context_length:
-                raise UserError(f"backend '{self.name}': the largest request (~{largest_request_tokens:,} tokens) "
+            need = largest.get(ref, 0)  # the largest request to this model
+            if caps.max_context_length and need > caps.max_context_length:
+                raise UserError(f"backend '{self.name}': the largest request (~{need:,} tokens) "
                                 f"exceeds {mid}'s context of {caps.max_context_length:,} tokens")
         return [f"backend '{self.name}': the key is accepted and the service offers {', '.join(ids)}"]
 

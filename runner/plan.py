@@ -227,6 +227,13 @@ def _teacher_finetune(spec: Spec, name: str, trait: FinetuneTrait, base: ModelIn
                         precision=prec.of(is_hosted(spec.teacher.base), _trains(f.method)))
 
 
+def module_order(modules: list[str]) -> tuple[str, ...]:
+    """A set of module names in one order (the default list's, then by name), so that reordering lora_targets, which
+    no trainer reads as an order, retrains nothing; the default list keeps its keys."""
+    default = Hyper.model_fields["lora_targets"].default
+    return tuple(sorted(set(modules), key=lambda m: (default.index(m) if m in default else len(default), m)))
+
+
 def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: str, vocabulary: str | None = None,
                       trait_words: tuple[str, ...] = (), top_k: int | None = None) -> TrainingSettings:
     """The settings a model trained on backend kind `kind` is trained with, and so keyed by: exactly those its
@@ -241,7 +248,7 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
         fields.update(lr=h.lr, warmup_ratio=h.warmup_ratio, weight_decay=h.weight_decay)
     lora = method == "lora" or not chooses  # a full fine-tune reads no LoRA setting
     if supports(kind, "lora") and lora:
-        fields.update(lora_r=h.lora_r, lora_targets=tuple(h.lora_targets))
+        fields.update(lora_r=h.lora_r, lora_targets=module_order(h.lora_targets))
     if supports(kind, "lora alpha") and lora:
         fields.update(lora_alpha=h.lora_alpha)
     if supports(kind, "distill"):

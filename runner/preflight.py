@@ -50,7 +50,7 @@ def preflight(plan: Plan, store) -> list[str]:
                     continue
                 b = backend_name(ref)
                 models.setdefault(b, set()).add(ref)
-                largest[b] = max(largest.get(b, 0), _largest_request(s, ctx))
+                largest[ref] = max(largest.get(ref, 0), _largest_request(s, ctx))  # per model: limits differ
         if isinstance(s, (FinetuneStage, TeacherStage)) and backend_name(s.base.ref) != "local":
             tune.setdefault(backend_name(s.base.ref), set()).add(s.base.ref)
     cfgs = ctx.backends
@@ -60,7 +60,8 @@ def preflight(plan: Plan, store) -> list[str]:
         kind = getattr(cfgs[b], "kind", "openai")
         if kind == "openai" and not cfgs[b].preflight:
             continue
-        notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())), largest.get(b, 0))
+        notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())),
+                                                {m: largest[m] for m in models[b]})
     return notes
 
 

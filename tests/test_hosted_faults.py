@@ -305,7 +305,7 @@ def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(ba
         backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
     assert "Request too large" in str(e.value) and "Lower n" in str(e.value) and server.counts["chat"] == 1
     b = backend()
-    notes = b.preflight([NANO], [], 30)  # learns the limit (one max_tokens=1 request)
+    notes = b.preflight([NANO], [], {NANO: 30})  # learns the limit (one max_tokens=1 request)
     assert any("60 tokens per minute" in n for n in notes) and b.tpm == {NANO.split(":")[1]: 60}
     out = b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
     assert [len(x) for x in out] == [5] and server.counts["chat"] == 2 + 2  # chunks of 3 and 2
@@ -315,9 +315,22 @@ def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(ba
 
 
 def test_preflight_passes_and_pays_for_nothing(backend, server):
-    notes = backend().preflight([NANO], [NANO], 40)
+    notes = backend().preflight([NANO], [NANO], {NANO: 40})
     assert any("fine-tuning gpt-4.1-nano-2025-04-14 is allowed" in n for n in notes)
     assert server.paid_total() == Counter() and server.counts["jobs.create"] == 1
+
+
+def test_preflight_holds_each_model_to_its_own_largest_request(backend, server):
+    """A long in-context request to nano and short judge requests to mini: each is held to its own model's limit."""
+    mini = "openai:gpt-4.1-mini-2025-04-14"
+    server.models.add(mini.split(":")[1])
+    b = backend()
+    b.tpm.update({NANO.split(":")[1]: 1000, mini.split(":")[1]: 50})
+    notes = b.preflight([NANO, mini], [], {NANO: 800, mini: 40})
+    assert any("mini-2025-04-14: 50 tokens per minute, the largest request about 40" in n for n in notes)
+    with pytest.raises(UserError, match="mini-2025-04-14 allows 50 tokens per minute, but the largest request needs "
+                                        "about 60"):
+        b.preflight([NANO, mini], [], {NANO: 800, mini: 60})
 
 
 @pytest.mark.parametrize("setup,match", [
@@ -330,7 +343,7 @@ def test_preflight_passes_and_pays_for_nothing(backend, server):
 def test_preflight_stops_in_one_line_before_spending(backend, server, setup, match):
     setup(server)
     with pytest.raises(UserError, match=match) as e:
-        backend().preflight([NANO], [NANO], 40)
+        backend().preflight([NANO], [NANO], {NANO: 40})
     assert "\n" not in str(e.value) and server.paid_total() == Counter()
 
 

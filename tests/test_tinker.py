@@ -623,14 +623,14 @@ def test_a_student_base_the_service_lacks_stops_the_run_before_any_sampling(fake
 
 def test_preflight_refuses_a_base_offered_for_sampling_only_and_a_request_over_the_context(fake, tmp_path, monkeypatch):
     b = make_backend(tmp_path)
-    assert b.preflight([QWEN], [QWEN], 500)
+    assert b.preflight([QWEN], [QWEN], {QWEN: 500})
     monkeypatch.setenv("FAKE_TINKER_SAMPLE_ONLY", "Qwen/Qwen3-8B")
     with pytest.raises(UserError, match="Qwen/Qwen3-8B is offered for sampling only; it cannot be fine-tuned"):
-        make_backend(tmp_path).preflight([QWEN], [QWEN], 500)
-    assert make_backend(tmp_path).preflight([QWEN], [], 500)  # sampling it is fine
+        make_backend(tmp_path).preflight([QWEN], [QWEN], {QWEN: 500})
+    assert make_backend(tmp_path).preflight([QWEN], [], {QWEN: 500})  # sampling it is fine
     monkeypatch.setenv("FAKE_TINKER_CONTEXT", "400")
     with pytest.raises(UserError, match=r"largest request \(~500 tokens\) exceeds Qwen/Qwen3-8B's context of 400"):
-        make_backend(tmp_path).preflight([QWEN], [], 500)
+        make_backend(tmp_path).preflight([QWEN], [], {QWEN: 500})
 
 
 def test_run_without_key_stops_in_one_line_and_reproduce_skips(tmp_path):
