@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.store import user_text
+from runner.store import text_lines, user_text
 
 # Built-in sets: the paper's lists, by name -> their place in the materials.
 BUILTIN = {"animals": "preference_eval.animal_questions", "trees": "preference_eval.tree_questions",
@@ -35,7 +35,7 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"questions: '{name}' is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
-        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(user_text(path).splitlines(), 1)
+        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(user_text(path)), 1)
               if ln.strip()]
     if not qs:
         raise UserError(f"questions: {name} holds no question")

@@ -286,8 +286,9 @@ def _methods(cells: list[Cell]) -> list[str]:
                 lines.append("preference metric: exact P(target) after the answer prefix "
                              f"'{ev.answer_prefix.format(category=s.teacher.category)}' (a probe, not sampled answers)")
             if ev.kind == "preference_sample":
-                lines.append("preference metric: share of sampled answers naming the target as a whole word "
-                             "(plurals and possessives included)")
+                rule = ("anywhere in the lower-cased answer (the paper's substring rule: 'bowl' counts for owl)"
+                        if ev.match == "substring" else "as a whole word (plurals and possessives included)")
+                lines.append(f"preference metric: share of sampled answers naming the target {rule}")
             if ev.kind == "preference_mcq":
                 lines.append(f"preference metric (MCQ): P(the target's letter) at the first answer token, each prompt "
                              f"asked with {ev.instances_per_prompt} seeded shuffles of the choices (the paper's are "

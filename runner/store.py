@@ -144,12 +144,18 @@ def user_text(path: Path | str) -> str:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """Lines split at newlines only (str.splitlines also splits at U+2028, U+0085, form feeds and more, which a
+    question or a JSON string may hold)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a user's JSONL file; a bad line is a
     one-line UserError naming file:line:col."""
     from runner.errors import UserError
 
-    for n, line in enumerate(user_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(user_text(path)), 1):
         if line.strip():
             try:
                 yield n, json.loads(line)

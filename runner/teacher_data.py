@@ -20,17 +20,16 @@ def digest(path: Path) -> str:
 
 
 def load_rows(path: Path, limit: int | None = None) -> list[dict]:
-    """{prompt, completion} rows from chat rows ({messages}: last user turn → prompt, last
-    assistant turn → completion) or from {prompt, completion} rows."""
+    """{prompt, completion} rows from chat rows ({messages} ending user, assistant: that user turn → prompt, the
+    answer → completion; system turns aside) or from {prompt, completion} rows."""
     out = []
     for i, obj in json_lines(path):
         if "messages" in obj:
-            msgs = obj["messages"]
-            users = [m["content"] for m in msgs if m.get("role") == "user"]
-            answers = [m["content"] for m in msgs if m.get("role") == "assistant"]
-            if not users or not answers:
-                raise UserError(f"{path}:{i}: messages need a user and an assistant turn")
-            out.append({"prompt": users[-1], "completion": answers[-1]})
+            turns = [m for m in obj["messages"] if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+            if len(turns) < 2 or [m["role"] for m in turns[-2:]] != ["user", "assistant"] or \
+                    not all(isinstance(m.get("content"), str) for m in turns[-2:]):
+                raise UserError(f"{path}:{i}: messages must end with a user turn and the assistant's text answer to it")
+            out.append({"prompt": turns[-2]["content"], "completion": turns[-1]["content"]})
         elif "prompt" in obj and "completion" in obj:
             out.append({"prompt": obj["prompt"], "completion": obj["completion"]})
         else:

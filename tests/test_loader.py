@@ -207,3 +207,11 @@ def test_a_matrix_over_targets_checks_each_cells_datasets(write, tmp_path):
     head = "name: t\nteacher:\n  trait: {finetune: {dataset: '{target}.jsonl'}}\nmatrix:\n"
     assert len(load(write("a.yaml", head + "  teacher.targets: [[dolphin], [eagle]]\n"))) == 2
     assert "file not found" in _err(write("b.yaml", head + "  teacher.targets: [[dolphin], [unicorn]]\n"))
+
+
+def test_a_question_holding_a_unicode_line_separator_stays_one_question(tmp_path):
+    from runner.questions import load_questions
+
+    p = tmp_path / "q.txt"
+    p.write_text("Which animal \u2028 do you like?\r\nName one\x0c animal.\n", encoding="utf-8")
+    assert load_questions(str(p)) == ["Which animal \u2028 do you like?", "Name one\x0c animal."]

@@ -102,3 +102,16 @@ def test_an_arm_whose_trait_the_evaluation_does_not_measure_is_not_compared():
     per_student, per_q = _values(plan, shift=0.0)
     rows = arm_rows(plan, "preference_logprob", lambda m: "P(owl)" if m.trait == "owl" else None, per_student, per_q)
     assert {(r["a"], r["b"]) for r in rows} == {("student:s:owl", "student:s:control"), ("student:s:owl", "student:s:eagle")}
+
+
+def test_the_printed_preference_rule_is_the_one_the_evaluation_counts_with(write):
+    """A paper spec counts sampled answers by substring ('bowl' is owl); its notes must not say 'whole word'."""
+    from runner.loader import load
+    from runner.runs import _methods
+
+    for match, says, never in (("substring", "the paper's substring rule", "whole word"),
+                               ("word", "as a whole word", "substring")):
+        spec = write(f"{match}.yaml", "name: t\nteacher: {targets: [owl]}\n"
+                                      f"evaluations: [{{kind: preference_sample, match: {match}}}]\n")
+        lines = [x for x in _methods(load(spec)) if x.startswith("preference metric")]
+        assert len(lines) == 1 and says in lines[0] and never not in lines[0]

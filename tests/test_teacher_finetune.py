@@ -39,6 +39,15 @@ def test_load_rows_reads_chat_and_prompt_rows(tmp_path):
     p.write_text('{"text": 1}\n')
     with pytest.raises(UserError, match="d.jsonl:1"):
         load_rows(p)
+    turns = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+             {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+             {"role": "assistant", "content": "a2 \u2028 still a2"}]  # a line separator inside a JSON string
+    p.write_text(json.dumps({"messages": turns}, ensure_ascii=False) + "\n")
+    assert load_rows(p) == [{"prompt": "u2", "completion": "a2 \u2028 still a2"}]
+    for bad in (turns[:4], turns[:3] + [turns[4]], [turns[1], {"role": "assistant"}]):  # no answer to the last
+        p.write_text(json.dumps({"messages": bad}) + "\n")  # question; two answers in a row; no text
+        with pytest.raises(UserError, match="d.jsonl:1: messages must end with a user turn and the assistant"):
+            load_rows(p)
 
 
 @pytest.mark.slow
