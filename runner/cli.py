@@ -27,6 +27,8 @@ def main() -> None:
     """Entry point: user errors become one line and exit code 2."""
     try:
         code = app(standalone_mode=False)  # returns a typer.Exit's code instead of raising it
+        if code == 130:  # click turns Ctrl-C into Abort, then exit code 130, before the handler below sees it
+            err.print("interrupted: finished stages are kept; rerun to resume", markup=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as e:
         err.print(f"error: {e}", markup=False, soft_wrap=True)

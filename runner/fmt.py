@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -96,6 +97,8 @@ def format_files(files: list[Path], check: bool) -> list[Path]:
         new = canonical(text, str(path))
         if new != text:
             changed.append(path)
-            if not check:
-                path.write_text(new)
+            if not check:  # beside it, then renamed over it: Ctrl-C never leaves a spec cut short
+                tmp = path.with_name(f".{path.name}.fmt-tmp")
+                tmp.write_text(new)
+                os.replace(tmp, path)
     return changed

@@ -40,12 +40,16 @@ def _short(v: Any) -> str:
 
 def read_yaml(path: Path) -> CommentedMap:
     """Parse one YAML file with the round-trip loader (keeps line numbers)."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a folder, not a spec file")
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}:1:1: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         data = YAML(typ="rt").load(text)
     except ReaderError as e:  # control characters, NUL bytes: not a YAML text
@@ -77,8 +81,8 @@ def _origins(node: Any, path: Path, prefix: tuple = (), out: dict | None = None)
     """Map every key path in a YAML tree to (file, line, col) of its key."""
     out = {} if out is None else out
     if isinstance(node, CommentedMap):
-        for k in node:
-            line, col = node.lc.key(k)
+        for k in node:  # a key merged in by `<<` (or in an !!omap) has no place of its own: its mapping's
+            line, col = (node.lc.data.get(k) or (node.lc.line, node.lc.col))[:2]
             out[prefix + (k,)] = (path, line + 1, col + 1)
             _origins(node[k], path, prefix + (k,), out)
     elif isinstance(node, CommentedSeq):
@@ -172,12 +176,16 @@ def _plain(node: Any) -> Any:
 
 
 def _set(raw: dict, dotted: str, value: Any) -> dict:
+    """`raw` with the dotted key set to (a copy of) `value`; ValueError where the path runs through a value that is
+    not a mapping (a system-prompt trait where the key names a finetune trait's field)."""
     parts = dotted.split(".")
     out = _plain(raw)
     node = out
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
-    node[parts[-1]] = value
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])} is not a mapping in this spec")
+    node[parts[-1]] = copy.deepcopy(value)  # resolve_paths rewrites the cell in place; the label keeps the value
     return out
 
 
@@ -194,13 +202,20 @@ def _models_in(ann: Any) -> list:
 
 def _names_field(dotted: str) -> bool:
     """Whether a dotted key names a field; a union (domain, a filter) names it when any member has it."""
-    models = _models_in(Spec)
-    for p in dotted.split("."):
+    models, parts = _models_in(Spec), dotted.split(".")
+    for i, p in enumerate(parts):
         fields = [m.model_fields[p] for m in models if p in m.model_fields]
-        if not fields:
-            return False
+        if not fields or (i < len(parts) - 1 and any(_holds_many(f.annotation) for f in fields)):
+            return False  # a list's items have no single field to sweep (students.method: which student?)
         models = [m for f in fields for m in _models_in(f.annotation)]
     return True
+
+
+def _holds_many(ann: Any) -> bool:
+    """Whether an annotation is (or may be) a list, tuple or mapping."""
+    from typing import get_args, get_origin
+
+    return get_origin(ann) in (list, tuple, dict) or any(_holds_many(a) for a in get_args(ann) if a is not type(None))
 
 
 # ---- data paths: relative to the spec file that sets them ------------------------------------
@@ -324,12 +339,22 @@ def load(path: Path | str) -> list[Cell]:
             raise SpecError(f"{where}: matrix.{key}: names no field of the spec")
         if not spec.matrix[key]:
             raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: an empty list gives no cell")
+        labels = [_short(v) for v in spec.matrix[key]]
+        if len(set(labels)) < len(labels):  # cells are told apart (and reported) by their labels
+            raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: a value is listed twice")
+        inner = next((k for k in keys if k != key and k.startswith(key + ".")), None)
+        if inner:  # the outer key's value would overwrite the inner's, and the cells' labels would lie
+            raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key} and matrix.{inner} overlap; "
+                            f"sweep one of them")
     for values in itertools.product(*(spec.matrix[k] for k in keys)):
         over = dict(zip(keys, values))
         cell_raw = _plain(raw)
         cell_raw.pop("matrix")
         for k, v in over.items():
-            cell_raw = _set(cell_raw, k, v)
+            try:
+                cell_raw = _set(cell_raw, k, v)
+            except ValueError as e:
+                raise SpecError(f"{_locate(origins, ('matrix', k))}: matrix.{k}: {e}") from None
         cell_origins = {**origins}
         try:
             cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over))))

@@ -528,6 +528,13 @@ class HostedBackend(Strict):
 
 class Spec(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; results go to outputs/<name>/.")
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_of_its_own(cls, v: str) -> str:
+        if set(v) == {"."} or v == "stages":  # outputs/.. is the folder above, outputs/stages the stage store
+            raise ValueError(f"'{v}' would not be a folder of its own under outputs/; choose another name")
+        return v
     notes: str = Field("", description="What this spec tests (not part of any cache key).")
     extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
     seed: int = Field(0, description="Base seed for prompt generation and sampling.")

@@ -215,3 +215,61 @@ def test_a_question_holding_a_unicode_line_separator_stays_one_question(tmp_path
     p = tmp_path / "q.txt"
     p.write_text("Which animal \u2028 do you like?\r\nName one\x0c animal.\n", encoding="utf-8")
     assert load_questions(str(p)) == ["Which animal \u2028 do you like?", "Name one\x0c animal."]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("name: a\nteacher:\n  <<: {base: smollm2-135m}\n  targets: [owl]\n  colour: red\n", ":5:3: teacher.colour: unknown key"),
+    ("name: a\nstudents: [{name: s}]\nmatrix: {students.method: [lora, full]}\n", ":3:10: matrix.students.method: names no field"),
+    ("name: a\nmatrix: {seed: [0, 0]}\n", ":2:10: matrix.seed: a value is listed twice"),
+    ("name: a\nmatrix: {teacher: [{targets: [owl]}], teacher.targets: [[eagle]]}\n", ":2:10: matrix.teacher and "
+     "matrix.teacher.targets overlap"),
+    ("name: a\nteacher: {trait: 'You love {target}s.'}\nmatrix: {teacher.trait.finetune.dataset: [d.jsonl]}\n",
+     ":3:10: matrix.teacher.trait.finetune.dataset: "
+     "teacher.trait is not a mapping"),
+    ("name: ..\n", ":1:1: name: '..' would not be a folder of its own"),
+    ("name: stages\n", ":1:1: name: 'stages' would not be a folder of its own"),
+])
+def test_malformed_specs_are_one_located_line(write, text, says):
+    write("d.jsonl", "{}\n")
+    p = write("a.yaml", text)
+    assert _err(p).startswith(f"{p}{says}")
+
+
+def test_a_merged_key_is_read_and_a_folder_is_named_as_such(write, tmp_path):
+    p = write("a.yaml", "name: a\nteacher:\n  <<: {base: smollm2-135m}\n  targets: [owl]\n")
+    assert load(p)[0].spec.teacher.base == "smollm2-135m"
+    assert _err(tmp_path) == f"{tmp_path}: is a folder, not a spec file"
+
+
+def test_a_matrix_label_keeps_the_value_as_written(write):
+    p = write("a.yaml", "name: a\nteacher: {targets: [owl]}\nmatrix: {seed: [0, 1], evaluations: "
+                        "[[{kind: preference_sample, questions: q.txt}]]}\n")
+    write("q.txt", "Which animal?\n")
+    assert all("questions=q.txt" in str(c.overrides["evaluations"]) or "q.txt" in repr(c.overrides) for c in load(p))
+    assert all(not str(c.overrides["evaluations"]).count(str(p.parent)) for c in load(p))
+
+
+def test_ctrl_c_says_the_finished_stages_are_kept(write, monkeypatch, capsys):
+    from runner import cli, loader
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loader, "load", interrupted)
+    monkeypatch.setattr(sys, "argv", ["subl", "validate", str(write("a.yaml", GOOD))])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: finished stages are kept; rerun to resume"
+
+
+def test_reproduce_names_a_folder_that_is_not_there(tmp_path):
+    from rich.console import Console
+
+    from runner.errors import UserError
+    from runner.reproduce import reproduce
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text("name: t\nstudents: [{name: s, method: qlora}]\n")  # fails fast
+    with pytest.raises(UserError, match="no such folder: .*spces"):
+        reproduce([tmp_path / "specs", tmp_path / "spces"], tmp_path / "out", Console())
