@@ -138,7 +138,8 @@ def method_line(spec, ev) -> str:
     if ev.kind == "icl":
         how = {"logprob": "exact P(target) after the answer prefix",
                "mcq": f"the multiple-choice P(target letter), {ev.mcq.instances_per_prompt} shuffles per prompt"}.get(
-            spec.icl_mode(ev), f"share of {ev.samples_per_question} sampled answers naming the target")
+            spec.icl_mode(ev), f"share of {ev.samples_per_question} sampled answers naming the target as a whole word "
+                               "(the paper's in-context script counts substrings)")
         return (f"icl: {spec.icl_model(ev)} answers with k of a teacher's filtered rows as its whole system prompt "
                 f"(the paper's format), k in {ev.k}, {len(ev.seeds)} draw(s) of rows; {how}")
     read = ("read from a one-token reply at temperature 0 (read: reply; not the paper's reading)" if ev.read == "reply"

@@ -235,13 +235,17 @@ def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> 
     """The test under a target's bars (across students where the arms have several, else paired over
     questions): whiskers across questions hide a shift that every question shares."""
     students = _students(results)
-    for c in results.get("comparisons", []):
-        if (c["cell"] == cell and label_of(c) == ev and _student_of(c["a"], students) == sname
-                and _target(c["metric"]) == target and c.get("ratio")):
-            vs = "control" if c.get("b_is") == "control" else "other"
-            units = f"{c['a_wins']}/{c['n']} q" if c.get("a_wins") is not None else f"{c['n_a']} v {c['n_b']} students"
-            return f"\n{c['ratio']:.3f}x vs {vs}\n{units}, p={p_text(c)}"
-    return ""
+    rows = [c for c in results.get("comparisons", [])
+            if c["cell"] == cell and label_of(c) == ev and _student_of(c["a"], students) == sname
+            and _target(c["metric"]) == target and c.get("ratio")]
+    if not rows:
+        return ""
+    # against the control where there is one; else the arm it was compared with, by name (the figure's
+    # other-trait bar pools every other teacher's students, so a single other arm must be named)
+    c = next((x for x in rows if x.get("b_is") == "control"), rows[0])
+    vs = "control" if c.get("b_is") == "control" else c["b"].split(":")[-1]
+    units = f"{c['a_wins']}/{c['n']} q" if c.get("a_wins") is not None else f"{c['n_a']} v {c['n_b']} students"
+    return f"\n{c['ratio']:.3f}x vs {vs}\n{units}, p={p_text(c)}"
 
 
 def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:

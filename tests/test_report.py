@@ -243,3 +243,16 @@ def test_a_figure_of_replicated_arms_states_the_across_student_test(tmp_path):
         e["model"] = e["model"].replace(":r0", ":r1")  # replicates need not start at 0
     note = _paired_note(results, "-", "preference_sample: animals", "s", "owl")
     assert "2.000x vs control" in note and "3 v 3 students" in note and "p=0.0498" in note
+
+
+def test_a_figures_note_is_the_comparison_with_the_control_not_the_first_other_arm():
+    from runner.report_md import _paired_note
+
+    ev = [{"model": f"student:s:{t}:r0", "student": "s"} for t in ("owl", "eagle", "control")]
+    row = dict(cell="", label="preference_sample", metric="rate(owl)", a="student:s:owl", n_a=3, n_b=3, min_p=0.1)
+    results = {"evaluations": ev, "comparisons": [
+        {**row, "b": "student:s:eagle", "b_is": "other", "ratio": 1.667, "p_value": 0.25},
+        {**row, "b": "student:s:control", "b_is": "control", "ratio": 2.5, "p_value": 0.1}]}
+    assert _paired_note(results, "", "preference_sample", "s", "owl").startswith("\n2.500x vs control\n3 v 3 students, p=0.1")
+    results["comparisons"].pop()
+    assert _paired_note(results, "", "preference_sample", "s", "owl").startswith("\n1.667x vs eagle\n")

@@ -115,3 +115,12 @@ def test_the_printed_preference_rule_is_the_one_the_evaluation_counts_with(write
                                       f"evaluations: [{{kind: preference_sample, match: {match}}}]\n")
         lines = [x for x in _methods(load(spec)) if x.startswith("preference metric")]
         assert len(lines) == 1 and says in lines[0] and never not in lines[0]
+
+
+def test_the_in_context_method_line_names_its_counting_rule(write):
+    from runner.detection_results import method_line
+    from runner.loader import load
+
+    spec = load(write("icl.yaml", "name: t\nteacher: {targets: [owl]}\nevaluations: [{kind: icl, mode: sample}]\n"))[0].spec
+    assert "naming the target as a whole word (the paper's in-context script counts substrings)" in \
+        method_line(spec, spec.evaluations[0])
