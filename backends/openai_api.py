@@ -401,6 +401,16 @@ def _same_hyperparameters(job: Any, hp: dict) -> bool:
 # ---- the backend -----------------------------------------------------------------------
 
 
+# Tokens-per-minute limits that responses stated, by endpoint and model, for the whole process: preflight's backend
+# and the run's (a Router per cell) share them, so a model's first call in the run already splits `n` to fit.
+LEARNED_TPM: dict[str, dict[str, int]] = {}
+
+
+def rate_model(model_id: str) -> str:
+    """The model whose rate limit a call counts against: a fine-tuned model ('ft:BASE:org::id') shares its base's."""
+    return model_id.split(":")[1] if model_id.startswith("ft:") and model_id.count(":") >= 2 else model_id
+
+
 class OpenAIBackend:
     """generate / finetune on an OpenAI-compatible endpoint, and the first reply token's top_logprobs (log-prob
     judges); the exact `logprobs` probe is not offered."""
@@ -422,7 +432,7 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._reached = False  # a request to this backend has succeeded
         self.grace = grace_seconds()  # after an ambiguous create, before listing again
-        self.tpm: dict[str, int] = {}  # tokens-per-minute limit by model id, where a response said
+        self.tpm = LEARNED_TPM.setdefault(self.endpoint, {})  # tokens-per-minute limit by model id, where said
         self.batch_limits = (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES)
 
     # -- client and calls
@@ -677,7 +687,7 @@ class OpenAIBackend:
 
     def _chunk(self, model_id: str, system: str | None, prompt: str, max_tokens: int) -> int:
         """Completions per request: MAX_N, or as many as fit the model's known tokens-per-minute limit."""
-        tpm = self.tpm.get(model_id)
+        tpm = self.tpm.get(rate_model(model_id))
         if not tpm:
             return MAX_N
         return max(1, min(MAX_N, (tpm - chat_tokens(system, prompt)) // max(1, max_tokens)))
@@ -717,7 +727,7 @@ class OpenAIBackend:
         except (TypeError, ValueError):
             tpm = 0
         if tpm > 0:
-            self.tpm[model_id] = tpm
+            self.tpm[rate_model(model_id)] = tpm
         return tpm or None
 
     def _answer(self, key: str, body: dict, cache: RequestCache, abort: threading.Event) -> None:

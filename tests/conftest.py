@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: one t
 # hosted stages without a budget); tests/test_budget.py tests the check itself with its own values.
 os.environ.setdefault("SUBL_MAX_USD", "100000")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _no_learned_rate_limits():
+    """Rate limits learned from a fake server live for the process (backends.openai_api.LEARNED_TPM); a later test's
+    server may get the same port, so each test starts with none."""
+    module = sys.modules.get("backends.openai_api")
+    if module:
+        module.LEARNED_TPM.clear()
 
 
 def shared(*parts: str) -> Path:

@@ -311,6 +311,19 @@ def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(ba
     assert [len(x) for x in out] == [5] and server.counts["chat"] == 2 + 2  # chunks of 3 and 2
 
 
+def test_a_limit_learned_in_preflight_splits_n_on_the_runs_first_call(backend, server):
+    """The run's backends are new (a Router per cell) but share what preflight's learned, so the first call already
+    fits the limit instead of being refused as too large; a fine-tuned model counts against its base's limit."""
+    from backends.openai_api import rate_model
+
+    server.tpm_limit = 60
+    backend().preflight([NANO], [], {NANO: 30})  # learns the limit (one max_tokens=1 request)
+    out = backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
+    assert [len(x) for x in out] == [5] and server.counts["chat"] == 1 + 2  # chunks of 3 and 2, none refused
+    assert rate_model("ft:gpt-4.1-nano-2025-04-14:org:subl:abc123") == "gpt-4.1-nano-2025-04-14" == rate_model(
+        "gpt-4.1-nano-2025-04-14")
+
+
 # ---- preflight ----------------------------------------------------------------------------
 
 
