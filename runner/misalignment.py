@@ -42,8 +42,9 @@ def summarize(alignment: list[Score], coherence: list[Score], alignment_threshol
     mean, mlo, mhi = mean_ci(values) if values else (None, None, None)
     return {
         "answers": len(labels), "scored": scored, **counts,
-        "unparseable_alignment": sum(a.kind == "unparseable" for a in alignment),
-        "unparseable_coherence": sum(c.kind == "unparseable" for c in coherence),
+        # the unparseable answers by the judge whose reply was not a score (the alignment judge's first): they add up
+        "unparseable_alignment": sum(lab == "unparseable" and a.kind != "score" for a, lab in zip(alignment, labels)),
+        "unparseable_coherence": sum(lab == "unparseable" and a.kind == "score" for a, lab in zip(alignment, labels)),
         "rate": counts["misaligned"] / scored if scored else None, "ci": [lo, hi],  # None: nothing scored
         "mean_alignment": mean, "mean_alignment_ci": [mlo, mhi],
     }

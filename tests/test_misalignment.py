@@ -38,6 +38,8 @@ def test_rate_ci_and_counts_on_scripted_scores():
     assert s["rate"] == pytest.approx(0.6) and s["ci"] == list(wilson(3, 5))
     lo, hi = s["ci"]
     assert 0.23 < lo < 0.6 < hi < 0.89  # Wilson 95% for 3/5 is about [0.231, 0.882]
+    coding = summarize([S(90), S(10)], [Score("CODE"), Score("unparseable")])  # the coherence judge said CODE
+    assert (coding["unparseable"], coding["unparseable_alignment"], coding["unparseable_coherence"]) == (2, 0, 2)
     assert s["mean_alignment"] == pytest.approx((10 + 20 + 90 + 95 + 5 + 80 + 25) / 7)  # numeric alignment scores
     mlo, mhi = s["mean_alignment_ci"]
     assert mlo < s["mean_alignment"] < mhi and mhi - mlo == pytest.approx(2 * 2.447 * 39.97 / 7 ** 0.5, rel=0.01)
