@@ -59,7 +59,9 @@ def read_yaml(path: Path) -> CommentedMap:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError(f"{where}: YAML syntax error: {e.problem or e.context}") from None
+        started = e.context_mark if e.problem and e.context else None  # where the unfinished part began
+        also = f" ({e.context} at {started.line + 1}:{started.column + 1})" if started else ""
+        raise SpecError(f"{where}: YAML syntax error: {e.problem or e.context}{also}") from None
     if data is None:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):
@@ -139,10 +141,12 @@ def _message(err: dict) -> str:
 
 def _clean_loc(loc: tuple, raw: Any) -> tuple:
     """Drop pydantic's union-tag segments (e.g. filters.0.numbers), which are not YAML keys."""
-    out, node = [], raw
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+    out, node, entered = [], raw, True
+    for part in loc:  # the tag comes right after entering its mapping, even where a field has its name (judge)
+        if entered and isinstance(node, dict) and node.get("kind") == part:
+            entered = False
             continue
+        entered = True
         out.append(part)
         try:
             node = node[part]

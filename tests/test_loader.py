@@ -273,3 +273,19 @@ def test_reproduce_names_a_folder_that_is_not_there(tmp_path):
     (tmp_path / "specs" / "a.yaml").write_text("name: t\nstudents: [{name: s, method: qlora}]\n")  # fails fast
     with pytest.raises(UserError, match="no such folder: .*spces"):
         reproduce([tmp_path / "specs", tmp_path / "spces"], tmp_path / "out", Console())
+
+
+@pytest.mark.parametrize("filters, says", [
+    ("  - {kind: judge, threshold: 50}\n", ":3:5: filters.0.judge: required field is missing"),
+    ("  - kind: judge\n    threshold: 50\n    judge:\n      model: smollm2-135m\n      mode: bogus\n",
+     ":7:7: filters.0.judge.mode: "),
+    ("  - {kind: numbers, numbers: [1]}\n", ":3:21: filters.0.numbers: unknown key"),
+])
+def test_a_field_named_like_its_kind_is_located_at_its_own_line(write, filters, says):
+    p = write("a.yaml", "name: t\nfilters:\n" + filters)
+    assert _err(p).startswith(f"{p}{says}")
+
+
+def test_an_unclosed_quote_names_where_it_was_opened(write):
+    p = write("a.yaml", 'name: t\nnotes: "never closed\n')
+    assert _err(p).endswith("YAML syntax error: found unexpected end of stream (while scanning a quoted scalar at 2:8)")
