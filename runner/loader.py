@@ -350,8 +350,9 @@ def load(path: Path | str) -> list[Cell]:
         if inner:  # the outer key's value would overwrite the inner's, and the cells' labels would lie
             raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key} and matrix.{inner} overlap; "
                             f"sweep one of them")
-    for values in itertools.product(*(spec.matrix[k] for k in keys)):
-        over = dict(zip(keys, values))
+    for picks in itertools.product(*(list(enumerate(spec.matrix[k])) for k in keys)):
+        over = {k: v for k, (_, v) in zip(keys, picks)}
+        index = {k: i for k, (i, _) in zip(keys, picks)}
         cell_raw = _plain(raw)
         cell_raw.pop("matrix")
         for k, v in over.items():
@@ -359,7 +360,6 @@ def load(path: Path | str) -> list[Cell]:
                 cell_raw = _set(cell_raw, k, v)
             except ValueError as e:
                 raise SpecError(f"{_locate(origins, ('matrix', k))}: matrix.{k}: {e}") from None
-        cell_origins = {**origins}
         try:
             cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over))))
         except ValidationError as e:
@@ -367,8 +367,9 @@ def load(path: Path | str) -> list[Cell]:
             loc = _clean_loc(tuple(err["loc"]), cell_raw)
             dotted = ".".join(map(str, loc))
             key = next((k for k in sorted(keys, key=len, reverse=True)  # the matrix key whose value failed
-                        if dotted == k or dotted.startswith(k + ".") or (dotted and k.startswith(dotted + "."))),
-                       keys[0])
-            where = _locate(cell_origins, ("matrix", key))
+                        if dotted == k or dotted.startswith(k + ".") or (dotted and k.startswith(dotted + "."))), None)
+            # at the failing value inside the matrix (its list item, and the place within it), else the matrix line
+            inside = loc[len(key.split(".")):] if key and dotted.startswith(key + ".") else ()
+            where = _locate(origins, ("matrix", key, index[key]) + inside if key else ("matrix",))
             raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {_message(err)}") from None
     return cells

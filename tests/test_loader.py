@@ -289,3 +289,11 @@ def test_a_field_named_like_its_kind_is_located_at_its_own_line(write, filters, 
 def test_an_unclosed_quote_names_where_it_was_opened(write):
     p = write("a.yaml", 'name: t\nnotes: "never closed\n')
     assert _err(p).endswith("YAML syntax error: found unexpected end of stream (while scanning a quoted scalar at 2:8)")
+
+
+def test_a_matrix_cell_error_points_at_the_failing_value(write):
+    p = write("a.yaml", "name: t\nmatrix:\n  filters:\n    - [{kind: shuffle, scope: within}]\n"
+                        "    - [{kind: shuffle, scope: sideways}]\n")
+    assert _err(p).startswith(f"{p}:5:24: matrix ")
+    p = write("b.yaml", "name: t\nseed: 1\nmatrix:\n  seed: [0]\n  domain.kind: [numbers, cot]\n")
+    assert _err(p).startswith(f"{p}:3:1: matrix ")  # no matrix value failed: the matrix itself
