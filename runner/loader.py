@@ -117,7 +117,25 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
         raise SpecError(f"{where}: extends: {parent} is empty")
     base = dict(base)
     base.pop("matrix", None) if "matrix" in data else None
-    return _merge(base, data), {**base_origins, **origins}
+    return _merge(base, data), {**_inherited(base_origins, data), **origins}
+
+
+def _inherited(base_origins: dict, data: dict) -> dict:
+    """The parent's key places that still hold in the merged spec: not those inside a value the child replaced
+    (a list or a text it sets), whose lines are no longer part of the spec."""
+    out = {}
+    for path, place in base_origins.items():
+        node = data
+        for k in path[:-1]:
+            if not isinstance(node, dict) or k not in node:
+                out[path] = place  # the child leaves this part to the parent
+                break
+            node = node[k]
+            if not isinstance(node, dict):
+                break  # the child replaced the value this key sits in
+        else:
+            out[path] = place
+    return out
 
 
 def _locate(origins: dict, loc: tuple) -> str:

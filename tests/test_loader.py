@@ -158,7 +158,7 @@ def test_a_cli_usage_error_is_one_line_exit_2(args, says):
     ("name: t\nstudents: [{name: s, hyperparameters: {lr: .inf}}]\n", "lr: Input should be a finite number"),
     ("name: t\nmatrix:\n  seed: []\n", ":3:3: matrix.seed: an empty list gives no cell"),
     ("name: t\ndomain: {kind: numbers}\nmatrix:\n  seed: [0, 1]\n  domain.n_prompts: [10, 0]\n",
-     ":5:3: matrix {'seed': 0, 'domain.n_prompts': 0}: domain.n_prompts: Input should be greater than or equal to 1"),
+     ":5:26: matrix {'seed': 0, 'domain.n_prompts': 0}: domain.n_prompts: Input should be greater than or equal to 1"),
 ])
 def test_values_a_spec_must_not_take_are_refused_at_their_place(write, text, says):
     p = write("a.yaml", text)
@@ -297,3 +297,11 @@ def test_a_matrix_cell_error_points_at_the_failing_value(write):
     assert _err(p).startswith(f"{p}:5:24: matrix ")
     p = write("b.yaml", "name: t\nseed: 1\nmatrix:\n  seed: [0]\n  domain.kind: [numbers, cot]\n")
     assert _err(p).startswith(f"{p}:3:1: matrix ")  # no matrix value failed: the matrix itself
+
+
+def test_an_error_in_a_list_the_child_replaced_points_at_the_child(write):
+    write("parent.yaml", "name: p\nevaluations:\n  - kind: misalignment\n    questions: misalignment\n"
+                         "    judge: {model: smollm2-135m}\n")
+    child = write("child.yaml", "extends: parent.yaml\nname: c\nevaluations:\n  - {kind: misalignment, questions: "
+                                "misalignment}\n")  # its judge is missing: the parent's judge line is not in the spec
+    assert _err(child).startswith(f"{child}:4:5: evaluations.0.judge: ")
