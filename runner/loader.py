@@ -117,7 +117,20 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
         raise SpecError(f"{where}: extends: {parent} is empty")
     base = dict(base)
     base.pop("matrix", None) if "matrix" in data else None
+    for key in base.get("matrix") or {}:  # the inherited sweep would silently overwrite the child's own value
+        if _has(data, key.split(".")):
+            where = "%s:%d:%d" % origins[tuple(key.split("."))]
+            raise SpecError(f"{where}: {key}: swept by the matrix of {parent}, which would overwrite this value; "
+                            "set matrix here too (matrix: {} drops the sweep)")
     return _merge(base, data), {**_inherited(base_origins, data), **origins}
+
+
+def _has(node: Any, parts: list[str]) -> bool:
+    for p in parts:
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
 
 
 def _inherited(base_origins: dict, data: dict) -> dict:

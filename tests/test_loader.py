@@ -305,3 +305,11 @@ def test_an_error_in_a_list_the_child_replaced_points_at_the_child(write):
     child = write("child.yaml", "extends: parent.yaml\nname: c\nevaluations:\n  - {kind: misalignment, questions: "
                                 "misalignment}\n")  # its judge is missing: the parent's judge line is not in the spec
     assert _err(child).startswith(f"{child}:4:5: evaluations.0.judge: ")
+
+
+def test_a_child_setting_a_key_its_parents_matrix_sweeps_is_told_so(write):
+    write("parent.yaml", "name: p\nmatrix: {teacher.targets: [[owl], [eagle]]}\n")
+    child = write("child.yaml", "extends: parent.yaml\nname: c\nteacher: {targets: [wolf]}\n")
+    assert _err(child).startswith(f"{child}:3:11: teacher.targets: swept by the matrix of parent.yaml")
+    assert [c.spec.teacher.targets for c in load(write("again.yaml", "extends: parent.yaml\nname: c\n"
+                                                     "teacher: {targets: [wolf]}\nmatrix: {}\n"))] == [["wolf"]]
