@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -1025,6 +1026,12 @@ class OpenAIBackend:
 
         return first(self.client.fine_tuning.jobs.list(limit=100, metadata=meta), same)
 
+    def _events_since(self, job_id: str, seen: set) -> list:
+        """The job's events not seen yet, oldest first: pages (newest first) are read until a seen event, so more
+        than a page of new events between two polls (or during a kill) are all kept."""
+        pages = self.client.fine_tuning.jobs.list_events(job_id, limit=100)  # the SDK follows has_more
+        return list(reversed(list(itertools.takewhile(lambda e: e.id not in seen, pages))))
+
     def _poll_job(self, state: dict, save: Callable[[], None], out_dir: Path, progress: Progress | None):
         job_id = state["job_id"]
         events_path = out_dir / EVENTS_FILE
@@ -1041,8 +1048,7 @@ class OpenAIBackend:
             polls += 1
             if polls == 1:
                 kill_point("job-polled")
-            page = self.call("fine-tuning job events", self.client.fine_tuning.jobs.list_events, job_id, limit=100)
-            new = [e for e in reversed(page.data) if e.id not in seen]
+            new = self.call("fine-tuning job events", self._events_since, job_id, seen)
             with open(events_path, "a") as f:
                 for e in new:
                     seen.add(e.id)

@@ -208,6 +208,25 @@ def test_an_adopted_jobs_failure_says_the_rerun_uploads_its_own_file(backend, se
     assert all("too few usable examples" in msg and "\n" not in msg for msg in errors)
 
 
+def test_more_than_a_page_of_new_events_between_two_polls_are_all_logged(backend, server, tmp_path):
+    advance = server.advance_job
+
+    def busy(jid):  # 250 events land before the first poll reads them
+        if not server.jobs[jid].get("busy"):
+            server.jobs[jid]["busy"] = True
+            for i in range(250):
+                server._event(jid, "info", f"Step {i + 1}/250", {"step": i + 1, "total_steps": 250}, "metrics")
+        return advance(jid)
+
+    server.advance_job = busy
+    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    logged = [json.loads(x) for x in (tmp_path / "ft" / "hosted_events.jsonl").read_text().splitlines()]
+    ids = [e["id"] for e in logged]
+    assert len(ids) == len(set(ids)) == len(next(iter(server.jobs.values()))["events"])  # every event, once
+    steps = [e["data"]["step"] for e in logged if "step" in (e["data"] or {})]
+    assert steps[:250] == list(range(1, 251))  # oldest first
+
+
 def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_path):
     server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=2)
     server.job_pauses, server.job_polls = 2, 5
