@@ -10,6 +10,7 @@ import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.hf import cache_kwarg, chat_ids, load_model, load_tokenizer, pick_device, returned_cache  # noqa: F401 (re-exported)
+from backends.shared_prefix import prefix_cache, shared_prefix_len
 from runner.errors import UserError
 
 # ---- constrained decoding --------------------------------------------------------------
@@ -54,15 +55,6 @@ class ConstrainedDecoding:
 SHARED_PREFIX_MIN = 32  # tokens all heads share (an ICL context, a judge's preamble) that are read once
 
 
-def shared_prefix_len(heads: list[list[int]]) -> int:
-    """Tokens every head starts with, leaving each head at least one token of its own."""
-    n = min(map(len, heads)) - 1
-    for i in range(max(n, 0)):
-        if any(h[i] != heads[0][i] for h in heads[1:]):
-            return i
-    return max(n, 0)
-
-
 def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -> list[list[float]]:
     """log P(tail | head) for every head and tail.
 
@@ -76,8 +68,7 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     shared = shared if shared >= SHARED_PREFIX_MIN else 0
     cache, kw = None, cache_kwarg(net)
     if shared:
-        cache = returned_cache(net(input_ids=torch.tensor([heads[0][:shared]], device=dev), use_cache=True))
-        cache.batch_repeat_interleave(len(heads))
+        cache = prefix_cache(net, heads[0][:shared], len(heads))
     rests = [h[shared:] for h in heads]
     width = max(map(len, rests))
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=dev)
