@@ -139,12 +139,11 @@ def file_input(path: str) -> FileInput:
 
 
 def questions_input(name: str) -> FileInput:
-    from runner.questions import BUILTIN, questions_digest
+    from runner.questions import BUILTIN, file_format, questions_digest
 
     if name in BUILTIN:
         return FileInput(path=f"builtin:{name}", sha256=questions_digest(name))
-    yaml = name.endswith((".yaml", ".yml"))  # read as YAML, else line by line (runner.questions.load_questions)
-    return file_input(name).model_copy(update={"format": "yaml" if yaml else None})
+    return file_input(name).model_copy(update={"format": file_format(name)})  # the same bytes read otherwise
 
 
 class _Precision:

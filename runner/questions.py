@@ -21,6 +21,11 @@ def questions_digest(name: str) -> str:
     return text_sha256("\n".join(load_questions(name)))
 
 
+def file_format(name: str) -> str | None:
+    """How a questions file is read, by its name: "yaml" (a list), else None (line by line)."""
+    return "yaml" if name.endswith((".yaml", ".yml")) else None
+
+
 def load_questions(name: str, limit: int | None = None) -> list[str]:
     """A built-in set by name, or a file: YAML (a list of {id, question} or strings), one question
     per line, or JSONL with `question`."""
@@ -29,7 +34,7 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         from runner import paper
 
         qs = paper.get(BUILTIN[name] + ".items")
-    elif name.endswith((".yaml", ".yml")):
+    elif file_format(name) == "yaml":
         qs = _yaml_questions(name)
     else:
         path = Path(name)
