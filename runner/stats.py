@@ -125,10 +125,9 @@ def fieller_ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> tup
     q = float(sps.t.ppf(0.5 + level / 2, df)) ** 2
     # (ma - R mb)^2 = q (sa2 + R^2 sb2)  <=>  A R^2 + B R + C = 0
     A, B, C = mb * mb - q * sb2, -2 * ma * mb, ma * ma - q * sa2
-    disc = B * B - 4 * A * C
-    if A <= 0 or disc < 0:
+    if A <= 0:
         return None
-    root = math.sqrt(disc)
+    root = math.sqrt(max(B * B - 4 * A * C, 0.0))  # = 4q(ma^2 sb2 + sa2 A) >= 0 when A > 0; below 0 only by rounding
     return float((-B - root) / (2 * A)), float((-B + root) / (2 * A))
 
 

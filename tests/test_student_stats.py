@@ -92,3 +92,10 @@ def test_fieller_interval_contains_ratio_and_unbounded_near_zero():
     lo, hi = fieller_ratio_ci(a, b)
     assert lo < np.mean(a) / np.mean(b) < hi
     assert fieller_ratio_ci(a, [-1.0, 1.0, -0.5, 0.6]) is None
+
+
+def test_fieller_interval_of_arms_without_spread_is_the_ratio_itself():
+    # every student of each arm alike: the interval shrinks to the point, never "unbounded" from rounding
+    for ma, mb in [(0.123, 0.456), (0.3, 0.1), (0.00101, 0.00099)]:
+        lo, hi = fieller_ratio_ci([ma] * 3, [mb] * 3)
+        assert lo == pytest.approx(ma / mb) and hi == pytest.approx(ma / mb)
