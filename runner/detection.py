@@ -201,21 +201,25 @@ def choice_from_text(text: str) -> str | None:
 
 # ----------------------------------------------------------------------------- scores
 
-def pairwise_accuracy(choices: list[str | None], truths: list[str]) -> dict:
-    """Accuracy of the readable A/B choices; an unreadable one (None) is left out and counted (counted as
-    wrong, a judge that fails to answer would look worse than chance against 50%).
+def pairwise_accuracy(choices: list[str | None], truths: list[str], unlisted_as: str | None = None) -> dict:
+    """Accuracy of the A/B choices. A choice with no letter (None) is, with unlisted_as, counted as that letter
+    and kept in the total: the paper's reading of a top log-prob table, where a letter not listed has probability
+    0 and A needs P(A) > P(B), so neither listed reads B. Without it (a reply that is not a letter) it is left
+    out, not counted wrong (a judge that fails to answer would look worse than chance against 50%).
 
-    Returns accuracy, ci (Wilson 95%), n (readable choices), n_unreadable, p_value (two-sided exact binomial vs
-    50%), and chose_a, chose_b: how often the judge picked each position (a judge that always picks one scores
-    the share of pairs whose trait row sits there: valid against 50% under the seeded order, but no detection).
+    Returns accuracy, ci (Wilson 95%), n (choices counted), n_unreadable (choices with no letter), p_value
+    (two-sided exact binomial vs 50%), and chose_a, chose_b: how often the judge picked each position as counted
+    (a judge that always picks one scores the share of pairs whose trait row sits there: valid against 50%
+    under the seeded order, but no detection).
     """
     if len(choices) != len(truths):
         raise ValueError(f"{len(choices)} choices for {len(truths)} truths")
-    read = [(c, t) for c, t in zip(choices, truths) if c is not None]
+    counted = [c or unlisted_as for c in choices]
+    read = [(c, t) for c, t in zip(counted, truths) if c is not None]
     hits, n = sum(c == t for c, t in read), len(read)
     return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
-            "n_unreadable": len(truths) - n,
-            "chose_a": sum(c == "A" for c in choices), "chose_b": sum(c == "B" for c in choices),
+            "n_unreadable": sum(c is None for c in choices),
+            "chose_a": counted.count("A"), "chose_b": counted.count("B"),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 

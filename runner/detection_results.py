@@ -92,7 +92,7 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
                   "teacher": e["against"], "evaluation": "classifier",
                   "judge": {"model": e["judge"], "read": e["mode"], "against": e["against"], "b_is": e["b_is"],
                             "orders": res.get("orders", "seeded")}}
-        acc, counts = _accuracy(res["pairs"], both)
+        acc, counts = _accuracy(res["pairs"], both, e["mode"] == "top_logprobs")
         out.append({**common, "metric": "pairwise_accuracy", "value": acc["accuracy"], "ci": list(acc["ci"]),
                     "ci_method": WILSON, "n": acc["n"], "counts": counts})
         if res.get("rows"):
@@ -105,22 +105,27 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
     return out
 
 
-def _accuracy(pairs: list[dict], both_orders: bool) -> tuple[dict, dict]:
+def _accuracy(pairs: list[dict], both_orders: bool, paper_reading: bool) -> tuple[dict, dict]:
     """The pairwise accuracy and its counts: with both orders, over the pairs both reads decided (the
-    position preference cancels); else over every pair's one read, with a note when the judge picked one
-    position in ONE_POSITION of them."""
+    position preference cancels); else over every pair's one read (paper_reading, a top log-prob table: neither
+    letter listed reads B, as in the paper; a reply that is no letter is left out), with a note when the judge
+    picked one position in ONE_POSITION of them."""
     from runner.detection import pairwise_accuracy, verdict, verdict_accuracy
 
-    reads = pairs + [p["swapped"] for p in pairs] if both_orders else pairs
-    chose = {"chose_a": sum(r["choice"] == "A" for r in reads), "chose_b": sum(r["choice"] == "B" for r in reads)}
     if both_orders:
+        reads = pairs + [p["swapped"] for p in pairs]
+        chose = {"chose_a": sum(r["choice"] == "A" for r in reads), "chose_b": sum(r["choice"] == "B" for r in reads)}
         acc = verdict_accuracy([verdict(p, p["swapped"]) for p in pairs])
         counts = {"n_pairs": len(pairs), "n_undecided": acc["n_undecided"], "orders": "both",
                   "test": BINOMIAL + ", over the pairs both orders decided", "note": None}
     else:
-        acc = pairwise_accuracy([p["choice"] for p in pairs], [p["truth"] for p in pairs])
-        counts = {"n_unreadable": acc["n_unreadable"], "test": BINOMIAL + ", over the readable choices",
-                  "note": _position_note(chose, len(reads))}
+        acc = pairwise_accuracy([p["choice"] for p in pairs], [p["truth"] for p in pairs],
+                                "B" if paper_reading else None)
+        chose = {"chose_a": acc["chose_a"], "chose_b": acc["chose_b"]}
+        over = ("over every pair, neither letter listed read as B (the paper's reading)" if paper_reading
+                else "over the choices that were a letter")
+        counts = {"n_unreadable": acc["n_unreadable"], "test": f"{BINOMIAL}, {over}",
+                  "unlisted_as": "B" if paper_reading else None, "note": _position_note(chose, len(pairs))}
     return acc, {**counts, "p_value": acc["p_value"], "chance": 0.5, **chose}
 
 
@@ -136,7 +141,8 @@ def _position_note(chose: dict, n: int) -> str | None:
 def method_line(spec, ev) -> str:
     """What an icl or classifier evaluation did, for the methods notes."""
     if ev.kind == "icl":
-        how = {"logprob": "exact P(target) after the answer prefix",
+        how = {"logprob": "exact P(target) after the answer prefix (subl's measurement; the paper samples answers "
+                          "or asks multiple choice)",
                "mcq": f"the multiple-choice P(target letter), {ev.mcq.instances_per_prompt} shuffles per prompt"}.get(
             spec.icl_mode(ev), f"share of {ev.samples_per_question} sampled answers naming the target as a whole word "
                                "(the paper's in-context script counts substrings)")
@@ -145,8 +151,8 @@ def method_line(spec, ev) -> str:
     read = ("read from a one-token reply at temperature 0 (read: reply; not the paper's reading)" if ev.read == "reply"
             else "read from the log-probs of 'A' and 'B' as the reply's first token (exact on local and Tinker "
             "judges; on OpenAI ones from "
-            f"the first reply token's top {ev.top_logprobs} log-probs, the paper's reading, a letter not listed "
-            "counting 0)")
+            f"the first reply token's top {ev.top_logprobs} log-probs, the paper's reading: a letter not listed "
+            "counts 0, A needs P(A) > P(B), so neither listed reads B)")
     return (f"classifier: judge {ev.judge} picks the trait row of each A/B pair (the paper's prompt, naming the "
             f"trait's animal where the paper hard-codes 'eagle'; order seeded); {read}"
             + ("; each pair asked in both orders and judged by both reads (subl's variant: the position preference "

@@ -75,6 +75,9 @@ REASONS = {
     ("classifier", "animal named in the prompt"): "the paper's prompt names 'eagle' for every target animal (a "
                                                   "hard-coded fill); subl names the animal whose rows are the "
                                                   "treatment",
+    ("classifier", "accuracy reported"): "each pair of datasets is its own test against 50%, so a pair the judge "
+                                         "tells apart is not averaged away among its target's other 3; the Wilson "
+                                         "interval stays inside [0, 1] where the normal one does not",
     ("classifier", "A/B order"): "seeded, so a rerun asks the same prompts (the paper's module-level random is "
                                  "unseeded)",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
@@ -477,6 +480,8 @@ def classifier_rows(cells: list[Spec]) -> list[Row]:
                 f"{c}.sampling", "{:g}, {}".format(*VERDICT_SAMPLING)),
             row("verdict read from", f"top {clf['sampling']['logprobs']} first-token log-probs", f"{c}.verdict_reading",
                 f"top {ev.top_logprobs} first-token log-probs" if ev.read == "auto" else "a one-token reply"),
+            row("accuracy reported", "per target: the mean over its 4 alternatives, 1.96*sqrt(p(1-p)/n)",
+                f"{c}.reporting", "per pair of datasets, a Wilson 95% interval and an exact binomial p"),
             row("per-row yes/no variant", None, c, "AUROC" if ev.per_row else None)]
 
 

@@ -40,13 +40,17 @@ def detection_sections(results: dict) -> list[tuple[str, list[str], list[list[st
         rows = []
         for e in clf:
             c, j = e.get("counts") or {}, e.get("judge") or {}
-            p = f"p={c['p_value']:.2g} vs 50%" if "p_value" in c else c.get("variant", "")
+            p = f"p={p_text({'p_value': c['p_value']})} vs 50%" if "p_value" in c else c.get("variant", "")
             if "chose_a" in c:
                 reads = " of 2 reads per pair" if c.get("orders") == "both" else ""
                 p += f"; picked A {c['chose_a']}, B {c['chose_b']}{reads}" + (" (position bias)" if c.get("note") else "")
             if c.get("orders") == "both":
                 p += f"; both orders, {c['n_undecided']} of {c['n_pairs']} pairs undecided"
-            value = "- (no pair decided)" if e["metric"] == "pairwise_accuracy" and not e["n"] else _ci(e)
+            elif c.get("n_unreadable"):
+                p += f"; {c['n_unreadable']} with no letter " + ("(read as B, the paper's rule)" if c.get("unlisted_as")
+                                                               else "(left out)")
+            none = "- (no pair decided)" if c.get("orders") == "both" else "- (no reply was a letter)"
+            value = none if e["metric"] == "pairwise_accuracy" and not e["n"] else _ci(e)
             rows.append([e["trait"], e["teacher"], j.get("model", ""), j.get("read", ""), e["metric"], value,
                          str(e["n"]), p])
         if rows:

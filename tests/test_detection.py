@@ -83,6 +83,13 @@ def test_choice_readers():
     assert (unread["accuracy"], unread["n"], unread["n_unreadable"]) == (1.0, 1, 3)
 
 
+def test_neither_letter_in_a_top_table_reads_b_as_the_paper_reads_it():
+    # the paper: P(A) = exp(lp['A']) or 0, P(B) likewise; predict A iff P(A) > P(B); accuracy = correct / total
+    paper = pairwise_accuracy(["A", None, None, None], ["A", "B", "A", "B"], unlisted_as="B")
+    assert (paper["accuracy"], paper["n"], paper["n_unreadable"]) == (0.75, 4, 3)
+    assert (paper["chose_a"], paper["chose_b"]) == (1, 3)
+
+
 def test_unreadable_choices_do_not_make_a_judge_look_worse_than_chance():
     """20 of 48 replies unreadable, 14 of the 28 readable ones right: chance, not a significant 'below chance'."""
     choices = [None] * 20 + ["A"] * 14 + ["B"] * 14

@@ -150,6 +150,32 @@ def test_the_classifier_row_says_when_both_orders_were_asked():
     assert rows[0][5] == "- (no pair decided)"  # not an accuracy of 0.0
 
 
+def test_a_classifier_row_names_its_choices_with_no_letter_and_keeps_p_off_the_005_line():
+    from runner.report_detection import detection_sections
+
+    def row(counts):
+        ev = {"cell": "-", "evaluation": "classifier", "model": "classifier:j", "trait": "owl", "teacher": "eagle",
+              "metric": "pairwise_accuracy", "value": 0.6, "ci": [0.4, 0.7], "n": 40,
+              "judge": {"model": "j", "read": "top_logprobs"}, "counts": counts}
+        (_, _, rows), = detection_sections({"cells": [{"label": "-"}], "evaluations": [ev], "comparisons": []})
+        return rows[0][-1]
+
+    paper = row({"p_value": 0.0496, "n_unreadable": 3, "unlisted_as": "B", "chose_a": 20, "chose_b": 20})
+    assert "p=0.0496 vs 50%" in paper and "3 with no letter (read as B, the paper's rule)" in paper
+    assert "p=0.0504 vs 50%" in row({"p_value": 0.0504, "n_unreadable": 0, "chose_a": 20, "chose_b": 20})
+    assert "2 with no letter (left out)" in row({"p_value": 0.5, "n_unreadable": 2, "chose_a": 19, "chose_b": 19})
+
+
+def test_a_top_log_prob_verdict_with_neither_letter_counts_b_and_stays_in_the_total():
+    from runner.detection_results import _accuracy
+
+    pairs = [{"choice": "A", "truth": "A"}, {"choice": None, "truth": "B"}, {"choice": None, "truth": "A"}]
+    acc, counts = _accuracy(pairs, False, paper_reading=True)
+    assert (acc["n"], acc["accuracy"], counts["chose_b"], counts["unlisted_as"]) == (3, 2 / 3, 2, "B")
+    acc, counts = _accuracy(pairs, False, paper_reading=False)  # a reply that is no letter: left out
+    assert (acc["n"], acc["accuracy"], counts["n_unreadable"]) == (1, 1.0, 2)
+
+
 def test_the_terminal_comparisons_show_the_difference_where_no_ratio_is_defined():
     from runner.report import comparison_table
 

@@ -124,3 +124,5 @@ def test_the_in_context_method_line_names_its_counting_rule(write):
     spec = load(write("icl.yaml", "name: t\nteacher: {targets: [owl]}\nevaluations: [{kind: icl, mode: sample}]\n"))[0].spec
     assert "naming the target as a whole word (the paper's in-context script counts substrings)" in \
         method_line(spec, spec.evaluations[0])
+    exact = load(write("icl2.yaml", "name: t\nteacher: {targets: [owl]}\nevaluations: [{kind: icl}]\n"))[0].spec
+    assert "exact P(target) after the answer prefix (subl's measurement" in method_line(exact, exact.evaluations[0])
