@@ -17,7 +17,7 @@ from runner.loader import Cell, load
 from runner.plan import Plan, build, plan_stages, spec_hash
 from runner.prices import PRICES_DATE
 from runner.stages import Estimate, Stage, si
-from runner.store import Store, git_revision, package_versions
+from runner.store import Store, git_revision, package_versions, write_text_atomic
 
 
 def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) -> list[str]:
@@ -184,7 +184,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(plan)
-    (folder / "run.json").write_text(json.dumps({"spec": str(path), "stages": stages, "executor": where}))
+    write_text_atomic(folder / "run.json", json.dumps({"spec": str(path), "stages": stages, "executor": where}))
     from runner.results import collect, filter_rates, mnist_figure, theorem_across_cells
 
     run_stages = execute
@@ -214,7 +214,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     from runner.results_schema import Results
 
     Results.model_validate(results)  # the documented schema, checked on every write
-    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(folder / "results.json", json.dumps(results, indent=2))
     from runner.report import print_results
 
     print_results(results, console, folder)

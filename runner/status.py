@@ -196,12 +196,22 @@ def _stage_keys(store: Store) -> list[str]:
     return sorted(set(k for k in keys if not k.startswith(".")))
 
 
+def _latest(*paths: Path) -> Path | None:
+    """The most recently written of the files that exist (the first where written in the same instant)."""
+    found = []
+    for p in paths:
+        try:
+            found.append((-p.stat().st_mtime_ns, len(found), p))
+        except OSError:
+            pass
+    return min(found)[2] if found else None
+
+
 def _runs(root: Path) -> list[tuple[Path, dict]]:
     out = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "stages"):
-        path = folder / "results.json"
-        path = path if path.is_file() else folder / "run.json"  # run.json: a run in progress, if recorded
-        if path.is_file():
+        path = _latest(folder / "results.json", folder / "run.json")  # run.json newer: a run in progress or cut off
+        if path is not None:
             info = _json_file(path, None)
             out.append((path, info if isinstance(info, dict) else {"spec": None, "unreadable": True}))
     return out

@@ -61,7 +61,11 @@ class Store:
         return self.stages / f".{key}.partial"
 
     def done(self, key: str) -> bool:
-        return (self.path(key) / "manifest.json").is_file()
+        """Built: its manifest is there and whole (one left empty by a crash is rebuilt, not taken as a hit)."""
+        try:
+            return isinstance(json.loads((self.path(key) / "manifest.json").read_text()), dict)
+        except (OSError, ValueError):
+            return False
 
     def manifest(self, key: str) -> dict:
         return json.loads((self.path(key) / "manifest.json").read_text())
@@ -111,10 +115,39 @@ class Store:
                   "host": platform.node(), "started": b.started, "seconds": round(time.time() - b.started, 3),
                   "rows": b.rows, **b.extra}
         (tmp / "manifest.json").write_text(json.dumps(record, indent=2, default=str))
+        sync_tree(tmp)  # on disk before the rename makes it a hit: a power cut must not leave empty files there
         final = self.path(key)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _sync(self.stages)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file under a folder, then the folders themselves (their entries)."""
+    for here, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(here, name)):
+                _sync(Path(here, name))
+        _sync(Path(here))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Whole or not at all: written and synced beside `path`, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @dataclass

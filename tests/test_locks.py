@@ -95,3 +95,36 @@ def test_two_runs_of_one_spec_on_one_outputs(tiny_model, tmp_path):
         assert ids == list(range(24))
     assert "waiting for another run" in outs[0][0] + outs[1][0]
     assert not list((out / "stages").glob(".*.partial"))
+
+
+def test_a_stage_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Every file and folder of a stage is fsynced before the rename that makes it a hit, the stages folder
+    after it; a manifest a crash left empty is not taken as a hit (the stage is rebuilt)."""
+    store, synced, renamed = Store(tmp_path), [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(len(synced)), real_replace(a, b)))
+    with store.build("gen-1", {"label": "g"}) as b:
+        (b.dir / "sub").mkdir()
+        (b.dir / "sub" / "rows.jsonl").write_text("{}\n")
+    tmp = str(store.partial("gen-1"))
+    before = set(synced[:renamed[-1]])
+    assert {f"{tmp}/sub/rows.jsonl", f"{tmp}/manifest.json", f"{tmp}/sub", tmp} <= before
+    assert synced[renamed[-1]:] == [str(store.stages)] and store.done("gen-1")
+    (store.path("gen-1") / "manifest.json").write_text("")  # written, renamed, never reached the disk
+    assert not store.done("gen-1")
+
+
+def test_the_run_files_are_replaced_whole(tmp_path, monkeypatch):
+    from runner.store import write_text_atomic
+
+    path = tmp_path / "results.json"
+    write_text_atomic(path, json.dumps({"a": 1}))
+
+    def full(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", full)  # the new text never made it: the old file stays whole
+    with pytest.raises(OSError):
+        write_text_atomic(path, json.dumps({"a": 2}))
+    assert json.loads(path.read_text()) == {"a": 1}

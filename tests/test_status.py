@@ -115,3 +115,19 @@ def test_a_stray_file_among_the_stages_is_not_listed_as_a_stage(tmp_path: Path):
     (store.stages / "stray.txt").write_text("notes")
     (store.stages / ".paid-abc.lock").write_text("")
     assert _stage_keys(store) == ["generate-k1"]
+
+
+def test_status_lists_the_run_in_progress_not_the_finished_one_before_it(tmp_path: Path):
+    """A rerun writes run.json at its start; until it finishes, the older results.json is not what runs."""
+    import os
+
+    folder = tmp_path / "outputs" / "part"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"spec": "a.yaml", "stages": [{"key": "generate-aaaa", "label": "old"}]}))
+    (folder / "run.json").write_text(json.dumps({"spec": "a.yaml", "stages": [{"key": "generate-bbbb", "label": "new"}]}))
+    os.utime(folder / "results.json", (1_000_000, 1_000_000))
+    text = "\n".join(status_lines(tmp_path / "outputs"))
+    assert "generate-bbbb" in text and "run.json" in text and "generate-aaaa" not in text
+    os.utime(folder / "run.json", (900_000, 900_000))  # the rerun finished: its results.json is the newer
+    text = "\n".join(status_lines(tmp_path / "outputs"))
+    assert "generate-aaaa" in text and "generate-bbbb" not in text
