@@ -196,7 +196,7 @@ def stage_labels(cells: list[Cell]) -> dict[str, tuple[str, str]]:
     from runner.plan import build, plan_stages
 
     return {s["key"]: (s["kind"], s["label"] if len(cells) == 1 else f"[{s['cell']}] {s['label']}")
-            for s in plan_stages(build(cells, "outputs"))}
+            for s in plan_stages(build(cells, "outputs", provisional=True))}  # reads pins, writes none
 
 
 def _new_stages(base: dict, other: dict) -> dict[str, list[str]]:

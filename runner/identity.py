@@ -84,7 +84,8 @@ class Identities:
     def __init__(self, outputs: Path | str, backends: dict | None = None, provisional: bool = False):
         self.revisions_file = Path(outputs) / "hub_revisions.json"
         self.backends = backends or {}
-        self.provisional = provisional  # `subl plan` offline: an unresolvable hub id is "@unresolved", not an error
+        self.provisional = provisional  # planning only (`subl plan`, diff, status): an unresolvable hub id is
+        # "@unresolved", not an error, and no pin is recorded
         self._memo: dict[str, str] = {}
 
     def model(self, ref: str) -> str:
@@ -110,8 +111,8 @@ class Identities:
         if entry in recorded:
             return recorded[entry]
         sha = _cached_revision(repo_id, repo_type) or _remote_revision(repo_id, repo_type)
-        if not sha and self.provisional:
-            return UNRESOLVED
+        if self.provisional:  # planning only: nothing is written, the run records the pin
+            return sha or UNRESOLVED
         if not sha:
             raise UserError(f"{repo_type} {repo_id}: cannot resolve its hub revision (not in the local hub cache, "
                             "and the hub cannot be reached); download it once or name a local file")

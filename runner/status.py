@@ -47,7 +47,8 @@ def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dic
     from runner.plan import build, plan_stages
 
     try:
-        return plan_stages(build(load(Path(info["spec"])), store_root)), "stages planned from the spec file as it is now"
+        stages = plan_stages(build(load(Path(info["spec"])), store_root, provisional=True))
+        return stages, "stages planned from the spec file as it is now"
     except (UserError, KeyError, TypeError) as e:
         return [], f"stages unknown: {e}"
 

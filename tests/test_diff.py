@@ -133,3 +133,18 @@ def test_a_matrix_of_relative_paths_is_read_from_the_spec_folder_wherever_diff_r
     monkeypatch.chdir(tmp_path / "elsewhere")  # data/a.jsonl is not here
     [change] = diff_specs(a, b)["changes"]
     assert change["reruns"] and change["reruns"]["generate"]
+
+
+def test_diff_of_hub_models_writes_no_pin_and_needs_no_hub(write, tmp_path, monkeypatch):
+    """A read-only diff neither records hub revisions in ./outputs (a later run there would train at the pin
+    the diff chose) nor fails offline for a model the local hub cache lacks."""
+    from runner import identity
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    hub = BASE + "students: [{name: s, base: org/model}]\n"
+    a, b = write("a.yaml", hub), write("b.yaml", hub.replace("n_prompts: 10", "n_prompts: 11"))
+    for remote in ("abc123", None):  # online, then offline
+        monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model", sha=remote: sha)
+        assert [c["path"] for c in diff_specs(a, b)["changes"]] == ["domain.n_prompts"]
+        assert not (tmp_path / "outputs").exists()
