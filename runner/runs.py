@@ -165,6 +165,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     for c in cells:
         require_keys(c.spec)  # a missing API key stops the run before any work
     store = Store(outputs)
+    store.make_folders(cells[0].spec.name)
     plan = build(cells, store.root)
     # an unaffordable or unpriced hosted stage stops here, before preflight's requests (one costs a token)
     total, hosted = budget.check(plan, store, max_usd)

@@ -54,6 +54,18 @@ class Store:
             raise UserError(f"--outputs {root}: a file, not a folder")
         self.stages = self.root / "stages"
 
+    def make_folders(self, run_name: str) -> None:
+        """Create the stages folder and a run's folder, so an unusable --outputs stops the run before any work."""
+        from runner.errors import UserError
+
+        for folder in (self.stages, self.root / run_name):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                if not os.access(folder, os.W_OK):
+                    raise PermissionError(13, "not writable")
+            except OSError as e:
+                raise UserError(f"--outputs {self.root}: cannot write {folder} ({e.strerror or e})") from None
+
     def path(self, key: str) -> Path:
         return self.stages / key
 

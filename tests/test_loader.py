@@ -313,3 +313,27 @@ def test_a_child_setting_a_key_its_parents_matrix_sweeps_is_told_so(write):
     assert _err(child).startswith(f"{child}:3:11: teacher.targets: swept by the matrix of parent.yaml")
     assert [c.spec.teacher.targets for c in load(write("again.yaml", "extends: parent.yaml\nname: c\n"
                                                      "teacher: {targets: [wolf]}\nmatrix: {}\n"))] == [["wolf"]]
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "run_folder_is_a_file"])
+def test_an_unusable_outputs_folder_stops_the_run_before_any_work(write, tmp_path, monkeypatch, where):
+    """One line and exit 2, before the plan (which may record hub pins there) or any paid check."""
+    from rich.console import Console
+
+    from runner import runs
+    from runner.errors import UserError
+
+    spec = write("a.yaml", "name: t\nteacher: {targets: [owl]}\n")
+    (tmp_path / "f").write_text("")
+    outputs = tmp_path / "f" / "x"
+    if where == "run_folder_is_a_file":
+        outputs = tmp_path / "out"
+        (outputs / "stages").mkdir(parents=True)
+        (outputs / "t").write_text("")
+
+    def never(*a, **k):
+        raise AssertionError("planned")
+
+    monkeypatch.setattr(runs, "build", never)
+    with pytest.raises(UserError, match=r"^--outputs .*: cannot write .*"):
+        runs.run_spec(spec, outputs, Console())
