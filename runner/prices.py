@@ -31,14 +31,17 @@ class Price:
     ft_output: float | None = None
 
 
-# Longest prefix wins: "gpt-4.1-nano" prices "gpt-4.1-nano-2025-04-14".
+# A key prices that id and its dated snapshots: "gpt-4.1-nano" prices "gpt-4.1-nano-2025-04-14", never
+# another model whose name starts the same ("gpt-4o-realtime-preview"); a snapshot priced apart has its own key.
 TABLE: dict[str, Price] = {
     "gpt-4.1-nano": Price(0.10, 0.40, 1.50, 0.20, 0.80),
     "gpt-4.1-mini": Price(0.40, 1.60, 5.00, 0.80, 3.20),
     "gpt-4.1": Price(2.00, 8.00, 25.00, 3.00, 12.00),
     "gpt-4o-mini": Price(0.15, 0.60, 3.00, 0.30, 1.20),
     "gpt-4o": Price(2.50, 10.00, 25.00, 3.75, 15.00),
+    "gpt-4o-2024-05-13": Price(5.00, 15.00),  # the first gpt-4o snapshot: dearer, and not fine-tunable
 }
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}")
 
 
 def base_of(model_id: str) -> tuple[str, bool]:
@@ -49,30 +52,37 @@ def base_of(model_id: str) -> tuple[str, bool]:
 
 
 def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
-    """The price of a model id: a spec override (exact id, then base id) or the table (longest prefix).
+    """The price of a model id: a spec override (the exact id, else the key its base is, or is a dated
+    snapshot of), else the table's (the same rule).
 
     An override is [input, output], [input, output, training] or [input, output, training,
     ft_input, ft_output]; a shorter one keeps the table's fine-tuned inference prices for its
     base, or leaves them unknown (never the base prices: fine-tuned models cost more)."""
     base, _ = base_of(model_id)
-    best = max((k for k in TABLE if base.startswith(k)), key=len, default=None)
+    best = priced_as(base, TABLE)
     table = TABLE[best] if best else None
-    for key in (model_id, base):
-        if overrides and key in overrides:
-            v = list(overrides[key])
-            if len(v) not in (2, 3, 5) or any(x < 0 for x in v):
-                raise UserError(f"prices.{key}: expected [input, output], [input, output, training] or "
-                                "[input, output, training, ft_input, ft_output] USD per 1M tokens")
-            if len(v) == 5:
-                return Price(*v)
-            return Price(v[0], v[1], v[2] if len(v) == 3 else None,
-                         table.ft_input if table else None, table.ft_output if table else None)
-    return table
+    key = model_id if overrides and model_id in overrides else priced_as(base, overrides or {})
+    if key is None:
+        return table
+    v = list(overrides[key])
+    if len(v) not in (2, 3, 5) or any(x < 0 for x in v):
+        raise UserError(f"prices.{key}: expected [input, output], [input, output, training] or "
+                        "[input, output, training, ft_input, ft_output] USD per 1M tokens")
+    if len(v) == 5:
+        return Price(*v)
+    return Price(v[0], v[1], v[2] if len(v) == 3 else None,
+                 table.ft_input if table else None, table.ft_output if table else None)
+
+
+def priced_as(model_id: str, prices: dict) -> str | None:
+    """The key of `prices` that names model_id: itself, else the longest key it is a dated snapshot of."""
+    keys = [k for k in prices if model_id == k or (model_id.startswith(k) and _SNAPSHOT.fullmatch(model_id[len(k):]))]
+    return max(keys, key=len, default=None)
 
 
 # ---- token estimates -------------------------------------------------------------------
 
-_PIECES = re.compile(r"\d{1,3}| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+")
+_PIECES = re.compile(r"\d{1,3}| ?[A-Za-z]+| ?[!-/:-@\[-`{-~]+|[^\x00-\x7f]|\s+")
 MESSAGE_OVERHEAD = 3  # tokens per chat message (role and separators)
 REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
 
@@ -80,13 +90,19 @@ REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
 
-    Digits come in groups of at most three per token (as in o200k); a word is about one token
-    per five letters; punctuation runs and whitespace are one token each.
+    Digits come in groups of at most three per token (as in o200k); an ASCII word is about one token
+    per five letters, an ASCII punctuation run one per four marks; whitespace is one token; a character
+    beyond ASCII is at least one (a CJK character) and one per two bytes of UTF-8 (an emoji is two).
     """
     n = 0
     for piece in _PIECES.findall(text):
         s = piece.strip()
-        n += max(1, math.ceil(len(s) / 5)) if s.isalpha() else 1
+        if s.isascii() and s.isalpha():
+            n += math.ceil(len(s) / 5)
+        elif not s.isascii():
+            n += max(1, len(s.encode()) // 2)
+        else:
+            n += max(1, math.ceil(len(s) / 4))
     return n
 
 

@@ -366,6 +366,32 @@ def test_prices_and_token_estimates():
     assert PRICES_DATE
 
 
+def test_a_model_is_priced_only_as_itself_or_a_dated_snapshot_of_a_priced_id():
+    """Not as any id its name starts with: those are other models, often dearer (realtime, audio, search)."""
+    assert price_for("gpt-4o-2024-08-06").input == 2.50 and price_for("gpt-4o-2024-05-13").input == 5.00
+    for other in ("gpt-4o-realtime-preview", "gpt-4o-mini-tts", "gpt-4o-mini-search-preview", "gpt-4.1-nano-x"):
+        assert price_for(other) is None, other
+    assert price_for("ft:gpt-4.1-nano-2025-04-14:org:x:1").ft_input == 0.20
+    # a spec's override of an id prices its snapshots and the models fine-tuned from them, as the table does
+    assert price_for("gpt-4o-2024-08-06", {"gpt-4o": [5, 20, 30]}).input == 5
+    assert price_for("ft:gpt-4o-2024-08-06:org::1", {"gpt-4o": [5, 20, 30, 7, 28]}).ft_input == 7
+    assert price_for("gpt-4o-realtime-preview", {"gpt-4o": [5, 20]}) is None
+
+
+def test_token_estimates_do_not_count_text_beyond_ascii_as_one_token_a_run():
+    assert estimate_tokens("这是一个很长的中文句子") >= 11  # o200k: about one per character
+    assert estimate_tokens("\U0001F600" * 8) >= 8 and estimate_tokens("-" * 80) >= 10
+
+
+def test_a_mean_prompt_length_reads_every_prompt():
+    from runner.prices import chat_tokens
+    from runner.stages.costs import mean_prompt_tokens
+
+    prompts = ["hi"] * 2000 + ["word " * 1000] * 8000  # a code domain repeats its first, short, task
+    assert mean_prompt_tokens(prompts, None) == pytest.approx(
+        (2000 * estimate_tokens("hi") + 8000 * estimate_tokens("word " * 1000)) / 10000 + chat_tokens(None, ""))
+
+
 def _load_text(tmp_path, text: str):
     from runner.loader import load
 

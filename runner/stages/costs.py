@@ -31,9 +31,11 @@ def _prices(cfg):
     return getattr(cfg, "prices", None)
 
 
-def mean_prompt_tokens(prompts: list[str], system: str | None, sample: int = 2000) -> float:
-    head = prompts[:sample]
-    return sum(chat_tokens(system, p) for p in head) / max(len(head), 1)
+def mean_prompt_tokens(prompts: list[str], system: str | None) -> float:
+    """Over every prompt: the first ones may all be short (a code domain repeats each task in a row)."""
+    if not prompts:
+        return 0.0
+    return chat_tokens(system, "") + sum(estimate_tokens(p) for p in prompts) / len(prompts)
 
 
 def _tinker(cfg) -> bool:
