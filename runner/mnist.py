@@ -87,6 +87,18 @@ def default_data() -> Path | None:
     return next((p for p in DEFAULT_DATA if p.is_file() or (p.is_dir() and _idx_files(p))), None)
 
 
+def download_root() -> Path:
+    """Where load_mnist(None) has torchvision download MNIST (the last default location)."""
+    return DEFAULT_DATA[-1]
+
+
+def check_data_path(p: Path) -> None:
+    """MNIST data is an .npz (a zip archive) or a folder: a single IDX file or an .npy is neither."""
+    if p.is_file() and not zipfile.is_zipfile(p):
+        raise MnistDataError(f"{p}: not MNIST data; give an .npz (x_train, y_train, x_test, y_test) "
+                             "or a folder of IDX files")
+
+
 def _load_npz(path: Path) -> MnistData:
     with np.load(path) as z:
         missing = [k for k in MnistData._fields if k not in z.files]
@@ -96,6 +108,7 @@ def _load_npz(path: Path) -> MnistData:
 
 
 def _load_path(p: Path) -> MnistData | None:
+    check_data_path(p)
     try:
         if p.is_file():
             return _load_npz(p)
@@ -126,7 +139,7 @@ def load_mnist(path: str | Path | None = None) -> MnistData:
             return data
     why = ""
     if path is None:
-        data, why = _torchvision(DEFAULT_DATA[-1])
+        data, why = _torchvision(download_root())
         if data is not None:
             return data
         why = f"; {why}"
@@ -148,12 +161,17 @@ def to_tensors(data: MnistData):
             raise MnistDataError(f"MNIST images must be uint8 28x28, got {a.dtype} {a.shape[1:]}")
         return torch.from_numpy(a.reshape(len(a), 784))
 
-    def y(a):
+    def y(a, n_images: int, split: str):
         a = np.asarray(a, np.int64)
+        if a.ndim != 1 or len(a) != n_images:
+            raise MnistDataError(f"MNIST y_{split} must be 1-D class indices, one per image of x_{split} "
+                                 f"({n_images}), got shape {a.shape}")
         if len(a) and not 0 <= a.min() <= a.max() < N_CLASSES:
             raise MnistDataError(f"MNIST labels must be 0..9, got {a.min()}..{a.max()}")
         return torch.from_numpy(a)
-    return u8(data.x_train), y(data.y_train), scale_pixels(u8(data.x_test)), y(data.y_test)
+    x_train, x_test = u8(data.x_train), u8(data.x_test)
+    return (x_train, y(data.y_train, len(x_train), "train"), scale_pixels(x_test),
+            y(data.y_test, len(x_test), "test"))
 
 
 # ----------------------------------------------------------------------------- models

@@ -83,7 +83,8 @@ class Plan:
 
 
 def build(cells: list[Cell], outputs: Path | str, provisional: bool = False) -> Plan:
-    """provisional (plan only): a hub id whose revision cannot be resolved gets the key part '@unresolved'."""
+    """provisional (plan only): a hub id whose revision cannot be resolved gets the key part '@unresolved', and
+    no revision is recorded in outputs."""
     return Plan([build_cell(c, outputs, provisional) for c in cells])
 
 
@@ -548,11 +549,16 @@ def _materials() -> FileInput:
 
 def _mnist_data(path: str | None) -> FileInput | None:
     """The MNIST file a stage reads: the spec's, else the first default location that holds MNIST (the one
-    load_mnist(None) reads; an empty data/mnist folder before it is skipped, as the loader skips it)."""
-    from runner.mnist import default_data
+    load_mnist(None) reads; an empty data/mnist folder before it is skipped, as the loader skips it).
+    None: torchvision's MNIST, in or bound for its download folder, keyed alike before and after the download
+    (keying the downloaded files by their contents re-keyed, and reran, the stage that downloaded them)."""
+    from runner.mnist import check_data_path, default_data, download_root
 
     found = Path(path) if path else default_data()
-    return file_input(str(found)) if found is not None and found.exists() else None
+    if found is None or not found.exists() or (not path and found == download_root()):
+        return None
+    check_data_path(found)
+    return file_input(str(found))
 
 
 def _mnist(spec: Spec) -> MnistStage:
@@ -568,7 +574,11 @@ def _theorem(spec: Spec) -> TheoremMnistStage:
 
 
 def _theorem_lm(spec: Spec, ids: Identities, prec: _Precision) -> TheoremLmStage:
+    from runner.questions import load_questions
+    from runner.theorem_lm_spec import check_question_count
+
     t = spec.theorem_lm
+    check_question_count(len(load_questions(t.questions)), t, f"theorem_lm.questions ({t.questions})")
     return TheoremLmStage(label="theorem (LM): one step, same vs cross init",
                           settings=t.model_copy(update={"questions": "-"}),  # keyed by contents, not place
                           model=model_input(ids, spec.teacher.base), target=spec.teacher.targets[0],

@@ -25,8 +25,9 @@ from runner.stages import Stage
 from runner.store import Store
 
 MAX_RETRIES = 3  # attempts after a worker or node dies; a stage's own exception is not retried
+# kinds that may compute on a GPU (mnist and theorem run on the CPU whatever the runtime's device)
 MODEL_KINDS = frozenset({"generate", "score", "rewrite", "answers", "probe", "mcq", "icl", "classifier", "teacher",
-                         "soft_labels", "finetune", "mnist", "theorem-lm"})
+                         "soft_labels", "finetune", "theorem-lm"})
 CRASH_ENV = "SUBL_RAY_CRASH_ONCE"  # tests: a stage label whose first attempt kills its worker at its first step
 CODE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import this subl (where the nodes see it)
 
@@ -93,11 +94,11 @@ def resources(stage: Stage, hosted: str | None, gpu: bool) -> dict:
 
 
 def device_of(stage: Stage) -> str | None:
-    """The device a local model stage's key names (its precision, decided where the run was planned), which
-    the worker must use: with device auto a worker would pick its own, and a CPU driver's cpu-fp32 key would
-    hold a GPU's bf16 results (or the reverse)."""
-    precision = getattr(stage, "precision", None) or ""
-    return "cuda" if precision.startswith("cuda") else "cpu" if precision.startswith("cpu") else None
+    """The device a local model stage's key names (its precision or device, decided where the run was planned),
+    which the worker must use: with device auto a worker would pick its own, and a CPU driver's cpu-fp32 key
+    would hold a GPU's bf16 results (or the reverse)."""
+    named = getattr(stage, "precision", None) or getattr(stage, "device", None) or ""
+    return "cuda" if named.startswith("cuda") else "cpu" if named.startswith("cpu") else None
 
 
 def router_for(stage: Stage, router):

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from runner.errors import UserError
 from runner.mnist import N_CLASSES, draw_init, forward, scale_pixels, to_tensors
 from runner.stats import mean_ci
 
@@ -174,6 +175,9 @@ def theorem_mnist(settings: TheoremSettings, seeds: list[int], batches: int,
     """
     s = settings
     x, y = data if data is not None else synthetic_digits(2000 + s.heldout, seed=0)
+    if s.heldout >= len(x):
+        raise UserError(f"theorem.heldout: {s.heldout} held-out images leave none of the {len(x)} MNIST training "
+                        f"images to train the teacher; set it below {len(x)}")
     x, y, heldout, labels = x[:-s.heldout], y[:-s.heldout], x[-s.heldout:], y[-s.heldout:]
     sizes, rows = [784, s.hidden, s.hidden, N_CLASSES + s.m], []
     for seed in seeds:

@@ -17,7 +17,7 @@ import torch
 
 from runner.theorem import (cross_init_like, finetune_teacher, greedy_completions, lm_alignment, summarize_alignment,
                             teacher_logits)
-from runner.theorem_lm_spec import TheoremLmSpec
+from runner.theorem_lm_spec import TheoremLmSpec, check_question_count
 
 CROSS_SEED = 1_000_003  # cross init of seed s: torch seed CROSS_SEED + s
 
@@ -68,9 +68,7 @@ def teacher_and_completions(base, tok, rows: list[dict], prompts: list[str], s: 
 
 def split_questions(questions: list[str], s: TheoremLmSpec) -> tuple[list[str], list[str]]:
     """(teacher's training questions, held-out questions): the first train_questions and the last heldout_questions."""
-    if s.train_questions + s.heldout_questions > len(questions):
-        raise ValueError(f"{s.train_questions} training + {s.heldout_questions} held-out questions > the "
-                         f"{len(questions)} questions there are")
+    check_question_count(len(questions), s, "the questions")
     return questions[:s.train_questions], questions[len(questions) - s.heldout_questions:]
 
 

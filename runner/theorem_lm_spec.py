@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runner.errors import UserError
+
 
 class TheoremLmSpec(BaseModel):
     """The one-step theorem on the teacher's base (experiment: theorem_lm): per seed a LoRA teacher
@@ -38,3 +40,10 @@ class TheoremLmSpec(BaseModel):
     lrs: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1,
                              description="step sizes of the sweep: where the first-order guarantee stops holding")
     seeds: int = Field(3, ge=2, description="seeds (teacher LoRA init, cross init and number prompts each)")
+
+
+def check_question_count(n_questions: int, s: TheoremLmSpec, where: str) -> None:
+    """The teacher's and the held-out questions are distinct ones: together at most the n_questions there are."""
+    if s.train_questions + s.heldout_questions > n_questions:
+        raise UserError(f"theorem_lm: train_questions {s.train_questions} + heldout_questions {s.heldout_questions} "
+                        f"> the {n_questions} questions in {where}")

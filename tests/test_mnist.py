@@ -192,6 +192,28 @@ def test_missing_data_error_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in msg and "a.npz" in msg and "torchvision" in msg
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(y_train=np.eye(10, dtype=np.uint8)[[1, 2, 3]]), r"y_train must be 1-D .* \(3\), got shape \(3, 10\)"),
+    (dict(y_test=np.zeros(1, np.uint8)), r"y_test must be 1-D .* x_test \(2\), got shape \(1,\)")])
+def test_labels_are_one_per_image(bad, match):
+    """One-hot labels, or fewer labels than images, failed only after training (a torch RuntimeError)."""
+    d = synth(3, 2)
+    with pytest.raises(M.MnistDataError, match=match):
+        M.to_tensors(d._replace(**bad))
+
+
+@pytest.mark.parametrize("name", ["x.npy", M.IDX_FILES["y_train"]])
+def test_data_that_is_neither_an_npz_nor_a_folder_is_refused(tmp_path, name):
+    """An .npy escaped as a TypeError; a single IDX file read as an 'unreadable' pickle."""
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, fake_arrays()["x_train"])
+    else:
+        write_idx(tmp_path / name, fake_arrays()["y_train"], False)
+    with pytest.raises(M.MnistDataError, match=r"not MNIST data; give an \.npz .* or a folder of IDX files") as e:
+        M.load_mnist(tmp_path / name)
+    assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_uint8_required():
     d = synth(20, 10)
     with pytest.raises(ValueError, match="uint8"):

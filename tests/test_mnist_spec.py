@@ -100,8 +100,49 @@ def test_the_default_data_keyed_is_the_one_the_loader_reads(tmp_path, monkeypatc
     real.mkdir(parents=True)
     for key, name in M.IDX_FILES.items():
         write_idx(real / name, fake_arrays()[key], True)
-    monkeypatch.setattr(M, "DEFAULT_DATA", [empty, tmp_path / "cache" / "mnist"])
+    monkeypatch.setattr(M, "DEFAULT_DATA", [empty, tmp_path / "cache" / "mnist", tmp_path / "download"])
     assert _mnist_data(None).path == str(tmp_path / "cache" / "mnist")
     assert len(M.load_mnist(None).x_train) == len(fake_arrays()["x_train"])
     monkeypatch.setattr(M, "DEFAULT_DATA", [empty])
     assert _mnist_data(None) is None
+
+
+def test_the_torchvision_download_does_not_rekey_the_stage(tmp_path, monkeypatch):
+    """Keyed without data, the stage downloaded MNIST; the next plan keyed the download's digest: a rerun."""
+    from runner import mnist as M
+    from runner.loader import load
+    from runner.plan import build
+    from test_mnist import fake_arrays, write_idx
+
+    def download(root):
+        raw = root / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for key, name in M.IDX_FILES.items():
+            write_idx(raw / name, fake_arrays()[key], True)
+        return M._load_folder(root), ""
+
+    monkeypatch.setattr(M, "DEFAULT_DATA", [tmp_path / "shared" / "mnist.npz", tmp_path / "cache" / "mnist"])
+    monkeypatch.setattr(M, "_torchvision", download)
+    specs = {"m.yaml": "name: m\nexperiment: mnist\nmnist: {seeds: 2}\n",
+             "t.yaml": "name: t\nexperiment: theorem_mnist\ntheorem: {seeds: 2}\n"}
+    for name, text in specs.items():
+        (tmp_path / name).write_text(text)
+
+    def keys() -> list[str]:
+        return [k for name in specs for k in build(load(tmp_path / name), tmp_path / "out").stages]
+
+    before = keys()
+    assert len(M.load_mnist(None).x_train) == 5  # the stages' read: downloaded
+    assert M.default_data() == tmp_path / "cache" / "mnist"
+    assert keys() == before
+
+
+def test_mnist_data_that_is_neither_an_npz_nor_a_folder_is_refused_at_plan_time(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    spec = tmp_path / "m.yaml"
+    spec.write_text(SPEC.format(data=tmp_path / "x.npy"))
+    r = subl("plan", spec, "--outputs", tmp_path / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "x.npy: not MNIST data; give an .npz" in r.stderr

@@ -213,6 +213,18 @@ def test_stage_resources_by_kind_and_backend():
     assert resources(FilterStage.model_construct(), None, gpu=True) == {"num_cpus": 1}
 
 
+def test_mnist_takes_no_gpu_and_theorem_lm_takes_one_only_when_keyed_cuda():
+    """MNIST trains on the CPU, and a theorem-lm stage names its device in `device`, not `precision`."""
+    from runner.stages.mnist_stage import MnistStage
+    from runner.stages.theorem_stage import TheoremLmStage
+
+    assert resources(MnistStage.model_construct(), None, gpu=True) == {"num_cpus": 1}
+    cpu, cuda = (TheoremLmStage.model_construct(device=d) for d in ("cpu", "cuda"))
+    assert resources(cpu, None, gpu=True) == {"num_cpus": 1}
+    assert resources(cuda, None, gpu=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert cpu_keys_on_gpus([MnistStage.model_construct()], "auto", gpu=True) is None  # no GPU to suggest
+
+
 def test_a_worker_computes_on_the_device_its_stage_key_names():
     """Planned on a CPU driver (device auto), a stage's key says cpu-fp32: on a cluster with GPUs its task must
     neither take a GPU nor let the worker pick CUDA bf16, or the store would hold bf16 results under an fp32 key."""

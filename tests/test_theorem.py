@@ -157,3 +157,12 @@ def test_one_auxiliary_logit_with_the_aux_objective_is_refused():
     with pytest.raises(ValidationError, match="m=1 with objective: aux"):
         TheoremSpec(m=1)
     assert TheoremSpec(m=1, objective="all").m == 1
+
+
+def test_heldout_leaving_no_teacher_images_is_refused_before_training():
+    """An empty teacher training set gave a NaN loss and a silent cosine of 0."""
+    from runner.errors import UserError
+
+    x, y = synthetic_digits(50, seed=0)
+    with pytest.raises(UserError, match="theorem.heldout: 50 held-out images leave none of the 50"):
+        theorem_mnist(TheoremSettings(hidden=8, heldout=50, teacher_steps=1), [0, 1], 1, (x, y))

@@ -63,12 +63,48 @@ def test_seeds_give_different_teachers_and_cross_inits(measured):
 
 
 def test_too_few_questions_is_refused():
+    from runner.errors import UserError
     from runner.theorem_lm import split_questions
 
     train, held = split_questions(QUESTIONS, SMALL)
     assert train == QUESTIONS[:4] and held == QUESTIONS[-2:] and not set(train) & set(held)
-    with pytest.raises(ValueError, match="questions"):
+    with pytest.raises(UserError, match="questions"):
         split_questions(QUESTIONS[:5], SMALL)
+
+
+def test_too_few_questions_is_refused_at_plan_time(tmp_path, tiny_model):
+    """Not once the model has loaded, as a plain ValueError."""
+    from runner.errors import UserError
+    from runner.loader import load
+    from runner.plan import build
+
+    (tmp_path / "q.txt").write_text("".join(f"Question {i}?\n" for i in range(5)))
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"name: t\nexperiment: theorem_lm\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                    f"theorem_lm: {{questions: {tmp_path / 'q.txt'}, train_questions: 4, heldout_questions: 2}}\n")
+    with pytest.raises(UserError, match=r"train_questions 4 \+ heldout_questions 2 > the 5 questions in "
+                                        r"theorem_lm.questions \(.*q.txt\)") as e:
+        build(load(spec), tmp_path / "out")
+    assert "\n" not in str(e.value)
+
+
+def test_the_stage_loads_float32_weights_on_any_device(monkeypatch, tmp_path):
+    """On CUDA load_model gives bfloat16 weights unless asked for float32: cast up after, they are rounded."""
+    import backends.hf
+    import runner.theorem_lm
+    from runner.stages import ModelInput, RunContext
+    from runner.stages.theorem_stage import TheoremLmStage
+
+    calls = []
+    monkeypatch.setattr(backends.hf, "load_model", lambda ref, **kw: calls.append(kw) or torch.nn.Linear(1, 1))
+    monkeypatch.setattr(backends.hf, "load_tokenizer", lambda *a: None)
+    monkeypatch.setattr(runner.theorem_lm, "theorem_lm_seeds", lambda *a, **kw: {"rows": [], "summary": {}})
+    monkeypatch.setattr("runner.stages.theorem_stage.plot_cosines", lambda *a, **kw: None)
+    stage = TheoremLmStage(settings=SMALL, model=ModelInput(ref="m", identity="weights:abc"), target="owl",
+                           category="animal", questions={"path": "builtin:animals", "sha256": "x"}, seed=0,
+                           device="cuda")
+    stage.run(RunContext(dir=tmp_path, store=None, router=None))
+    assert calls == [{"device": "cuda", "fp32_weights": True}]
 
 
 def test_spec_plans_one_stage_keyed_by_its_settings(tmp_path, tiny_model):

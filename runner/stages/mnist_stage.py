@@ -11,7 +11,7 @@ from runner.stages import FileInput, RunContext, Stage
 class MnistStage(Stage):
     KIND: ClassVar[str] = "mnist"
     settings: MnistSpec  # its `data` path is blanked: `data` keys the file's contents
-    data: FileInput | None = None  # None: the default locations (or a torchvision download)
+    data: FileInput | None = None  # None: torchvision's MNIST, read from or downloaded to its folder
     seed: int
     title: str = ""
 

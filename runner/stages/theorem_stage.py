@@ -15,7 +15,7 @@ from runner.theorem_lm_spec import TheoremLmSpec
 class TheoremMnistStage(Stage):
     KIND: ClassVar[str] = "theorem"
     settings: TheoremSpec  # its `data` path is blanked: `data` keys the file's contents
-    data: FileInput | None = None
+    data: FileInput | None = None  # None: torchvision's MNIST, as for MnistStage
     seed: int
     title: str = ""
 
@@ -63,6 +63,7 @@ class TheoremLmStage(Stage):
     step from the base (same init) and from a fresh init (cross init), in float32."""
 
     KIND: ClassVar[str] = "theorem-lm"
+    VERSION: ClassVar[int] = 2  # 2: float32 weights loaded on CUDA too (bfloat16 ones were cast up)
     settings: TheoremLmSpec
     model: ModelInput  # the base (teacher's and same-init student's start)
     target: str
@@ -82,7 +83,8 @@ class TheoremLmStage(Stage):
         from runner.theorem_lm import theorem_lm_seeds
 
         ref = ctx.model(self.model)
-        base, tok = load_model(ref, device=self.device).float(), load_tokenizer(ref.base, ref.revision)
+        base = load_model(ref, device=self.device, fp32_weights=True)  # not bfloat16 on a GPU
+        tok = load_tokenizer(ref.base, ref.revision)
         prompts_of = lambda seed, n: make_prompts(n, NumbersDomain().prompts, seed)  # noqa: E731
         seeds = [self.seed + k for k in range(self.settings.seeds)]
         res = theorem_lm_seeds(base, tok, load_questions(self.questions.path), self.target, self.category,
