@@ -13,6 +13,7 @@ import hashlib
 import os
 import platform
 import signal
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from runner.identity import text_sha256
 from runner.stages import Stage
 from runner.store import Store
 
+VISIBLE_WAIT_S = 120.0  # how long a stage built on a node may take to show in the driver's view of the store
 MAX_RETRIES = 3  # attempts after a worker or node dies; a stage's own exception is not retried
 # kinds that may compute on a GPU (mnist and theorem run on the CPU whatever the runtime's device)
 MODEL_KINDS = frozenset({"generate", "score", "rewrite", "answers", "probe", "mcq", "icl", "classifier", "teacher",
@@ -191,6 +193,27 @@ def cpu_keys_on_gpus(stages: list[Stage], device: str, gpu: bool) -> str | None:
     return None
 
 
+def refuse_gpus_missing(todo: list[Stage], by_key: dict, gpu: bool) -> None:
+    """A task asking for a GPU the cluster lacks would wait forever (Ray keeps it pending, silently)."""
+    import ray
+
+    wanting = [s.label for s in todo if resources(s, hosted_backend(s, by_key), gpu).get("num_gpus")]
+    if wanting and not ray.cluster_resources().get("GPU", 0):
+        more = f" and {len(wanting) - 1} more stages" if len(wanting) > 1 else ""
+        raise UserError(f"runtime.device cuda: {wanting[0]}{more} need a GPU, and the Ray cluster has none; add GPU "
+                        "nodes or set runtime.device: cpu")
+
+
+def visible(store: Store, key: str) -> bool:
+    """Whether a stage a worker reports built is there for the driver (a network filesystem may show it late)."""
+    deadline = time.monotonic() + VISIBLE_WAIT_S
+    while not store.done(key):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Callable | None = None,
                 log: Callable[[str], None] = print, slots: dict[str, int] | None = None) -> dict[str, float]:
     """Run every stage not yet done as a Ray task (connect with `cluster` first); return {stage key: seconds}
@@ -201,6 +224,7 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
     todo = [s for s in stages if not store.done(s.key)]
     task = ray.remote(build_on_worker)
     gpu = wants_gpu(router.device)
+    refuse_gpus_missing(todo, by_key, gpu)
     if warning := cpu_keys_on_gpus(todo, router.device, gpu):
         log(warning)
     pending: dict = {}  # ObjectRef -> (stage, its progress bar, its hosted backend)
@@ -233,6 +257,12 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
             for other in pending:
                 ray.cancel(other)
             raise failure(stage, e) from None
+        if not visible(store, stage.key):
+            for other in pending:
+                ray.cancel(other)
+            raise UserError(f"{stage.label}: built on {where}, but {store.path(stage.key)} is not there on this "
+                            f"machine after {VISIBLE_WAIT_S:g} s; --outputs must be a folder every node shares at "
+                            "the same path")
         if bar is not None and hasattr(bar, "finish"):
             bar.finish()
         if seconds is not None:

@@ -307,3 +307,74 @@ def test_a_worker_running_another_subl_refuses_the_stage(monkeypatch):
     ray_executor.check_code(stage, ray_executor.code_digest())  # the same checkout: fine
     with pytest.raises(UserError, match="l0: the Ray worker on .* runs another subl than the driver"):
         ray_executor.build_on_worker(stage, "/nonexistent", Router("cpu"), {}, "0123456789abcdef")
+
+
+class _FakeRay:
+    """Just enough of ray for execute_ray's scheduling: a task 'runs' at once, by `build`, on a cluster of `gpus`."""
+
+    class RayError(Exception):
+        pass
+
+    def __init__(self, gpus: int, build):
+        self.gpus, self.build, self.sent, self.cancelled = gpus, build, [], 0
+        self.exceptions = type("exceptions", (), {"RayError": self.RayError, "RayTaskError": self.RayError})
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 4.0, **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kw):
+                return self
+
+            def remote(self, stage, *args):
+                fake.sent.append(stage.label)
+                return fake.build(stage)
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        return ref
+
+    def cancel(self, ref):
+        self.cancelled += 1
+
+
+class Gpu(Span):
+    KIND: ClassVar[str] = "probe"  # a kind that computes on a GPU when its key names one
+
+
+def test_stages_that_need_a_gpu_on_a_cluster_without_one_stop_before_any_is_sent(tmp_path, monkeypatch):
+    """Ray would keep such a task pending forever, with no word (its warning goes to a log the driver hides)."""
+    from backends import Router
+    from runner.errors import UserError
+    from runner.ray_executor import execute_ray
+    from runner.store import Store
+
+    fake = _FakeRay(0, lambda stage: (0.0, "node"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    stage = Gpu(label="probe owl", model=ModelInput(ref="m", identity="hub:m@0"), seconds=0)
+    with pytest.raises(UserError, match="probe owl need a GPU, and the Ray cluster has none"):
+        execute_ray([stage], Store(tmp_path), Router("cuda"), log=lambda msg: None)
+    assert fake.sent == []
+
+
+def test_a_stage_built_where_the_driver_cannot_see_it_is_one_line(tmp_path, monkeypatch):
+    """--outputs not shared by the nodes: a worker builds the stage in its own folder; the driver says so, not
+    'stages wait on stages that are not in the plan'."""
+    from backends import Router
+    from runner import ray_executor
+    from runner.errors import UserError
+    from runner.store import Store
+
+    fake = _FakeRay(0, lambda stage: (0.1, "node-2 (10.0.0.2)"))  # built, but not in this machine's store
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_executor, "VISIBLE_WAIT_S", 0.3)
+    first = Span(label="a", model=ModelInput(ref="m", identity="hub:m@0"), seconds=0)
+    with pytest.raises(UserError, match=r"^a: built on node-2 \(10.0.0.2\), but .* is not there on this machine "
+                                        r"after 0.3 s; --outputs must be a folder every node shares"):
+        ray_executor.execute_ray([first], Store(tmp_path), Router("cpu"), log=lambda msg: None)
