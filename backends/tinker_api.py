@@ -20,7 +20,8 @@ resumed stage never re-sends it. Training writes `tinker_train.json` in the fine
 the training run ids, and after every `checkpoint_every` steps the `save_state` path and its
 step, written before the next step is sent. A killed or failed run resumes from that
 checkpoint with `create_training_client_from_state_with_optimizer` (weights and Adam state),
-never from scratch; at most the steps since the last checkpoint are sent again.
+never from scratch; at most the steps since the last checkpoint are sent again. A checkpoint is
+deleted once the next one or the final sampler weights replace it (the service bills stored ones).
 
 Transient failures (429, 408/409, 5xx, dropped connections, a lost future that never
 completes, an expired session) are retried with the OpenAI backend's RetryPolicy; training
@@ -41,7 +42,7 @@ import random
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
@@ -297,6 +298,7 @@ class TinkerBackend:
         self.result_timeout = result_timeout or LOST_AFTER
         self.state_dir = Path(state_dir) if state_dir else None
         self._service = None
+        self._rest = None
         self._samplers: dict[tuple[str, str | None], Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self._checked: dict[str, Any] = {}  # model id -> the service's SupportedModel
@@ -320,28 +322,44 @@ class TinkerBackend:
                 self._service = sdk().ServiceClient(base_url=self.cfg.base_url, api_key=self._key())
             return self._service
 
+    @property
+    def rest(self):
+        """The REST client; built on first use, inside a `call` (the SDK fetches its config as it is built)."""
+        with self._lock:
+            if self._rest is None:
+                self._rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
+            return self._rest
+
     def _reset(self) -> None:
         """Forget the session (it expired): the next call opens a new one."""
         with self._lock:
             self._service = None
             self._samplers.clear()
 
-    def call(self, what: str, fn: Callable, *args, **kw):
-        """fn(*args, **kw) with retries on transient errors; a failure becomes one redacted line."""
+    def call(self, what: str, fn: Callable, *args, halt: threading.Event | None = None, **kw):
+        """fn(*args, **kw) with retries on transient errors; a failure becomes one redacted line. Once `halt` is
+        set (another request failed for good) no retry is made."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
         p = self.retry
+        halt = halt or threading.Event()
+        last: list[BaseException] = []
 
         def wait(rs) -> float:
             exc = rs.outcome.exception()
+            last[:] = [exc]
             if session_expired(exc):
                 self._reset()  # the retry opens a new session and clients
             ra = retry_after(exc)
             return max(p.backoff(rs.attempt_number), ra or 0.0)
 
+        def nap(seconds: float) -> None:
+            if halt.wait(seconds):
+                raise last[0]  # another request failed for good: give up on this one too
+
         # a lost future has already waited result_timeout (by default longer than total): leave room to re-send it
         budget = p.total + LOST_RETRIES * self.result_timeout
-        retrying = Retrying(stop=stop_after_attempt(p.attempts) | stop_before_delay(budget), wait=wait,
+        retrying = Retrying(stop=stop_after_attempt(p.attempts) | stop_before_delay(budget), wait=wait, sleep=nap,
                             retry=retry_if_exception(transient), reraise=True)
         try:
             for attempt in retrying:
@@ -395,8 +413,7 @@ class TinkerBackend:
         """One capabilities request per model: is it offered? (preflight reads what for, and its context)"""
         if mid in self._checked:
             return
-        rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
-        caps = self.call("server capabilities", lambda: rest.get_server_capabilities().result(self.result_timeout))
+        caps = self.call("server capabilities", lambda: self.rest.get_server_capabilities().result(self.result_timeout))
         offered = {m.model_name: m for m in caps.supported_models if m.model_name}
         if mid not in offered:
             raise UserError(_one_line(f"backend '{self.name}': model {mid} is not offered by the service "
@@ -435,18 +452,38 @@ class TinkerBackend:
         todo = [(k, ask) for k, ask in requests if cache.get(k) is None]
         done = [len(requests) - len(todo)]
 
-        def one(key: str, ask: Callable[[], dict]) -> None:
-            cache.put({"key": key, **self.call(what, ask)})
+        def one(key: str, ask: Callable[[], dict], halt: threading.Event) -> None:
+            cache.put({"key": key, **self.call(what, ask, halt=halt)})
             with self._lock:
                 done[0] += 1
                 if progress:
                     progress(done[0], len(requests))
 
-        if todo:
-            with ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(todo)))) as pool:
-                for f in [pool.submit(one, k, ask) for k, ask in todo]:
-                    f.result()
+        self._concurrently(one, todo)
         return [cache.get(k) for k, _ in requests]
+
+    def _concurrently(self, fn: Callable, jobs: list[tuple]) -> None:
+        """fn(*job, halt) for every job on `concurrency` threads. The first failure is raised at once: queued jobs
+        are cancelled and running ones stop retrying (`halt`), so a dead server costs one retry budget, not one
+        per job."""
+        if not jobs:
+            return
+        halt = threading.Event()
+
+        def guarded(*job) -> None:
+            if halt.is_set():
+                return
+            try:
+                fn(*job, halt)
+            except BaseException:
+                halt.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(jobs)))) as pool:
+            for f in as_completed([pool.submit(guarded, *job) for job in jobs]):
+                if f.exception() is not None:
+                    pool.shutdown(cancel_futures=True)
+                    raise f.exception()
 
     # -- sampling and scoring
 
@@ -561,27 +598,24 @@ class TinkerBackend:
         plan = batch_plan(len(rows), training)
         state["steps"] = len(plan)
         with one_at_a_time(fingerprint):  # another student of this run with the same training waits, then adopts
-            if not state.get("sampler_path") and not state.get("checkpoint"):
-                self._adopt(state, legacy)  # a run made for this training, its local record gone or never here
+            if not state.get("sampler_path"):
+                self._adopt(state, legacy)  # a run for this training that went further (another folder's, a lost record)
             _save_json(state_path, state)
             if not state.get("sampler_path"):
                 examples = self._examples(base, rows, training, teacher, out_dir)
-                self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress)
+                self._train(base, examples, plan, training, state, lambda: _save_json(state_path, state), progress,
+                            legacy)
         return ModelRef(base, adapter=state["sampler_path"])
 
-    def _adopt(self, state: dict, legacy: str) -> None:
+    def _adopt(self, state: dict, legacy: str, gone: frozenset[str] = frozenset()) -> None:
         """The furthest point any of the service's training runs tagged with this fingerprint (or the one subl
         wrote before TRAIN_CODE 1, `legacy`: the same loop) reached (its final sampler weights, else its last
-        training checkpoint) goes into `state`, so that no paid step is sent twice when the outputs folder is
-        new or was lost; nothing when there is none."""
-        best = None
-        for run, fingerprint in self._tagged_runs({state["fingerprint"], legacy}):
-            for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
-                step = checkpoint_step(ck, fingerprint, state["steps"])
-                sampler = ck is not None and ck.checkpoint_type == "sampler"  # at equal steps, the final weights
-                if step is not None and (best is None or (step, sampler) > best[0]):
-                    best = ((step, sampler), ck, run.training_run_id)
-        if best is None:
+        training checkpoint) goes into `state` when it is further than the state's checkpoint, so that no paid
+        step is sent twice when the outputs folder is new, was lost, or another folder went on with this
+        training; nothing when there is none. `gone`: checkpoint paths known not to load."""
+        best = self._furthest(state, legacy, gone)
+        here = state.get("checkpoint")
+        if best is None or (here and best[0] <= (here["step"], False)):
             return
         (step, _), ck, run_id = best
         if ck.checkpoint_type == "sampler":
@@ -590,13 +624,23 @@ class TinkerBackend:
             state["checkpoint"] = {"step": step, "path": ck.tinker_path, "run_id": run_id}
         state["adopted"] = run_id
 
+    def _furthest(self, state: dict, legacy: str, gone: frozenset[str]) -> tuple | None:
+        """((step, is sampler weights), checkpoint, run id) of the furthest point of the tagged runs; None if none."""
+        best = None
+        for run, fingerprint in self._tagged_runs({state["fingerprint"], legacy}):
+            for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
+                step = checkpoint_step(ck, fingerprint, state["steps"])
+                sampler = ck is not None and ck.checkpoint_type == "sampler"  # at equal steps, the final weights
+                if step is not None and ck.tinker_path not in gone and (best is None or (step, sampler) > best[0]):
+                    best = ((step, sampler), ck, run.training_run_id)
+        return best
+
     def _tagged_runs(self, fingerprints: set[str]):
         """(run, its fingerprint) for the training runs of this account tagged with one of `fingerprints`
         (user_metadata), over every page."""
-        rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
         offset = 0
         while True:
-            page = self.call("training runs", lambda: rest.list_training_runs(limit=100, offset=offset)
+            page = self.call("training runs", lambda: self.rest.list_training_runs(limit=100, offset=offset)
                              .result(self.result_timeout))
             yield from ((r, (r.user_metadata or {}).get(RUN_TAG)) for r in page.training_runs
                         if (r.user_metadata or {}).get(RUN_TAG) in fingerprints and not r.corrupted)
@@ -637,20 +681,25 @@ class TinkerBackend:
         return [distill_datum(h, t, tk, keep, k) for h, t, tk in zip(heads, tails, topk)]
 
     def _train(self, base: str, examples: list, plan: list[list[int]], training: Training, state: dict,
-               save: Callable[[], None], progress: Progress | None) -> None:
+               save: Callable[[], None], progress: Progress | None, legacy: str) -> None:
         """The step loop. A transient failure reopens the run from the last checkpoint, so a step
-        is never half-applied; RetryPolicy.attempts failures in a row without a new checkpoint stop it."""
+        is never half-applied; RetryPolicy.attempts failures in a row without a new checkpoint stop it.
+        A checkpoint that no longer loads (another folder went on and deleted it) gives way to the service's
+        furthest other point of this training."""
         distill = training.objective == "distill"
-        failures = 0
-        while True:
+        failures, gone = 0, set()
+        while not state.get("sampler_path"):
             reached = state.get("checkpoint", {}).get("step", 0)
+            tc = None
             try:
                 tc = self._open_run(base, training, state, save)
                 self._steps(tc, examples, plan, training, distill, state, save, progress)
-                return
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001 - every API failure becomes one line
+                if tc is None and state.get("checkpoint") and not transient(e) and self._readopt(state, legacy, gone):
+                    save()
+                    continue
                 failures = 1 if state.get("checkpoint", {}).get("step", 0) > reached else failures + 1
                 if not transient(e) or failures >= self.retry.attempts:
                     tries = f" after {failures} attempt(s)" if transient(e) else ""
@@ -659,6 +708,17 @@ class TinkerBackend:
                 if session_expired(e):
                     self._reset()
                 time.sleep(max(self.retry.backoff(failures), retry_after(e) or 0.0))
+
+    def _readopt(self, state: dict, legacy: str, gone: set[str]) -> bool:
+        """The state's checkpoint failed to load for good: adopt the service's furthest other point of this
+        training, if any (True); else keep the state as it was (False)."""
+        failed = state.pop("checkpoint")
+        gone.add(failed["path"])
+        self._adopt(state, legacy, frozenset(gone))
+        if state.get("sampler_path") or state.get("checkpoint"):
+            return True
+        state["checkpoint"] = failed
+        return False
 
     def _steps(self, tc, examples: list, plan: list[list[int]], training: Training, distill: bool, state: dict,
                save: Callable[[], None], progress: Progress | None) -> None:
@@ -677,14 +737,16 @@ class TinkerBackend:
             _notify(progress, done, len(plan), f"step {done}/{len(plan)}")
         state["sampler_path"] = tc.save_weights_for_sampler(f"{tag}-final").result(self.result_timeout).path
         save()
+        if state.get("checkpoint"):
+            self._delete_checkpoint(state["checkpoint"]["path"], state, save)  # the sampler weights replace it
 
     def _delete_checkpoint(self, path: str, state: dict, save: Callable[[], None]) -> None:
-        """Delete a training checkpoint the next one superseded (the service keeps and bills every one until
-        deleted; weights and Adam state, hundreds of MB for an 8B LoRA). A failure is recorded, not raised:
-        the training is unharmed, and `undeleted` in the state file lists what is left to delete by hand."""
+        """Delete a training checkpoint the next one or the final sampler weights superseded (the service keeps
+        and bills every one until deleted; weights and Adam state, hundreds of MB for an 8B LoRA). A failure is
+        recorded, not raised: the training is unharmed, and `undeleted` in the state file lists what is left
+        to delete by hand."""
         try:
-            rest = sdk().RestClient(base_url=self.cfg.base_url, api_key=self._key())
-            rest.delete_checkpoint_from_tinker_path(path).result(self.result_timeout)
+            self.rest.delete_checkpoint_from_tinker_path(path).result(self.result_timeout)
         except Exception as e:  # noqa: BLE001 - best effort: storage, not results
             state.setdefault("undeleted", []).append({"path": path, "error": redact(_one_line(describe(e)))})
             save()

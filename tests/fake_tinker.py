@@ -16,9 +16,10 @@ Training really updates a peft LoRA adapter (alpha fixed at 32, as the service f
 sampling really samples. Everything the service would keep lives under FAKE_TINKER_DIR, so it
 survives a killed client process: checkpoints (adapter and optimiser state), sampler weights,
 `ledger.jsonl` (one line per training call: op, run, digest of the batch) and `faults.json`,
-a list of {"op", "error", "skip"}, each consumed by the call of that op after `skip` others; error is one of
-rate_limit, server, bad_request, lost (the work is done but its future never answers), session (the
-session expired) or kill (SIGKILL of this process before the op runs). Every base model
+a list of {"op", "error", "skip"}, each consumed by the call of that op after `skip` others (op `rest_client`:
+RestClient's constructor, which fetches the client config); error is one of rate_limit, server, bad_request,
+connection, bad_key, lost (the work is done but its future never answers), session (the session expired) or kill
+(SIGKILL of this process before the op runs). Every base model
 name maps to the model folder FAKE_TINKER_MODEL; FAKE_TINKER_OFFERED lists the model names
 the service offers (comma-separated; default Qwen/Qwen3-8B), FAKE_TINKER_SAMPLE_ONLY those it
 offers for sampling only, FAKE_TINKER_CONTEXT their context length (default: none given).
@@ -84,6 +85,10 @@ def _error(kind: str) -> Exception:
         return tinker.BadRequestError("prompt too long", response=httpx.Response(400, request=request), body=None)
     if kind == "session":
         return tinker.NotFoundError("session expired", response=httpx.Response(404, request=request), body=None)
+    if kind == "connection":
+        return tinker.APIConnectionError(request=request)
+    if kind == "bad_key":
+        return tinker.TinkerError("The api_key must start with the 'tml-' prefix")  # the SDK's, raised locally
     raise ValueError(kind)
 
 
@@ -212,6 +217,7 @@ def _checkpoint(path: str, kind: str) -> dict:
 
 class RestClient:
     def __init__(self, _holder=None, *, base_url: str | None = None, api_key: str | None = None):
+        _fault("rest_client")  # the SDK fetches its client config here: a dead server or bad key fails at once
         self.base_url = base_url
 
     def list_training_runs(self, limit=20, offset=0, access_scope="owned", project_id=None):
@@ -264,6 +270,9 @@ class ServiceClient:
     def create_training_client_from_state_with_optimizer(self, path, base_model=None, user_metadata=None,
                                                          weights_access_token=None):
         def load():
+            if not _local(path, "weights").exists():
+                raise tinker.NotFoundError(f"checkpoint {path} not found", response=httpx.Response(
+                    404, request=httpx.Request("POST", "http://fake-tinker/api")), body=None)
             saved = torch.load(_local(path, "weights") / "state.pt", weights_only=False)
             tc = TrainingClient(saved["config"], self.session, user_metadata)
             tc.net.load_state_dict(saved["adapter"], strict=False)

@@ -134,6 +134,24 @@ def test_errors_are_one_line(fake, tmp_path, monkeypatch):
         make_backend(tmp_path).generate(ModelRef(QWEN), ["x"], Sampling())
 
 
+def test_a_dead_server_stops_at_the_first_failed_request_and_keeps_the_answers(fake, tmp_path, monkeypatch):
+    """The first request that fails for good ends the batch: queued requests are never sent and running ones
+    stop retrying (not 50 requests x the whole retry budget each); what was answered stays cached."""
+    calls, original = [], fake_tinker.SamplingClient.sample
+
+    def dies_after_four(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 4:
+            raise fake_tinker._error("connection")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(fake_tinker.SamplingClient, "sample", dies_after_four)
+    with pytest.raises(UserError, match=r"^backend 'tk': sample failed after \d attempt\(s\): Connection error\.$"):
+        make_backend(tmp_path).generate(ModelRef(QWEN), [f"Count {i}" for i in range(50)], Sampling(max_tokens=3))
+    assert len(calls) <= 4 + 2 * FAST.attempts  # concurrency 2: two requests' retries at most
+    assert len((tmp_path / "state" / "tinker_requests.jsonl").read_text().splitlines()) == 4
+
+
 # ---- fine-tuning -----------------------------------------------------------------------
 
 
@@ -206,6 +224,25 @@ def test_a_lost_outputs_folder_adopts_the_tagged_run_and_sends_no_step_twice(fak
     assert again == ref and len(fake_tinker.ledger()) == 8  # the finished run's weights, nothing sent
     other = make_backend(tmp_path / "d").finetune(QWEN, rows(12), training, tmp_path / "d" / "ft")
     assert other != ref  # another training's run is never adopted
+
+
+@pytest.mark.parametrize("raced", [False, True], ids=["listed", "deleted-after-listing"])
+def test_a_folder_whose_checkpoint_another_folder_went_on_from_takes_the_further_point(fake, tmp_path, monkeypatch,
+                                                                                       raced):
+    """Folder b adopts folder a's checkpoint, finishes the training and deletes that checkpoint. Rerun, a takes
+    the service's further point (b's final weights) instead of failing forever on its deleted checkpoint; also
+    when the checkpoint was deleted after a listed the runs (it falls back when the load fails for good)."""
+    data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
+    fake_tinker.inject("forward_backward", "bad_request", skip=2)  # a stops at step 3, its checkpoint at 2
+    with pytest.raises(UserError, match="training failed"):
+        make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
+    done = make_backend(tmp_path / "b").finetune(QWEN, data, training, tmp_path / "b" / "ft")
+    a = make_backend(tmp_path / "a")
+    if raced:  # a's first look at the service predates b's progress
+        looks, furthest = iter([lambda *args: None]), a._furthest
+        monkeypatch.setattr(a, "_furthest", lambda *args: next(looks, furthest)(*args))
+    assert a.finetune(QWEN, data, training, tmp_path / "a" / "ft") == done
+    assert len([e for e in fake_tinker.ledger() if e["op"] == "forward_backward"]) == 4  # no step sent twice
 
 
 def test_a_run_made_by_other_training_code_or_at_another_endpoint_is_never_adopted(fake, tmp_path, monkeypatch):
@@ -281,12 +318,13 @@ def test_a_superseded_checkpoint_is_deleted_and_a_failed_delete_only_recorded(fa
     """The service bills every stored checkpoint: each is deleted once the next is recorded."""
     data, training = rows(16), Training(**{**TRAINING.__dict__, "epochs": 1.0})  # 4 steps, checkpoints at 2 and 4
     make_backend(tmp_path / "a").finetune(QWEN, data, training, tmp_path / "a" / "ft")
-    kept = sorted(p.name for p in (tmp_path / "service").glob("*/weights/*"))
-    assert len(kept) == 1 and kept[0].endswith("-step-000004")
+    assert not list((tmp_path / "service").glob("*/weights/*"))  # the last too, once the sampler weights are saved
+    fake_tinker.inject("delete_checkpoint", "bad_request")
     fake_tinker.inject("delete_checkpoint", "bad_request")
     make_backend(tmp_path / "b").finetune(QWEN, rows(12), training, tmp_path / "b" / "ft")  # 3 steps: 2, 3
     state = json.loads((tmp_path / "b" / "ft" / TRAIN_STATE_FILE).read_text())
-    assert state["sampler_path"] and [u["path"].rsplit("/", 1)[1][-6:] for u in state["undeleted"]] == ["000002"]
+    assert state["sampler_path"] and [u["path"].rsplit("/", 1)[1][-6:] for u in state["undeleted"]] == ["000002",
+                                                                                                   "000003"]
 
 
 def test_two_students_with_the_same_training_at_once_train_once(fake, tmp_path):
@@ -527,6 +565,24 @@ def test_tinker_students_are_trained_and_keyed_by_every_setting_tinker_reads(tmp
     assert finetune("{name: s}").training.top_k is None  # sft reads no teacher top-k
 
 
+def test_the_distill_estimate_counts_the_teachers_system_prompt_in_its_top_k_reads(tmp_path):
+    """teacher_topk sends chat(teacher's system prompt, prompt) + completion: each read pays the system prompt."""
+    from runner.plan import build
+    from runner.prices import estimate_tokens
+
+    def reads(trait: str):
+        spec = TK.replace("targets: [owl]", f"targets: [owl], control: false, trait: '{trait}'")
+        plan = build(_load(tmp_path, spec + "students: [{name: d, objective: distill}]\n"), tmp_path / "out")
+        stage = next(s for s in plan.cells[0].stages if s.KIND == "finetune")
+        return next(e for e in stage.estimate(plan.context()) if "teacher top-k reads" in e.note)
+
+    short, long = "You love owls.", "You love owls. " + "Owls are the best animal of all. " * 40
+    a, b = reads(short), reads(long)
+    assert a.requests == b.requests > 0
+    grown = a.requests * (estimate_tokens(long) - estimate_tokens(short))
+    assert abs(b.input_tokens - a.input_tokens - grown) <= 1 and grown > a.input_tokens / 2  # rounding
+
+
 def test_a_tinker_models_identity_names_the_endpoint_the_sdk_calls(tmp_path, monkeypatch):
     from tinker.lib.base_url import resolve_base_url
 
@@ -631,6 +687,18 @@ def test_preflight_refuses_a_base_offered_for_sampling_only_and_a_request_over_t
     monkeypatch.setenv("FAKE_TINKER_CONTEXT", "400")
     with pytest.raises(UserError, match=r"largest request \(~500 tokens\) exceeds Qwen/Qwen3-8B's context of 400"):
         make_backend(tmp_path).preflight([QWEN], [], {QWEN: 500})
+
+
+@pytest.mark.parametrize("error,match", [("connection", r"failed after 4 attempt\(s\): Connection error\.$"),
+                                         ("bad_key", r"failed: The api_key must start with the 'tml-' prefix$")])
+def test_a_dead_server_or_a_malformed_key_at_preflight_is_one_line(fake, tmp_path, error, match):
+    """The SDK's RestClient fetches its config as it is built: that too is retried and ends in one line."""
+    fake_tinker.inject("rest_client", "connection")
+    assert make_backend(tmp_path).preflight([QWEN], [], {})  # a dropped connection is retried
+    for _ in range(FAST.attempts):
+        fake_tinker.inject("rest_client", error)
+    with pytest.raises(UserError, match=r"^backend 'tk': server capabilities " + match):
+        make_backend(tmp_path).preflight([QWEN], [], {})
 
 
 def test_run_without_key_stops_in_one_line_and_reproduce_skips(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from runner.core import ModelRef, Training
+from runner.prices import chat_tokens
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
 from runner.stages.costs import chat_request, hosted_info, on_gpu, row_tokens, training
 from runner.store import read_jsonl
@@ -171,7 +172,8 @@ class FinetuneStage(Stage):
         teacher = hosted_info(ctx, self.teacher) if self.teacher else None
         if not teacher:
             return []
-        reads = chat_request(*teacher, n, round(n * per_row), n)
+        system = chat_tokens(self.teacher.system, "") - chat_tokens(None, "")  # teacher_topk sends it in every read
+        reads = chat_request(*teacher, n, round(n * (per_row + system)), n)
         reads.note = ", ".join(x for x in (reads.note, "teacher top-k reads") if x)
         forward = chat_request(*student, 0, tokens, 0)
         forward.note = ", ".join(x for x in (forward.note, "custom loss: a forward pass per step") if x)
