@@ -369,6 +369,10 @@ def load(path: Path | str) -> list[Cell]:
     cells = []
     keys = list(spec.matrix)
     for key in keys:
+        if key.split(".")[0] == "backends":  # one set per run: budget, preflight and shared stages read one
+            raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: the cells of a spec share their "
+                            "backends (the spending check, the preflight and a stage two cells share use one "
+                            "setting); write a spec per backend setting, or name two backends")
         if not _names_field(key) or key in ("matrix", "name", "extends"):
             where = _locate(origins, ("matrix", key))
             raise SpecError(f"{where}: matrix.{key}: names no field of the spec")

@@ -58,6 +58,15 @@ def test_matrix_over_unknown_key(write):
     assert _err(p) == f"{p}:3:3: matrix.teacher.colour: names no field of the spec"
 
 
+@pytest.mark.parametrize("key, values", [("backends", "[{openai: {batch_api: false}}, {openai: {batch_api: true}}]"),
+                                         ("backends.openai.batch_api", "[false, true]")])
+def test_a_matrix_over_backends_is_refused(write, key, values):
+    """The spending check and preflight read one backends setting per run (the last cell's was used for all), and a
+    stage two cells share runs with the first cell's: a half-price estimate for requests sent at full price."""
+    p = write("a.yaml", f"name: t\nmatrix:\n  {key}: {values}\n")
+    assert _err(p).startswith(f"{p}:3:3: matrix.{key}: the cells of a spec share their backends")
+
+
 def test_error_in_parent_points_at_the_parent(write):
     base = write("base.yaml", "name: b\nseed: x\n")
     child = write("child.yaml", "extends: base.yaml\nname: c\n")
