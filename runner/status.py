@@ -38,7 +38,9 @@ def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dic
     """A run's stages: as recorded in its results, else planned from its spec file as it is now."""
     stages = info.get("stages")
     if stages:
-        if isinstance(stages, list) and all(isinstance(x, dict) and isinstance(x.get("key"), str) for x in stages):
+        if isinstance(stages, list) and all(isinstance(x, dict) and isinstance(x.get("key"), str)
+                                            and all(isinstance(x.get(f, ""), str) for f in ("label", "cell"))
+                                            for x in stages):
             return stages, None
         return [], "stages unknown: the run file's stages are not a list of {key, label}"
     if not isinstance(info.get("spec"), str):
@@ -57,7 +59,13 @@ def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dic
 
 
 def size_of(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+    total = 0
+    for f in path.rglob("*") if path.is_dir() else []:
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except FileNotFoundError:  # replaced or removed by a running build while we walked
+            pass
+    return total
 
 
 def human(n: float) -> str:
@@ -129,7 +137,17 @@ def _line_count(path: Path) -> int | str:
 
 
 def inspect(store: Store, key: str, total: int | None = None) -> dict:
-    """State (done, partial, failed, missing), size and a one-line detail of one stage."""
+    """State (done, partial, failed, missing), size and a one-line detail of one stage; read again where a
+    running build moved it while it was read (a partial folder renamed into place as it finished)."""
+    for _ in range(3):
+        try:
+            return _inspect(store, key, total)
+        except FileNotFoundError:
+            continue
+    return {"state": "partial", "label": None, "size": 0, "detail": "changing while read"}
+
+
+def _inspect(store: Store, key: str, total: int | None) -> dict:
     from runner.stages import KEY_SCHEME
 
     done, part = store.path(key), store.partial(key)
@@ -150,7 +168,10 @@ def inspect(store: Store, key: str, total: int | None = None) -> dict:
                 "detail": detail}
     if not part.is_dir():
         return {"state": "missing", "label": None, "size": 0, "detail": "not started"}
-    return {"label": None, "size": size_of(part), **_partial(part, total)}
+    found = {"label": None, "size": size_of(part), **_partial(part, total)}
+    if not part.is_dir():
+        raise FileNotFoundError(part)  # it finished (or was removed) while read: look again
+    return found
 
 
 def _partial(folder: Path, total: int | None) -> dict:

@@ -72,7 +72,7 @@ def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path
 def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
     root = tmp_path / "outputs"
     runs = {"notjson": b"{\"spec\": ", "alist": b"[1, 2]", "badstages": b'{"stages": [{"label": "a"}]}',
-            "latin1": b'{"spec": "\xff"}'}
+            "latin1": b'{"spec": "\xff"}', "numlabel": b'{"stages": [{"key": "generate-abc", "label": 5}]}'}
     for name, content in runs.items():
         (root / name).mkdir(parents=True)
         (root / name / "results.json").write_bytes(content)
@@ -85,7 +85,7 @@ def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
     (partial / "error.txt").write_bytes(b"\xff\n")
     text = "\n".join(status_lines(root))
     assert text.count("the run file is unreadable or names no spec") == 3
-    assert "stages are not a list of {key, label}" in text and "manifest.json unreadable" in text
+    assert text.count("stages are not a list of {key, label}") == 2 and "manifest.json unreadable" in text
     assert "hosted_job.json unreadable" in text and "1 damaged, 1 failed" in text
 
 
@@ -131,3 +131,23 @@ def test_status_lists_the_run_in_progress_not_the_finished_one_before_it(tmp_pat
     os.utime(folder / "run.json", (900_000, 900_000))  # the rerun finished: its results.json is the newer
     text = "\n".join(status_lines(tmp_path / "outputs"))
     assert "generate-aaaa" in text and "generate-bbbb" not in text
+
+
+def test_a_stage_that_finishes_while_status_reads_it_shows_as_done(tmp_path: Path, monkeypatch):
+    """The partial folder renamed into place between status's look and its read: done, not 'started, nothing
+    written yet' (or an internal error for a file gone between listing and stat)."""
+    import runner.status as status
+
+    store = Store(tmp_path / "outputs")
+    store.partial("generate-00aa").mkdir(parents=True)
+    (store.partial("generate-00aa") / "rows.jsonl").write_text('{"id": 0}\n')
+    real = status._partial
+
+    def finishing(folder, total):
+        (folder / "manifest.json").write_text(json.dumps({"label": "generate", "seconds": 2.0, "key_scheme": 2}))
+        folder.rename(store.path("generate-00aa"))
+        return real(folder, total)
+
+    monkeypatch.setattr(status, "_partial", finishing)
+    line = next(ln for ln in status_lines(tmp_path / "outputs") if "generate-00aa" in ln)
+    assert line.split()[0] == "done" and "2.0 s" in line
