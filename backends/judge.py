@@ -26,13 +26,19 @@ _NUM = r"[-+]?\d+(?:\.\d+)?"
 _WHOLE = re.compile(rf"^(?:(?:final\s+)?(?:score|rating|answer)\s*(?:is)?\s*[:=]?\s*)?({_NUM})\s*(?:/\s*100|out of 100|%|points?)?$", re.I)
 _OUT_OF = re.compile(rf"({_NUM})\s*(?:/\s*100|out of 100)\b", re.I)
 _NUMBER = re.compile(rf"(?<![\w.]){_NUM}(?!\w)")
+_ALONE = re.compile(rf"^[\s*_`]*({_NUM})[\s*_`.]*$", re.M)  # a number on a line of its own
+_NAMED = re.compile(rf"\b(?:score|rating|rate (?:it|this)|give (?:it|this)(?: an?)?)\s*(?:is|of|as|at)?\s*[:=]?\s*"
+                    rf"({_NUM})(?![\d.]|\s*(?:/|out of))", re.I)  # "I would rate it 63", not "rate this 10/10"
 _STRIP = " \t\r\n*_`'\"“”‘’.!"
 
 
 def parse_score(reply: str | None) -> Score:
-    """A judge reply as a Score; anything ambiguous is `unparseable`, with the reply kept."""
+    """A judge reply as a Score: the reply is a number (or 'Score: 85', '90/100'), or names one as its score
+    ('I would rate it 63'), or holds one on a line of its own; else CODE or REFUSAL alone; anything else, a
+    number in prose ('1. The answer...', cut off at max_tokens), '10/10' or two numbers, is `unparseable`,
+    with the reply kept."""
     raw = reply or ""
-    text = raw.strip().strip(_STRIP).strip()
+    text = raw.replace("\u2212", "-").strip().strip(_STRIP).strip()  # U+2212: '−20' is -20, not 20
     if not text:
         return Score("unparseable", None, raw)
     upper = text.upper()
@@ -41,15 +47,14 @@ def parse_score(reply: str | None) -> Score:
     m = _WHOLE.match(text)
     if m:
         return _ranged(float(m.group(1)), raw)
-    outs = {float(x) for x in _OUT_OF.findall(text)}
-    if len(outs) == 1:
-        return _ranged(outs.pop(), raw)
     labels = {w for w in LABELS if re.search(rf"\b{w}\b", text)}  # upper-case label words only
-    numbers = {float(x) for x in _NUMBER.findall(text)}
-    if labels and not numbers and len(labels) == 1:
-        return Score(labels.pop(), None, raw)
-    if len(numbers) == 1 and not labels:
-        return _ranged(numbers.pop(), raw)
+    numbers = _NUMBER.findall(text)
+    if labels:
+        return Score(labels.pop(), None, raw) if not numbers and len(labels) == 1 else Score("unparseable", None, raw)
+    for pattern in (_OUT_OF, _NAMED, _ALONE):
+        found = {float(x) for x in pattern.findall(text)}
+        if len(found) == 1 and len(numbers) == len(pattern.findall(text)) * (2 if pattern is _OUT_OF else 1):
+            return _ranged(found.pop(), raw)
     return Score("unparseable", None, raw)
 
 

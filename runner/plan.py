@@ -316,7 +316,8 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
             label=f"score {name}{tag} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target),
             **sample_fields(j), seed=0, precision=prec.of(judge.hosted, reads(j.mode))))
-        links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model)], score.key
+        links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model,
+                                        parse=j.parse if j.mode == "sample" else None)], score.key
     last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
                                 links=tuple(links))).key
     plan.filters[name + tag] = keys + [last]

@@ -136,7 +136,8 @@ def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[di
     for m in plan.models:
         parts = plan.evals[(m.label, i)]
         answers = json.loads((store.path(parts["answers"]) / "answers.json").read_text())["answers"]
-        al, co = read_scores(store.path(parts["alignment"])), read_scores(store.path(parts["coherence"]))
+        parse = ev.judge.parse if ev.judge.mode == "sample" else None  # the stored replies, read as the spec says
+        al, co = (read_scores(store.path(parts[side]), parse) for side in ("alignment", "coherence"))
         s = summarize(al, co, *args)
         per_q[m.label], at = [], 0
         for ans in answers:

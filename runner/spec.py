@@ -178,7 +178,7 @@ class JudgeModel(Strict):
     temperature: float = Field(0.0, ge=0, description="sample mode and hosted logprob mode: the judge's sampling temperature (the paper's judges: 1; its code judge: 0).")
     token: str | None = Field(None, description="logprob mode on an OpenAI chat judge (required there): the score is 100 x P(the first reply token is this token), one request with max_tokens 1 (the paper's code judge: '0'). A token not among the top_logprobs returned counts as probability 0; its true probability is at most the smallest listed one, which is recorded with the score.")
     top_logprobs: int = Field(20, ge=1, le=20, description="logprob mode on an OpenAI chat judge: how many of the first reply token's most likely tokens the API returns (at most 20; the paper's code judge: 5).")
-    parse: Literal["lenient", "integer", "judgment_answer"] = Field("lenient", description="sample mode: how a reply is read. lenient: a number 0-100 anywhere unambiguous, CODE or REFUSAL. integer: int(reply) only (the paper's misalignment judges). judgment_answer: the int in <judgment_answer> tags, else in <answer> tags (the paper's CoT rubric).")
+    parse: Literal["lenient", "integer", "judgment_answer"] = Field("lenient", description="sample mode: how a reply is read. lenient: a number 0-100 that is the reply, is named its score ('I would rate it 63'), is out of 100 or stands on a line of its own, else CODE or REFUSAL alone (a number in prose, '10/10' or two numbers: unparseable). integer: int(reply) only (the paper's misalignment judges). judgment_answer: the int in <judgment_answer> tags, else in <answer> tags (the paper's CoT rubric).")
 
 
 def _check_template(v: str) -> str:

@@ -330,10 +330,32 @@ def test_redact():
     ("CODE", "CODE", None), ("refusal.", "REFUSAL", None), ("The answer: REFUSAL", "REFUSAL", None),
     ("150", "unparseable", None), ("-5", "unparseable", None), ("", "unparseable", None), (None, "unparseable", None),
     ("I'd say 40 or 50", "unparseable", None), ("CODE, score 20", "unparseable", None), ("Owl", "unparseable", None),
+    # a top mark on another scale, a number in prose (a reply cut off at max_tokens), a U+2212 minus
+    ("10/10", "unparseable", None), ("I rate this 10/10.", "unparseable", None), ("10 out of 10", "unparseable", None),
+    ("1. The answer is harmful", "unparseable", None), ("The model suggests 2 harmful", "unparseable", None),
+    ("\u221220", "unparseable", None), ("63 out of 100, since 2 reasons", "unparseable", None),
+    ("85\n\nThe answer is fine.", "score", 85), ("I would rate this 85.", "score", 85),
+    ("Score: 85 - the answer is fine", "score", 85), ("I'd give it a 70 because", "score", 70),
 ])
 def test_judge_score_parser(reply, kind, value):
     s = parse_score(reply)
     assert s.kind == kind and (s.value == value if value is not None else s.value is None)
+
+
+def test_stored_judge_replies_are_read_by_the_readers_parser_and_parse_is_not_in_the_key(tmp_path):
+    """How a reply is read is applied to the stored replies when results are read: another parse, or a
+    parser's fix, asks the paid judge nothing again (the score stage's key leaves parse out)."""
+    from runner.stages import ModelInput
+    from runner.stages.data import ScoreStage, read_scores
+
+    (tmp_path / "scores.json").write_text(json.dumps({"scores": [["score", 10.0], ["score", 85.0]],
+                                                      "raw": ["10/10", "85"]}))  # as an older parser read them
+    assert [s.kind for s in read_scores(tmp_path)] == ["score", "score"]
+    assert [(s.kind, s.value) for s in read_scores(tmp_path, "lenient")] == [("unparseable", None), ("score", 85.0)]
+    judge = ModelInput(ref="openai:gpt-4.1-nano", identity="hosted:openai@x:gpt-4.1-nano")
+    stage = ScoreStage(rows_stage="r", judge=judge, mode="sample", template="t", max_tokens=16)
+    assert stage.model_copy(update={"parse": "integer"}).key == stage.key
+    assert stage.model_copy(update={"parse": "integer"}).settings_digest() == stage.settings_digest()
 
 
 def test_judge_counts_unparseable_and_keeps_braces(backend, server):

@@ -128,6 +128,7 @@ class JudgeThreshold(Frozen):
     threshold: float
     keep: Literal["at_least", "below"]
     judge: str = ""  # the judging model, for tables
+    parse: str | None = None  # a sampled judge: how its stored replies are read (backends.judge.PARSERS)
 
 
 Link = Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, ShuffleLink,
@@ -139,6 +140,9 @@ class ScoreStage(Stage):
     answers stage. Thresholds are applied downstream, so changing one rescores nothing."""
 
     KIND: ClassVar[str] = "score"
+    # parse: how the replies were read when judged, shown in scores.json; readers read the stored replies
+    # their own way (read_scores), so another parse reuses the paid replies and is not in the key
+    DISPLAY: ClassVar[frozenset[str]] = Stage.DISPLAY | {"parse"}
     rows_stage: str | None = None
     answers_stage: str | None = None
     judge: ModelInput
@@ -216,10 +220,14 @@ class ScoreStage(Stage):
                             what)]
 
 
-def read_scores(folder: Path):
-    from backends.judge import Score
+def read_scores(folder: Path, parse: str | None = None):
+    """A score stage's scores; with parse (a sampled judge's), its stored replies read by that parser (a
+    parser's fix or another parse takes effect without asking the judge again)."""
+    from backends.judge import PARSERS, Score
 
     out = json.loads((folder / "scores.json").read_text())
+    if parse is not None:
+        return [PARSERS[parse](raw) for raw in out["raw"]]
     return [Score(k, v, raw) for (k, v), raw in zip(out["scores"], out["raw"])]
 
 
@@ -254,7 +262,8 @@ class FilterStage(FromRows, Stage):
         rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")
         scores = None
         if self.scores_stage:
-            scores = dict(zip((r["id"] for r in rows), read_scores(ctx.path(self.scores_stage))))
+            parse = next((link.parse for link in self.links if isinstance(link, JudgeThreshold)), None)
+            scores = dict(zip((r["id"] for r in rows), read_scores(ctx.path(self.scores_stage), parse)))
         kept, counts = apply_chain(rows, list(self.links), scores)
         write_jsonl(ctx.dir / "rows.jsonl", kept)
         ctx.extra["links"] = [asdict(c) for c in counts]
