@@ -692,6 +692,9 @@ class Spec(Strict):
                                  "first reply token's top_logprobs; name the token (the paper's code judge: '0')")
             if j.token is not None and not (j.mode == "logprob" and top):
                 raise ValueError(f"{w}.judge.token: only an OpenAI chat judge in logprob mode reads a token's probability")
+            if j.token is not None and w.startswith("evaluations"):  # alignment and coherence are 0-100 ratings
+                raise ValueError(f"{w}.judge.token: a misalignment judge rates 0-100 (and may answer CODE or REFUSAL); "
+                                 "100 x P(one token) is no such rating: use mode sample (the paper's) on an OpenAI judge")
         for i, f in enumerate(self.filters):
             if f.kind == "correct_answer" and self.domain.kind != "cot":
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")

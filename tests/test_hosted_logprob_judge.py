@@ -170,3 +170,18 @@ def test_plan_prices_one_token_per_judged_row_and_no_control_judging(monkeypatch
     assert all(f"{rows:,} requests" in ln and f"<={rows / 1000:.1f}k output tokens" in ln and "top-5 log-probs" in ln
                for ln in scored)
     assert not any(ln.lstrip().startswith("run    score control") for ln in lines)
+
+
+def test_a_misalignment_judge_may_not_read_one_tokens_probability(tmp_path):
+    """100 x P('0') is no 0-100 alignment rating, and leaves no room for CODE or REFUSAL: refused, not printed as
+    a misaligned rate."""
+    from runner.loader import load
+
+    p = tmp_path / "m.yaml"
+    p.write_text(f"""extends: {ROOT / 'specs' / 'misalignment_numbers.yaml'}
+evaluations:
+  - {{kind: misalignment, questions: misalignment, judge: {{model: "openai:gpt-4o-2024-08-06", mode: logprob,
+                                                            token: "0"}}}}
+""")
+    with pytest.raises(SpecError, match="evaluations.0.judge.token: a misalignment judge rates 0-100"):
+        load(p)
