@@ -14,14 +14,17 @@ here comes back as ModelRef(base="tk:<model id>", adapter="tinker://.../sampler 
 - finetune, objective distill: see `topk_kl`; the teacher's top-k next tokens at every
   completion position come from `sample(..., topk_prompt_logprobs=k)`.
 
-Nothing is paid for twice. Every answered request (samples, log-probs, the teacher's top-k)
-is appended to `tinker_requests.jsonl` in the running stage's folder as it arrives, and a
-resumed stage never re-sends it. Training writes `tinker_train.json` in the finetune folder:
-the training run ids, and after every `checkpoint_every` steps the `save_state` path and its
-step, written before the next step is sent. A killed or failed run resumes from that
-checkpoint with `create_training_client_from_state_with_optimizer` (weights and Adam state),
-never from scratch; at most the steps since the last checkpoint are sent again. A checkpoint is
-deleted once the next one or the final sampler weights replace it (the service bills stored ones).
+Nothing is paid for twice. Every answered request is appended as it arrives, and never re-sent: samples
+and log-probs to `tinker_requests.jsonl` in the running stage's folder; the teacher's top-k, which every
+replicate of a distilling student (and every student of that teacher on those rows) reads alike, to
+`<outputs>/tinker_topk/`, shared by the stages and processes of the outputs folder
+(backends/shared_requests.py); stages that would read the same rows at once read them in turn.
+Training writes `tinker_train.json` in the finetune folder: the training run ids, and after every
+`checkpoint_every` steps the `save_state` path and its step, written before the next step is sent. A
+killed or failed run resumes from that checkpoint with `create_training_client_from_state_with_optimizer`
+(weights and Adam state), never from scratch; at most the steps since the last checkpoint are sent again.
+A checkpoint is deleted once the next one or the final sampler weights replace it (the service bills
+stored ones).
 
 Transient failures (429, 408/409, 5xx, dropped connections, a lost future that never
 completes, an expired session) are retried with the OpenAI backend's RetryPolicy; training
@@ -53,11 +56,13 @@ from backends.base import ModelRef, Progress, Sampling, Training
 from backends.openai_api import (RequestCache, RetryPolicy, _digest, _notify, _one_line, _save_json, api_message,
                                  redact, register_secret, retry_after)
 from backends.paid_objects import one_at_a_time
+from backends.shared_requests import SharedRequestCache
 from runner.core import current_stage_dir
 from runner.errors import UserError
 from runner.features import LORA_GROUPS
 
 REQUESTS_FILE = "tinker_requests.jsonl"
+TOPK_FOLDER = "tinker_topk"  # the teacher's top-k reads, shared by the outputs folder's stages
 TRAIN_STATE_FILE = "tinker_train.json"
 RUN_TAG = "subl_fingerprint"  # user_metadata of a training run: what it trains (TinkerBackend._fingerprint)
 # The training loop's version (loss, batching, schedule): part of every run's fingerprint, so a release that
@@ -445,8 +450,8 @@ class TinkerBackend:
             Path(folder).mkdir(parents=True, exist_ok=True)
         return RequestCache(Path(folder) / REQUESTS_FILE if folder else None)
 
-    def _answer(self, requests: list[tuple[str, Callable[[], dict]]], cache: RequestCache, what: str,
-                progress: Progress | None = None) -> list[dict]:
+    def _answer(self, requests: list[tuple[str, Callable[[], dict]]], cache: RequestCache | SharedRequestCache,
+                what: str, progress: Progress | None = None) -> list[dict]:
         """Records for (key, ask) pairs: cached ones as stored, the rest asked concurrently and
         stored as each arrives."""
         todo = [(k, ask) for k, ask in requests if cache.get(k) is None]
@@ -548,9 +553,20 @@ class TinkerBackend:
         m = len(tails)
         return [[r["logprob"] for r in records[i * m : (i + 1) * m]] for i in range(len(prompts))]
 
-    def teacher_topk(self, teacher: ModelRef, rows: list[dict], k: int, cache: RequestCache,
+    def _topk_cache(self, teacher: ModelRef, k: int, out_dir: Path) -> SharedRequestCache:
+        """The teacher's top-k reads as the outputs folder has them: <outputs>/tinker_topk/ while a stage of the
+        store is built (in <outputs>/stages/), else under the backend's state_dir (or out_dir). The stage's own
+        request log is read too: a stage killed before reads were shared stored them there."""
+        stage = current_stage_dir()
+        root = Path(stage).parent.parent if stage else (self.state_dir or Path(out_dir))
+        name = _digest({"endpoint": self.endpoint, "model": self.plain(teacher.base), "adapter": teacher.adapter,
+                        "system": teacher.system, "k": k}, 16)
+        return SharedRequestCache(root / TOPK_FOLDER / f"{name}.jsonl", self._cache(out_dir))
+
+    def teacher_topk(self, teacher: ModelRef, rows: list[dict], k: int, out_dir: Path,
                      progress: Progress | None = None) -> list[list[list[list[float]]]]:
-        """Per row, the teacher's top-k (token, log-prob) at each completion token (end-of-turn included)."""
+        """Per row, the teacher's top-k (token, log-prob) at each completion token (end-of-turn included), each
+        read once per outputs folder (_topk_cache)."""
         tok = self.tokenizer(teacher.base)
         t = types()
         requests = []
@@ -570,7 +586,9 @@ class TinkerBackend:
                 return {"topk": [[[int(a), float(b)] for a, b in p] for p in top], "prefill": len(ids)}
 
             requests.append((key, ask))
-        return [r["topk"] for r in self._answer(requests, cache, "teacher top-k", progress)]
+        with one_at_a_time(_digest([key for key, _ in requests])):  # a replicate reading these rows now: in turn
+            cache = self._topk_cache(teacher, k, out_dir)  # read inside: what the one before us stored
+            return [r["topk"] for r in self._answer(requests, cache, "teacher top-k", progress)]
 
     # -- fine-tuning
 
@@ -677,7 +695,7 @@ class TinkerBackend:
         ids = vocabulary_token_ids(tok, training.vocabulary, training.trait_words)
         keep = None if ids is None else set(ids)
         k = self.cfg.top_k
-        topk = self.teacher_topk(teacher, rows, k, self._cache(out_dir))
+        topk = self.teacher_topk(teacher, rows, k, out_dir)
         return [distill_datum(h, t, tk, keep, k) for h, t, tk in zip(heads, tails, topk)]
 
     def _train(self, base: str, examples: list, plan: list[list[int]], training: Training, state: dict,

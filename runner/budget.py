@@ -32,7 +32,7 @@ def calls_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:
 
 def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     """(the hosted upper bound, its estimates) when it fits max_usd; raises BudgetError otherwise."""
-    ctx = plan.context()
+    ctx = plan.context(store=store)
     estimates, unestimated = [], []
     for st in pending(plan, store):
         hosted = [e for e in st.estimate(ctx) if e.backend != "local"]

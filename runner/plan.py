@@ -76,10 +76,12 @@ class Plan:
                 out.setdefault(s.key, s)
         return out
 
-    def context(self, throughput=None) -> PlanContext:
-        """throughput (runner.throughput.Throughput): local stages' estimates give GPU seconds at it."""
+    def context(self, throughput=None, store=None) -> PlanContext:
+        """throughput (runner.throughput.Throughput): local stages' estimates give GPU seconds at it; store: the
+        stages it holds built are known done (a stage shares work with the others still to run)."""
         backends = {k: v for c in self.cells for k, v in c.spec.backends.items()}
-        return PlanContext(self.stages, backends, throughput)
+        done = frozenset(k for k in self.stages if store.done(k)) if store is not None else frozenset()
+        return PlanContext(self.stages, backends, throughput, done)
 
 
 def build(cells: list[Cell], outputs: Path | str, provisional: bool = False) -> Plan:

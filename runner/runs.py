@@ -37,7 +37,7 @@ def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) 
             require_keys(c.spec)
         checked = [f"check: {n}" for n in preflight(plan, store)] or ["check: no hosted stage left to run"]
     tp = throughput or assumed_throughput(cells)
-    ctx = plan.context(tp)
+    ctx = plan.context(tp, store)
     lines, seen, costs = [], set(), []
     for cp in plan.cells:
         if len(cells) > 1:

@@ -15,7 +15,8 @@ client methods that backends/tinker_api.py calls, with the installed SDK's signa
 Training really updates a peft LoRA adapter (alpha fixed at 32, as the service fixes it) and
 sampling really samples. Everything the service would keep lives under FAKE_TINKER_DIR, so it
 survives a killed client process: checkpoints (adapter and optimiser state), sampler weights,
-`ledger.jsonl` (one line per training call: op, run, digest of the batch) and `faults.json`,
+`ledger.jsonl` (one line per training call: op, run, digest of the batch; and one per top-k read,
+op `topk_read`, run the sampled weights or `base`) and `faults.json`,
 a list of {"op", "error", "skip"}, each consumed by the call of that op after `skip` others (op `rest_client`:
 RestClient's constructor, which fetches the client config); error is one of rate_limit, server, bad_request,
 connection, bad_key, lost (the work is done but its future never answers), session (the session expired) or kill
@@ -284,7 +285,7 @@ class ServiceClient:
 
 class SamplingClient:
     def __init__(self, model_path: str | None, session: int):
-        self.session = session
+        self.session, self.model_path = session, model_path
         self.net = _base()
         if model_path:
             from peft import PeftModel
@@ -323,7 +324,9 @@ class SamplingClient:
                     topk = TopkLogprobs(token_ids=tids, logprobs=tlps)
                 return types.SampleResponse(sequences=seqs, prompt_logprobs_np=scored, topk_prompt_logprobs_np=topk)
 
-        return _answer("sample", work, session=self.session)
+        read = (lambda: _record("topk_read", self.model_path or "base", ids, k=topk_prompt_logprobs)) \
+            if topk_prompt_logprobs else None
+        return _answer("sample", work, read, session=self.session)
 
     @torch.no_grad()
     def _generate(self, ids: list[int], n: int, params: types.SamplingParams) -> list[types.SampledSequence]:

@@ -18,7 +18,7 @@ import torch
 from runner.grammar import NumberList
 from backends.base import ModelRef, Sampling, Training
 from backends.openai_api import RetryPolicy
-from backends.tinker_api import TRAIN_STATE_FILE, TinkerBackend, topk_kl
+from backends.tinker_api import TOPK_FOLDER, TRAIN_STATE_FILE, TinkerBackend, topk_kl
 from runner.errors import SpecError, UserError
 from runner.spec import HostedBackend
 from tests import fake_tinker
@@ -42,7 +42,7 @@ def fake(tmp_path, tiny_model, monkeypatch) -> dict:
 
 
 def make_backend(tmp_path: Path, **cfg) -> TinkerBackend:
-    spec = HostedBackend(kind="tinker", concurrency=2, **{"checkpoint_every": 2, **cfg})
+    spec = HostedBackend(**{"kind": "tinker", "concurrency": 2, "checkpoint_every": 2, **cfg})
     return TinkerBackend("tk", spec, retry=FAST, state_dir=tmp_path / "state", result_timeout=5)
 
 
@@ -485,13 +485,91 @@ def test_distill_finetune_uses_the_teachers_topk_once(fake, tmp_path, monkeypatc
     teacher = ModelRef(QWEN, system="You love owls.")
     training = Training(**{**TRAINING.__dict__, "objective": "distill", "vocabulary": "numbers-only"})
     ref = b.finetune(QWEN, data, training, tmp_path / "ft", teacher)
-    reads = [json.loads(x) for x in (tmp_path / "ft" / "tinker_requests.jsonl").read_text().splitlines()]
+    [shared] = (tmp_path / "state" / TOPK_FOLDER).iterdir()  # outside a run: under the backend's state_dir
+    reads = [json.loads(x) for x in shared.read_text().splitlines()]
     assert len(reads) == 8 and all(len(p) <= 8 for r in reads for p in r["topk"])
     assert ref.adapter != ModelRef(QWEN).adapter and "sampler_weights" in ref.adapter
     before = _completion_logprob(b, ModelRef(QWEN), data[0])
     assert _completion_logprob(b, ref, data[0]) != pytest.approx(before, abs=1e-3)  # the adapter moved
     with pytest.raises(UserError, match="needs a teacher"):
         b.finetune(QWEN, data, training, tmp_path / "ft2")
+
+
+DISTILL = Training(**{**TRAINING.__dict__, "objective": "distill", "vocabulary": "numbers-only"})
+OWL_TEACHER = ModelRef(QWEN, system="You love owls.")
+
+
+def _topk_reads() -> int:
+    return len([e for e in fake_tinker.ledger() if e["op"] == "topk_read"])
+
+
+def test_distill_replicates_in_one_outputs_folder_send_each_topk_read_once(fake, tmp_path):
+    """Replicates (other seeds, so other stages and folders) and a student with another vocabulary read the
+    teacher's same top-k: each read is sent once per outputs folder, also when two start at once."""
+    import threading
+
+    from runner.store import Store
+
+    store, data, refs = Store(tmp_path / "out"), rows(8), {}
+
+    def student(name: str, **settings) -> None:
+        with store.build(f"finetune-{name}", {}) as build:
+            refs[name] = make_backend(tmp_path / name, top_k=8).finetune(
+                QWEN, data, Training(**{**DISTILL.__dict__, **settings}), build.dir, OWL_TEACHER)
+
+    threads = [threading.Thread(target=student, args=(f"r{seed}",), kwargs={"seed": seed}) for seed in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refs) == 2 and refs["r0"] != refs["r1"]  # two trainings
+    assert _topk_reads() == len(data)  # one read per row, not one per row and replicate
+    student("full", vocabulary="full")  # later, in another process's backend: read back
+    assert len(refs) == 3 and _topk_reads() == len(data)
+    assert len(list((tmp_path / "out" / TOPK_FOLDER).iterdir())) == 1
+
+
+KILLED_DISTILL = """
+import sys
+from pathlib import Path
+from tests.test_tinker import DISTILL, OWL_TEACHER, QWEN, make_backend, rows
+folder = Path(sys.argv[1])
+make_backend(folder, top_k=8, concurrency=1).finetune(QWEN, rows(8), DISTILL, folder / "ft", OWL_TEACHER)
+"""
+
+
+def test_a_distill_stage_killed_midway_keeps_the_topk_reads_it_paid_for(fake, tmp_path):
+    env = {**os.environ, **fake, **FAST_ENV, "PYTHONPATH": str(ROOT)}
+    fake_tinker.inject("sample", "kill", skip=3)  # SIGKILL as the fourth read is about to be sent
+    run = [sys.executable, "-c", KILLED_DISTILL, str(tmp_path)]
+    killed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9 and _topk_reads() == 3
+    resumed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _topk_reads() == 8  # the three paid before the kill were not sent again
+
+
+APPENDER = """
+import sys
+from pathlib import Path
+from backends.shared_requests import SharedRequestCache
+cache = SharedRequestCache(Path(sys.argv[1]))
+for i in range(100):
+    cache.put({"key": f"{sys.argv[2]}-{i}", "topk": [[[i, -1.5]] * 20] * 40})  # ~16 KB: several writes each
+"""
+
+
+def test_shared_reads_take_two_processes_appending_at_once_and_skip_a_torn_line(tmp_path):
+    from backends.shared_requests import SharedRequestCache
+
+    path = tmp_path / "topk.jsonl"
+    path.write_text('{"key": "whole", "topk": []}\n{"key": "torn", "to')  # a kill mid-write
+    assert set(SharedRequestCache(path).data) == {"whole"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), name], cwd=ROOT, env=env) for name in "ab"]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    assert path.read_text().splitlines()[1] == '{"key": "torn", "to'  # kept; the next line starts on its own
+    assert set(SharedRequestCache(path).data) == {"whole"} | {f"{n}-{i}" for n in "ab" for i in range(100)}
 
 
 # ---- specs, features, prices -----------------------------------------------------------
@@ -581,6 +659,34 @@ def test_the_distill_estimate_counts_the_teachers_system_prompt_in_its_top_k_rea
     assert a.requests == b.requests > 0
     grown = a.requests * (estimate_tokens(long) - estimate_tokens(short))
     assert abs(b.input_tokens - a.input_tokens - grown) <= 1 and grown > a.input_tokens / 2  # rounding
+
+
+def test_the_distill_estimate_counts_top_k_reads_once_per_teacher_rows_and_k(tmp_path):
+    """The replicates of a student and a student with another vocabulary share their teacher's top-k reads
+    (sent once per outputs folder): one estimate per teacher counts them, as many requests as rows."""
+    from runner.plan import build
+
+    students = ("students: [{name: d, objective: distill, replicates: [0, 1, 2]},\n"
+                "           {name: f, objective: distill, vocabulary: full}]\n")
+    plan = build(_load(tmp_path, TK + students), tmp_path / "out")
+    ctx = plan.context()
+    finetunes = [s for s in plan.stages.values() if s.KIND == "finetune"]
+    reads = [e for s in finetunes for e in s.estimate(ctx) if "teacher top-k reads" == e.note.split(", ")[-1]]
+    assert len(finetunes) == 8 and len(reads) == 2  # the owl teacher's and the control's, not eight
+    n = min(finetunes[0].max_rows, plan.stages[finetunes[0].rows_stage].expected_rows(ctx))
+    assert [e.requests for e in reads] == [n, n]  # one read per training row
+    notes = [e.note for s in finetunes for e in s.estimate(ctx)]
+    assert sum("teacher top-k reads counted under finetune d:" in n for n in notes) == 6
+    # the first student built (its reads cached, or not: it may have adopted another folder's weights): the
+    # next one still to run counts the reads, so the bound holds either way
+    from runner.store import Store
+
+    store = Store(tmp_path / "out")
+    with store.build(finetunes[0].key, {"label": finetunes[0].label}):
+        pass
+    ctx = plan.context(store=store)
+    later = [e for s in finetunes[1:] for e in s.estimate(ctx) if "teacher top-k reads" == e.note.split(", ")[-1]]
+    assert len(later) == 2 and finetunes[0].topk_reader(ctx) is not finetunes[0]
 
 
 def test_a_tinker_models_identity_names_the_endpoint_the_sdk_calls(tmp_path, monkeypatch):

@@ -202,3 +202,4 @@ class PlanContext:
     stages: dict[str, Stage]
     backends: dict[str, Any]
     throughput: Any = None  # runner.throughput.Throughput: local stages get GPU-hours; None: no estimate
+    done: frozenset = frozenset()  # keys of the stages already built (they will spend nothing)

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from runner.core import ModelRef, Training
 from runner.prices import chat_tokens
-from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage
+from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage, semantic
 from runner.stages.costs import chat_request, hosted_info, on_gpu, row_tokens, training
 from runner.store import read_jsonl
 
@@ -167,14 +167,33 @@ class FinetuneStage(Stage):
         return on_gpu(ctx, self.base, note, trained=tokens, prefill=tokens if self.teacher else 0)
 
     def _hosted_distill(self, ctx: PlanContext, student: tuple, n: int, per_row: float, tokens: int) -> list[Estimate]:
-        """A hosted distill (Tinker) also reads the teacher's top-k at every row once (one sampled token each),
-        and its custom loss runs a forward pass of the student before each forward_backward."""
+        """A hosted distill (Tinker) also reads the teacher's top-k at every row (one sampled token each), once
+        for all the students that share them (topk_reader), and its custom loss runs a forward pass of the
+        student before each forward_backward."""
         teacher = hosted_info(ctx, self.teacher) if self.teacher else None
         if not teacher:
             return []
+        forward = chat_request(*student, 0, tokens, 0)
+        reader = self.topk_reader(ctx)
+        shared = "" if reader.key == self.key else f"teacher top-k reads counted under {reader.label or reader.key}"
+        forward.note = ", ".join(x for x in (forward.note, "custom loss: a forward pass per step", shared) if x)
+        if shared:
+            return [forward]
         system = chat_tokens(self.teacher.system, "") - chat_tokens(None, "")  # teacher_topk sends it in every read
         reads = chat_request(*teacher, n, round(n * (per_row + system)), n)
         reads.note = ", ".join(x for x in (reads.note, "teacher top-k reads") if x)
-        forward = chat_request(*student, 0, tokens, 0)
-        forward.note = ", ".join(x for x in (forward.note, "custom loss: a forward pass per step") if x)
         return [reads, forward]
+
+    def topk_reads(self) -> tuple:
+        """What the teacher's top-k reads depend on: the teacher, the rows and k (not the seed, nor any other
+        training setting)."""
+        return semantic(self.teacher), self.rows_stage, self.max_rows, self.training.top_k
+
+    def topk_reader(self, ctx: PlanContext) -> "FinetuneStage":
+        """The plan's first student still to run with this one's top-k reads: the Tinker backend sends each read
+        once per outputs folder (backends/shared_requests.py), so only that student's estimate counts them (all
+        of them: a student already built may have left them cached, or not, if it adopted another folder's
+        weights)."""
+        same = (st for st in ctx.stages.values() if isinstance(st, FinetuneStage) and st.teacher
+                and st.key not in ctx.done and st.topk_reads() == self.topk_reads())
+        return next(same, self)
