@@ -19,9 +19,9 @@ from runner.report import add_text_row
 
 def missing_keys(path: Path) -> list[str]:
     """Key variables that the spec's hosted backends (teacher, students or judges) need and lack."""
-    from backends.openai_api import hosted_backends_used
+    from backends.openai_api import hosted_backends_used, key_env
 
-    envs = {c.spec.backends[n].api_key_env for c in load(path) for n in hosted_backends_used(c.spec)}
+    envs = {key_env(n, c.spec.backends[n].api_key_env) for c in load(path) for n in hosted_backends_used(c.spec)}
     return sorted(e for e in envs if not os.environ.get(e))
 
 
@@ -71,11 +71,16 @@ def headline(results: dict) -> str:
             and c["p_value"] is not None]
     if not cmps:
         return "-"
-    # a test across students (or draws, seeds) over a question-level one, which misses training randomness
-    best = min(cmps, key=lambda c: (c.get("unit") == "question", c["p_value"]))
+    # tests across students (or draws, seeds) over question-level ones, which miss training randomness; of
+    # several, how many came out higher at p < 0.05 and the smallest p (either way: its ratio says which)
+    pool = [c for c in cmps if c.get("unit", "question") != "question"] or cmps
+    best = min(pool, key=lambda c: c["p_value"])
     ratio = f"{best['ratio']:.2f}x" if best.get("ratio") else f"diff {best['diff']:+.3g}"
     cell = f"cell {best['cell']}: " if best.get("cell", "-") != "-" else ""
-    return (f"{cell}{best['a']} vs {best['b']}: {metric_name(best)} {ratio}, p={p_text(best)} "
+    higher = sum((c.get("diff") or 0) > 0 and c["p_value"] < 0.05 for c in pool)
+    tally = f"{higher} of {len(pool)} comparisons higher at p < 0.05 (two-sided, uncorrected); smallest p: " \
+        if len(pool) > 1 else ""
+    return (f"{tally}{cell}{best['a']} vs {best['b']}: {metric_name(best)} {ratio}, p={p_text(best)} "
             f"({best.get('unit', 'question')}s, {best.get('n_a', 1)} v {best.get('n_b', 1)})")
 
 
@@ -108,7 +113,9 @@ def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None =
     except UserError as e:
         reason = str(e)
     except Exception as e:  # noqa: BLE001 - one broken spec must not stop the others or lose the table
-        reason = f"internal error: {type(e).__name__}: {e}"
+        from backends.openai_api import redact
+
+        reason = redact(f"internal error: {type(e).__name__}: {e}")  # its text may quote a request or a header
     console.print(f"error: {path}: {reason}", markup=False)
     return "failed", reason, bound  # it may have spent up to its bound before it failed
 

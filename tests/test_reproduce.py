@@ -120,3 +120,45 @@ def test_the_headline_prefers_a_test_across_students_and_names_its_unit():
     line = headline({"evaluations": [], "comparisons": [cmp("question", 1e-5, 1), cmp("draw", 0.008, 5)]})
     assert line == "icl:owl:k=100 vs icl:control:k=100: rate(owl) 1.40x, p=0.008 (draws, 5 v 5)"
     assert headline({"evaluations": [], "comparisons": [cmp("question", 1e-5, 1)]}).endswith("(questions, 1 v 1)")
+
+
+def test_a_headline_of_several_comparisons_counts_them_and_shows_the_direction():
+    """The smallest of five two-sided p-values, here a reversed effect, is not a headline on its own."""
+    from runner.reproduce import headline
+
+    def cmp(animal, ratio, p):
+        return {"cell": animal, "a": f"student:{animal}", "b": "student:control", "metric": f"rate({animal})",
+                "diff": ratio - 1, "ratio": ratio, "p_value": p, "b_is": "control", "unit": "student",
+                "n_a": 5, "n_b": 5}
+
+    line = headline({"evaluations": [], "comparisons": [cmp("owl", 1.3, 0.04), cmp("eagle", 0.6, 0.008)]
+                     + [cmp(a, 1.05, 0.5) for a in ("wolf", "dolphin", "elephant")]})
+    assert line.startswith("1 of 5 comparisons higher at p < 0.05 (two-sided, uncorrected); smallest p: cell eagle")
+    assert "0.60x, p=0.008" in line
+
+
+def test_reproduce_never_prints_a_key_pasted_into_a_spec_or_an_internal_errors_secret(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from runner import reproduce as R
+    from runner import runs
+
+    pasted = "sk-proj-AbCdEf0123456789SECRETSECRET"
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text(
+        "name: a\nbackends: {openai: {api_key_env: %s}}\nteacher: {targets: [owl], base: openai:gpt-4.1-nano}\n"
+        "evaluations: [{kind: preference_sample}]\n" % pasted)
+    console = Console(record=True, width=300)
+    status, reason, _ = R.run_one(tmp_path / "specs" / "a.yaml", tmp_path / "out", console)
+    assert status == "failed" and "api_key_env must be the NAME" in reason
+    assert "SECRET" not in console.export_text() + reason
+
+    def leaky(*a, **k):
+        raise RuntimeError("Authorization: Bearer sk-proj-ZyXw9876543210LEAKLEAKLEAK")
+
+    monkeypatch.setattr(runs, "run_spec", leaky)
+    monkeypatch.setattr(R, "missing_keys", lambda path: [])
+    monkeypatch.setattr("runner.budget.planned_usd", lambda path, outputs: 0.0)
+    (tmp_path / "specs" / "b.yaml").write_text("name: b\nteacher: {targets: [owl]}\n")
+    status, reason, _ = R.run_one(tmp_path / "specs" / "b.yaml", tmp_path / "out", console)
+    assert status == "failed" and "internal error: RuntimeError" in reason and "LEAK" not in console.export_text() + reason
