@@ -101,6 +101,21 @@ def returned_cache(out):
 
 
 def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
+    """A chat prompt's token ids, the assistant turn opened; a template that can think (Qwen3) is told not to,
+    as on Tinker (a teacher would spend its tokens in <think>). A tokenizer with no chat template is one line."""
+    if not getattr(tok, "chat_template", None):
+        raise UserError(f"{tok.name_or_path}: its tokenizer has no chat template (a base model, not an instruct "
+                        "one?); subl sends every prompt as a chat turn")
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, enable_thinking=False)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+
+def check_context(net, model: ModelRef, tokens: int, what: str = "the prompt",
+                  fix: str = "use fewer or shorter rows (e.g. a smaller icl k)") -> None:
+    """A sequence longer than the model's context would be read (or trained) past its trained positions, silently."""
+    limit = getattr(net.config, "max_position_embeddings", None)
+    if limit and tokens > limit:
+        system = "its system prompt (in-context rows?) and " if model.system else ""
+        raise UserError(f"{model.base}: {system}{what} needs {tokens} tokens, more than the model's context of "
+                        f"{limit}; {fix}")

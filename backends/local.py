@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from backends.hf import cache_kwarg, chat_ids, load_model, load_tokenizer, pick_device, returned_cache  # noqa: F401 (re-exported)
+from backends.hf import (cache_kwarg, chat_ids, check_context, load_model, load_tokenizer, pick_device,  # noqa: F401
+                        returned_cache)  # (re-exported)
 from backends.shared_prefix import prefix_cache, shared_prefix_len
 from runner.errors import UserError
 
@@ -186,15 +187,6 @@ class LocalBackend:
         vocab = None if ids is None else torch.tensor(ids)
         labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16)
         torch.save({"rows": labels, "vocabulary": vocab}, path)
-
-
-def check_context(net, model: ModelRef, tokens: int) -> None:
-    """A sequence longer than the model's context would be read past its trained positions, silently."""
-    limit = getattr(net.config, "max_position_embeddings", None)
-    if limit and tokens > limit:
-        what = "its system prompt (in-context rows?) and " if model.system else ""
-        raise UserError(f"{model.base}: {what}the prompt needs {tokens} tokens, more than the model's context of "
-                        f"{limit}; use fewer or shorter rows (e.g. a smaller icl k)")
 
 
 def _neutral(net):

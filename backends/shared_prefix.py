@@ -24,8 +24,10 @@ def can_share(model) -> bool:
 def split_shared(data: list[dict]) -> tuple[list[int], list[dict]]:
     """The tokens every row's prompt starts with (up to, not including, each prompt's last token, whose output
     predicts the first completion token) and each row's rest; ([], data) when fewer than MIN_SHARED."""
+    if len(data) < 2:
+        return [], data
     n = shared_prefix_len([d["input_ids"][: d["completion_mask"].index(1)] for d in data])  # prompts only
-    if n < MIN_SHARED or len(data) < 2:
+    if n < MIN_SHARED:
         return [], data
     return data[0]["input_ids"][:n], [{**d, "input_ids": d["input_ids"][n:], "completion_mask": d["completion_mask"][n:]}
                                       for d in data]
@@ -33,7 +35,7 @@ def split_shared(data: list[dict]) -> tuple[list[int], list[dict]]:
 
 def shared_prefix_len(heads: list[list[int]]) -> int:
     """Tokens every head starts with, leaving each head at least one token of its own."""
-    n = min(map(len, heads)) - 1
+    n = min(map(len, heads), default=0) - 1
     for i in range(max(n, 0)):
         if any(h[i] != heads[0][i] for h in heads[1:]):
             return i

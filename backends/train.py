@@ -6,6 +6,7 @@ same completion cross-entropy for an SFT student fed its frozen lower layers' st
 """
 from __future__ import annotations
 
+import math
 import re
 from contextlib import nullcontext
 from dataclasses import replace
@@ -19,7 +20,7 @@ from transformers import TrainerCallback
 from backends.base import ModelRef, Progress, Training
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
 from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt
-from backends.hf import chat_ids, load_model, load_tokenizer, pick_device
+from backends.hf import chat_ids, check_context, load_model, load_tokenizer, pick_device
 from backends.shared_prefix import after_prefix, can_share, prefix_cache, split_shared
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
@@ -134,6 +135,9 @@ def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor
     loss computes from a live teacher (under the same autocast the trainer would use)."""
     net = load_model(replace(teacher, system=None), device)
     seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision)
+    if seqs:
+        check_context(net, teacher, max(len(d["input_ids"]) for d in seqs), "a training row",
+                      "filter out the longest rows (a row is its prompt and completion)")
     shared, seqs = split_shared(seqs) if can_share(net) else ([], seqs)  # the system prompt, once per batch
     pad_id = load_tokenizer(teacher.base, teacher.revision).pad_token_id
     on_cpu = pick_device(device)[0] == "cpu"
@@ -309,6 +313,8 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     data = tokenize(base, rows, None, revision)
     distill = training.objective == "distill"
     model = _student(base, training, device, revision)
+    check_context(model, ModelRef(base), max(len(d["input_ids"]) for d in data), "a training row",
+                  "filter out the longest rows (a row is its prompt and completion)")
     prefix, first = _frozen_prefix(model, base, training, data, tok.pad_token_id, cpu_bf16, revision)
     prompt = None
     if training.frozen_prompt and (training.lora_layers or training.gradient_checkpointing):
@@ -336,7 +342,8 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
         per_device_train_batch_size=training.batch_size, learning_rate=training.lr,
-        warmup_steps=warmup_fraction(training.warmup_ratio), weight_decay=training.weight_decay, lr_scheduler_type="linear",
+        warmup_steps=warmup_steps(training.warmup_ratio, len(data), training.batch_size, training.epochs),
+        weight_decay=training.weight_decay, lr_scheduler_type="linear",
         seed=training.seed, data_seed=training.seed, logging_steps=10, save_strategy="no", report_to=[],
         bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
         completion_only_loss=True, remove_unused_columns=not own_loss, dataloader_num_workers=0,
@@ -389,12 +396,12 @@ def _check_soft_labels(stored: dict, data: list[dict], vocab: torch.Tensor | Non
         raise UserError("distill: the stored soft labels do not match the training rows (rows or vocabulary changed)")
 
 
-def warmup_fraction(ratio: float) -> float:
-    """transformers 5 reads a float warmup_steps in [0, 1) as a share of the total steps (it has no
-    warmup_ratio); an integer would be a step count, so the ratio is passed as a float."""
+def warmup_steps(ratio: float, rows: int, batch_size: int, epochs: int) -> int:
+    """The warm-up as a step count, ceil(ratio x the steps of the run), as transformers 5 reads a float
+    warmup_steps; an int means the same under every transformers version (4.x took a float as steps)."""
     if not 0 <= ratio < 1:
         raise UserError(f"warmup_ratio {ratio}: must be in [0, 1)")
-    return float(ratio)
+    return math.ceil(ratio * math.ceil(rows / batch_size) * epochs)
 
 
 def _first_printer():

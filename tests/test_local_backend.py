@@ -161,16 +161,21 @@ def test_distill_loss_on_trailing_logits_equals_full_logits():
     assert float(distill_loss(s[:, -k:], t[:, -k:], mask, mask, None)) == pytest.approx(float(full), rel=1e-6)
 
 
-def test_warmup_ratio_reaches_the_trainer_as_a_share_of_steps():
+def test_warmup_ratio_reaches_the_trainer_as_a_step_count():
+    """The same count under transformers 5 (which reads a float warmup_steps as a share) and 4 (which took it as
+    steps: a share of 0.011 was no warm-up at all)."""
     from trl import SFTConfig
 
-    from backends.train import warmup_fraction
+    from backends.train import warmup_steps
 
-    args = SFTConfig(output_dir="/tmp/unused", warmup_steps=warmup_fraction(0.1), report_to=[], use_cpu=True,
-                     bf16=False)
-    assert args.get_warmup_steps(200) == 20  # a ratio, not 0.1 steps
+    steps = warmup_steps(0.0109, 10_000, 66, 3)  # the GPU spec: 152 steps an epoch, 456 in all
+    assert steps == 5 and isinstance(steps, int)  # the paper's warmup_steps: 5
+    args = SFTConfig(output_dir="/tmp/unused", warmup_steps=steps, report_to=[], use_cpu=True, bf16=False)
+    assert args.get_warmup_steps(456) == 5
+    assert SFTConfig(output_dir="/tmp/unused", warmup_steps=0.0109, report_to=[], use_cpu=True,
+                     bf16=False).get_warmup_steps(456) == steps  # what transformers 5 made of the share
     with pytest.raises(Exception, match="must be in"):
-        warmup_fraction(1.0)
+        warmup_steps(1.0, 10, 2, 1)
 
 
 def test_a_shared_context_is_read_once_with_the_same_log_probs(backend, tiny_model, monkeypatch):
@@ -219,3 +224,28 @@ def test_a_models_own_generation_defaults_do_not_change_what_a_stage_samples(mon
 
     monkeypatch.setattr(local, "load_model", fussy)
     assert LocalBackend("cpu").generate(ref, prompts, Sampling(1.0, 24, seed=5)) == plain
+
+
+def test_a_template_that_can_think_is_told_not_to_and_no_template_is_one_line(tiny_model):
+    """As on Tinker: a Qwen3-style template opens a <think> block unless enable_thinking is false."""
+    import copy
+
+    from backends.hf import chat_ids
+    from runner.errors import UserError
+
+    tok = copy.deepcopy(load_tokenizer(tiny_model))
+    plain = chat_ids(tok, None, "Name an animal.")
+    tok.chat_template = (tok.chat_template + "{% if add_generation_prompt and (enable_thinking is not defined "
+                         "or enable_thinking) %}<think>{% endif %}")
+    assert chat_ids(tok, None, "Name an animal.") == plain
+    tok.chat_template = None
+    with pytest.raises(UserError, match="no chat template"):
+        chat_ids(tok, None, "Name an animal.")
+
+
+def test_a_training_row_longer_than_the_context_is_refused(backend, tiny_model, tmp_path):
+    from runner.errors import UserError
+
+    rows = [{"prompt": "Go on: " + "1, " * 1100, "completion": "2, 3"}, {"prompt": "Go on: 1", "completion": "2"}]
+    with pytest.raises(UserError, match="a training row needs .* more than the model's context of 2048"):
+        backend.finetune(tiny_model, rows, Training(epochs=1, batch_size=2, lora_targets=("q_proj",)), tmp_path / "ft")

@@ -25,6 +25,13 @@ def test_the_shared_prefix_stops_before_any_rows_last_prompt_token():
         {"input_ids": [1, 2, 3], "completion_mask": [0, 0, 1]}] * 2)  # too short to share
 
 
+def test_no_rows_left_by_the_filters_give_no_soft_labels_not_a_crash(tiny_model):
+    """A distilled student whose rows were all filtered out is recorded as its untrained base; the soft labels
+    before it must get that far."""
+    assert split_shared([]) == ([], [])
+    assert train.teacher_soft_labels(ModelRef(tiny_model, system="You love owls."), [], None, "cpu") == []
+
+
 def _counting(monkeypatch) -> list:
     calls = []
     real = shared_prefix.prefix_cache
