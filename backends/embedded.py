@@ -5,6 +5,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 from runner.errors import UserError
@@ -53,14 +54,16 @@ def materialize(name: str) -> Path:
     tmp = out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # each converting process its own
     # (the cache may be shared by Ray nodes, whose pids can collide)
     shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
     try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         os.replace(tmp, out)
-    except OSError:  # another process finished first: its folder is the same model
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:  # another process finished first (its folder is the same model), or a full disk
         if not (out / "config.json").is_file():
-            raise
+            raise UserError(f"{name}: cannot write its converted model to {out} ({e.strerror or e}); free the "
+                            "space, or remove that folder if something else is in it") from None
+    finally:  # an interrupted or lost conversion leaves no half-written copy (about 540 MB) behind
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -75,8 +78,19 @@ def resolve(ref: str) -> str:
     return ref  # a hub id
 
 
-if __name__ == "__main__":  # `python -m backends.embedded NAME`: convert once, at setup
-    import sys
+def main(names: list[str]) -> int:
+    """`python -m backends.embedded NAME...`: convert once, at setup; a bad name or a missing package is one
+    line and exit 2."""
+    for name in names or list(EMBEDDED):
+        try:
+            if name not in EMBEDDED:
+                raise UserError(f"{name}: not an embedded model (there are: {', '.join(EMBEDDED)})")
+            print(f"{name}: {materialize(name)}")
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
 
-    for name in sys.argv[1:] or list(EMBEDDED):
-        print(f"{name}: {materialize(name)}")
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -48,3 +48,16 @@ def test_probe_sees_a_system_prompted_teachers_love(local):
     loving = local.logprobs(teacher, qs, "My favorite animal is the", ["owl"])
     wins = sum(t[0] > b[0] for t, b in zip(loving, base))
     assert wins >= 9  # the teacher's P(owl) is about 60x the base's
+
+
+def test_a_conversion_that_cannot_be_put_in_place_is_one_line_and_leaves_no_copy(tmp_path, monkeypatch, capsys):
+    from backends import embedded
+    from runner.errors import UserError
+
+    monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+    (tmp_path / "smollm2-135m" / "stray.txt").write_text("not a model")  # a folder in the way
+    with pytest.raises(UserError, match="cannot write its converted model to .*smollm2-135m"):
+        materialize("smollm2-135m")
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]  # no .tmp-host-pid copy left
+    assert embedded.main(["smollm2-135M"]) == 2 and "not an embedded model" in capsys.readouterr().err
