@@ -163,10 +163,15 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(_model_dir())
 
 
+_LOADING = threading.Lock()  # transformers builds a model under process-wide meta-device patches: two threads
+# loading at once can leave them in place, and every later model of the process empty (a server loads apart)
+
+
 def _base():
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(_model_dir(), dtype=torch.float32)
+    with _LOADING:
+        return AutoModelForCausalLM.from_pretrained(_model_dir(), dtype=torch.float32)
 
 
 def _local(path: str, kind: str) -> Path:
@@ -290,7 +295,8 @@ class SamplingClient:
         if model_path:
             from peft import PeftModel
 
-            self.net = PeftModel.from_pretrained(self.net, str(_local(model_path, "sampler_weights")))
+            with _LOADING:
+                self.net = PeftModel.from_pretrained(self.net, str(_local(model_path, "sampler_weights")))
         self.net.eval()
 
     def get_tokenizer(self):
@@ -367,8 +373,10 @@ class TrainingClient:
         _update_run(self._run(), user_metadata=user_metadata)
         self.config = config
         torch.manual_seed(config["seed"])
-        self.net = get_peft_model(_base(), LoraConfig(r=config["rank"], lora_alpha=LORA_ALPHA, lora_dropout=0.0,
-                                                      target_modules=config["targets"], task_type="CAUSAL_LM"))
+        base = _base()
+        with _LOADING:
+            self.net = get_peft_model(base, LoraConfig(r=config["rank"], lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+                                                       target_modules=config["targets"], task_type="CAUSAL_LM"))
         self.net.train()
         self._opt = None
 
