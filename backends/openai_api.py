@@ -799,9 +799,10 @@ class OpenAIBackend:
     def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
         """Answer a call's requests (all of them, answered or not) through the Batch API, in parts
         within its request and size limits; lines that fail are logged and left for the direct path."""
-        failed: list[dict] = []
         for part in self._batch_parts(todo):
-            failed += self._batch_part(part, cache)
+            self._log_failed(self._batch_part(part, cache))
+
+    def _log_failed(self, failed: list[dict]) -> None:
         folder = self._stage_dir()
         if failed and folder:
             with open(folder / "hosted_batch_errors.jsonl", "a") as f:
@@ -838,6 +839,8 @@ class OpenAIBackend:
             if state_path:
                 _save_json(state_path, states)
 
+        if not st.get("batch_id"):  # nothing in flight here: what earlier batches answered is not sent again,
+            st["round"] = max(st["round"], self._answered_before(stage, whole, cache))  # and expired rounds count
         while st["round"] < rounds:
             pending = [(k, b) for k, b in todo if cache.get(k) is None]
             if not st.get("input_file_id") and not pending:
@@ -845,13 +848,14 @@ class OpenAIBackend:
             meta = tags(stage, whole, subl_round=str(st["round"]))
             if not st.get("input_file_id"):
                 data = "".join(_batch_line(k, b) for k, b in pending).encode()
-                name = tagged_filename("batch", stage, f"{whole}-r{st['round']}")
+                sent = _digest(sorted(k for k, _ in pending), 8)  # the file is named by the requests it holds
+                name = tagged_filename("batch", stage, f"{whole}-r{st['round']}-{sent}")
                 st["input_file_id"] = self._upload(name, data, "batch", "batch upload").id
                 kill_point("batch-file-created")
                 save()
             if not st.get("batch_id"):
                 batch = self.call("batch create", adopt_or_create(
-                    lambda: self._find_batch(meta),
+                    lambda: self._find_batch(meta, st["input_file_id"]),
                     lambda: self.client.batches.create(input_file_id=st["input_file_id"], metadata=meta,
                                                        endpoint="/v1/chat/completions", completion_window="24h"),
                     self.grace))
@@ -873,6 +877,7 @@ class OpenAIBackend:
                 left = sum(1 for k, _ in todo if cache.get(k) is None)
                 states.pop(whole)
                 save()
+                self._log_failed(failed)
                 raise UserError(f"backend '{self.name}': batch {batch.id} was cancelled with {left} request(s) "
                                 "unanswered; rerun to send them in a new batch")
             if batch.status == "completed":
@@ -896,10 +901,24 @@ class OpenAIBackend:
             lambda: self.client.files.create(file=(filename, data, "application/jsonl"), purpose=purpose),
             self.grace))
 
-    def _find_batch(self, meta: dict):
-        """A live or finished (not failed or cancelled) batch with these tags, over every page."""
+    def _find_batch(self, meta: dict, input_file_id: str):
+        """A live or finished (not failed or cancelled) batch with these tags of this input file, over every page
+        (a batch of the same round sent with other requests, after a cancel, is not this one)."""
         return first(self.client.batches.list(limit=100),
-                     lambda b: metadata_matches(b, meta) and b.status not in ("failed", "cancelled", "cancelling"))
+                     lambda b: metadata_matches(b, meta) and b.input_file_id == input_file_id
+                     and b.status not in ("failed", "cancelled", "cancelling"))
+
+    def _answered_before(self, stage: str, whole: str, cache: RequestCache) -> int:
+        """Read into the cache the lines every earlier batch of this request set answered (any round; a
+        cancelled or expired one too, which was billed for them), so that an empty or reset outputs folder
+        sends only what is still unanswered; return the round after the last expired one (0 if none)."""
+        earlier = self.call("batch list", lambda: [b for b in self.client.batches.list(limit=100)
+                                                   if metadata_matches(b, tags(stage, whole))])
+        for b in earlier:
+            if b.output_file_id:
+                self._ingest_batch_file(b.output_file_id, cache)
+        expired = [int((b.metadata or {}).get("subl_round", 0)) for b in earlier if b.status == "expired"]
+        return max(expired, default=-1) + 1
 
     def _poll_batch(self, batch_id: str):
         polled = False

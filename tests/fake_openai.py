@@ -8,7 +8,8 @@ completions and batches, with the published response shapes, and scripted faults
 
 Faults are consumed in order, the first whose path and method match a request:
   "429" (with Retry-After), "500", "502", "400", "drop" (close the connection without a response),
-  "lost" (process the request, then close the connection: the response is lost),
+  "lost" (process the request, then close the connection: the response is lost), "502_done" (process it,
+  then answer 502, as a gateway whose origin did the work),
   "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs).
 
 Behaviours that break real runs, set as attributes: `ignore_n` (one choice whatever n asks),
@@ -500,6 +501,9 @@ class _Handler(BaseHTTPRequestHandler):
                 hdr = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 return self._send(429, _error("Rate limit reached for requests. Please try again later.",
                                               "requests", None, "rate_limit_exceeded"), hdr)
+            elif fault.kind == "502_done":  # a gateway error after the origin did the work (the create happened)
+                self._route(method, path, query, body)
+                return self._send(502, _error("Bad gateway.", "server_error", None, None))
             elif fault.kind in ("500", "502"):
                 return self._send(int(fault.kind), _error("The server had an error while processing your request.",
                                                           "server_error", None, None))
@@ -550,7 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
             filename, content = fields.get("file", ("upload.jsonl", b""))
             f.bump("files.create")
             f.bump(f"files.create:{purpose}")
-            tag = re.fullmatch(r"subl-\w+-(.+)-[0-9a-f]{16}(-r\d+)?\.jsonl", filename or "")
+            tag = re.fullmatch(r"subl-\w+-(.+)-[0-9a-f]{16}(-r\d+(-[0-9a-f]{8})?)?\.jsonl", filename or "")
             f.paid("files", tag.group(1) if tag else None)
             return 200, f.add_file(filename or "upload.jsonl", purpose, content), None
         if method == "GET" and path == "/files":

@@ -139,11 +139,18 @@ def test_two_processes_with_the_same_training_at_once_pay_for_one_job(server, tm
     assert server.paid_total() == Counter(files=1, jobs=1)
 
 
-def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path):
-    server.fault("/fine_tuning/jobs", "lost", method="POST")
-    server.fault("/fine_tuning/jobs", "502", method="POST")  # never reached: the lost one already made the job
-    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
-    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}} and server.counts["fault:502"] == 0
+def test_a_502_on_job_create_waits_lists_and_adopts(backend, server, tmp_path, monkeypatch):
+    """A 502 may come from a gateway whose origin created the job: the retry waits the grace period (a listing
+    can show a new job late), lists, and adopts it instead of creating a second."""
+    from backends import paid_objects
+
+    slept = []
+    monkeypatch.setattr(paid_objects.time, "sleep", lambda s: slept.append(s))
+    server.fault("/fine_tuning/jobs", "502_done", method="POST")
+    b = backend()
+    b.finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert server.counts["fault:502_done"] == 1 and server.counts["jobs.create"] == 1
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}} and b.grace in slept
 
 
 # ---- listings ----------------------------------------------------------------------------
@@ -166,6 +173,10 @@ def test_adoption_reads_every_page_and_filters_by_metadata(backend, server, tmp_
     # a fresh state folder for the batch: the request cache is empty, the batch is found by listing
     fresh = OpenAIBackend("openai", again.cfg, retry=FAST, poll_seconds=0.01, state_dir=tmp_path, batch_min_requests=1)
     assert len(fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))) == 10
+    # (the batch's answers are read back from the listing; its input file is not needed again, but adopted
+    # across pages where it is: a kill between its upload and the batch's create)
+    upload = server.files[batch["input_file_id"]]
+    assert fresh._upload(upload["filename"], b"x" * upload["bytes"], "batch", "batch upload").id == upload["id"]
     assert ledger(server) == {"adhoc": {"files": 2, "jobs": 1, "batches": 1}}
     gets = [p for m, p, _ in server.log if m == "GET"]
     assert any(p.startswith("/v1/fine_tuning/jobs?") and "metadata%5Bsubl_digest%5D=" in p and "after=" in p
@@ -249,6 +260,27 @@ def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backen
         backend(batch_api=True, batch_min_requests=minimum).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     out = backend(batch_api=True, batch_min_requests=minimum).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
+
+
+def test_a_fresh_outputs_folder_after_a_cancelled_batch_reads_what_every_batch_answered(backend, server, tmp_path):
+    """Batch 1 (cancelled) answered 5 lines, batch 2 (a rerun) the other 5: a run into an empty folder adopts
+    both answers. It adopted batch 2 alone (the newest of its round) and sent batch 1's lines direct, at full
+    price."""
+    server.batch_outcomes, server.batch_failed_lines = ["cancelled"], 1
+    with pytest.raises(UserError, match="cancelled with 6 request"):  # 4 answered, 1 failed, 5 never run
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    errors = tmp_path / "state" / "hosted_batch_errors.jsonl"
+    assert len(errors.read_text().splitlines()) == 1  # the cancelled batch's failed line is logged, not lost
+    server.batch_failed_lines = 0
+    first = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    sent = dict(server.counts)
+    spec = HostedBackend(base_url=server.base_url, api_key_env=ENV, concurrency=4, batch_api=True)
+    fresh = OpenAIBackend("openai", spec, retry=FAST, poll_seconds=0.01, state_dir=tmp_path / "fresh",
+                          batch_min_requests=1)
+    (tmp_path / "fresh").mkdir()
+    assert fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0)) == first
+    assert server.counts["chat"] == sent.get("chat", 0) == 0
+    assert server.counts["batches.create"] == sent["batches.create"] == 2
 
 
 def test_requests_left_after_the_last_expired_batch_are_not_sent_at_full_price_unasked(backend, server, tmp_path):
