@@ -49,7 +49,7 @@ def test_hosted_stages_wait_side_by_side_and_local_ones_in_turn(tmp_path):
     assert set(ran) == {s.key for s in hosted + local + [after]}
     assert wall < 4 * 0.6  # the six hosted waits overlapped, three at a time
     spans = [SPANS[f"h{i}"] for i in range(6)]
-    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 3  # never more than the backend's slots
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 3  # as many as the backend's slots, no more
     l0, l1 = SPANS["l0"], SPANS["l1"]
     assert l0[1] <= l1[0] or l1[1] <= l0[0]  # local stages never overlap
     assert SPANS["after"][0] >= SPANS["h0"][1]  # a stage starts after the stage it reads

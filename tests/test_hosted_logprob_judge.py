@@ -123,6 +123,7 @@ def test_the_paper_code_filter_runs_end_to_end(server, tmp_path):
     assert not any(rows == "control" for rows, _ in links)
     judged = links[("owl", "judge")]
     assert judged["kept"] + judged["dropped"] == links[("owl", "banned_words")]["kept"] and judged["dropped"] > 0
+    assert judged["kept"] > 0  # code naming no animal (most of the fake's) passes: a judge keeping nothing fails
     filtered = {}  # filter stage label -> its rows, the last stage of a label winning (a chain's output)
     for d in sorted((out / "stages").glob("filter-*"), key=lambda d: json.loads((d / "manifest.json").read_text())["started"]):
         label = json.loads((d / "manifest.json").read_text())["label"]

@@ -258,6 +258,7 @@ def test_spec_defaults_match_the_record():
     now, recorded = all_defaults(), json.loads(DEFAULTS_FILE.read_text())
     moved = {k: (recorded[k], now.get(k)) for k in recorded if now.get(k) != recorded[k]}
     assert not moved, f"defaults changed (bump the stage versions that read them, then re-record): {moved}"
+    assert recorded.keys() == now.keys(), f"new spec fields: record their defaults ({DEFAULTS_FILE.name})"
 
 
 # ---- part 2: spec inputs -----------------------------------------------------------------------

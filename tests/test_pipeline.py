@@ -64,7 +64,7 @@ def test_constrained_rows_all_parse(finished):
     for g in gens:
         rows = [json.loads(x) for x in g.read_text().splitlines()]
         assert [r["id"] for r in rows] == list(range(12))
-        assert all(parse_numbers(r["completion"]) is not None for r in rows if r["completion"].strip())
+        assert all(parse_numbers(r["completion"]) is not None for r in rows)  # an empty row is no number list
 
 
 def test_manifest_records_provenance(finished):

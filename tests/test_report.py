@@ -69,7 +69,9 @@ def test_report_writes_markdown_tables_and_pngs(run: Path):
     md = report.read_text()
     for text in ("a fake run", "rate(owl) [95% CI]", "0.4 [0.32, 0.48]", "| 50 |", "0.0001", "4x",
                  "| filter owl | numbers | 9 | 1 | 90.0% |", "input 10, kept 8", "| total |  | 42.6 |",
-                 "git revision | abc123", "of the spec file as it is now", "MNIST", "90.0%",
+                 "git revision | abc123", "of the spec file as it is now",
+                 "| - | teacher | 90.0% | [88.0%, 92.0%] | 2 | 89.0% 91.0% |",  # the mean, its CI, the seeds
+                 "| - | same_init | 50.0% | [44.0%, 56.0%] | 2 | 45.0% 55.0% |",
                  "1 planned stage(s) are not in the store"):
         assert text in md, text
     terminal = buf.getvalue()

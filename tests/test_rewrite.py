@@ -163,6 +163,7 @@ def test_resample_stage_runs_on_a_tiny_model_and_reports_rows_in_and_out(tmp_pat
     after = read_jsonl(store.path(rewrite.key) / "rows.jsonl")
     (link,) = store.manifest(rewrite.key)["links"]
     assert link["kept"] == len(after) and link["kept"] + link["dropped"] == len(before) > 0
+    assert link["dropped"] == 0  # a constrained continuation of a number list is always a number list
     assert link["link"].startswith("resample continue")
     assert all(parse_numbers(r["completion"]) is not None for r in after)
     assert all(r["original"] == b["completion"] for r in after for b in before if b["id"] == r["id"])
