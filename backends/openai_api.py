@@ -307,9 +307,27 @@ def request_seed(seed: int, prompt: int, chunk: int) -> int:
 
 
 def _save_json(path: Path, data: dict) -> None:
+    """Whole or not at all, and on disk before it replaces the last record (it names paid objects)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(redact(json.dumps(data, indent=2)))
+    with open(tmp, "w") as f:
+        f.write(redact(json.dumps(data, indent=2)))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _load_json(path: Path | None) -> dict:
+    """A record _save_json wrote ({} where there is none); a damaged one is one line naming it."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: damaged (not a JSON object); it records this stage's paid objects: look them "
+                        "up with the provider (their tags name the stage), then delete the file to go on")
+    return data
 
 
 def _notify(progress: Progress | None, done: int, total: int, note: str) -> None:
@@ -786,7 +804,7 @@ class OpenAIBackend:
             return
         path = folder / NOTES_FILE
         with self._lock:
-            notes = json.loads(path.read_text()) if path.exists() else {}
+            notes = _load_json(path)
             per_model = notes.setdefault(fact, {})
             per_model[model_id] = per_model.get(model_id, 0) + count
             _save_json(path, notes)
@@ -828,7 +846,7 @@ class OpenAIBackend:
         same batches."""
         folder = self._stage_dir()
         state_path = folder / BATCHES_FILE if folder else None
-        states = json.loads(state_path.read_text()) if state_path and state_path.exists() else {}
+        states = _load_json(state_path)
         whole = _digest(sorted(k for k, _ in todo), 16)
         st = states.setdefault(whole, {"requests": len(todo)})
         st.setdefault("round", 0)
@@ -983,7 +1001,7 @@ class OpenAIBackend:
         stage = stage_tag()
         digest = _digest({"model": model, "seed": training.seed, "hyperparameters": hp, "training": training_sha}, 16)
         path = out_dir / JOB_FILE
-        state = json.loads(path.read_text()) if path.exists() else {}
+        state = _load_json(path)
         if state and (state.get("training_sha256") != training_sha or state.get("digest", digest) != digest):
             raise UserError(f"{path}: records a job for other training data or settings; delete it to start over")
         if not state:

@@ -99,7 +99,8 @@ def ambiguous(exc: BaseException) -> bool:
 
     if isinstance(exc, openai.APIConnectionError):  # a timeout or a dropped connection
         return not never_reached(exc)
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (500, 502, 504)
+    # any 5xx but 501 (not implemented) and 503 (not taken): a gateway's 502/504/520/524 may hide an origin that did it
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500 and exc.status_code not in (501, 503)
 
 
 def first(items: Iterable[Any], match: Callable[[Any], bool]) -> Any:

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
-from backends.openai_api import (RequestCache, RetryPolicy, _digest, _notify, _one_line, _save_json, api_message,
-                                 redact, register_secret, retry_after)
+from backends.openai_api import (RequestCache, RetryPolicy, _digest, _load_json, _notify, _one_line, _save_json,
+                                 api_message, redact, register_secret, retry_after)
 from backends.paid_objects import one_at_a_time
 from backends.shared_requests import SharedRequestCache
 from runner.core import current_stage_dir
@@ -607,7 +607,7 @@ class TinkerBackend:
         state_path = out_dir / TRAIN_STATE_FILE
         fingerprint = self._fingerprint(base, rows, training, teacher)
         legacy = self._fingerprint(base, rows, training, teacher, legacy=True)
-        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        state = _load_json(state_path)
         if state and state.get("fingerprint") == legacy:
             state["fingerprint"] = fingerprint  # recorded by subl before TRAIN_CODE 1, whose loop is the same
         if state and state.get("fingerprint") != fingerprint:

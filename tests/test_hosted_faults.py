@@ -597,3 +597,27 @@ def test_plan_check_and_run_stop_before_spending_when_fine_tuning_is_refused(ser
     r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out")], {ENV: KEY})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "may not create fine-tuning" in r.stderr
     assert server.paid_total() == Counter() and server.counts["chat"] <= 1  # at most the rate-limit probe
+
+
+@pytest.mark.parametrize("damage", ["", "[1, 2]", "{\"job_id\": "])
+def test_a_damaged_job_record_is_one_line_naming_it(backend, server, tmp_path, damage):
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "hosted_job.json").write_text(damage)
+    with pytest.raises(UserError, match=r"hosted_job.json: damaged \(not a JSON object\)"):
+        backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert server.paid_total() == Counter()  # nothing created while its record cannot be read
+
+
+def test_a_cloudflare_524_on_a_create_counts_as_maybe_done():
+    """524: the origin took the request and did not answer in time; the create may have happened, so the
+    retry waits the grace period before it lists (501 and 503: not taken)."""
+    import httpx
+    import openai
+
+    from backends.paid_objects import ambiguous
+
+    def status(code):
+        return openai.APIStatusError("x", response=httpx.Response(code, request=httpx.Request("POST", "http://x")),
+                                     body=None)
+
+    assert [ambiguous(status(c)) for c in (500, 502, 504, 520, 524, 501, 503, 429, 400)] == [True] * 5 + [False] * 4
