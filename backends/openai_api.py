@@ -589,7 +589,10 @@ class OpenAIBackend:
             return f"backend '{self.name}': fine-tuning {model}: the probe could not tell (HTTP {status}: {_one_line(msg, 120)})"
         except openai.OpenAIError as exc:
             raise self._explain("fine-tuning probe", exc, 1, 0) from None
-        self.call("fine-tuning probe cancel", self.client.fine_tuning.jobs.cancel, job.id)  # a server that took it
+        try:  # a server that took the probe made a job: cancel it, or say which one to cancel by hand
+            self.call("fine-tuning probe cancel", self.client.fine_tuning.jobs.cancel, job.id)
+        except UserError as e:
+            raise UserError(f"{e}; the preflight's probe job {job.id} may still be running: cancel it") from None
         return f"backend '{self.name}': fine-tuning {model} is allowed (the probe's job {job.id} was cancelled at once)"
 
     def _check_tpm(self, model: str, largest_request_tokens: int) -> str:

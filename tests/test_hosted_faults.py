@@ -384,6 +384,18 @@ def test_preflight_passes_and_pays_for_nothing(backend, server):
     assert server.paid_total() == Counter() and server.counts["jobs.create"] == 1
 
 
+def test_a_probe_job_a_server_took_and_would_not_cancel_is_named(backend, server):
+    """A server that accepts the probe's missing file makes a job; if it will not cancel it, the line says
+    which job may still be running (and billing)."""
+    probe = "file-subl-preflight-probe-does-not-exist"
+    obj = server.add_file("probe.jsonl", "fine-tune", b"")
+    server.files[probe], server.contents[probe] = {**obj, "id": probe}, json.dumps({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "1"}]}).encode() + b"\n"
+    server.fault("/cancel", "500", times=99)
+    with pytest.raises(UserError, match=r"the preflight's probe job ftjob-\S+ may still be running: cancel it"):
+        backend().preflight([NANO], [NANO], {NANO: 40})
+
+
 def test_preflight_holds_each_model_to_its_own_largest_request(backend, server):
     """A long in-context request to nano and short judge requests to mini: each is held to its own model's limit."""
     mini = "openai:gpt-4.1-mini-2025-04-14"
