@@ -8,6 +8,7 @@ from __future__ import annotations
 from runner.display import usd
 from runner.errors import UserError
 from runner.stages import Estimate, ModelInput, Stage, base_of
+from runner.stages.costs import estimate_of
 
 
 class BudgetError(UserError):
@@ -35,7 +36,7 @@ def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     ctx = plan.context(store=store)
     estimates, unestimated = [], []
     for st in pending(plan, store):
-        hosted = [e for e in st.estimate(ctx) if e.backend != "local"]
+        hosted = [e for e in estimate_of(st, ctx) if e.backend != "local"]
         estimates += hosted
         if not hosted and calls_hosted(st, plan.stages):
             unestimated.append(st.label or st.key)

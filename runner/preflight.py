@@ -14,6 +14,7 @@ from runner.errors import UserError
 from runner.plan import Plan
 from runner.prices import chat_tokens
 from runner.stages import ModelInput, Stage, base_of
+from runner.stages.costs import estimate_of
 from runner.stages.training import FinetuneStage, TeacherStage
 
 
@@ -27,7 +28,7 @@ def _largest_request(stage: Stage, ctx) -> int:
     if hasattr(stage, "rows_to_generate"):
         rows = stage.rows_to_generate()[:2000]
         return max((chat_tokens(stage.model.system, r["prompt"]) for r in rows), default=0) + stage.domain.max_tokens
-    sizes = [math.ceil((e.input_tokens + e.output_tokens) / e.requests) for e in stage.estimate(ctx) if e.requests]
+    sizes = [math.ceil((e.input_tokens + e.output_tokens) / e.requests) for e in estimate_of(stage, ctx) if e.requests]
     return max(sizes, default=0)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 from runner.errors import UserError
 
@@ -87,17 +90,39 @@ MESSAGE_OVERHEAD = 3  # tokens per chat message (role and separators)
 REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
 
 
+# Digits per token: 3 as OpenAI's o200k (and Llama 3) group them; Qwen's tokenizers give each digit its own
+# token, so the estimates of a stage on Tinker are counted with 1 (an upper bound for every model it offers).
+_DIGITS_PER_TOKEN: ContextVar[int] = ContextVar("digits_per_token", default=3)
+
+
+@contextmanager
+def digits_per_token(n: int) -> Iterator[None]:
+    """Count digit runs as ceil(digits / n) tokens inside this block."""
+    token = _DIGITS_PER_TOKEN.set(n)
+    try:
+        yield
+    finally:
+        _DIGITS_PER_TOKEN.reset(token)
+
+
+def counting_digits() -> int:
+    return _DIGITS_PER_TOKEN.get()
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
 
-    Digits come in groups of at most three per token (as in o200k); an ASCII word is about one token
+    Digits come in groups of at most three per token (as in o200k; counting_digits() inside
+    digits_per_token(n)); an ASCII word is about one token
     per five letters, an ASCII punctuation run one per four marks; whitespace is one token; a character
     beyond ASCII is at least one (a CJK character) and one per two bytes of UTF-8 (an emoji is two).
     """
-    n = 0
+    n, per = 0, _DIGITS_PER_TOKEN.get()
     for piece in _PIECES.findall(text):
         s = piece.strip()
-        if s.isascii() and s.isalpha():
+        if s.isdigit() and s.isascii():
+            n += math.ceil(len(s) / per)
+        elif s.isascii() and s.isalpha():
             n += math.ceil(len(s) / 5)
         elif not s.isascii():
             n += max(1, len(s.encode()) // 2)

@@ -17,6 +17,7 @@ from runner.loader import Cell, load
 from runner.plan import Plan, build, plan_stages, spec_hash
 from runner.prices import PRICES_DATE
 from runner.stages import Estimate, Stage, si
+from runner.stages.costs import estimate_of
 from runner.store import Store, git_revision, package_versions, write_text_atomic
 
 
@@ -46,7 +47,7 @@ def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) 
             state = "reuse" if store.done(st.key) or st.key in seen else "run"
             seen.add(st.key)
             lines.append(f"  {state:5s}  {st.label:55s} {st.key}")
-            for e in st.estimate(ctx) if state == "run" else []:
+            for e in estimate_of(st, ctx) if state == "run" else []:
                 costs.append(e)
                 lines.append(f"{'':9s}{e.line()}")
     n_run = sum(1 for ln in lines if ln.startswith("  run"))
@@ -86,8 +87,8 @@ def cost_lines(estimates: list[Estimate]) -> list[str]:
     from backends.tinker_prices import PRICES_DATE as TINKER_DATE
 
     tables = [f"price table dated {PRICES_DATE}" if t == "openai" else f"Tinker prices dated {TINKER_DATE} (not "
-              "checked against the service; tokens counted as OpenAI's o200k counts them, fewer than Qwen's for "
-              "digits)" for t in sorted({e.table for e in estimates}, reverse=True)]
+              "checked against the service; tokens estimated without the model's tokenizer, every digit a token as "
+              "Qwen's split them)" for t in sorted({e.table for e in estimates}, reverse=True)]
     return [f"hosted: {', '.join(parts)}, {cost}; {' and '.join(tables)} (USD per 1M tokens, a spec's `prices` "
             "override them); output counted at max_tokens, so costs are upper bounds"]
 

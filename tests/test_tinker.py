@@ -729,7 +729,7 @@ def test_a_tinker_plan_names_the_tinker_price_table_and_its_token_caveat(monkeyp
 
     monkeypatch.delenv("TINKER_API_KEY", raising=False)
     total = plan_lines(ROOT / "specs" / "tinker" / "quickstart_8b.yaml", ROOT / "outputs-never-written")[-1]
-    assert f"Tinker prices dated {PRICES_DATE}" in total and "fewer than Qwen's for digits" in total
+    assert f"Tinker prices dated {PRICES_DATE}" in total and "every digit a token as Qwen's split them" in total
     assert f"price table dated {OPENAI_DATE}" not in total  # no OpenAI model in this plan
 
 
@@ -891,3 +891,21 @@ def test_quickstart_pipeline_end_to_end_on_the_fake(fake, tmp_path):
     again = _cli(["run", str(spec), "--outputs", str(out)], fake)
     assert again.returncode == 0 and len(fake_tinker.ledger()) == sent  # every stage reused, nothing re-sent
     assert "tk-test-key" not in "".join(p.read_text(errors="replace") for p in out.rglob("*.json*") if p.is_file())
+
+
+def test_a_tinker_stages_estimate_bounds_a_tokenizer_that_splits_every_digit(tmp_path, tiny_model):
+    """Qwen's tokenizers (and the test model's) give each digit a token where o200k, which the estimates follow,
+    groups three: a stage on Tinker counts digits one a token, so its number prompts are not under-counted."""
+    from backends.hf import chat_ids, load_tokenizer
+    from runner.plan import build
+    from runner.stages.costs import estimate_of
+    from runner.stages.data import _prompt_rows
+
+    plan = build(_load(tmp_path, TK + "domain: {kind: numbers, n_prompts: 300}\n"), tmp_path / "out")
+    ctx = plan.context()
+    gen = next(s for s in plan.stages.values() if s.KIND == "generate")
+    tok = load_tokenizer(tiny_model)
+    assert tok.tokenize("123, 456") == ["1", "2", "3", ",", "Ġ", "4", "5", "6"]
+    prompts = [r["prompt"] for r in _prompt_rows(gen.domain, gen.source, gen.seed)]
+    actual = sum(len(chat_ids(tok, gen.model.system, p)) for p in prompts)
+    assert gen.estimate(ctx)[0].input_tokens < actual <= estimate_of(gen, ctx)[0].input_tokens

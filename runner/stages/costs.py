@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 from runner.core import backend_name, hosted_model_id
-from runner.prices import MESSAGE_OVERHEAD, chat_tokens, estimate_tokens, inference_cost, price_for
+from runner.prices import MESSAGE_OVERHEAD, chat_tokens, digits_per_token, estimate_tokens, inference_cost, price_for
 from runner.stages import Estimate, ModelInput, PlanContext, base_of
+
+
+def estimate_of(stage, ctx: PlanContext) -> list[Estimate]:
+    """stage.estimate(ctx), with a stage that calls a Tinker model counting every digit a token (Qwen's
+    tokenizers split digits; o200k, which the estimates follow, groups three), so its bound holds."""
+    with digits_per_token(1 if _calls_tinker(stage, ctx) else 3):
+        return stage.estimate(ctx)
+
+
+def _calls_tinker(stage, ctx: PlanContext) -> bool:
+    refs = [base_of(v, ctx.stages).ref for _, v in stage if isinstance(v, ModelInput)]
+    return any(_tinker(ctx.backends.get(backend_name(r))) for r in refs if backend_name(r) != "local")
 
 
 def hosted_info(ctx: PlanContext, m: ModelInput) -> tuple | None:

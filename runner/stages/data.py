@@ -11,6 +11,7 @@ from typing import ClassVar, Literal, Union
 from pydantic import Field
 
 from runner.core import Sampling
+from runner.prices import counting_digits, digits_per_token
 from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
@@ -31,9 +32,14 @@ def _prompt_rows(domain, source: FileInput | None, seed: int) -> list[dict]:
     return domain_rows(domain, seed)
 
 
-@lru_cache(maxsize=64)
 def _mean_prompt(domain, source: FileInput | None, seed: int) -> float:
-    return mean_prompt_tokens([r["prompt"] for r in _prompt_rows(domain, source, seed)], None)
+    return _mean_prompt_counted(domain, source, seed, counting_digits())
+
+
+@lru_cache(maxsize=64)
+def _mean_prompt_counted(domain, source: FileInput | None, seed: int, digits: int) -> float:
+    with digits_per_token(digits):
+        return mean_prompt_tokens([r["prompt"] for r in _prompt_rows(domain, source, seed)], None)
 
 
 class GenerateStage(Stage):
