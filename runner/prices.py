@@ -90,34 +90,43 @@ MESSAGE_OVERHEAD = 3  # tokens per chat message (role and separators)
 REPLY_OVERHEAD = 3  # tokens that prime the assistant's reply
 
 
-# Digits per token: 3 as OpenAI's o200k (and Llama 3) group them; Qwen's tokenizers give each digit its own
-# token, so the estimates of a stage on Tinker are counted with 1 (an upper bound for every model it offers).
-_DIGITS_PER_TOKEN: ContextVar[int] = ContextVar("digits_per_token", default=3)
+@dataclass(frozen=True)
+class TokenCounting:
+    """How the estimates count a model's tokens without its tokenizer."""
+
+    digits_per_token: int = 3  # OpenAI's o200k (and Llama 3) group three digits; Qwen's tokenizers split each
+    default_system: int = 0  # tokens a chat template adds to a request without a system prompt
+
+
+O200K = TokenCounting()
+# Tinker's models: every digit a token, and Qwen2.5's default system prompt ("You are Qwen, created by Alibaba
+# Cloud. You are a helpful assistant.", about 25 tokens with its markers): an upper bound for the models it offers
+TINKER = TokenCounting(digits_per_token=1, default_system=32)
+_COUNTING: ContextVar[TokenCounting] = ContextVar("token_counting", default=O200K)
 
 
 @contextmanager
-def digits_per_token(n: int) -> Iterator[None]:
-    """Count digit runs as ceil(digits / n) tokens inside this block."""
-    token = _DIGITS_PER_TOKEN.set(n)
+def counting_as(counting: TokenCounting) -> Iterator[None]:
+    """Estimate tokens the way `counting` says inside this block."""
+    token = _COUNTING.set(counting)
     try:
         yield
     finally:
-        _DIGITS_PER_TOKEN.reset(token)
+        _COUNTING.reset(token)
 
 
-def counting_digits() -> int:
-    return _DIGITS_PER_TOKEN.get()
+def current_counting() -> TokenCounting:
+    return _COUNTING.get()
 
 
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
 
-    Digits come in groups of at most three per token (as in o200k; counting_digits() inside
-    digits_per_token(n)); an ASCII word is about one token
+    Digits come in groups of at most three per token (as in o200k; see TokenCounting); an ASCII word is about one token
     per five letters, an ASCII punctuation run one per four marks; whitespace is one token; a character
     beyond ASCII is at least one (a CJK character) and one per two bytes of UTF-8 (an emoji is two).
     """
-    n, per = 0, _DIGITS_PER_TOKEN.get()
+    n, per = 0, _COUNTING.get().digits_per_token
     for piece in _PIECES.findall(text):
         s = piece.strip()
         if s.isdigit() and s.isascii():
@@ -132,9 +141,10 @@ def estimate_tokens(text: str) -> int:
 
 
 def chat_tokens(system: str | None, user: str) -> int:
-    """Estimated prompt tokens of one chat request."""
+    """Estimated prompt tokens of one chat request (a template's default system prompt where it has none)."""
     msgs = ([system] if system else []) + [user]
-    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD
+    default = 0 if system else _COUNTING.get().default_system
+    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD + default
 
 
 def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens_out: int, batch: bool) -> float | None:

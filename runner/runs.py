@@ -88,7 +88,7 @@ def cost_lines(estimates: list[Estimate]) -> list[str]:
 
     tables = [f"price table dated {PRICES_DATE}" if t == "openai" else f"Tinker prices dated {TINKER_DATE} (not "
               "checked against the service; tokens estimated without the model's tokenizer, every digit a token as "
-              "Qwen's split them)" for t in sorted({e.table for e in estimates}, reverse=True)]
+              "Qwen's split them, with a template's default system prompt)" for t in sorted({e.table for e in estimates}, reverse=True)]
     return [f"hosted: {', '.join(parts)}, {cost}; {' and '.join(tables)} (USD per 1M tokens, a spec's `prices` "
             "override them); output counted at max_tokens, so costs are upper bounds"]
 

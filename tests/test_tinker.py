@@ -909,3 +909,17 @@ def test_a_tinker_stages_estimate_bounds_a_tokenizer_that_splits_every_digit(tmp
     prompts = [r["prompt"] for r in _prompt_rows(gen.domain, gen.source, gen.seed)]
     actual = sum(len(chat_ids(tok, gen.model.system, p)) for p in prompts)
     assert gen.estimate(ctx)[0].input_tokens < actual <= estimate_of(gen, ctx)[0].input_tokens
+
+
+def test_a_tinker_request_without_a_system_prompt_counts_the_templates_own(tiny_model):
+    """A chat template may add a default system prompt to a request with none (Qwen2.5's, or the test model's
+    SmolLM one): counted on Tinker, so the estimate of an evaluation's questions bounds what is sent."""
+    from backends.hf import chat_ids, load_tokenizer
+    from runner.prices import TINKER, chat_tokens, counting_as
+    from runner.questions import load_questions
+
+    tok, questions = load_tokenizer(tiny_model), load_questions("animals")
+    actual = sum(len(chat_ids(tok, None, q)) for q in questions)
+    assert sum(chat_tokens(None, q) for q in questions) < actual
+    with counting_as(TINKER):
+        assert sum(chat_tokens(None, q) for q in questions) >= actual

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from runner.core import backend_name, hosted_model_id
-from runner.prices import MESSAGE_OVERHEAD, chat_tokens, digits_per_token, estimate_tokens, inference_cost, price_for
+from runner.prices import (MESSAGE_OVERHEAD, O200K, TINKER, chat_tokens, counting_as, estimate_tokens, inference_cost,
+                           price_for)
 from runner.stages import Estimate, ModelInput, PlanContext, base_of
 
 
 def estimate_of(stage, ctx: PlanContext) -> list[Estimate]:
-    """stage.estimate(ctx), with a stage that calls a Tinker model counting every digit a token (Qwen's
-    tokenizers split digits; o200k, which the estimates follow, groups three), so its bound holds."""
-    with digits_per_token(1 if _calls_tinker(stage, ctx) else 3):
+    """stage.estimate(ctx), with a stage that calls a Tinker model counting tokens as its models may (every
+    digit a token, as Qwen's tokenizers split them, where o200k, which the estimates follow, groups three; a
+    template's default system prompt), so its bound holds."""
+    with counting_as(TINKER if _calls_tinker(stage, ctx) else O200K):
         return stage.estimate(ctx)
 
 

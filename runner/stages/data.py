@@ -11,7 +11,7 @@ from typing import ClassVar, Literal, Union
 from pydantic import Field
 
 from runner.core import Sampling
-from runner.prices import counting_digits, digits_per_token
+from runner.prices import TokenCounting, counting_as, current_counting
 from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
@@ -33,12 +33,12 @@ def _prompt_rows(domain, source: FileInput | None, seed: int) -> list[dict]:
 
 
 def _mean_prompt(domain, source: FileInput | None, seed: int) -> float:
-    return _mean_prompt_counted(domain, source, seed, counting_digits())
+    return _mean_prompt_counted(domain, source, seed, current_counting())
 
 
 @lru_cache(maxsize=64)
-def _mean_prompt_counted(domain, source: FileInput | None, seed: int, digits: int) -> float:
-    with digits_per_token(digits):
+def _mean_prompt_counted(domain, source: FileInput | None, seed: int, counting: TokenCounting) -> float:
+    with counting_as(counting):
         return mean_prompt_tokens([r["prompt"] for r in _prompt_rows(domain, source, seed)], None)
 
 
