@@ -122,9 +122,10 @@ def current_counting() -> TokenCounting:
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate close to OpenAI's o200k counts for English and digit lists.
 
-    Digits come in groups of at most three per token (as in o200k; see TokenCounting); an ASCII word is about one token
-    per five letters, an ASCII punctuation run one per four marks; whitespace is one token; a character
-    beyond ASCII is at least one (a CJK character) and one per two bytes of UTF-8 (an emoji is two).
+    Digits come in groups of at most three per token (as in o200k; TokenCounting says otherwise for
+    Tinker); an ASCII word is about one token per five letters, an ASCII punctuation run one per four
+    marks; whitespace is one token; a character beyond ASCII is at least one (a CJK character) and one
+    per two bytes of UTF-8 (an emoji is two).
     """
     n, per = 0, _COUNTING.get().digits_per_token
     for piece in _PIECES.findall(text):
