@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,13 +154,17 @@ def sync_tree(folder: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Whole or not at all: written and synced beside `path`, then renamed over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Whole or not at all: written and synced beside `path`, then renamed over it (two runs of a spec may write
+    it at once: each through its own temporary file, the last rename wins)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once renamed; a write that failed leaves nothing behind
 
 
 @dataclass

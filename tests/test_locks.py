@@ -128,3 +128,4 @@ def test_the_run_files_are_replaced_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_text_atomic(path, json.dumps({"a": 2}))
     assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
