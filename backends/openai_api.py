@@ -970,6 +970,8 @@ class OpenAIBackend:
                 raise UserError(f"{self.name}: batch file {file_id} line {n + 1}: not JSON ({e.msg}); the lines "
                                 "before it are stored and a rerun resumes") from None
             resp = rec.get("response") or {}
+            if cache.get(rec.get("custom_id")) is not None:
+                continue  # read before (an earlier batch's answers are read back on every start)
             if resp.get("status_code") == 200 and not rec.get("error") and isinstance(resp.get("body"), dict):
                 answer = self._record(rec["custom_id"], ChatCompletion.construct(**resp["body"]), "batch")
                 self._note_finish(answer["model"] or "?", answer["finish"])
