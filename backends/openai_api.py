@@ -41,6 +41,7 @@ from backends.base import ModelRef, Progress, Sampling, Training
 from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
                                    never_reached, one_at_a_time, stage_tag, tagged_filename, tags)
 from runner.core import backend_name, current_stage_dir, hosted_endpoint
+from runner.files import write_text_atomic
 from runner.prices import BATCH_MIN_REQUESTS, chat_tokens, estimate_tokens
 from runner.errors import UserError
 
@@ -308,12 +309,7 @@ def request_seed(seed: int, prompt: int, chunk: int) -> int:
 
 def _save_json(path: Path, data: dict) -> None:
     """Whole or not at all, and on disk before it replaces the last record (it names paid objects)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(redact(json.dumps(data, indent=2)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, redact(json.dumps(data, indent=2)))
 
 
 def _load_json(path: Path | None) -> dict:

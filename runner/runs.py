@@ -18,7 +18,8 @@ from runner.plan import Plan, build, plan_stages, spec_hash
 from runner.prices import PRICES_DATE
 from runner.stages import Estimate, Stage, si
 from runner.stages.costs import estimate_of
-from runner.store import Store, git_revision, package_versions, write_text_atomic
+from runner.files import write_text_atomic
+from runner.store import Store, git_revision, package_versions
 
 
 def plan_lines(path: Path, outputs: Path, check: bool = False, throughput=None) -> list[str]:

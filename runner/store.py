@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import subprocess
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -151,20 +150,6 @@ def sync_tree(folder: Path) -> None:
             if not os.path.islink(os.path.join(here, name)):
                 _sync(Path(here, name))
         _sync(Path(here))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Whole or not at all: written and synced beside `path`, then renamed over it (two runs of a spec may write
-    it at once: each through its own temporary file, the last rename wins)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone once renamed; a write that failed leaves nothing behind
 
 
 @dataclass

@@ -116,7 +116,7 @@ def test_a_stage_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatc
 
 
 def test_the_run_files_are_replaced_whole(tmp_path, monkeypatch):
-    from runner.store import write_text_atomic
+    from runner.files import write_text_atomic
 
     path = tmp_path / "results.json"
     write_text_atomic(path, json.dumps({"a": 1}))
