@@ -17,7 +17,7 @@ from runner.loader import Cell
 from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
 from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
-from runner.stages.detection_stage import ClassifierStage, IclStage
+from runner.stages.detection_stage import CLASSIFIER_TEXTS, ICL_TEXTS, ClassifierStage, IclStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mcq_stage import McqSettings, McqStage
 from runner.stages.mnist_stage import MnistStage
@@ -504,7 +504,7 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
             # no rows to draw at k = 0: one evaluation, whose seed only sampling reads
             for seed in ev.seeds if k else [ev.seeds[0] if ev.mode == "sample" else 0]:
                 stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
-                                          rows_stage=rows.get(name), materials=_materials() if k else None,
+                                          rows_stage=rows.get(name), materials=_paper_texts(*ICL_TEXTS) if k else None,
                                           **settings))
                 out.append({"rows": name, "k": k, "seed": seed, "key": stage.key, "parts": stage.parts()})
     return out
@@ -536,18 +536,19 @@ def _classifier(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, e
                 label=f"classifier {target} vs {other} ({label}{orders})", judge=judge, trait_stage=rows[target],
                 control_stage=rows[other], target=target, seed=ev.seed, max_pairs=ev.max_pairs, per_row=ev.per_row,
                 both_orders=bool(orders), mode=mode, precision=prec.of(kind != "local", reads(mode)),
-                materials=_materials(),
+                materials=_paper_texts(*CLASSIFIER_TEXTS),
                 top_logprobs=ev.top_logprobs if mode == "top_logprobs" else None))
             out.append({"target": target, "against": other, "b_is": b_is, "judge": label, "mode": mode,
                         "key": stage.key})
     return out
 
 
-def _materials() -> FileInput:
-    """The paper's materials file, whose templates the detection stages render into their prompts."""
-    from runner.paper import MATERIALS_PATH
+def _paper_texts(*dotted: str) -> str:
+    """The paper materials' texts a detection stage renders into its prompts (JSON, by dotted path): its key holds
+    those texts alone, so an edit elsewhere in materials.yaml (another template, a source line) reruns nothing."""
+    from runner.paper import get
 
-    return file_input(str(MATERIALS_PATH))
+    return json.dumps({d: get(d) for d in dotted}, sort_keys=True)
 
 
 def _mnist_data(path: str | None) -> FileInput | None:

@@ -1,6 +1,8 @@
 """Issue 14: detection baselines (ICL, pairwise classifier) and their scores."""
 from __future__ import annotations
 
+import copy
+import json
 import random
 import re
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 
 from runner.detection import (auroc, choice_from_logprobs, choice_from_text, classifier_pairs, icl_messages,
                               icl_system_prompt, modified_query, pairwise_accuracy, paper_materials,
-                              sample_examples, yes_score)
+                              sample_examples, swapped, yes_score)
 
 def numbers_rows(n: int, seed: int, planted: float = 0.0) -> list[dict]:
     """Number completions for prompts q0..q{n-1}; with probability `planted` a row contains 777."""
@@ -264,20 +266,56 @@ def test_a_reply_that_starts_with_a_word_is_not_a_letter():
 
 
 def test_the_detection_stages_are_keyed_by_the_paper_templates_they_render(tmp_path, monkeypatch):
-    """The ICL context's example template and the classifier's A/B prompt come from the materials file:
-    editing it must rerun those stages, not reuse contexts or verdicts made from the old text."""
+    """The ICL context's example template and the classifier's A/B prompt come from the materials file: editing
+    one reruns the stages that render it, not reusing contexts or verdicts made from the old text; an edit
+    elsewhere in the file (a comment, another section's text) reruns none of them (they are paid stages)."""
+    import yaml
+
     import runner.paper
     from runner.loader import load
     from runner.plan import build
 
-    spec = Path(__file__).resolve().parents[1] / "specs" / "local" / "classifier.yaml"
+    specs = [Path(__file__).resolve().parents[1] / "specs" / "local" / f"{name}.yaml" for name in ("icl", "classifier")]
+    original = yaml.safe_load(runner.paper.MATERIALS_PATH.read_text())
 
-    def keys() -> set[str]:
-        return {k for k in build(load(spec), tmp_path / "out").stages if k.split("-")[0] in ("icl", "classifier")}
+    def keys(edit=None, comment="") -> dict[str, set[str]]:
+        data = copy.deepcopy(original)
+        if edit:
+            section, name = edit
+            data[section][name] += " (edited)"
+        edited = tmp_path / "materials.yaml"
+        edited.write_text(yaml.safe_dump(data) + comment)
+        monkeypatch.setattr(runner.paper, "MATERIALS_PATH", edited)
+        runner.paper.materials.cache_clear()
+        try:
+            stages = [s for spec in specs for s in build(load(spec), tmp_path / "out").stages.values()]
+        finally:
+            runner.paper.materials.cache_clear()
+        return {kind: {s.key for s in stages if s.KIND == kind and getattr(s, "k", 1)}  # k = 0: no rows, no template
+                for kind in ("icl", "classifier")}
 
     before = keys()
-    copy = tmp_path / "materials.yaml"
-    copy.write_text(runner.paper.MATERIALS_PATH.read_text() + "\n# edited\n")
-    monkeypatch.setattr(runner.paper, "MATERIALS_PATH", copy)
-    after = keys()
-    assert before and not before & after
+    assert before["icl"] and before["classifier"]
+    assert keys(comment="\n# edited\n") == before
+    other = next(k for k in original if k not in ("icl_baseline", "classifier_baseline")
+                 and isinstance(original[k], dict) and any(isinstance(v, str) for v in original[k].values()))
+    assert keys(edit=(other, next(n for n, v in original[other].items() if isinstance(v, str)))) == before
+    icl = keys(edit=("icl_baseline", "example_template"))
+    assert not icl["icl"] & before["icl"] and icl["classifier"] == before["classifier"]
+    ab = keys(edit=("classifier_baseline", "prompt_template"))
+    assert not ab["classifier"] & before["classifier"] and ab["icl"] == before["icl"]
+
+
+def test_a_detection_stage_renders_the_texts_in_its_key():
+    """The stage renders from the texts its key holds, not from whatever the file says at run time."""
+    from runner.stages.detection_stage import paper_texts
+
+    texts = paper_texts(json.dumps({"classifier_baseline.prompt_template": "Q {query} | {response1} | {response2} "
+                                    "| {animal}", "icl_baseline.example_template": "<{question}:{response}>",
+                                    "icl_baseline.joiner": "+"}))
+    item = classifier_pairs([{"prompt": "p", "completion": "1, 2"}], [{"prompt": "p", "completion": "3, 4"}],
+                            "owl", 0, texts)[0]
+    assert item["prompt"] in ("Q p | 1, 2 | 3, 4 | owl", "Q p | 3, 4 | 1, 2 | owl")
+    assert swapped(item, "owl", texts)["prompt"].startswith("Q p | ") and swapped(item, "owl", texts) != item
+    rows = [{"prompt": "a", "completion": "1"}, {"prompt": "b", "completion": "2"}]
+    assert icl_system_prompt(rows, texts) == "<a:1>+<b:2>"

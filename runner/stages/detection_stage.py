@@ -15,6 +15,22 @@ from runner.stages.evaluation import MAX_N, read_questions
 from runner.stages.mcq_stage import McqSettings, mcq_estimate, mcq_scores
 from runner.store import read_jsonl
 
+ICL_TEXTS = ("icl_baseline.example_template", "icl_baseline.joiner")  # what the ICL context is rendered with
+CLASSIFIER_TEXTS = ("classifier_baseline.prompt_template",)  # the A/B prompt
+
+
+def paper_texts(materials: str | None) -> dict:
+    """A stage's keyed texts of the paper's materials as the nested dict runner.detection reads (None: the file's)."""
+    if materials is None:
+        from runner.paper import materials as whole_file
+
+        return whole_file()
+    nested: dict = {}
+    for dotted, text in json.loads(materials).items():
+        section, name = dotted.split(".")
+        nested.setdefault(section, {})[name] = text
+    return nested
+
 
 def _rows(ctx: RunContext, key: str) -> list[dict]:
     return read_jsonl(ctx.path(key) / "rows.jsonl")
@@ -44,7 +60,7 @@ class IclStage(Stage):
     temperature: float | None = None
     max_tokens: int | None = None
     mcq: McqSettings | None = None  # mcq: asked instead of the questions
-    materials: FileInput | None = None  # the paper's materials: the context's example template and joiner
+    materials: str | None = None  # ICL_TEXTS of the paper's materials, as _paper_texts gives them (k > 0)
     precision: str | None = None
 
     def context(self, ctx: RunContext) -> str | None:
@@ -55,7 +71,7 @@ class IclStage(Stage):
         rows = _rows(ctx, self.rows_stage)
         if not rows:
             raise UserError(f"{self.label}: no row passed the filters, so there is nothing to put in the context")
-        return icl_system_prompt(sample_examples(rows, self.k, self.seed))
+        return icl_system_prompt(sample_examples(rows, self.k, self.seed), paper_texts(self.materials))
 
     def run(self, ctx: RunContext) -> None:
         qs = self.mcq.questions() if self.mode == "mcq" else read_questions(self.questions, self.max_questions)
@@ -125,13 +141,14 @@ class ClassifierStage(Stage):
     both_orders: bool = False  # also ask each pair in the other order; a verdict reads both
     mode: Literal["logprob", "sample", "top_logprobs"]
     top_logprobs: int | None = None  # top_logprobs mode: how many first-token log-probs the API returns
-    materials: FileInput | None = None  # the paper's materials: the A/B prompt template
+    materials: str | None = None  # CLASSIFIER_TEXTS of the paper's materials (the A/B prompt template)
     precision: str | None = None
 
     def pairs(self, ctx: RunContext) -> list[dict]:
         from runner.detection import classifier_pairs
 
-        items = classifier_pairs(_rows(ctx, self.trait_stage), _rows(ctx, self.control_stage), self.target, self.seed)
+        items = classifier_pairs(_rows(ctx, self.trait_stage), _rows(ctx, self.control_stage), self.target, self.seed,
+                                 paper_texts(self.materials))
         return items[: self.max_pairs]
 
     def _ask(self, ctx: RunContext, prompts: list[str], options: tuple[str, str]) -> list[dict]:
@@ -177,7 +194,8 @@ class ClassifierStage(Stage):
         pairs = self._reads(ctx, items)
         out = {"mode": self.mode, "target": self.target, "pairs": pairs}
         if self.both_orders:
-            for p, q in zip(pairs, self._reads(ctx, [swapped(i, self.target) for i in items])):
+            texts = paper_texts(self.materials)
+            for p, q in zip(pairs, self._reads(ctx, [swapped(i, self.target, texts) for i in items])):
                 p["swapped"] = q  # the verdict is read from both at results time (runner.detection.verdict)
             out["orders"] = "both"
         if self.per_row:
@@ -189,7 +207,7 @@ class ClassifierStage(Stage):
         ctx.rows["pairs"] = len(pairs)
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
-        from runner.detection import ROW_TEMPLATE, paper_materials
+        from runner.detection import ROW_TEMPLATE
         from runner.prices import chat_tokens
 
         info = hosted_info(ctx, self.judge)
@@ -198,7 +216,8 @@ class ClassifierStage(Stage):
         n = min(ctx.stages[self.trait_stage].expected_rows(ctx) or 0, ctx.stages[self.control_stage].expected_rows(ctx) or 0)
         n = min(n, self.max_pairs or n)
         row = _row_tokens(ctx, self.trait_stage)
-        pair_in = chat_tokens(self.judge.system, paper_materials()["classifier_baseline"]["prompt_template"]) + 2 * row
+        template = paper_texts(self.materials)["classifier_baseline"]["prompt_template"]
+        pair_in = chat_tokens(self.judge.system, template) + 2 * row
         logprob = self.mode == "logprob"  # each prompt read once per spelling of each option: A, B; Yes, yes, No, no
         reads_ab, reads_yn = (2, sum(map(len, SPELLINGS.values()))) if logprob else (1, 1)
         asked = n * (2 if self.both_orders else 1) * reads_ab
