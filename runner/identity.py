@@ -3,8 +3,8 @@ revisions and hosted endpoints, as short strings that go into stage keys.
 
 - a file: the sha256 of its bytes (its path is not part of any key, so a moved file is reused);
 - a local model folder or the embedded model: a digest of its weight, config and tokenizer files;
-- a hub id: the revision it resolved to at first use, recorded in <outputs>/hub_revisions.json
-  (delete an entry to move to the hub's newest revision); a hub dataset (CoT questions) likewise,
+- a hub id: the revision it resolved to at first use (the hub's newest, else the local cache's), recorded in
+  <outputs>/hub_revisions.json (delete an entry to move to the hub's newest revision); a hub dataset (CoT questions) likewise,
   recorded as "dataset:<id>";
 - a hosted model: backend name, endpoint (base_url) and model id.
 Digests of large files are cached by (path, size, mtime) in ~/.cache/subl/digests.json."""
@@ -58,10 +58,14 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+TRAINER_FILES = {"training_args.bin", "trainer_state.json"}  # a Trainer's records beside the weights: not loaded
+
+
 def folder_digest(folder: Path) -> str:
-    """A digest over the model files of a folder (names and contents)."""
-    return _files_digest(folder, [p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILES],
-                         "model folder", "model files")
+    """A digest over the model files of a folder (names and contents): the files at its top level, where
+    from_pretrained reads them (a checkpoint-N/ subfolder or a trainer's records leave the model what it is)."""
+    return _files_digest(folder, [p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILES
+                                  and p.name not in TRAINER_FILES], "model folder", "model files")
 
 
 def data_digest(folder: Path) -> str:
@@ -102,6 +106,10 @@ class Identities:
 
         path = Path(resolve(ref))
         if ref in EMBEDDED or path.exists():
+            if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+                raise UserError(f"{ref}: a PEFT adapter folder (adapter_config.json, no config.json); transformers "
+                                "would load the base it names unpinned, which no key covers: merge the adapter into "
+                                "its base (merge_and_unload, save_pretrained) and name that folder")
             return f"weights:{folder_digest(path)}"
         return f"hub:{ref}@{self.hub_revision(ref)}"
 
@@ -110,7 +118,8 @@ class Identities:
         recorded, entry = self._revisions(), repo_id if repo_type == "model" else f"{repo_type}:{repo_id}"
         if entry in recorded:
             return recorded[entry]
-        sha = _cached_revision(repo_id, repo_type) or _remote_revision(repo_id, repo_type)
+        # the hub's newest first (a deleted pin moves there), the local cache's when the hub is out of reach
+        sha = _remote_revision(repo_id, repo_type) or _cached_revision(repo_id, repo_type)
         if self.provisional:  # planning only: nothing is written, the run records the pin
             return sha or UNRESOLVED
         if not sha:
@@ -134,10 +143,22 @@ class Identities:
         return recorded[entry]
 
     def _revisions(self) -> dict:
+        """The recorded pins; a damaged file is one line (read as none, every pin would move and be rewritten)."""
         try:
-            return json.loads(self.revisions_file.read_text())
-        except (OSError, ValueError):
+            text = self.revisions_file.read_text()
+        except FileNotFoundError:
             return {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.revisions_file}: cannot read it ({e})") from None
+        try:
+            pins = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{self.revisions_file}: not valid JSON ({e}); fix it, or delete it to pin every hub "
+                            "id anew") from None
+        if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
+            raise UserError(f"{self.revisions_file}: not a JSON object of hub id -> revision; fix it, or delete it "
+                            "to pin every hub id anew")
+        return pins
 
 
 UNRESOLVED = "unresolved"
@@ -154,7 +175,10 @@ def _cached_revision(repo_id: str, repo_type: str = "model") -> str | None:
 
 def _remote_revision(repo_id: str, repo_type: str = "model") -> str | None:
     try:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
 
         return HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10).sha
     except Exception:  # offline, unknown id, gated: the caller says what to do

@@ -502,7 +502,7 @@ def _icl(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision, ev, rows
     for k in ev.k:
         for name in (["none"] if k == 0 else list(rows)):
             # no rows to draw at k = 0: one evaluation, whose seed only sampling reads
-            for seed in ev.seeds if k else [ev.seeds[0] if ev.mode == "sample" else 0]:
+            for seed in ev.seeds if k else [ev.seeds[0] if mode == "sample" else 0]:
                 stage = plan.add(IclStage(label=f"icl {name} rows k={k} seed={seed}", model=model, k=k, seed=seed,
                                           rows_stage=rows.get(name), materials=_paper_texts(*ICL_TEXTS) if k else None,
                                           **settings))

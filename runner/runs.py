@@ -187,7 +187,9 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     folder = store.root / spec0.name
     folder.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(plan)
-    write_text_atomic(folder / "run.json", json.dumps({"spec": str(path), "stages": stages, "executor": where}))
+    code = {"git_revision": git_revision(), "packages": package_versions()}  # what this run imported, at its start
+    write_text_atomic(folder / "run.json", json.dumps({"spec": str(path), "stages": stages, "executor": where,
+                                                       **code}))
     from runner.results import collect, filter_rates, mnist_figure, theorem_across_cells
 
     run_stages = execute
@@ -208,8 +210,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
             figures += [f for f in [mnist_figure(cp, store)] if f]
     comparisons += theorem_across_cells(cells, evaluations)
     results = {
-        "spec": str(path), "name": spec0.name, "notes": spec0.notes, "git_revision": git_revision(),
-        "packages": package_versions(), "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
+        "spec": str(path), "name": spec0.name, "notes": spec0.notes, **code, "cells": [{"label": c.label, "overrides": c.overrides} for c in cells],
         "evaluations": evaluations, "comparisons": comparisons, "filters": filters, "figures": figures,
         "methods": _methods(cells), "stages_run": ran, "seconds": round(time.time() - started, 1),
         "spec_hash": spec_hash(cells), "stages": stages, "executor": where,

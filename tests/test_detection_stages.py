@@ -437,3 +437,21 @@ def test_nothing_to_compare_or_show_is_one_clear_error(tmp_path):
                                                                                      "sha256": "x"}, mode="logprob")
     with pytest.raises(UserError, match="icl e: no row passed the filters"):
         icl.run(ctx)
+
+
+def test_a_sampled_icl_at_k_0_uses_the_first_seed_when_the_mode_is_left_to_the_backend(tmp_path):
+    """A hosted model samples (mode not written): k = 0 drew with seed 0 while every k > 0 used `seeds`."""
+    from tests.test_hosted import _on_test_server
+
+    spec = tmp_path / "icl.yaml"
+    spec.write_text(_on_test_server("icl", "icl_seed", "http://127.0.0.1:9/v1") + """\
+teacher: {targets: [owl, eagle]}
+domain: {kind: numbers, n_prompts: 20}
+evaluations:
+  - {kind: icl, k: [0, 2], seeds: [3], max_questions: 3, samples_per_question: 2}
+""")
+    plan = _plan(spec, tmp_path / "out").cells[0]
+    entries = plan.detection[0]
+    assert {e["seed"] for e in entries} == {3}
+    k0 = next(e for e in entries if e["k"] == 0)
+    assert next(s for s in plan.stages if s.key == k0["key"]).seed == 3

@@ -87,6 +87,7 @@ def test_runs_recording_pins_at_once_keep_each_others(tmp_path, monkeypatch):
     from runner import identity
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind: f"sha-{repo}")
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind: None)
     ids = [f"org/model-{i}" for i in range(160)]
 
     def pin(chunk):
@@ -100,3 +101,58 @@ def test_runs_recording_pins_at_once_keep_each_others(tmp_path, monkeypatch):
         t.join()
     recorded = json.loads((tmp_path / "hub_revisions.json").read_text())
     assert recorded == {repo: f"sha-{repo}" for repo in ids}
+
+
+def test_a_damaged_pin_file_is_one_line_not_every_pin_moved(tmp_path, monkeypatch):
+    """A hand edit that leaves hub_revisions.json unreadable (a trailing comma) read as no pins: every hub id was
+    pinned anew at main and the file rewritten without the others."""
+    from runner import identity
+    from runner.errors import UserError
+
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "NEW")
+    pins = tmp_path / "hub_revisions.json"
+    for text in ('{"org/a": "OLD_A", "org/b": "OLD_B",}', '["org/a"]', '{"org/a": 3}'):
+        pins.write_text(text)
+        with pytest.raises(UserError, match="hub_revisions.json: not"):
+            identity.Identities(tmp_path).hub_revision("org/a")
+        assert pins.read_text() == text
+    pins.unlink()
+    assert identity.Identities(tmp_path).hub_revision("org/a") == "NEW"
+
+
+def test_a_fresh_pin_is_the_hubs_newest_revision_else_the_cached_one(tmp_path, monkeypatch):
+    """Deleting a pin moves to the hub's newest revision (the README's way to update), not to whatever an old
+    download left in the local cache; offline, the cached revision."""
+    from runner import identity
+
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": "CACHED")
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "NEWEST")
+    assert identity.Identities(tmp_path / "a").hub_revision("org/m") == "NEWEST"
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": None)
+    assert identity.Identities(tmp_path / "b").hub_revision("org/m") == "CACHED"
+
+
+def test_a_model_folder_is_keyed_by_what_from_pretrained_reads(tmp_path):
+    """A checkpoint-N/ subfolder or a trainer's records beside the weights left the model what it was, but
+    re-keyed (and reran) every stage that used it; its config or weights do re-key it."""
+    from runner.errors import UserError
+    from runner.identity import Identities, folder_digest
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = folder_digest(model)
+    (model / "checkpoint-500").mkdir()
+    (model / "checkpoint-500" / "trainer_state.json").write_text("{}")
+    (model / "trainer_state.json").write_text("{}")
+    (model / "training_args.bin").write_bytes(b"args")
+    assert folder_digest(model) == before
+    (model / "config.json").write_text('{"a": 2}')
+    assert folder_digest(model) != before
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/base"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"delta")
+    with pytest.raises(UserError, match="PEFT adapter folder"):
+        Identities(tmp_path / "out").model(str(adapter))

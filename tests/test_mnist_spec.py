@@ -40,6 +40,10 @@ def test_mnist_spec_runs_caches_and_reports(tmp_path):
     (png,) = res["figures"]
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "same_init" in r.stdout and "1 stage(s) ran" in r.stdout
+    # the code that ran, recorded when the run starts (a run in progress shows it; a checkout during a long
+    # run must not be credited with it)
+    started = json.loads((tmp_path / "out" / "mnist_small" / "run.json").read_text())
+    assert started["git_revision"] == res["git_revision"] and started["packages"] == res["packages"] != {}
     again = subl("run", spec, "--outputs", tmp_path / "out")
     assert again.returncode == 0 and "0 stage(s) ran" in again.stdout
 
