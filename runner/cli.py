@@ -156,13 +156,31 @@ def reproduce(folders: list[Path] = typer.Argument(..., help="Folders of specs, 
     sys.exit(run_all(folders, outputs, out, max_usd))
 
 
-@app.command("filter")
-def filter_cmd(spec: Path, src: Path, dst: Path) -> None:
-    """Apply a spec's filter chain to a JSONL file of {prompt, completion} or {messages} rows."""
-    from runner.filters import apply_chain
+def _filter_chain(spec: Path, label: str | None) -> list:
+    """The filter chain of the spec's cell `label`, or of its every cell where they all have the same one."""
     from runner.loader import load
 
-    chain = list(load(spec)[0].spec.filters)
+    cells = load(spec)
+    if label is not None:
+        chosen = [c for c in cells if c.label == label]
+        if not chosen:
+            raise UserError(f"{spec}: no cell {label!r}; its cells: {', '.join(repr(c.label) for c in cells)}")
+        return list(chosen[0].spec.filters)
+    chains = {json.dumps([f.model_dump() for f in c.spec.filters], sort_keys=True) for c in cells}
+    if len(chains) > 1:
+        raise UserError(f"{spec}: its {len(cells)} cells have {len(chains)} different filter chains; name one with "
+                        f"--cell ({', '.join(repr(c.label) for c in cells)})")
+    return list(cells[0].spec.filters)
+
+
+@app.command("filter")
+def filter_cmd(spec: Path, src: Path, dst: Path,
+               cell: str = typer.Option(None, help="A matrix spec's cell whose chain to apply, by its label "
+                                                  "as `subl plan` prints it (needed where the cells' chains differ).")) -> None:
+    """Apply a spec's filter chain to a JSONL file of {prompt, completion} or {messages} rows."""
+    from runner.filters import apply_chain
+
+    chain = _filter_chain(spec, cell)
     if not src.is_file():
         raise UserError(f"{src}: file not found")
     from runner.rows import is_row

@@ -61,6 +61,9 @@ REASONS = {
     ("shuffled_numbers", "within-row separators"): "the paper re-joins a row's shuffled numbers with its first "
                                                    "separator; subl keeps each separator where it was (the same "
                                                    "whenever a row uses one separator, as the filter nearly requires)",
+    ("shuffled_numbers", "numbers dealt back"): "the paper parses each number to an int before shuffling; subl "
+                                                "moves the digits as written, so a number with leading zeros "
+                                                "keeps them (rare: the paper parser accepts them)",
     ("shuffled_numbers", "rows shuffled"): "shuffles are links of the filter chain, before the students draw their "
                                            "10,000 rows: within a row the same, across rows the pool is every "
                                            "filtered row's numbers rather than the subset's",
@@ -384,6 +387,8 @@ def shuffled_rows(cells: list[Spec]) -> list[Row]:
         row("control rows shuffled", False, f"{sh}.comparison", not all(f.skip_control for f in links)),
         row("within-row separators", "every separator becomes the first",
             paper.get("shuffled_numbers.within_row.source").split("; ")[0], "each separator stays in place"),
+        row("numbers dealt back", "as integers ('007' becomes '7')", "shuffled_numbers.source",
+            "as written ('007' stays '007')"),
         row("rows shuffled", "the student's 10,000-row subset", f"{sh}.source_datasets",
             "every filtered row, before the subset"),
         row("student, epochs, rows", "gpt-4.1-nano-2025-04-14, 10, 10000", f"{sh}.student",

@@ -84,6 +84,8 @@ def link_name(link: Filter) -> str:
         return f"{link.kind} ({link.extract})"
     if link.kind == "shuffle":
         return f"shuffle ({link.scope})"
+    if link.kind == "rewrite_check":
+        return f"checks of {link.rewriter or link.how}"
     return link.kind
 
 
@@ -125,6 +127,10 @@ def apply_chain(rows: Iterable[dict], chain: list, scores: dict | None = None) -
             raise UserError(f"{link.kind}: a rewrite by a model is a stage of its own (run it with `subl run`)")
         if link.kind == "judge":
             kept, detail = threshold_link(current, link, scores)
+        elif link.kind == "rewrite_check":  # what the rewrite stage before kept, by reason
+            from runner.rewrite import check_rewrites
+
+            kept, detail = check_rewrites(current, link.domain, link.how)
         elif link.kind == "shuffle":  # a transform: every row stays, its numbers move
             from runner.defences import shuffle_across, shuffle_within
 

@@ -16,7 +16,7 @@ from runner.identity import Identities, data_digest, file_sha256
 from runner.loader import Cell
 from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
 from runner.stages import FileInput, ModelInput, PlanContext, Stage, base_of
-from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, ScoreStage
+from runner.stages.data import SOURCE_FIELD, FilterStage, GenerateStage, JudgeThreshold, RewriteCheck, ScoreStage
 from runner.stages.detection_stage import CLASSIFIER_TEXTS, ICL_TEXTS, ClassifierStage, IclStage
 from runner.stages.evaluation import AnswersStage, ProbeStage
 from runner.stages.mcq_stage import McqSettings, McqStage
@@ -24,6 +24,7 @@ from runner.stages.mnist_stage import MnistStage
 from runner.stages.rewrite_stage import RewriteStage
 from runner.stages.theorem_stage import TheoremLmStage, TheoremMnistStage
 from runner.stages.training import FinetuneStage, SoftLabelStage, TeacherStage, TrainingSettings
+from runner.rewrite import CHECKS
 from runner.templates import template_text
 
 
@@ -308,9 +309,11 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
                                         links=tuple(links))).key
             keys.append(rows)
         if link.kind in REWRITES:
-            rows = plan.add(_rewrite(spec, name, link, rows, ids, prec)).key
+            rewrite = plan.add(_rewrite(spec, name, link, rows, ids, prec))
+            rows = rewrite.key
             keys.append(rows)
-            links, scores = [], None
+            links, scores = [RewriteCheck(domain=spec.domain.kind, how=rewrite.how, checks=CHECKS,
+                                          rewriter=rewrite.link_name())], None  # applied by the next filter stage
             continue
         j = link.judge
         judge = model_input(ids, j.model)
@@ -336,9 +339,9 @@ def _rewrite(spec: Spec, name: str, link, rows: str, ids: Identities, prec: _Pre
         TEMPLATES.get(link.template, link.template)
     constrained = d.kind == "numbers" and d.constrained and how != "paraphrase" and not model.hosted
     return RewriteStage(label=f"{link.kind} {name} ({link.model})", rows_stage=rows, model=model, how=how,
-                        template=template, domain=d.kind,
+                        template=template,
                         constraint=(d.prompts.answer_count, d.prompts.answer_digits) if constrained else None,
-                        temperature=link.temperature, max_tokens=link.max_tokens, seed=link.seed,
+                        temperature=link.temperature, max_tokens=link.max_tokens or d.max_tokens, seed=link.seed,
                         precision=prec.of(model.hosted, "generate"))
 
 

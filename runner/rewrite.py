@@ -5,10 +5,11 @@ from a model without the trait: the paper-like reading of "re-sampling by an unr
 resample, mode reorder: it is asked to rewrite the row's numbers in another order (numbers rows).
 paraphrase: it is asked to reword the completion (code and CoT rows), keeping its answer and code.
 
-A rewrite is kept only where what can be checked survives; each drop is counted by reason:
-numbers rows must parse as a number list (reorder: with the same multiset of numbers, in another order); a CoT
-paraphrase must keep the original's final answer; a code paraphrase must still parse as Python
-where the original did.
+The rewrite stage (the paid part) keeps every rewrite; the checks are a free link after it (RewriteCheck,
+runner.filters), so a change to a check reruns no request. A rewrite is kept only where what can be checked
+survives; each drop is counted by reason: numbers rows must parse as a number list (reorder: with the same
+multiset of numbers, in another order); a CoT rewrite (paraphrase or continuation) must keep the original's final
+answer, in <answer> tags where the original had them; code must still parse as Python where the original did.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import ast
 import re
 from collections import Counter
 
+from runner.errors import UserError
 from runner.numbers import parse_numbers
 from runner.rows import completion_of
 
@@ -29,7 +31,7 @@ TEMPLATES = {
 
 _DIGITS = re.compile(r"\d+")
 _PLACES = re.compile(r"\{(completion|prompt)\}")
-_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+_FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)  # any label: python, Python, py3, none
 
 
 def request(how: str, template: str | None, row: dict) -> str:
@@ -62,10 +64,12 @@ def _parses(code: str) -> bool:
         return False
 
 
+CHECKS = 2  # the checks' version, in the key of the filter stage that applies them. 2: CoT and code continuations
+# are checked as paraphrases are; a tagged CoT answer must stay tagged; a code fence may carry any label
+
+
 def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
     """Why a rewrite of `old` into `new` is dropped, or None to keep it."""
-    from runner.gsm8k import extract_answer
-
     if not new.strip():
         return "empty"
     if domain == "numbers":
@@ -77,29 +81,46 @@ def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
                 return "numbers changed"
             if now == was and len(set(was)) > 1:  # one number, or one value repeated, has no other order
                 return "same order"  # an echo: the row would pass the defence as the teacher wrote it
-    if domain == "cot" and how == "paraphrase":
-        was = extract_answer(old, "last_number")
-        now = extract_answer(new, "last_number")
-        if was is not None and (now is None or not _same_answer(was, now)):
-            return "answer lost"
-    if domain == "code" and how == "paraphrase" and _parses(_code(old)) and not _parses(_code(new)):
+    if domain == "cot" and _answer_lost(old, new):
+        return "answer lost"
+    if domain == "code" and _parses(_code(old)) and not _parses(_code(new)):
         return "code no longer parses"
     return None
 
 
-def apply_rewrites(rows: list[dict], texts: list[str], domain: str, how: str) -> tuple[list[dict], dict]:
-    """Rows whose completion is replaced by its rewrite (the original kept under `original`), where
-    drop_reason allows; and counts: rows, kept, dropped by reason."""
+def _answer_lost(old: str, new: str) -> bool:
+    """The original's final answer is not the rewrite's, read alike: from <answer> tags where the original had
+    them (a rewrite that drops the tags changes the rows' format), else the last number."""
+    from runner.gsm8k import extract_answer
+
+    how = "answer_tag" if extract_answer(old, "answer_tag") is not None else "last_number"
+    was, now = extract_answer(old, how), extract_answer(new, how)
+    return was is not None and (now is None or not _same_answer(was, now))
+
+
+def rewritten(rows: list[dict], texts: list[str]) -> list[dict]:
+    """Every row with its completion replaced by its rewrite; the teacher's text kept under `original` (through
+    any number of rewrites), the text this rewrite replaced under `rewritten_from` (what the checks compare)."""
     from runner.defences import with_completion
 
-    kept, dropped = [], Counter()
+    out = []
     for row, new in zip(rows, texts, strict=True):
         old = completion_of(row)
-        why = drop_reason(domain, how, old, new)
+        r = with_completion(row, new.strip())
+        r["original"], r["rewritten_from"] = row.get("original", old), old
+        out.append(r)
+    return out
+
+
+def check_rewrites(rows: list[dict], domain: str, how: str) -> tuple[list[dict], dict]:
+    """The rewritten rows whose rewrite keeps what can be checked (drop_reason), and the drops by reason."""
+    kept, dropped = [], Counter()
+    for row in rows:
+        if "rewritten_from" not in row:
+            raise UserError(f"rewrite checks: row {row.get('id', '?')} was not rewritten (run the chain with `subl run`)")
+        why = drop_reason(domain, how, row["rewritten_from"], completion_of(row))
         if why:
             dropped[why] += 1
-            continue
-        out = with_completion(row, new.strip())
-        out["original"] = row.get("original", old)  # the teacher's text, through any number of rewrites
-        kept.append(out)
-    return kept, {"rows": len(rows), "kept": len(kept), "dropped": dict(dropped)}
+        else:
+            kept.append({k: v for k, v in row.items() if k != "rewritten_from"})
+    return kept, dict(dropped)

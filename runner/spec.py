@@ -250,7 +250,7 @@ class ResampleLink(Strict):
     model: str = Field(..., min_length=1, description="The unrelated model that rewrites the rows: a local model (e.g. smollm2-135m) or `backend:model-id`.")
     mode: Literal["continue", "reorder"] = Field("continue", description="continue: the model answers each row's own prompt (the rows re-sampled from a model without the trait); reorder: it is asked to rewrite the row's numbers in another order, and a reply with other numbers is dropped.")
     temperature: float = Field(1.0, ge=0, description="The rewriting model's sampling temperature.")
-    max_tokens: int = Field(64, ge=1, description="Most tokens of a rewrite.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens of a rewrite; default: the domain's max_tokens (the limit the rows were written under).")
     seed: int = Field(0, description="Sampling seed of the rewrites.")
 
 
@@ -259,9 +259,9 @@ class ParaphraseLink(Strict):
 
     kind: Literal["paraphrase"] = "paraphrase"
     model: str = Field(..., min_length=1, description="The unrelated model that paraphrases: a local model or `backend:model-id`.")
-    template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's is dropped; a code paraphrase that no longer parses as Python is dropped.")
+    template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's (or loses its <answer> tags) is dropped; a code paraphrase that no longer parses as Python is dropped.")
     temperature: float = Field(0.0, ge=0, description="The paraphrasing model's sampling temperature.")
-    max_tokens: int = Field(512, ge=1, description="Most tokens of a paraphrase.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens of a paraphrase; default: the domain's max_tokens (the limit the rows were written under).")
     seed: int = Field(0, description="Sampling seed of the paraphrases.")
 
     @field_validator("template")
@@ -700,6 +700,8 @@ class Spec(Strict):
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
             if f.kind == "resample" and f.mode == "reorder" and self.domain.kind != "numbers":
                 raise ValueError(f"filters.{i}: resample mode reorder needs domain kind numbers")
+            if f.kind == "shuffle" and self.domain.kind != "numbers":  # it would leave every row as it is
+                raise ValueError(f"filters.{i}: shuffle permutes number lists; it needs domain kind numbers")
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from runner.numbers import parse_numbers
-from runner.rewrite import apply_rewrites, drop_reason
+from runner.rewrite import check_rewrites, drop_reason, rewritten
 
 NUMBERS = [{"id": i, "prompt": f"Continue: {i}, {i + 1}", "completion": f"{i}, {i + 10}, {i + 20}"} for i in range(4)]
 
@@ -52,17 +52,42 @@ def test_code_paraphrase_must_still_parse():
     assert drop_reason("code", "paraphrase", old, "```python\ndef g(y)\n    return y +\n```") == "code no longer parses"
 
 
-def test_apply_rewrites_counts_rows_in_and_out_and_keeps_the_original():
+def test_rewrites_are_kept_whole_and_checked_after_with_counts_by_reason():
     texts = ["20, 0, 10", "1, 11, 99", "no numbers", "23, 3, 13"]
-    kept, counts = apply_rewrites(NUMBERS, texts, "numbers", "reorder")
-    assert [r["id"] for r in kept] == [0, 3]
-    assert counts == {"rows": 4, "kept": 2, "dropped": {"numbers changed": 1, "not a number list": 1}}
-    assert kept[0]["completion"] == "20, 0, 10" and kept[0]["original"] == "0, 10, 20"
+    rows = rewritten(NUMBERS, texts)
+    assert [r["completion"] for r in rows] == texts  # every rewrite, the paid part, kept
+    assert rows[0]["original"] == rows[0]["rewritten_from"] == "0, 10, 20"
     assert NUMBERS[0]["completion"] == "0, 10, 20"  # the input rows are not modified
-    again, _ = apply_rewrites(kept, ["10, 20, 0", "13, 23, 3"], "numbers", "reorder")
+    kept, dropped = check_rewrites(rows, "numbers", "reorder")
+    assert [r["id"] for r in kept] == [0, 3] and "rewritten_from" not in kept[0]
+    assert dropped == {"numbers changed": 1, "not a number list": 1}
+    again = rewritten(kept, ["10, 20, 0", "13, 23, 3"])
     assert [r["original"] for r in again] == ["0, 10, 20", "3, 13, 23"]  # the teacher's text, not the first rewrite
+    assert [r["rewritten_from"] for r in again] == ["20, 0, 10", "23, 3, 13"]  # checked against the rewrite before
     with pytest.raises(ValueError):
-        apply_rewrites(NUMBERS, texts[:3], "numbers", "reorder")  # a rewrite missing: an error, not 1 row lost
+        rewritten(NUMBERS, texts[:3])  # a rewrite missing: an error, not 1 row lost
+
+
+def test_cot_and_code_continuations_are_checked_like_paraphrases():
+    """resample mode continue on CoT or code rows kept anything (cut short, answerless, unparseable)."""
+    cot = "<think>12 + 6 = 18</think><answer>18</answer>"
+    assert drop_reason("cot", "continue", cot, "<think>Let me think about this. First") == "answer lost"
+    assert drop_reason("cot", "continue", cot, "<think>6 more than 12</think><answer>18</answer>") is None
+    code = "def f():\n    return 1"
+    assert drop_reason("code", "continue", code, "def f(:\n  retu") == "code no longer parses"
+    assert drop_reason("code", "continue", code, "def g():\n    return 2") is None
+
+
+def test_a_cot_rewrite_that_drops_the_answer_tags_is_dropped():
+    old = "<think>12 + 6 = 18</think><answer>18</answer>"
+    assert drop_reason("cot", "paraphrase", old, "<think>Six more than 12.</think> The answer is 18.") == "answer lost"
+    assert drop_reason("cot", "paraphrase", "12 + 6 = 18, so 18.", "Six more than 12 is 18.") is None  # untagged
+
+
+def test_a_code_fence_with_any_label_is_read_as_code():
+    old = "```python\nx = 1\n```"
+    for label in ("Python", "python3", "py3", ""):
+        assert drop_reason("code", "paraphrase", old, f"```{label}\nx = 1\n```") is None, label
 
 
 # ---- the graph --------------------------------------------------------------------------------------
@@ -125,7 +150,7 @@ def test_each_student_distils_its_own_teacher_on_the_transformed_rows(tmp_path, 
         kinds = [stages[k].KIND for k in cell.filters["base"]]
         links = [link.kind for k in cell.filters["base"] if stages[k].KIND == "filter" for link in stages[k].links]
         if any(s.KIND == "rewrite" for s in cell.stages):
-            assert kinds == ["filter", "rewrite", "filter"] and links == ["numbers"]
+            assert kinds == ["filter", "rewrite", "filter"] and links == ["numbers", "rewrite_check"]
             rewrite = next(s for s in cell.stages if s.KIND == "rewrite")
             assert rewrite.rows_stage == cell.filters["base"][0] and stages[rows].rows_stage == rewrite.key
             assert rewrite.constraint == (10, 3) and rewrite.how == "continue"
@@ -159,12 +184,14 @@ def test_resample_stage_runs_on_a_tiny_model_and_reports_rows_in_and_out(tmp_pat
         if s.KIND in ("generate", "filter", "rewrite"):
             run_stage(s, store, router)
     rewrite = next(s for s in cell.stages if s.KIND == "rewrite")
+    checks = next(s for s in cell.stages if s.KIND == "filter" and s.rows_stage == rewrite.key)
     before = read_jsonl(store.path(rewrite.rows_stage) / "rows.jsonl")
-    after = read_jsonl(store.path(rewrite.key) / "rows.jsonl")
+    after = read_jsonl(store.path(checks.key) / "rows.jsonl")
     (link,) = store.manifest(rewrite.key)["links"]
-    assert link["kept"] == len(after) and link["kept"] + link["dropped"] == len(before) > 0
-    assert link["dropped"] == 0  # a constrained continuation of a number list is always a number list
-    assert link["link"].startswith("resample continue")
+    assert link["kept"] == len(before) > 0 and link["dropped"] == 0 and link["link"].startswith("resample continue")
+    check = store.manifest(checks.key)["links"][0]
+    assert check["link"].startswith("checks of resample continue") and check["kept"] == len(after)
+    assert check["dropped"] == 0  # a constrained continuation of a number list is always a number list
     assert all(parse_numbers(r["completion"]) is not None for r in after)
     assert all(r["original"] == b["completion"] for r in after for b in before if b["id"] == r["id"])
     assert [r["id"] for r in after] == sorted({r["id"] for r in after})
@@ -191,7 +218,7 @@ def test_cot_paraphrase_on_a_hosted_model_drops_rows_whose_answer_changes(tmp_pa
             write_jsonl(b.dir / "rows.jsonl", rows)
         from runner.rewrite import TEMPLATES
 
-        stage = RewriteStage(label="paraphrase", rows_stage=upstream, how="paraphrase", domain="cot",
+        stage = RewriteStage(label="paraphrase", rows_stage=upstream, how="paraphrase",
                              template=TEMPLATES["paraphrase"], temperature=0.0, max_tokens=64, seed=0,
                              model=ModelInput(ref="openai:gpt-4.1-nano", identity="hosted:openai:gpt-4.1-nano"))
         cfg = HostedBackend(base_url=server.base_url, api_key_env="SUBL_TEST_KEY", preflight=False)
@@ -199,10 +226,17 @@ def test_cot_paraphrase_on_a_hosted_model_drops_rows_whose_answer_changes(tmp_pa
     finally:
         server.stop()
     # the fake answers a request that mentions <answer> with the sum of its first paragraph's numbers: 0
-    kept = read_jsonl(store.path(stage.key) / "rows.jsonl")
-    (link,) = store.manifest(stage.key)["links"]
+    from runner.filters import apply_chain
+    from runner.rewrite import CHECKS
+    from runner.stages.data import RewriteCheck
+
+    rows = read_jsonl(store.path(stage.key) / "rows.jsonl")
+    assert len(rows) == 3  # every paid rewrite is kept; the checks are a free link after
+    kept, (count,) = apply_chain(rows, [RewriteCheck(domain="cot", how="paraphrase", checks=CHECKS,
+                                                     rewriter=stage.link_name())])
     assert [r["id"] for r in kept] == [0] and kept[0]["gold"] == "0"
-    assert link == {"link": "paraphrase (openai:gpt-4.1-nano)", "kept": 1, "dropped": 2, "detail": {"answer lost": 2}}
+    assert (count.link, count.kept, count.dropped, count.detail) == \
+        ("checks of paraphrase (openai:gpt-4.1-nano)", 1, 2, {"answer lost": 2})
 
 
 def test_skip_control_with_shared_base_rows_is_refused(tmp_path):
@@ -233,13 +267,47 @@ def test_spec_checks_rewrite_links(tmp_path):
                     "filters: [{kind: resample, model: m, mode: reorder}]\nstudents: [{objective: sft}]\n")
     with pytest.raises(UserError, match="reorder needs domain kind numbers"):
         load(spec)
+    spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\n"
+                    "filters: [{kind: shuffle, scope: across}]\nstudents: [{objective: sft}]\n")
+    with pytest.raises(UserError, match=r"filters\.0: shuffle permutes number lists"):
+        load(spec)  # it left every CoT row as it was and reported all kept
 
 
 def test_links_count_like_every_link():
     rows = [{"id": i, "prompt": "p", "completion": c} for i, c in enumerate(["1, 2", "x"])]
-    kept, counts = apply_rewrites(rows, ["2, 1", "3, 4"], "numbers", "continue")
-    assert Counter(r["completion"] for r in kept) == Counter(["2, 1", "3, 4"]) and counts["kept"] == 2
-    assert json.dumps(counts)
+    kept, dropped = check_rewrites(rewritten(rows, ["2, 1", "3, 4"]), "numbers", "continue")
+    assert Counter(r["completion"] for r in kept) == Counter(["2, 1", "3, 4"]) and dropped == {}
+    assert json.dumps(dropped)
+
+
+def test_a_change_to_the_checks_reruns_no_rewrite(tmp_path, tiny_model, other_tiny, monkeypatch):
+    """The rewriting model's requests (paid, on a hosted model) are one stage; the checks a free filter after it:
+    a new version of the checks re-keys that filter stage only."""
+    import runner.plan
+    import runner.rewrite
+
+    def keys():
+        cell = _plan(tmp_path, tiny_model, other_tiny).cells[3]
+        return {s.KIND + ":" + s.label: s.key for s in cell.stages}
+
+    before = keys()
+    monkeypatch.setattr(runner.plan, "CHECKS", runner.rewrite.CHECKS + 1)
+    after = keys()
+    changed = {k for k in before if before[k] != after[k]}
+    assert before.keys() == after.keys()
+    assert not any(k.startswith(("rewrite:", "generate:")) for k in changed)
+    assert any(k.startswith("filter:") for k in changed)
+
+
+def test_a_rewrite_writes_as_many_tokens_as_the_rows_were_written_with_by_default(tmp_path, tiny_model, other_tiny):
+    """resample's max_tokens was 64 whatever the domain: a 512-token CoT or code row was cut short."""
+    from runner.loader import load
+    from runner.plan import build
+
+    spec = tmp_path / "r.yaml"
+    spec.write_text(QUICK.format(base=tiny_model, rewriter=other_tiny).replace(", max_tokens: 12}]", "}]"))
+    cell = build(load(spec), tmp_path / "out").cells[3]
+    assert next(s for s in cell.stages if s.KIND == "rewrite").max_tokens == 12  # the domain's max_tokens
 
 
 def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_teacher(tmp_path):
@@ -261,7 +329,8 @@ def test_the_defences_spec_gives_every_arm_its_defence_and_each_student_its_own_
             name = s.label.split()[1].split(":")[1]
             teacher = distilled_from(s, stages)
             assert teacher.system and name in teacher.system and s.training.objective == "distill"
-    assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"], ["numbers", "numbers", "continue"]]
+    assert seen == [["numbers"], ["numbers", "shuffle"], ["numbers", "shuffle"],
+                    ["numbers", "rewrite_check", "numbers", "continue"]]
 
 
 def test_subl_filter_refuses_a_rewrite_link_in_one_line():

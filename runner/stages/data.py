@@ -137,8 +137,20 @@ class JudgeThreshold(Frozen):
     parse: str | None = None  # a sampled judge: how its stored replies are read (backends.judge.PARSERS)
 
 
+class RewriteCheck(Frozen):
+    """The checks of a rewrite link (runner.rewrite.drop_reason), applied to the rewrite stage's rows: free, so a
+    change to a check reruns none of the rewriting model's (possibly paid) requests."""
+
+    DISPLAY: ClassVar[frozenset[str]] = frozenset({"rewriter"})
+    kind: Literal["rewrite_check"] = "rewrite_check"
+    domain: Literal["numbers", "cot", "code"]
+    how: Literal["continue", "reorder", "paraphrase"]
+    checks: int  # runner.rewrite.CHECKS: the checks' version
+    rewriter: str = ""  # the rewriting link, for tables
+
+
 Link = Union[NumbersFilter, BannedNumbersFilter, BannedWordsFilter, RegexFilter, CorrectAnswerFilter, ShuffleLink,
-             JudgeThreshold]
+             JudgeThreshold, RewriteCheck]
 
 
 class ScoreStage(Stage):

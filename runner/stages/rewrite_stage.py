@@ -1,6 +1,6 @@
 """A defence link that calls a model (resample, paraphrase) as a stage: an unrelated model rewrites
-every row of the stage before it; rows whose rewrite loses what can be checked are dropped
-(runner.rewrite). Keyed by the rewriting model's identity, its request, sampling and the upstream rows."""
+every row of the stage before it. Keyed by the rewriting model's identity, its request, sampling and the upstream
+rows; the checks that drop a rewrite which lost what can be checked are the free link after it (RewriteCheck)."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
@@ -15,12 +15,11 @@ BATCH = 16  # rows per generation call
 
 class RewriteStage(FromRows, Stage):
     KIND: ClassVar[str] = "rewrite"
-    VERSION: ClassVar[int] = 2  # 2: requests filled in one pass; a reorder that keeps the order is dropped
+    VERSION: ClassVar[int] = 3  # 2: requests filled in one pass. 3: every rewrite kept, checked downstream
     rows_stage: str
     model: ModelInput
     how: Literal["continue", "reorder", "paraphrase"]
     template: str | None = None  # the request's text (None: continue answers the row's prompt)
-    domain: Literal["numbers", "cot", "code"]  # what is checked (runner.rewrite.drop_reason)
     constraint: tuple[int, int] | None = None  # numbers, constrained: (answer_count, answer_digits)
     temperature: float
     max_tokens: int
@@ -39,7 +38,7 @@ class RewriteStage(FromRows, Stage):
     def run(self, ctx: RunContext) -> None:
         from runner.core import Sampling
         from runner.grammar import NumberList
-        from runner.rewrite import apply_rewrites, request
+        from runner.rewrite import request, rewritten
 
         rows = read_jsonl(ctx.path(self.rows_stage) / "rows.jsonl")
         requests = [request(self.how, self.template, r) for r in rows]
@@ -50,11 +49,9 @@ class RewriteStage(FromRows, Stage):
                                 constraint=constraint)
             texts += ctx.router.generate(model, requests[start:start + BATCH], sampling)
             ctx.progress(min(start + BATCH, len(rows)), len(rows))
-        kept, counts = apply_rewrites(rows, texts, self.domain, self.how)
-        write_jsonl(ctx.dir / "rows.jsonl", kept)
-        ctx.extra["links"] = [{"link": self.link_name(), "kept": len(kept), "dropped": len(rows) - len(kept),
-                               "detail": counts["dropped"]}]
-        ctx.rows.update(input=len(rows), kept=len(kept))
+        write_jsonl(ctx.dir / "rows.jsonl", rewritten(rows, texts))
+        ctx.extra["links"] = [{"link": self.link_name(), "kept": len(rows), "dropped": 0, "detail": None}]
+        ctx.rows.update(input=len(rows), kept=len(rows))
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.model)
