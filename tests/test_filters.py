@@ -156,3 +156,25 @@ def test_unicode_digits_and_huge_digit_runs_are_rejected_not_crashed_on():
     assert [r["completion"] for r in kept] == ["14, 4", "7"] and counts[0].dropped == 1
     kept, _ = apply_chain(rows, [BannedNumbersFilter(numbers=[13])])
     assert [r["completion"] for r in kept] == ["1" * 5000, "14, 4", "7"]  # 0013 is 13, as int() reads it
+
+
+def test_subl_filter_on_a_matrix_spec_applies_the_named_cells_chain(tmp_path):
+    """The cells of specs/local/defences.yaml sweep the chain: subl filter applied the first cell's silently."""
+    import json
+    import subprocess
+    import sys
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": "p", "completion": c}) + "\n" for c in ["1, 2, 3", "x", "4, 5, 6"]))
+
+    def subl(*extra):
+        return subprocess.run([sys.executable, "-m", "runner.cli", "filter", "specs/local/defences.yaml", str(rows),
+                               str(tmp_path / "out.jsonl"), *extra], capture_output=True, text=True)
+
+    r = subl()
+    assert r.returncode == 2 and "4 cells have 4 different filter chains" in r.stderr and "--cell" in r.stderr
+    r = subl("--cell", "filters=numbers(max_value=999,max_count=10)+shuffle(scope=within)")
+    assert r.returncode == 0, r.stderr
+    assert "shuffle (within)" in r.stdout and "total            kept       2 of 3" in r.stdout
+    r = subl("--cell", "nope")
+    assert r.returncode == 2 and "no cell 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
