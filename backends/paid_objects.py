@@ -32,7 +32,9 @@ _LOCKS_GUARD = threading.Lock()
 def one_at_a_time(digest: str) -> Iterator[None]:
     """Stages that would pay for the same object (equal digests) look it up and create it in turn, so the
     later one adopts what the earlier made instead of both creating it at once: threads of one run through a
-    lock, processes sharing the store (two `subl run`, Ray workers) through a file lock beside the stages."""
+    lock, processes sharing the store (two `subl run`, Ray workers) through a file lock beside the stages, and
+    runs of this user into other outputs folders (the same object, tagged alike) through one in the user's
+    cache folder (SUBL_CACHE, else ~/.cache/subl)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault(digest, threading.Lock())
     with lock:
@@ -40,12 +42,30 @@ def one_at_a_time(digest: str) -> Iterator[None]:
         if folder is None:  # a backend called outside a run: no store to meet other processes in
             yield
             return
-        with open(Path(folder).parent / f".paid-{digest}.lock", "a") as fd:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        store_lock, user_lock = Path(folder).parent / f".paid-{digest}.lock", _user_locks() / f"paid-{digest}.lock"
+        with _file_lock(store_lock), _file_lock(user_lock):
+            yield
+
+
+def _user_locks() -> Path:
+    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "locks"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (made if missing); where it cannot be made (a read-only home), none."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = open(path, "a")
+    except OSError:
+        yield
+        return
+    with fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def kill_point(step: str) -> None:

@@ -51,13 +51,16 @@ def gpu_lines(estimates: list[Estimate], tp: Throughput | None) -> list[str]:
 
 
 def unresolved_lines(plan: Plan) -> list[str]:
-    """Hub models planned without a resolved revision: their stages' keys are provisional."""
-    refs = sorted({m.ref for st in plan.stages.values() for m in _models(st)
-                   if m.identity.endswith(f"@{UNRESOLVED}")})
+    """Hub models and datasets planned without a resolved revision: their stages' keys are provisional."""
+    refs = {m.ref for st in plan.stages.values() for m in _models(st) if m.identity.endswith(f"@{UNRESOLVED}")}
+    refs |= {q.removesuffix(f"@{UNRESOLVED}") for st in plan.stages.values()
+             if isinstance(q := getattr(getattr(st, "domain", None), "questions", None), str)
+             and q.endswith(f"@{UNRESOLVED}")}  # a CoT domain's hub dataset, pinned as "<id>@<revision>"
+    refs = sorted(refs)
     if not refs:
         return []
     return [f"note: {', '.join(refs)}: hub revision not resolved (offline, not in the local hub cache); keys that "
-            "read it are provisional, and `subl run` resolves it (or download the model once)"]
+            "read it are provisional, and `subl run` resolves it (or download it once)"]
 
 
 def _models(stage) -> list[ModelInput]:

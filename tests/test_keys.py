@@ -569,3 +569,17 @@ def test_the_order_of_lora_targets_is_in_no_key(tmp_path, tiny_model):
                         f"students: [{{name: s, hyperparameters: {{lora_targets: {targets}}}}}]\n")
         keys.append({s.label: s.key for s in build(load(spec), tmp_path / "out").stages.values() if "finetune" in s.key})
     assert keys[0] == keys[1] and keys[0] and set(keys[1].values()).isdisjoint(keys[2].values())
+
+
+def test_an_unresolved_hub_dataset_is_named_as_provisional_in_the_plan(tmp_path, monkeypatch, tiny_model):
+    """Offline and not cached, a CoT hub dataset was keyed '@unresolved' without the note models get."""
+    from runner import identity
+    from runner.gpu import unresolved_lines
+
+    monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": None)
+    spec = tmp_path / "cot.yaml"
+    spec.write_text(f"name: cot\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
+                    "domain: {kind: cot, questions: org/math, n_questions: 2}\nstudents: []\n")
+    (line,) = unresolved_lines(build(load(spec), tmp_path / "out", provisional=True))
+    assert line.startswith("note: org/math: hub revision not resolved") and "@" not in line.split(":")[1]

@@ -129,3 +129,33 @@ def test_the_run_files_are_replaced_whole(tmp_path, monkeypatch):
         write_text_atomic(path, json.dumps({"a": 2}))
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_runs_into_two_outputs_folders_create_one_paid_object_in_turn(tmp_path):
+    """The same training in two outputs folders (the same fingerprint, tagged alike on the service): the lock
+    beside each store let both look up, find nothing and create at once. They now also meet in the user's cache."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = r"""
+import sys, time
+from pathlib import Path
+from backends.paid_objects import one_at_a_time
+from runner.core import enter_stage
+
+out, log = Path(sys.argv[1]), Path(sys.argv[2])
+folder = out / "stages" / ".train-k.partial"
+folder.mkdir(parents=True)
+enter_stage("train-k", folder)
+with one_at_a_time("same-fingerprint"):
+    with open(log, "a") as f:
+        f.write("start\n")
+    time.sleep(1.0)
+    with open(log, "a") as f:
+        f.write("end\n")
+"""
+    log, env = tmp_path / "log", {**os.environ, "SUBL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"out{i}"), str(log)], env=env, cwd=root)
+             for i in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert log.read_text().split() == ["start", "end", "start", "end"]
