@@ -255,7 +255,7 @@ def status_lines(root: Path) -> list[str]:
                 counts[st["state"]] = counts.get(st["state"], 0) + 1
                 listed.add(s["key"])
             label = s.get("label") or st["label"] or s["key"].split("-")[0]
-            out.append((st["state"], cell_prefix(s) + label, s["key"], human(st["size"]), st["detail"]))
+            out.append((st["state"], cell_prefix(s) + str(label), s["key"], human(st["size"]), st["detail"]))
         return out
 
     for path, info in _runs(root):

@@ -199,14 +199,31 @@ def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
     assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown
 
 
-def test_an_icl_figure_with_one_question_has_no_whiskers_and_no_crash(tmp_path):
+def test_an_icl_figure_with_one_question_has_no_whiskers_and_no_crash(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
     from runner.report_detection import detection_figures
 
-    rows = [{"cell": "-", "evaluation": "icl", "metric": "P(owl)", "k": k, "teacher": t, "value": 0.1, "ci": None,
-             "n": 1} for k, t in ((0, None), (4, "owl"), (4, "control"))]
+    drawn = []
+    errorbar = Axes.errorbar
+
+    def record(self, x, y, *a, **kw):
+        drawn.append((list(x), list(y), kw.get("yerr"), kw.get("label")))
+        return errorbar(self, x, y, *a, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", record)
+    rows = [{"cell": "-", "evaluation": "icl", "metric": "P(owl)", "k": k, "teacher": t, "value": v, "ci": ci,
+             "n": n} for k, t, v, ci, n in ((0, None, 0.1, None, 1), (4, "owl", 0.2, None, 1),
+                                           (4, "control", 0.15, [0.1, 0.3], 5))]
     results = {"cells": [{"label": "-"}], "evaluations": rows, "comparisons": []}
     (path, _), = detection_figures(results, tmp_path, "t")
-    assert path.is_file()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = {label: (x, y, yerr) for x, y, yerr, label in drawn}
+    # each line starts at the shared k = 0 point; a one-question point has no whisker, an interval its own
+    assert lines["owl rows"] == ([0, 4], [0.1, 0.2], [[0, 0], [0, 0]])
+    x, y, yerr = lines["control rows"]
+    assert (x, y) == ([0, 4], [0.1, 0.15]) and yerr[0][0] == yerr[1][0] == 0
+    assert abs(yerr[0][1] - 0.05) < 1e-12 and abs(yerr[1][1] - 0.15) < 1e-12
 
 
 def _two_evaluations_results(tmp_path: Path) -> dict:

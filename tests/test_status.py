@@ -151,3 +151,14 @@ def test_a_stage_that_finishes_while_status_reads_it_shows_as_done(tmp_path: Pat
     monkeypatch.setattr(status, "_partial", finishing)
     line = next(ln for ln in status_lines(tmp_path / "outputs") if "generate-00aa" in ln)
     assert line.split()[0] == "done" and "2.0 s" in line
+
+
+def test_a_stage_manifest_with_a_label_that_is_not_text_is_listed(tmp_path):
+    """A hand-edited manifest.json with "label": 7 was an internal error (str + int) in subl status."""
+    stage = tmp_path / "outputs" / "stages" / "generate-abc"
+    stage.mkdir(parents=True)
+    from runner.stages import KEY_SCHEME
+
+    (stage / "manifest.json").write_text(json.dumps({"seconds": 1.0, "label": 7, "key_scheme": KEY_SCHEME}))
+    text = "\n".join(status_lines(tmp_path / "outputs"))
+    assert "7" in text and "generate-abc" in text and "1 done" in text
