@@ -47,6 +47,7 @@ from runner.errors import UserError
 
 REQUESTS_FILE = "hosted_requests.jsonl"
 BATCHES_FILE = "hosted_batches.json"
+BATCH_ERRORS_FILE = "hosted_batch_errors.jsonl"  # the lines a batch failed, one JSON object each
 JOB_FILE = "hosted_job.json"
 EVENTS_FILE = "hosted_events.jsonl"
 TRAIN_FILE = "train.jsonl"
@@ -422,8 +423,10 @@ LEARNED_TPM: dict[str, dict[str, int]] = {}
 
 
 def rate_model(model_id: str) -> str:
-    """The model whose rate limit a call counts against: a fine-tuned model ('ft:BASE:org::id') shares its base's."""
-    return model_id.split(":")[1] if model_id.startswith("ft:") and model_id.count(":") >= 2 else model_id
+    """The model whose rate limit a call counts against: a fine-tuned model ('ft:BASE:org::id') shares its base's,
+    a dated snapshot ('gpt-4.1-2025-04-14') its alias's."""
+    base = model_id.split(":")[1] if model_id.startswith("ft:") and model_id.count(":") >= 2 else model_id
+    return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", base)
 
 
 class OpenAIBackend:
@@ -571,14 +574,14 @@ class OpenAIBackend:
         except openai.APIStatusError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
             status, param, msg = exc.status_code, body.get("param"), api_message(exc)
-            if status == 400 and (param == "training_file" or "file" in msg.lower()) and param != "model":
+            if status == 400 and param == "training_file":  # past the model check, refused on the file alone
                 return f"backend '{self.name}': fine-tuning {model} is allowed (probe: jobs.create on a missing file: {_one_line(msg, 120)})"
             if status in (401, 403):
                 raise UserError(redact(_one_line(
                     f"backend '{self.name}': this organisation may not create fine-tuning jobs (HTTP {status}: {msg}); "
                     "OpenAI closed self-serve fine-tuning to new organisations on 2026-05-07: train students locally "
                     "or on an open-model trainer (docs/hosted.md)"))) from None
-            if status == 400:
+            if status == 400 and param == "model":
                 raise UserError(redact(_one_line(f"backend '{self.name}': {model} cannot be fine-tuned here: {msg}"))) from None
             if status == 404:
                 raise UserError(f"backend '{self.name}': {self.endpoint} has no fine-tuning endpoint") from None
@@ -592,10 +595,10 @@ class OpenAIBackend:
         return f"backend '{self.name}': fine-tuning {model} is allowed (the probe's job {job.id} was cancelled at once)"
 
     def _check_tpm(self, model: str, largest_request_tokens: int) -> str:
-        if model not in self.tpm and largest_request_tokens > 0:
+        if rate_model(model) not in self.tpm and largest_request_tokens > 0:
             self.call(f"rate-limit probe {model}", self._chat,
                       {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
-        tpm = self.tpm.get(model)
+        tpm = self.tpm.get(rate_model(model))
         if not tpm:
             return f"backend '{self.name}': {model}: the server states no tokens-per-minute limit"
         if largest_request_tokens > tpm:
@@ -679,12 +682,13 @@ class OpenAIBackend:
         for i, prompt in enumerate(prompts):
             messages = ([{"role": "system", "content": model.system}] if model.system else []) + \
                        [{"role": "user", "content": prompt}]
-            per = self._chunk(model_id, model.system, prompt, sampling.max_tokens)
-            for c, start in enumerate(range(0, n, per)):
+            # keyed by chunks of MAX_N whatever the rate limit (a limit learned later re-keyed every request, and
+            # what was answered was paid for again); a chunk is split where it is sent (_answer)
+            for c, start in enumerate(range(0, n, MAX_N)):
                 body = {"model": model_id, "messages": messages, "temperature": sampling.temperature,
                         "max_tokens": sampling.max_tokens, "seed": request_seed(sampling.seed, i, c)}
                 if n > 1:
-                    body["n"] = min(per, n - start)
+                    body["n"] = min(MAX_N, n - start)
                 body.update(extra or {})
                 requests.append((_digest({"endpoint": self.endpoint, "body": body, "index": i}), body))
                 owner.append(i)
@@ -703,12 +707,15 @@ class OpenAIBackend:
             self._via_chat(todo, cache)
         return cache
 
-    def _chunk(self, model_id: str, system: str | None, prompt: str, max_tokens: int) -> int:
-        """Completions per request: MAX_N, or as many as fit the model's known tokens-per-minute limit."""
-        tpm = self.tpm.get(rate_model(model_id))
+    def _fits(self, body: dict) -> int:
+        """Completions one call of this request may ask for: MAX_N, or as many as fit the model's known
+        tokens-per-minute limit (a call over it is refused as too large, whatever the wait)."""
+        tpm = self.tpm.get(rate_model(body["model"]))
         if not tpm:
             return MAX_N
-        return max(1, min(MAX_N, (tpm - chat_tokens(system, prompt)) // max(1, max_tokens)))
+        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
+        prompt = "".join(m["content"] for m in body["messages"] if m["role"] != "system")
+        return max(1, min(MAX_N, (tpm - chat_tokens(system, prompt)) // max(1, body.get("max_tokens") or 1)))
 
     @staticmethod
     def _unanswered(requests: list[tuple[str, dict]], cache: RequestCache) -> list[tuple[str, dict]]:
@@ -734,8 +741,18 @@ class OpenAIBackend:
         return rec
 
     def _chat(self, body: dict):
-        """One chat completion; the response's tokens-per-minute header is remembered for chunking."""
-        raw = self.client.chat.completions.with_raw_response.create(**body)
+        """One chat completion; the tokens-per-minute limit its answer states (or a too-large refusal names) is
+        remembered for splitting requests."""
+        import openai
+
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(**body)
+        except openai.APIStatusError as exc:
+            if too_large(exc) and not self._learn_tpm(body["model"], getattr(exc.response, "headers", None)):
+                limit = re.search(r"Limit (\d[\d,]*)", api_message(exc))
+                if limit:
+                    self.tpm[rate_model(body["model"])] = int(limit.group(1).replace(",", ""))
+            raise
         self._learn_tpm(body["model"], raw.headers)
         return raw.parse()
 
@@ -749,22 +766,29 @@ class OpenAIBackend:
         return tpm or None
 
     def _answer(self, key: str, body: dict, cache: RequestCache, abort: threading.Event) -> None:
-        """Send a request (or top up a short answer) until it has its n completions; a server that
-        returns fewer is asked for the rest with other seeds, and that is noted in the stage folder."""
-        want, rec = body.get("n", 1), cache.get(key)
-        if rec is None:
-            rec = self._record(key, self.call("chat completion", self._chat, body, abort=abort), "chat")
-            self._note_finish(body["model"], rec["finish"])
-            cache.put(rec)
-        for extra in range(1, want + 1):
-            short = want - len(rec["texts"])
-            if short <= 0 or abort.is_set():
-                break
-            self._note("ignores_n", body["model"])
-            more = {**body, "n": short, "seed": (body["seed"] + 100_003 * extra) % 2**31}
-            part = self._record(key, self.call("chat completion", self._chat, more, abort=abort), "chat")
+        """Send a request until it has its n completions, in calls of as many as fit the model's tokens-per-minute
+        limit (learned from answers, or from a refusal as too large, which is then asked again smaller); a
+        server that returns fewer than asked is asked for the rest with other seeds, and that is noted."""
+        want, rec, calls = body.get("n", 1), cache.get(key), 0
+        while (rec is None or len(rec["texts"]) < want) and not abort.is_set():
+            ask = min(want - (len(rec["texts"]) if rec else 0), self._fits(body))
+            call = {**body, **({"n": ask} if "n" in body else {})}
+            if rec is not None:  # a later call: other seeds, so its completions are new draws
+                calls += 1
+                call["seed"] = (body["seed"] + 100_003 * calls) % 2**31
+            limit = self.tpm.get(rate_model(body["model"]))
+            try:
+                resp = self.call("chat completion", self._chat, call, abort=abort)
+            except UserError:
+                if ask > 1 and self.tpm.get(rate_model(body["model"])) != limit and self._fits(body) < ask:
+                    continue  # refused as too large, and the limit it named allows a smaller call
+                raise
+            part = self._record(key, resp, "chat")
             self._note_finish(body["model"], part["finish"])
-            rec = {**rec, "texts": rec["texts"] + part["texts"], "finish": rec["finish"] + part["finish"]}
+            if len(part["texts"]) < ask:
+                self._note("ignores_n", body["model"])
+            rec = part if rec is None else {**rec, "texts": rec["texts"] + part["texts"],
+                                            "finish": rec["finish"] + part["finish"]}
             cache.put(rec)
 
     def _via_chat(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
@@ -815,14 +839,14 @@ class OpenAIBackend:
 
     def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
         """Answer a call's requests (all of them, answered or not) through the Batch API, in parts
-        within its request and size limits; lines that fail are logged and left for the direct path."""
+        within its request and size limits; lines that fail are logged and sent again in the next round's batch."""
         for part in self._batch_parts(todo):
             self._log_failed(self._batch_part(part, cache))
 
     def _log_failed(self, failed: list[dict]) -> None:
         folder = self._stage_dir()
         if failed and folder:
-            with open(folder / "hosted_batch_errors.jsonl", "a") as f:
+            with open(folder / BATCH_ERRORS_FILE, "a") as f:
                 for rec in failed:
                     f.write(redact(json.dumps(rec)) + "\n")
 
@@ -888,8 +912,8 @@ class OpenAIBackend:
                 save()
                 raise UserError(redact(_one_line(f"backend '{self.name}': batch {batch.id} failed: {errs or 'no reason given'}")))
             for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id:
-                    failed += self._ingest_batch_file(file_id, cache)
+                if file_id:  # one gone (an adopted old batch's, deleted): its lines go to the next round
+                    failed += self._ingest_batch_file(file_id, cache, missing_ok=True)
             if batch.status == "cancelled":
                 left = sum(1 for k, _ in todo if cache.get(k) is None)
                 states.pop(whole)
@@ -897,17 +921,18 @@ class OpenAIBackend:
                 self._log_failed(failed)
                 raise UserError(f"backend '{self.name}': batch {batch.id} was cancelled with {left} request(s) "
                                 "unanswered; rerun to send them in a new batch")
-            if batch.status == "completed":
-                break  # lines that failed inside a completed batch go to the direct path
-            for k in ("input_file_id", "batch_id", "status"):  # expired: the rest in a new batch
+            if batch.status == "completed" and all(cache.get(k) is not None for k, _ in todo):
+                break
+            # expired, or completed with failed lines (logged): the rest in a new batch, never sent on directly
+            for k in ("input_file_id", "batch_id", "status"):
                 st.pop(k, None)
             st["round"] += 1
             save()
         left = sum(1 for k, _ in todo if cache.get(k) is None)
         if left and st["round"] >= rounds:  # never sent on at full price unasked: the budget priced the batch
-            raise UserError(f"backend '{self.name}': {left} request(s) still unanswered after {rounds} expired "
-                            f"batches; rerun with backends.{self.name}.batch_api: false to send them directly, "
-                            "at full price")
+            raise UserError(f"backend '{self.name}': {left} request(s) still unanswered after {rounds} batches "
+                            f"(expired, or their lines failed: {BATCH_ERRORS_FILE} in the stage folder says why); "
+                            f"rerun with backends.{self.name}.batch_api: false to send them directly, at full price")
         return failed
 
     def _upload(self, filename: str, data: bytes, purpose: str, what: str):
@@ -931,9 +956,11 @@ class OpenAIBackend:
         sends only what is still unanswered; return the round after the last expired one (0 if none)."""
         earlier = self.call("batch list", lambda: [b for b in self.client.batches.list(limit=100)
                                                    if metadata_matches(b, tags(stage, whole))])
+        # one being cancelled still answers (and bills) lines until it is cancelled: its output is read then
+        earlier = [self._poll_batch(b.id) if b.status == "cancelling" else b for b in earlier]
         for b in earlier:
             if b.output_file_id:
-                self._ingest_batch_file(b.output_file_id, cache)
+                self._ingest_batch_file(b.output_file_id, cache, missing_ok=True)
         expired = [int((b.metadata or {}).get("subl_round", 0)) for b in earlier if b.status == "expired"]
         return max(expired, default=-1) + 1
 
@@ -948,12 +975,25 @@ class OpenAIBackend:
                 return batch
             time.sleep(self.poll_seconds)
 
-    def _ingest_batch_file(self, file_id: str, cache: RequestCache) -> list[dict]:
+    def _ingest_batch_file(self, file_id: str, cache: RequestCache, missing_ok: bool = False) -> list[dict]:
         """Store every answered line of a batch output or error file (lines come in any order);
-        return the failed lines."""
+        return the failed lines. missing_ok: a file that is gone (deleted, or expired after 30 days) is noted in
+        hosted_notes.json, and its lines are asked again, instead of stopping every rerun."""
+        import openai
         from openai.types.chat import ChatCompletion
 
-        raw = self.call("batch download", self.client.files.content, file_id)
+        def download():
+            try:
+                return self.client.files.content(file_id)
+            except openai.NotFoundError:
+                if missing_ok:
+                    return None
+                raise
+
+        raw = self.call("batch download", download)
+        if raw is None:
+            self._note("earlier_batch_file_gone", file_id)
+            return []
         text = raw.text if hasattr(raw, "text") else raw.read().decode()
         lines = [line for line in text.splitlines() if line.strip()]
         failed = []

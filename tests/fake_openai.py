@@ -65,7 +65,8 @@ class FakeOpenAI:
         self.jobs: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.fail_next_job: dict | None = None  # {"code", "message"}: the next job created fails
-        self.batch_failed_lines = 0  # first N lines of each batch go to its error file
+        self.batch_failed_lines = 0  # first N lines of a batch go to its error file (of the first batch_faulty ones)
+        self.batch_faulty = 1  # how many batches (in the order they finish) get batch_failed_lines / null lines
         self.batch_outcomes: list[str] = []  # per batch, in order: "failed" or "expired" (half answered)
         self.headers_seen: list[dict] = []
         self.ledger: dict[str, Counter] = {}
@@ -370,13 +371,16 @@ class FakeOpenAI:
         if outcome in ("expired", "cancelled"):
             lines = lines[: len(lines) // 2]
         out, err = [], []
+        with self.lock:
+            faulty, self.batch_faulty = self.batch_faulty > 0, self.batch_faulty - 1
+        null_lines, failed_lines = (self.batch_null_lines, self.batch_failed_lines) if faulty else (0, 0)
         for n, line in enumerate(lines):
             req = json.loads(line)
-            if n < self.batch_null_lines:
+            if n < null_lines:
                 err.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"], "response": None,
                             "error": {"code": "batch_expired", "message": "This request could not be executed "
                                       "before the completion window expired."}})
-            elif n < self.batch_failed_lines:
+            elif n < failed_lines:
                 err.append({"id": self.new_id("batch_req_"), "custom_id": req["custom_id"],
                             "response": {"status_code": 500, "request_id": self.new_id("req_"),
                                          "body": {"error": {"message": "The server had an error processing your request.",

@@ -181,20 +181,30 @@ def test_logprobs_and_constrained_decoding_are_refused(backend):
         backend().generate(ModelRef(NANO), ["q"], Sampling(constraint=NumberList(10, 3)))
 
 
-def test_batch_api_with_failed_lines_retried_directly(backend, server, tmp_path):
+def test_lines_that_fail_inside_a_batch_are_sent_again_in_the_next_rounds_batch(backend, server, tmp_path):
+    """They were sent on directly, at twice the Batch price the budget had counted."""
     server.batch_failed_lines = 2
     b = backend(batch_api=True, batch_min_requests=1)
     prompts = [f"Continue this sequence of numbers: {i}, {i + 1}" for i in range(10)]
     out = b.generate(ModelRef(NANO), prompts, Sampling(1.0, 32, seed=3))
     assert len(out) == 10 and all(out)
-    assert server.counts["batches.create"] == 1 and server.counts["files.create:batch"] == 1
-    assert server.counts["chat"] == 2  # the two failed lines, sent directly
+    assert server.counts["batches.create"] == 2 and server.counts["files.create:batch"] == 2
+    assert server.counts.get("chat", 0) == 0
     state = tmp_path / "state"
     assert len((state / "hosted_batch_errors.jsonl").read_text().splitlines()) == 2
     recs = [json.loads(x) for x in (state / "hosted_requests.jsonl").read_text().splitlines()]
-    assert sorted(r["via"] for r in recs) == ["batch"] * 8 + ["chat"] * 2
+    assert sorted(r["via"] for r in recs) == ["batch"] * 10
     assert backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), prompts, Sampling(1.0, 32, seed=3)) == out
-    assert server.counts["batches.create"] == 1 and server.counts["chat"] == 2
+    assert server.counts["batches.create"] == 2 and server.counts.get("chat", 0) == 0
+
+
+def test_lines_that_fail_in_every_batch_stop_the_run_not_go_direct(backend, server):
+    server.batch_failed_lines, server.batch_faulty = 2, 99
+    with pytest.raises(UserError, match=r"2 request\(s\) still unanswered after 3 batches \(expired, or their lines "
+                                        r"failed: hosted_batch_errors.jsonl"):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), [f"q{i}" for i in range(10)],
+                                                                Sampling(seed=0))
+    assert server.counts["batches.create"] == 3 and server.counts.get("chat", 0) == 0
 
 
 def test_batch_failure_is_reported_and_expiry_resubmits_the_rest(backend, server, tmp_path):

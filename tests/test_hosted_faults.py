@@ -285,8 +285,8 @@ def test_a_fresh_outputs_folder_after_a_cancelled_batch_reads_what_every_batch_a
 
 def test_requests_left_after_the_last_expired_batch_are_not_sent_at_full_price_unasked(backend, server, tmp_path):
     server.batch_outcomes = ["expired"] * 3
-    with pytest.raises(UserError, match=r"request\(s\) still unanswered after 3 expired batches; rerun with "
-                                        r"backends.openai.batch_api: false") as e:
+    with pytest.raises(UserError, match=r"request\(s\) still unanswered after 3 batches \(expired, or their lines "
+                                        r"failed.*\); rerun with backends.openai.batch_api: false") as e:
         backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert "\n" not in str(e.value) and server.counts["batches.create"] == 3 and server.counts["chat"] == 0
     out = backend(batch_api=False).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))  # asked: direct
@@ -312,13 +312,13 @@ def test_batches_are_split_within_the_request_and_size_limits(backend, server, l
 def test_null_response_lines_and_shuffled_output_are_read(backend, server, tmp_path):
     server.batch_null_lines, server.batch_shuffle = 2, True
     out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
-    assert server.counts["chat"] == 2  # the two failed lines, sent directly
+    assert server.counts.get("chat", 0) == 0 and server.counts["batches.create"] == 2  # the two, in a second batch
     direct = OpenAIBackend("openai", HostedBackend(base_url=server.base_url, api_key_env=ENV), retry=FAST,
                            state_dir=tmp_path).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert out == direct  # each shuffled output line went to its own request
     errors = [json.loads(x) for x in (tmp_path / "state" / "hosted_batch_errors.jsonl").read_text().splitlines()]
     assert [e["code"] for e in errors] == ["batch_expired"] * 2
-    assert ledger(server) == {"adhoc": {"files": 1, "batches": 1}}
+    assert ledger(server) == {"adhoc": {"files": 2, "batches": 2}}
 
 
 # ---- partial servers ----------------------------------------------------------------------
@@ -350,29 +350,48 @@ def test_a_prompt_repeated_in_one_call_is_sampled_independently(backend, server)
     assert again == out  # still reproducible
 
 
-def test_request_too_large_fails_at_once_then_n_is_chunked_to_the_known_limit(backend, server):
+def test_a_request_refused_as_too_large_is_asked_again_in_calls_that_fit_the_limit_it_names(backend, server):
+    """A first request of n = 5 over a 60-token limit (no limit learned yet: a Ray worker, preflight off) was a
+    final error after the teacher data and training were paid for; the refusal names the limit, so it is split."""
+    from backends.openai_api import rate_model
+
     server.tpm_limit = 60
-    with pytest.raises(UserError) as e:
-        backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
-    assert "Request too large" in str(e.value) and "Lower n" in str(e.value) and server.counts["chat"] == 1
     b = backend()
-    notes = b.preflight([NANO], [], {NANO: 30})  # learns the limit (one max_tokens=1 request)
-    assert any("60 tokens per minute" in n for n in notes) and b.tpm == {NANO.split(":")[1]: 60}
     out = b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
-    assert [len(x) for x in out] == [5] and server.counts["chat"] == 2 + 2  # chunks of 3 and 2
+    assert [len(x) for x in out] == [5] and len(set(out[0])) > 1
+    assert server.counts["chat"] == 1 + 2 and b.tpm == {rate_model(NANO.split(":")[1]): 60}  # refused, 3 + 2
+    server.tpm_limit = 16  # nothing fits: one line, not a loop
+    with pytest.raises(UserError) as e:
+        backend().sample(ModelRef(NANO), ["Name another animal."], Sampling(1.0, 16, seed=1), n=5)
+    assert "Request too large" in str(e.value) and "Lower n" in str(e.value)
 
 
 def test_a_limit_learned_in_preflight_splits_n_on_the_runs_first_call(backend, server):
     """The run's backends are new (a Router per cell) but share what preflight's learned, so the first call already
-    fits the limit instead of being refused as too large; a fine-tuned model counts against its base's limit."""
+    fits the limit instead of being refused as too large; a fine-tuned model or a dated snapshot counts against
+    its alias's limit."""
     from backends.openai_api import rate_model
 
     server.tpm_limit = 60
     backend().preflight([NANO], [], {NANO: 30})  # learns the limit (one max_tokens=1 request)
     out = backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
     assert [len(x) for x in out] == [5] and server.counts["chat"] == 1 + 2  # chunks of 3 and 2, none refused
-    assert rate_model("ft:gpt-4.1-nano-2025-04-14:org:subl:abc123") == "gpt-4.1-nano-2025-04-14" == rate_model(
-        "gpt-4.1-nano-2025-04-14")
+    assert rate_model("ft:gpt-4.1-nano-2025-04-14:org:subl:abc123") == "gpt-4.1-nano" == rate_model(
+        "gpt-4.1-nano-2025-04-14") == rate_model("gpt-4.1-nano")
+
+
+def test_answers_are_reused_whatever_limit_is_learned_later(backend, server):
+    """Requests were keyed by chunks of n sized by the limit known then: after a tier change (or a limit learned
+    in another process) no key matched, and every completion was paid for again."""
+    server.tpm_limit = 60
+    first = backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
+    paid = server.counts["chat"]
+    server.tpm_limit = 10_000  # the account moved up a tier
+    b = backend()
+    b.tpm.clear()
+    b.preflight([NANO], [], {NANO: 30})
+    again = b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)
+    assert again == first and server.counts["chat"] == paid + 1  # the preflight's probe only
 
 
 # ---- preflight ----------------------------------------------------------------------------
@@ -382,6 +401,18 @@ def test_preflight_passes_and_pays_for_nothing(backend, server):
     notes = backend().preflight([NANO], [NANO], {NANO: 40})
     assert any("fine-tuning gpt-4.1-nano-2025-04-14 is allowed" in n for n in notes)
     assert server.paid_total() == Counter() and server.counts["jobs.create"] == 1
+
+
+def test_a_probe_refusal_that_names_no_training_file_param_is_not_read_as_allowed(backend, server, monkeypatch):
+    """Any 400 whose message mentions 'file' read as "fine-tuning is allowed"; the API may check the file before
+    the organisation's right, so only a refusal of the training_file parameter itself is read so."""
+    from tests.fake_openai import _error
+
+    monkeypatch.setattr(server, "create_job", lambda body: (400, _error(
+        "Invalid file format for fine-tuning", "invalid_request_error", None, None)))
+    notes = backend().preflight([NANO], [NANO], {NANO: 40})
+    assert any("fine-tuning gpt-4.1-nano-2025-04-14: the probe could not tell" in n for n in notes)
+    assert not any("is allowed" in n for n in notes)
 
 
 def test_a_probe_job_a_server_took_and_would_not_cancel_is_named(backend, server):
@@ -401,7 +432,7 @@ def test_preflight_holds_each_model_to_its_own_largest_request(backend, server):
     mini = "openai:gpt-4.1-mini-2025-04-14"
     server.models.add(mini.split(":")[1])
     b = backend()
-    b.tpm.update({NANO.split(":")[1]: 1000, mini.split(":")[1]: 50})
+    b.tpm.update({"gpt-4.1-nano": 1000, "gpt-4.1-mini": 50})
     notes = b.preflight([NANO, mini], [], {NANO: 800, mini: 40})
     assert any("mini-2025-04-14: 50 tokens per minute, the largest request about 40" in n for n in notes)
     with pytest.raises(UserError, match="mini-2025-04-14 allows 50 tokens per minute, but the largest request needs "
@@ -526,6 +557,35 @@ def test_kill_9_at_each_step_then_rerun_here_and_into_an_empty_folder(server, tm
     assert fresh.stdout == resumed.stdout and ledger(server) == {STAGES[kind]: paid}
     assert server.counts["chat"] == 0
     assert_clean(tmp_path)
+
+
+def test_a_batch_being_cancelled_is_waited_for_and_its_answers_kept(server, tmp_path):
+    """A run killed after its batch was made, the batch then cancelled by hand: a rerun into an empty folder while
+    it was still cancelling sent all 10 lines again in a new batch, and the ones it went on to answer were billed
+    twice. The rerun now waits for the cancel, reads what it answered and sends the other half."""
+    killed = _run_driver("batch", server, tmp_path / "out", "batch-created")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (rec,) = server.batches.values()
+    rec["batch"]["status"], rec["outcome"] = "cancelling", "cancelled"  # half its lines answered by the end
+    fresh = _run_driver("batch", server, tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    sent = [len(server.contents[r["batch"]["input_file_id"]].decode().splitlines()) for r in server.batches.values()]
+    assert sent == [10, 5] and server.counts.get("chat", 0) == 0
+
+
+def test_an_earlier_batchs_deleted_output_file_is_asked_again_not_a_stop(server, tmp_path):
+    """Batch files expire (30 days) or are deleted: a rerun into an empty folder read every earlier batch's output
+    and stopped at the 404, on every rerun."""
+    first = _run_driver("batch", server, tmp_path / "out")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (rec,) = server.batches.values()
+    out_file = rec["batch"]["output_file_id"]
+    del server.files[out_file]
+    fresh = _run_driver("batch", server, tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout == first.stdout and len(server.batches) == 2  # its lines asked again, in a new batch
+    notes = json.loads(next((tmp_path / "fresh" / "stages").glob("*/hosted_notes.json")).read_text())
+    assert notes["earlier_batch_file_gone"] == {out_file: 2}  # seen by the listing and by the adopted batch
 
 
 def test_subl_run_killed_after_job_create_reruns_into_an_empty_folder(server, tmp_path):
