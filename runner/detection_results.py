@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from runner.plan import CellPlan, compared_rows
-from runner.stats import CI_METHOD, TEST_METHOD, arm_comparison_fields, mean_ci, sign_flip_p
+from runner.stats import (CI_METHOD, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci, sign_flip_min_p,
+                          sign_flip_p)
 from runner.store import Store
 
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
@@ -39,7 +40,7 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
             metric, n_samples = per_seed[0][0], per_seed[0][2]
             vals = list(np.mean([v for _, v, _ in per_seed], axis=0))
             values[(rows, k, t)] = (metric, vals, [float(np.mean(v)) for _, v, _ in per_seed])
-            mean, lo, hi = mean_ci(vals)
+            mean, lo, hi = mean_ci(vals, within=UNIT_RANGE)
             evaluations.append({
                 "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
                 "teacher": None if rows == "none" else rows, "evaluation": "icl", "metric": metric, "value": mean,
@@ -75,6 +76,7 @@ def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], 
     return {"cell": cell, "a": a_label, "b": b_label, "evaluation": "icl", "metric": metric,
             "diff": float(np.mean(a_ - b_)), "ratio": float(a_.mean() / b_.mean()) if b_.mean() > 0 else None,
             "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1, "p_value": sign_flip_p(list(a_ - b_)),
+            "min_p": sign_flip_min_p(list(a_ - b_)),
             "test": TEST_METHOD, "unit": "question", "b_is": b_is, "note": ICL_NOTE, "significant": False, "k": k}
 
 

@@ -2,7 +2,9 @@
 brackets where there is no interval (one unit: a t-interval needs two)."""
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from typing import Callable
 
 SIGNIFICANCE_LEVELS = (0.05, 0.01)  # the thresholds subl marks at (LM comparisons; MNIST and the theorem)
@@ -23,23 +25,47 @@ def with_ci(value: float | None, ci: list | tuple | None, spec: str | Callable[[
     return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and value is not None else fmt(value)
 
 
-def ratio_text(c: dict, spec: str = ".3f") -> str:
-    """A comparison's ratio a/b with its interval across students where it has one: '1.084x [1.013, 1.160]'."""
+def ratio_text(c: dict, decimals: int = 3) -> str:
+    """A comparison's ratio a/b with its interval across students where it has one: '1.084x [1.013, 1.160]'.
+    A value that is not 1 never reads as 1 (1.0004 is '1.0004', not '1.000'): whether an interval excludes 1
+    must show."""
     if c.get("ratio") is None:
         return "-"
     ci = c.get("ratio_ci")
-    return f"{c['ratio']:{spec}}x" + (f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci else "")
+    return f"{_off_one(c['ratio'], decimals)}x" + (
+        f" [{_off_one(ci[0], decimals)}, {_off_one(ci[1], decimals)}]" if ci else "")
+
+
+def _off_one(x: float, decimals: int) -> str:
+    """x to `decimals` places, more where that would round it onto 1 from either side."""
+    for d in range(decimals, decimals + 6):
+        text = f"{x:.{d}f}"
+        if float(text) != 1.0 or x == 1.0:
+            return text
+    return text
 
 
 def p_text(c: dict) -> str:
-    """A comparison's p-value, marked where it is the smallest its test can give with these arm sizes."""
+    """A comparison's p-value, marked where it is the smallest its test can give with these arm sizes. A p-value
+    that is not a significance level never reads as one (0.04996 and 0.0500004 must not both read 0.05)."""
     floor, p = c.get("min_p"), c["p_value"]
     if p is None:
         return "- (not tested)"
-    text = f"{p:.2g}"
-    if float(text) in SIGNIFICANCE_LEVELS and p != float(text):  # 0.0498 and 0.0502 must not both read 0.05
-        text = f"{p:.3g}"
+    for digits in range(2, 8):
+        text = f"{p:.{digits}g}"
+        if float(text) not in SIGNIFICANCE_LEVELS or p == float(text):
+            break
     return text + (" (the floor)" if floor and p <= floor * (1 + 1e-9) else "")
+
+
+def file_slug(text: str, most: int = 100) -> str:
+    """A figure's file name from its label: distinct labels give distinct names (a label changed to fit, or too
+    long for the filesystem, gets a digest of the whole label)."""
+    slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
+    if slug == text and len(slug) <= most:
+        return slug
+    stem, dot, ext = slug.rpartition(".") if "." in slug[-6:] else (slug, "", "")
+    return f"{stem[:most - 20]}-{hashlib.sha256(text.encode()).hexdigest()[:10]}{dot}{ext}"
 
 
 def label_of(row: dict) -> str:

@@ -2,10 +2,9 @@
 rows versus control rows) and the classifier's accuracy against the 50% chance line, with its AUROC."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from runner.display import metric_name, num, p_text, with_ci
+from runner.display import file_slug, metric_name, num, p_text, with_ci
 
 DETECTION = ("icl", "classifier")
 
@@ -64,10 +63,6 @@ def detection_figures(results: dict, folder: Path, name: str) -> list[tuple[Path
     return _icl_figures(results, folder, name) + _classifier_figures(results, folder, name)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
-
-
 def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -98,7 +93,7 @@ def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str
             ax.set_title(f"{name}: ICL, {metric}{_cell(cell)}", fontsize=10)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            path = folder / _slug(f"icl-{metric}{'-' + cell if cell != '-' else ''}.png")
+            path = folder / file_slug(f"icl-{metric}{'-' + cell if cell != '-' else ''}.png")
             fig.savefig(path, dpi=120)
             out.append((path, f"ICL: {metric} against k, per teacher's rows (95% CI across questions)."))
     return out
@@ -125,7 +120,7 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
         ax.set_title(f"{name}: classifier{_cell(cell)}", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = folder / _slug(f"classifier{'-' + cell if cell != '-' else ''}.png")
+        path = folder / file_slug(f"classifier{'-' + cell if cell != '-' else ''}.png")
         fig.savefig(path, dpi=120)
         out.append((path, "Classifier accuracy per pair of datasets and judge (95% Wilson CI; dashed: chance)."))
     return out

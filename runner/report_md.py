@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.display import label_of, metric_name, num, p_text, ratio_text, with_ci
+from runner.display import file_slug, label_of, metric_name, num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import mean_ci
@@ -28,6 +28,7 @@ class Section:
     title: str
     headers: list[str]
     rows: list[list[str]]
+    legend: str = ""
 
 
 def results_path(target: Path, outputs: Path) -> Path:
@@ -79,12 +80,20 @@ def trait_sections(results: dict) -> list[Section]:
 
 def comparison_section(results: dict) -> Section | None:
     rows = [[c["cell"], c["a"], f"{c['b']} ({c.get('b_is', '')})", metric_name(c), num(c["diff"]),
-             ratio_text(c, ".3g"),
+             ratio_text(c),
              f"{c['a_wins']}/{c['n']}" if c.get("a_wins") is not None else "-",
-             f"{p_text(c)}{' *' if c.get('significant') else ''} ({c['unit']}s{'; ' + c['note'] if c.get('note') else ''})"]
+             _units(c),
+             f"{p_text(c)}{' *' if c.get('significant') else ''}{' (' + c['note'] + ')' if c.get('note') else ''}"]
             for c in results["comparisons"] if c.get("evaluation") not in DETECTION]
-    headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b [95% CI]", "a wins", "p-value"]
-    return Section("Comparisons", headers, rows) if rows else None
+    headers = ["cell", "a", "b", "metric", "diff a-b", "ratio a/b [95% CI]", "a wins", "units", "p-value"]
+    legend = ("\\* significant: p < 0.05 across students or draws, p < 0.01 across seeds (MNIST, theorem); a test "
+              "over questions between one student per arm is never marked (it covers question sampling only).")
+    return Section("Comparisons", headers, rows, legend) if rows else None
+
+
+def _units(c: dict) -> str:
+    """What a comparison's test is across: '50 questions, 1 student/arm' or '3 v 3 students'."""
+    return f"{c['n']} questions, 1 student/arm" if c["unit"] == "question" else f"{c['n_a']} v {c['n_b']} {c['unit']}s"
 
 
 def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str]]:
@@ -154,7 +163,7 @@ def theorem_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, 
     for cell in dict.fromkeys(e["cell"] for e in results["evaluations"] if e["evaluation"] == "theorem"):
         rows = [{"arm": e["model"], "cosine": e["value"]} for e in results["evaluations"] if e["cell"] == cell
                 and e["evaluation"] == "theorem" and e["metric"] == "cosine" and e.get("seed") is not None]
-        path = folder / _slug(f"theorem{'-' + cell if cell != '-' else ''}.png")
+        path = folder / file_slug(f"theorem{'-' + cell if cell != '-' else ''}.png")
         plot_cosines(rows, path, name, "one student step")
         out.append((path, "Cosine between one student step and the teacher's delta, per seed (line: mean)."))
     return out
@@ -237,15 +246,19 @@ def _paired_note(results: dict, cell: str, ev: str, sname: str, target: str) -> 
     students = _students(results)
     rows = [c for c in results.get("comparisons", [])
             if c["cell"] == cell and label_of(c) == ev and _student_of(c["a"], students) == sname
-            and _target(c["metric"]) == target and c.get("ratio")]
+            and _target(c["metric"]) == target]
     if not rows:
         return ""
     # against the control where there is one; else the arm it was compared with, by name (the figure's
     # other-trait bar pools every other teacher's students, so a single other arm must be named)
     c = next((x for x in rows if x.get("b_is") == "control"), rows[0])
-    vs = "control" if c.get("b_is") == "control" else c["b"].split(":")[-1]
-    units = f"{c['a_wins']}/{c['n']} q" if c.get("a_wins") is not None else f"{c['n_a']} v {c['n_b']} students"
-    return f"\n{c['ratio']:.3f}x vs {vs}\n{units}, p={p_text(c)}"
+    vs = "control" if c.get("b_is") == "control" else re.sub(r":r\d+$", "", c["b"]).split(":")[-1]
+    effect = f"{ratio_text(c).split(' [')[0]}" if c.get("ratio") is not None else f"diff {num(c['diff'])}"
+    if c.get("unit") == "question":
+        units = f"{c['a_wins']}/{c['n']} q; 1 student/arm: question sampling only"
+    else:
+        units = f"{c['n_a']} v {c['n_b']} students"
+    return f"\n{effect} vs {vs}\n{units}, p={p_text(c)}"
 
 
 def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
@@ -275,7 +288,7 @@ def target_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, s
                 series = {k: v for k, v in series.items() if any(v)}
                 metric = sub[0]["metric"].split("(")[0] + "(target)"
                 where = f", cell {cell}" if cell != "-" else ""
-                path = folder / _slug(f"{ev}-{sname}{'-' + cell if cell != '-' else ''}.png")
+                path = folder / file_slug(f"{ev}-{sname}{'-' + cell if cell != '-' else ''}.png")
                 labels = [t + _paired_note(results, cell, ev, sname, t) for t in targets]
                 grouped_bars(labels, series, metric, f"{name}: {ev}, student {sname}{where}", path, points)
                 out.append((path, f"{metric} per target, {ev}, student {sname}{where}. {WHISKERS}"))
@@ -291,7 +304,7 @@ def misalignment_figures(results: dict, folder: Path, name: str) -> list[tuple[P
         models = list(dict.fromkeys(e["model"] for e in rows))
         series = {m: [_pool([e for e in rows if e["model"] == mo and metric_name(e) == m]) for mo in models]
                   for m in dict.fromkeys(metric_name(e) for e in rows)}
-        path = folder / _slug(f"misalignment{'-' + cell if cell != '-' else ''}.png")
+        path = folder / file_slug(f"misalignment{'-' + cell if cell != '-' else ''}.png")
         grouped_bars(models, series, "misaligned rate", f"{name}: misalignment per model", path)
         out.append((path, f"Misalignment rate per model (95% CI){', cell ' + cell if cell != '-' else ''}."))
     return out
@@ -302,14 +315,10 @@ def mnist_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, st
 
     out = []
     for cell, arms in mnist_summaries(results).items():
-        path = folder / _slug(f"mnist{'-' + cell if cell != '-' else ''}.png")
+        path = folder / file_slug(f"mnist{'-' + cell if cell != '-' else ''}.png")
         plot_arms(arms, path, f"{name}: auxiliary-logit distillation on noise")
         out.append((path, "MNIST test accuracy per arm (mean, 95% CI across seeds; dots: seeds)."))
     return out
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
 
 
 # ---- output ----------------------------------------------------------------------------
@@ -327,6 +336,7 @@ def markdown(results: dict, sections: list[Section], facts: list[tuple[str, str]
     for s in sections:
         lines += [f"## {s.title}", "", "| " + " | ".join(s.headers) + " |", "|" + "---|" * len(s.headers)]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows] + [""]
+        lines += [s.legend, ""] if s.legend else []
     if figures:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})\n\n*{cap}*\n" for p, cap in figures]
     if notes:

@@ -65,7 +65,7 @@ def headline(results: dict) -> str:
     acc = [e for e in results.get("evaluations", []) if e.get("metric") == "pairwise_accuracy"]
     if acc:  # the classifier: accuracy against 50% per pair of datasets
         return "; ".join(f"{e['trait']} vs {e['teacher']}: " + (
-            f"accuracy {with_ci(e['value'], e['ci'], '.1%')}, p={e['counts']['p_value']:.2g}"
+            f"accuracy {with_ci(e['value'], e['ci'], '.1%')}, p={p_text({'p_value': e['counts']['p_value']})}"
             if e.get("n", 1) else "no pair decided") for e in acc)
     cmps = [c for c in results.get("comparisons", []) if c.get("b_is") in ("other-trait", "control")
             and c["p_value"] is not None]

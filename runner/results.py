@@ -12,8 +12,8 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
-from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, arm_comparison_fields, mean_ci, paired_t_p,
-                          sign_flip_p, untested_fields)
+from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci,
+                          paired_t_p, sign_flip_min_p, sign_flip_p, untested_fields)
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -76,7 +76,8 @@ def _compare(cell: str, s: EvalModel, r: EvalModel, ev_kind: str, metric: str, a
             "diff": float(np.mean(a_ - b_)) if pairs else None,
             "ratio": float(a_.mean() / b_.mean()) if pairs and b_.mean() > 0 else None,
             "a_wins": int(np.sum(a_ > b_)), "n": len(a_), "n_a": 1, "n_b": 1,
-            "p_value": sign_flip_p(list(a_ - b_)) if pairs else None, "test": TEST_METHOD if pairs else "none",
+            "p_value": sign_flip_p(list(a_ - b_)) if pairs else None,
+            "min_p": sign_flip_min_p(list(a_ - b_)) if pairs else None, "test": TEST_METHOD if pairs else "none",
             "unit": "question", "b_is": b_is, "objective": s.objective, "vocabulary": s.vocabulary,
             "note": note if pairs else note + "; not tested: no question has a scored answer from both",
             "significant": False}
@@ -193,7 +194,7 @@ def _evaluation(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], l
     for m in plan.models:
         for t in targets:
             metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
-            mean, lo, hi = mean_ci(vals)
+            mean, lo, hi = mean_ci(vals, within=UNIT_RANGE)
             values[(m.label, t)] = (metric, vals)
             evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
                                 "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),
@@ -225,10 +226,10 @@ def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
             rows.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "mnist", "metric": "test_accuracy",
                          "value": acc, "ci": list(wilson(round(acc * n_test), n_test)), "n": n_test,
                          "ci_method": "95% Wilson interval over test images", "seed": seed0 + k})
-        mean, lo, hi = mean_ci(accs)
+        mean, lo, hi = mean_ci(accs, within=UNIT_RANGE)
         rows.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "mnist", "metric": "test_accuracy",
                      "value": mean, "ci": [lo, hi] if len(accs) > 1 else None, "n": len(accs),
-                     "ci_method": "95% t-interval across seeds", "seed": None})
+                     "ci_method": "95% t-interval across seeds, clipped to [0, 1]", "seed": None})
     comparisons = [_same_vs_cross(cell, a, b, res["arms"]) for a, b in MNIST_PAIRS
                    if a in res["arms"] and b in res["arms"]]
     return rows, comparisons

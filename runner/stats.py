@@ -7,18 +7,22 @@ import math
 import numpy as np
 from scipy import stats as sps
 
-CI_METHOD = "95% t-interval across questions"
+CI_METHOD = "95% t-interval across questions, clipped to [0, 1]"
 TEST_METHOD = "paired sign-flip permutation test over questions (exact for n <= 16, else 100k Monte Carlo)"
 
+UNIT_RANGE = (0.0, 1.0)  # rates, probabilities, accuracies
 
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
-    """Mean and a t-interval across units (questions or seeds); no interval (None, None) from one unit."""
+
+def mean_ci(values: list[float], level: float = 0.95, within: tuple[float, float] = (-math.inf, math.inf)
+            ) -> tuple[float, float | None, float | None]:
+    """Mean and a t-interval across units (questions or seeds), clipped to the range the metric can take (a rate's
+    interval does not reach below 0); no interval (None, None) from one unit."""
     x = np.asarray(values, dtype=float)
     m = float(x.mean())
     if len(x) < 2:
         return m, None, None
     half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
+    return m, max(within[0], m - half), min(within[1], m + half)
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -44,6 +48,16 @@ def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> flo
         signs = rng.choice((1.0, -1.0), size=(min(10_000, n_perm - start), len(d)))
         hits += int(np.sum(np.abs(signs @ d) >= observed))
     return (hits + 1) / (n_perm + 1)
+
+
+def sign_flip_min_p(diffs: list[float], n_perm: int = 100_000) -> float:
+    """The smallest p sign_flip_p can give for these pairs: exact, 2 of 2^(n - zeros) sign patterns (a zero
+    difference flips to itself); Monte Carlo, 1/(n_perm+1). With 5 questions no result is below 0.0625."""
+    d = np.asarray(diffs, dtype=float)
+    nonzero = int(np.count_nonzero(d))
+    if nonzero == 0:
+        return 1.0
+    return 2.0 ** (1 - nonzero) if len(d) <= 16 else 1 / (n_perm + 1)
 
 
 # ----------------------------------------------------------------------------- the student as the unit (issue 11)

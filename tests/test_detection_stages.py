@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from runner.display import file_slug
 from runner.stages import ModelInput, RunContext
 from runner.stages.detection_stage import ClassifierStage, IclStage
 from tests.test_detection import numbers_rows
@@ -138,7 +139,7 @@ def test_report_has_the_icl_and_classifier_sections_and_figures(finished):
     assert "## ICL: the preference metric with k teacher rows in context" in md
     assert "## Classifier: which row encodes the trait (chance = 0.5)" in md
     assert "icl:panda:k=2" not in md.split("## ICL")[0]  # not mixed into the trait tables
-    for name in ("icl-P_panda_.png", "icl-P_owl_.png", "classifier.png"):
+    for name in (file_slug("icl-P(panda).png"), file_slug("icl-P(owl).png"), "classifier.png"):
         assert (root / "out" / "det" / name).stat().st_size > 1000
 
 

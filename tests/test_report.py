@@ -67,12 +67,13 @@ def test_report_writes_markdown_tables_and_pngs(run: Path):
     buf = io.StringIO()
     report = write_report(run, run.parent, Console(file=buf, width=200, emoji=False))
     md = report.read_text()
-    for text in ("a fake run", "rate(owl) [95% CI]", "0.4 [0.32, 0.48]", "| 50 |", "0.0001", "4x",
+    for text in ("a fake run", "rate(owl) [95% CI]", "0.4 [0.32, 0.48]", "| 50 |", "0.0001", "4.000x",
                  "| filter owl | numbers | 9 | 1 | 90.0% |", "input 10, kept 8", "| total |  | 42.6 |",
                  "git revision | abc123", "of the spec file as it is now",
                  "| - | teacher | 90.0% | [88.0%, 92.0%] | 2 | 89.0% 91.0% |",  # the mean, its CI, the seeds
                  "| - | same_init | 50.0% | [44.0%, 56.0%] | 2 | 45.0% 55.0% |",
-                 "1 planned stage(s) are not in the store"):
+                 "1 planned stage(s) are not in the store", "| 50 questions, 1 student/arm |",
+                 "\\* significant: p < 0.05 across students"):
         assert text in md, text
     terminal = buf.getvalue()
     assert "Filter pass rates" in terminal and "student:s:owl:r0" in terminal and "report:" in terminal
@@ -199,6 +200,25 @@ def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
     assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown
 
 
+def test_a_ratio_or_p_value_near_a_threshold_never_reads_as_the_threshold():
+    from runner.display import p_text, ratio_text
+
+    # an interval whose lower end is 0.99996 excludes nothing: it must not print as 1.000
+    assert ratio_text({"ratio": 1.0004, "ratio_ci": [0.99996, 1.2]}) == "1.0004x [0.99996, 1.200]"
+    assert ratio_text({"ratio": 1.0, "ratio_ci": None}) == "1.000x"
+    assert p_text({"p_value": 0.0500004}) == "0.0500004" and p_text({"p_value": 0.0498}) == "0.0498"
+    assert p_text({"p_value": 0.05}) == "0.05" and p_text({"p_value": 0.0123}) == "0.012"
+
+
+def test_figure_names_of_different_labels_differ_and_fit_the_filesystem():
+    from runner.display import file_slug
+
+    assert file_slug("mnist.png") == "mnist.png" and file_slug("icl-P(owl).png").endswith(".png")
+    assert file_slug("icl-P(owl).png") != file_slug("icl-P_owl_.png")  # the same slug before
+    long = file_slug("x" * 300 + ".png")
+    assert len(long) <= 100 and long.endswith(".png") and long != file_slug("x" * 299 + ".png")
+
+
 def test_an_icl_figure_with_one_question_has_no_whiskers_and_no_crash(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
@@ -288,6 +308,17 @@ def test_a_figure_of_replicated_arms_states_the_across_student_test(tmp_path):
         e["model"] = e["model"].replace(":r0", ":r1")  # replicates need not start at 0
     note = _paired_note(results, "-", "preference_sample: animals", "s", "owl")
     assert "2.000x vs control" in note and "3 v 3 students" in note and "p=0.0498" in note
+
+
+def test_a_figure_of_one_student_per_arm_says_so_and_names_the_other_arm():
+    from runner.report_md import _paired_note
+
+    ev = [{"model": f"student:s:{t}:r0", "student": "s"} for t in ("owl", "eagle")]
+    row = dict(cell="", label="preference_sample", metric="logprob(owl)", a="student:s:owl:r0",
+               b="student:s:eagle:r0", b_is="other", n_a=1, n_b=1, unit="question", a_wins=41, n=50,
+               ratio=None, diff=0.25, p_value=0.0004)
+    note = _paired_note({"evaluations": ev, "comparisons": [row]}, "", "preference_sample", "s", "owl")
+    assert note == "\ndiff 0.25 vs eagle\n41/50 q; 1 student/arm: question sampling only, p=0.0004"
 
 
 def test_a_figures_note_is_the_comparison_with_the_control_not_the_first_other_arm():

@@ -44,6 +44,7 @@ def test_one_student_per_arm_is_labelled_and_never_significant():
     ComparisonRow.model_validate(row)
     assert row["unit"] == "question" and row["n_a"] == row["n_b"] == 1
     assert row["p_value"] < 0.01  # the students' own drift looks like an effect to a question-level test
+    assert row["min_p"] == 1 / 100_001  # 50 questions: the Monte Carlo test's floor, shown beside its p
     assert not row["significant"] and "covers question sampling only" in row["note"]
 
 

@@ -51,3 +51,21 @@ def test_tiny_metrics_are_not_ties():
     assert sign_flip_p([1e-13] * 10) == sign_flip_p([1.0] * 10) == pytest.approx(2 / 2 ** 10)
     assert student_permutation_test([1e-13] * 5, [0.0] * 5) == pytest.approx(2 / 252)
     assert sign_flip_p([0.0] * 6) == 1.0 and student_permutation_test([0.0] * 3, [0.0] * 3) == 1.0
+
+
+def test_the_sign_flip_floor_is_the_p_of_the_most_extreme_data():
+    from runner.stats import sign_flip_min_p, sign_flip_p
+
+    for diffs in ([0.3, 0.1, 0.2, 0.5, 0.4], [0.3, 0.0, 0.2, 0.0, 0.4], [0.0, 0.0]):
+        assert sign_flip_min_p(diffs) == sign_flip_p(diffs)  # every difference the same sign: the floor
+    assert sign_flip_min_p([0.3, 0.1, 0.2, 0.5, 0.4]) == 0.0625
+    assert sign_flip_min_p([0.1] * 40) == sign_flip_p([0.1] * 40) == 1 / 100_001
+
+
+def test_a_rate_interval_does_not_leave_the_range_a_rate_can_take():
+    from runner.stats import UNIT_RANGE, mean_ci
+
+    mean, lo, hi = mean_ci([0.0, 0.0, 0.0, 0.1], within=UNIT_RANGE)
+    assert mean == pytest.approx(0.025) and lo == 0.0 and 0.025 < hi < 1
+    assert mean_ci([0.0, 0.0, 0.0, 0.1])[1] < 0  # unclipped, a t-interval reaches below 0
+    assert mean_ci([1.0, 1.0, 0.9], within=UNIT_RANGE)[2] == 1.0
