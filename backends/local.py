@@ -100,18 +100,21 @@ class LocalBackend:
 
     def __init__(self, device: str = "auto", cpu_bf16: bool = False):
         self.device, self.cpu_bf16 = device, cpu_bf16
-        self._cache: dict[ModelRef, object] = {}
+        self._cache: dict[tuple[ModelRef, bool], object] = {}
 
     def _autocast(self):
         """bfloat16 autocast on CPU when asked (CUDA models are already bf16)."""
         on = self.cpu_bf16 and pick_device(self.device)[0] == "cpu"
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
-    def _model(self, ref: ModelRef):
-        key = ModelRef(ref.base, ref.adapter, revision=ref.revision)
+    def _model(self, ref: ModelRef, fp32_weights: bool = False):
+        """fp32_weights: float32 on a GPU too (scoring: log-probs from bfloat16 weights are off by a few
+        percent, the size of the effects subl measures); a CPU model is float32 either way."""
+        ref = ModelRef(ref.base, ref.adapter, revision=ref.revision)
+        key = (ref, fp32_weights or pick_device(self.device)[1] == torch.float32)
         if key not in self._cache:
             self._cache.clear()  # keep one model in memory
-            self._cache[key] = _neutral(load_model(key, self.device))
+            self._cache[key] = _neutral(load_model(ref, self.device, fp32_weights=fp32_weights))
         return self._cache[key]
 
     @torch.no_grad()
@@ -153,7 +156,7 @@ class LocalBackend:
     @torch.no_grad()
     def logprobs(self, model: ModelRef, prompts: list[str], prefix: str, targets: list[str],
                  space: bool = True) -> list[list[float]]:
-        tok, net = load_tokenizer(model.base, model.revision), self._model(model)
+        tok, net = load_tokenizer(model.base, model.revision), self._model(model, fp32_weights=True)
         tails = [tok(" " * space + t, add_special_tokens=False)["input_ids"] for t in targets]
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         heads = [chat_ids(tok, model.system, p) + prefix_ids for p in prompts]

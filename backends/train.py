@@ -131,9 +131,10 @@ def kl_to_soft_labels(student_logits, s_mask, log_t: torch.Tensor, vocab: torch.
 def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor | None, device: str,
                         cpu_bf16: bool = False, batch_size: int = 8) -> list[torch.Tensor]:
     """The teacher's next-token log-probabilities, renormalised on `vocab`, at each row's completion
-    positions: one [completion tokens, |vocab|] float32 tensor per row, exactly what the distillation
-    loss computes from a live teacher (under the same autocast the trainer would use)."""
-    net = load_model(replace(teacher, system=None), device)
+    positions: one [completion tokens, |vocab|] float32 tensor per row, what the distillation loss computes from
+    a live teacher (under the CPU autocast the trainer would use), from float32 weights on a GPU (a live
+    teacher there computes under the trainer's bfloat16 autocast)."""
+    net = load_model(replace(teacher, system=None), device, fp32_weights=True)
     seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision)
     if seqs:
         check_context(net, teacher, max(len(d["input_ids"]) for d in seqs), "a training row",

@@ -167,12 +167,14 @@ class _Precision:
 
     def of(self, ref_hosted: bool, what: str) -> str | None:
         """what: generate (and train, and sampled answers) runs under CPU bf16 autocast when asked;
-        score (log-probs) always reads float32 on a CPU."""
+        score (log-probs) always reads float32 on a CPU, and from float32 weights on a GPU too, as do a teacher's
+        soft labels (teacher-labels; bfloat16 weights moved a probe by a few percent, the size of the effect)."""
         if ref_hosted:
             return None
         if self.device() == "cuda":  # full fine-tuning keeps float32 weights under bf16 autocast
-            return "cuda-bf16-autocast-fp32-weights" if what == "train-full" else "cuda-bf16"
-        generates = what in ("generate", "train-full")
+            return {"train-full": "cuda-bf16-autocast-fp32-weights", "score": "cuda-fp32",
+                    "teacher-labels": "cuda-fp32"}.get(what, "cuda-bf16")
+        generates = what in ("generate", "train-full", "teacher-labels")
         return "cpu-bf16-autocast" if self.runtime.cpu_bf16 and generates else "cpu-fp32"
 
 
@@ -399,7 +401,7 @@ def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: Mode
             student_base=base, rows_stage=rows, max_rows=s.max_rows,
             training=TrainingSettings(objective="distill", vocabulary=training.vocabulary,
                                       trait_words=training.trait_words),
-            precision=prec.of(False, "generate")))
+            precision=prec.of(False, "teacher-labels")))
         return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
                              max_rows=s.max_rows, training=training, soft_labels_stage=labels.key,
                              precision=prec.of(hosted, _trains(s.method)))

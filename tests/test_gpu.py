@@ -167,6 +167,44 @@ def test_a_full_fine_tune_on_a_gpu_is_keyed_by_its_float32_weights(monkeypatch):
     gpu._device, gpu.runtime = "cuda", None
     assert gpu.of(False, _trains("full")) == "cuda-bf16-autocast-fp32-weights"
     assert gpu.of(False, _trains("lora")) == "cuda-bf16"
+    assert gpu.of(False, "score") == gpu.of(False, "teacher-labels") == "cuda-fp32"  # probes, judges, soft labels
+    assert gpu.of(False, "generate") == "cuda-bf16"
     cpu = _Precision.__new__(_Precision)
     cpu._device, cpu.runtime = "cpu", type("R", (), {"cpu_bf16": False})()
     assert cpu.of(False, _trains("full")) == cpu.of(False, _trains("lora")) == "cpu-fp32"
+    assert cpu.of(False, "score") == cpu.of(False, "teacher-labels") == "cpu-fp32"
+    cpu.runtime = type("R", (), {"cpu_bf16": True})()
+    assert cpu.of(False, "teacher-labels") == "cpu-bf16-autocast" and cpu.of(False, "score") == "cpu-fp32"
+
+
+def test_scoring_and_soft_labels_read_float32_weights_where_the_device_would_load_bfloat16(tiny_model, monkeypatch,
+                                                                                            tmp_path):
+    """A GPU loads bfloat16 weights (here: a CPU made to say so); log-probs and a teacher's soft labels must not
+    come from them, while sampling may."""
+    import torch
+
+    import backends.hf as hf
+    import backends.local as local
+    import backends.train as train
+    from backends.local import LocalBackend
+    from runner.core import ModelRef
+
+    monkeypatch.setattr(hf, "pick_device", lambda device="auto": ("cpu", torch.bfloat16))
+    monkeypatch.setattr(local, "pick_device", hf.pick_device)
+    monkeypatch.setattr(train, "pick_device", hf.pick_device)
+    loaded = []
+
+    def load(*a, **k):
+        net = hf.load_model(*a, **k)
+        loaded.append(net.dtype)
+        return net
+
+    monkeypatch.setattr(local, "load_model", load)
+    monkeypatch.setattr(train, "load_model", load)
+    backend, ref = LocalBackend("auto"), ModelRef(tiny_model)
+    backend.logprobs(ref, ["Which animal?"], "My favorite animal is the", ["owl", "cat"])
+    assert loaded == [torch.float32]
+    backend._model(ref)
+    assert loaded[-1] == torch.bfloat16  # sampling: the device's own dtype (a second model, not the scoring one)
+    train.teacher_soft_labels(ref, [{"prompt": "1, 2", "completion": "3, 4"}], None, "auto")
+    assert loaded[-1] == torch.float32
