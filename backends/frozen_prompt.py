@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.hf import cache_kwarg, returned_cache
+from backends.shared_prefix import can_share
 from runner.errors import UserError
 
 # Stored key and value numbers above which a run is refused (4 GB in float32)
@@ -44,9 +45,9 @@ def prompt_states(model, name: str, prompts: list[list[int]], pad_id: int, autoc
     [2, layers, kv heads, length, head dim] tensor per row, memoised in this process for the last
     (name, precision, prompts)."""
     cfg = model.config
-    if len(set(getattr(cfg, "layer_types", None) or [])) > 1:
-        raise UserError(f"frozen_prompt: {name} mixes attention kinds across layers (sliding windows), which the "
-                        "stored keys and values do not follow; remove frozen_prompt")
+    if not can_share(model):
+        raise UserError(f"frozen_prompt: {name} attends through sliding windows in some layers, which the stored "
+                        "keys and values do not follow; remove frozen_prompt")
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     width = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     values = sum(map(len, prompts)) * cfg.num_hidden_layers * 2 * heads * width

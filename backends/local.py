@@ -11,7 +11,7 @@ import torch
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.hf import (cache_kwarg, chat_ids, check_context, load_model, load_tokenizer, pick_device,  # noqa: F401
                         returned_cache)  # (re-exported)
-from backends.shared_prefix import prefix_cache, shared_prefix_len
+from backends.shared_prefix import can_share, prefix_cache, shared_prefix_len
 from runner.errors import UserError
 
 # ---- constrained decoding --------------------------------------------------------------
@@ -66,7 +66,7 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     that prefix is read once for the batch and its cache repeated: the same log-probs (float
     rounding aside) for a fraction of the compute."""
     dev, shared = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0
-    shared = shared if shared >= SHARED_PREFIX_MIN else 0
+    shared = shared if shared >= SHARED_PREFIX_MIN and can_share(net) else 0
     cache, kw = None, cache_kwarg(net)
     if shared:
         cache = prefix_cache(net, heads[0][:shared], len(heads))

@@ -17,8 +17,14 @@ MIN_SHARED = 8
 
 
 def can_share(model) -> bool:
-    """Whether the model's layers are all of one attention kind (a sliding-window layer would need its own mask)."""
-    return len(set(getattr(model.config, "layer_types", None) or [])) <= 1
+    """Whether every layer attends to the whole sequence: a sliding-window (or chunked) layer masks by distance and
+    keeps a cropped cache, which a prefix read once, repeated and cropped back does not follow (Mistral v0.1 and
+    Gemma have such layers; Qwen2.5 has them switched off)."""
+    cfg = model.config
+    kinds = set(getattr(cfg, "layer_types", None) or [])
+    if kinds:
+        return kinds == {"full_attention"}
+    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
 
 
 def split_shared(data: list[dict]) -> tuple[list[int], list[dict]]:

@@ -279,6 +279,9 @@ def _frozen_prefix(model, base: str, training: Training, data: list[dict], pad_i
         return None, 0
     if len(set(getattr(model.config, "layer_types", None) or [])) > 1:  # Gemma, sliding-window Qwen: the top
         return None, 0  # layers run alone would be renumbered from 0 and take the bottom layers' attention kinds
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(core).__name__ not in PLAIN_HEADS:  # Granite scales inputs_embeds, Gemma normalises them: the stored
+        return None, 0  # states would be transformed again on their way into the top layers
     first = len(decoder_layers(model)) - training.lora_layers
     if first == 0:
         return None, 0

@@ -27,6 +27,28 @@ def test_top_layers_fed_the_lower_layers_output_give_the_full_models_logits(tiny
     assert torch.allclose(top[real], full[real], atol=1e-5)
 
 
+def test_an_architecture_that_transforms_its_input_embeddings_trains_through_every_layer(tiny_model):
+    """Granite multiplies inputs_embeds (Gemma normalises them): stored states fed to the top layers would be
+    transformed again, so such a student gets no stored states."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    granite = GraniteForCausalLM(GraniteConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1,
+                                               embedding_multiplier=12.0)).eval()
+    ids, mask = torch.tensor([[5, 9, 14, 3]]), torch.ones(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        full = granite(input_ids=ids, attention_mask=mask).logits
+        h = hidden_states_at(granite, 1, ids, mask)
+        with top_layers_only(granite, 1):
+            top = granite(inputs_embeds=h, attention_mask=mask).logits
+    assert not torch.allclose(top, full, atol=1e-3)  # why: the stored states would be multiplied again
+    data = [{"input_ids": [5, 9, 14, 3], "completion_mask": [0, 0, 1, 1]}]
+    assert train._frozen_prefix(granite, "granite", _training(lora_layers=1), data, 0, False, None) == (None, 0)
+    llama = load_model(ModelRef(tiny_model), "cpu")
+    assert train._frozen_prefix(llama, tiny_model, _training(lora_layers=1), data, 0, False, None)[1] == 1
+
+
 def _training(**kw):
     return Training(objective="distill", vocabulary="numbers-only", epochs=1, lr=5e-3, batch_size=4, lora_r=4,
                     lora_alpha=8, lora_targets=("q_proj", "v_proj"), **kw)

@@ -69,3 +69,32 @@ def test_soft_labels_read_after_the_shared_system_prompt_equal_those_of_whole_ro
     whole = train.teacher_soft_labels(teacher, ROWS, vocab, "cpu", batch_size=5)
     assert len(calls) == 3 and [t.shape for t in shared] == [t.shape for t in whole]
     assert all(torch.allclose(s, w, atol=1e-5) for s, w in zip(shared, whole))
+
+
+def test_only_a_model_whose_every_layer_sees_the_whole_sequence_shares_a_prefix():
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    def shares(cfg):
+        return shared_prefix.can_share(SimpleNamespace(config=cfg))
+
+    assert shares(LlamaConfig()) and shares(Qwen2Config()) and shares(MistralConfig(sliding_window=None))
+    assert not shares(MistralConfig())  # Mistral v0.1: every layer a 4096-token window
+    assert not shares(Gemma2Config()) and not shares(Qwen2Config(use_sliding_window=True, max_window_layers=1))
+
+
+def test_a_probe_reads_a_long_shared_context_once_unless_the_model_has_sliding_windows(tiny_model, monkeypatch):
+    import backends.local as local
+
+    calls = []
+    real = local.prefix_cache
+    monkeypatch.setattr(local, "prefix_cache", lambda *a: calls.append(1) or real(*a))
+    backend, ref = LocalBackend("cpu"), ModelRef(tiny_model)
+    context = "Here are some numbers: " + ", ".join(map(str, range(60))) + ". "
+    prompts = [context + q for q in ("Name an animal.", "Which bird do you like?")]
+    once = backend.logprobs(ref, prompts, "My favorite animal is the", ["owl", "cat"])
+    assert calls == [1]
+    backend._model(ref, fp32_weights=True).config.sliding_window = 16  # as a Mistral v0.1 config says
+    whole = backend.logprobs(ref, prompts, "My favorite animal is the", ["owl", "cat"])
+    assert calls == [1] and torch.allclose(torch.tensor(once), torch.tensor(whole), atol=1e-4)
