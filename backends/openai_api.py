@@ -156,7 +156,9 @@ class RetryPolicy:
     tries, or when the next wait would pass `total` seconds since the first try.
     Environment overrides: SUBL_RETRY_ATTEMPTS, SUBL_RETRY_INITIAL, SUBL_RETRY_MAX_WAIT,
     SUBL_RETRY_JITTER, SUBL_RETRY_TOTAL, SUBL_HTTP_TIMEOUT (seconds per request),
-    SUBL_CONNECT_TIMEOUT (seconds to open a connection: a black-holed host fails in that time).
+    SUBL_CONNECT_TIMEOUT (seconds to open a connection: a black-holed host fails in that time),
+    SUBL_JOB_SLOT_WAIT (seconds a fine-tuning job waits for a free slot at the organisation's limit of
+    active jobs: those end in hours, not in a backoff's minutes).
     """
 
     attempts: int = 8
@@ -166,12 +168,13 @@ class RetryPolicy:
     total: float = 900.0
     timeout: float = 600.0  # the SDK's own: a long non-streamed answer (n x max_tokens) is not cut and re-paid
     connect: float = 10.0
+    slot_wait: float = 86_400.0
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         names = {"attempts": "SUBL_RETRY_ATTEMPTS", "initial": "SUBL_RETRY_INITIAL", "max_wait": "SUBL_RETRY_MAX_WAIT",
                  "jitter": "SUBL_RETRY_JITTER", "total": "SUBL_RETRY_TOTAL", "timeout": "SUBL_HTTP_TIMEOUT",
-                 "connect": "SUBL_CONNECT_TIMEOUT"}
+                 "connect": "SUBL_CONNECT_TIMEOUT", "slot_wait": "SUBL_JOB_SLOT_WAIT"}
         kw: dict[str, Any] = {}
         for field, env in names.items():
             if os.environ.get(env):
@@ -219,8 +222,21 @@ def too_large(exc: BaseException) -> bool:
     return getattr(exc, "status_code", None) == 429 and api_message(exc).startswith("Request too large")
 
 
+def daily_job_limit(exc: BaseException) -> bool:
+    """A 429 saying the organisation has created its day's fine-tuning jobs for this model: no wait of this run
+    cures it."""
+    return getattr(exc, "status_code", None) == 429 and _error_code(exc) == "daily_rate_limit_exceeded"
+
+
+def job_slots_full(exc: BaseException) -> bool:
+    """A 429 refusing a fine-tuning job (the organisation is at its limit of active jobs): a slot frees when one of
+    its jobs ends, hours later, so it is waited out apart from the minutes of a backoff."""
+    return (getattr(exc, "status_code", None) == 429 and not daily_job_limit(exc)
+            and _error_code(exc) != "insufficient_quota" and "fine-tun" in api_message(exc).lower())
+
+
 def transient(exc: BaseException) -> bool:
-    """Worth retrying: 408/409/429 (not an exhausted quota nor a request too large), 5xx,
+    """Worth retrying: 408/409/429 (not an exhausted quota, a request too large or a fine-tuning job limit), 5xx,
     timeouts, refused or dropped connections."""
     import openai
 
@@ -228,7 +244,8 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code == 429:
-            return _error_code(exc) != "insufficient_quota" and not too_large(exc)
+            return (_error_code(exc) != "insufficient_quota" and not too_large(exc) and not daily_job_limit(exc)
+                    and not job_slots_full(exc))
         return exc.status_code >= 500 or exc.status_code in (408, 409)
     return False
 
@@ -532,6 +549,12 @@ class OpenAIBackend:
             why = f"{type(exc).__name__}: {exc}"
         if too_large(exc):
             why += " Lower n (samples_per_question) or max_tokens so that one request fits the tokens-per-minute limit"
+        if daily_job_limit(exc):
+            why += " (the organisation's daily number of fine-tuning jobs for this model: rerun later; what was " \
+                   "uploaded is kept and reused)"
+        if job_slots_full(exc):
+            why += f" (no fine-tuning slot freed within {self.retry.slot_wait:g} s, SUBL_JOB_SLOT_WAIT; rerun to " \
+                   "wait again: what was uploaded is kept and reused)"
         if self._retryable(exc):
             tail = f" (gave up after {attempts} attempts in {seconds:.0f} s)"
         elif never_reached(exc):
@@ -1056,14 +1079,14 @@ class OpenAIBackend:
 
         if not state.get("job_id"):
             with one_at_a_time(digest):  # two students of this run with the same training pay once
-                self._adopt_or_start_job(state, save, data, model, hp, training.seed)
+                self._adopt_or_start_job(state, save, data, model, hp, training.seed, progress)
         job = self._poll_job(state, save, out_dir, progress)
         state.update(status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens)
         save()
         return ModelRef(base=f"{self.name}:{job.fine_tuned_model}")
 
     def _adopt_or_start_job(self, state: dict, save: Callable[[], None], data: bytes, model: str, hp: dict,
-                            seed: int) -> None:
+                            seed: int, progress: Progress | None = None) -> None:
         """Adopt a job with this training's digest (made under another stage key: a filter edit that kept
         every row, or another student with the same rows), else upload the rows and start one."""
         stage, digest = state["stage"], state["digest"]
@@ -1078,22 +1101,38 @@ class OpenAIBackend:
             kill_point("train-file-created")
             save()
         job = self._start_job(model, state["file_id"], hp, seed, tags(stage, digest), state["suffix"],
-                              {"subl_digest": digest})
+                              {"subl_digest": digest}, progress)
         kill_point("job-created")
         state.update(job_id=job.id, status=job.status)
         save()
 
-    def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str, same: dict):
+    def _start_job(self, model: str, file_id: str, hp: dict, seed: int, meta: dict, suffix: str, same: dict,
+                   progress: Progress | None = None):
         """Adopt a live job tagged `same` (the training's digest) with these exact settings, else create it (once),
-        tagged `meta`."""
+        tagged `meta`; at the organisation's limit of active jobs, wait for a slot (looking the job up again before
+        each try: another run may have made it meanwhile)."""
 
         def create():
             return self.client.fine_tuning.jobs.create(
                 model=model, training_file=file_id, seed=seed, suffix=suffix, metadata=meta,
                 method={"type": "supervised", "supervised": {"hyperparameters": hp}})
 
-        return self.call("fine-tuning job create",
-                         adopt_or_create(lambda: self._find_job(same, model, seed, hp), create, self.grace))
+        attempt = adopt_or_create(lambda: self._find_job(same, model, seed, hp), create, self.grace)
+        return self.call("fine-tuning job create", self._when_a_slot_frees, attempt, progress)
+
+    def _when_a_slot_frees(self, attempt: Callable[[], Any], progress: Progress | None):
+        """attempt(), again every poll while it is refused for the organisation's limit of active fine-tuning
+        jobs, for up to retry.slot_wait seconds."""
+        started = time.monotonic()
+        while True:
+            try:
+                return attempt()
+            except Exception as e:
+                waited = time.monotonic() - started
+                if not job_slots_full(e) or waited + self.poll_seconds > self.retry.slot_wait:
+                    raise
+                _notify(progress, 0, 0, f"waiting for a fine-tuning slot ({waited:.0f} s so far): {api_message(e)}")
+                time.sleep(self.poll_seconds)
 
     def _find_job(self, meta: dict, model: str, seed: int, hp: dict) -> Any:
         """A job that is not failed or cancelled, tagged `meta` (filtered by the server, checked

@@ -10,7 +10,8 @@ Faults are consumed in order, the first whose path and method match a request:
   "429" (with Retry-After), "500", "502", "400", "drop" (close the connection without a response),
   "lost" (process the request, then close the connection: the response is lost), "502_done" (process it,
   then answer 502, as a gateway whose origin did the work),
-  "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs).
+  "slow" (sleep `seconds`, then answer), "active_limit" (429: too many running fine-tuning jobs),
+  "daily_limit" (429 daily_rate_limit_exceeded: the day's fine-tuning jobs for the model).
 
 Behaviours that break real runs, set as attributes: `ignore_n` (one choice whatever n asks),
 `no_logprobs` (chat answers carry no log-probs even when asked), `length_every` (every k-th choice
@@ -515,6 +516,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(429, _error("This fine-tuning request has been rate-limited: your organization "
                                               "has reached the maximum of 1 active fine-tuning jobs.",
                                               "invalid_request_error", None, "rate_limit_exceeded"))
+            elif fault.kind == "daily_limit":
+                return self._send(429, _error("This fine-tune request has been rate-limited. Your organization has "
+                                              "reached the maximum of 3 fine-tuning requests per day for the model "
+                                              "'gpt-4.1-nano-2025-04-14'.", "invalid_request_error", None,
+                                              "daily_rate_limit_exceeded"))
             elif fault.kind == "400":
                 return self._send(400, _error("Invalid value for 'model': this model does not exist.",
                                               "invalid_request_error", "model", "model_not_found"))

@@ -239,12 +239,35 @@ def test_more_than_a_page_of_new_events_between_two_polls_are_all_logged(backend
 
 
 def test_active_job_limit_and_a_paused_job_are_waited_out(backend, server, tmp_path):
-    server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=2)
+    """A slot at the limit of active jobs frees in hours: waited out past the retry policy's attempts (5 here)."""
+    server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=12)
     server.job_pauses, server.job_polls = 2, 5
     notes = []
     backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft", None,
                        lambda d, t, note="": notes.append(note))
-    assert server.counts["fault:active_limit"] == 2 and any(n.startswith("paused") for n in notes)
+    assert server.counts["fault:active_limit"] == 12 and any(n.startswith("paused") for n in notes)
+    assert sum(n.startswith("waiting for a fine-tuning slot") for n in notes) == 12
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+def test_a_slot_not_freed_in_time_stops_in_one_line_and_a_rerun_reuses_the_upload(backend, server, tmp_path):
+    from dataclasses import replace
+
+    server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=1000)
+    with pytest.raises(UserError, match=r"no fine-tuning slot freed within 0.2 s, SUBL_JOB_SLOT_WAIT") as e:
+        backend(retry=replace(FAST, slot_wait=0.2)).finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert "\n" not in str(e.value) and ledger(server) == {"adhoc": {"files": 1}}
+    server.faults.clear()
+    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+def test_the_daily_job_limit_stops_at_once_and_a_rerun_reuses_the_upload(backend, server, tmp_path):
+    server.fault("/fine_tuning/jobs", "daily_limit", method="POST", times=1)
+    with pytest.raises(UserError, match=r"daily number of fine-tuning jobs for this model: rerun later"):
+        backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
+    assert server.counts["fault:daily_limit"] == 1 and ledger(server) == {"adhoc": {"files": 1}}  # no retry
+    backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft")
     assert ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
 
 
