@@ -437,6 +437,28 @@ def _same_hyperparameters(job: Any, hp: dict) -> bool:
 # Tokens-per-minute limits that responses stated, by endpoint and model, for the whole process: preflight's backend
 # and the run's (a Router per cell) share them, so a model's first call in the run already splits `n` to fit.
 LEARNED_TPM: dict[str, dict[str, int]] = {}
+LEARNED_BATCH_TOKENS: dict[str, dict[str, int]] = {}  # the Batch API's enqueued-token limit, by endpoint and model
+
+
+class EnqueuedTokenLimit(Exception):
+    """A batch refused whole (free): its input tokens, with those already queued for the model, pass the
+    organisation's enqueued-token limit; `limit` as its message says, where it does."""
+
+    def __init__(self, limit: int | None):
+        super().__init__(limit)
+        self.limit = limit
+
+
+def enqueued_limit(message: str) -> int | None:
+    """The limit in 'Enqueued token limit reached for M in organization O. Limit: 2,000,000 enqueued tokens.'"""
+    m = re.search(r"Limit: ([\d,]+) enqueued tokens", message or "")
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def input_tokens(body: dict) -> int:
+    """A chat request's input tokens, estimated as the cost plan does."""
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
+    return chat_tokens(system, "".join(m["content"] for m in body["messages"] if m["role"] != "system"))
 
 
 def rate_model(model_id: str) -> str:
@@ -468,6 +490,7 @@ class OpenAIBackend:
         self._reached = False  # a request to this backend has succeeded
         self.grace = grace_seconds()  # after an ambiguous create, before listing again
         self.tpm = LEARNED_TPM.setdefault(self.endpoint, {})  # tokens-per-minute limit by model id, where said
+        self.batch_tokens = LEARNED_BATCH_TOKENS.setdefault(self.endpoint, {})
         self.batch_limits = (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES)
 
     # -- client and calls
@@ -736,9 +759,7 @@ class OpenAIBackend:
         tpm = self.tpm.get(rate_model(body["model"]))
         if not tpm:
             return MAX_N
-        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
-        prompt = "".join(m["content"] for m in body["messages"] if m["role"] != "system")
-        return max(1, min(MAX_N, (tpm - chat_tokens(system, prompt)) // max(1, body.get("max_tokens") or 1)))
+        return max(1, min(MAX_N, (tpm - input_tokens(body)) // max(1, body.get("max_tokens") or 1)))
 
     @staticmethod
     def _unanswered(requests: list[tuple[str, dict]], cache: RequestCache) -> list[tuple[str, dict]]:
@@ -862,9 +883,29 @@ class OpenAIBackend:
 
     def _via_batch(self, todo: list[tuple[str, dict]], cache: RequestCache) -> None:
         """Answer a call's requests (all of them, answered or not) through the Batch API, in parts
-        within its request and size limits; lines that fail are logged and sent again in the next round's batch."""
-        for part in self._batch_parts(todo):
-            self._log_failed(self._batch_part(part, cache))
+        within its request, size and enqueued-token limits, one after another; lines that fail are logged and sent
+        again in the next round's batch. A part refused for the enqueued-token limit is sent again in smaller parts."""
+        parts = self._batch_parts(todo)
+        while parts:
+            part = parts.pop(0)
+            try:
+                self._log_failed(self._batch_part(part, cache))
+            except EnqueuedTokenLimit as e:
+                parts[:0] = self._smaller_parts(part, e.limit)
+
+    def _smaller_parts(self, part: list[tuple[str, dict]], limit: int | None) -> list[list[tuple[str, dict]]]:
+        """A refused part split to 90% of the model's limit (learned for later calls), and at least in half (the
+        queue held other batches, or the server counts more tokens than the estimate)."""
+        model = rate_model(part[0][1]["model"])
+        if len(part) == 1:
+            raise UserError(f"backend '{self.name}': a batch of one request is over the Batch API's enqueued-token "
+                            f"limit for {model}{f' ({limit:,})' if limit else ''}; wait for the organisation's other "
+                            f"batches to finish, or set backends.{self.name}.batch_api: false (full price)")
+        if limit:
+            self.batch_tokens[model] = min(limit, self.batch_tokens.get(model, limit))
+        self._note("batch_enqueued_token_limit", model)
+        cap = min(0.9 * (limit or math.inf), sum(input_tokens(b) for _, b in part) / 2)
+        return self._split(part, math.inf, math.inf, cap)
 
     def _log_failed(self, failed: list[dict]) -> None:
         folder = self._stage_dir()
@@ -874,15 +915,23 @@ class OpenAIBackend:
                     f.write(redact(json.dumps(rec)) + "\n")
 
     def _batch_parts(self, todo: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:
+        """Parts within one input file's request and byte limits and 90% of the model's enqueued-token limit where
+        one was learned."""
         most, max_bytes = self.batch_limits
-        parts, size = [[]], 0
+        known = self.batch_tokens.get(rate_model(todo[0][1]["model"])) if todo else None
+        return self._split(todo, most, max_bytes, 0.9 * known if known else math.inf)
+
+    @staticmethod
+    def _split(todo: list[tuple[str, dict]], most: float, max_bytes: float, max_tokens: float
+               ) -> list[list[tuple[str, dict]]]:
+        parts, size, tokens = [[]], 0, 0
         for k, b in todo:
-            line = len(_batch_line(k, b))
-            if parts[-1] and (len(parts[-1]) >= most or size + line > max_bytes):
+            line, need = len(_batch_line(k, b)), input_tokens(b)
+            if parts[-1] and (len(parts[-1]) >= most or size + line > max_bytes or tokens + need > max_tokens):
                 parts.append([])
-                size = 0
+                size = tokens = 0
             parts[-1].append((k, b))
-            size += line
+            size, tokens = size + line, tokens + need
         return parts
 
     def _batch_part(self, todo: list[tuple[str, dict]], cache: RequestCache, rounds: int = 3) -> list[dict]:
@@ -930,9 +979,13 @@ class OpenAIBackend:
             st["status"] = batch.status
             save()
             if batch.status == "failed":
-                errs = "; ".join(f"{e.code}: {e.message}" for e in ((batch.errors.data or []) if batch.errors else []))
+                errors = (batch.errors.data or []) if batch.errors else []
+                errs = "; ".join(f"{e.code}: {e.message}" for e in errors)
                 states.pop(whole)
                 save()
+                full = [e for e in errors if e.code == "token_limit_exceeded"]
+                if full:
+                    raise EnqueuedTokenLimit(enqueued_limit(full[0].message))
                 raise UserError(redact(_one_line(f"backend '{self.name}': batch {batch.id} failed: {errs or 'no reason given'}")))
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:  # one gone (an adopted old batch's, deleted): its lines go to the next round

@@ -79,6 +79,8 @@ class FakeOpenAI:
         self.finetune_forbidden = False
         self.finetune_models: set[str] | None = None
         self.batch_max_requests, self.batch_max_bytes = 50_000, 200 * 1024 * 1024
+        self.batch_token_limit = 0  # enqueued input tokens per model (0: none); a batch past it fails whole
+        self.batch_tokens_seen: list[int] = []  # the input tokens of each batch created
         self.batch_null_lines = 0
         self.batch_shuffle = False
         self.no_logprobs = False
@@ -187,6 +189,12 @@ class FakeOpenAI:
         probs.update({str(d): 1e-12 * 0.5 ** d for d in range(2, 21)})  # the long tail, for top_logprobs up to 20
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])[:k]
         return {t: math.log(p) for t, p in ranked}
+
+    @staticmethod
+    def input_tokens(body: dict) -> int:
+        """The server's own count of a request's input tokens (not subl's estimate): 4 characters a token, 4 a
+        message."""
+        return sum(len(m["content"]) // 4 + 4 for m in body["messages"])
 
     def too_large(self, body: dict) -> dict | None:
         """The error a request over the tokens-per-minute limit gets, if it is over."""
@@ -335,6 +343,7 @@ class FakeOpenAI:
                                f"{self.batch_max_bytes} bytes limit.", "invalid_request_error", "input_file_id", None)
         bid = self.new_id("batch_")
         now = int(time.time())
+        tokens = sum(self.input_tokens(json.loads(x)["body"]) for x in self.contents[fid].decode().splitlines())
         batch = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": fid,
                  "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
                  "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
@@ -342,7 +351,11 @@ class FakeOpenAI:
                  "cancelled_at": None, "request_counts": {"total": n, "completed": 0, "failed": 0},
                  "metadata": body.get("metadata"), "model": None, "usage": None}
         with self.lock:
-            self.batches[bid] = {"batch": batch, "polls": 0}
+            queued = sum(r["tokens"] for r in self.batches.values() if r["batch"]["status"] not in (
+                "completed", "failed", "expired", "cancelled"))
+            over = bool(self.batch_token_limit) and queued + tokens > self.batch_token_limit
+            self.batches[bid] = {"batch": batch, "polls": 0, "tokens": 0 if over else tokens, "over": over}
+            self.batch_tokens_seen.append(tokens)
         self.paid("batches", (body.get("metadata") or {}).get("subl_stage"))
         return 200, batch
 
@@ -352,6 +365,14 @@ class FakeOpenAI:
         if batch["status"] in ("completed", "failed", "expired", "cancelled"):
             return batch
         rec["polls"] += 1
+        if rec["over"]:  # refused at validation, as OpenAI does: nothing answered, nothing billed
+            model = json.loads(self.contents[batch["input_file_id"]].decode().splitlines()[0])["body"]["model"]
+            batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+                {"code": "token_limit_exceeded", "line": None, "param": None, "message": (
+                    f"Enqueued token limit reached for {model} in organization org-test. Limit: "
+                    f"{self.batch_token_limit:,} enqueued tokens. Please try again once some in_progress batches "
+                    "have been completed.")}]})
+            return batch
         if rec["polls"] < self.batch_polls:
             batch.update(status="in_progress", in_progress_at=int(time.time()))
             return batch

@@ -285,6 +285,37 @@ def test_finalizing_then_cancelled_batch_stops_and_a_rerun_sends_the_rest(backen
     assert len(out) == 10 and all(out) and server.counts["batches.create"] == 2 and server.counts["chat"] == 0
 
 
+def test_a_batch_over_the_enqueued_token_limit_is_sent_again_in_parts_that_fit(backend, server, tmp_path):
+    """OpenAI refuses a batch whose input tokens, with those queued, pass the model's enqueued-token limit (free,
+    nothing answered): it was a failed run. The limit its message names is learned and the calls split to it."""
+    whole = sum(server.input_tokens(b) for b in (
+        {"messages": [{"role": "user", "content": p}]} for p in PROMPTS))
+    server.batch_token_limit = whole // 3
+    make = lambda: backend(batch_api=True, batch_min_requests=1)  # noqa: E731
+    out = make().generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    seen = server.batch_tokens_seen
+    assert len(out) == 10 and all(out) and server.counts["chat"] == 0
+    assert seen[0] == whole and len(seen) >= 4 and all(t <= whole // 3 for t in seen[1:])  # refused, then parts
+    assert sum(seen[1:]) == whole  # every request sent once in the parts
+    notes = json.loads((tmp_path / "state" / "hosted_notes.json").read_text())
+    assert notes["batch_enqueued_token_limit"] == {"gpt-4.1-nano": 1}
+    before = len(seen)
+    again = make().generate(ModelRef(NANO), [p + " and on" for p in PROMPTS], Sampling(seed=0))
+    assert all(again) and len(seen) > before + 1 and all(t <= whole // 3 for t in seen[before:])
+    assert len([b for b in server.batches.values() if b["batch"]["status"] == "failed"]) == 1  # learned: no refusal
+    spec = HostedBackend(base_url=server.base_url, api_key_env=ENV, concurrency=4)
+    (tmp_path / "direct").mkdir()
+    direct = OpenAIBackend("openai", spec, retry=FAST, poll_seconds=0.01, state_dir=tmp_path / "direct")
+    assert out == direct.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))  # each request its own answer
+
+
+def test_a_single_request_over_the_enqueued_token_limit_stops_in_one_line(backend, server):
+    server.batch_token_limit = 5
+    with pytest.raises(UserError, match=r"a batch of one request is over the Batch API's enqueued-token limit "
+                                        r"for gpt-4.1-nano \(5\)"):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS[:2], Sampling(seed=0))
+
+
 def test_a_fresh_outputs_folder_after_a_cancelled_batch_reads_what_every_batch_answered(backend, server, tmp_path):
     """Batch 1 (cancelled) answered 5 lines, batch 2 (a rerun) the other 5: a run into an empty folder adopts
     both answers. It adopted batch 2 alone (the newest of its round) and sent batch 1's lines direct, at full
