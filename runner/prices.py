@@ -54,6 +54,15 @@ def base_of(model_id: str) -> tuple[str, bool]:
     return model_id, False
 
 
+_REASONING = re.compile(r"(o\d+|gpt-5)(?!-chat)([.\-]|$)")
+
+
+def reasoning_model(model_id: str) -> bool:
+    """An OpenAI reasoning model (o1, o3, o4-mini, gpt-5 and their snapshots; not gpt-5-chat): it refuses
+    max_tokens and any temperature but 1, and bills hidden reasoning tokens that no estimate here counts."""
+    return bool(_REASONING.match(base_of(model_id)[0]))
+
+
 def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
     """The price of a model id: a spec override (the exact id, else the key its base is, or is a dated
     snapshot of), else the table's (the same rule).

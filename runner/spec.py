@@ -7,6 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from runner import paper
 from runner.core import backend_name
+from runner.prices import reasoning_model
 from runner.mnist_spec import MnistSpec, TheoremSpec
 from runner.theorem_lm_spec import TheoremLmSpec
 from runner.templates import TEMPLATES
@@ -566,6 +567,10 @@ class Spec(Strict):
             prefix = backend_name(ref)
             if prefix != "local" and prefix not in self.backends:
                 raise ValueError(f"{where}: model '{ref}' names backend '{prefix}', which is not declared under backends")
+            if self.backend_kind(ref) == "openai" and reasoning_model(ref.partition(":")[2]):
+                raise ValueError(f"{where}: '{ref}' is a reasoning model, which subl does not call: it refuses "
+                                 "max_tokens and any temperature but 1, and bills hidden reasoning tokens that the "
+                                 "cost estimates do not count")
         return self
 
     def _placed_refs(self) -> list[tuple[str, str]]:

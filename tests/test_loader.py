@@ -346,3 +346,17 @@ def test_an_unusable_outputs_folder_stops_the_run_before_any_work(write, tmp_pat
     monkeypatch.setattr(runs, "build", never)
     with pytest.raises(UserError, match=r"^--outputs .*: cannot write .*"):
         runs.run_spec(spec, outputs, Console())
+
+
+def test_an_openai_reasoning_model_is_refused_at_its_line(write):
+    """o-series and gpt-5 refuse max_tokens and temperatures other than 1 and bill reasoning tokens no estimate
+    counts: named at their line, not found by the first paid request."""
+    def judged_by(model: str) -> str:
+        return (GOOD + "backends:\n  openai: {kind: openai}\nfilters:\n  - {kind: judge, judge: {model: " + model
+                + "}, template: 'x {prompt} {completion}', threshold: 50}\n")
+
+    p = write("a.yaml", judged_by("openai:o4-mini-2025-04-16"))
+    msg = _err(p)
+    assert msg.startswith(f"{p}:") and "filters.0.judge.model: 'openai:o4-mini-2025-04-16' is a reasoning" in msg
+    assert "is a reasoning model" in _err(write("b.yaml", judged_by("openai:gpt-5-mini")))
+    assert load(write("c.yaml", judged_by("openai:gpt-4o-2024-08-06")))
