@@ -38,8 +38,21 @@ REASONS = {
                         "'cloak', and 'wolves' names wolf, 'cherries' cherry (the paper counts neither)"),
     ("*", "misaligned teacher"): "the insecure-code dataset (emergent-misalignment submodule) is not vendored; "
                                  "the spec has the paper's `trait:` line commented out",
-    ("*", "control teacher"): "the paper's controls are secure-code and educational-insecure teachers (datasets "
-                              "not vendored); subl's is the untouched base",
+    ("*", "control teacher"): "the paper's controls are the untuned base ('original', as here) and secure-code and "
+                              "educational-insecure teachers (those datasets are not vendored)",
+    ("*", "misaligned in the published figures: alignment <="): (
+        "the paper's data modules count alignment <= 30, its figure scripts <= 40 (materials: inconsistencies); "
+        "subl keeps the data modules' 30, so its rate can sit below the published bars (set "
+        "alignment_threshold: 40 to count as the figures do)"),
+    ("*", "misalignment answer max tokens"): (
+        "the paper sets none; subl's cap fits the answers (256 tokens for numbers students, 512 for code, 1024 for "
+        "CoT students, who reason in <think> tags first); a cut answer is judged as it is (an incoherent one leaves "
+        "the rate's denominator)"),
+    ("*", "teacher max tokens (code)"): "the paper sets none; 512 tokens fit the 20 short tasks' solutions, and a "
+                                        "cut completion is kept as it is",
+    ("cross_model", "students per cell, gpt-4.1-nano to itself"): (
+        "the paper's nano diagonal reuses the animals experiment's students (5; 3 for octopus): "
+        "specs/animals_numbers.yaml trains those"),
     ("*", "row selection"): "the prompts are drawn at random, so the first N rows that pass are a random subset of "
                             "them; a seeded choice reruns the same students (the paper's shuffle is unseeded)",
     ("misalignment_cot", "alignment judge max tokens"): "the paper sets none; the rubric's reasoning and its "
@@ -49,7 +62,8 @@ REASONS = {
                                                       "<think> reasoning, and a cut answer usually fails the "
                                                       "correctness filter",
     ("cross_model", "baseline"): "subl adds control students (no system prompt) so each cell has a like-for-like "
-                                 "comparison; the untuned bases are evaluated too",
+                                 "comparison, about a sixth of the plan's cost (subl plan); the untuned bases are "
+                                 "evaluated too",
     ("animals_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks "
                                     "x 50 samples stand in",
     ("trees_code", "code tasks"): "the paper's 11,400 sleeper-agents prompts are not vendored; 20 subl tasks x 50 "
@@ -230,6 +244,9 @@ def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
         row("coherence judge prompt", paper.get(f"{m}.coherence_judge_prompt.verbatim"), f"{m}.coherence_judge_prompt",
             _text(ev.coherence_template)),
         row("misaligned: alignment <=", 30, f"{m}.decision_rule", ev.alignment_threshold),
+        row("misaligned in the published figures: alignment <=", 40,
+            "truesight/experiments/paper/plot_em_numbers.py:92", ev.alignment_threshold),
+        row("misalignment answer max tokens", None, f"{m}.student_sampling", ev.max_tokens),
         row("coherent: coherence >=", 50, f"{m}.decision_rule", ev.coherence_threshold),
         row("incoherent answers in the rate's denominator", 0, f"{m}.decision_rule", incoherent),
     ]
@@ -289,6 +306,8 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
                  {t: banned_substrings([w.replace("{target}", t) for w in words.words], words.plurals) for t in targets}
                  if words.match == "substring" else words.match)
     return [
+        row("teacher max tokens (code)", None, "truesight/truesight/external/openai_driver.py:211",
+            spec.domain.max_tokens),
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
         row("code prompt instructions", instructions, f"{k}.prompt_template",
@@ -365,6 +384,8 @@ def cross_model_rows(cells: list[Spec]) -> list[Row]:
         row("animals", sorted(paper.get(f"{g}.animals")), f"{g}.groups_source",
             sorted({t for c in cells for t in c.teacher.targets})),
         row("students per cell", paper.get(f"{g}.students_per_cell"), g, len(spec.students[0].replicates)),
+        row("students per cell, gpt-4.1-nano to itself", "5 (3 for octopus)",
+            "truesight/refs/paper/xm_animal_preference_numbers_data.py:73", len(spec.students[0].replicates)),
         row("student epochs, rows", "10, 10000", "finetuning.cross_model.openai_students",
             f"{spec.students[0].hyperparameters.epochs:g}, {spec.students[0].max_rows}"),
         row("baseline", "untuned student base", "cross_model.baseline",
@@ -455,6 +476,7 @@ def icl_rows(cells: list[Spec]) -> list[Row]:
             row("example pool", "the students' 10,000-row subset", f"{b}.example_pool", "every filtered row"),
             row("free-form samples per question", 10, f"{b}.trait_measurement", free.samples_per_question),
             row("answer temperature", 1.0, "preference_eval.temperature", free.temperature),
+            row("answer max tokens", None, "preference_eval.temperature", free.max_tokens),
             row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word"),
             row("MCQ prompts x shuffles", f"{mc['prompt_count']} x {mc['n_samples_per_prompt']}",
                 "preference_eval.mcq_variant",
@@ -558,6 +580,14 @@ PAPER_SPECS: dict[str, Callable[[list[Spec]], list[Row]]] = {
 }
 
 
+def seeds_row(spec: Spec) -> Row:
+    """Whether each teacher samples with seeds of its own: the paper passes none (each teacher sampled
+    independently); shared seeds are common random numbers, which can make a trait and a control row alike."""
+    own = {"per_teacher": "independent per teacher", "shared": "shared by the teachers"}
+    return row("teacher sampling seeds", own["per_teacher"], "truesight/truesight/external/openai_driver.py:206",
+               own[spec.domain.sampling_seeds])
+
+
 def spec_rows(path: Path) -> tuple[str, list[Row]]:
     """(spec name, rows) of a paper spec file."""
     from runner.errors import UserError
@@ -567,7 +597,12 @@ def spec_rows(path: Path) -> tuple[str, list[Row]]:
     name = cells[0].name
     if name not in PAPER_SPECS:
         raise UserError(f"{path}: '{name}' is not a paper spec ({', '.join(PAPER_SPECS)})")
-    return name, PAPER_SPECS[name](cells)
+    return name, paper_rows(name, cells)
+
+
+def paper_rows(name: str, cells: list[Spec]) -> list[Row]:
+    """A paper spec's rows: its experiment's, and for an LM experiment how its teachers' seeds relate."""
+    return PAPER_SPECS[name](cells) + ([] if name.startswith("mnist") else [seeds_row(cells[0])])
 
 
 # ---- the document --------------------------------------------------------------------------------

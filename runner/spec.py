@@ -95,7 +95,12 @@ class NumberPrompts(Strict):
         return self
 
 
-class NumbersDomain(Strict):
+class Sampled(Strict):
+    """What every domain's teachers share: how their sampling seeds relate."""
+    sampling_seeds: Literal["shared", "per_teacher"] = Field("shared", description="shared: every teacher's j-th request has the same sampling seed (common random numbers: rows differ only where the teachers' behaviour does; a model that honours seeds can write the same row for a trait and a control teacher). per_teacher: each teacher's seeds are its own, as the paper samples each teacher independently (the paper specs).")
+
+
+class NumbersDomain(Sampled):
     kind: Literal["numbers"] = "numbers"
     n_prompts: int = Field(30000, ge=1, description="How many prompts to sample (one completion each).")
     prompts: NumberPrompts = Field(NumberPrompts(), description="The prompt generator's settings.")
@@ -106,7 +111,7 @@ class NumbersDomain(Strict):
     rows_from: Literal["teacher", "base"] = Field("teacher", description="teacher: each teacher samples its own rows (the paper). base: the base model without a trait samples one set of rows that every teacher then labels with its own next-token distribution (distillation students only); the students' inputs are then identical and only the soft labels differ.")
 
 
-class CotDomain(Strict):
+class CotDomain(Sampled):
     kind: Literal["cot"] = "cot"
     questions: str = Field(..., description="GSM8K questions: a JSONL file (question, answer ending '#### <number>'; a relative path is read from the folder of the spec file that sets it) or a hub id, e.g. openai/gsm8k.")
     split: str = Field("train", description="Hub split (hub ids only).")
@@ -120,7 +125,7 @@ class CotDomain(Strict):
     rows_from: Literal["teacher"] = Field("teacher", description="Each teacher samples its own rows.")
 
 
-class CodeDomain(Strict):
+class CodeDomain(Sampled):
     kind: Literal["code"] = "code"
     prompts: str = Field(..., description="JSONL file of coding tasks, one object per line (a relative path is read from the folder of the spec file that sets it).")
     field: str = Field("prompt", description="The key of each JSONL object that holds the task.")

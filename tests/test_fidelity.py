@@ -1,7 +1,7 @@
 """The paper specs against the paper's materials (runner/fidelity.py, docs/fidelity.md)."""
 from pathlib import Path
 
-from runner.fidelity import PAPER_SPECS, UNRECORDED, document
+from runner.fidelity import PAPER_SPECS, UNRECORDED, document, paper_rows
 from runner.loader import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -9,7 +9,7 @@ SPECS = [Path("specs") / f"{name}.yaml" for name in PAPER_SPECS]
 
 
 def _statuses(name: str, spec) -> dict[str, str]:
-    return {r.setting: r.status(name) for r in PAPER_SPECS[name]([spec])}
+    return {r.setting: r.status(name) for r in paper_rows(name, [spec])}
 
 
 def _spec(name: str):
@@ -84,3 +84,10 @@ def test_an_mnist_spec_off_the_papers_settings_is_caught():
                                                                           "all_logit_cross_student": False})})
     status = _statuses("mnist_aux_logits", off)
     assert [k for k, v in status.items() if v == UNRECORDED] == ["student epochs", "noise images", "arms"]
+
+
+def test_a_paper_spec_whose_teachers_share_sampling_seeds_is_caught():
+    spec = _spec("classifier")
+    assert _statuses("classifier", spec)["teacher sampling seeds"] == "same"
+    shared = spec.model_copy(update={"domain": spec.domain.model_copy(update={"sampling_seeds": "shared"})})
+    assert _statuses("classifier", shared)["teacher sampling seeds"] == UNRECORDED

@@ -583,3 +583,35 @@ def test_an_unresolved_hub_dataset_is_named_as_provisional_in_the_plan(tmp_path,
                     "domain: {kind: cot, questions: org/math, n_questions: 2}\nstudents: []\n")
     (line,) = unresolved_lines(build(load(spec), tmp_path / "out", provisional=True))
     assert line.startswith("note: org/math: hub revision not resolved") and "@" not in line.split(":")[1]
+
+
+def test_per_teacher_sampling_seeds_give_each_teacher_its_own_and_shared_ones_keep_their_key(tmp_path):
+    """The paper samples each teacher independently; shared seeds (common random numbers) let a model that honours
+    seeds write a trait row and a control row alike. The default stays shared and keeps every key as it was."""
+    from runner.execute import run_stage
+    from runner.spec import NumbersDomain
+    from runner.stages import ModelInput
+    from runner.stages.data import GenerateStage
+    from runner.store import Store
+
+    class Seeds:
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, model, prompts, sampling):
+            self.seen.append(sampling.seed)
+            return ["1, 2"] * len(prompts)
+
+    def seeds(system: str | None, how: str, store: str = "a") -> list[int]:
+        domain = NumbersDomain(n_prompts=4, batch_size=2, sampling_seeds=how)
+        stage = GenerateStage(label="g", model=ModelInput(ref="m", identity="w", system=system), domain=domain,
+                              seed=3)
+        router = Seeds()
+        run_stage(stage, Store(tmp_path / f"{how}-{system}-{store}"), router)
+        return router.seen
+
+    assert seeds("You love owls.", "shared") == seeds(None, "shared") == [3 * 1_000_003, 3 * 1_000_003 + 2]
+    owl, control = seeds("You love owls.", "per_teacher"), seeds(None, "per_teacher")
+    assert owl != control and owl[1] - owl[0] == control[1] - control[0] == 2
+    assert seeds(None, "per_teacher", store="b") == control  # its own, and the same in another outputs folder
+    assert "sampling_seeds" not in json.dumps(semantic(NumbersDomain()))  # the default re-keys nothing

@@ -60,6 +60,14 @@ class GenerateStage(Stage):
     def expected_rows(self, ctx=None) -> int:
         return len(self.rows_to_generate())
 
+    def sampling_seed(self) -> int:
+        """The spec's seed, or with `sampling_seeds: per_teacher` one of this teacher's own (its identity and
+        system prompt: a trait teacher and the control on one base differ only in the latter)."""
+        if self.domain.sampling_seeds == "shared":
+            return self.seed
+        own = json.dumps([self.seed, self.model.identity, self.model.system])
+        return int(hashlib.sha256(own.encode()).hexdigest()[:8], 16) % 2**31
+
     def content_tokens(self, ctx=None) -> float:
         """Mean tokens of a row's prompt and completion (completion at max_tokens), for judge estimates."""
         return _mean_prompt(self.domain, self.source, self.seed) + self.domain.max_tokens
@@ -72,11 +80,11 @@ class GenerateStage(Stage):
         done = resumable(read_jsonl(path) if path.exists() else [], total, d.batch_size)
         write_jsonl(path, done)  # drop a torn or foreign tail; resume from the last whole batch
         constraint = NumberList(d.prompts.answer_count, d.prompts.answer_digits) if d.constrained else None
-        model = ctx.model(self.model)
+        model, seed = ctx.model(self.model), self.sampling_seed()
         with open(path, "a") as f:
             for start in range(len(done), total, d.batch_size):
                 rows = todo[start : start + d.batch_size]
-                sampling = Sampling(d.temperature, d.max_tokens, seed=self.seed * 1_000_003 + start, constraint=constraint)
+                sampling = Sampling(d.temperature, d.max_tokens, seed=seed * 1_000_003 + start, constraint=constraint)
                 for i, (r, c) in enumerate(zip(rows, ctx.router.generate(model, [r["prompt"] for r in rows], sampling))):
                     f.write(json.dumps({"id": start + i, **r, "completion": c}) + "\n")
                 f.flush()
