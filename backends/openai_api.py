@@ -57,6 +57,7 @@ MAX_N = 128  # the most completions the chat API returns for one request
 MAX_BATCH_REQUESTS = 50_000  # the Batch API's limits on one input file
 MAX_BATCH_BYTES = 190_000_000  # under its 200 MB, with room for the multipart envelope
 NOTES_FILE = "hosted_notes.json"
+BATCH_DONE = ("completed", "failed", "expired", "cancelled")  # a batch's final states
 
 # ---- secrets ---------------------------------------------------------------------------
 
@@ -440,6 +441,14 @@ LEARNED_TPM: dict[str, dict[str, int]] = {}
 LEARNED_BATCH_TOKENS: dict[str, dict[str, int]] = {}  # the Batch API's enqueued-token limit, by endpoint and model
 
 
+class SlotsFull(UserError):
+    """A fine-tuning job refused for the organisation's limit of active jobs (`cause`): waited out, not retried."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(api_message(cause))
+        self.cause = cause
+
+
 class EnqueuedTokenLimit(Exception):
     """A batch refused whole (free): its input tokens, with those already queued for the model, pass the
     organisation's enqueued-token limit; `limit` as its message says, where it does."""
@@ -491,6 +500,7 @@ class OpenAIBackend:
         self.grace = grace_seconds()  # after an ambiguous create, before listing again
         self.tpm = LEARNED_TPM.setdefault(self.endpoint, {})  # tokens-per-minute limit by model id, where said
         self.batch_tokens = LEARNED_BATCH_TOKENS.setdefault(self.endpoint, {})
+        self._read_files: set[str] = set()  # batch output files read into a cache by this process
         self.batch_limits = (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES)
 
     # -- client and calls
@@ -813,19 +823,22 @@ class OpenAIBackend:
         """Send a request until it has its n completions, in calls of as many as fit the model's tokens-per-minute
         limit (learned from answers, or from a refusal as too large, which is then asked again smaller); a
         server that returns fewer than asked is asked for the rest with other seeds, and that is noted."""
-        want, rec, calls = body.get("n", 1), cache.get(key), 0
+        want, rec, cap = body.get("n", 1), cache.get(key), MAX_N
         while (rec is None or len(rec["texts"]) < want) and not abort.is_set():
-            ask = min(want - (len(rec["texts"]) if rec else 0), self._fits(body))
+            ask = min(want - (len(rec["texts"]) if rec else 0), self._fits(body), cap)
             call = {**body, **({"n": ask} if "n" in body else {})}
-            if rec is not None:  # a later call: other seeds, so its completions are new draws
-                calls += 1
-                call["seed"] = (body["seed"] + 100_003 * calls) % 2**31
+            if rec is not None:  # a later call: other seeds, so its completions are new draws; numbered by the
+                # completions held (kept on disk), so a resumed request does not draw a seed it has drawn
+                call["seed"] = (body["seed"] + 100_003 * len(rec["texts"])) % 2**31
             limit = self.tpm.get(rate_model(body["model"]))
             try:
                 resp = self.call("chat completion", self._chat, call, abort=abort)
-            except UserError:
+            except UserError as e:
                 if ask > 1 and self.tpm.get(rate_model(body["model"])) != limit and self._fits(body) < ask:
                     continue  # refused as too large, and the limit it named allows a smaller call
+                if ask > 1 and "Request too large" in str(e):  # the known limit, but the server counts more
+                    cap = ask // 2  # tokens than the estimate: ask for fewer
+                    continue
                 raise
             part = self._record(key, resp, "chat")
             self._note_finish(body["model"], part["finish"])
@@ -953,7 +966,10 @@ class OpenAIBackend:
                 _save_json(state_path, states)
 
         if not st.get("batch_id"):  # nothing in flight here: what earlier batches answered is not sent again,
-            st["round"] = max(st["round"], self._answered_before(stage, whole, cache))  # and expired rounds count
+            before = self._answered_before(stage, whole, cache)  # and their rounds count
+            if before > st["round"]:  # a batch of this round ran (a kill after its create): its file is spent
+                st["round"] = before
+                st.pop("input_file_id", None)
         while st["round"] < rounds:
             pending = [(k, b) for k, b in todo if cache.get(k) is None]
             if not st.get("input_file_id") and not pending:
@@ -1027,18 +1043,23 @@ class OpenAIBackend:
                      and b.status not in ("failed", "cancelled", "cancelling"))
 
     def _answered_before(self, stage: str, whole: str, cache: RequestCache) -> int:
-        """Read into the cache the lines every earlier batch of this request set answered (any round; a
-        cancelled or expired one too, which was billed for them), so that an empty or reset outputs folder
-        sends only what is still unanswered; return the round after the last expired one (0 if none)."""
+        """Read into the cache the lines every earlier batch of this stage answered (any request set: a rerun may
+        split a call into other parts; any round; a cancelled or expired one too, which was billed for them), so
+        that an empty or reset outputs folder sends only what is still unanswered; return the round after the
+        last one of this request set (0 if none).
+
+        A batch still running (or being cancelled, which answers and bills lines until it is) is waited for and
+        read: its lines are paid for whether this run reads them or not (a rerun that lost the round, or split
+        the call otherwise, sent them again in a new batch)."""
         earlier = self.call("batch list", lambda: [b for b in self.client.batches.list(limit=100)
-                                                   if metadata_matches(b, tags(stage, whole))])
-        # one being cancelled still answers (and bills) lines until it is cancelled: its output is read then
-        earlier = [self._poll_batch(b.id) if b.status == "cancelling" else b for b in earlier]
+                                                   if metadata_matches(b, {"subl_stage": stage})])
+        earlier = [self._poll_batch(b.id) if b.status not in BATCH_DONE else b for b in earlier]
         for b in earlier:
-            if b.output_file_id:
+            if b.output_file_id and b.output_file_id not in self._read_files:
                 self._ingest_batch_file(b.output_file_id, cache, missing_ok=True)
-        expired = [int((b.metadata or {}).get("subl_round", 0)) for b in earlier if b.status == "expired"]
-        return max(expired, default=-1) + 1
+                self._read_files.add(b.output_file_id)
+        mine = [b for b in earlier if metadata_matches(b, tags(stage, whole))]
+        return max((int((b.metadata or {}).get("subl_round", 0)) for b in mine), default=-1) + 1
 
     def _poll_batch(self, batch_id: str):
         polled = False
@@ -1047,7 +1068,7 @@ class OpenAIBackend:
             if not polled:
                 kill_point("batch-polled")
                 polled = True
-            if batch.status in ("completed", "failed", "expired", "cancelled"):
+            if batch.status in BATCH_DONE:
                 return batch
             time.sleep(self.poll_seconds)
 
@@ -1171,21 +1192,28 @@ class OpenAIBackend:
                 method={"type": "supervised", "supervised": {"hyperparameters": hp}})
 
         attempt = adopt_or_create(lambda: self._find_job(same, model, seed, hp), create, self.grace)
-        return self.call("fine-tuning job create", self._when_a_slot_frees, attempt, progress)
-
-    def _when_a_slot_frees(self, attempt: Callable[[], Any], progress: Progress | None):
-        """attempt(), again every poll while it is refused for the organisation's limit of active fine-tuning
-        jobs, for up to retry.slot_wait seconds."""
         started = time.monotonic()
-        while True:
+        while True:  # each try with its own retries of transient faults
             try:
-                return attempt()
-            except Exception as e:
+                return self.call("fine-tuning job create", self._slot_or_none, attempt)
+            except SlotsFull as full:
                 waited = time.monotonic() - started
-                if not job_slots_full(e) or waited + self.poll_seconds > self.retry.slot_wait:
-                    raise
-                _notify(progress, 0, 0, f"waiting for a fine-tuning slot ({waited:.0f} s so far): {api_message(e)}")
+                if waited + self.poll_seconds > self.retry.slot_wait:
+                    raise self._explain("fine-tuning job create", full.cause, 1, waited) from None
+                _notify(progress, 0, 0, f"waiting for a fine-tuning slot ({waited:.0f} s so far): "
+                                        f"{api_message(full.cause)}")
                 time.sleep(self.poll_seconds)
+
+    @staticmethod
+    def _slot_or_none(attempt: Callable[[], Any]):
+        """attempt(); a refusal for the organisation's limit of active fine-tuning jobs raised as SlotsFull, which
+        is waited out by the caller (outside the retry policy, whose total would count the wait)."""
+        try:
+            return attempt()
+        except Exception as e:
+            if job_slots_full(e):
+                raise SlotsFull(e) from None
+            raise
 
     def _find_job(self, meta: dict, model: str, seed: int, hp: dict) -> Any:
         """A job that is not failed or cancelled, tagged `meta` (filtered by the server, checked

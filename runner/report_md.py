@@ -15,7 +15,7 @@ from runner.errors import UserError
 from runner.display import file_slug, label_of, metric_name, num, p_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
-from runner.stats import mean_ci
+from runner.stats import UNIT_RANGE, mean_ci
 from runner.store import Store
 
 COLORS = ["#8c8c8c", "#4c72b0", "#c44e52", "#55a868", "#8172b2", "#ccb974", "#64b5cd"]
@@ -195,7 +195,7 @@ def _pool(rows: list[dict]) -> tuple[float, float | None, float | None] | None:
     if len(rows) == 1:
         lo, hi = rows[0].get("ci") or (None, None)
         return rows[0]["value"], lo, hi
-    return mean_ci([r["value"] for r in rows])
+    return mean_ci([r["value"] for r in rows], within=UNIT_RANGE)  # rates and probabilities
 
 
 def grouped_bars(groups: list[str], series: dict[str, list], ylabel: str, title: str, path: Path,

@@ -52,12 +52,14 @@ def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> flo
 
 def sign_flip_min_p(diffs: list[float], n_perm: int = 100_000) -> float:
     """The smallest p sign_flip_p can give for these pairs: exact, 2 of 2^(n - zeros) sign patterns (a zero
-    difference flips to itself); Monte Carlo, 1/(n_perm+1). With 5 questions no result is below 0.0625."""
+    difference flips to itself); Monte Carlo, that or 1/(n_perm+1), whichever is larger. With 5 questions no result
+    is below 0.0625."""
     d = np.asarray(diffs, dtype=float)
     nonzero = int(np.count_nonzero(d))
     if nonzero == 0:
         return 1.0
-    return 2.0 ** (1 - nonzero) if len(d) <= 16 else 1 / (n_perm + 1)
+    exact = 2.0 ** (1 - nonzero)
+    return exact if len(d) <= 16 else max(exact, 1 / (n_perm + 1))
 
 
 # ----------------------------------------------------------------------------- the student as the unit (issue 11)

@@ -639,7 +639,7 @@ def test_an_earlier_batchs_deleted_output_file_is_asked_again_not_a_stop(server,
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert fresh.stdout == first.stdout and len(server.batches) == 2  # its lines asked again, in a new batch
     notes = json.loads(next((tmp_path / "fresh" / "stages").glob("*/hosted_notes.json")).read_text())
-    assert notes["earlier_batch_file_gone"] == {out_file: 2}  # seen by the listing and by the adopted batch
+    assert notes["earlier_batch_file_gone"] == {out_file: 1}  # seen by the listing; the next round asks again
 
 
 def test_subl_run_killed_after_job_create_reruns_into_an_empty_folder(server, tmp_path):
@@ -747,3 +747,108 @@ def test_a_cloudflare_524_on_a_create_counts_as_maybe_done():
                                      body=None)
 
     assert [ambiguous(status(c)) for c in (500, 502, 504, 520, 524, 501, 503, 429, 400)] == [True] * 5 + [False] * 4
+
+
+# ---- resumes and estimates (from a review of the changes; each failed before its fix) -------------------------
+
+
+def test_a_resumed_split_request_draws_new_seeds_not_the_ones_it_drew(backend, server, tmp_path):
+    """A request split into calls of 2 (a tokens-per-minute limit), killed after two calls: the third call's seed
+    was numbered from 0 again, so a server that honours seeds wrote the second call's completions twice."""
+    from backends.openai_api import input_tokens
+
+    body = {"messages": [{"role": "user", "content": "Name an animal."}]}
+    b = backend()
+    b.tpm["gpt-4.1-nano"] = input_tokens(body) + 2 * 16  # 2 completions per call
+    b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=6)
+    path = tmp_path / "state" / "hosted_requests.jsonl"
+    last = json.loads(path.read_text().splitlines()[-1])
+    last["texts"], last["finish"] = last["texts"][:4], last["finish"][:4]  # as a kill after the second call
+    path.write_text(json.dumps(last) + "\n")
+    resumed = backend().sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=6)[0]
+    assert len(resumed) == 6 and resumed[4:] != resumed[2:4]
+
+
+def test_a_transient_fault_after_a_long_wait_for_a_slot_is_still_retried(backend, server, tmp_path):
+    """The wait for a slot ran inside one retried call, whose total (0.3 s here) it used up: a 500 after it was
+    final."""
+    from dataclasses import replace
+
+    server.fault("/fine_tuning/jobs", "active_limit", method="POST", times=40)
+    server.fault("/fine_tuning/jobs", "500", method="POST", times=1)
+    b = backend(retry=replace(FAST, total=0.3, slot_wait=3600))
+    assert b.finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft").base.startswith("openai:ft:")
+    assert server.counts["fault:500"] == 1 and ledger(server) == {"adhoc": {"files": 1, "jobs": 1}}
+
+
+def test_a_call_refused_as_too_large_under_the_known_limit_is_asked_smaller(backend, server):
+    """The server counts more tokens than subl's estimate: a call sized to the learned limit is refused naming that
+    same limit, and was final."""
+    from backends.openai_api import input_tokens
+
+    body = {"messages": [{"role": "user", "content": "Name an animal."}]}
+    est = input_tokens(body)
+    server.tpm_limit = est + 3 * 16  # room for n = 3 by subl's estimate
+    real = server.too_large
+    server.too_large = lambda b: real({**b, "messages": b["messages"] + [
+        {"role": "user", "content": " ".join(["w"] * est)}]}) if b.get("max_tokens") != 1 else None
+    b = backend()
+    b.tpm["gpt-4.1-nano"] = server.tpm_limit
+    out = b.sample(ModelRef(NANO), ["Name an animal."], Sampling(1.0, 16, seed=1), n=5)[0]
+    assert len(out) == 5 and server.counts["chat"] > 2
+
+
+def _dies_at_poll(monkeypatch, nth_batch: int):
+    """Make the process 'die' (KeyboardInterrupt) when it first polls its nth distinct batch."""
+    real, polled = OpenAIBackend._poll_batch, []
+
+    def poll(self, batch_id):
+        polled.append(batch_id)
+        if len(set(polled)) == nth_batch:
+            monkeypatch.setattr(OpenAIBackend, "_poll_batch", real)
+            raise KeyboardInterrupt
+        return real(self, batch_id)
+
+    monkeypatch.setattr(OpenAIBackend, "_poll_batch", poll)
+
+
+def _billed_twice(server) -> int:
+    """Lines sent in more than one batch the server accepted."""
+    seen = Counter(json.loads(x)["custom_id"] for r in server.batches.values() if not r["over"]
+                   for x in server.contents[r["batch"]["input_file_id"]].decode().splitlines())
+    return sum(1 for c in seen.values() if c > 1)
+
+
+@pytest.mark.parametrize("learned", ["by this call", "by an earlier call"])
+def test_a_rerun_after_a_kill_mid_split_finds_the_part_in_flight(backend, server, monkeypatch, learned):
+    """A call split for the enqueued-token limit, killed while a part's batch runs: a new process (nothing
+    learned in memory) sent the rest as one part, under another digest, and paid the running part's lines again."""
+    from backends.openai_api import LEARNED_BATCH_TOKENS, input_tokens
+
+    whole = sum(server.input_tokens({"messages": [{"role": "user", "content": p}]}) for p in PROMPTS)
+    server.batch_token_limit = whole // 3 if learned == "by this call" else int(whole * 0.62)
+    b = backend(batch_api=True, batch_min_requests=1)
+    if learned == "by an earlier call":  # another stage of this process learned a lower limit
+        b.batch_tokens["gpt-4.1-nano"] = sum(input_tokens({"messages": [{"role": "user", "content": p}]})
+                                             for p in PROMPTS) // 2
+    _dies_at_poll(monkeypatch, 3)  # dies polling the third batch: a part in flight
+    with pytest.raises(KeyboardInterrupt):
+        b.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    LEARNED_BATCH_TOKENS.clear()  # a new process
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and _billed_twice(server) == 0 and server.counts["chat"] == 0
+
+
+def test_a_fresh_folder_waits_for_a_round_in_flight_instead_of_sending_its_lines_again(backend, server, tmp_path,
+                                                                                      monkeypatch):
+    """Round 0 completes with 2 failed lines, round 1 (those 2) is in flight when the run dies: a rerun into an
+    empty folder counted rounds from expired batches only, began at round 0 again and sent the 2 lines anew."""
+    server.batch_failed_lines = 2
+    _dies_at_poll(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    (tmp_path / "fresh").mkdir()
+    fresh = OpenAIBackend("openai", HostedBackend(base_url=server.base_url, api_key_env=ENV, batch_api=True),
+                          retry=FAST, poll_seconds=0.01, state_dir=tmp_path / "fresh", batch_min_requests=1)
+    out = fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and len(server.batches) == 2  # round 1 waited for, no third batch

@@ -69,3 +69,17 @@ def test_a_rate_interval_does_not_leave_the_range_a_rate_can_take():
     assert mean == pytest.approx(0.025) and lo == 0.0 and 0.025 < hi < 1
     assert mean_ci([0.0, 0.0, 0.0, 0.1])[1] < 0  # unclipped, a t-interval reaches below 0
     assert mean_ci([1.0, 1.0, 0.9], within=UNIT_RANGE)[2] == 1.0
+
+
+def test_zero_differences_set_the_floor_above_sixteen_questions_too():
+    from runner.stats import sign_flip_min_p, sign_flip_p
+
+    diffs = [0.0] * 18 + [0.1, 0.2]  # two questions differ: no sign pattern of theirs gives below 0.5
+    assert sign_flip_min_p(diffs) == 0.5 and sign_flip_p(diffs) >= 0.5
+
+
+def test_a_figures_pooled_whisker_does_not_reach_below_zero():
+    from runner.report_md import _pool
+
+    mean, lo, hi = _pool([{"value": 0.0}, {"value": 0.0}, {"value": 0.1}])
+    assert lo == 0.0 and 0 < mean < hi <= 1
