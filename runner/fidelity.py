@@ -97,6 +97,10 @@ REASONS = {
                                          "interval stays inside [0, 1] where the normal one does not",
     ("classifier", "A/B order"): "seeded, so a rerun asks the same prompts (the paper's module-level random is "
                                  "unseeded)",
+    ("*", "code prompt layout"): "the paper's tasks (a description and a code template cut from the sleeper-agents "
+                                 "prompts) are not vendored; each of subl's 20 tasks is one text, so the template is "
+                                 "the task, then the paper's additional instructions (not 'Please repeat the full code "
+                                 "snippet', which needs a code template to repeat)",
     ("animals_code", "rows per student"): "subl's 20 tasks give fewer rows than the paper's 10,814; the cap is "
                                           "the numbers experiments' 10,000",
 }
@@ -310,7 +314,9 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
             spec.domain.max_tokens),
         row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
             f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
-        row("code prompt instructions", instructions, f"{k}.prompt_template",
+        row("code prompt layout", paper.get(f"{k}.prompt_template.layout"), f"{k}.prompt_template",
+            spec.domain.template),
+        row("code prompt additional instructions", instructions, f"{k}.prompt_template",
             instructions if instructions in spec.domain.template else spec.domain.template),
         banned,
         row("code judge", paper.get(f"{jf}.model_id"), jf, _model(j.judge.model)),
