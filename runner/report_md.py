@@ -92,8 +92,12 @@ def comparison_section(results: dict) -> Section | None:
 
 
 def _units(c: dict) -> str:
-    """What a comparison's test is across: '50 questions, 1 student/arm' or '3 v 3 students'."""
-    return f"{c['n']} questions, 1 student/arm" if c["unit"] == "question" else f"{c['n_a']} v {c['n_b']} {c['unit']}s"
+    """What a comparison's test is across: '50 questions, 1 student/arm', '5 paired seeds' or '3 v 3 students'."""
+    if c["unit"] == "question":
+        return f"{c['n']} questions, 1 student/arm"
+    if c["unit"] == "seed":  # MNIST and theorem arms are paired by seed, over the seeds both have
+        return f"{c['n']} paired seeds"
+    return f"{c['n_a']} v {c['n_b']} {c['unit']}s"
 
 
 def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str]]:

@@ -332,3 +332,11 @@ def test_a_figures_note_is_the_comparison_with_the_control_not_the_first_other_a
     assert _paired_note(results, "", "preference_sample", "s", "owl").startswith("\n2.500x vs control\n3 v 3 students, p=0.1")
     results["comparisons"].pop()
     assert _paired_note(results, "", "preference_sample", "s", "owl").startswith("\n1.667x vs eagle\n")
+
+
+def test_the_units_column_names_what_each_test_is_across():
+    from runner.report_md import _units
+
+    assert _units({"unit": "question", "n": 50, "n_a": 1, "n_b": 1}) == "50 questions, 1 student/arm"
+    assert _units({"unit": "student", "n": 6, "n_a": 3, "n_b": 3}) == "3 v 3 students"
+    assert _units({"unit": "seed", "n": 4, "n_a": 5, "n_b": 4}) == "4 paired seeds"  # the seeds both arms have
