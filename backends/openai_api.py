@@ -237,7 +237,7 @@ def job_slots_full(exc: BaseException) -> bool:
 
 
 def transient(exc: BaseException) -> bool:
-    """Worth retrying: 408/409/429 (not an exhausted quota, a request too large or a fine-tuning job limit), 5xx,
+    """Worth retrying: 408/409/429 (not an exhausted quota, a request too large or the daily job limit), 5xx,
     timeouts, refused or dropped connections."""
     import openai
 
@@ -245,8 +245,7 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code == 429:
-            return (_error_code(exc) != "insufficient_quota" and not too_large(exc) and not daily_job_limit(exc)
-                    and not job_slots_full(exc))
+            return _error_code(exc) != "insufficient_quota" and not too_large(exc) and not daily_job_limit(exc)
         return exc.status_code >= 500 or exc.status_code in (408, 409)
     return False
 
@@ -585,7 +584,7 @@ class OpenAIBackend:
         if daily_job_limit(exc):
             why += " (the organisation's daily number of fine-tuning jobs for this model: rerun later; what was " \
                    "uploaded is kept and reused)"
-        if job_slots_full(exc):
+        if job_slots_full(exc) and what == "fine-tuning job create":
             why += f" (no fine-tuning slot freed within {self.retry.slot_wait:g} s, SUBL_JOB_SLOT_WAIT; rerun to " \
                    "wait again: what was uploaded is kept and reused)"
         if self._retryable(exc):
@@ -904,11 +903,26 @@ class OpenAIBackend:
             try:
                 self._log_failed(self._batch_part(part, cache))
             except EnqueuedTokenLimit as e:
-                parts[:0] = self._smaller_parts(part, e.limit)
+                if e.limit and sum(map(input_tokens, (b for _, b in part))) <= 0.9 * e.limit \
+                        and self._other_batch_done():
+                    parts.insert(0, part)  # it fits: the queue held other batches, so it is sent whole again
+                else:
+                    parts[:0] = self._smaller_parts(part, e.limit)
+
+    def _other_batch_done(self) -> bool:
+        """Wait for a running batch of the organisation (another stage's, another run's: its tokens count against
+        the enqueued limit) to finish; False where none runs."""
+        running = self.call("batch list", lambda: first(self.client.batches.list(limit=100), lambda b: b.status in (
+            "validating", "in_progress", "finalizing")))
+        if running is None:
+            return False
+        self._note("batch_waited_for_the_queue", running.id)
+        self._poll_batch(running.id)
+        return True
 
     def _smaller_parts(self, part: list[tuple[str, dict]], limit: int | None) -> list[list[tuple[str, dict]]]:
         """A refused part split to 90% of the model's limit (learned for later calls), and at least in half (the
-        queue held other batches, or the server counts more tokens than the estimate)."""
+        server counts more tokens than the estimate)."""
         model = rate_model(part[0][1]["model"])
         if len(part) == 1:
             raise UserError(f"backend '{self.name}': a batch of one request is over the Batch API's enqueued-token "
@@ -966,11 +980,11 @@ class OpenAIBackend:
                 _save_json(state_path, states)
 
         if not st.get("batch_id"):  # nothing in flight here: what earlier batches answered is not sent again,
-            before = self._answered_before(stage, whole, cache)  # and their rounds count
+            before, st["unrun"] = self._answered_before(stage, whole, cache)  # and their rounds count
             if before > st["round"]:  # a batch of this round ran (a kill after its create): its file is spent
                 st["round"] = before
                 st.pop("input_file_id", None)
-        while st["round"] < rounds:
+        while st["round"] - st.get("unrun", 0) < rounds:
             pending = [(k, b) for k, b in todo if cache.get(k) is None]
             if not st.get("input_file_id") and not pending:
                 break
@@ -1006,6 +1020,7 @@ class OpenAIBackend:
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:  # one gone (an adopted old batch's, deleted): its lines go to the next round
                     failed += self._ingest_batch_file(file_id, cache, missing_ok=True)
+                    self._read_files.add(file_id)
             if batch.status == "cancelled":
                 left = sum(1 for k, _ in todo if cache.get(k) is None)
                 states.pop(whole)
@@ -1021,7 +1036,8 @@ class OpenAIBackend:
             st["round"] += 1
             save()
         left = sum(1 for k, _ in todo if cache.get(k) is None)
-        if left and st["round"] >= rounds:  # never sent on at full price unasked: the budget priced the batch
+        if left and st["round"] - st.get("unrun", 0) >= rounds:  # never sent at full price unasked: the budget
+            # priced the batch
             raise UserError(f"backend '{self.name}': {left} request(s) still unanswered after {rounds} batches "
                             f"(expired, or their lines failed: {BATCH_ERRORS_FILE} in the stage folder says why); "
                             f"rerun with backends.{self.name}.batch_api: false to send them directly, at full price")
@@ -1042,11 +1058,12 @@ class OpenAIBackend:
                      lambda b: metadata_matches(b, meta) and b.input_file_id == input_file_id
                      and b.status not in ("failed", "cancelled", "cancelling"))
 
-    def _answered_before(self, stage: str, whole: str, cache: RequestCache) -> int:
+    def _answered_before(self, stage: str, whole: str, cache: RequestCache) -> tuple[int, int]:
         """Read into the cache the lines every earlier batch of this stage answered (any request set: a rerun may
         split a call into other parts; any round; a cancelled or expired one too, which was billed for them), so
         that an empty or reset outputs folder sends only what is still unanswered; return the round after the
-        last one of this request set (0 if none).
+        last one of this request set (0 if none), and how many of its rounds did not run (cancelled or refused
+        batches: they do not count towards the limit of rounds).
 
         A batch still running (or being cancelled, which answers and bills lines until it is) is waited for and
         read: its lines are paid for whether this run reads them or not (a rerun that lost the round, or split
@@ -1059,7 +1076,11 @@ class OpenAIBackend:
                 self._ingest_batch_file(b.output_file_id, cache, missing_ok=True)
                 self._read_files.add(b.output_file_id)
         mine = [b for b in earlier if metadata_matches(b, tags(stage, whole))]
-        return max((int((b.metadata or {}).get("subl_round", 0)) for b in mine), default=-1) + 1
+        rounds: dict[int, set[str]] = {}
+        for b in mine:
+            rounds.setdefault(int((b.metadata or {}).get("subl_round", 0)), set()).add(b.status)
+        unrun = sum(1 for statuses in rounds.values() if statuses <= {"cancelled", "failed"})
+        return max(rounds, default=-1) + 1, unrun
 
     def _poll_batch(self, batch_id: str):
         polled = False

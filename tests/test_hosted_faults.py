@@ -852,3 +852,60 @@ def test_a_fresh_folder_waits_for_a_round_in_flight_instead_of_sending_its_lines
                           retry=FAST, poll_seconds=0.01, state_dir=tmp_path / "fresh", batch_min_requests=1)
     out = fresh.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert len(out) == 10 and all(out) and len(server.batches) == 2  # round 1 waited for, no third batch
+
+
+def _foreign_batch(server, chars: int):
+    """Another stage's (or run's) batch of one request of about chars/4 tokens, queued on the same server."""
+    import openai
+
+    c = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
+    line = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "w" * chars}]}})
+    f = c.files.create(file=("other.jsonl", (line + "\n").encode(), "application/jsonl"), purpose="batch")
+    return c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                            metadata={"subl_stage": "generate-otherstage"})
+
+
+def test_a_call_refused_while_other_batches_fill_the_queue_waits_and_is_sent_whole(backend, server):
+    """Another stage's batch holds 994 of 1,000 enqueued tokens: the call fits the limit alone, so it waits for
+    that batch and is sent whole (it was halved down to one request, then stopped, or went out as 10 batches)."""
+    server.batch_token_limit = 1000
+    other = _foreign_batch(server, 3960)
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    mine = [r for r in server.batches.values() if r["batch"]["id"] != other.id]
+    assert len(out) == 10 and all(out)
+    assert [len(server.contents[r["batch"]["input_file_id"]].decode().splitlines()) for r in mine] == [10, 10]
+    assert [r["over"] for r in mine] == [True, False]  # refused once, then sent whole after the other finished
+
+
+def test_a_429_about_fine_tuning_on_a_status_poll_is_retried(backend, server, tmp_path):
+    """Only a job create waits for a slot; a 429 naming fine-tuning on a status poll was final."""
+    server.fault("/fine_tuning/jobs/", "active_limit", method="GET", times=1)
+    assert backend().finetune(NANO, rows(12), Training(epochs=1), tmp_path / "ft").base.startswith("openai:ft:")
+    assert server.counts["fault:active_limit"] == 1
+
+
+def test_each_parts_output_is_read_once(backend, server, monkeypatch):
+    reads = Counter()
+    real = OpenAIBackend._ingest_batch_file
+
+    def counting(self, file_id, cache, missing_ok=False):
+        reads[file_id] += 1
+        return real(self, file_id, cache, missing_ok)
+
+    monkeypatch.setattr(OpenAIBackend, "_ingest_batch_file", counting)
+    b = backend(batch_api=True, batch_min_requests=1)
+    b.batch_limits = (3, 10**9)  # 4 parts
+    assert all(b.generate(ModelRef(NANO), PROMPTS, Sampling(seed=0)))
+    assert sorted(reads.values()) == [1, 1, 1, 1]
+
+
+def test_a_cancelled_round_does_not_use_up_the_rounds_a_rerun_has(backend, server):
+    """Rounds 0 and 1 fail a line each and round 2 is cancelled: the cancel says to rerun, and the rerun said
+    'still unanswered after 3 batches' (the cancelled batch counted as a round)."""
+    server.batch_failed_lines, server.batch_faulty = 1, 2
+    server.batch_outcomes = ["completed", "completed", "cancelled"]
+    with pytest.raises(UserError, match="rerun to send them in a new batch"):
+        backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out) and server.counts.get("chat", 0) == 0
