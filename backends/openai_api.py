@@ -1216,7 +1216,7 @@ class OpenAIBackend:
         started = time.monotonic()
         while True:  # each try with its own retries of transient faults
             try:
-                return self.call("fine-tuning job create", self._slot_or_none, attempt)
+                return self.call("fine-tuning job create", self._create_or_slots_full, attempt)
             except SlotsFull as full:
                 waited = time.monotonic() - started
                 if waited + self.poll_seconds > self.retry.slot_wait:
@@ -1226,7 +1226,7 @@ class OpenAIBackend:
                 time.sleep(self.poll_seconds)
 
     @staticmethod
-    def _slot_or_none(attempt: Callable[[], Any]):
+    def _create_or_slots_full(attempt: Callable[[], Any]):
         """attempt(); a refusal for the organisation's limit of active fine-tuning jobs raised as SlotsFull, which
         is waited out by the caller (outside the retry policy, whose total would count the wait)."""
         try:
