@@ -1015,6 +1015,7 @@ class OpenAIBackend:
                 save()
                 full = [e for e in errors if e.code == "token_limit_exceeded"]
                 if full:
+                    self._log_failed(failed)  # earlier rounds' failed lines, before the part is sent anew
                     raise EnqueuedTokenLimit(enqueued_limit(full[0].message))
                 raise UserError(redact(_one_line(f"backend '{self.name}': batch {batch.id} failed: {errs or 'no reason given'}")))
             for file_id in (batch.output_file_id, batch.error_file_id):

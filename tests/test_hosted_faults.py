@@ -909,3 +909,22 @@ def test_a_cancelled_round_does_not_use_up_the_rounds_a_rerun_has(backend, serve
         backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
     assert len(out) == 10 and all(out) and server.counts.get("chat", 0) == 0
+
+
+def test_failed_lines_of_a_round_before_an_enqueued_limit_refusal_are_logged(backend, server, tmp_path):
+    """Round 0 fails 2 lines; round 1 (those 2) is refused for the enqueued-token limit: the part is sent anew, and
+    round 0's failed lines were never written to the errors file."""
+    server.batch_failed_lines, server.batch_token_limit = 2, 10**9
+    real = server.create_batch
+
+    def refuse_the_second(body):  # round 1's batch meets a full queue
+        out = real(body)
+        if len(server.batches) == 2:
+            server.batches[out[1]["id"]].update(over=True, tokens=0)
+        return out
+
+    server.create_batch = refuse_the_second
+    out = backend(batch_api=True, batch_min_requests=1).generate(ModelRef(NANO), PROMPTS, Sampling(seed=0))
+    assert len(out) == 10 and all(out)
+    logged = (tmp_path / "state" / "hosted_batch_errors.jsonl").read_text().splitlines()
+    assert len(logged) == 2
