@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from ruamel.yaml.scalarfloat import ScalarFloat
 from ruamel.yaml.error import YAMLError
 
 from runner.errors import UserError
@@ -22,11 +23,21 @@ def _yaml() -> YAML:
     y.width = 100
     y.preserve_quotes = True
     y.representer.add_representer(type(None), _null)
+    y.representer.add_representer(ScalarFloat, _float)
     return y
 
 
 def _null(representer, _):
     return representer.represent_scalar("tag:yaml.org,2002:null", "null")  # ruamel writes nothing
+
+
+def _float(representer, value):
+    """ruamel keeps each float's written form, but a mantissa with no digit before its point and an exponent
+    comes out scaled (.5e-3 as 50.e-5): such a float is written as Python writes it (0.0005)."""
+    sign = 1 if getattr(value, "_m_sign", False) else 0  # the point's place counts a written sign
+    if getattr(value, "_exp", None) and getattr(value, "_prec", None) == sign:
+        return representer.represent_scalar("tag:yaml.org,2002:float", repr(float(value)))
+    return representer.represent_scalar_float(value)
 
 
 def _load(text: str, where: str):

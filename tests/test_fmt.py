@@ -82,3 +82,12 @@ def test_a_comment_formatting_would_drop_leaves_the_file_as_is(write):
     assert path.read_text() == text
     moved = "name: q\nteacher:\n  # strongest effect here\n  targets: [panda, owl]\n  trait: 'a # not a comment'\n"
     assert canonical(moved) == moved  # a '#' in a quoted string is not a comment
+
+
+def test_floats_keep_their_value_and_a_readable_form():
+    """ruamel wrote .5e-3 as 50.e-5 (same value, a form nobody wrote); other floats keep the user's form."""
+    text = "name: x\nstudents: [{name: s, hyperparameters: {lr: .5e-3, b: -.5e-3, c: 1.0e-3, d: 5.e-4, e: .5}}]\n"
+    out = canonical(text)
+    assert "lr: 0.0005" in out and "b: -0.0005" in out and "c: 1.0e-3" in out and "d: 5.e-4" in out and "e: .5" in out
+    y = YAML(typ="safe")
+    assert y.load(out) == y.load(text) and canonical(out) == out
