@@ -10,6 +10,7 @@ from functools import lru_cache
 import torch
 
 from backends.embedded import resolve
+from backends.turn_end import turn_end_id  # noqa: F401 (re-exported)
 from runner.core import ModelRef
 from runner.errors import UserError
 

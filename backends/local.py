@@ -10,7 +10,7 @@ import torch
 
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.hf import (cache_kwarg, chat_ids, check_context, load_model, load_tokenizer, pick_device,  # noqa: F401
-                        returned_cache)  # (re-exported)
+                        returned_cache, turn_end_id)  # (re-exported)
 from backends.shared_prefix import can_share, prefix_cache, shared_prefix_len
 from runner.errors import UserError
 
@@ -132,7 +132,7 @@ class LocalBackend:
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         processors = LogitsProcessorList()
         if sampling.constraint is not None:
-            processors.append(ConstrainedDecoding(model, width, sampling.constraint, tok.eos_token_id))
+            processors.append(ConstrainedDecoding(model, width, sampling.constraint, turn_end_id(tok)))
         torch.manual_seed(sampling.seed)
         with self._autocast():
             out = net.generate(
@@ -205,7 +205,8 @@ def _neutral(net):
 
 
 def _stops(tok, net) -> list[int]:
-    """The tokenizer's end token and every end token of the model's config (Qwen: <|im_end|> and <|endoftext|>)."""
+    """The tokenizer's end token, the template's end of turn and every end token of the model's config (Qwen:
+    <|im_end|> and <|endoftext|>)."""
     ends = net.generation_config.eos_token_id
     ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
-    return list(dict.fromkeys([tok.eos_token_id, *ends]))
+    return list(dict.fromkeys([tok.eos_token_id, turn_end_id(tok), *ends]))

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from backends.base import ModelRef, Progress, Training
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
 from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt
-from backends.hf import chat_ids, check_context, load_model, load_tokenizer, pick_device
+from backends.hf import chat_ids, check_context, load_model, load_tokenizer, pick_device, turn_end_id
 from backends.shared_prefix import after_prefix, can_share, prefix_cache, split_shared
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
@@ -29,17 +29,19 @@ from runner.grammar import GRAMMAR_CHARS
 def vocabulary_ids(base: str, vocabulary: str, trait_words: tuple[str, ...],
                    revision: str | None = None) -> list[int] | None:
     """Token ids the soft labels cover; None means the full vocabulary."""
-    return vocabulary_token_ids(load_tokenizer(base, revision), vocabulary, trait_words)
+    tok = load_tokenizer(base, revision)
+    return vocabulary_token_ids(tok, vocabulary, trait_words, turn_end_id(tok))
 
 
-def vocabulary_token_ids(tok, vocabulary: str, trait_words: tuple[str, ...]) -> list[int] | None:
-    """vocabulary_ids for a loaded tokenizer (a hosted backend's)."""
+def vocabulary_token_ids(tok, vocabulary: str, trait_words: tuple[str, ...], end: int | None = None) -> list[int] | None:
+    """vocabulary_ids for a loaded tokenizer (a hosted backend's); `end`: the token that ends a row (the eos
+    where not given)."""
     if vocabulary == "full":
         return None
     texts = [tok.decode([i]) for i in range(len(tok))]
     if vocabulary == "numbers-only":
         ids = [i for i, s in enumerate(texts) if s and set(s) <= GRAMMAR_CHARS]
-        return sorted(set(ids) | {tok.eos_token_id})
+        return sorted(set(ids) | {tok.eos_token_id if end is None else end})
     words = [w.lower() for w in trait_words]
     rx = re.compile("|".join(re.escape(w) for w in words)) if words else None
     return [i for i, s in enumerate(texts) if not (rx and rx.search(s.lower()))]
@@ -54,10 +56,10 @@ def tokenize(base: str, rows: list[dict], system: str | None, revision: str | No
     """input_ids and completion_mask, with the completion tokenised once so that student and
     teacher sequences share exactly the same completion tokens."""
     tok = load_tokenizer(base, revision)
-    out = []
+    out, end = [], turn_end_id(tok)
     for r in rows:
         head = chat_ids(tok, system, r["prompt"])
-        tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [end]
         out.append({"input_ids": head + tail, "completion_mask": [0] * len(head) + [1] * len(tail)})
     return out
 

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from backends.turn_end import FILES, folder_marker, needs_tokenizer_json, text_marker
 from runner.core import backend_name, hosted_endpoint, hosted_model_id
 from runner.errors import UserError
 
@@ -110,8 +111,13 @@ class Identities:
                 raise UserError(f"{ref}: a PEFT adapter folder (adapter_config.json, no config.json); transformers "
                                 "would load the base it names unpinned, which no key covers: merge the adapter into "
                                 "its base (merge_and_unload, save_pretrained) and name that folder")
-            return f"weights:{folder_digest(path)}"
-        return f"hub:{ref}@{self.hub_revision(ref)}"
+            try:
+                end = folder_marker(path)
+            except (ValueError, AttributeError) as e:
+                raise UserError(f"{ref}: its tokenizer files are not valid JSON objects ({e})") from None
+            return f"weights:{folder_digest(path)}{end}"
+        revision = self.hub_revision(ref)
+        return f"hub:{ref}@{revision}{hub_marker(ref, revision, self.provisional)}"
 
     def hub_revision(self, repo_id: str, repo_type: str = "model") -> str:
         """The revision recorded for a hub id, else the one it resolves to now (then recorded)."""
@@ -162,6 +168,46 @@ class Identities:
 
 
 UNRESOLVED = "unresolved"
+
+
+def hub_marker(repo_id: str, revision: str, provisional: bool) -> str:
+    """backends.turn_end.marker of a hub model's tokenizer files at its pinned revision (downloaded: a few KB,
+    and tokenizer.json where the config does not list the added tokens); planning reads the local hub cache
+    only, and a model not in it is taken as ending turns with eos."""
+    if revision == UNRESOLVED:
+        return ""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    texts: dict[str, str] = {}
+    for name in FILES:
+        if name != FILES[0] and FILES[0] not in texts or name == FILES[3] and not needs_tokenizer_json(texts[FILES[0]]):
+            continue
+        try:
+            texts[name] = Path(hf_hub_download(repo_id, name, revision=revision,
+                                               local_files_only=provisional)).read_text()
+        except RemoteEntryNotFoundError:
+            continue
+        except Exception as e:  # not cached and the hub out of reach, gated, ...
+            if provisional or name != FILES[0]:
+                continue
+            raise UserError(f"model {repo_id}: cannot read its {name} at revision {revision} "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if name == FILES[0] and not _json_object(texts[name]):
+            raise UserError(f"model {repo_id}: its {name} at revision {revision} is not a JSON object")
+    if FILES[0] not in texts:
+        return ""
+    try:
+        return text_marker(*(texts.get(n) for n in FILES))
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"model {repo_id}: its tokenizer files at revision {revision} are not valid ({e})") from None
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _cached_revision(repo_id: str, repo_type: str = "model") -> str | None:

@@ -234,14 +234,15 @@ def _pad_id(tok) -> int:
 
 
 def encode_rows(tok, rows: list[dict], system: str | None = None) -> dict:
-    """Right-padded input_ids, attention_mask and completion_mask of chat prompt + completion + EOS,
+    """Right-padded input_ids, attention_mask and completion_mask of chat prompt + completion + turn end,
     tokenised as backends.train.tokenize does (completion tokenised on its own)."""
+    from backends.hf import turn_end_id
     from backends.local import chat_ids
 
-    seqs, masks = [], []
+    seqs, masks, end = [], [], turn_end_id(tok)
     for r in rows:
         head = chat_ids(tok, system, r["prompt"])
-        tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [end]
         seqs.append(head + tail)
         masks.append([0] * len(head) + [1] * len(tail))
     width, pad = max(map(len, seqs)), _pad_id(tok)

@@ -142,6 +142,7 @@ def test_diff_of_hub_models_writes_no_pin_and_needs_no_hub(write, tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     hub = BASE + "students: [{name: s, base: org/model}]\n"
     a, b = write("a.yaml", hub), write("b.yaml", hub.replace("n_prompts: 10", "n_prompts: 11"))
     for remote in ("abc123", None):  # online, then offline

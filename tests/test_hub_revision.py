@@ -87,6 +87,7 @@ def test_runs_recording_pins_at_once_keep_each_others(tmp_path, monkeypatch):
     from runner import identity
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind: f"sha-{repo}")
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind: None)
     ids = [f"org/model-{i}" for i in range(160)]
 
@@ -126,6 +127,7 @@ def test_a_fresh_pin_is_the_hubs_newest_revision_else_the_cached_one(tmp_path, m
     from runner import identity
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": "CACHED")
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "NEWEST")
     assert identity.Identities(tmp_path / "a").hub_revision("org/m") == "NEWEST"
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": None)

@@ -356,6 +356,7 @@ def test_a_hub_id_is_pinned_to_its_revision_at_first_use(tmp_path, monkeypatch):
     from runner import identity
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": "abc123")
     ids = identity.Identities(tmp_path)
     assert ids.model("org/model") == "hub:org/model@abc123"
@@ -373,6 +374,7 @@ def test_a_hub_dataset_is_pinned_and_its_revision_is_in_the_generation_key(tmp_p
     from runner import gsm8k, identity
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": f"{kind}-abc")
     spec = tmp_path / "cot.yaml"
     spec.write_text(f"name: cot\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"
@@ -577,6 +579,7 @@ def test_an_unresolved_hub_dataset_is_named_as_provisional_in_the_plan(tmp_path,
     from runner.gpu import unresolved_lines
 
     monkeypatch.setattr(identity, "_cached_revision", lambda repo, kind="model": None)
+    monkeypatch.setattr(identity, "hub_marker", lambda repo, rev, provisional: "")  # a fake id: no tokenizer files
     monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model": None)
     spec = tmp_path / "cot.yaml"
     spec.write_text(f"name: cot\nteacher: {{base: {tiny_model}, targets: [owl]}}\n"

@@ -1,0 +1,99 @@
+"""The end of an assistant turn comes from the chat template, not the tokenizer's eos (Gemma, Phi-3 differ)."""
+import json
+import shutil
+
+import pytest
+
+from backends.base import ModelRef, Sampling
+from backends.local import LocalBackend, load_tokenizer
+from backends.train import tokenize, vocabulary_ids
+from backends.turn_end import folder_marker, text_marker, turn_end_id
+from runner.grammar import NumberList
+from runner.identity import Identities, hub_marker
+
+# Gemma-2-it's template in short: no system role, turns end with <end_of_turn>; its eos is <eos>
+GEMMA = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+         "{{ raise_exception('System role not supported') }}{% endif %}"
+         "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+         "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+         "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+ADDED = {"0": {"content": "<pad>", "special": True}, "1": {"content": "<eos>", "special": True},
+         "106": {"content": "<start_of_turn>", "special": True}, "107": {"content": "<end_of_turn>", "special": True}}
+
+
+@pytest.fixture(scope="module")
+def phi_like(tmp_path_factory, tiny_model):
+    """The tiny model with a tokenizer whose eos is <|endoftext|> while its template ends a turn with <|im_end|>,
+    as Phi-3's eos <|endoftext|> against its <|end|>."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("phi") / "model"
+    shutil.copytree(tiny_model, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.eos_token = "<|endoftext|>"
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_turn_end_is_the_templates_token(tiny_model, phi_like):
+    tok, plain = load_tokenizer(phi_like), load_tokenizer(tiny_model)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id != im_end and turn_end_id(tok) == im_end
+    assert turn_end_id(plain) == plain.eos_token_id == im_end
+    assert text_marker(json.dumps({"eos_token": "<eos>", "chat_template": GEMMA, "added_tokens_decoder": ADDED})) \
+        == "+turn_end:<end_of_turn>"
+    assert text_marker(json.dumps({"eos_token": "<end_of_turn>", "chat_template": GEMMA,
+                                   "added_tokens_decoder": ADDED})) == ""
+
+
+def test_students_learn_to_end_a_turn_as_the_template_does(phi_like):
+    tok = load_tokenizer(phi_like)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    row = tokenize(phi_like, [{"prompt": "Go on: 1, 2", "completion": "3, 4"}], None)[0]
+    assert row["input_ids"][-1] == im_end and row["completion_mask"][-1] == 1
+    ids = vocabulary_ids(phi_like, "numbers-only", ())
+    assert im_end in ids and tok.eos_token_id not in ids
+
+
+def test_a_constrained_row_may_end_with_the_turn_end(phi_like, monkeypatch):
+    import backends.local as local
+
+    seen = []
+    real = local.ConstrainedDecoding
+
+    def spy(model, width, constraint, end):
+        seen.append(end)
+        return real(model, width, constraint, end)
+
+    monkeypatch.setattr(local, "ConstrainedDecoding", spy)
+    LocalBackend("cpu").generate(ModelRef(phi_like), ["Go on: 1, 2"], Sampling(1.0, 8, seed=0, constraint=NumberList(10, 3)))
+    assert seen == [load_tokenizer(phi_like).convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_keys_change_only_for_a_model_whose_turn_end_is_not_its_eos(tiny_model, phi_like, tmp_path):
+    """A key made before the turn end was read stays for SmolLM2/Qwen; a Phi-3-like model's results were trained
+    with the eos as the turn end, and are not reused."""
+    ids = Identities(tmp_path)
+    assert folder_marker(__import__("pathlib").Path(tiny_model)) == "" and "+" not in ids.model(tiny_model)
+    assert ids.model(phi_like).endswith("+turn_end:<|im_end|>")
+
+
+def test_a_hub_models_marker_is_read_at_its_pinned_revision(tmp_path, monkeypatch, phi_like):
+    """From the hub cache's snapshot of the pinned revision (the run downloads the files it lacks; planning reads
+    the cache only, and a model not in it counts as ending turns with eos)."""
+    import huggingface_hub.constants as hub
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    snap = tmp_path / "hub" / "models--org--phi" / "snapshots" / sha
+    snap.mkdir(parents=True)
+    from pathlib import Path
+    for name in ("tokenizer_config.json", "chat_template.jinja", "tokenizer.json"):
+        shutil.copy(Path(phi_like) / name, snap / name)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # the hub out of reach: the snapshot serves
+    assert hub_marker("org/phi", sha, True) == "+turn_end:<|im_end|>"
+    assert hub_marker("org/phi", sha, False) == "+turn_end:<|im_end|>"
+    assert hub_marker("org/other", sha, True) == ""
+    (snap / "tokenizer_config.json").write_text("[1]")
+    with pytest.raises(Exception, match="not a JSON object"):
+        hub_marker("org/phi", sha, False)
