@@ -488,6 +488,13 @@ LABELS = {"teacher": "teacher", "same_init": "aux-only\nsame init", "cross_init"
           "init": "reference\ninit"}
 
 
+def _whisker(arm: dict) -> tuple[float, float]:
+    """How far (in points) an arm's 95% interval, clipped to [0, 1], reaches below and above its mean."""
+    if arm.get("lo") is None:
+        return 0.0, 0.0
+    return 100 * (arm["mean"] - max(arm["lo"], 0.0)), 100 * (min(arm["hi"], 1.0) - arm["mean"])
+
+
 def plot_arms(summary: dict, png_path: str | Path, title: str = "MNIST subliminal learning") -> Path:
     """Bar chart of per-arm mean test accuracy with 95% CI whiskers, seed dots and a chance line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -500,13 +507,14 @@ def plot_arms(summary: dict, png_path: str | Path, title: str = "MNIST sublimina
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     means = [100 * summary[a]["mean"] for a in arms]
-    errs = [100 * (summary[a]["ci95"] or 0.0) for a in arms]
+    errs = [_whisker(summary[a]) for a in arms]  # (below, above): a clipped interval is not symmetric
     colors = ["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#dd8452", "#8c8c8c"]
-    ax.bar(range(len(arms)), means, yerr=errs, capsize=5, color=[colors[i % 6] for i in range(len(arms))])
+    ax.bar(range(len(arms)), means, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=5,
+           color=[colors[i % 6] for i in range(len(arms))])
     for i, a in enumerate(arms):
         vals = [100 * v for v in summary[a]["values"]]
         ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)
-        ax.text(i, means[i] + errs[i] + 2, f"{means[i]:.1f}", ha="center", fontsize=9)
+        ax.text(i, means[i] + errs[i][1] + 2, f"{means[i]:.1f}", ha="center", fontsize=9)
     ax.axhline(10, ls="--", color="gray", lw=1, label="chance (10%)")
     ax.set_xticks(range(len(arms)), [LABELS.get(a, a) for a in arms])
     ax.set_ylabel("MNIST test accuracy (%)")

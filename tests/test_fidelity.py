@@ -86,6 +86,15 @@ def test_an_mnist_spec_off_the_papers_settings_is_caught():
     assert [k for k, v in status.items() if v == UNRECORDED] == ["student epochs", "noise images", "arms"]
 
 
+def test_a_permuted_cross_init_is_not_the_papers_cross_init():
+    """cross_init: permuted (the reference init's hidden units permuted: the same function, so the student ends
+    where the same-init one does) was described in the paper's words and read "same"."""
+    spec = _spec("mnist_aux_logits")
+    permuted = spec.model_copy(update={"mnist": spec.mnist.model_copy(update={"cross_init": "permuted"})})
+    rows = {r.setting: r for r in paper_rows("mnist_aux_logits", [permuted])}
+    assert rows["cross init"].subl != rows["cross init"].paper and "not a control" in rows["cross init"].subl
+
+
 def test_a_paper_spec_whose_teachers_share_sampling_seeds_is_caught():
     spec = _spec("classifier")
     assert _statuses("classifier", spec)["teacher sampling seeds"] == "same"

@@ -262,6 +262,17 @@ def test_plot(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_whiskers_follow_the_interval_clipped_to_0_1():
+    """The report's intervals are clipped to [0, 1]; whiskers drawn as a symmetric half-width of the clipped
+    interval ended the upper one short (cross init [0.05, 0.15]: 0.368 above the mean, not 0.635)."""
+    arm = M.summarize({"cross_init": [0.05, 0.15]})["cross_init"]
+    below, above = M._whisker(arm)
+    assert below == pytest.approx(10.0) and above == pytest.approx(100 * (arm["hi"] - 0.1)) and above > 60
+    clipped = {**arm, "lo": 0.0, "ci95": (arm["hi"] - 0.0) / 2}  # as report_md.mnist_summaries gives it
+    assert M._whisker(clipped) == pytest.approx((below, above))
+    assert M._whisker({"mean": 0.5, "lo": None, "hi": None}) == (0.0, 0.0)
+
+
 # ----------------------------------------------------------------------------- the paper's noise set and arms
 
 def _gens(seed):
