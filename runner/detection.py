@@ -18,7 +18,7 @@ from scipy import stats as sps
 
 from runner.paper import MATERIALS_PATH  # the one place that says where the file lives
 from runner.rows import completion_of
-from runner.stats import wilson
+from runner.stats import clopper_pearson
 
 
 @lru_cache(maxsize=4)
@@ -207,7 +207,7 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str], unlisted_as:
     0 and A needs P(A) > P(B), so neither listed reads B. Without it (a reply that is not a letter) it is left
     out, not counted wrong (a judge that fails to answer would look worse than chance against 50%).
 
-    Returns accuracy, ci (Wilson 95%), n (choices counted), n_unreadable (choices with no letter), p_value
+    Returns accuracy, ci (exact Clopper-Pearson 95%), n (choices counted), n_unreadable (choices with no letter), p_value
     (two-sided exact binomial vs 50%), and chose_a, chose_b: how often the judge picked each position as counted
     (a judge that always picks one scores the share of pairs whose trait row sits there: valid against 50%
     under the seeded order, but no detection).
@@ -217,18 +217,18 @@ def pairwise_accuracy(choices: list[str | None], truths: list[str], unlisted_as:
     counted = [c or unlisted_as for c in choices]
     read = [(c, t) for c, t in zip(counted, truths) if c is not None]
     hits, n = sum(c == t for c, t in read), len(read)
-    return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
+    return {"accuracy": hits / n if n else None, "ci": clopper_pearson(hits, n), "n": n,
             "n_unreadable": sum(c is None for c in choices),
             "chose_a": counted.count("A"), "chose_b": counted.count("B"),
             "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 
 def verdict_accuracy(verdicts: list[str | None]) -> dict:
-    """Accuracy over the pairs both orders decided (a sign test: undecided pairs dropped), with a Wilson 95%
-    interval and a two-sided exact binomial p against 50%; n_undecided counts the rest. No pair decided: accuracy
+    """Accuracy over the pairs both orders decided (a sign test: undecided pairs dropped), with an exact
+    (Clopper-Pearson) 95% interval and a two-sided exact binomial p against 50%; n_undecided counts the rest. No pair decided: accuracy
     None (not 0), the interval [0, 1] and p 1."""
     hits, n = verdicts.count("trait"), sum(v is not None for v in verdicts)
-    return {"accuracy": hits / n if n else None, "ci": wilson(hits, n), "n": n,
+    return {"accuracy": hits / n if n else None, "ci": clopper_pearson(hits, n), "n": n,
             "n_undecided": len(verdicts) - n, "p_value": float(sps.binomtest(hits, n, 0.5).pvalue) if n else 1.0}
 
 

@@ -15,7 +15,7 @@ ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the
             "only, not the draw of rows")
 BINOMIAL = "two-sided exact binomial test of the accuracy against 50%"
 ONE_POSITION = 0.9  # a judge picking one position this often is reading the order, not the rows
-WILSON = "95% Wilson interval over pairs"
+EXACT_CI = "exact (Clopper-Pearson) 95% interval over pairs, which excludes 50% exactly when the binomial test rejects it"
 
 
 def icl_label(rows: str, k: int) -> str:
@@ -81,7 +81,7 @@ def _paired(cell: str, a_label: str, b_label: str, metric: str, a: list[float], 
 
 
 def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
-    """Per (target, rows compared with, judge): pairwise accuracy (Wilson CI, binomial p against 50%)
+    """Per (target, rows compared with, judge): pairwise accuracy (exact CI, binomial p against 50%)
     and, with per_row, the AUROC of the per-row yes/no score."""
     from runner.detection import auroc, row_score
 
@@ -96,7 +96,7 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
                             "orders": res.get("orders", "seeded")}}
         acc, counts = _accuracy(res["pairs"], both, e["mode"] == "top_logprobs")
         out.append({**common, "metric": "pairwise_accuracy", "value": acc["accuracy"], "ci": list(acc["ci"]),
-                    "ci_method": WILSON, "n": acc["n"], "counts": counts})
+                    "ci_method": EXACT_CI, "n": acc["n"], "counts": counts})
         if res.get("rows"):
             rows = res["rows"]
             out.append({**common, "metric": "auroc", "value": auroc([row_score(r) for r in rows],

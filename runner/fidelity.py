@@ -96,8 +96,9 @@ REASONS = {
                                                   "hard-coded fill); subl names the animal whose rows are the "
                                                   "treatment",
     ("classifier", "accuracy reported"): "each pair of datasets is its own test against 50%, so a pair the judge "
-                                         "tells apart is not averaged away among its target's other 3; the Wilson "
-                                         "interval stays inside [0, 1] where the normal one does not",
+                                         "tells apart is not averaged away among its target's other 3; the exact "
+                                         "interval stays inside [0, 1] where the normal one does not, and agrees "
+                                         "with the binomial test",
     ("classifier", "A/B order"): "seeded, so a rerun asks the same prompts (the paper's module-level random is "
                                  "unseeded)",
     ("*", "code prompt layout"): "the paper's tasks (a description and a code template cut from the sleeper-agents "
@@ -517,7 +518,7 @@ def classifier_rows(cells: list[Spec]) -> list[Row]:
             row("verdict read from", f"top {clf['sampling']['logprobs']} first-token log-probs", f"{c}.verdict_reading",
                 f"top {ev.top_logprobs} first-token log-probs" if ev.read == "auto" else "a one-token reply"),
             row("accuracy reported", "per target: the mean over its 4 alternatives, 1.96*sqrt(p(1-p)/n)",
-                f"{c}.reporting", "per pair of datasets, a Wilson 95% interval and an exact binomial p"),
+                f"{c}.reporting", "per pair of datasets, an exact (Clopper-Pearson) 95% interval and an exact binomial p"),
             row("per-row yes/no variant", None, c, "AUROC" if ev.per_row else None)]
 
 

@@ -100,7 +100,7 @@ def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str
 
 
 def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
-    """Per cell: pairwise accuracy per (trait, rows compared with, judge) with Wilson CIs and the chance line."""
+    """Per cell: pairwise accuracy per (trait, rows compared with, judge) with exact 95% CIs and the chance line."""
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         acc = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"
@@ -122,5 +122,5 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
         fig.tight_layout()
         path = folder / file_slug(f"classifier{'-' + cell if cell != '-' else ''}.png")
         fig.savefig(path, dpi=120)
-        out.append((path, "Classifier accuracy per pair of datasets and judge (95% Wilson CI; dashed: chance)."))
+        out.append((path, "Classifier accuracy per pair of datasets and judge (exact Clopper-Pearson 95% CI; dashed: chance)."))
     return out

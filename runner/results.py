@@ -12,8 +12,8 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
-from runner.stats import (CI_METHOD, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci,
-                          paired_t_p, sign_flip_min_p, sign_flip_p, untested_fields)
+from runner.stats import (CI_METHOD, COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
+                          mean_ci, paired_t_p, sign_flip_min_p, sign_flip_p, untested_fields)
 from runner.store import Store
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -209,8 +209,8 @@ def _evaluation(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], l
 
 # ---- MNIST ------------------------------------------------------------------------------------
 
-MNIST_TEST = ("paired t-test across seeds (each seed's students share its teacher); where every seed's "
-              "difference is the same, or t overflows, the exact sign-flip p 2/2^n")
+MNIST_TEST = ("paired t-test across seeds (each seed's students share its teacher); p = 0 where every seed's "
+              "difference is the same (t infinite)")
 
 
 def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
@@ -259,7 +259,7 @@ def mnist_figure(plan: CellPlan, store: Store) -> str | None:
 
 # ---- the one-step theorem on MNIST -------------------------------------------------------------
 
-THEOREM_CI = "95% t-interval across seeds (noise batches averaged within a seed)"
+THEOREM_CI = "95% t-interval across seeds (noise batches averaged within a seed); a cosine's clipped to [-1, 1]"
 
 
 def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
@@ -271,7 +271,8 @@ def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
 
 
 CELL_TEST = ("paired t-test across seeds (the same seed in both cells draws the same random inits and prompts; "
-             "the teacher too unless the changed key is one of its settings)")
+             "the teacher too unless the changed key is one of its settings); p = 0 where every seed's difference "
+             "is the same (t infinite)")
 
 
 def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
@@ -317,7 +318,8 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     for arm in dict.fromkeys(r["arm"] for r in rows):
         for metric, value in measures.items():
             seeds = _per_seed(rows, arm, value)
-            mean, lo, hi = mean_ci(list(seeds.values()))
+            within = COSINE_RANGE if metric == "cosine" else (-math.inf, math.inf)
+            mean, lo, hi = mean_ci(list(seeds.values()), within=within)
             out.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
                         "value": mean, "ci": None if lo is None else [lo, hi], "n": len(seeds), "ci_method": THEOREM_CI,
                         "seed": None})

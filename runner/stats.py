@@ -11,13 +11,16 @@ CI_METHOD = "95% t-interval across questions, clipped to [0, 1]"
 TEST_METHOD = "paired sign-flip permutation test over questions (exact for n <= 16, else 100k Monte Carlo)"
 
 UNIT_RANGE = (0.0, 1.0)  # rates, probabilities, accuracies
+COSINE_RANGE = (-1.0, 1.0)
 
 
 def mean_ci(values: list[float], level: float = 0.95, within: tuple[float, float] = (-math.inf, math.inf)
-            ) -> tuple[float, float | None, float | None]:
+            ) -> tuple[float | None, float | None, float | None]:
     """Mean and a t-interval across units (questions or seeds), clipped to the range the metric can take (a rate's
     interval does not reach below 0); no interval (None, None) from one unit."""
     x = np.asarray(values, dtype=float)
+    if len(x) == 0:  # no unit: no mean (NaN is not JSON)
+        return None, None, None
     m = float(x.mean())
     if len(x) < 2:
         return m, None, None
@@ -35,6 +38,15 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def clopper_pearson(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for hits/n: it excludes 50% exactly when the two-sided exact binomial
+    test does (Wilson's can exclude it at p = 0.077: 12 of 16). [0, 1] for n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    ci = sps.binomtest(hits, n).proportion_ci(level, "exact")
+    return float(ci.low), float(ci.high)
+
+
 def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> float:
     """Two-sided p-value of the mean paired difference under random sign flips:
     exact enumeration for n <= 16, otherwise Monte Carlo with the (hits+1)/(n_perm+1) rule."""
@@ -47,7 +59,7 @@ def sign_flip_p(diffs: list[float], n_perm: int = 100_000, seed: int = 0) -> flo
     for start in range(0, n_perm, 10_000):
         signs = rng.choice((1.0, -1.0), size=(min(10_000, n_perm - start), len(d)))
         hits += int(np.sum(np.abs(signs @ d) >= observed))
-    return (hits + 1) / (n_perm + 1)
+    return max((hits + 1) / (n_perm + 1), sign_flip_min_p(diffs, n_perm))  # never below the exact floor
 
 
 def sign_flip_min_p(diffs: list[float], n_perm: int = 100_000) -> float:
@@ -141,7 +153,10 @@ def fieller_ratio_ci(a: list[float], b: list[float], level: float = 0.95) -> tup
     q = float(sps.t.ppf(0.5 + level / 2, df)) ** 2
     # (ma - R mb)^2 = q (sa2 + R^2 sb2)  <=>  A R^2 + B R + C = 0
     A, B, C = mb * mb - q * sb2, -2 * ma * mb, ma * ma - q * sa2
-    if A <= 0:
+    # far from the point ratio the df tends to b's own (n_b - 1): where b's own interval holds 0 the set is
+    # unbounded whatever the df at the point says (a = [0, 0]: df was infinite, the interval [0, 0])
+    qb = float(sps.t.ppf(0.5 + level / 2, len(y) - 1)) ** 2 if len(y) > 1 else q
+    if A <= 0 or mb * mb <= qb * sb2:
         return None
     root = math.sqrt(max(B * B - 4 * A * C, 0.0))  # = 4q(ma^2 sb2 + sa2 A) >= 0 when A > 0; below 0 only by rounding
     return float((-B - root) / (2 * A)), float((-B + root) / (2 * A))
@@ -198,11 +213,10 @@ def untested_fields(a_values: list[float], b_values: list[float], left_out: list
 def paired_t_p(diffs) -> float:
     """Two-sided p of a one-sample t-test of paired differences against 0; 1.0 with fewer than two pairs or when
     every difference is 0 (identical arms: scipy's p would be NaN, which results.json cannot hold). Where every
-    difference is (nearly) the same non-zero number, t is huge and scipy's p is 0 or underflows to 0: the exact
-    sign-flip p of n pairs all on one side (2 / 2^n) is given instead, the smallest p that n pairs can
-    honestly support without the t-test's normality."""
+    difference is the same non-zero number t is infinite and p is 0, the t-test's limit (and where scipy's p
+    underflows, 0 too): one test throughout, so a steadier effect never gets a larger p. (This gave the exact
+    sign-flip p 2/2^n there, 0.0625 for 5 seeds, while a nearly equal set got 1e-13.)"""
     d = np.asarray(diffs, float)
     if len(d) < 2 or not np.any(d != 0):
         return 1.0
-    p = 0.0 if np.ptp(d) <= 1e-12 * np.max(np.abs(d)) else float(sps.ttest_1samp(d, 0.0).pvalue)
-    return p if p > 0 else 2.0 / 2 ** len(d)
+    return 0.0 if np.ptp(d) <= 1e-12 * np.max(np.abs(d)) else float(sps.ttest_1samp(d, 0.0).pvalue)

@@ -14,6 +14,7 @@ objective SFT on, or KL to, the teacher's completions).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from runner.errors import UserError
 from runner.mnist import N_CLASSES, draw_init, forward, scale_pixels, to_tensors
-from runner.stats import mean_ci
+from runner.stats import COSINE_RANGE, mean_ci
 
 Tensors = list  # list[torch.Tensor]
 
@@ -203,8 +204,8 @@ def _per_unit(rows: list[dict], value: Callable[[dict], float], unit: str) -> li
     return [sum(v) / len(v) for v in groups.values()]
 
 
-def _ci(values: list[float]) -> dict:
-    m, lo, hi = mean_ci(values)
+def _ci(values: list[float], within: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    m, lo, hi = mean_ci(values, within=within)
     return {"mean": m, "lo": lo, "hi": hi, "n": len(values)}
 
 
@@ -215,8 +216,8 @@ def summarize_alignment(rows: list[dict], unit: str = "seed") -> dict:
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         rs = [r for r in rows if r["arm"] == arm]
-        per = lambda f: _ci(_per_unit(rs, f, unit))  # noqa: E731
-        out[arm] = {"cosine": per(lambda r: r["cosine"]),
+        per = lambda f, within=(-math.inf, math.inf): _ci(_per_unit(rs, f, unit), within)  # noqa: E731
+        out[arm] = {"cosine": per(lambda r: r["cosine"], COSINE_RANGE),
                     "unit": f"{unit} (rows averaged within it)", "n_rows": len(rs)}
         for m in (k[:-len("_change")] for k in rs[0] if k.endswith("_change")):
             out[arm].update({

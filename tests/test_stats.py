@@ -34,14 +34,16 @@ def test_wilson_stays_inside_zero_one_at_the_edges():
     assert wilson(0, 12)[0] == 0.0 and wilson(12, 12)[1] == 1.0
 
 
-def test_one_unit_has_no_interval_and_equal_differences_do_not_give_p_zero():
+def test_one_unit_has_no_interval_and_a_steadier_effect_never_gets_a_larger_p():
+    """Every seed's difference the same gave the exact sign-flip p 2/2^n (0.0625 for 5 seeds, never marked at
+    0.01) while a nearly equal set got the t-test's 1e-13: one test throughout now, t infinite giving p = 0."""
     from runner.stats import paired_t_p
 
-    assert mean_ci([0.3]) == (0.3, None, None)
-    assert paired_t_p([0.01, 0.01, 0.01]) == pytest.approx(0.25)  # t infinite: the exact sign-flip p, not 0
+    assert mean_ci([0.3]) == (0.3, None, None) and mean_ci([]) == (None, None, None)  # no NaN in results.json
+    steady, nearly = [0.05] * 5, [0.05] * 4 + [0.0501]
+    assert paired_t_p(steady) <= paired_t_p(nearly) < 1e-6
     assert 0 < paired_t_p([0.01, 0.02, 0.015]) < 0.05 and paired_t_p([0.0, 0.0]) == 1.0
-    assert paired_t_p([1.0] * 30 + [1 + 1e-11]) == 2.0 / 2 ** 31  # t ~ 1e12: scipy's p underflows to 0
-    assert paired_t_p([0.01] * 20) == 2.0 / 2 ** 20  # exact, not a Monte Carlo sign-flip estimate
+    assert paired_t_p([0.01, 0.01, 0.01]) == 0.0 and paired_t_p([0.01, -0.01]) == 1.0
 
 
 def test_tiny_metrics_are_not_ties():
@@ -83,3 +85,45 @@ def test_a_figures_pooled_whisker_does_not_reach_below_zero():
 
     mean, lo, hi = _pool([{"value": 0.0}, {"value": 0.0}, {"value": 0.1}])
     assert lo == 0.0 and 0 < mean < hi <= 1
+
+
+def test_a_ratio_whose_denominator_may_be_zero_has_no_interval():
+    """Fieller's set is unbounded when the denominator arm's own interval holds 0; the df taken at the point ratio
+    (infinite when arm a is all zeros) printed 0.000x [0.000, 0.000], or an interval excluding 1."""
+    from runner.stats import fieller_ratio_ci
+
+    assert fieller_ratio_ci([0.0, 0.0], [0.01, 0.03]) is None
+    assert fieller_ratio_ci([0.0, 0.0, 0.0], [0.01, 0.02, 0.03]) is None
+    assert fieller_ratio_ci([0.45, 0.55] * 5, [0.10, 0.14]) is None  # b's own 95% t-interval [-0.134, 0.374]
+    lo, hi = fieller_ratio_ci([1.0, 1.2, 1.1], [0.5, 0.52, 0.48])  # b far from 0: a finite interval
+    assert lo < 1.1 / 0.5 < hi
+
+
+def test_the_exact_interval_agrees_with_the_binomial_test():
+    """Wilson's interval excluded 50% at 12 of 16 while the exact binomial p was 0.077: one row said both."""
+    from scipy.stats import binomtest
+
+    from runner.stats import clopper_pearson
+
+    lo, hi = clopper_pearson(12, 16)
+    assert lo < 0.5 < hi and clopper_pearson(0, 0) == (0.0, 1.0)
+    for n in range(1, 41):
+        for hits in range(n + 1):
+            lo, hi = clopper_pearson(hits, n)
+            assert 0.0 <= lo <= hits / n <= hi <= 1.0
+            assert (not lo <= 0.5 <= hi) == (binomtest(hits, n, 0.5).pvalue < 0.05), (hits, n)
+
+
+def test_a_monte_carlo_sign_flip_p_is_never_below_the_exact_floor():
+    from runner.stats import sign_flip_min_p, sign_flip_p
+
+    d = [1.0] * 17  # exact p 2/2^17 = 1.5e-5; 100k draws see no other pattern as extreme
+    assert sign_flip_p(d, seed=4) == pytest.approx(sign_flip_min_p(d)) == pytest.approx(2 / 2 ** 17)
+
+
+def test_a_cosines_interval_stays_within_minus_one_and_one():
+    from runner.theorem import summarize_alignment
+
+    rows = [{"arm": "same_init", "seed": s, "cosine": c} for s, c in enumerate([0.85, 0.95])]
+    ci = summarize_alignment(rows)["same_init"]["cosine"]
+    assert ci["hi"] == 1.0 and -1.0 <= ci["lo"] < 0.9
