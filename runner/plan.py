@@ -128,7 +128,18 @@ def sample_fields(j) -> dict:
 
 
 def model_input(ids: Identities, ref: str, system: str | None = None) -> ModelInput:
-    return ModelInput(ref=ref, identity=ids.model(ref), system=system)
+    return ModelInput(ref=loadable(ref), identity=ids.model(ref), system=system)
+
+
+def loadable(ref: str) -> str:
+    """A local model folder named by a relative path, as an absolute one: a Ray worker's working folder is not
+    the driver's (ref is in no key, so nothing moves)."""
+    from backends.embedded import EMBEDDED
+
+    if backend_name(ref) != "local" or ref in EMBEDDED:
+        return ref
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if not path.is_absolute() and path.is_dir() else ref
 
 
 def made_by(stage: Stage, label: str, system: str | None = None) -> ModelInput:

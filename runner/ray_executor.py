@@ -63,15 +63,31 @@ def cluster(address: str | None, cpus: int | None) -> Iterator[dict[str, float]]
     kw = dict(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="WARNING")
     try:
         if address:
+            reachable(address)
             ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, **kw)
-    except ConnectionError as e:
-        raise UserError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0]})") from None
+        else:  # "local": a new instance even with RAY_ADDRESS set or a `ray start` cluster on this machine
+            ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False, **kw)
+    except (ConnectionError, ValueError) as e:  # ValueError: a malformed address, ray:// without ray[client]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--address {address}: no Ray cluster there ({first})" if address
+                        else f"cannot start a local Ray instance ({first})") from None
     try:
         yield {k: float(v) for k, v in sorted(ray.cluster_resources().items()) if not k.startswith("node:")}
     finally:
         ray.shutdown()
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """A host:port address that accepts no connection is one line now (Ray retries its GCS for 10-20 minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://") or not sep or not port.isdigit():
+        return  # auto, ray://, a malformed address: Ray says what it makes of them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray cluster there (nothing accepts a connection: {e})") from None
 
 
 def describe(resources: dict[str, float]) -> str:
@@ -157,6 +173,9 @@ def build_on_worker(stage: Stage, root: str, router, keys: dict[str, str] | None
     """The task: build one stage into the shared store; (seconds or None when reused, where it ran)."""
     check_code(stage, driver_code)
     check_keys(stage, keys or {})
+    if not (Path(root) / "stages").is_dir():  # the driver made it: this node does not see the shared folder
+        raise UserError(f"{stage.label}: --outputs {root} is not there on the Ray worker on {platform.node()}; it "
+                        "must be a folder every node shares at the same path (nothing was built)")
     import ray
 
     store = Store(root)
@@ -273,11 +292,14 @@ def execute_ray(stages: list[Stage], store: Store, router, progress_factory: Cal
 
 
 def failure(stage: Stage, e: Exception) -> BaseException:
-    """The stage's own exception, or one line for a worker that kept dying."""
+    """The stage's own exception, or one line (exit 2) for a worker that kept dying or a task Ray could not run."""
     import ray
 
     if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, BaseException):
         return e.cause
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return RuntimeError(f"{stage.label}: its Ray worker failed {MAX_RETRIES + 1} times; the partial folder is kept "
-                        f"for a rerun ({type(e).__name__}: {first})")
+    died = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
+    what = (f"its Ray worker died {MAX_RETRIES + 1} times" if isinstance(e, died)
+            else "Ray could not run it")
+    return UserError(f"{stage.label}: {what}; finished stages are kept and the partial folder is kept for a rerun "
+                     f"({type(e).__name__}: {first})")

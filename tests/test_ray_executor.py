@@ -378,3 +378,67 @@ def test_a_stage_built_where_the_driver_cannot_see_it_is_one_line(tmp_path, monk
     with pytest.raises(UserError, match=r"^a: built on node-2 \(10.0.0.2\), but .* is not there on this machine "
                                         r"after 0.3 s; --outputs must be a folder every node shares"):
         ray_executor.execute_ray([first], Store(tmp_path), Router("cpu"), log=lambda msg: None)
+
+
+def test_a_bad_or_dead_address_is_one_line_and_ray_address_does_not_break_a_local_instance(write, monkeypatch):
+    """A malformed --address was an internal error (Ray's ValueError); a host:port with nothing there waited out
+    Ray's GCS retries (10-20 min) first; RAY_ADDRESS (or a `ray start` cluster on this machine) made the local
+    instance an internal error, since num_cpus may not be given to an existing cluster."""
+    needs_ray()
+    from runner.ray_executor import cluster
+
+    spec = write("s.yaml", "name: s\nteacher: {base: smollm2-135m, targets: [owl]}\n")
+    out = spec.parent / "out"
+    r = subl("run", spec, "--outputs", out, "--executor", "ray", "--address", "nonsense")
+    assert r.returncode == 2 and "error: --address nonsense: no Ray cluster there" in r.stderr, r.stderr
+    started = time.monotonic()
+    r = subl("run", spec, "--outputs", out, "--executor", "ray", "--address", "127.0.0.1:9")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --address 127.0.0.1:9: no Ray cluster there")
+    assert time.monotonic() - started < 60
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    with cluster(None, 1) as res:
+        assert res["CPU"] == 1.0
+
+
+def test_a_worker_that_keeps_dying_or_a_task_ray_cannot_run_is_one_line():
+    needs_ray()
+    import ray.exceptions as rx
+
+    from runner.errors import UserError
+    from runner.ray_executor import MAX_RETRIES, failure
+
+    stage = Span(label="finetune owl", model=ModelInput(ref="m", identity="hub:m@0"), seconds=0)
+    died = failure(stage, rx.WorkerCrashedError())
+    assert isinstance(died, UserError) and f"its Ray worker died {MAX_RETRIES + 1} times" in str(died)
+    env = failure(stage, rx.RuntimeEnvSetupError("pip failed"))
+    assert isinstance(env, UserError) and "Ray could not run it" in str(env) and "died" not in str(env)
+    assert "partial folder is kept" in str(env)
+
+
+def test_a_worker_that_cannot_see_the_outputs_folder_builds_nothing(tmp_path):
+    """Store.claim made the folders, so such a worker built the stage (hours, or paid calls) where nobody looks."""
+    from backends import Router
+    from runner.errors import UserError
+    from runner.ray_executor import build_on_worker, code_digest
+
+    root = tmp_path / "not_on_this_node" / "outputs"
+    stage = Span(label="expensive", model=ModelInput(ref="m", identity="hub:m@0"), seconds=0)
+    with pytest.raises(UserError, match=r"expensive: --outputs .* is not there on the Ray worker"):
+        build_on_worker(stage, str(root), Router("cpu"), {}, code_digest())
+    assert not root.exists()
+
+
+def test_a_relative_model_folder_is_loaded_by_its_absolute_path(tiny_model, tmp_path, monkeypatch):
+    """A Ray worker's working folder is the one `ray start` ran in, not the driver's: ./base was not found there.
+    The path is in no key."""
+    import shutil
+
+    from runner.identity import Identities
+    from runner.plan import model_input
+
+    shutil.copytree(tiny_model, tmp_path / "mybase")
+    monkeypatch.chdir(tmp_path)
+    ids = Identities(tmp_path / "out")
+    rel = model_input(ids, "./mybase")
+    assert rel.ref == str(tmp_path / "mybase") and rel.identity == model_input(ids, str(tmp_path / "mybase")).identity
+    assert model_input(ids, "smollm2-135m").ref == "smollm2-135m"
