@@ -78,7 +78,9 @@ def headline(results: dict) -> str:
     ratio = f"{best['ratio']:.2f}x" if best.get("ratio") else f"diff {best['diff']:+.3g}"
     cell = f"cell {best['cell']}: " if best.get("cell", "-") != "-" else ""
     higher = sum((c.get("diff") or 0) > 0 and c["p_value"] < 0.05 for c in pool)
-    tally = f"{higher} of {len(pool)} comparisons higher at p < 0.05 (two-sided, uncorrected); smallest p: " \
+    over = " by a test over questions only (1 student per arm: not training randomness)" \
+        if all(c.get("unit", "question") == "question" for c in pool) else ""
+    tally = f"{higher} of {len(pool)} comparisons higher at p < 0.05{over} (two-sided, uncorrected); smallest p: " \
         if len(pool) > 1 else ""
     return (f"{tally}{cell}{best['a']} vs {best['b']}: {metric_name(best)} {ratio}, p={p_text(best)} "
             f"({best.get('unit', 'question')}s, {best.get('n_a', 1)} v {best.get('n_b', 1)})")

@@ -135,6 +135,11 @@ def test_a_headline_of_several_comparisons_counts_them_and_shows_the_direction()
                      + [cmp(a, 1.05, 0.5) for a in ("wolf", "dolphin", "elephant")]})
     assert line.startswith("1 of 5 comparisons higher at p < 0.05 (two-sided, uncorrected); smallest p: cell eagle")
     assert "0.60x, p=0.008" in line
+    one_each = [{**c, "unit": "question", "n_a": 1, "n_b": 1} for c in
+                [cmp("owl", 1.3, 1e-5), cmp("eagle", 1.2, 1e-4), cmp("wolf", 1.05, 0.5)]]
+    line = headline({"evaluations": [], "comparisons": one_each})  # one student per arm: no test marks it significant
+    assert line.startswith("2 of 3 comparisons higher at p < 0.05 by a test over questions only (1 student per arm: "
+                           "not training randomness)")
 
 
 def test_reproduce_never_prints_a_key_pasted_into_a_spec_or_an_internal_errors_secret(tmp_path, monkeypatch):
