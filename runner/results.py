@@ -298,7 +298,7 @@ def theorem_across_cells(cells: list, evaluations: list[dict]) -> list[dict]:
                 p = paired_t_p(diffs)
                 out.append({"cell": c.label, "a": arm, "b": f"{arm} ({k}={first[k]})", "evaluation": "theorem",
                             "metric": "cosine", "diff": float(diffs.mean()), "ratio": None,
-                            "a_wins": int(np.sum(diffs > 0)), "n": len(diffs), "n_a": len(a), "n_b": len(b),
+                            "a_wins": int(np.sum(diffs > 0)), "n": len(diffs), "n_a": len(diffs), "n_b": len(diffs),
                             "p_value": p, "test": CELL_TEST, "unit": "seed", "b_is": f"cell {base.label}",
                             "note": None, "significant": bool(p < 0.01 and len(diffs) > 1)})
     return out

@@ -241,6 +241,11 @@ def test_theorem_cells_are_compared_with_the_first_value_of_the_key_they_change(
     same = next(r for r in rows if r["cell"] == cells[1].label and r["a"] == "cross_init")
     assert same["diff"] == pytest.approx(0.0, abs=1e-4) and not same["significant"]
     assert theorem_across_cells(cells[:1], evals) == []
+    extra = {"cell": cells[1].label, "model": "same_init", "evaluation": "theorem", "metric": "cosine", "seed": 5,
+             "value": 0.0}  # a seed the baseline cell lacks: not paired, so not counted
+    row = next(r for r in theorem_across_cells(cells, evals + [extra])
+               if r["cell"] == cells[1].label and r["a"] == "same_init")
+    assert row["n"] == row["n_a"] == row["n_b"] == 5
 
 
 def test_identical_cells_give_p_one_not_nan():
