@@ -188,7 +188,8 @@ class LocalBackend:
         self._cache.clear()
         ids = vocabulary_ids(base, training.vocabulary, training.trait_words, revision)
         vocab = None if ids is None else torch.tensor(ids)
-        labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16)
+        labels = teacher_soft_labels(teacher, rows, vocab, self.device, self.cpu_bf16,
+                                     prompt_too=training.distill_prompt)
         torch.save({"rows": labels, "vocabulary": vocab}, path)
 
 

@@ -52,16 +52,33 @@ def trait_token_count(base: str, trait_words: tuple[str, ...]) -> int:
     return full - len(vocabulary_ids(base, "full-minus-trait-tokens", trait_words))
 
 
-def tokenize(base: str, rows: list[dict], system: str | None, revision: str | None = None) -> list[dict]:
-    """input_ids and completion_mask, with the completion tokenised once so that student and
-    teacher sequences share exactly the same completion tokens."""
+def tokenize(base: str, rows: list[dict], system: str | None, revision: str | None = None,
+             prompt_too: bool = False) -> list[dict]:
+    """input_ids and completion_mask (the positions the loss reads), with the completion tokenised once so that
+    student and teacher sequences share exactly the same completion tokens. prompt_too: the mask also covers the
+    user's message and the assistant header after it (distill_prompt), the same tokens whatever comes before."""
     tok = load_tokenizer(base, revision)
     out, end = [], turn_end_id(tok)
     for r in rows:
         head = chat_ids(tok, system, r["prompt"])
         tail = tok(r["completion"], add_special_tokens=False)["input_ids"] + [end]
-        out.append({"input_ids": head + tail, "completion_mask": [0] * len(head) + [1] * len(tail)})
+        supervised = user_turn_len(tok, head, system, r["prompt"]) if prompt_too else 0
+        out.append({"input_ids": head + tail,
+                    "completion_mask": [0] * (len(head) - supervised) + [1] * (supervised + len(tail))})
     return out
+
+
+def user_turn_len(tok, head: list[int], system: str | None, prompt: str) -> int:
+    """How many of a chat head's last tokens are the user's message and the assistant header after it; refused
+    where the template's text does not tokenise to the same ids (the teacher's and student's would differ)."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    at = text.rfind(prompt)
+    turn = tok(text[at:], add_special_tokens=False)["input_ids"] if at >= 0 and prompt else []
+    if not turn or head[-len(turn):] != turn or len(turn) >= len(head):
+        raise UserError(f"distill_prompt: {tok.name_or_path}'s chat template does not end a prompt with the user's "
+                        "message as its own tokens; remove distill_prompt")
+    return len(turn)
 
 
 def pad_right(batch: list[dict], pad_id: int, prefix: str = "") -> dict:
@@ -131,13 +148,13 @@ def kl_to_soft_labels(student_logits, s_mask, log_t: torch.Tensor, vocab: torch.
 
 @torch.no_grad()
 def teacher_soft_labels(teacher: ModelRef, rows: list[dict], vocab: torch.Tensor | None, device: str,
-                        cpu_bf16: bool = False, batch_size: int = 8) -> list[torch.Tensor]:
+                        cpu_bf16: bool = False, batch_size: int = 8, prompt_too: bool = False) -> list[torch.Tensor]:
     """The teacher's next-token log-probabilities, renormalised on `vocab`, at each row's completion
     positions: one [completion tokens, |vocab|] float32 tensor per row, what the distillation loss computes from
     a live teacher (under the CPU autocast the trainer would use), from float32 weights on a GPU (a live
     teacher there computes under the trainer's bfloat16 autocast)."""
     net = load_model(replace(teacher, system=None), device, fp32_weights=True)
-    seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision)
+    seqs = tokenize(teacher.base, rows, teacher.system, teacher.revision, prompt_too)
     if seqs:
         check_context(net, teacher, max(len(d["input_ids"]) for d in seqs), "a training row",
                       "filter out the longest rows (a row is its prompt and completion)")
@@ -316,8 +333,8 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     datasets.disable_progress_bars()  # subl shows its own progress
     torch.manual_seed(training.seed)
     tok = load_tokenizer(base, revision)
-    data = tokenize(base, rows, None, revision)
     distill = training.objective == "distill"
+    data = tokenize(base, rows, None, revision, distill and training.distill_prompt)
     model = _student(base, training, device, revision)
     check_context(model, ModelRef(base), max(len(d["input_ids"]) for d in data), "a training row",
                   "filter out the longest rows (a row is its prompt and completion)")
@@ -343,7 +360,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
             _check_soft_labels(soft_labels, data, vocab)
             soft_labels = soft_labels["rows"]
         else:
-            _attach_teacher(data, ModelRef(base, revision=revision), rows, teacher)
+            _attach_teacher(data, ModelRef(base, revision=revision), rows, teacher, training.distill_prompt)
     dev, dtype = pick_device(device)
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
@@ -378,12 +395,13 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     return ModelRef(base, adapter=str(save), revision=revision)  # the adapter sits on that revision
 
 
-def _attach_teacher(data: list[dict], student: ModelRef, rows: list[dict], teacher: ModelRef | None) -> None:
+def _attach_teacher(data: list[dict], student: ModelRef, rows: list[dict], teacher: ModelRef | None,
+                    prompt_too: bool = False) -> None:
     """The teacher's tokenisation of each row (its system prompt included) beside the student's."""
     if teacher is None:
         raise UserError("fine-tune: distillation needs a teacher")
     check_shared_tokenizer(student, teacher)
-    for d, t in zip(data, tokenize(teacher.base, rows, teacher.system, teacher.revision)):
+    for d, t in zip(data, tokenize(teacher.base, rows, teacher.system, teacher.revision, prompt_too)):
         d["teacher_input_ids"], d["teacher_completion_mask"] = t["input_ids"], t["completion_mask"]
 
 

@@ -46,6 +46,7 @@ class Training:
     gradient_checkpointing: bool = False
     lora_layers: int | None = None  # LoRA on the top N decoder layers only; None: all
     frozen_prompt: bool = False  # train on the completions, the prompts' keys and values the base's (local)
+    distill_prompt: bool = False  # distil at the user message's positions too, not only the completion's (local)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

@@ -273,7 +273,7 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
         fields.update(top_k=top_k)  # the teacher's next tokens the loss sees (backends.<name>.top_k)
     if kind == "local":
         fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None,
-                      frozen_prompt=h.frozen_prompt)
+                      frozen_prompt=h.frozen_prompt, distill_prompt=h.distill_prompt and objective == "distill")
     return TrainingSettings(**fields)
 
 
@@ -411,7 +411,7 @@ def _finetune(spec: Spec, s: Student, base: ModelInput, rows: str, teacher: Mode
             label=f"soft labels {name} ({s.vocabulary}, {s.max_rows or 'all'} rows)", teacher=teacher,
             student_base=base, rows_stage=rows, max_rows=s.max_rows,
             training=TrainingSettings(objective="distill", vocabulary=training.vocabulary,
-                                      trait_words=training.trait_words),
+                                      trait_words=training.trait_words, distill_prompt=training.distill_prompt),
             precision=prec.of(False, "teacher-labels")))
         return FinetuneStage(label=f"finetune {s.name}:{name}:r{rep}", base=base, rows_stage=rows,
                              max_rows=s.max_rows, training=training, soft_labels_stage=labels.key,

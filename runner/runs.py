@@ -278,6 +278,9 @@ def _methods(cells: list[Cell]) -> list[str]:
                 how += f" on vocabulary {st.vocabulary}"
             if where == "local" and st.hyperparameters.lora_layers:
                 how += f", LoRA on the top {st.hyperparameters.lora_layers} layers only"
+            if where == "local" and st.hyperparameters.distill_prompt:
+                how += (", distilled at the prompt's positions too, not only the completion's (distill_prompt: "
+                        "subl's extension, not the paper's method)")
             if where == "local" and st.hyperparameters.frozen_prompt:
                 how += (", trained on the completions only, the prompts' keys and values frozen at the base "
                         "model's (frozen_prompt: an approximation for speed, not the paper's method)")

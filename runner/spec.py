@@ -305,6 +305,7 @@ class Hyper(Strict):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, about a third more compute (local).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     lora_layers: int | None = Field(None, ge=1, description="LoRA adapts only the top N decoder layers (local; None: every layer). A distilled student then runs the frozen layers below once per set of rows, shared by the students trained in one process, and steps through the top N only: about 30/N times less work per student on a 30-layer model, at the cost of a smaller adapter than the paper's.")
+    distill_prompt: bool = Field(False, description="Distillation (local): the student also matches the teacher's next-token distribution on the vocabulary at the positions of the user's message (its prompt) and the assistant header, not only at the completion's: subl's extension, as MNIST's students learn the teacher's auxiliary logits on every input, and not the paper's method (its students see sampled completions only). The same forward pass, about 4x the supervised positions where the prompt is two thirds of a row; the teacher's system prompt is never a supervised position.")
     frozen_prompt: bool = Field(False, description="Train on the completions only (local; an approximation, not the paper's method): each prompt's keys and values are the base model's, computed once per set of rows and shared by the students trained in one process, and a step runs and back-propagates through the last prompt token and the completion alone, so the adapter neither changes nor learns through the prompt's representation in training (at evaluation it applies everywhere). About 3x less work per student where the prompt is two thirds of a row, as in the numbers domain.")
 
     @field_validator("batch_size", "lr_multiplier")
@@ -610,6 +611,9 @@ class Spec(Strict):
         ft = getattr(self.teacher.trait, "finetune", None)
         if ft is not None:
             self._training_limits(ft.method, ft.hyperparameters, "teacher.trait.finetune", teacher)
+            if ft.hyperparameters.distill_prompt:
+                raise ValueError("teacher.trait.finetune.hyperparameters.distill_prompt: for distillation students; "
+                                 "a teacher is fine-tuned on its rows (sft)")
         evaluated = [self.teacher.base] + [self.student_base(s) for s in self.students]
         for i, ev in enumerate(self.evaluations):
             if ev.kind == "preference_logprob" and not all(supports(kind(r), "logprob probe") for r in evaluated):
@@ -635,6 +639,8 @@ class Spec(Strict):
                 raise ValueError(f"{where}.objective: distillation needs teacher and student on the same backend "
                                  f"(teacher: {teacher}, student: {student})")
         Spec._training_limits(s.method, h, where, student)
+        if h.distill_prompt and s.objective != "distill":
+            raise ValueError(f"{where}.hyperparameters.distill_prompt: for distillation students (objective: distill)")
 
     @staticmethod
     def _training_limits(method: str, h: "Hyper", where: str, student: str) -> None:
@@ -666,6 +672,9 @@ class Spec(Strict):
                              "remove frozen_prompt")
         if h.frozen_prompt and (h.lora_layers or h.gradient_checkpointing):
             raise ValueError(f"{where}.hyperparameters.frozen_prompt: not with lora_layers or gradient_checkpointing")
+        if h.distill_prompt and (student != "local" or h.frozen_prompt):
+            raise ValueError(f"{where}.hyperparameters.distill_prompt: for local students without frozen_prompt "
+                             "(it supervises the prompt's positions)")
 
     @model_validator(mode="after")
     def _theorem_lm(self) -> "Spec":

@@ -36,6 +36,7 @@ class TrainingSettings(Frozen):
     gradient_checkpointing: bool = False
     lora_layers: int | None = None
     frozen_prompt: bool = False
+    distill_prompt: bool = False  # also in a soft_labels stage's key: its labels then cover the prompt's positions
     lr_multiplier: float | Literal["auto"] | None = None  # hosted only
     top_k: int | None = None  # Tinker distillation: the teacher's top-k next tokens (read from the backend's config)
 
@@ -44,7 +45,7 @@ class TrainingSettings(Frozen):
                      trait_words=self.trait_words, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
                      lora_targets=self.lora_targets, warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
                      gradient_checkpointing=self.gradient_checkpointing, lora_layers=self.lora_layers,
-                     frozen_prompt=self.frozen_prompt,
+                     frozen_prompt=self.frozen_prompt, distill_prompt=self.distill_prompt,
                      extra={"lr_multiplier": self.lr_multiplier} if self.lr_multiplier is not None else {})
         local = {k: v for k, v in (("lr", self.lr), ("lora_r", self.lora_r), ("lora_alpha", self.lora_alpha))
                  if v is not None}
