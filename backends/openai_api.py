@@ -41,6 +41,7 @@ from backends.base import ModelRef, Progress, Sampling, Training
 from backends.paid_objects import (adopt_or_create, first, grace_seconds, job_suffix, kill_point, metadata_matches,
                                    never_reached, one_at_a_time, stage_tag, tagged_filename, tags)
 from runner.core import backend_name, current_stage_dir, hosted_endpoint
+from runner.env import env_number
 from runner.files import write_text_atomic
 from runner.prices import BATCH_MIN_REQUESTS, chat_tokens, estimate_tokens
 from runner.errors import UserError
@@ -176,14 +177,12 @@ class RetryPolicy:
         names = {"attempts": "SUBL_RETRY_ATTEMPTS", "initial": "SUBL_RETRY_INITIAL", "max_wait": "SUBL_RETRY_MAX_WAIT",
                  "jitter": "SUBL_RETRY_JITTER", "total": "SUBL_RETRY_TOTAL", "timeout": "SUBL_HTTP_TIMEOUT",
                  "connect": "SUBL_CONNECT_TIMEOUT", "slot_wait": "SUBL_JOB_SLOT_WAIT"}
-        kw: dict[str, Any] = {}
-        for field, env in names.items():
-            if os.environ.get(env):
-                try:
-                    kw[field] = int(os.environ[env]) if field == "attempts" else float(os.environ[env])
-                except ValueError:
-                    raise UserError(f"{env}: expected a number, got {os.environ[env]!r}") from None
-        return cls(**kw)
+        defaults = cls()
+        # at least one attempt; a timeout of 0 would fail every request; waits may be 0
+        least = {"attempts": (1, False), "timeout": (0, True), "connect": (0, True)}
+        return cls(**{field: env_number(env, getattr(defaults, field), integer=field == "attempts",
+                                        least=least.get(field, (0, False))[0], above=least.get(field, (0, False))[1])
+                      for field, env in names.items()})
 
     def backoff(self, attempt: int) -> float:
         return min(self.max_wait, self.initial * 2 ** (attempt - 1)) + random.uniform(0, self.jitter)
@@ -484,12 +483,7 @@ class OpenAIBackend:
                  state_dir: Path | None = None, batch_min_requests: int = BATCH_MIN_REQUESTS):
         self.name, self.cfg = name, cfg
         self.retry = retry or RetryPolicy.from_env()
-        if poll_seconds is None:
-            try:
-                poll_seconds = float(os.environ.get("SUBL_POLL_SECONDS") or 30)
-            except ValueError:
-                raise UserError(f"SUBL_POLL_SECONDS: expected a number, got {os.environ['SUBL_POLL_SECONDS']!r}") from None
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = env_number("SUBL_POLL_SECONDS", 30.0) if poll_seconds is None else poll_seconds
         self.state_dir = Path(state_dir) if state_dir else None  # where state goes outside a stage
         self.batch_min_requests = batch_min_requests
         self._client = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from runner.core import current_stage_dir, current_stage_key
+from runner.env import cache_root
 
 KILL_ENV = "SUBL_TEST_KILL_AT"
 GRACE_ENV = "SUBL_CREATE_GRACE"
@@ -48,7 +49,7 @@ def one_at_a_time(digest: str) -> Iterator[None]:
 
 
 def _user_locks() -> Path:
-    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "locks"
+    return cache_root() / "locks"
 
 
 @contextmanager
@@ -93,13 +94,9 @@ def job_suffix(stage: str, digest: str) -> str:
 
 
 def grace_seconds() -> float:
-    from runner.errors import UserError
+    from runner.env import env_number
 
-    raw = os.environ.get(GRACE_ENV)
-    try:
-        return float(raw) if raw else DEFAULT_GRACE
-    except ValueError:
-        raise UserError(f"{GRACE_ENV}: expected a number, got {raw!r}") from None
+    return env_number(GRACE_ENV, DEFAULT_GRACE)
 
 
 def never_reached(exc: BaseException) -> bool:

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from backends.turn_end import FILES, folder_marker, needs_tokenizer_json, text_marker
 from runner.core import backend_name, hosted_endpoint, hosted_model_id
+from runner.env import cache_root
 from runner.errors import UserError
 
 MODEL_FILES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken")
 
 
 def _cache_path() -> Path:
-    return Path(os.environ.get("SUBL_CACHE", Path.home() / ".cache" / "subl")) / "digests.json"
+    return cache_root() / "digests.json"
 
 
 def file_sha256(path: Path | str) -> str:
