@@ -87,7 +87,7 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
 
     out = []
     for e in plan.detection[i]:
-        res = json.loads((store.path(e["key"]) / "classifier.json").read_text())
+        res = store.output(e["key"], "classifier.json")
         both = res.get("orders") == "both"
         common = {"cell": plan.cell.label, "model": f"classifier:{e['judge']}" + (":both-orders" if both else ""),
                   "role": "arm", "trait": e["target"],

@@ -79,6 +79,10 @@ class Store:
         except (OSError, ValueError):
             return False
 
+    def output(self, key: str, name: str) -> dict:
+        """A finished stage's JSON output file `name` (see stage_output)."""
+        return stage_output(self.path(key) / name)
+
     def manifest(self, key: str) -> dict:
         return json.loads((self.path(key) / "manifest.json").read_text())
 
@@ -167,6 +171,24 @@ def read_jsonl(path: Path) -> list[dict]:
             if line.endswith("\n"):  # a torn last line (killed mid-write) is ignored
                 rows.append(json.loads(line))
     return rows
+
+
+def stage_output(path: Path) -> dict:
+    """A finished stage's JSON output: a missing, torn or hand-damaged file is one line naming it and how to
+    rebuild the stage (its manifest is whole, so the stage counts as done and every rerun would read it again)."""
+    from runner.errors import UserError
+
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        value, problem = None, f"cannot read it ({why})"
+    else:
+        problem = None if isinstance(value, dict) else f"not a JSON object ({type(value).__name__})"
+    if problem:
+        raise UserError(f"{path}: a finished stage's output, {problem}; delete {path.parent} to build that stage "
+                        "again") from None
+    return value
 
 
 def user_text(path: Path | str) -> str:

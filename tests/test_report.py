@@ -340,3 +340,48 @@ def test_the_units_column_names_what_each_test_is_across():
     assert _units({"unit": "question", "n": 50, "n_a": 1, "n_b": 1}) == "50 questions, 1 student/arm"
     assert _units({"unit": "student", "n": 6, "n_a": 3, "n_b": 3}) == "3 v 3 students"
     assert _units({"unit": "seed", "n": 4, "n_a": 5, "n_b": 4}) == "4 paired seeds"  # the seeds both arms have
+
+
+@pytest.mark.parametrize("text", ['{"name": "x", "cells"', "", "[]", "null", "{}", '{"name": "x", "comparisons": 5}'])
+def test_a_damaged_results_json_is_one_line(tmp_path, text):
+    """A hand-damaged or torn results.json was an internal error (JSONDecodeError, KeyError, TypeError)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "run" / "results.json"
+    path.parent.mkdir()
+    path.write_text(text)
+    res = subprocess.run([sys.executable, "-m", "runner.cli", "report", str(path)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "internal error" not in res.stderr, res.stderr
+    assert f"{path}:" in res.stderr and "rerun `subl run`" in res.stderr
+
+
+def test_a_finished_stages_damaged_output_is_one_line_naming_it(tmp_path):
+    """Its manifest is whole, so the stage counts as done and every rerun read the damaged file again."""
+    from runner.errors import UserError
+    from runner.store import Store
+
+    store = Store(tmp_path)
+    folder = store.path("probe-0123")
+    folder.mkdir(parents=True)
+    for text, why in (('{"logprob": {"owl": [', "cannot read it"), ("[]", "not a JSON object"),
+                      (b"\xff\xfe", "cannot read it"), (None, "cannot read it")):
+        target = folder / "scores.json"
+        target.unlink(missing_ok=True)
+        if isinstance(text, bytes):
+            target.write_bytes(text)
+        elif text is not None:
+            target.write_text(text)
+        with pytest.raises(UserError, match=rf"scores.json: a finished stage's output, {why}.*delete .*probe-0123"):
+            store.output("probe-0123", "scores.json")
+    (folder / "scores.json").write_text('{"logprob": {}}')
+    assert store.output("probe-0123", "scores.json") == {"logprob": {}}
+
+
+def test_a_hand_edited_stage_manifest_is_left_out_of_the_tables_and_named(run: Path):
+    manifest = run.parent / "stages" / "filter-1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "label": 5}))  # was: TypeError, an internal error
+    md = write_report(run, run.parent, Console(file=io.StringIO(), width=200)).read_text()
+    assert "not as subl writes them, left out of the tables: filter-1" in md and "| filter owl |" not in md
+    assert "finetune s:owl:r0" in md

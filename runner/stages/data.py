@@ -17,7 +17,7 @@ from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, Cor
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage, semantic
 from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens, on_gpu
-from runner.store import read_jsonl, write_jsonl
+from runner.store import read_jsonl, stage_output, write_jsonl
 
 Domain = Union[NumbersDomain, CotDomain, CodeDomain]
 SOURCE_FIELD = {"cot": "questions", "code": "prompts"}  # the domain field that names its data file
@@ -188,7 +188,7 @@ class ScoreStage(Stage):
 
         if self.rows_stage:
             return [(r.get("prompt", ""), completion_of(r)) for r in read_jsonl(path(self.rows_stage) / "rows.jsonl")]
-        out = json.loads((path(self.answers_stage) / "answers.json").read_text())
+        out = stage_output(path(self.answers_stage) / "answers.json")
         return [(q, a) for q, answers in zip(out["questions"], out["answers"]) for a in answers]
 
     def run(self, ctx: RunContext) -> None:
@@ -251,7 +251,7 @@ def read_scores(folder: Path, parse: str | None = None):
     parser's fix or another parse takes effect without asking the judge again)."""
     from backends.judge import PARSERS, Score
 
-    out = json.loads((folder / "scores.json").read_text())
+    out = stage_output(folder / "scores.json")
     if parse is not None:
         return [PARSERS[parse](raw) for raw in out["raw"]]
     return [Score(k, v, raw) for (k, v), raw in zip(out["scores"], out["raw"])]
