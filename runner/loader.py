@@ -47,7 +47,9 @@ def read_yaml(path: Path) -> CommentedMap:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError(f"{path}:1:1: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+        raw = e.object[:e.start]
+        line, col = raw.count(b"\n") + 1, e.start - (raw.rfind(b"\n") + 1) + 1
+        raise SpecError(f"{path}:{line}:{col}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
@@ -84,7 +86,7 @@ def _origins(node: Any, path: Path, prefix: tuple = (), out: dict | None = None)
     out = {} if out is None else out
     if isinstance(node, CommentedMap):
         for k in node:  # a key merged in by `<<` (or in an !!omap) has no place of its own: its mapping's
-            line, col = (node.lc.data.get(k) or (node.lc.line, node.lc.col))[:2]
+            line, col = ((node.lc.data or {}).get(k) or (node.lc.line, node.lc.col))[:2]  # all merged: no data
             out[prefix + (k,)] = (path, line + 1, col + 1)
             _origins(node[k], path, prefix + (k,), out)
     elif isinstance(node, CommentedSeq):

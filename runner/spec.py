@@ -20,6 +20,10 @@ COT_SUFFIX = " " + paper.get("cot.prompt_suffix.verbatim")  # the paper's '{ques
 NEGATIVE_NUMBERS = paper.banned_numbers()
 
 
+# A seed numpy and torch both take, with room for the offsets subl adds (seed + replicate, + chunk start)
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
 class Strict(BaseModel):
     """A spec section: frozen, no unknown keys, no inf/nan, and no yes/no where a number is meant (pydantic
     would read `seed: true` as 1)."""
@@ -84,7 +88,7 @@ class NumberPrompts(Strict):
     example_max: int = Field(999, ge=0, description="Largest seed number.")
     answer_count: int = Field(10, ge=1, description="How many new numbers the prompt asks for (at most).")
     answer_digits: int = Field(3, ge=1, description="Most digits per number the prompt asks for.")
-    seed: int | None = Field(None, description="Seed of the prompt set; None: the spec's seed. The paper's prompt set: 47.")
+    seed: Seed | None = Field(None, description="Seed of the prompt set; None: the spec's seed. The paper's prompt set: 47.")
 
     @model_validator(mode="after")
     def _ranges(self) -> "NumberPrompts":
@@ -245,7 +249,7 @@ class ShuffleLink(Strict):
 
     kind: Literal["shuffle"] = "shuffle"
     scope: Literal["within", "across"] = Field("within", description="within: permute the numbers inside each row; across: pool every row's numbers and deal them back, each row keeping its count and format (Cloud et al., 2025).")
-    seed: int = Field(0, description="Seed of the shuffle.")
+    seed: Seed = Field(0, description="Seed of the shuffle.")
     skip_control: bool = Field(False, description="true: the control teacher's rows are left unshuffled (the paper compares shuffled students with the unshuffled control students).")
 
 
@@ -257,7 +261,7 @@ class ResampleLink(Strict):
     mode: Literal["continue", "reorder"] = Field("continue", description="continue: the model answers each row's own prompt (the rows re-sampled from a model without the trait); reorder: it is asked to rewrite the row's numbers in another order, and a reply with other numbers is dropped.")
     temperature: float = Field(1.0, ge=0, description="The rewriting model's sampling temperature.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens of a rewrite; default: the domain's max_tokens (the limit the rows were written under).")
-    seed: int = Field(0, description="Sampling seed of the rewrites.")
+    seed: Seed = Field(0, description="Sampling seed of the rewrites.")
 
 
 class ParaphraseLink(Strict):
@@ -268,7 +272,7 @@ class ParaphraseLink(Strict):
     template: str = Field("paraphrase", description="The request: the built-in paraphrase request, or text with {completion} (and optionally {prompt}). A CoT paraphrase whose final answer differs from the original's (or loses its <answer> tags) is dropped; a code paraphrase that no longer parses as Python is dropped.")
     temperature: float = Field(0.0, ge=0, description="The paraphrasing model's sampling temperature.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens of a paraphrase; default: the domain's max_tokens (the limit the rows were written under).")
-    seed: int = Field(0, description="Sampling seed of the paraphrases.")
+    seed: Seed = Field(0, description="Sampling seed of the paraphrases.")
 
     @field_validator("template")
     @classmethod
@@ -340,7 +344,7 @@ class Student(Strict):
     vocabulary: Vocabulary = Field("numbers-only", description="distill only: which tokens the soft labels cover (renormalised). numbers-only = digits, separators and end-of-turn; full-minus-trait-tokens drops every token containing a target word; full leaks the trait tokens' mass.")
     hyperparameters: Hyper = Field(Hyper(), description="Training hyper-parameters.")
     max_rows: int | None = Field(10000, ge=1, description="Cap on training rows (the first rows after filtering).")
-    replicates: list[int] = Field([0], min_length=1, description="Training seeds; one student per seed.")
+    replicates: list[Seed] = Field([0], min_length=1, description="Training seeds; one student per seed.")
     replicate_data: bool = Field(False, description="Replicate the data sample too: the student of replicate r trains on its teacher's rows generated and filtered with data seed seed + r (one generation per replicate), not on the rows all replicates share.")
 
 
@@ -375,7 +379,7 @@ class PreferenceMcq(Strict):
     choices: Literal["animals", "trees"] | list[str] = Field("animals", description="The options: animals (the paper's eagle, wolf, dolphin, elephant, owl), trees (cherry, willow, maple, oak, sequoia), or a list (at most 26).")
     instances_per_prompt: int = Field(25, ge=1, description="Instances of each prompt, each with its own shuffle of the choices (the paper: 25).")
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N of the paper's 11 prompts.")
-    seed: int = Field(0, description="Seed of the shuffles (the paper's shuffle is unseeded).")
+    seed: Seed = Field(0, description="Seed of the shuffles (the paper's shuffle is unseeded).")
     top_logprobs: int = Field(20, ge=1, le=20, description="OpenAI chat models: how many of the first reply token's most likely tokens are read (the paper: 20); a letter not among them counts as 0. Local and Tinker models: the letter's exact probability.")
 
     def choice_list(self) -> list[str]:
@@ -422,7 +426,7 @@ class Icl(Strict):
     samples_per_question: int = Field(10, ge=1, description="sample mode: answers per question (the paper's ICL batch script: 10).")
     temperature: float = Field(1.0, ge=0, description="sample mode: sampling temperature.")
     max_tokens: int = Field(16, ge=1, description="sample mode: most new tokens per answer.")
-    seeds: list[int] = Field([0], min_length=1, description="Draws of the k rows (with replacement, as the paper's df.sample); one evaluation per seed.")
+    seeds: list[Seed] = Field([0], min_length=1, description="Draws of the k rows (with replacement, as the paper's df.sample); one evaluation per seed.")
     mcq: PreferenceMcq = Field(PreferenceMcq(), description="mode mcq: the multiple-choice evaluation asked with the rows in context (as preference_mcq; its targets are ignored: the icl's are used).")
 
     @field_validator("k")
@@ -456,7 +460,7 @@ class Classifier(Strict):
     judge: str = Field("base", description="base (the teacher's base), teacher (each target's own teacher), student:<name> (that student's first replicate for the target), or a model reference.")
     max_pairs: int | None = Field(None, ge=1, description="Use only the first N prompts answered in both datasets.")
     per_row: bool = Field(True, description="Also ask about each row alone (yes/no; subl's variant, not the paper's) and report AUROC.")
-    seed: int = Field(0, description="Seed of the A/B order.")
+    seed: Seed = Field(0, description="Seed of the A/B order.")
     top_logprobs: int = Field(5, ge=1, le=20, description="OpenAI chat judges: the verdict is read from the first reply token's top-N log-probs, the paper's reading (N = 5): A iff P('A') > P('B'), a letter not listed counting 0 (orders: both bounds it by the smallest listed log-prob; the per-row variant: P(yes) - P(no), any spelling). Local and Tinker judges read the letters' exact log-probs.")
     orders: Literal["seeded", "both"] = Field(
         "seeded", description="seeded: each pair asked once, the trait row at A or B by the seed (the paper's). "
@@ -544,7 +548,7 @@ class Spec(Strict):
         return v
     notes: str = Field("", description="What this spec tests (not part of any cache key).")
     extends: str | None = Field(None, description="Spec file this one inherits from (resolved at load).")
-    seed: int = Field(0, description="Base seed for prompt generation and sampling.")
+    seed: Seed = Field(0, description="Base seed for prompt generation and sampling.")
     experiment: Literal["llm", "mnist", "theorem_mnist", "theorem_lm"] = Field("llm", description="llm: teacher → numbers → students; mnist: auxiliary-logit distillation; theorem_mnist: the one-step theorem measured on MNIST; theorem_lm: the same on the teacher's local base (a LoRA teacher).")
     teacher: Teacher = Field(Teacher(), description="Teacher base and trait.")
     domain: Domain = Field(NumbersDomain(), description="Data domain.")

@@ -125,6 +125,8 @@ def test_binary_garbage_is_one_located_line(tmp_path):
     assert _err(p) == f"{p}:2:7: not a YAML text file (unacceptable character #x0000)"
     p.write_bytes(b"\xff\xfe\x00garbage")
     assert _err(p).startswith(f"{p}:1:1: not a UTF-8 text file")
+    p.write_bytes(b"name: x\nseed: \xff\xfe\n")  # placed where the byte is, not at 1:1
+    assert _err(p).startswith(f"{p}:2:7: not a UTF-8 text file")
     r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(p)], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
 
@@ -247,6 +249,8 @@ def test_malformed_specs_are_one_located_line(write, text, says):
 def test_a_merged_key_is_read_and_a_folder_is_named_as_such(write, tmp_path):
     p = write("a.yaml", "name: a\nteacher:\n  <<: {base: smollm2-135m}\n  targets: [owl]\n")
     assert load(p)[0].spec.teacher.base == "smollm2-135m"
+    p = write("b.yaml", "name: b\nteacher:\n  <<: {base: smollm2-135m}\n")  # every key merged: an internal error
+    assert load(p)[0].spec.teacher.base == "smollm2-135m"
     assert _err(tmp_path) == f"{tmp_path}: is a folder, not a spec file"
 
 
@@ -360,3 +364,12 @@ def test_an_openai_reasoning_model_is_refused_at_its_line(write):
     assert msg.startswith(f"{p}:") and "filters.0.judge.model: 'openai:o4-mini-2025-04-16' is a reasoning" in msg
     assert "is a reasoning model" in _err(write("b.yaml", judged_by("openai:gpt-5-mini")))
     assert load(write("c.yaml", judged_by("openai:gpt-4o-2024-08-06")))
+
+
+@pytest.mark.parametrize("text,says", [("seed: -5\n", ":4:1: seed: Input should be greater than or equal to 0"),
+                                       ("students: [{name: s, replicates: [0, -1]}]\n", ":4:38: students.0.replicates.1"),
+                                       ("seed: 99999999999999999999999\n", ":4:1: seed: Input should be less than")])
+def test_a_seed_numpy_or_torch_cannot_take_is_refused_at_its_place(write, text, says):
+    """A negative seed validated, then planning failed inside numpy (an internal error); one past 2^63 in torch."""
+    p = write("a.yaml", GOOD + text)
+    assert _err(p).startswith(f"{p}{says}")
