@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from runner import paper
 from runner.core import backend_name
@@ -150,7 +150,14 @@ class CodeDomain(Sampled):
         return v
 
 
-Domain = Annotated[Union[NumbersDomain, CotDomain, CodeDomain], Field(discriminator="kind")]
+def _numbers_by_default(value):
+    """A domain mapping without `kind` is the default domain's (numbers), as a spec without `domain` is; a matrix
+    over domain.n_prompts in such a spec made one without it, refused with pydantic's 'Unable to extract tag'."""
+    return {"kind": "numbers", **value} if isinstance(value, dict) and "kind" not in value else value
+
+
+Domain = Annotated[Union[NumbersDomain, CotDomain, CodeDomain], Field(discriminator="kind"),
+                   BeforeValidator(_numbers_by_default)]
 
 
 # ---- filters ---------------------------------------------------------------------------

@@ -373,3 +373,11 @@ def test_a_seed_numpy_or_torch_cannot_take_is_refused_at_its_place(write, text, 
     """A negative seed validated, then planning failed inside numpy (an internal error); one past 2^63 in torch."""
     p = write("a.yaml", GOOD + text)
     assert _err(p).startswith(f"{p}{says}")
+
+
+def test_a_domain_without_a_kind_is_the_numbers_domain(write):
+    """As a spec without `domain` is: a matrix over domain.n_prompts in such a spec was refused with pydantic's
+    'Unable to extract tag using discriminator'."""
+    p = write("a.yaml", GOOD + "matrix:\n  domain.n_prompts: [100, 200]\n")
+    assert [c.spec.domain.n_prompts for c in load(p)] == [100, 200]
+    assert load(write("b.yaml", GOOD + "domain: {n_prompts: 5}\n"))[0].spec.domain.kind == "numbers"
