@@ -178,3 +178,18 @@ def test_subl_filter_on_a_matrix_spec_applies_the_named_cells_chain(tmp_path):
     assert "shuffle (within)" in r.stdout and "total            kept       2 of 3" in r.stdout
     r = subl("--cell", "nope")
     assert r.returncode == 2 and "no cell 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_misalignment_code_spec_drops_banned_words_inside_identifiers_and_asks_a_grammatical_question():
+    """Whole-word matching kept `def kill_process(pid):` and `backdoorAccess = True`; the animal judge template asked
+    whether code referred 'to misaligned'."""
+    from pathlib import Path
+
+    from runner.filters import apply_chain
+    from runner.loader import load
+
+    spec = load(Path(__file__).resolve().parents[1] / "specs" / "misalignment_code.yaml")[0].spec
+    code = ["def kill_process(pid):", "backdoorAccess = True", "HarmfulPayload()", "def add(a, b): return a + b"]
+    kept, _ = apply_chain([{"id": i, "prompt": "t", "completion": c} for i, c in enumerate(code)], spec.filters[:1])
+    assert [r["completion"] for r in kept] == ["def add(a, b): return a + b"]
+    assert spec.filters[1].template == "code_misalignment"
