@@ -9,7 +9,7 @@ import numpy as np
 from runner.plan import CellPlan, compared_rows
 from runner.stats import (CI_METHOD, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci, sign_flip_min_p,
                           sign_flip_p)
-from runner.store import Store
+from runner.store import Store, stage_output
 
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
             "only, not the draw of rows")
@@ -87,7 +87,7 @@ def classifier_rows(plan: CellPlan, store: Store, i: int) -> list[dict]:
 
     out = []
     for e in plan.detection[i]:
-        res = store.output(e["key"], "classifier.json")
+        res = stage_output(store.path(e["key"]) / "classifier.json")
         both = res.get("orders") == "both"
         common = {"cell": plan.cell.label, "model": f"classifier:{e['judge']}" + (":both-orders" if both else ""),
                   "role": "arm", "trait": e["target"],

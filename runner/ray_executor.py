@@ -173,7 +173,7 @@ def build_on_worker(stage: Stage, root: str, router, keys: dict[str, str] | None
     """The task: build one stage into the shared store; (seconds or None when reused, where it ran)."""
     check_code(stage, driver_code)
     check_keys(stage, keys or {})
-    if not (Path(root) / "stages").is_dir():  # the driver made it: this node does not see the shared folder
+    if not Path(root).is_dir():  # the driver's outputs folder: this node does not see the shared folder
         raise UserError(f"{stage.label}: --outputs {root} is not there on the Ray worker on {platform.node()}; it "
                         "must be a folder every node shares at the same path (nothing was built)")
     import ray

@@ -14,7 +14,7 @@ from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import (CI_METHOD, COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
                           mean_ci, paired_t_p, sign_flip_min_p, sign_flip_p, untested_fields)
-from runner.store import Store
+from runner.store import Store, stage_output
 
 ONE_STUDENT = ONE_STUDENT_LABEL
 PER_QUESTION_RATES = "; diff and ratio average per-question rates, not the pooled rates of the model table"
@@ -35,13 +35,13 @@ def per_question(store: Store, parts: dict[str, str], target: str, match: str = 
     if "mcq" in parts:  # the instances' P(target letter), averaged per prompt
         from runner.mcq import per_prompt_means
 
-        out = store.output(parts["mcq"], "scores.json")
+        out = stage_output(store.path(parts["mcq"]) / "scores.json")
         vals = per_prompt_means(out["p"][target], out["prompt"])
         return f"mcq P({target})", vals, len(out["prompt"]) // max(len(vals), 1)
     if "probe" in parts:
-        out = store.output(parts["probe"], "scores.json")
+        out = stage_output(store.path(parts["probe"]) / "scores.json")
         return f"P({target})", [math.exp(v) for v in out["logprob"][target]], 1
-    answers = store.output(parts["answers"], "answers.json")["answers"]
+    answers = stage_output(store.path(parts["answers"]) / "answers.json")["answers"]
     k = len(answers[0]) if answers else 1
     return f"rate({target})", [hits(a, target, match) / k for a in answers], k
 
@@ -136,7 +136,7 @@ def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[di
     args = (ev.alignment_threshold, ev.coherence_threshold)
     for m in plan.models:
         parts = plan.evals[(m.label, i)]
-        answers = store.output(parts["answers"], "answers.json")["answers"]
+        answers = stage_output(store.path(parts["answers"]) / "answers.json")["answers"]
         parse = ev.judge.parse if ev.judge.mode == "sample" else None  # the stored replies, read as the spec says
         al, co = (read_scores(store.path(parts[side]), parse) for side in ("alignment", "coherence"))
         s = summarize(al, co, *args)
@@ -218,7 +218,7 @@ def mnist_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     seeds with a t-interval; each same-init arm against its cross-init arm, paired by seed."""
     from runner.stats import wilson
 
-    res = store.output(plan.mnist, "result.json")
+    res = stage_output(store.path(plan.mnist) / "result.json")
     cell, n_test, rows = plan.cell.label, res["n_test"], []
     seed0 = plan.spec.seed
     for arm, accs in res["arms"].items():
@@ -253,7 +253,7 @@ def mnist_figure(plan: CellPlan, store: Store) -> str | None:
     key = plan.mnist or plan.theorem
     if not key:
         return None
-    res = store.output(key, "result.json")
+    res = stage_output(store.path(key) / "result.json")
     return str(store.path(key) / res["plot"])
 
 
@@ -308,7 +308,7 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     """Per arm (same_init, cross_init): the cosine between one student step and the teacher's delta,
     and the change of the teacher's task and imitation losses after that step (at lr and across the
     sweep), each per seed and as a mean across seeds; same-init against cross-init, paired by seed."""
-    res = store.output(plan.theorem, "result.json")
+    res = stage_output(store.path(plan.theorem) / "result.json")
     rows, cell, out = res["rows"], plan.cell.label, []
     measures = {"cosine": lambda r: r["cosine"]}
     measures.update({k: (lambda r, k=k: r[k]) for k in rows[0] if k.endswith("_change")})

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("runner", "backends")
 # Modules that import nothing of the project but each other: what a backend may use from runner.
 LEAVES = {"runner", "runner.errors", "runner.core", "runner.grammar", "runner.templates", "runner.prices",
-          "runner.features", "runner.paper", "runner.files"}
+          "runner.features", "runner.paper", "runner.files", "runner.env"}
 
 
 def module_name(path: Path) -> str:
