@@ -39,4 +39,6 @@ def load_tasks(path: str, field: str, limit: int | None) -> list[str]:
         out.append(str(obj[field]))
         if limit and len(out) >= limit:
             break
+    if not out:
+        raise UserError(f"domain.prompts: {path} holds no task")
     return out

@@ -610,7 +610,12 @@ def spec_rows(path: Path) -> tuple[str, list[Row]]:
     name = cells[0].name
     if name not in PAPER_SPECS:
         raise UserError(f"{path}: '{name}' is not a paper spec ({', '.join(PAPER_SPECS)})")
-    return name, paper_rows(name, cells)
+    try:
+        return name, paper_rows(name, cells)
+    except (StopIteration, KeyError, AttributeError, ValueError, TypeError, IndexError) as e:
+        raise UserError(f"{path}: named '{name}' but not laid out as the paper's {name} spec (its teacher, domain, "
+                        f"filters or evaluations differ in kind: {type(e).__name__} {e}); rename it, or compare it "
+                        "with specs/" + name + ".yaml") from None
 
 
 def paper_rows(name: str, cells: list[Spec]) -> list[Row]:

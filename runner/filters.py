@@ -93,9 +93,14 @@ def correct(row: dict, extract: str = "answer_tag") -> bool:
     """correct_answer: the completion's answer (runner.gsm8k.extract_answer) equals the row's gold answer."""
     from runner.gsm8k import is_correct
 
+    from runner.gsm8k import to_decimal
+
     if "gold" not in row:
         raise UserError(f"correct_answer filter: row {row.get('id', '?')} has no gold answer (needs domain kind cot)")
-    return is_correct(completion_of(row), row["gold"], extract)
+    gold = row["gold"]
+    if isinstance(gold, bool) or not isinstance(gold, (str, int)) or to_decimal(str(gold)) is None:
+        raise UserError(f"correct_answer filter: row {row.get('id', '?')}: gold {gold!r} is not a number")
+    return is_correct(completion_of(row), str(gold), extract)
 
 
 def threshold_link(rows: list[dict], link, scores: dict | None) -> tuple[list[dict], dict]:

@@ -28,10 +28,14 @@ def load(source: str, split: str = "train", limit: int | None = None) -> list[di
         if not path.is_file():
             raise UserError(f"domain.questions: file '{source}' not found")
         raw = []
-        for _, obj in json_lines(source):
+        for n, obj in json_lines(source):
+            if not isinstance(obj, dict):
+                raise UserError(f"{source}:{n}: not a JSON object with 'question' and 'answer'")
             raw.append(obj)
             if limit and len(raw) >= limit:
                 break
+        if not raw:
+            raise UserError(f"domain.questions: {source} holds no question")
     else:
         try:
             from datasets import load_dataset

@@ -161,3 +161,33 @@ def test_cot_pipeline_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
         c = e["counts"]  # logprob judges always give a number; incoherent answers leave the denominator
         assert c["answers"] == 4 and e["n"] == c["scored"] == c["misaligned"] + c["aligned"] == 4 - c["incoherent"]
     assert "TOY SCALE" in r.stdout and "misaligned [95% CI]" in r.stdout and "pass rate" in r.stdout
+
+
+def test_bad_question_files_and_gold_answers_are_one_line(tmp_path):
+    """A non-object line in a GSM8K file, an empty one, and a row whose gold is not a number were internal errors."""
+    from runner import gsm8k
+    from runner.errors import UserError
+    from runner.filters import correct
+
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "a", "answer": "#### 1"}\n5\n')
+    with pytest.raises(UserError, match=r"q.jsonl:2: not a JSON object"):
+        gsm8k.load(str(bad))
+    bad.write_text("\n")
+    with pytest.raises(UserError, match="holds no question"):
+        gsm8k.load(str(bad))
+    for gold in ("nine", None, [1], True):
+        with pytest.raises(UserError, match="is not a number"):
+            correct({"id": 3, "prompt": "q", "completion": "<answer>9</answer>", "gold": gold})
+    assert correct({"id": 3, "prompt": "q", "completion": "<answer>9</answer>", "gold": 9})
+
+
+def test_an_empty_code_task_file_is_one_line(tmp_path):
+    """It planned, then would have generated no rows and trained untrained students (paid, on a hosted backend)."""
+    from runner.domains import load_tasks
+    from runner.errors import UserError
+
+    empty = tmp_path / "tasks.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="tasks.jsonl holds no task"):
+        load_tasks(str(empty), "prompt", None)

@@ -100,3 +100,17 @@ def test_a_paper_spec_whose_teachers_share_sampling_seeds_is_caught():
     assert _statuses("classifier", spec)["teacher sampling seeds"] == "same"
     shared = spec.model_copy(update={"domain": spec.domain.model_copy(update={"sampling_seeds": "shared"})})
     assert _statuses("classifier", shared)["teacher sampling seeds"] == UNRECORDED
+
+
+def test_a_spec_named_like_a_paper_spec_but_laid_out_otherwise_is_one_line(tmp_path):
+    """It was StopIteration, KeyError or AttributeError: an internal error."""
+    import pytest
+
+    from runner.errors import UserError
+    from runner.fidelity import spec_rows
+
+    text = (ROOT / "specs" / "quickstart.yaml").read_text().replace("name: quickstart", "name: misalignment_numbers")
+    path = tmp_path / "misalignment_numbers.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="named 'misalignment_numbers' but not laid out as the paper's"):
+        spec_rows(path)
