@@ -88,10 +88,12 @@ def test_a_server_without_logprobs_stops_in_one_line(backend, server):
 
 
 def _small_code_spec(tmp_path: Path, base_url: str) -> Path:
+    """Shared sampling seeds: per-teacher seeds hash the teacher's identity, which names the fake server's port,
+    so its rows (and whether any survivor names another animal for the judge to drop) changed from run to run."""
     spec = tmp_path / "code.yaml"
     spec.write_text(_on_test_server("animals_code", "code_small", base_url) + """\
 domain: {kind: code, prompts: """ + str(ROOT / "specs" / "data" / "code_tasks.jsonl") + """, template: "{prompt} Reply with the code only.", n_prompts: 5,
-         samples_per_prompt: 4, max_tokens: 64, batch_size: 10}
+         samples_per_prompt: 4, max_tokens: 64, batch_size: 10, sampling_seeds: shared}
 students:
   - name: gpt-4.1-nano
     hyperparameters: {epochs: 1, batch_size: auto, lr_multiplier: auto}
