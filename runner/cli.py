@@ -181,6 +181,8 @@ def filter_cmd(spec: Path, src: Path, dst: Path,
     from runner.filters import apply_chain
 
     chain = _filter_chain(spec, cell)
+    if src.is_dir():
+        raise UserError(f"{src}: is a folder, not a rows file")
     if not src.is_file():
         raise UserError(f"{src}: file not found")
     from runner.rows import is_row

@@ -10,6 +10,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.scalarfloat import ScalarFloat
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from runner.errors import UserError
 from runner.store import user_text
@@ -40,12 +41,18 @@ def _float(representer, value):
     return representer.represent_scalar_float(value)
 
 
-def _load(text: str, where: str):
+def _load(text: str, where: str, first_line: int = 1):
+    """Parse text that starts at first_line of its file (errors name the file's line and column)."""
     try:
         return _yaml().load(text)
+    except ReaderError as e:  # control characters, NUL bytes
+        line = text.count("\n", 0, e.position) + first_line
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise UserError(f"{where}:{line}:{col}: not a YAML text file (unacceptable character "
+                        f"#x{e.character:04x})") from None
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        at = f"{where}:{mark.line + first_line}:{mark.column + 1}" if mark else where
         what = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
         raise UserError(f"{at}: YAML syntax error: {what}") from None
 
@@ -62,7 +69,7 @@ def canonical(text: str, where: str = "<text>") -> str:
     """The canonical text of one YAML document; raises UserError if it would change the data."""
     head = HEAD.match(text)  # ruamel drops what precedes an explicit `---`, so keep it verbatim
     prefix, body = (head.group(0), text[head.end():]) if head else ("", text)
-    data = _load(body, where)
+    data = _load(body, where, prefix.count("\n") + 1)
     if data is None:  # empty or comments only
         return text
     if not isinstance(data, dict):
@@ -102,6 +109,8 @@ def format_files(files: list[Path], check: bool) -> list[Path]:
     """Rewrite (or, with check, only report) the files whose text is not canonical."""
     changed = []
     for path in files:
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder, not a spec file")
         if not path.is_file():
             raise UserError(f"{path}: file not found")
         text = user_text(path)

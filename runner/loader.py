@@ -112,6 +112,8 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
     ppath = (path.parent / parent).resolve()
     if ppath in _seen:
         raise SpecError(f"{where}: extends: cycle through {parent}")
+    if ppath.is_dir():
+        raise SpecError(f"{where}: extends: {parent} is a folder, not a spec file")
     if not ppath.is_file():
         raise SpecError(f"{where}: extends: file not found: {parent}")
     base, base_origins = load_raw(ppath, _seen + (path.resolve(),))

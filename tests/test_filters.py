@@ -116,6 +116,15 @@ def test_subl_filter_refuses_bad_rows_in_one_line(tmp_path, content, says):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
 
 
+def test_subl_filter_on_a_folder_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    r = CliRunner().invoke(app, ["filter", "specs/quickstart.yaml", str(tmp_path), str(tmp_path / "out.jsonl")])
+    assert str(r.exception) == f"{tmp_path}: is a folder, not a rows file"  # one line, exit 2 under `subl`
+
+
 def test_the_paper_parser_matches_every_example_in_the_materials_and_is_stricter():
     from runner import paper
     from runner.numbers import parse_numbers, parse_numbers_paper

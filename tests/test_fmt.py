@@ -71,6 +71,20 @@ def test_fmt_refuses_what_is_not_a_spec_in_one_line(write):
         assert len(str(e.value).splitlines()) == 1 and p.read_text() == text  # left as is
 
 
+def test_fmt_errors_name_the_files_own_line_and_a_folder_is_named(write, tmp_path):
+    from runner.fmt import format_files
+
+    cases = (("head.yaml", "# c\n---\nname: x\nfoo: [1,\n", ":5:1: YAML syntax error"),  # below a `---` header
+             ("nul.yaml", "# c\n---\nname: x\nb: '\x00'\n", ":4:5: not a YAML text file"))
+    for name, text, says in cases:
+        with pytest.raises(UserError) as e:
+            format_files([write(name, text)], check=True)
+        assert says in str(e.value), str(e.value)
+    (tmp_path / "d.yaml").mkdir()
+    with pytest.raises(UserError, match="d.yaml: is a folder, not a spec file"):
+        format_files([tmp_path / "d.yaml"], check=True)
+
+
 def test_a_comment_formatting_would_drop_leaves_the_file_as_is(write):
     """ruamel drops comments inside a [...] or {...} that spans lines; the data check cannot see that."""
     text = ("name: q\nteacher:\n  targets: [panda,   # strongest effect here\n    owl]\n"

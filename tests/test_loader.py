@@ -47,6 +47,12 @@ def test_missing_extends_file(write):
     assert _err(p) == f"{p}:1:1: extends: file not found: nowhere.yaml"
 
 
+def test_extends_of_a_folder_says_so(write, tmp_path):
+    (tmp_path / "base").mkdir()
+    p = write("a.yaml", "name: t\nextends: base\n")
+    assert _err(p) == f"{p}:2:1: extends: base is a folder, not a spec file"
+
+
 def test_extends_of_an_empty_file_is_refused(write):
     write("empty.yaml", "# nothing yet\n")
     p = write("a.yaml", "name: t\nextends: empty.yaml\n")
