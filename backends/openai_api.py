@@ -262,6 +262,20 @@ def api_message(exc: BaseException) -> str:
 # ---- the request cache -----------------------------------------------------------------
 
 
+def _records(raw: bytes) -> list[dict]:
+    """The JSON objects of an append-only log, one per line; a damaged line (not UTF-8, not JSON, not an
+    object) is skipped: at worst what it recorded is asked for again."""
+    out = []
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 class RequestCache:
     """Answered requests by key, one JSON line each, appended (and flushed) as each arrives."""
 
@@ -272,12 +286,9 @@ class RequestCache:
             whole = raw[: raw.rfind(b"\n") + 1]
             if len(whole) != len(raw):  # a torn last line from a kill: drop it
                 path.write_bytes(whole)
-            for line in whole.decode().splitlines():
-                try:
-                    rec = json.loads(line)
+            for rec in _records(whole):
+                if isinstance(rec.get("key"), str):
                     self.data[rec["key"]] = rec
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
 
     def get(self, key: str) -> dict | None:
         return self.data.get(key)
@@ -1251,11 +1262,7 @@ class OpenAIBackend:
         events_path = out_dir / EVENTS_FILE
         seen = set()
         if events_path.exists():
-            for line in events_path.read_text().splitlines():
-                try:
-                    seen.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError):
-                    pass
+            seen = {rec["id"] for rec in _records(events_path.read_bytes()) if isinstance(rec.get("id"), str)}
         step, total, polls = 0, 0, 0
         while True:
             job = self.call("fine-tuning job status", self.client.fine_tuning.jobs.retrieve, job_id)

@@ -289,6 +289,27 @@ def test_killed_while_polling_then_resumed_creates_one_upload_and_one_job(backen
     assert server.counts["files.create"] == 1 and server.counts["jobs.create"] == 1
 
 
+def test_damaged_lines_in_the_event_log_and_request_cache_are_skipped_on_resume(backend, server, tmp_path):
+    """A line that is not UTF-8, not JSON or not an object (a disk fault, a hand edit) was an internal error
+    (UnicodeDecodeError, TypeError) that stopped the resumed run; it is skipped."""
+    from backends.openai_api import RequestCache
+
+    server.job_polls = 6
+
+    def killed(done, total, note=""):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backend().finetune(NANO, rows(12), Training(epochs=2), tmp_path / "ft", None, killed)
+    events = tmp_path / "ft" / "hosted_events.jsonl"
+    events.write_bytes(events.read_bytes() + b'\xff\xfe\n[1]\n{"id": ["x"]}\n')
+    assert backend().finetune(NANO, rows(12), Training(epochs=2), tmp_path / "ft").base.startswith("openai:ft:")
+    assert server.counts["jobs.create"] == 1
+    cache = tmp_path / "requests.jsonl"
+    cache.write_bytes(b'{"key": "a", "text": "1"}\n\xff\n[2]\n{"key": 3}\n{"key": "b", "text": "2"}\n')
+    assert set(RequestCache(cache).data) == {"a", "b"}
+
+
 def test_killed_between_create_and_record_reattaches_by_listing(backend, server, tmp_path):
     """A kill after jobs.create was sent but before its id was written: the rerun finds the job,
     from a folder that has the upload recorded and from an empty one."""
