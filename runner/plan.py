@@ -583,7 +583,8 @@ def _mnist_data(path: str | None) -> FileInput | None:
 
 def _mnist(spec: Spec) -> MnistStage:
     m = spec.mnist
-    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None}),
+    unused = {"temperature": type(m).model_fields["temperature"].default} if m.loss == "mse" else {}  # kl's only
+    return MnistStage(label="mnist aux-logit distillation", settings=m.model_copy(update={"data": None, **unused}),
                       data=_mnist_data(m.data), seed=spec.seed, title=spec.name)
 
 

@@ -93,6 +93,24 @@ def test_an_idx_folder_is_keyed_by_every_file_it_holds(tmp_path):
     assert key() != before
 
 
+def test_temperature_keys_the_stage_only_under_the_kl_loss(tmp_path):
+    """loss: mse reads no temperature; a temperature set beside it reran the whole experiment."""
+    from runner.loader import load
+    from runner.plan import build
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mnist.npz").write_bytes(b"x")
+
+    def key(extra: str) -> str:
+        spec = tmp_path / "specs" / "m.yaml"  # beside the data folder, not in it (its files key the stage)
+        spec.parent.mkdir(exist_ok=True)
+        spec.write_text(SPEC.format(data=tmp_path / "data").replace("seeds: 2", f"seeds: 2, {extra}"))
+        return next(iter(build(load(spec), tmp_path / "out").stages))
+
+    assert key("loss: mse") == key("loss: mse, temperature: 3.0")
+    assert key("temperature: 1.0") != key("temperature: 3.0")  # kl, the default loss, reads it
+
+
 def test_the_default_data_keyed_is_the_one_the_loader_reads(tmp_path, monkeypatch):
     """An empty data/mnist before the real download was keyed (and then 'not found' at run time)."""
     from runner import mnist as M
