@@ -118,7 +118,8 @@ def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None =
         from backends.openai_api import redact
 
         reason = redact(f"internal error: {type(e).__name__}: {e}")  # its text may quote a request or a header
-    console.print(f"error: {path}: {reason}", markup=False)
+    said = reason.startswith(f"{path}:")  # a spec error names the file (and line) already
+    console.print(f"error: {reason}" if said else f"error: {path}: {reason}", markup=False)
     return "failed", reason, bound  # it may have spent up to its bound before it failed
 
 
