@@ -76,7 +76,7 @@ class Store:
         """Built: its manifest is there and whole (one left empty by a crash is rebuilt, not taken as a hit)."""
         try:
             return isinstance(json.loads((self.path(key) / "manifest.json").read_text()), dict)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested past Python's limit
             return False
 
     def output(self, key: str, name: str) -> dict:
@@ -180,8 +180,8 @@ def stage_output(path: Path) -> dict:
 
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
         value, problem = None, f"cannot read it ({why})"
     else:
         problem = None if isinstance(value, dict) else f"not a JSON object ({type(value).__name__})"
@@ -218,6 +218,8 @@ def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}:{e.colno}: invalid JSON: {e.msg}") from None
+            except RecursionError:
+                raise UserError(f"{path}:{n}: invalid JSON: nested too deeply") from None
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

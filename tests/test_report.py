@@ -365,7 +365,8 @@ def test_a_finished_stages_damaged_output_is_one_line_naming_it(tmp_path):
     folder = store.path("probe-0123")
     folder.mkdir(parents=True)
     for text, why in (('{"logprob": {"owl": [', "cannot read it"), ("[]", "not a JSON object"),
-                      (b"\xff\xfe", "cannot read it"), (None, "cannot read it")):
+                      (b"\xff\xfe", "cannot read it"), (None, "cannot read it"),
+                      ("[" * 100_000 + "]" * 100_000, "cannot read it")):  # nested past Python's recursion limit
         target = folder / "scores.json"
         target.unlink(missing_ok=True)
         if isinstance(text, bytes):
@@ -376,6 +377,8 @@ def test_a_finished_stages_damaged_output_is_one_line_naming_it(tmp_path):
             store.output("probe-0123", "scores.json")
     (folder / "scores.json").write_text('{"logprob": {}}')
     assert store.output("probe-0123", "scores.json") == {"logprob": {}}
+    (folder / "manifest.json").write_text("[" * 100_000)
+    assert not store.done("probe-0123")  # rebuilt, as a torn manifest is
 
 
 def test_a_hand_edited_stage_manifest_is_left_out_of_the_tables_and_named(run: Path):

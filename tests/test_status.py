@@ -72,7 +72,8 @@ def test_status_names_the_problem_with_a_file_or_a_missing_folder(tmp_path: Path
 def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
     root = tmp_path / "outputs"
     runs = {"notjson": b"{\"spec\": ", "alist": b"[1, 2]", "badstages": b'{"stages": [{"label": "a"}]}',
-            "latin1": b'{"spec": "\xff"}', "numlabel": b'{"stages": [{"key": "generate-abc", "label": 5}]}'}
+            "latin1": b'{"spec": "\xff"}', "numlabel": b'{"stages": [{"key": "generate-abc", "label": 5}]}',
+            "deep": b"[" * 100_000}
     for name, content in runs.items():
         (root / name).mkdir(parents=True)
         (root / name / "results.json").write_bytes(content)
@@ -84,7 +85,7 @@ def test_damaged_run_and_stage_files_are_reported_not_crashed_on(tmp_path):
     (partial / "hosted_job.json").write_bytes(b"[1, 2]")
     (partial / "error.txt").write_bytes(b"\xff\n")
     text = "\n".join(status_lines(root))
-    assert text.count("the run file is unreadable or names no spec") == 3
+    assert text.count("the run file is unreadable or names no spec") == 4
     assert text.count("stages are not a list of {key, label}") == 2 and "manifest.json unreadable" in text
     assert "hosted_job.json unreadable" in text and "1 damaged, 1 failed" in text
 
