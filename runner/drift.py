@@ -50,7 +50,7 @@ def changed_input(item: FileInput | ModelInput) -> str | None:
             return None
         from backends.embedded import resolve
 
-        path, pinned = Path(resolve(item.ref)), item.identity[len(WEIGHTS):]
+        path, pinned = Path(resolve(item.ref)), item.identity[len(WEIGHTS):].split("+", 1)[0]  # '+turn_end:...'
     if not path.exists():
         return f"{path}: missing (it was there when the run was planned)"
     if _digest_now(path, isinstance(item, ModelInput)) != pinned:

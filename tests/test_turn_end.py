@@ -97,3 +97,17 @@ def test_a_hub_models_marker_is_read_at_its_pinned_revision(tmp_path, monkeypatc
     (snap / "tokenizer_config.json").write_text("[1]")
     with pytest.raises(Exception, match="not a JSON object"):
         hub_marker("org/phi", sha, False)
+
+
+def test_a_local_folder_with_a_turn_end_marker_is_not_taken_for_changed(phi_like, tmp_path):
+    """The drift check compared the whole identity after 'weights:' (digest + '+turn_end:...') with the folder's
+    digest, so every stage reading a Phi-3- or Gemma-like local folder refused to build: 'changed since planned'."""
+    from runner.drift import changed_input
+    from runner.stages import ModelInput
+
+    folder = tmp_path / "model"
+    shutil.copytree(phi_like, folder)
+    item = ModelInput(ref=str(folder), identity=Identities(tmp_path).model(str(folder)))
+    assert "+turn_end:" in item.identity and changed_input(item) is None
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")  # an edit is still seen
+    assert "changed since the run was planned" in changed_input(item)
