@@ -111,3 +111,13 @@ def test_a_local_folder_with_a_turn_end_marker_is_not_taken_for_changed(phi_like
     assert "+turn_end:" in item.identity and changed_input(item) is None
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")  # an edit is still seen
     assert "changed since the run was planned" in changed_input(item)
+
+
+def test_a_hub_model_with_a_turn_end_marker_loads_at_its_revision(tmp_path):
+    """The revision was read as everything after '@', marker included ('<sha>+turn_end:<|end|>'), which no hub
+    has: a Phi-3 or Gemma hub model could not be loaded by any stage."""
+    from runner.stages import ModelInput, RunContext
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    item = ModelInput(ref="org/phi", identity=f"hub:org/phi@{sha}+turn_end:<|end|>")
+    assert RunContext(tmp_path, None, None).model(item).revision == sha

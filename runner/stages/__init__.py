@@ -191,7 +191,8 @@ class RunContext:
             if m.backend and m.backend != "local" and len(stored) == 2 and stored[0] != m.backend:
                 raw["base"] = f"{m.backend}:{stored[1]}"  # the backend was renamed in the spec since (same key)
             return ModelRef(**{**raw, "system": m.system})
-        revision = m.identity.rsplit("@", 1)[1] if m.identity.startswith("hub:") else None
+        # hub:<id>@<revision>, then '+turn_end:<token>' for a model whose turn end is not its eos
+        revision = m.identity.rsplit("@", 1)[1].split("+", 1)[0] if m.identity.startswith("hub:") else None
         return ModelRef(m.ref, system=m.system, revision=revision)
 
 
