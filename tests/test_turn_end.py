@@ -121,3 +121,28 @@ def test_a_hub_model_with_a_turn_end_marker_loads_at_its_revision(tmp_path):
     sha = "0123456789abcdef0123456789abcdef01234567"
     item = ModelInput(ref="org/phi", identity=f"hub:org/phi@{sha}+turn_end:<|end|>")
     assert RunContext(tmp_path, None, None).model(item).revision == sha
+
+
+@pytest.mark.slow
+def test_a_run_on_a_model_whose_turn_end_is_not_its_eos_goes_end_to_end(phi_like, tmp_path):
+    """Every stage of a spec on such a model: its identity carries the marker, which the drift check and model
+    loading read apart from the digest or revision (both refused such a model once)."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "phi.yaml"
+    spec.write_text(f"""name: phi
+progress: false
+teacher: {{base: {phi_like}, targets: [owl], control: true}}
+domain: {{kind: numbers, n_prompts: 8, max_tokens: 8, constrained: true, batch_size: 4}}
+students:
+  - {{name: d, objective: distill, vocabulary: numbers-only, hyperparameters: {{batch_size: 4}}}}
+  - {{name: s, objective: sft, hyperparameters: {{batch_size: 4}}}}
+evaluations:
+  - {{kind: preference_logprob, max_questions: 2}}
+""")
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(spec), "--outputs", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    models = {e["model"] for e in json.loads((tmp_path / "out" / "phi" / "results.json").read_text())["evaluations"]}
+    assert {"student:d:owl:r0", "student:s:control:r0"} <= models
