@@ -28,7 +28,12 @@ stored ones).
 
 Transient failures (429, 408/409, 5xx, dropped connections, a lost future that never
 completes, an expired session) are retried with the OpenAI backend's RetryPolicy; training
-retries reopen the run from its last checkpoint. Every other error is one line (UserError).
+retries reopen the run from its last checkpoint, or from a later one (or the final weights) the service saved
+but never answered for (_catch_up). Every other error is one line (UserError).
+
+A training row ends with the token that ends an assistant turn in the model's chat template
+(backends/turn_end.py), as a local student's; where that is not the eos (Qwen3's Base models), the run's
+fingerprint names it.
 
 Tests swap the SDK's clients: SUBL_TINKER_CLIENTS names a module whose ServiceClient and
 RestClient replace tinker's (tests/fake_tinker.py); request and response types always come
@@ -45,6 +50,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +63,7 @@ from backends.openai_api import (RequestCache, RetryPolicy, _digest, _load_json,
                                  api_message, redact, register_secret, retry_after)
 from backends.paid_objects import one_at_a_time
 from backends.shared_requests import SharedRequestCache
+from backends.turn_end import turn_end_id
 from runner.core import current_stage_dir
 from runner.errors import UserError
 from runner.features import LORA_GROUPS
@@ -153,7 +160,7 @@ def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
 
 
 def stop_ids(tok) -> list[int]:
-    ids = {tok.eos_token_id}
+    ids = {tok.eos_token_id, turn_end_id(tok)}
     for t in END_OF_TURN:
         i = tok.convert_tokens_to_ids(t)
         if isinstance(i, int) and i != tok.unk_token_id:
@@ -173,8 +180,15 @@ def split_row(tok, row: dict) -> tuple[list[int], list[int]]:
 
 
 def completion_ids(tok, completion: str) -> list[int]:
-    """The completion tokenised once, ended by end-of-turn (as the local trainer does)."""
-    return tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    """The completion tokenised once, ended by the token that ends an assistant turn in the model's chat template
+    (backends/turn_end.py), as the local trainer does."""
+    return tok(completion, add_special_tokens=False)["input_ids"] + [turn_end_id(tok)]
+
+
+def turn_end_marker(tok) -> str | None:
+    """The turn-end token where it is not the eos (that ended every row before subl read it), else None."""
+    end = turn_end_id(tok)
+    return None if end == tok.eos_token_id else tok.convert_ids_to_tokens(end)
 
 
 def lr_at(step: int, total: int, training: Training) -> float:
@@ -453,18 +467,22 @@ class TinkerBackend:
     def _answer(self, requests: list[tuple[str, Callable[[], dict]]], cache: RequestCache | SharedRequestCache,
                 what: str, progress: Progress | None = None) -> list[dict]:
         """Records for (key, ask) pairs: cached ones as stored, the rest asked concurrently and
-        stored as each arrives."""
-        todo = [(k, ask) for k, ask in requests if cache.get(k) is None]
-        done = [len(requests) - len(todo)]
+        stored as each arrives; pairs with one key (a row or a question twice) are asked once."""
+        todo: dict[str, Callable[[], dict]] = {}
+        for k, ask in requests:
+            if k not in todo and cache.get(k) is None:
+                todo[k] = ask
+        times = Counter(k for k, _ in requests)
+        done = [len(requests) - sum(times[k] for k in todo)]
 
         def one(key: str, ask: Callable[[], dict], halt: threading.Event) -> None:
             cache.put({"key": key, **self.call(what, ask, halt=halt)})
             with self._lock:
-                done[0] += 1
+                done[0] += times[key]
                 if progress:
                     progress(done[0], len(requests))
 
-        self._concurrently(one, todo)
+        self._concurrently(one, list(todo.items()))
         return [cache.get(k) for k, _ in requests]
 
     def _concurrently(self, fn: Callable, jobs: list[tuple]) -> None:
@@ -608,11 +626,13 @@ class TinkerBackend:
         fingerprint = self._fingerprint(base, rows, training, teacher)
         legacy = self._fingerprint(base, rows, training, teacher, legacy=True)
         state = _load_json(state_path)
+        if self._on_eos_rows(state, base, rows, training, teacher):
+            state = self._start_over(state, base, fingerprint)
         if state and state.get("fingerprint") == legacy:
             state["fingerprint"] = fingerprint  # recorded by subl before TRAIN_CODE 1, whose loop is the same
         if state and state.get("fingerprint") != fingerprint:
             raise UserError(f"{state_path}: records training on other data or settings; delete it to start over")
-        state = state or {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
+        state = state or self._new_state(base, fingerprint)
         plan = batch_plan(len(rows), training)
         state["steps"] = len(plan)
         with one_at_a_time(fingerprint):  # another student of this run with the same training waits, then adopts
@@ -625,13 +645,34 @@ class TinkerBackend:
                             legacy)
         return ModelRef(base, adapter=state["sampler_path"])
 
-    def _adopt(self, state: dict, legacy: str, gone: frozenset[str] = frozenset()) -> None:
+    def _new_state(self, base: str, fingerprint: str) -> dict:
+        return {"backend": self.name, "model": self.model_id(base), "fingerprint": fingerprint, "runs": []}
+
+    def _on_eos_rows(self, state: dict | None, base: str, rows: list[dict], training: Training,
+                     teacher: ModelRef | None) -> bool:
+        """Whether `state` records a training subl ran before it read the turn end, on rows ended by the eos, of a
+        model whose turn does not end with its eos (another training than this one)."""
+        if not state or not turn_end_marker(self.tokenizer(base)):
+            return False
+        return state.get("fingerprint") in {self._fingerprint(base, rows, training, teacher, legacy=old, eos_rows=True)
+                                            for old in (False, True)}
+
+    def _start_over(self, old: dict, base: str, fingerprint: str) -> dict:
+        """A new state in place of `old`, whose checkpoint is deleted (else stored and billed)."""
+        state = self._new_state(base, fingerprint)
+        state["replaced"] = {k: old[k] for k in ("fingerprint", "runs", "checkpoint", "sampler_path") if k in old}
+        if old.get("checkpoint"):
+            self._delete_checkpoint(old["checkpoint"]["path"], state, lambda: None)
+        return state
+
+    def _adopt(self, state: dict, legacy: str | None, gone: frozenset[str] = frozenset(), once: bool = False) -> None:
         """The furthest point any of the service's training runs tagged with this fingerprint (or the one subl
         wrote before TRAIN_CODE 1, `legacy`: the same loop) reached (its final sampler weights, else its last
         training checkpoint) goes into `state` when it is further than the state's checkpoint, so that no paid
         step is sent twice when the outputs folder is new, was lost, or another folder went on with this
-        training; nothing when there is none. `gone`: checkpoint paths known not to load."""
-        best = self._furthest(state, legacy, gone)
+        training; nothing when there is none. `gone`: checkpoint paths known not to load; `once`: one listing
+        request, not retried."""
+        best = self._furthest(state, legacy, gone, once)
         here = state.get("checkpoint")
         if best is None or (here and best[0] <= (here["step"], False)):
             return
@@ -642,10 +683,10 @@ class TinkerBackend:
             state["checkpoint"] = {"step": step, "path": ck.tinker_path, "run_id": run_id}
         state["adopted"] = run_id
 
-    def _furthest(self, state: dict, legacy: str, gone: frozenset[str]) -> tuple | None:
+    def _furthest(self, state: dict, legacy: str | None, gone: frozenset[str], once: bool = False) -> tuple | None:
         """((step, is sampler weights), checkpoint, run id) of the furthest point of the tagged runs; None if none."""
         best = None
-        for run, fingerprint in self._tagged_runs({state["fingerprint"], legacy}):
+        for run, fingerprint in self._tagged_runs({state["fingerprint"], legacy} - {None}, once):
             for ck in (run.last_sampler_checkpoint, run.last_checkpoint):
                 step = checkpoint_step(ck, fingerprint, state["steps"])
                 sampler = ck is not None and ck.checkpoint_type == "sampler"  # at equal steps, the final weights
@@ -653,13 +694,15 @@ class TinkerBackend:
                     best = ((step, sampler), ck, run.training_run_id)
         return best
 
-    def _tagged_runs(self, fingerprints: set[str]):
+    def _tagged_runs(self, fingerprints: set[str], once: bool = False):
         """(run, its fingerprint) for the training runs of this account tagged with one of `fingerprints`
-        (user_metadata), over every page."""
+        (user_metadata), over every page; `once`: each page asked once, a failure raised as it comes."""
         offset = 0
         while True:
-            page = self.call("training runs", lambda: self.rest.list_training_runs(limit=100, offset=offset)
-                             .result(self.result_timeout))
+            def ask(offset=offset):
+                return self.rest.list_training_runs(limit=100, offset=offset).result(self.result_timeout)
+
+            page = ask() if once else self.call("training runs", ask)
             yield from ((r, (r.user_metadata or {}).get(RUN_TAG)) for r in page.training_runs
                         if (r.user_metadata or {}).get(RUN_TAG) in fingerprints and not r.corrupted)
             offset += len(page.training_runs)
@@ -667,16 +710,23 @@ class TinkerBackend:
                 return
 
     def _fingerprint(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
-                     legacy: bool = False) -> str:
+                     legacy: bool = False, eos_rows: bool = False) -> str | None:
         """What a run trains. legacy: the fingerprint subl wrote before TRAIN_CODE (no endpoint or code, top_k
-        for every objective), so that a run it left half done resumes instead of being paid for again."""
+        for every objective), so that a run it left half done resumes instead of being paid for again; None for a
+        model whose turn does not end with its eos (that subl ended its rows with the eos: another training).
+        eos_rows: as subl wrote it before it read the turn end (the same for a model whose eos ends a turn)."""
         from dataclasses import asdict
 
+        turn_end = None if eos_rows else turn_end_marker(self.tokenizer(base))
+        if legacy and turn_end:
+            return None
         teacher = None if teacher is None else {**asdict(teacher), "base": self.plain(teacher.base)}
         top_k = self.cfg.top_k if training.objective == "distill" or legacy else None  # sft never reads it
         what = {"base": self.plain(base), "rows": rows, "training": asdict(training), "top_k": top_k, "teacher": teacher}
         if not legacy:
             what.update(endpoint=self.endpoint, code=TRAIN_CODE)
+        if turn_end:  # only then: the fingerprints of models whose eos ends a turn stay
+            what["turn_end"] = turn_end
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _examples(self, base: str, rows: list[dict], training: Training, teacher: ModelRef | None,
@@ -692,14 +742,14 @@ class TinkerBackend:
             raise UserError(f"distill: student {base} and teacher {teacher.base} must share a tokenizer")
         from backends.train import vocabulary_token_ids
 
-        ids = vocabulary_token_ids(tok, training.vocabulary, training.trait_words)
+        ids = vocabulary_token_ids(tok, training.vocabulary, training.trait_words, turn_end_id(tok))
         keep = None if ids is None else set(ids)
         k = self.cfg.top_k
         topk = self.teacher_topk(teacher, rows, k, out_dir)
         return [distill_datum(h, t, tk, keep, k) for h, t, tk in zip(heads, tails, topk)]
 
     def _train(self, base: str, examples: list, plan: list[list[int]], training: Training, state: dict,
-               save: Callable[[], None], progress: Progress | None, legacy: str) -> None:
+               save: Callable[[], None], progress: Progress | None, legacy: str | None) -> None:
         """The step loop. A transient failure reopens the run from the last checkpoint, so a step
         is never half-applied; RetryPolicy.attempts failures in a row without a new checkpoint stop it.
         A checkpoint that no longer loads (another folder went on and deleted it) gives way to the service's
@@ -726,8 +776,24 @@ class TinkerBackend:
                 if session_expired(e):
                     self._reset()
                 time.sleep(max(self.retry.backoff(failures), retry_after(e) or 0.0))
+                self._catch_up(state, legacy, gone, save)
 
-    def _readopt(self, state: dict, legacy: str, gone: set[str]) -> bool:
+    def _catch_up(self, state: dict, legacy: str | None, gone: set[str], save: Callable[[], None]) -> None:
+        """After a transient failure: a save the service did but whose answer was lost (a checkpoint or the final
+        weights) is taken up from its record of the runs, not paid for again by resending its steps, and the
+        checkpoint it supersedes is deleted (else stored and billed, and recorded nowhere). Best effort: one
+        listing, not retried (a dead server costs no extra retry budget); on failure, the local record stands."""
+        before = state.get("checkpoint")
+        try:
+            self._adopt(state, legacy, frozenset(gone), once=True)
+        except Exception:  # noqa: BLE001 - the local record is still a valid point to reopen from
+            return
+        if state.get("sampler_path") or state.get("checkpoint") != before:
+            save()
+            if before:
+                self._delete_checkpoint(before["path"], state, save)
+
+    def _readopt(self, state: dict, legacy: str | None, gone: set[str]) -> bool:
         """The state's checkpoint failed to load for good: adopt the service's furthest other point of this
         training, if any (True); else keep the state as it was (False)."""
         failed = state.pop("checkpoint")
