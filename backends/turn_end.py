@@ -7,6 +7,7 @@ tokenizer_config.json (stage keys: `marker`), so both always agree; no torch her
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 PROBE = "subl-turn-probe"
@@ -43,6 +44,7 @@ def _render(template: str, eos: str | None) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama-3.2's and others' date line
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PROBE}]
     return env.from_string(template).render(messages=msgs, add_generation_prompt=False, eos_token=eos or "",
                                             bos_token="", enable_thinking=False)

@@ -44,6 +44,9 @@ def test_the_turn_end_is_the_templates_token(tiny_model, phi_like):
         == "+turn_end:<end_of_turn>"
     assert text_marker(json.dumps({"eos_token": "<end_of_turn>", "chat_template": GEMMA,
                                    "added_tokens_decoder": ADDED})) == ""
+    dated = "{{ strftime_now('%d %b %Y') }}" + GEMMA  # transformers gives templates strftime_now (Llama-3.2 calls it)
+    assert text_marker(json.dumps({"eos_token": "<eos>", "chat_template": dated, "added_tokens_decoder": ADDED})) \
+        == "+turn_end:<end_of_turn>"
 
 
 def test_students_learn_to_end_a_turn_as_the_template_does(phi_like):
