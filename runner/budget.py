@@ -5,10 +5,15 @@ that calls a hosted model but has no price (a model the table does not know, or 
 cannot be checked, so it stops the run until the spec prices it."""
 from __future__ import annotations
 
+import math
+
 from runner.display import usd
 from runner.errors import UserError
+from runner.prices import base_of as priced_base
 from runner.stages import Estimate, ModelInput, Stage, base_of
 from runner.stages.costs import estimate_of
+
+SLACK = 1e-8  # display.usd ignores float noise below 5e-9 dollars: a bound it prints as $X must fit --max-usd X
 
 
 class BudgetError(UserError):
@@ -33,6 +38,8 @@ def calls_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:
 
 def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     """(the hosted upper bound, its estimates) when it fits max_usd; raises BudgetError otherwise."""
+    if max_usd is not None and not max_usd >= 0:  # NaN compares false with every bound: it would allow any
+        raise OverBudget(f"--max-usd {max_usd}: a budget is a number of US dollars >= 0; nothing was sent")
     ctx = plan.context(store=store)
     estimates, unestimated = [], []
     for st in pending(plan, store):
@@ -43,19 +50,47 @@ def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     if unestimated:  # a stage kind whose estimate misses its hosted calls: never guess that it is free
         raise BudgetError(f"subl cannot estimate what {_some(unestimated)} will cost on its hosted backend, so "
                           "nothing was sent (a gap in subl: please report it)")
-    unpriced = sorted({f"{e.backend}:{e.model}" for e in estimates if e.cost is None})
+    unpriced = [e for e in estimates if e.cost is None]
     if unpriced:
-        raise BudgetError(f"no price for {_some(unpriced)}, so the spending check cannot pass: give it under "
-                          "backends.<name>.prices (for a server you run yourself: [0, 0] on an OpenAI-kind backend, "
-                          "[0, 0, 0] on Tinker); nothing was sent")
+        names = sorted({f"{e.backend}:{e.model}" for e in unpriced})
+        raise BudgetError(f"no price for {_some(names)}, so the spending check cannot pass: give "
+                          f"{_some(_entries_needed(unpriced))} USD per 1M tokens (zeros for a server you run "
+                          "yourself); nothing was sent")
     total = sum(e.cost for e in estimates)
     if total > 0 and max_usd is None:
         raise OverBudget(f"the hosted stages still to run may cost up to {usd(total)} (`subl plan` itemises "
                          "them); allow it with --max-usd (or SUBL_MAX_USD) at or above that")
-    if max_usd is not None and total > max_usd + 1e-9:
+    if not fits(total, max_usd):
         raise OverBudget(f"the hosted stages still to run may cost up to {usd(total)}, over --max-usd "
-                         f"${max_usd:,.2f} (`subl plan` itemises them); nothing was sent")
+                         f"{usd_down(max_usd)} (`subl plan` itemises them); nothing was sent")
     return total, estimates
+
+
+def fits(total: float, max_usd: float | None) -> bool:
+    """Whether a hosted upper bound is allowed: none above 0 without a budget, else within it (float noise aside)."""
+    return total <= 0 if max_usd is None else total <= max_usd + SLACK
+
+
+def usd_down(x: float) -> str:
+    """A budget rounded down to the cent, so that it never reads as more than it allows (usd rounds bounds up)."""
+    return f"${math.floor(round(x * 100, 6)) / 100:,.2f}"
+
+
+_FORMS = {2: "[input, output]", 3: "[input, output, training]", 5: "[input, output, training, ft_input, ft_output]"}
+
+
+def _entries_needed(unpriced: list[Estimate]) -> list[str]:
+    """The `prices` entries that would price these estimates: a training estimate needs the training price, a
+    fine-tuned model's its base's fine-tuned prices (the five-element form), so `[0, 0]` alone would not do."""
+    need: dict[str, int] = {}
+    for e in unpriced:
+        if e.table == "tinker":
+            need[f"backends.{e.backend}.prices.{e.model}: [prefill, sample, train]"] = 0
+            continue
+        base, tuned = priced_base(e.model)
+        entry = f"backends.{e.backend}.prices.{base}"
+        need[entry] = max(need.get(entry, 2), 5 if tuned else 3 if e.training_tokens else 2)
+    return sorted(k if n == 0 else f"{k}: {_FORMS[n]}" for k, n in need.items())
 
 
 def _some(names: list[str]) -> str:

@@ -65,7 +65,8 @@ def reasoning_model(model_id: str) -> bool:
 
 def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) -> Price | None:
     """The price of a model id: a spec override (the exact id, else the key its base is, or is a dated
-    snapshot of), else the table's (the same rule).
+    snapshot of), else the table's (the same rule); where both name it, the closer name wins (an override of
+    gpt-4o does not price gpt-4o-2024-05-13, which the table prices apart), the override on a tie.
 
     An override is [input, output], [input, output, training] or [input, output, training,
     ft_input, ft_output]; a shorter one keeps the table's fine-tuned inference prices for its
@@ -74,8 +75,8 @@ def price_for(model_id: str, overrides: dict[str, list[float]] | None = None) ->
     best = priced_as(base, TABLE)
     table = TABLE[best] if best else None
     key = model_id if overrides and model_id in overrides else priced_as(base, overrides or {})
-    if key is None:
-        return table
+    if key is None or (key != model_id and best is not None and len(best) > len(key)):
+        return table  # the table names it more closely (a snapshot priced apart) than the override does
     v = list(overrides[key])
     if len(v) not in (2, 3, 5) or any(x < 0 for x in v):
         raise UserError(f"prices.{key}: expected [input, output], [input, output, training] or "

@@ -89,7 +89,7 @@ def headline(results: dict) -> str:
 def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:
     """(status, headline or reason, the hosted upper bound it ran under) for one spec; one that may cost
     more than max_usd is skipped."""
-    from runner.budget import OverBudget, planned_usd
+    from runner.budget import OverBudget, fits, planned_usd, usd_down
     from runner.display import usd
     from runner.gpu import cuda_missing
     from runner.runs import run_spec
@@ -104,8 +104,8 @@ def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None =
             console.print(f"skip {path}: hosted backend key not set ({', '.join(keys)})", markup=False)
             return "skipped", f"set {', '.join(keys)} to run it", bound
         bound = planned_usd(path, outputs)  # a model with no price fails the spec here
-        if bound > 0 and (max_usd is None or bound > max_usd + 1e-9):
-            left = "no --max-usd was given" if max_usd is None else f"only ${max_usd:,.2f} of --max-usd is left"
+        if not fits(bound, max_usd):
+            left = "no --max-usd was given" if max_usd is None else f"only {usd_down(max_usd)} of --max-usd is left"
             raise OverBudget(f"its hosted stages may cost up to {usd(bound)}, and {left}")
         console.rule(str(path))
         return "ok", headline(run_spec(path, outputs, console, max_usd=max_usd)), bound

@@ -205,3 +205,124 @@ def test_the_plan_prints_the_bound_the_run_checks(server, tmp_path):
     total = next(ln for ln in plan_lines(spec, tmp_path / "out") if ln.startswith("hosted:"))
     printed = float(total.split("<= $")[1].split(";")[0].split()[0].replace(",", ""))
     assert check(build(load(spec), store.root), store, printed)[0] <= printed
+
+
+# ---- from the money review: each failed before its fix ---------------------------------------------------
+
+
+def test_a_bound_that_prints_as_whole_cents_fits_a_budget_of_those_cents(server, tmp_path, monkeypatch):
+    """usd() drops float noise below 5e-9 dollars before rounding up: $573.31 printed for 573.31 + 4e-9. The run
+    and reproduce then refused --max-usd 573.31 ('may cost up to $573.31, over --max-usd $573.31')."""
+    from runner import budget, reproduce, runs
+    from runner.loader import load
+    from runner.plan import build
+    from runner.stages import Estimate
+    from runner.store import Store
+
+    bound = 573.31 + 4e-9
+    assert usd(bound) == "$573.31"
+    spec, store = _spec(tmp_path, server), Store(tmp_path / "out")
+    plan = build(load(spec), store.root)
+    first = next(iter(plan.stages.values()))
+    monkeypatch.setattr(budget, "pending", lambda plan, store: [first])
+    monkeypatch.setattr(budget, "estimate_of", lambda st, ctx: [Estimate("openai", "m", 1, 1, 1, 0, bound)])
+    assert budget.check(plan, store, 573.31)[0] == bound
+    with pytest.raises(budget.OverBudget):
+        budget.check(plan, store, 573.30)
+    ran = []
+    monkeypatch.setattr(budget, "planned_usd", lambda path, outputs: bound)
+    monkeypatch.setattr(runs, "run_spec", lambda path, outputs, console, max_usd=None: ran.append(path.stem) or {})
+    monkeypatch.setattr(reproduce, "missing_keys", lambda path: [])
+    status = reproduce.run_one(spec, tmp_path / "out", Console(quiet=True), 573.31)
+    assert status[0] == "ok" and ran == ["spend"], status
+
+
+def test_what_is_left_of_a_budget_never_reads_as_more_than_it_is(tmp_path, monkeypatch):
+    """$10 less a $4.004 spec leaves $5.996: a $5.9995 spec is skipped, and the reason said 'up to $6.00, and only
+    $6.00 of --max-usd is left' (the budget rounded to the nearest cent, the bound up)."""
+    import io
+
+    from runner import budget, reproduce, runs
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n")
+    bounds = {"a": 4.004, "b": 5.9995}
+    monkeypatch.setattr(budget, "planned_usd", lambda path, outputs: bounds[path.stem])
+    monkeypatch.setattr(runs, "run_spec", lambda path, outputs, console, max_usd=None: {})
+    monkeypatch.setattr(reproduce, "missing_keys", lambda path: [])
+    text = io.StringIO()
+    assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(file=text, width=300), max_usd=10.0) == 0
+    said = next(ln for ln in text.getvalue().splitlines() if ln.startswith("skip"))
+    assert "up to $6.00, and only $5.99 of --max-usd is left" in said, said
+
+
+def test_the_refusal_of_an_unpriced_model_names_the_entry_that_prices_it(server, tmp_path):
+    """A model the table does not know, fine-tuned and then evaluated, needs its training price and its fine-tuned
+    models' prices. The refusal advised `[0, 0]`, after which it refused again in the same words; following the
+    advice it gives now passes the check."""
+    import re
+
+    from runner.budget import BudgetError
+
+    spec = _spec(tmp_path, server)
+    text = spec.read_text().replace(NANO, "openai:my-own-model").replace(
+        "students: []", "students: [{name: s, base: openai:my-own-model, hyperparameters: {epochs: 1}}]")
+    spec.write_text(text)
+    with pytest.raises(BudgetError) as e:
+        _bound(spec, tmp_path / "out")
+    entry = re.search(r"backends\.openai\.prices\.my-own-model: \[([a-z_, ]+)\]", str(e.value))
+    assert entry and entry.group(1) == "input, output, training, ft_input, ft_output", str(e.value)
+    zeros = ", ".join("0" for _ in entry.group(1).split(","))
+    spec.write_text(text.replace("concurrency: 4", f"concurrency: 4, prices: {{my-own-model: [{zeros}]}}"))
+    assert _bound(spec, tmp_path / "out") == 0
+
+
+def test_an_override_of_an_alias_does_not_price_a_snapshot_the_table_prices_apart():
+    """gpt-4o-2024-05-13 costs twice gpt-4o's input price; an override of gpt-4o (say, to give a new training
+    price) priced that snapshot at the alias's prices, below the table's, so the bound undercounted it."""
+    from runner.prices import TABLE, Price, price_for
+
+    ours = {"gpt-4o": [2.5, 10.0, 30.0]}
+    assert price_for("gpt-4o-2024-05-13", ours) == TABLE["gpt-4o-2024-05-13"]
+    assert price_for("gpt-4o-2024-08-06", ours).training == 30.0  # a snapshot the table does not price apart
+    assert price_for("gpt-4o-2024-05-13", {"gpt-4o-2024-05-13": [6, 18]}) == Price(6, 18)  # named itself: it wins
+
+
+@pytest.mark.parametrize("student,per_token", [("tk:Qwen/Qwen3-8B", 3), (NANO, 1)])
+def test_a_reader_that_splits_digits_bounds_rows_an_o200k_model_wrote_at_three_tokens_a_token(
+        server, tmp_path, student, per_token):
+    """An OpenAI teacher's completion holds up to max_tokens o200k tokens, each up to three digits, which a Tinker
+    student (Qwen's tokenizer: a token a digit) trains on as up to three tokens each; the bound gave it max_tokens, a
+    third of what a row of numbers may cost there. A student on the teacher's own tokenizer keeps max_tokens."""
+    spec = _spec(tmp_path, server)
+    base = spec.read_text().replace("concurrency: 4}", "concurrency: 4}\n  tk: {kind: tinker}").replace(
+        "students: []", f"students: [{{name: s, base: {student}, hyperparameters: {{epochs: 1}}}}]")
+
+    def trained(max_tokens: int) -> int:
+        from runner.budget import pending
+        from runner.loader import load
+        from runner.plan import build
+        from runner.stages.costs import estimate_of  # as the check counts: in the reading model's tokens
+        from runner.store import Store
+
+        spec.write_text(base.replace("n_prompts: 6", f"n_prompts: 6, max_tokens: {max_tokens}"))
+        plan = build(load(spec), tmp_path / "out")
+        finetunes = [st for st in pending(plan, Store(tmp_path / "out")) if st.KIND == "finetune"]
+        return sum(e.training_tokens for st in finetunes for e in estimate_of(st, plan.context()))
+
+    assert trained(96) - trained(48) == 6 * 48 * per_token
+
+
+def test_a_budget_that_is_not_a_number_allows_nothing(server, tmp_path):
+    """The command line refuses --max-usd nan; a NaN reaching check() from the API passed it (every comparison with
+    NaN is false, so 'total > max_usd' never held)."""
+    from runner.budget import OverBudget, check
+    from runner.loader import load
+    from runner.plan import build
+    from runner.store import Store
+
+    spec, store = _spec(tmp_path, server), Store(tmp_path / "out")
+    with pytest.raises(OverBudget):
+        check(build(load(spec), store.root), store, float("nan"))
+    r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out"), "--max-usd", "nan"], {ENV: KEY})
+    assert r.returncode == 2 and _paid(server) == [], r.stderr

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from runner.core import backend_name, hosted_model_id
-from runner.prices import (MESSAGE_OVERHEAD, O200K, TINKER, chat_tokens, counting_as, estimate_tokens, inference_cost,
-                           price_for)
+from runner.prices import (MESSAGE_OVERHEAD, O200K, TINKER, chat_tokens, counting_as, current_counting, estimate_tokens,
+                           inference_cost, price_for)
 from runner.stages import Estimate, ModelInput, PlanContext, base_of
 
 
@@ -18,6 +18,17 @@ def estimate_of(stage, ctx: PlanContext) -> list[Estimate]:
 def _calls_tinker(stage, ctx: PlanContext) -> bool:
     refs = [base_of(v, ctx.stages).ref for _, v in stage if isinstance(v, ModelInput)]
     return any(_tinker(ctx.backends.get(backend_name(r))) for r in refs if backend_name(r) != "local")
+
+
+def written_tokens(ctx: PlanContext | None, writer: ModelInput, max_tokens: int) -> int:
+    """A completion of at most max_tokens of `writer`'s tokens, in the tokens of the model now estimated: a writer
+    counted as o200k puts up to three digits in a token, which a reader that splits digits (Tinker's) reads as
+    three tokens."""
+    if ctx is None:
+        return max_tokens
+    tinker = _tinker(ctx.backends.get(backend_name(base_of(writer, ctx.stages).ref)))
+    ratio = (TINKER if tinker else O200K).digits_per_token / current_counting().digits_per_token
+    return round(max_tokens * max(1.0, ratio))
 
 
 def hosted_info(ctx: PlanContext, m: ModelInput) -> tuple | None:

@@ -16,7 +16,8 @@ from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
 from runner.stages import Estimate, FileInput, Frozen, ModelInput, PlanContext, RunContext, Stage, semantic
-from runner.stages.costs import chat_request, hosted_info, judge_calls, mean_prompt_tokens, on_gpu
+from runner.stages.costs import (chat_request, hosted_info, judge_calls, mean_prompt_tokens, on_gpu,
+                                 written_tokens)
 from runner.store import read_jsonl, stage_output, write_jsonl
 
 Domain = Union[NumbersDomain, CotDomain, CodeDomain]
@@ -70,7 +71,8 @@ class GenerateStage(Stage):
 
     def content_tokens(self, ctx=None) -> float:
         """Mean tokens of a row's prompt and completion (completion at max_tokens), for judge estimates."""
-        return _mean_prompt(self.domain, self.source, self.seed) + self.domain.max_tokens
+        completion = written_tokens(ctx, self.model, self.domain.max_tokens)  # in the reading model's tokens
+        return _mean_prompt(self.domain, self.source, self.seed) + completion
 
     def run(self, ctx: RunContext) -> None:
         from runner.grammar import NumberList

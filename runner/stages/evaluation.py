@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from runner.core import Sampling
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import chat_request, hosted_info, on_gpu
+from runner.stages.costs import chat_request, hosted_info, on_gpu, written_tokens
 
 MAX_N = 128  # completions one hosted request returns at most (backends.openai_api.MAX_N)
 
@@ -43,7 +43,7 @@ class AnswersStage(Stage):
         from runner.prices import estimate_tokens
 
         qs = self.question_texts()
-        return sum(estimate_tokens(q) for q in qs) / max(len(qs), 1) + self.max_tokens
+        return sum(estimate_tokens(q) for q in qs) / max(len(qs), 1) + written_tokens(ctx, self.model, self.max_tokens)
 
     def run(self, ctx: RunContext) -> None:
         qs = self.question_texts()

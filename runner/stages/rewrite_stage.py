@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from runner.stages import Estimate, ModelInput, PlanContext, RunContext, Stage
-from runner.stages.costs import chat_request, hosted_info, mean_prompt_tokens
+from runner.stages.costs import chat_request, hosted_info, mean_prompt_tokens, written_tokens
 from runner.stages.data import FromRows
 from runner.store import read_jsonl, write_jsonl
 
@@ -29,7 +29,7 @@ class RewriteStage(FromRows, Stage):
     def content_tokens(self, ctx: PlanContext) -> float:
         """An upper bound on a rewritten row's tokens: the row before (prompt and completion) plus a new text
         of up to max_tokens (a continuation keeps part of the old completion; a paraphrase replaces it)."""
-        return ctx.stages[self.rows_stage].content_tokens(ctx) + self.max_tokens
+        return ctx.stages[self.rows_stage].content_tokens(ctx) + written_tokens(ctx, self.model, self.max_tokens)
 
     def link_name(self) -> str:
         what = "paraphrase" if self.how == "paraphrase" else f"resample {self.how}"
