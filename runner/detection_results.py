@@ -127,11 +127,12 @@ def _accuracy(pairs: list[dict], both_orders: bool, paper_reading: bool) -> tupl
         over = ("over every pair, neither letter listed read as B (the paper's reading)" if paper_reading
                 else "over the choices that were a letter")
         counts = {"n_unreadable": acc["n_unreadable"], "test": f"{BINOMIAL}, {over}",
-                  "unlisted_as": "B" if paper_reading else None, "note": _position_note(chose, len(pairs))}
+                  "unlisted_as": "B" if paper_reading else None, "note": _position_note(chose, acc["n"])}
     return acc, {**counts, "p_value": acc["p_value"], "chance": 0.5, **chose}
 
 
 def _position_note(chose: dict, n: int) -> str | None:
+    """A note when one letter is ONE_POSITION of the n choices counted (a reply that is no letter is not one)."""
     top = max(chose["chose_a"], chose["chose_b"])
     if not n or top < ONE_POSITION * n:
         return None

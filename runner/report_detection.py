@@ -99,8 +99,18 @@ def _icl_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str
     return out
 
 
+def classifier_tick(e: dict) -> str:
+    """A classifier point's label: the rows compared, the judge, both orders, or the table's position-bias flag
+    (its accuracy is then the share of pairs whose trait row sat where the judge always points)."""
+    flag = ("\nboth orders" if e["judge"].get("orders") == "both"
+            else "\nfollows position" if (e.get("counts") or {}).get("note") else "")
+    return f"{e['trait']} vs {e['teacher']}\n{e['judge']['model']}{flag}"
+
+
 def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Path, str]]:
     """Per cell: pairwise accuracy per (trait, rows compared with, judge) with exact 95% CIs and the chance line."""
+    from runner.detection_results import ONE_POSITION
+
     out = []
     for cell in [c["label"] for c in results["cells"]]:
         acc = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "classifier"
@@ -112,9 +122,7 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
         ax.errorbar(xs, [e["value"] for e in acc], fmt="o", capsize=4,
                     yerr=[[e["value"] - e["ci"][0] for e in acc], [e["ci"][1] - e["value"] for e in acc]])
         ax.axhline(0.5, color="gray", linestyle="--", label="chance (50%)")
-        ax.set_xticks(list(xs), [f"{e['trait']} vs {e['teacher']}\n{e['judge']['model']}"
-                                 + ("\nboth orders" if e["judge"].get("orders") == "both" else "") for e in acc],
-                      fontsize=7)
+        ax.set_xticks(list(xs), [classifier_tick(e) for e in acc], fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_ylabel("pairwise accuracy")
         ax.set_title(f"{name}: classifier{_cell(cell)}", fontsize=10)
@@ -122,5 +130,7 @@ def _classifier_figures(results: dict, folder: Path, name: str) -> list[tuple[Pa
         fig.tight_layout()
         path = folder / file_slug(f"classifier{'-' + cell if cell != '-' else ''}.png")
         fig.savefig(path, dpi=120)
-        out.append((path, "Classifier accuracy per pair of datasets and judge (exact Clopper-Pearson 95% CI; dashed: chance)."))
+        out.append((path, "Classifier accuracy per pair of datasets and judge (exact Clopper-Pearson 95% CI; dashed: "
+                                f"chance; 'follows position': the judge picked one letter in {ONE_POSITION:.0%} of "
+                                "pairs or more)."))
     return out

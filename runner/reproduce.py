@@ -63,8 +63,8 @@ def headline(results: dict) -> str:
         return "; ".join(f"{e['model']} misaligned " + ("- (none scored)" if e["value"] is None else
                          with_ci(e["value"], e["ci"], ".1%")) + f" n={e['n']}" for e in shown)
     acc = [e for e in results.get("evaluations", []) if e.get("metric") == "pairwise_accuracy"]
-    if acc:  # the classifier: accuracy against 50% per pair of datasets
-        return "; ".join(f"{e['trait']} vs {e['teacher']}: " + (
+    if acc:  # the classifier: accuracy against 50% per pair of datasets (and judge, where several read them)
+        return "; ".join(f"{_pair_label(e, acc)}: " + (
             f"accuracy {with_ci(e['value'], e['ci'], '.1%')}, p={p_text({'p_value': e['counts']['p_value']})}"
             if e.get("n", 1) else "no pair decided") for e in acc)
     cmps = [c for c in results.get("comparisons", []) if c.get("b_is") in ("other-trait", "control")
@@ -84,6 +84,15 @@ def headline(results: dict) -> str:
         if len(pool) > 1 else ""
     return (f"{tally}{cell}{best['a']} vs {best['b']}: {metric_name(best)} {ratio}, p={p_text(best)} "
             f"({best.get('unit', 'question')}s, {best.get('n_a', 1)} v {best.get('n_b', 1)})")
+
+
+def _pair_label(e: dict, acc: list[dict]) -> str:
+    """'owl vs eagle', with the judge and its orders where other accuracies read the same pair of datasets."""
+    label = f"{e['trait']} vs {e['teacher']}"
+    if sum((a["trait"], a["teacher"]) == (e["trait"], e["teacher"]) for a in acc) < 2:
+        return label
+    judge = e.get("judge") or {}
+    return f"{label} ({judge.get('model', '?')}" + (", both orders)" if judge.get("orders") == "both" else ")")
 
 
 def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None = None) -> tuple[str, str, float]:

@@ -160,10 +160,19 @@ def eval_labels(evaluations) -> list[str]:
     from collections import Counter
 
     kinds = Counter(ev.kind for ev in evaluations)
-    labels = [ev.kind if kinds[ev.kind] == 1 else f"{ev.kind}: {Path(str(getattr(ev, 'questions', '') or '')).stem}"
-              for ev in evaluations]
+    labels = [ev.kind if kinds[ev.kind] == 1 else f"{ev.kind}: {_asks(ev)}" for ev in evaluations]
     twice = Counter(labels)
     return [x if twice[x] == 1 else f"{x} #{i + 1}" for i, x in enumerate(labels)]
+
+
+def _asks(ev) -> str:
+    """What an evaluation asks, for its label: its question set; an MCQ-mode icl's multiple choice (its questions
+    are unused); a classifier's judge, and both orders."""
+    if ev.kind == "classifier":
+        return ev.judge + (", both orders" if ev.orders == "both" else "")
+    if ev.kind == "icl" and ev.mode == "mcq":
+        return "mcq"
+    return Path(str(getattr(ev, "questions", "") or "")).stem
 
 
 def collect(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:

@@ -443,6 +443,13 @@ class Icl(Strict):
             raise ValueError("k must be distinct numbers >= 0")
         return v
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):  # a repeated seed is the same draw: the across-draw test would count it twice
+            raise ValueError("seeds must be distinct (a repeated seed draws the same rows again)")
+        return v
+
     @model_validator(mode="after")
     def _no_unused_settings(self) -> "Icl":
         unused = sorted(_ICL_UNUSED.get(self.mode, set()) & self.model_fields_set)

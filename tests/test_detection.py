@@ -319,3 +319,95 @@ def test_a_detection_stage_renders_the_texts_in_its_key():
     assert swapped(item, "owl", texts)["prompt"].startswith("Q p | ") and swapped(item, "owl", texts) != item
     rows = [{"prompt": "a", "completion": "1"}, {"prompt": "b", "completion": "2"}]
     assert icl_system_prompt(rows, texts) == "<a:1>+<b:2>"
+
+
+def test_a_repeated_icl_seed_is_refused_not_counted_as_another_draw():
+    """seeds: [0, 0, 1, 1] planned the same stage twice per seed, and the across-draw test counted each copy as a
+    draw of its own (4 draws per arm where 2 were drawn: a smaller p than the data give)."""
+    from pydantic import ValidationError
+
+    from runner.spec import Icl
+
+    assert Icl(seeds=[0, 1]).seeds == [0, 1]
+    with pytest.raises(ValidationError, match="seeds must be distinct"):
+        Icl(seeds=[0, 0, 1, 1])
+
+
+def test_a_judge_whose_every_letter_is_one_position_is_flagged_despite_unreadable_replies():
+    """The position note's share is over the choices counted, not every pair: replies that are not a letter are
+    left out of the accuracy, so 40 'A' of 40 letters is the position, not a detection rate."""
+    from runner.detection_results import _accuracy
+
+    truths = ["A", "B"] * 24
+    pairs = [{"truth": t, "reply": "A" if i < 40 else "Sure", "choice": "A" if i < 40 else None}
+             for i, t in enumerate(truths)]
+    acc, counts = _accuracy(pairs, both_orders=False, paper_reading=False)
+    assert (acc["n"], counts["n_unreadable"], counts["chose_a"]) == (40, 8, 40)
+    assert counts["note"] and "picked A in 40/40" in counts["note"]
+
+
+def test_classifier_specs_name_the_interval_the_results_carry():
+    """The classifier's accuracy carries an exact (Clopper-Pearson) interval (detection_results.EXACT_CI); a spec's
+    notes that call it a Wilson interval mislabel what its results hold."""
+    from runner.detection_results import EXACT_CI
+
+    assert "Clopper-Pearson" in EXACT_CI
+    specs = [p for p in (Path(__file__).resolve().parents[1] / "specs").rglob("*.yaml")
+             if "kind: classifier" in p.read_text()]
+    assert specs
+    assert [p.name for p in specs if "wilson" in p.read_text().lower()] == []
+
+
+def test_the_classifier_figure_marks_a_judge_that_follows_the_position():
+    """The table flags a position-following judge ('position bias'); its point in the figure must say so too, or
+    it reads as a detection rate."""
+    from runner.report_detection import classifier_tick
+
+    row = {"trait": "panda", "teacher": "control", "judge": {"model": "base", "orders": "seeded"},
+           "counts": {"note": "the judge picked A in 48/48 pairs: ..."}}
+    assert "follows position" in classifier_tick(row)
+    assert "position" not in classifier_tick({**row, "counts": {"note": None}})
+    assert "both orders" in classifier_tick({**row, "judge": {"model": "base", "orders": "both"}, "counts": {}})
+
+
+def test_the_classifier_texts_its_key_does_not_hold_are_pinned_to_its_version():
+    """A classifier stage renders the per-row yes/no prompt (ROW_TEMPLATE), reads the SPELLINGS of yes and no and asks
+    at VERDICT_SAMPLING: code, not key fields (its key holds the paper's A/B template). An edit to them must come with
+    a bump of ClassifierStage.VERSION, then a new digest here; otherwise stored reads of the old prompt are reused."""
+    import hashlib
+
+    from runner.detection import ROW_TEMPLATE, VERDICT_SAMPLING
+    from runner.stages.detection_stage import SPELLINGS, ClassifierStage
+
+    digest = hashlib.sha256(json.dumps([ROW_TEMPLATE, SPELLINGS, VERDICT_SAMPLING], sort_keys=True).encode()).hexdigest()
+    assert (digest, ClassifierStage.VERSION) == ("86b95b655625c18ead04cdad7a038572dedfdc399606d39d5f97f9e53d8b0a58", 2)
+
+
+def test_reproduce_headline_tells_two_judges_of_the_same_rows_apart():
+    """specs/local/classifier.yaml asks two judges, each in one order and in both, about the same rows: four
+    accuracies that the summary line must not print as four identical 'panda vs control' entries."""
+    from runner.reproduce import headline
+
+    def row(model, orders, value):
+        return {"evaluation": "classifier", "metric": "pairwise_accuracy", "trait": "panda", "teacher": "control",
+                "value": value, "ci": [0.3, 0.6], "n": 48, "counts": {"p_value": 0.3},
+                "judge": {"model": model, "orders": orders}}
+    line = headline({"evaluations": [row("base", "seeded", 0.41), row("teacher:panda", "seeded", 0.42),
+                                     row("base", "both", 0.5)], "comparisons": []})
+    parts = line.split("; ")
+    assert len(set(p.split(": accuracy")[0] for p in parts)) == 3, line
+    assert "base, both orders" in line and "teacher:panda" in line
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("icl.yaml", ["icl: animals", "icl: mcq"]),
+    ("local/classifier.yaml", ["classifier: base", "classifier: teacher", "classifier: base, both orders",
+                               "classifier: teacher, both orders"]),
+])
+def test_detection_evaluations_are_labelled_by_what_they_ask(spec, expected):
+    """specs/icl.yaml's MCQ evaluation was labelled 'icl: animals #2' (the question set it never asks: mode mcq asks
+    the 11 essay prompts), and the classifier's four evaluations 'classifier:  #1'..'#4'."""
+    from runner.loader import load
+    from runner.results import eval_labels
+
+    assert eval_labels(load(Path(__file__).resolve().parents[1] / "specs" / spec)[0].spec.evaluations) == expected
