@@ -46,13 +46,19 @@ STEP_SECONDS = 3.0
 
 
 def price_for(model: str, overrides: dict[str, list[float]] | None = None) -> TinkerPrice | None:
-    if overrides and model in overrides:
-        v = overrides[model]
-        if len(v) != 3 or any(x < 0 for x in v):
-            raise UserError(f"prices.{model}: a tinker backend takes [prefill, sample, train] USD per 1M tokens")
-        return TinkerPrice(*v)
-    best = max((k for k in TABLE if model.startswith(k)), key=len, default=None)
-    return TABLE[best] if best else None
+    """The price of `model`: an override or the table's by longest prefix, the closer name winning (the override on
+    a tie), so that an override of Qwen/Qwen3-8B also prices Qwen/Qwen3-8B-Base, as the table's entry does."""
+    mine, best = _longest_prefix(model, overrides or {}), _longest_prefix(model, TABLE)
+    if mine is None or (best is not None and len(best) > len(mine)):
+        return TABLE[best] if best else None
+    v = overrides[mine]
+    if len(v) != 3 or any(x < 0 for x in v):
+        raise UserError(f"prices.{mine}: a tinker backend takes [prefill, sample, train] USD per 1M tokens")
+    return TinkerPrice(*v)
+
+
+def _longest_prefix(model: str, names) -> str | None:
+    return max((k for k in names if model.startswith(k)), key=len, default=None)
 
 
 @dataclass(frozen=True)

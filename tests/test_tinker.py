@@ -872,6 +872,9 @@ def test_prices_and_wall_time():
     assert e.seconds == pytest.approx(40 + 500 + 150 + 300)
     assert PRICES_DATE in e.line() and "$1.86" in e.line()
     assert estimate("Qwen/Qwen3-8B", trained=1_000_000, overrides={"Qwen/Qwen3-8B": [0, 0, 2.5]}).usd == 2.5
+    # an override prices what the table's entry of that name prices (it left the Base model at the table's price)
+    assert estimate("Qwen/Qwen3-8B-Base", trained=1_000_000, overrides={"Qwen/Qwen3-8B": [0, 0, 2.5]}).usd == 2.5
+    assert estimate("Qwen/Qwen3-8B", trained=1_000_000, overrides={"Qwen/Qwen3": [0, 0, 2.5]}).usd == 0.40  # closer
     assert estimate("unknown/model", sampled=10).usd is None and "not in the price table" in estimate("x/y").line()
     with pytest.raises(UserError, match=r"\[prefill, sample, train\]"):
         estimate("Qwen/Qwen3-8B", overrides={"Qwen/Qwen3-8B": [1, 2]})
