@@ -848,6 +848,23 @@ def test_a_tinker_plan_names_the_tinker_price_table_and_its_token_caveat(monkeyp
     assert f"price table dated {OPENAI_DATE}" not in total  # no OpenAI model in this plan
 
 
+def test_a_tinker_students_wall_time_counts_its_optimiser_steps(monkeypatch, tmp_path):
+    """Each step's fixed latency (STEP_SECONDS) was left out of the plan's hours: the steps were never passed."""
+    from backends.tinker_prices import STEP_SECONDS, TRAIN_TPS
+    from runner.loader import load
+    from runner.plan import build
+    from runner.stages.training import FinetuneStage
+
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    plan = build(load(ROOT / "specs" / "tinker" / "quickstart_8b.yaml"), tmp_path / "out", provisional=True)
+    ctx = plan.context()
+    student = next(st for st in plan.stages.values() if isinstance(st, FinetuneStage))
+    trained = student.estimate(ctx)[0]
+    n = min(student.max_rows or 10**12, ctx.stages[student.rows_stage].expected_rows(ctx))
+    steps = -(-round(student.training.epochs * n) // student.training.batch_size)
+    assert steps > 0 and trained.seconds == pytest.approx(trained.training_tokens / TRAIN_TPS + steps * STEP_SECONDS)
+
+
 def test_readme_features_table_is_the_code_table():
     from runner.features import FEATURES
 

@@ -100,10 +100,11 @@ def judge_calls(info: tuple, template: str, calls: int, content_tokens: float, m
     return est
 
 
-def training(info: tuple, tokens: int, note: str) -> Estimate:
+def training(info: tuple, tokens: int, note: str, steps: int = 0) -> Estimate:
+    """Fine-tuning `tokens` (every epoch); `steps`: optimiser steps, which add a fixed latency each on Tinker."""
     name, model_id, cfg, _ = info
     if _tinker(cfg):
-        return _on_tinker(name, model_id, cfg, 0, note, trained=tokens)
+        return _on_tinker(name, model_id, cfg, 0, note, trained=tokens, steps=steps)
     price = price_for(model_id, _prices(cfg))
     cost = None if price is None or price.training is None else tokens * price.training / 1e6
     return Estimate(name, model_id, 0, 0, 0, tokens, cost, note=note)

@@ -163,9 +163,14 @@ class FinetuneStage(Stage):
         epochs, tokens = self.training.epochs, round(n * per_row * self.training.epochs)
         note = f"<= {n:,} rows x {epochs:g} epochs"
         if info:
-            return [training(info, tokens, note)] + self._hosted_distill(ctx, info, n, per_row, tokens)
+            return [training(info, tokens, note, self._steps(n))] + self._hosted_distill(ctx, info, n, per_row, tokens)
         # distill: the teacher reads every training row too (forward only)
         return on_gpu(ctx, self.base, note, trained=tokens, prefill=tokens if self.teacher else 0)
+
+    def _steps(self, n: int) -> int:
+        """Optimiser steps over n rows (as the Tinker backend plans them); 0 where the batch size is the API's."""
+        b = self.training.batch_size
+        return 0 if b == "auto" or not n else -(-max(1, round(self.training.epochs * n)) // int(b))
 
     def _hosted_distill(self, ctx: PlanContext, student: tuple, n: int, per_row: float, tokens: int) -> list[Estimate]:
         """A hosted distill (Tinker) also reads the teacher's top-k at every row (one sampled token each), once
