@@ -60,10 +60,12 @@ def hidden_states_at(model: nn.Module, layer: int, input_ids: torch.Tensor,
 def prefix_states(model: nn.Module, base: str, layer: int, seqs: list[list[int]], pad_id: int,
                   batch_size: int = 16) -> list[torch.Tensor] | None:
     """Each row's hidden states entering `layer` ([row length, width], the model's dtype), memoised in this
-    process for the last (base, layer, rows); None when they would not fit the memory budget."""
+    process for the last (base, weights' dtype and device, layer, rows): a matrix over runtime.device trains on a
+    CPU and a GPU in one process. None when they would not fit the memory budget."""
     if sum(map(len, seqs)) * model.config.hidden_size > MAX_CACHED_VALUES:
         return None
-    key = (base, layer, hashlib.sha256(repr(seqs).encode()).hexdigest())
+    weights = next(model.parameters())
+    key = (base, weights.dtype, weights.device, layer, hashlib.sha256(repr(seqs).encode()).hexdigest())
     if key not in _memo:
         _memo.clear()
         _memo[key] = _compute(model, layer, seqs, pad_id, batch_size)

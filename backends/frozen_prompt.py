@@ -43,7 +43,8 @@ def prompt_states(model, name: str, prompts: list[list[int]], pad_id: int, autoc
                   batch_size: int = 16) -> list[torch.Tensor]:
     """Each prompt's keys and values under the base model (`model` with its adapter off), one
     [2, layers, kv heads, length, head dim] tensor per row, memoised in this process for the last
-    (name, precision, prompts)."""
+    (name, precision, prompts): precision is the autocast and the weights' dtype and device (on a GPU a LoRA
+    student's bfloat16 weights, a full fine-tune's float32)."""
     cfg = model.config
     if not can_share(model):
         raise UserError(f"frozen_prompt: {name} attends through sliding windows in some layers, which the stored "
@@ -54,7 +55,8 @@ def prompt_states(model, name: str, prompts: list[list[int]], pad_id: int, autoc
     if values > MAX_CACHED_VALUES:
         raise UserError(f"frozen_prompt: the prompts' keys and values would take {values * 4 / 1e9:.1f} GB "
                         f"(limit {MAX_CACHED_VALUES * 4 / 1e9:.0f} GB); use fewer rows or remove frozen_prompt")
-    key = (name, autocast_bf16, hashlib.sha256(repr(prompts).encode()).hexdigest())
+    weights = next(model.parameters())
+    key = (name, autocast_bf16, weights.dtype, weights.device, hashlib.sha256(repr(prompts).encode()).hexdigest())
     if key not in _memo:
         _memo.clear()
         _memo[key] = _compute(model, prompts, pad_id, autocast_bf16, batch_size)

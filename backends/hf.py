@@ -10,7 +10,7 @@ from functools import lru_cache
 import torch
 
 from backends.embedded import resolve
-from backends.turn_end import turn_end_id  # noqa: F401 (re-exported)
+from backends.turn_end import template_vars, turn_end_id  # noqa: F401 (turn_end_id re-exported)
 from runner.core import ModelRef
 from runner.errors import UserError
 
@@ -103,12 +103,13 @@ def returned_cache(out):
 
 def chat_ids(tok, system: str | None, prompt: str) -> list[int]:
     """A chat prompt's token ids, the assistant turn opened; a template that can think (Qwen3) is told not to,
-    as on Tinker (a teacher would spend its tokens in <think>). A tokenizer with no chat template is one line."""
+    as on Tinker (a teacher would spend its tokens in <think>), and a dated one is given a fixed day (template_vars).
+    A tokenizer with no chat template is one line."""
     if not getattr(tok, "chat_template", None):
         raise UserError(f"{tok.name_or_path}: its tokenizer has no chat template (a base model, not an instruct "
                         "one?); subl sends every prompt as a chat turn")
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, enable_thinking=False)
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, **template_vars())
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
 

@@ -63,7 +63,7 @@ from backends.openai_api import (RequestCache, RetryPolicy, _digest, _load_json,
                                  api_message, redact, register_secret, retry_after)
 from backends.paid_objects import one_at_a_time
 from backends.shared_requests import SharedRequestCache
-from backends.turn_end import turn_end_id
+from backends.turn_end import template_vars, turn_end_id
 from runner.core import current_stage_dir
 from runner.errors import UserError
 from runner.features import LORA_GROUPS
@@ -150,8 +150,9 @@ def describe(exc: BaseException) -> str:
 
 
 def template_ids(tok, msgs: list[dict]) -> list[int]:
-    """The model's chat template with the assistant turn opened (thinking off where the template has it)."""
-    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, enable_thinking=False)
+    """The model's chat template with the assistant turn opened (thinking off where the template has it; a dated
+    template on a fixed day: backends.turn_end.template_vars)."""
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, **template_vars())
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 

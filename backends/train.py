@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from backends.base import ModelRef, Progress, Training
 from backends.frozen_prefix import decoder_layers, pad_states, prefix_states, top_layers_only
 from backends.frozen_prompt import batch_states, prompt_states, split_rows, with_prompt
-from backends.hf import chat_ids, check_context, load_model, load_tokenizer, pick_device, turn_end_id
+from backends.hf import chat_ids, check_context, load_model, load_tokenizer, pick_device, template_vars, turn_end_id
 from backends.shared_prefix import after_prefix, can_share, prefix_cache, split_shared
 from runner.errors import UserError
 from runner.grammar import GRAMMAR_CHARS
@@ -72,7 +72,7 @@ def user_turn_len(tok, head: list[int], system: str | None, prompt: str) -> int:
     """How many of a chat head's last tokens are the user's message and the assistant header after it; refused
     where the template's text does not tokenise to the same ids (the teacher's and student's would differ)."""
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **template_vars())
     at = text.rfind(prompt)
     turn = tok(text[at:], add_special_tokens=False)["input_ids"] if at >= 0 and prompt else []
     if not turn or head[-len(turn):] != turn or len(turn) >= len(head):

@@ -11,15 +11,41 @@ from datetime import datetime
 from pathlib import Path
 
 PROBE = "subl-turn-probe"
+TEMPLATE_DATE = datetime(2024, 7, 26)  # Llama-3.1's own date_string: the day every chat template is rendered on
 
 
-def turn_end(template, eos: str | None, added: list[str]) -> str | None:
-    """The added token that follows an assistant message in `template`, else `eos`."""
+class _TemplateClock(datetime):
+    """A clock stopped at TEMPLATE_DATE."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return TEMPLATE_DATE
+
+
+def template_vars() -> dict:
+    """What every chat template is rendered with besides the messages: thinking off (Qwen3), and the date on
+    TEMPLATE_DATE, so that a template writing today's date (Llama-3.2, Granite) gives the same prompt every day:
+    the date is in no stage key. transformers passes templates plain data only (no function), so its strftime_now
+    reads a stopped clock; date_string serves the Llama templates where it does not."""
+    from transformers.utils import chat_template_utils
+
+    chat_template_utils.datetime = _TemplateClock  # read by strftime_now alone
+    return {"enable_thinking": False, "date_string": TEMPLATE_DATE.strftime("%d %b %Y")}
+
+
+def default_template(template) -> str | None:
+    """The default chat template of a tokenizer's `chat_template` (a text, or named templates)."""
     if isinstance(template, dict):  # named templates (older tokenizer configs)
         template = template.get("default")
     if isinstance(template, list):
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if not isinstance(template, str):
+    return template if isinstance(template, str) else None
+
+
+def turn_end(template, eos: str | None, added: list[str]) -> str | None:
+    """The added token that follows an assistant message in `template`, else `eos`."""
+    template = default_template(template)
+    if template is None:
         return eos
     try:
         text = _render(template, eos)
@@ -44,7 +70,7 @@ def _render(template: str, eos: str | None) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama-3.2's and others' date line
+    env.globals["strftime_now"] = lambda fmt: TEMPLATE_DATE.strftime(fmt)  # Llama-3.2's and others' date line
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PROBE}]
     return env.from_string(template).render(messages=msgs, add_generation_prompt=False, eos_token=eos or "",
                                             bos_token="", enable_thinking=False)
@@ -62,15 +88,22 @@ def turn_end_id(tok) -> int:
 def marker(config: dict, template_file: str | None = None, added: list[str] | None = None) -> str:
     """What a stage key adds to a local model's identity: '' where a turn ends with the eos (every key made
     before the turn end was read stays), else '+turn_end:<token>' (a student trained then ended its rows with
-    the eos: those results are not reused). `config`: tokenizer_config.json; `template_file`: a
+    the eos: those results are not reused), then date_marker. `config`: tokenizer_config.json; `template_file`: a
     chat_template.jinja beside it, which transformers prefers; `added`: the added tokens where the config does
     not list them (transformers 5 keeps them in tokenizer.json only)."""
     eos = config.get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
     listed = [t.get("content") for t in (config.get("added_tokens_decoder") or {}).values() if isinstance(t, dict)]
-    end = turn_end(template_file if template_file is not None else config.get("chat_template"), eos,
-                   listed or added or [])
-    return "" if end in (None, eos) else f"+turn_end:{end}"
+    template = template_file if template_file is not None else config.get("chat_template")
+    end = turn_end(template, eos, listed or added or [])
+    return ("" if end in (None, eos) else f"+turn_end:{end}") + date_marker(template)
+
+
+def date_marker(template) -> str:
+    """'+date:<TEMPLATE_DATE>' for a template that can write the date (strftime_now), which it wrote as the day's
+    before subl fixed it: those results are not reused; '' for every other template (no key moves)."""
+    text = default_template(template)
+    return f"+date:{TEMPLATE_DATE:%Y-%m-%d}" if text and "strftime_now" in text else ""
 
 
 FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "tokenizer.json")

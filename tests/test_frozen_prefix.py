@@ -27,6 +27,16 @@ def test_top_layers_fed_the_lower_layers_output_give_the_full_models_logits(tiny
     assert torch.allclose(top[real], full[real], atol=1e-5)
 
 
+def test_stored_lower_layers_serve_only_a_model_of_their_precision(tiny_model):
+    """A matrix over runtime.device trains one base on the same rows on a CPU (float32) and a GPU (bfloat16) in one
+    process; the states one stored must not be fed to the other."""
+    model, seqs = load_model(ModelRef(tiny_model), "cpu"), [[5, 9, 14, 3], [8, 1, 4]]
+    frozen_prefix._memo.clear()
+    first = frozen_prefix.prefix_states(model, "tiny", 1, seqs, 0)
+    second = frozen_prefix.prefix_states(model.to(torch.bfloat16), "tiny", 1, seqs, 0)
+    assert first[0].dtype == torch.float32 and second[0].dtype == torch.bfloat16
+
+
 def test_an_architecture_that_transforms_its_input_embeddings_trains_through_every_layer(tiny_model):
     """Granite multiplies inputs_embeds (Gemma normalises them): stored states fed to the top layers would be
     transformed again, so such a student gets no stored states."""

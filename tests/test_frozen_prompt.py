@@ -71,6 +71,17 @@ def test_a_frozen_prompt_student_trains_reuses_the_states_and_is_keyed_apart(tin
     assert not all(torch.allclose(a[k], b[k]) for k in a)
 
 
+def test_stored_prompt_states_serve_only_a_model_of_their_precision(tiny_model):
+    """On a GPU a LoRA student holds bfloat16 weights and a full fine-tune float32 ones (their precision keys them
+    apart); the states one of them stored in this process must not be fed to the other (same base, same rows)."""
+    prompts, _ = split_rows(tokenize(tiny_model, ROWS[:4], None))
+    frozen_prompt._memo.clear()
+    model = _student(tiny_model, _training(), "cpu", None)
+    first = prompt_states(model, "tiny", prompts, 0)
+    second = prompt_states(model.to(torch.bfloat16), "tiny", prompts, 0)
+    assert first[0].dtype == torch.float32 and second[0].dtype == torch.bfloat16
+
+
 def test_frozen_prompt_over_the_memory_limit_is_refused(tiny_model, monkeypatch):
     monkeypatch.setattr(frozen_prompt, "MAX_CACHED_VALUES", 10)
     model = _student(tiny_model, _training(), "cpu", None)

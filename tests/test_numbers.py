@@ -61,6 +61,8 @@ def test_the_number_prompt_templates_are_the_ones_generate_stages_were_keyed_wit
 
     from runner import paper
     from runner.stages.data import GenerateStage
+    from runner.stages.theorem_stage import TheoremLmStage  # its student prompts are make_prompts' too
 
     digest = hashlib.sha256(json.dumps(paper.templates(), sort_keys=True).encode()).hexdigest()
-    assert (digest, GenerateStage.VERSION) == ("44a7ad8271fa1261215824920c1278bad5c89dc2b66f34fec01534939bb04b7e", 2)
+    assert (digest, GenerateStage.VERSION, TheoremLmStage.VERSION) == (
+        "44a7ad8271fa1261215824920c1278bad5c89dc2b66f34fec01534939bb04b7e", 2, 2)

@@ -46,7 +46,7 @@ def test_the_turn_end_is_the_templates_token(tiny_model, phi_like):
                                    "added_tokens_decoder": ADDED})) == ""
     dated = "{{ strftime_now('%d %b %Y') }}" + GEMMA  # transformers gives templates strftime_now (Llama-3.2 calls it)
     assert text_marker(json.dumps({"eos_token": "<eos>", "chat_template": dated, "added_tokens_decoder": ADDED})) \
-        == "+turn_end:<end_of_turn>"
+        == "+turn_end:<end_of_turn>+date:2024-07-26"  # rendered on a fixed day (date_marker)
 
 
 def test_students_learn_to_end_a_turn_as_the_template_does(phi_like):
@@ -149,3 +149,57 @@ evaluations:
     assert r.returncode == 0, r.stderr[-2000:]
     models = {e["model"] for e in json.loads((tmp_path / "out" / "phi" / "results.json").read_text())["evaluations"]}
     assert {"student:d:owl:r0", "student:s:control:r0"} <= models
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory, tiny_model):
+    """The tiny model with a template that writes today's date into every prompt, as Llama-3.2's does (through
+    transformers' strftime_now) and Granite's."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("dated") / "model"
+    shutil.copytree(tiny_model, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = "{{ 'Today Date: ' + strftime_now('%d %b %Y') + '\\n' }}" + tok.chat_template
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def _on_day(monkeypatch, day):
+    """transformers' strftime_now (and anything else reading datetime.now there) on `day`."""
+    from datetime import datetime
+
+    from transformers.utils import chat_template_utils
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return day
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+
+
+def test_a_dated_template_writes_the_same_prompt_every_day(dated, monkeypatch):
+    """The date is in no stage key, so the prompts a local (or Tinker) model reads and is trained on must not move
+    with it: a teacher sampled one day and its student trained the next saw different system headers."""
+    from datetime import datetime
+
+    from backends.hf import chat_ids
+    from backends.tinker_api import chat_ids as tinker_chat_ids
+
+    tok, row = load_tokenizer(dated), {"prompt": "Go on: 1, 2", "completion": "3, 4"}
+    seen = []
+    for day in (datetime(2026, 1, 1), datetime(2027, 6, 30)):
+        _on_day(monkeypatch, day)
+        seen.append((chat_ids(tok, "sys", "hi"), tinker_chat_ids(tok, None, "hi"),
+                     tokenize(dated, [row], None, prompt_too=True)))
+    assert seen[0] == seen[1]
+    assert "26 Jul 2024" in tok.decode(seen[0][0])  # Llama's own date where none is given
+
+
+def test_keys_of_a_dated_template_name_the_date_it_is_given(tiny_model, dated, tmp_path):
+    """Results made while the prompt carried the day's date are not reused for the fixed date; no other key moves."""
+    ids = Identities(tmp_path)
+    assert ids.model(dated).endswith("+date:2024-07-26") and "+" not in ids.model(tiny_model)
+    assert text_marker(json.dumps({"eos_token": "<eos>", "chat_template": "{{ strftime_now('%Y') }}" + GEMMA,
+                                   "added_tokens_decoder": ADDED})) == "+turn_end:<end_of_turn>+date:2024-07-26"
