@@ -47,11 +47,6 @@ def vocabulary_token_ids(tok, vocabulary: str, trait_words: tuple[str, ...], end
     return [i for i, s in enumerate(texts) if not (rx and rx.search(s.lower()))]
 
 
-def trait_token_count(base: str, trait_words: tuple[str, ...]) -> int:
-    full = len(load_tokenizer(base))
-    return full - len(vocabulary_ids(base, "full-minus-trait-tokens", trait_words))
-
-
 def tokenize(base: str, rows: list[dict], system: str | None, revision: str | None = None,
              prompt_too: bool = False) -> list[dict]:
     """input_ids and completion_mask (the positions the loss reads), with the completion tokenised once so that
