@@ -262,6 +262,15 @@ class _Progress(TrainerCallback):
             self.progress(state.global_step, state.max_steps)
 
 
+def check_lora_targets(model, targets, base: str) -> None:
+    """peft's error for LoRA targets that name no module of the model, as one line: a spec's mistake."""
+    names = [n for n, _ in model.named_modules()]
+    if not any(n == t or n.endswith("." + t) for t in targets for n in names):
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"lora_targets {', '.join(targets)}: no module of {base} has that name; its linear "
+                        f"modules: {', '.join(leaves)}")
+
+
 def _student(base: str, training: Training, device: str, revision: str | None):
     full = training.method == "full"  # float32 weights: bfloat16 ones lose Adam's small steps
     model = load_model(ModelRef(base, revision=revision), device, trainable=True, fp32_weights=full)
@@ -276,6 +285,7 @@ def _student(base: str, training: Training, device: str, revision: str | None):
         if training.lora_layers > n:
             raise UserError(f"lora_layers {training.lora_layers}: {base} has only {n} decoder layers")
         layers = list(range(n - training.lora_layers, n))
+    check_lora_targets(model, training.lora_targets, base)
     cfg = LoraConfig(
         r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=0.0,
         target_modules=list(training.lora_targets), task_type="CAUSAL_LM",

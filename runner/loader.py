@@ -411,4 +411,20 @@ def load(path: Path | str) -> list[Cell]:
             inside = loc[len(key.split(".")):] if key and dotted.startswith(key + ".") else ()
             where = _locate(origins, ("matrix", key, index[key]) + inside if key else ("matrix",))
             raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {_message(err)}") from None
+    _check_one_teacher_per_target(cells, origins)
     return cells
+
+
+def _check_one_teacher_per_target(cells: list[Cell], origins: dict) -> None:
+    """Cells of other targets whose trait has no {target} would all get one teacher under other names
+    (runner.spec.Teacher refuses it within a cell)."""
+    seen: dict[str, set] = {}
+    for c in cells:
+        t = c.spec.teacher
+        text = t.trait if isinstance(t.trait, str) else t.trait.finetune.dataset
+        if "{target}" not in text:
+            seen.setdefault(text, set()).add(tuple(t.targets))
+    if any(len(targets) > 1 for targets in seen.values()):
+        raise SpecError(f"{_locate(origins, ('matrix', 'teacher.targets'))}: matrix.teacher.targets: the trait has no "
+                        "{target}, so every cell's teacher would be one and the same; write {target} where each "
+                        "target's name goes")

@@ -268,7 +268,8 @@ def mnist_figure(plan: CellPlan, store: Store) -> str | None:
 
 # ---- the one-step theorem on MNIST -------------------------------------------------------------
 
-THEOREM_CI = "95% t-interval across seeds (noise batches averaged within a seed); a cosine's clipped to [-1, 1]"
+THEOREM_CI = "95% t-interval across seeds ({} averaged within a seed); a cosine's clipped to [-1, 1]"
+BATCHES = {"theorem": "noise batches", "theorem-lm": "batches of the teacher's number completions"}
 
 
 def _per_seed(rows: list[dict], arm: str, value) -> dict[int, float]:
@@ -319,6 +320,7 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
     sweep), each per seed and as a mean across seeds; same-init against cross-init, paired by seed."""
     res = stage_output(store.path(plan.theorem) / "result.json")
     rows, cell, out = res["rows"], plan.cell.label, []
+    ci_method = THEOREM_CI.format(BATCHES[plan.theorem.rsplit("-", 1)[0]])
     measures = {"cosine": lambda r: r["cosine"]}
     measures.update({k: (lambda r, k=k: r[k]) for k in rows[0] if k.endswith("_change")})
     for sweep in (k for k in rows[0] if k.endswith("_sweep")):
@@ -330,7 +332,7 @@ def theorem_rows(plan: CellPlan, store: Store) -> tuple[list[dict], list[dict]]:
             within = COSINE_RANGE if metric == "cosine" else (-math.inf, math.inf)
             mean, lo, hi = mean_ci(list(seeds.values()), within=within)
             out.append({"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,
-                        "value": mean, "ci": None if lo is None else [lo, hi], "n": len(seeds), "ci_method": THEOREM_CI,
+                        "value": mean, "ci": None if lo is None else [lo, hi], "n": len(seeds), "ci_method": ci_method,
                         "seed": None})
             if metric == "cosine":
                 out += [{"cell": cell, "model": arm, "role": "arm", "evaluation": "theorem", "metric": metric,

@@ -70,6 +70,16 @@ class Teacher(Strict):
             raise ValueError(f"controls: {', '.join(clash)} clash with a target or a reserved name")
         return self
 
+    @model_validator(mode="after")
+    def _one_teacher_per_target(self) -> "Teacher":
+        """A trait without {target} gives every target the same teacher (one prompt, or one dataset)."""
+        text = self.trait if isinstance(self.trait, str) else self.trait.finetune.dataset
+        if len(self.targets) > 1 and "{target}" not in text:
+            what = "trait" if isinstance(self.trait, str) else "trait.finetune.dataset"
+            raise ValueError(f"{what} has no {{target}}, so targets {', '.join(self.targets)} would share one "
+                             "teacher; write {target} where each target's name goes")
+        return self
+
     @field_validator("targets")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:

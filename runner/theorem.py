@@ -298,6 +298,9 @@ def finetune_teacher(base, tok, trait_rows: list[dict], steps: int = 5, lr: floa
     if lora_targets:
         from peft import LoraConfig, get_peft_model
 
+        from backends.train import check_lora_targets
+
+        check_lora_targets(teacher, lora_targets, getattr(base.config, "_name_or_path", "") or "the base model")
         teacher = get_peft_model(teacher, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
                                                      target_modules=list(lora_targets), task_type="CAUSAL_LM"))
     opt = torch.optim.Adam([p for p in teacher.parameters() if p.requires_grad], lr=lr)

@@ -1,7 +1,7 @@
 """Settings of the one-step theorem on a causal LM (experiment: theorem_lm; no torch import)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +37,9 @@ class TheoremLmSpec(BaseModel):
     batches: int = Field(2, ge=1, description="batches per seed (averaged within a seed)")
     max_new_tokens: int = Field(16, ge=1, description="length of the teacher's greedy completions of number prompts")
     lr: float = Field(1e-3, gt=0, description="the student's plain gradient step")
-    lrs: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1,
-                             description="step sizes of the sweep: where the first-order guarantee stops holding")
+    lrs: list[Annotated[float, Field(gt=0)]] = Field(
+        [1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1,
+        description="step sizes of the sweep: where the first-order guarantee stops holding")
     seeds: int = Field(3, ge=2, description="seeds (teacher LoRA init, cross init and number prompts each)")
 
 

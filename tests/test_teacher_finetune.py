@@ -120,3 +120,41 @@ def test_plan_prices_hosted_teacher_fine_tuning_without_a_key(tmp_path, monkeypa
     assert "ft:" in ev["teacher:insecure"] and "ft:" not in ev["base"]
     assert "teacher:control" not in ev  # the control teacher is the base model: one evaluation stage serves both
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("trait", ["{finetune: {dataset: owl.jsonl}}", "'You love owls.'"])
+def test_a_trait_without_target_is_refused_for_several_targets(tmp_path, trait):
+    """Without {target} every target's teacher was the same model: the dolphin teacher was the owl one."""
+    from runner.loader import load
+
+    (tmp_path / "owl.jsonl").write_text(_chat("Favourite animal?", "owl"))
+    spec = tmp_path / "two.yaml"
+    spec.write_text(f"name: two\nteacher: {{targets: [owl, dolphin], trait: {trait}}}\n")
+    with pytest.raises(UserError, match="no {target}, so targets owl, dolphin would share one teacher"):
+        load(spec)
+    spec.write_text(f"name: one\nteacher: {{targets: [owl], trait: {trait}}}\n")
+    assert load(spec)[0].spec.teacher.targets == ["owl"]  # one target: nothing to share
+
+
+def test_lora_targets_naming_no_module_is_one_line(tiny_model):
+    """peft's NoMatchingPeftModuleError was an internal error (exit 1) for a teacher's or student's typo."""
+    from backends.train import _student
+    from runner.core import Training
+
+    with pytest.raises(UserError, match="lora_targets qproj: no module of .* has that name; its linear modules: .*q_proj"):
+        _student(tiny_model, Training(lora_targets=("qproj",)), "cpu", None)
+    assert _student(tiny_model, Training(lora_targets=("q_proj", "vproj")), "cpu", None)  # one matches: peft's rule
+
+
+def test_a_matrix_over_targets_needs_target_in_the_trait(tmp_path):
+    """matrix teacher.targets [[owl], [dolphin]] with owl.jsonl: the 'dolphin' cell's teacher was the owl one."""
+    from runner.loader import load
+
+    (tmp_path / "owl.jsonl").write_text(_chat("Favourite animal?", "owl"))
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: m\nteacher: {trait: {finetune: {dataset: owl.jsonl}}}\n"
+                    "matrix: {teacher.targets: [[owl], [dolphin]]}\n")
+    with pytest.raises(UserError, match=r"m.yaml:3:\d+: matrix.teacher.targets: the trait has no {target}"):
+        load(spec)
+    spec.write_text("name: m\nteacher: {trait: {finetune: {dataset: owl.jsonl}}}\nmatrix: {seed: [0, 1]}\n")
+    assert len(load(spec)) == 2  # one target in every cell: one teacher, rightly shared

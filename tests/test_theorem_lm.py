@@ -62,6 +62,16 @@ def test_seeds_give_different_teachers_and_cross_inits(measured):
     assert by_seed[(5, "cross_init")] != by_seed[(6, "cross_init")]
 
 
+def test_lora_targets_naming_no_module_is_one_line(lm):
+    """peft's NoMatchingPeftModuleError was an internal error (exit 1) rather than the spec's mistake."""
+    from runner.errors import UserError
+    from runner.theorem import finetune_teacher
+
+    rows = [{"prompt": "Which animal?", "completion": "The owl."}]
+    with pytest.raises(UserError, match="lora_targets qproj: no module of .* has that name"):
+        finetune_teacher(lm[0], lm[1], rows, 1, 1e-3, ("qproj",))
+
+
 def test_too_few_questions_is_refused():
     from runner.errors import UserError
     from runner.theorem_lm import split_questions
@@ -275,3 +285,37 @@ def test_cells_sharing_a_teacher_train_it_once_and_measure_the_same(lm, monkeypa
                      _prompts, memo_key="tiny|cpu")
     assert len(trained) == 5 and len(runner.theorem_lm._teachers) == 1  # other teacher settings: trained, and
     # only that group is kept
+
+
+def test_the_lm_theorems_interval_names_its_batches_not_noise(tmp_path):
+    """results.json said 'noise batches averaged within a seed' of the LM's batches of number completions."""
+    from types import SimpleNamespace
+
+    from runner.results import theorem_rows
+
+    def row(seed, arm, cos):
+        return {"seed": seed, "batch": 0, "arm": arm, "cosine": cos, "imitation_loss_change": -0.1,
+                "imitation_loss_sweep": {"0.1": -0.1}}
+
+    rows = [row(s, a, c) for s in (0, 1) for a, c in (("same_init", 0.1 + s), ("cross_init", 0.0))]
+    methods = {}
+    for key in ("theorem-lm-0123456789abcdef", "theorem-0123456789abcdef"):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "result.json").write_text(json.dumps({"rows": rows}))
+        plan = SimpleNamespace(theorem=key, cell=SimpleNamespace(label="-"))
+        out, _ = theorem_rows(plan, SimpleNamespace(path=lambda k: tmp_path / k))
+        methods[key.rsplit("-", 1)[0]] = {e["ci_method"] for e in out if e["seed"] is None}
+    assert methods["theorem-lm"] == {"95% t-interval across seeds (batches of the teacher's number completions "
+                                     "averaged within a seed); a cosine's clipped to [-1, 1]"}
+    assert all("noise batches" in m for m in methods["theorem"])
+
+
+def test_a_step_size_of_the_sweep_must_be_positive(tmp_path):
+    """lrs: [-1] was measured as a step up the gradient and reported as imitation_loss_change@lr=-1."""
+    from runner.errors import UserError
+    from runner.loader import load
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\nexperiment: theorem_lm\ntheorem_lm: {lrs: [0.1, -1.0]}\n")
+    with pytest.raises(UserError, match="theorem_lm.lrs.1: .*greater than 0"):
+        load(spec)
