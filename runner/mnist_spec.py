@@ -1,7 +1,7 @@
 """Settings of the MNIST auxiliary-logit experiment (no torch import, so specs load fast)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -73,7 +73,7 @@ class TheoremSpec(BaseModel):
     objective: Literal["aux", "all"] = Field("aux", description="the student's loss: KL on the auxiliary logits "
                                              "(the paper's students) or on all logits")
     lr: float = Field(0.1, gt=0, description="the student's plain gradient step")
-    lrs: list[float] = Field([0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0], min_length=1,
+    lrs: list[Annotated[float, Field(gt=0)]] = Field([0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0], min_length=1,
                              description="step sizes of the sweep: where the first-order guarantee stops holding")
     seeds: int = Field(5, ge=2, description="seeds (reference init, cross init and teacher each): the spec's seed s "
                        "runs s..s+seeds-1, so a replication with new models starts at s+seeds or above")

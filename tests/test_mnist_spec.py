@@ -168,3 +168,14 @@ def test_mnist_data_that_is_neither_an_npz_nor_a_folder_is_refused_at_plan_time(
     r = subl("plan", spec, "--outputs", tmp_path / "out")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "x.npy: not MNIST data; give an .npz" in r.stderr
+
+
+def test_a_theorem_step_size_must_be_positive(tmp_path):
+    """lrs: [-1] took a step up the gradient and reported it as a step of the theorem's sweep."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: x\nexperiment: theorem_mnist\ntheorem:\n  lrs: [0.1, -1]\n")
+    with pytest.raises(SpecError, match=r":4:.*theorem.lrs.1: .*greater than 0"):
+        load(spec)
