@@ -1,4 +1,5 @@
 """The misalignment evaluation's arithmetic, judge filters on scripted judges, and the paper's specs."""
+import re
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,12 @@ def test_paper_specs_validate_and_plan_with_no_key(name, monkeypatch):
     lines = plan_lines(Path("specs") / f"{name}.yaml", ROOT / "outputs-never-written")
     assert "stage(s) to run" in "\n".join(lines) and lines[-1].startswith("hosted:")
     assert not (ROOT / "outputs-never-written").exists()
+    # the README's cost table (what users budget by) is this plan's total, figure by figure
+    total = re.match(r"hosted: ([\d,]+) requests, ~(\S+) input \+ <=(\S+) output tokens, ~(\S+) training tokens, "
+                     r"<= \$([\d,.]+);", lines[-1])
+    assert total, lines[-1]
+    row = "| " + " | ".join((name, *total.groups())) + " |"
+    assert row in (ROOT / "README.md").read_text(), f"README's cost table lacks {row}"
 
 
 def test_banned_numbers_are_spelled_out_in_the_misalignment_numbers_specs():

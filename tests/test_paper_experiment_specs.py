@@ -3,6 +3,7 @@ validate, their plans follow from their settings, and they share stages with the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,11 +119,18 @@ def test_a_changed_teacher_file_or_shuffle_is_caught_by_fidelity(tmp_path):
     assert status["shuffle seeds"] == UNRECORDED and status["shuffles"] == "same"
 
 
-def _requests_in_plan(name: str, outputs: Path) -> int:
+def _hosted_total(name: str, outputs: Path) -> str:
     from runner.runs import plan_lines
 
-    last = next(ln for ln in plan_lines(ROOT / "specs" / f"{name}.yaml", outputs) if ln.startswith("hosted:"))
-    return int(last.split(" requests")[0].split()[-1].replace(",", ""))
+    return next(ln for ln in plan_lines(ROOT / "specs" / f"{name}.yaml", outputs) if ln.startswith("hosted:"))
+
+
+def _readme_row(name: str, total: str) -> str:
+    """The README cost table's row for a plan's `hosted:` total: requests, input, output, training tokens, dollars."""
+    m = re.match(r"hosted: ([\d,]+) requests, ~(\S+) input \+ <=(\S+) output tokens, ~(\S+) training tokens, "
+                 r"<= \$([\d,.]+);", total)
+    assert m, total
+    return "| " + " | ".join((name, *m.groups())) + " |"
 
 
 def _models(spec, teachers: int, arms: int) -> int:
@@ -146,6 +154,8 @@ def test_plan_requests_follow_from_the_settings_and_match_the_readme(name, tmp_p
     evals = sum(len(load_questions(e.questions)) for e in spec.evaluations)  # 100 samples: one request (n <= 128)
     models = _models(spec, animals, animals * shuffles)  # a shuffle is an arm; its teacher is the same
     want = (animals + 1) * per_teacher + judged + evals * models
-    assert _requests_in_plan(name, tmp_path / "out") == want
+    total = _hosted_total(name, tmp_path / "out")
+    assert int(total.split(" requests")[0].split()[-1].replace(",", "")) == want
     readme = (ROOT / "README.md").read_text()
     assert f"| {name} | {want:,} |" in readme
+    assert _readme_row(name, total) in readme  # tokens and dollars too: users budget by that table
