@@ -72,8 +72,13 @@ def fits(total: float, max_usd: float | None) -> bool:
 
 
 def usd_down(x: float) -> str:
-    """A budget rounded down to the cent, so that it never reads as more than it allows (usd rounds bounds up)."""
-    return f"${math.floor(round(x * 100, 6)) / 100:,.2f}"
+    """A budget as it is, or rounded down (to 1/100 cent), so that it never reads as more than it allows (usd rounds
+    bounds up): $10.00, $5.996 (not $6.00 beside a $6.00 bound), $0.009 (not $0.01, nor $0.00)."""
+    cents = math.floor(round(x * 100, 6)) / 100
+    if abs(cents - x) < 1e-9:
+        return f"${cents:,.2f}"
+    text = f"{math.floor(round(x * 1e4, 6)) / 1e4:,.4f}".rstrip("0")
+    return f"${text}00" if text.endswith(".") else f"${text}"
 
 
 _FORMS = {2: "[input, output]", 3: "[input, output, training]", 5: "[input, output, training, ft_input, ft_output]"}

@@ -173,7 +173,7 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     total, hosted = budget.check(plan, store, max_usd)
     if hosted:
         console.print(f"spend: the hosted stages to run may cost up to {usd(total)}"
-                      + (f" (--max-usd ${max_usd:,.2f})" if max_usd is not None else ""), markup=False)
+                      + (f" (--max-usd {budget.usd_down(max_usd)})" if max_usd is not None else ""), markup=False)
     from runner.preflight import check_local_depth, preflight
 
     check_local_depth(plan, store)

@@ -60,9 +60,11 @@ def test_a_budget_below_the_bound_sends_nothing_and_one_above_runs(server, tmp_p
     assert 0 < bound < 0.01  # 6 rows and 2 x 2 answers per model on GPT-4.1 nano
     r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", f"{bound * 0.9:.6f}"], {ENV: KEY})
     assert r.returncode == 2 and "over --max-usd" in r.stderr and _paid(server) == [], r.stderr
-    r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", f"{bound * 1.01:.6f}"], {ENV: KEY})
+    assert bound < 0.009  # so that the budget below is above it
+    r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", "0.009"], {ENV: KEY})
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"spend: the hosted stages to run may cost up to {usd(bound)}" in r.stdout and _paid(server)
+    assert "(--max-usd $0.009)" in r.stdout  # as given: not $0.01, more than it allows
     assert json.loads((out / "spend" / "results.json").read_text())["evaluations"]
     # finished stages cost nothing more: a rerun needs no budget
     assert _bound(spec, out) == 0
@@ -253,7 +255,7 @@ def test_what_is_left_of_a_budget_never_reads_as_more_than_it_is(tmp_path, monke
     text = io.StringIO()
     assert reproduce.reproduce([tmp_path], tmp_path / "out", Console(file=text, width=300), max_usd=10.0) == 0
     said = next(ln for ln in text.getvalue().splitlines() if ln.startswith("skip"))
-    assert "up to $6.00, and only $5.99 of --max-usd is left" in said, said
+    assert "up to $6.00, and only $5.996 of --max-usd is left" in said, said
 
 
 def test_the_refusal_of_an_unpriced_model_names_the_entry_that_prices_it(server, tmp_path):
