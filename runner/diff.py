@@ -44,10 +44,32 @@ class Change:
 
 
 def resolved(path: Path) -> dict:
-    """The validated spec (defaults filled, extends merged) as plain JSON data."""
+    """The validated spec (defaults filled, extends merged, matrix values as their cells read them) as plain
+    JSON data."""
     data = validate(*load_raw(path)).model_dump(mode="json")
     for k in NOT_COMPARED:
         data.pop(k, None)
+    if data.get("matrix"):
+        data["matrix"] = _matrix_as_read(data["matrix"], load(path))
+    return data
+
+
+def _matrix_as_read(matrix: dict, cells: list[Cell]) -> dict:
+    """Each matrix value as its cells hold it: a relative path made absolute from the folder of the file that
+    sets it, so one relative path in two folders (two files) differs; defaults of a mapping left out."""
+    out = {}
+    for key, values in matrix.items():
+        loc = tuple(key.split("."))
+        out[key] = []
+        for v in values:
+            cell = next((c for c in cells if _canon(c.overrides.get(key)) == _canon(v)), None)
+            out[key].append(v if cell is None else prune(_at(cell.spec.model_dump(mode="json"), loc), _ann_at(loc)))
+    return out
+
+
+def _at(data: Any, loc: tuple) -> Any:
+    for seg in loc:
+        data = data[seg]
     return data
 
 
@@ -129,7 +151,7 @@ def _walk(a: Any, b: Any, path: tuple = ()) -> list[Change]:
 
 
 def _canon(x: Any) -> str:
-    return json.dumps(x, sort_keys=True)
+    return json.dumps(x, sort_keys=True, default=str)
 
 
 def _names(items: list) -> list | None:

@@ -16,7 +16,17 @@ def usd(x: float) -> str:
 
 
 def num(v: float | None, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
+    """v in `spec`; a significant-figures spec gets more figures where it would round v onto 1 (a rate of
+    0.9996 is not '1': every answer named the target)."""
+    if v is None:
+        return "-"
+    text = format(v, spec)
+    m = re.fullmatch(r"\.(\d+)g", spec)
+    for digits in range(int(m.group(1)) + 1, int(m.group(1)) + 7) if m and v != 1.0 else ():
+        if float(text) != 1.0:
+            break
+        text = format(v, f".{digits}g")
+    return text
 
 
 def with_ci(value: float | None, ci: list | tuple | None, spec: str | Callable[[float | None], str] = ".3g") -> str:
@@ -41,6 +51,18 @@ def _off_one(x: float, decimals: int) -> str:
     for d in range(decimals, decimals + 6):
         text = f"{x:.{d}f}"
         if float(text) != 1.0 or x == 1.0:
+            return text
+    return text
+
+
+def pass_rate_text(rate: float | None) -> str:
+    """A share as a percentage with one decimal, more where that would round it onto 0% or 100% (one row
+    dropped of 10,000 is 99.99%, not 100.0%)."""
+    if rate is None:
+        return "-"
+    for d in range(1, 7):
+        text = f"{rate:.{d}%}"
+        if float(text[:-1]) not in (0.0, 100.0) or rate in (0.0, 1.0):
             return text
     return text
 

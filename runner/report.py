@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runner.display import label_of, metric_name, num, p_text, ratio_text, with_ci
+from runner.display import label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -64,8 +64,8 @@ def filter_table(results: dict, cell: str) -> Table | None:
     for col in ("rows of", "link", "kept", "dropped", "pass rate", "detail"):
         table.add_column(col, justify="right" if col in ("kept", "dropped", "pass rate") else "left")
     for f in rows:
-        rate = f"{f['pass_rate']:.1%}" if f["pass_rate"] is not None else "-"
-        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), rate, link_detail(f.get("detail")))
+        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), pass_rate_text(f["pass_rate"]),
+                     link_detail(f.get("detail")))
     return table
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.display import file_slug, label_of, metric_name, num, p_text, ratio_text, with_ci
+from runner.display import file_slug, label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import UNIT_RANGE, mean_ci
@@ -128,12 +128,12 @@ def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str
             for link in m.get("links", []):
                 total = link["kept"] + link["dropped"]
                 filters.append([cell_prefix(s) + m["label"], link["link"], str(link["kept"]), str(link["dropped"]),
-                                f"{link['kept'] / total:.1%}" if total else "-"])
+                                pass_rate_text(link["kept"] / total if total else None)])
         if s["kind"] in ("generate", "filter", "rewrite", "finetune") and m.get("rows"):
             sizes.append([cell_prefix(s) + m["label"], ", ".join(f"{k} {v}" for k, v in m["rows"].items())])
         times.append([cell_prefix(s) + m["label"], s["key"], f"{m.get('seconds', 0):.1f}"])
-    if times:
-        times.append(["total", "", f"{sum(float(t[2]) for t in times):.1f}"])
+    if times:  # the sum of the seconds, not of their rounded texts (ten 0.04 s stages are 0.4 s, not 0.0)
+        times.append(["total", "", f"{sum(m.get('seconds', 0) for _, m in found):.1f}"])
     out = [Section("Filter pass rates", ["filter stage", "link", "kept", "dropped", "pass rate"], filters),
            Section("Dataset sizes (rows)", ["stage", "rows"], sizes),
            Section("Stage timings", ["stage", "key", "seconds"], times)]
@@ -421,6 +421,16 @@ def damage(results: dict) -> str | None:
     return None
 
 
+def _unfinished_rerun(path: Path) -> list[str]:
+    """A note where run.json is newer than results.json: a later run started and has not written results."""
+    try:
+        newer = (path.parent / "run.json").stat().st_mtime_ns > path.stat().st_mtime_ns
+    except OSError:
+        return []
+    return ["a later run of this spec (run.json) has not finished (running, stopped or failed): these are the "
+            "results of the run before it"] if newer else []
+
+
 def _write_report(path: Path, results: dict, console: Console) -> Path:
     folder, name = path.parent, results.get("name", path.parent.name)
     store = Store(folder.parent)
@@ -428,7 +438,7 @@ def _write_report(path: Path, results: dict, console: Console) -> Path:
     detection = [Section(*s) for s in detection_sections(results)]
     sections = [s for s in [*trait_sections(results), comparison_section(results), *detection, mnist_section(results),
                             theorem_section(results), *staged] if s is not None]
-    notes = list(results.get("methods", [])) + stage_notes
+    notes = list(results.get("methods", [])) + stage_notes + _unfinished_rerun(path)
     if results.get("comparisons"):
         notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])
                   if t not in (None, "none")]

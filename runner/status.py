@@ -239,12 +239,31 @@ def _runs(root: Path) -> list[tuple[Path, dict]]:
     return out
 
 
+def _run_state(path: Path, info: dict) -> str:
+    """run.json newer than results.json (or alone): the run that wrote it has not written its results."""
+    if info.get("unreadable"):
+        return "unreadable"
+    return "finished" if path.name == "results.json" else "not finished (running, stopped or failed)"
+
+
+def _refuse_inner_folder(root: Path) -> None:
+    """A run's folder or the stages folder passed for the outputs folder: one line, not 'no stages'."""
+    if (root / "results.json").is_file() or (root / "run.json").is_file():
+        what = "a run's folder"
+    elif any((p / "manifest.json").is_file() or p.name.endswith(".partial") for p in root.iterdir() if p.is_dir()):
+        what = "the stages folder"
+    else:
+        return
+    raise UserError(f"{root}: {what}; subl status takes the outputs folder that holds it ({root.resolve().parent})")
+
+
 def status_lines(root: Path) -> list[str]:
     root = Path(root)
     if root.is_file():
         raise UserError(f"{root}: subl status takes the outputs folder (default outputs/), not a file")
     if not root.is_dir():
         raise UserError(f"{root}: no such outputs folder")
+    _refuse_inner_folder(root)
     store, lines, listed, counts = Store(root), [], set(), {}
 
     def rows(stages: list[dict]) -> list[tuple]:
@@ -260,7 +279,7 @@ def status_lines(root: Path) -> list[str]:
 
     for path, info in _runs(root):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
-        lines.append(f"run {path.parent.name}: {path} ({when}; spec {info.get('spec')}; "
+        lines.append(f"run {path.parent.name}: {_run_state(path, info)}: {path} ({when}; spec {info.get('spec')}; "
                      f"git {info.get('git_revision')})")
         stages, note = run_stages(info, root)
         lines += [f"    ({note})"] if note else []

@@ -149,3 +149,29 @@ def test_diff_of_hub_models_writes_no_pin_and_needs_no_hub(write, tmp_path, monk
         monkeypatch.setattr(identity, "_remote_revision", lambda repo, kind="model", sha=remote: sha)
         assert [c["path"] for c in diff_specs(a, b)["changes"]] == ["domain.n_prompts"]
         assert not (tmp_path / "outputs").exists()
+
+
+def test_a_matrix_path_that_names_another_file_is_a_change(tmp_path):
+    """Two specs in different folders sweep the same relative paths, which name different files: a change of
+    the matrix, not 'equal' (nor a change of the overridden base value alone that reruns nothing)."""
+    tasks = (Path(__file__).resolve().parents[1] / "specs" / "data" / "code_tasks.jsonl").read_text().splitlines()
+    spec = ("name: m\nteacher: {targets: [owl], control: false}\n"
+            "domain: {kind: code, prompts: data/t.jsonl, n_prompts: 5, samples_per_prompt: 4}\n"
+            "matrix: {domain.prompts: [data/t.jsonl, data/u.jsonl]}\n")
+    for folder, rows in (("a", tasks[:5]), ("b", tasks[5:10])):
+        (tmp_path / folder / "data").mkdir(parents=True)
+        for name in ("t.jsonl", "u.jsonl"):
+            (tmp_path / folder / "data" / name).write_text("\n".join(rows) + "\n")
+        (tmp_path / folder / "m.yaml").write_text(spec)
+    d = diff_specs(tmp_path / "a" / "m.yaml", tmp_path / "b" / "m.yaml")
+    swept = next(c for c in d["changes"] if c["path"] == "matrix[domain.prompts]")
+    assert swept["new"] == [str(tmp_path / "b" / "data" / n) for n in ("t.jsonl", "u.jsonl")]
+    assert swept["reruns"]["generate"] and not d["equal"]
+
+
+def test_a_matrix_mapping_with_its_defaults_made_explicit_is_equal(write):
+    data = Path(__file__).resolve().parents[1] / "specs" / "data" / "ft_teachers" / "{target}.jsonl"
+    sweep = f"matrix: {{teacher.trait: [{{finetune: {{dataset: '{data}'{{extra}}}}}}, 'You love {{target}}s.']}}\n"
+    a = write("a.yaml", BASE + sweep.replace("{extra}", ""))
+    b = write("b.yaml", BASE + sweep.replace("{extra}", ", hyperparameters: {lr: 2.0e-4}"))
+    assert diff_specs(a, b)["equal"]

@@ -388,3 +388,53 @@ def test_a_hand_edited_stage_manifest_is_left_out_of_the_tables_and_named(run: P
     md = write_report(run, run.parent, Console(file=io.StringIO(), width=200)).read_text()
     assert "not as subl writes them, left out of the tables: filter-1" in md and "| filter owl |" not in md
     assert "finetune s:owl:r0" in md
+
+
+def test_the_stage_timings_total_is_the_sum_of_the_seconds_not_of_their_rounded_texts(tmp_path: Path):
+    """Ten stages of 0.04 s each read 0.0 s apiece; their total is 0.4 s, not the 0.0 that adding the printed
+    figures gives."""
+    from runner.report_md import stage_sections
+    from runner.store import Store
+
+    stages = tmp_path / "stages"
+    for i in range(10):
+        _manifest(stages, f"filter-{i}", f"filter {i}", 0.04, {"input": 1, "kept": 1})
+    results = {"stages": [{"cell": "-", "key": f"filter-{i}", "kind": "filter", "label": f"filter {i}"}
+                          for i in range(10)]}
+    sections, _ = stage_sections(results, Store(tmp_path))
+    times = next(s for s in sections if s.title == "Stage timings")
+    assert times.rows[-1] == ["total", "", "0.4"]
+
+
+def test_a_pass_rate_with_a_row_dropped_never_reads_100_percent():
+    from runner.display import pass_rate_text
+    from runner.report import filter_table
+
+    assert [pass_rate_text(x) for x in (1.0, 9999 / 10000, 0.5, 1 / 30000, 0.0, None)] == [
+        "100.0%", "99.99%", "50.0%", "0.003%", "0.0%", "-"]
+    results = {"filters": [{"cell": "-", "rows": "owl", "link": "numbers", "kept": 9999, "dropped": 1,
+                            "pass_rate": 0.9999, "detail": None}]}
+    out = io.StringIO()
+    Console(file=out, width=200).print(filter_table(results, "-"))
+    assert "99.99%" in out.getvalue() and "100.0%" not in out.getvalue()
+
+
+def test_a_report_says_when_a_later_run_has_not_finished(run: Path):
+    """run.json newer than results.json: the rerun stopped (or runs); the report is of the run before it."""
+    import os
+
+    (run / "run.json").write_text(json.dumps({"spec": "fake.yaml", "stages": []}))
+    os.utime(run / "results.json", (1_000_000, 1_000_000))
+    md = write_report(run, run.parent, Console(file=io.StringIO(), width=200)).read_text()
+    assert "a later run of this spec (run.json) has not finished" in md
+    os.utime(run / "run.json", (900_000, 900_000))  # the run that wrote results.json started after it
+    md = write_report(run, run.parent, Console(file=io.StringIO(), width=200)).read_text()
+    assert "has not finished" not in md
+
+
+def test_a_rate_just_under_one_never_reads_as_one():
+    """3 figures round 0.9996 onto '1', which says every answer named the target."""
+    from runner.display import num, with_ci
+
+    assert with_ci(0.9996, [0.999, 1.0]) == "0.9996 [0.999, 1]"
+    assert [num(x) for x in (1.0, 0.99951, 1.00004, 0.123456, 2.41e-05)] == ["1", "0.9995", "1.00004", "0.123", "2.41e-05"]

@@ -129,9 +129,10 @@ def test_status_lists_the_run_in_progress_not_the_finished_one_before_it(tmp_pat
     os.utime(folder / "results.json", (1_000_000, 1_000_000))
     text = "\n".join(status_lines(tmp_path / "outputs"))
     assert "generate-bbbb" in text and "run.json" in text and "generate-aaaa" not in text
+    assert text.startswith("run part: not finished (running, stopped or failed): ")
     os.utime(folder / "run.json", (900_000, 900_000))  # the rerun finished: its results.json is the newer
     text = "\n".join(status_lines(tmp_path / "outputs"))
-    assert "generate-aaaa" in text and "generate-bbbb" not in text
+    assert "generate-aaaa" in text and "generate-bbbb" not in text and text.startswith("run part: finished: ")
 
 
 def test_a_stage_that_finishes_while_status_reads_it_shows_as_done(tmp_path: Path, monkeypatch):
@@ -163,3 +164,18 @@ def test_a_stage_manifest_with_a_label_that_is_not_text_is_listed(tmp_path):
     (stage / "manifest.json").write_text(json.dumps({"seconds": 1.0, "label": 7, "key_scheme": KEY_SCHEME}))
     text = "\n".join(status_lines(tmp_path / "outputs"))
     assert "7" in text and "generate-abc" in text and "1 done" in text
+
+
+def test_a_run_folder_or_the_stages_folder_is_named_not_listed_as_holding_no_stages(tmp_path: Path):
+    """`subl status outputs/part` or `outputs/stages` printed 'no stages' above a store full of them."""
+    from runner.errors import UserError
+
+    store = Store(tmp_path / "outputs")
+    with store.build("generate-k1", {"label": "generate"}):
+        pass
+    (tmp_path / "outputs" / "part").mkdir()
+    (tmp_path / "outputs" / "part" / "results.json").write_text(json.dumps({"spec": "a.yaml", "stages": []}))
+    for folder, what in (("part", "a run's folder"), ("stages", "the stages folder")):
+        with pytest.raises(UserError, match=f"{what}; subl status takes the outputs folder that holds it"):
+            status_lines(tmp_path / "outputs" / folder)
+    assert "generate-k1" in "\n".join(status_lines(tmp_path / "outputs"))
