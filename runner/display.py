@@ -73,11 +73,12 @@ def p_text(c: dict) -> str:
     floor, p = c.get("min_p"), c["p_value"]
     if p is None:
         return "- (not tested)"
+    at_floor = bool(floor) and p <= floor * (1 + 1e-9)
     for digits in range(2, 8):
         text = f"{p:.{digits}g}"
-        if float(text) not in SIGNIFICANCE_LEVELS or p == float(text):
-            break
-    return text + (" (the floor)" if floor and p <= floor * (1 + 1e-9) else "")
+        if (float(text) not in SIGNIFICANCE_LEVELS or p == float(text)) and (not at_floor or float(text) >= p):
+            break  # a floor never reads as below itself (0.0625, not 0.062): no test of these sizes gives less
+    return text + (" (the floor)" if at_floor else "")
 
 
 def file_slug(text: str, most: int = 100) -> str:

@@ -196,6 +196,8 @@ def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
 
     row = {"ratio": 1.0843, "ratio_ci": [1.0131, 1.1602], "p_value": 0.1, "min_p": 0.1}
     assert ratio_text(row) == "1.084x [1.013, 1.160]" and p_text(row) == "0.1 (the floor)"
+    for floor, text in ((0.0625, "0.0625"), (2 / 252, "0.00794"), (2 / 70, "0.029")):  # never below the floor
+        assert p_text({"p_value": floor, "min_p": floor}) == f"{text} (the floor)"
     assert ratio_text({"ratio": None}) == "-" and p_text({"p_value": 0.4, "min_p": 0.1}) == "0.4"
     assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown
 
