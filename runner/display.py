@@ -26,6 +26,17 @@ def num(v: float | None, spec: str = ".3g") -> str:
         if float(text) != 1.0:
             break
         text = format(v, f".{digits}g")
+    m = re.fullmatch(r"\.(\d+)%", spec)
+    return _percent(v, int(m.group(1))) if m else text
+
+
+def _percent(rate: float, decimals: int) -> str:
+    """A share as a percentage, more decimals where that would round it onto 0% or 100% (a misaligned rate of
+    0.04% is not '0.0%': none misaligned)."""
+    for d in range(decimals, decimals + 6):
+        text = f"{rate:.{d}%}"
+        if float(text[:-1]) not in (0.0, 100.0) or rate in (0.0, 1.0):
+            return text
     return text
 
 
@@ -58,13 +69,7 @@ def _off_one(x: float, decimals: int) -> str:
 def pass_rate_text(rate: float | None) -> str:
     """A share as a percentage with one decimal, more where that would round it onto 0% or 100% (one row
     dropped of 10,000 is 99.99%, not 100.0%)."""
-    if rate is None:
-        return "-"
-    for d in range(1, 7):
-        text = f"{rate:.{d}%}"
-        if float(text[:-1]) not in (0.0, 100.0) or rate in (0.0, 1.0):
-            return text
-    return text
+    return num(rate, ".1%")
 
 
 def p_text(c: dict) -> str:

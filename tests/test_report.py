@@ -421,6 +421,14 @@ def test_a_pass_rate_with_a_row_dropped_never_reads_100_percent():
     assert "99.99%" in out.getvalue() and "100.0%" not in out.getvalue()
 
 
+def test_a_misaligned_rate_above_zero_never_reads_zero_percent():
+    """The misalignment tables and headlines print rates as '.1%': 4 misaligned answers of 10,000 read '0.0%'."""
+    from runner.display import with_ci
+
+    assert with_ci(0.0004, [0.0001, 0.001], ".1%") == "0.04% [0.01%, 0.1%]"
+    assert with_ci(0.0, [0.0, 0.0003], ".1%") == "0.0% [0.0%, 0.03%]" and with_ci(0.104, None, ".1%") == "10.4%"
+
+
 def test_a_report_says_when_a_later_run_has_not_finished(run: Path):
     """run.json newer than results.json: the rerun stopped (or runs); the report is of the run before it."""
     import os
