@@ -224,6 +224,10 @@ def diff(a: Path, b: Path, fmt_: str = typer.Option("text", "--format", help="te
 
     if fmt_ not in ("text", "json"):
         raise UserError(f"--format: '{fmt_}' is not text or json")
+    for path in (a, b):
+        if path.suffix == ".json":  # read as a spec, a results file failed on its first non-spec key
+            raise UserError(f"{path}: subl diff compares two spec files (YAML), not results; the spec a run used is "
+                            "named in its run.json")
     d = diff_specs(a, b)
     for line in [json.dumps(d, indent=2)] if fmt_ == "json" else render(d):
         out.print(line, markup=False)

@@ -88,6 +88,11 @@ def test_errors_exit_2(write, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 0
+    results = write("run/results.json", '{"name": "x", "filters": [{"rows": "owl"}]}')
+    monkeypatch.setattr("sys.argv", ["subl", "diff", str(results), str(a)])
+    with pytest.raises(SystemExit) as e:  # it said "filters.0: Unable to extract tag using discriminator 'kind'"
+        main()
+    assert e.value.code == 2 and "compares two spec files (YAML), not results" in capsys.readouterr().err
 
 
 def test_a_tinker_spec_change_is_separable(write):
