@@ -91,7 +91,7 @@ def min_attainable_p(na: int, nb: int, max_exact: int = 200_000, n_perm: int = 1
     Exact test: at least the observed split reaches its |difference| (and, when na == nb, its
     mirror, the same split with the labels swapped), so the floor is 2/C(na+nb, na) for equal
     arms and at least 1/C(na+nb, na) otherwise (a mirror may tie for some values: a bound).
-    3 vs 3: 2/20 = 0.1, so nothing is significant at 0.05; 5 vs 5: 2/252 ~ 0.0079.
+    3 vs 3: 2/20 = 0.1, so nothing is significant at 0.05; 5 vs 5: 2/252 ~ 0.00794.
     Monte Carlo (more than max_exact relabelings): 1/(n_perm + 1).
     """
     count = math.comb(na + nb, na)
