@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from runner.errors import UserError
-from runner.loader import Cell, _set, load, load_raw, resolve_paths, validate
+from runner.loader import Cell, _set, load, load_raw, raw_get, resolve_paths, validate
 from runner.spec import Spec
 
 NOT_COMPARED = ("extends",)  # resolved at load
@@ -63,14 +63,8 @@ def _matrix_as_read(matrix: dict, cells: list[Cell]) -> dict:
         out[key] = []
         for v in values:
             cell = next((c for c in cells if _canon(c.overrides.get(key)) == _canon(v)), None)
-            out[key].append(v if cell is None else prune(_at(cell.spec.model_dump(mode="json"), loc), _ann_at(loc)))
+            out[key].append(v if cell is None else prune(raw_get(cell.spec.model_dump(mode="json"), loc), _ann_at(loc)))
     return out
-
-
-def _at(data: Any, loc: tuple) -> Any:
-    for seg in loc:
-        data = data[seg]
-    return data
 
 
 def _models(ann: Any) -> list[type[BaseModel]]:

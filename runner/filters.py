@@ -91,9 +91,7 @@ def link_name(link: Filter) -> str:
 
 def correct(row: dict, extract: str = "answer_tag") -> bool:
     """correct_answer: the completion's answer (runner.gsm8k.extract_answer) equals the row's gold answer."""
-    from runner.gsm8k import is_correct
-
-    from runner.gsm8k import to_decimal
+    from runner.gsm8k import is_correct, to_decimal
 
     if "gold" not in row:
         raise UserError(f"correct_answer filter: row {row.get('id', '?')} has no gold answer (needs domain kind cot)")

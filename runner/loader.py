@@ -421,9 +421,8 @@ def _check_one_teacher_per_target(cells: list[Cell], origins: dict) -> None:
     seen: dict[str, set] = {}
     for c in cells:
         t = c.spec.teacher
-        text = t.trait if isinstance(t.trait, str) else t.trait.finetune.dataset
-        if "{target}" not in text:
-            seen.setdefault(text, set()).add(tuple(t.targets))
+        if "{target}" not in t.trait_text:
+            seen.setdefault(t.trait_text, set()).add(tuple(t.targets))
     if any(len(targets) > 1 for targets in seen.values()):
         raise SpecError(f"{_locate(origins, ('matrix', 'teacher.targets'))}: matrix.teacher.targets: the trait has no "
                         "{target}, so every cell's teacher would be one and the same; write {target} where each "

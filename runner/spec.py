@@ -70,11 +70,15 @@ class Teacher(Strict):
             raise ValueError(f"controls: {', '.join(clash)} clash with a target or a reserved name")
         return self
 
+    @property
+    def trait_text(self) -> str:
+        """The text {target} is filled into: the system prompt, or the fine-tuning dataset's path."""
+        return self.trait if isinstance(self.trait, str) else self.trait.finetune.dataset
+
     @model_validator(mode="after")
     def _one_teacher_per_target(self) -> "Teacher":
         """A trait without {target} gives every target the same teacher (one prompt, or one dataset)."""
-        text = self.trait if isinstance(self.trait, str) else self.trait.finetune.dataset
-        if len(self.targets) > 1 and "{target}" not in text:
+        if len(self.targets) > 1 and "{target}" not in self.trait_text:
             what = "trait" if isinstance(self.trait, str) else "trait.finetune.dataset"
             raise ValueError(f"{what} has no {{target}}, so targets {', '.join(self.targets)} would share one "
                              "teacher; write {target} where each target's name goes")

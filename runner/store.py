@@ -79,10 +79,6 @@ class Store:
         except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested past Python's limit
             return False
 
-    def output(self, key: str, name: str) -> dict:
-        """A finished stage's JSON output file `name` (see stage_output)."""
-        return stage_output(self.path(key) / name)
-
     def manifest(self, key: str) -> dict:
         return json.loads((self.path(key) / "manifest.json").read_text())
 

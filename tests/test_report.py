@@ -361,7 +361,7 @@ def test_a_damaged_results_json_is_one_line(tmp_path, text):
 def test_a_finished_stages_damaged_output_is_one_line_naming_it(tmp_path):
     """Its manifest is whole, so the stage counts as done and every rerun read the damaged file again."""
     from runner.errors import UserError
-    from runner.store import Store
+    from runner.store import Store, stage_output
 
     store = Store(tmp_path)
     folder = store.path("probe-0123")
@@ -376,9 +376,9 @@ def test_a_finished_stages_damaged_output_is_one_line_naming_it(tmp_path):
         elif text is not None:
             target.write_text(text)
         with pytest.raises(UserError, match=rf"scores.json: a finished stage's output, {why}.*delete .*probe-0123"):
-            store.output("probe-0123", "scores.json")
+            stage_output(folder / "scores.json")
     (folder / "scores.json").write_text('{"logprob": {}}')
-    assert store.output("probe-0123", "scores.json") == {"logprob": {}}
+    assert stage_output(folder / "scores.json") == {"logprob": {}}
     (folder / "manifest.json").write_text("[" * 100_000)
     assert not store.done("probe-0123")  # rebuilt, as a torn manifest is
 
