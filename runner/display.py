@@ -20,23 +20,24 @@ def num(v: float | None, spec: str = ".3g") -> str:
     0.9996 is not '1': every answer named the target)."""
     if v is None:
         return "-"
-    text = format(v, spec)
-    m = re.fullmatch(r"\.(\d+)g", spec)
-    for digits in range(int(m.group(1)) + 1, int(m.group(1)) + 7) if m and v != 1.0 else ():
-        if float(text) != 1.0:
+    m = re.fullmatch(r"\.(\d+)([g%])", spec)
+    if not m:
+        return format(v, spec)
+    n = int(m.group(1))
+    if m.group(2) == "g":
+        return _widened(lambda d: format(v, f".{d}g"), range(n, n + 7), lambda t: float(t) != 1.0 or v == 1.0)
+    # a share as a percentage, not rounded onto 0% or 100% (a misaligned rate of 0.04% is not '0.0%': none misaligned)
+    return _widened(lambda d: f"{v:.{d}%}", range(n, n + 6),
+                    lambda t: float(t[:-1]) not in (0.0, 100.0) or v in (0.0, 1.0))
+
+
+def _widened(text_at: Callable[[int], str], digits: range, ok: Callable[[str], bool]) -> str:
+    """text_at(d) for the first d in `digits` whose text is ok, else for the last: the fewest digits that do not
+    round a value onto a boundary it is not on."""
+    for d in digits:
+        text = text_at(d)
+        if ok(text):
             break
-        text = format(v, f".{digits}g")
-    m = re.fullmatch(r"\.(\d+)%", spec)
-    return _percent(v, int(m.group(1))) if m else text
-
-
-def _percent(rate: float, decimals: int) -> str:
-    """A share as a percentage, more decimals where that would round it onto 0% or 100% (a misaligned rate of
-    0.04% is not '0.0%': none misaligned)."""
-    for d in range(decimals, decimals + 6):
-        text = f"{rate:.{d}%}"
-        if float(text[:-1]) not in (0.0, 100.0) or rate in (0.0, 1.0):
-            return text
     return text
 
 
@@ -59,11 +60,7 @@ def ratio_text(c: dict, decimals: int = 3) -> str:
 
 def _off_one(x: float, decimals: int) -> str:
     """x to `decimals` places, more where that would round it onto 1 from either side."""
-    for d in range(decimals, decimals + 6):
-        text = f"{x:.{d}f}"
-        if float(text) != 1.0 or x == 1.0:
-            return text
-    return text
+    return _widened(lambda d: f"{x:.{d}f}", range(decimals, decimals + 6), lambda t: float(t) != 1.0 or x == 1.0)
 
 
 def pass_rate_text(rate: float | None) -> str:
@@ -79,10 +76,9 @@ def p_text(c: dict) -> str:
     if p is None:
         return "- (not tested)"
     at_floor = bool(floor) and p <= floor * (1 + 1e-9)
-    for digits in range(2, 8):
-        text = f"{p:.{digits}g}"
-        if (float(text) not in SIGNIFICANCE_LEVELS or p == float(text)) and (not at_floor or float(text) >= p):
-            break  # a floor never reads as below itself (0.0625, not 0.062): no test of these sizes gives less
+    # a floor never reads as below itself (0.0625, not 0.062): no test of these sizes gives less
+    text = _widened(lambda d: f"{p:.{d}g}", range(2, 8), lambda t: (float(t) not in SIGNIFICANCE_LEVELS or
+                                                                     p == float(t)) and (not at_floor or float(t) >= p))
     return text + (" (the floor)" if at_floor else "")
 
 
