@@ -276,6 +276,11 @@ def _records(raw: bytes) -> list[dict]:
     return out
 
 
+def records_by_key(raw: bytes) -> dict[str, dict]:
+    """The records of a request cache's whole lines by their key (a record without a text key is skipped)."""
+    return {rec["key"]: rec for rec in _records(raw) if isinstance(rec.get("key"), str)}
+
+
 class RequestCache:
     """Answered requests by key, one JSON line each, appended (and flushed) as each arrives."""
 
@@ -286,9 +291,7 @@ class RequestCache:
             whole = raw[: raw.rfind(b"\n") + 1]
             if len(whole) != len(raw):  # a torn last line from a kill: drop it
                 path.write_bytes(whole)
-            for rec in _records(whole):
-                if isinstance(rec.get("key"), str):
-                    self.data[rec["key"]] = rec
+            self.data = records_by_key(whole)
 
     def get(self, key: str) -> dict | None:
         return self.data.get(key)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from backends.openai_api import RequestCache, scrub_exact
+from backends.openai_api import RequestCache, records_by_key, scrub_exact
 
 
 @contextmanager
@@ -37,14 +37,7 @@ def read_records(path: Path) -> dict[str, dict]:
         return {}
     with _locked(path, "rb", fcntl.LOCK_SH) as f:
         raw = f.read()
-    out: dict[str, dict] = {}
-    for line in raw[: raw.rfind(b"\n") + 1].splitlines():
-        try:
-            rec = json.loads(line)
-            out[rec["key"]] = rec
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
+    return records_by_key(raw[: raw.rfind(b"\n") + 1])
 
 
 def append_line(path: Path, line: str) -> None:
