@@ -263,13 +263,13 @@ def api_message(exc: BaseException) -> str:
 
 
 def _records(raw: bytes) -> list[dict]:
-    """The JSON objects of an append-only log, one per line; a damaged line (not UTF-8, not JSON, not an
-    object) is skipped: at worst what it recorded is asked for again."""
+    """The JSON objects of an append-only log, one per line; a damaged line (not UTF-8, not JSON, nested past
+    Python's limit, not an object) is skipped: at worst what it recorded is asked for again."""
     out = []
     for line in raw.splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
             continue
         if isinstance(rec, dict):
             out.append(rec)

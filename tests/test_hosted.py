@@ -308,6 +308,9 @@ def test_damaged_lines_in_the_event_log_and_request_cache_are_skipped_on_resume(
     cache = tmp_path / "requests.jsonl"
     cache.write_bytes(b'{"key": "a", "text": "1"}\n\xff\n[2]\n{"key": 3}\n{"key": "b", "text": "2"}\n')
     assert set(RequestCache(cache).data) == {"a", "b"}
+    # a line nested past Python's recursion limit (RecursionError, not a ValueError) is damaged like the others
+    cache.write_bytes(b'{"key": "a", "text": "1"}\n' + b"[" * 100_000 + b"\n")
+    assert set(RequestCache(cache).data) == {"a"}
 
 
 def test_killed_between_create_and_record_reattaches_by_listing(backend, server, tmp_path):
