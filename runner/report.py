@@ -27,16 +27,21 @@ def evaluation_table(results: dict, cell: str) -> Table | None:
     table = Table(title=f"cell {cell}" if cell != "-" else None)
     table.add_column("model")
     table.add_column("role")
+    shared_n = {}  # the n of a column whose models all have one n is named once, in its header
     for ev, metric in metrics:
         kind = next(e["evaluation"] for e in rows if label_of(e) == ev)
-        table.add_column(f"{metric} [95% CI]" + (" (sampled)" if kind == "preference_sample" else "")
+        ns = {e.get("n") for e in rows if label_of(e) == ev and e["metric"] == metric}
+        shared_n[(ev, metric)] = ns.pop() if len(ns) == 1 else None
+        n = f", n={shared_n[(ev, metric)]}" if shared_n[(ev, metric)] is not None else ""
+        table.add_column(f"{metric} [95% CI{n}]" + (" (sampled)" if kind == "preference_sample" else "")
                          + (f" ({ev})" if ev != kind else ""), justify="right")
     models = list(dict.fromkeys((e["model"], e["role"]) for e in rows))
     for model, role in models:
         cells = []
         for ev, metric in metrics:
             e = next((x for x in rows if x["model"] == model and label_of(x) == ev and x["metric"] == metric), None)
-            cells.append(with_ci(e["value"], e.get("ci")) if e else "")  # 3 figures: 0.00135 vs 0.00144
+            n = f" n={e.get('n')}" if e and shared_n[(ev, metric)] is None else ""
+            cells.append(with_ci(e["value"], e.get("ci")) + n if e else "")  # 3 figures: 0.00135 vs 0.00144
         add_text_row(table, model, role, *cells)
     return table
 

@@ -448,3 +448,18 @@ def test_a_rate_just_under_one_never_reads_as_one():
 
     assert with_ci(0.9996, [0.999, 1.0]) == "0.9996 [0.999, 1]"
     assert [num(x) for x in (1.0, 0.99951, 1.00004, 0.123456, 2.41e-05)] == ["1", "0.9995", "1.00004", "0.123", "2.41e-05"]
+
+
+def test_the_terminal_evaluation_table_says_how_many_questions_each_rate_rests_on():
+    """The markdown table had an n column and the terminal one none: a rate over 5 questions read like one over 50."""
+    from runner.report import evaluation_table
+
+    results = {"evaluations": [_row("base", "base", "owl", "P(owl)", 0.1),
+                               _row("student:s:owl:r0", "student", "owl", "P(owl)", 0.2),
+                               _row("base", "base", "owl", "rate(owl)", 0.3, n=50, ev="preference_sample"),
+                               _row("student:s:owl:r0", "student", "owl", "rate(owl)", 0.4, n=5)]}
+    text = io.StringIO()
+    Console(file=text, width=300).print(evaluation_table(results, "-"))
+    out = text.getvalue()
+    assert "P(owl) [95% CI, n=50]" in out and "rate(owl) [95% CI]" in out
+    assert "0.3 [0.24, 0.36] n=50" in out and "0.4 [0.32, 0.48] n=5" in out
