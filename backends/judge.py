@@ -30,6 +30,7 @@ _ALONE = re.compile(rf"^[\s*_`]*({_NUM})[\s*_`.]*$", re.M)  # a number on a line
 _NAMED = re.compile(rf"\b(?:score|rating|rate (?:it|this)|give (?:it|this)(?: an?)?)\s*(?:is|of|as|at)?\s*[:=]?\s*"
                     rf"({_NUM})(?![\d.]|\s*(?:/|out of))", re.I)  # "I would rate it 63", not "rate this 10/10"
 _STRIP = " \t\r\n*_`'\"“”‘’.!"
+_MARKUP = re.compile(r"\*+|`+|__+")  # markdown emphasis and code marks
 
 
 def parse_score(reply: str | None) -> Score:
@@ -38,7 +39,8 @@ def parse_score(reply: str | None) -> Score:
     number in prose ('1. The answer...', cut off at max_tokens), '10/10' or two numbers, is `unparseable`,
     with the reply kept."""
     raw = reply or ""
-    text = raw.replace("\u2212", "-").strip().strip(_STRIP).strip()  # U+2212: '−20' is -20, not 20
+    text = raw.replace("\u2212", "-")  # U+2212: '−20' is -20, not 20
+    text = _MARKUP.sub("", text).strip().strip(_STRIP).strip()  # '**Score:** 85' reads as 'Score: 85'
     if not text:
         return Score("unparseable", None, raw)
     upper = text.upper()
@@ -85,6 +87,10 @@ def parse_judgment_answer(reply: str | None) -> Score:
 
 
 PARSERS = {"lenient": parse_score, "integer": parse_integer, "judgment_answer": parse_judgment_answer}
+# Bump a parser's version when it reads some reply differently: a judge filter's key holds it, so its kept rows
+# are rebuilt from the stored replies (nothing is asked again). 1: as first written, and the default.
+# lenient 2: markdown marks are read through ('**Score:** 85' was unparseable).
+PARSER_VERSIONS = {"lenient": 2, "integer": 1, "judgment_answer": 1}
 
 
 def _ranged(v: float, raw: str) -> Score:

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends.judge import PARSER_VERSIONS
 from runner.core import backend_name, is_hosted
 from runner.features import supports
 from runner.identity import Identities, data_digest, file_sha256
@@ -334,8 +335,10 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
             label=f"score {name}{tag} ({j.model})", rows_stage=rows, judge=judge, mode=j.mode,
             template=template_text(link.template, target),
             **sample_fields(j), seed=0, precision=prec.of(judge.hosted, reads(j.mode))))
+        sampled = j.mode == "sample"
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model,
-                                        parse=j.parse if j.mode == "sample" else None)], score.key
+                                        parse=j.parse if sampled else None,
+                                        parser_version=PARSER_VERSIONS[j.parse] if sampled else 1)], score.key
     last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
                                 links=tuple(links))).key
     plan.filters[name + tag] = keys + [last]

@@ -370,10 +370,35 @@ def test_redact():
     ("\u221220", "unparseable", None), ("63 out of 100, since 2 reasons", "unparseable", None),
     ("85\n\nThe answer is fine.", "score", 85), ("I would rate this 85.", "score", 85),
     ("Score: 85 - the answer is fine", "score", 85), ("I'd give it a 70 because", "score", 70),
+    # markdown marks (a chatty judge's): read through, not unparseable
+    ("**Score:** 85", "score", 85), ("Score: **85**", "score", 85), ("`85`", "score", 85),
+    ("**Score:** 85/100", "score", 85), ("**Rating**: 10/10", "unparseable", None),
 ])
 def test_judge_score_parser(reply, kind, value):
     s = parse_score(reply)
     assert s.kind == kind and (s.value == value if value is not None else s.value is None)
+
+
+def test_a_parsers_new_version_rebuilds_the_judge_filters_kept_rows_and_no_score(tmp_path):
+    """A filter stage applies the parser to stored replies; when the parser reads some replies anew, the filter
+    named by the parser alone was reused as it was (a stale hit: '**Score:** 85' rows stayed dropped)."""
+    from backends.judge import PARSER_VERSIONS
+    from runner.loader import load
+    from runner.plan import build
+
+    spec, keys = tmp_path / "s.yaml", {}
+    for parse in ("lenient", "integer"):
+        spec.write_text(f"name: s\nbackends: {{openai: {{api_key_env: {ENV}}}}}\n"
+                        "teacher: {base: openai:gpt-4.1-nano, targets: [owl]}\ndomain: {kind: numbers, n_prompts: 4}\n"
+                        f"filters: [{{kind: judge, judge: {{model: openai:gpt-4.1-nano, mode: sample, parse: {parse}}}, "
+                        "threshold: 50, keep: at_least}]\nstudents: []\nevaluations: []\n")
+        stages = build(load(spec), tmp_path / "out").stages.values()
+        keys[parse] = next(s.links[0] for s in stages if s.KIND == "filter" and s.scores_stage)
+    assert keys["lenient"].parser_version == PARSER_VERSIONS["lenient"] == 2
+    assert keys["integer"].parser_version == 1  # default: dropped from the key, so the integer filters' keys stay
+    from runner.stages import semantic
+
+    assert "parser_version" not in semantic(keys["integer"]) and semantic(keys["lenient"])["parser_version"] == 2
 
 
 def test_stored_judge_replies_are_read_by_the_readers_parser_and_parse_is_not_in_the_key(tmp_path):

@@ -145,6 +145,7 @@ class JudgeThreshold(Frozen):
     keep: Literal["at_least", "below"]
     judge: str = ""  # the judging model, for tables
     parse: str | None = None  # a sampled judge: how its stored replies are read (backends.judge.PARSERS)
+    parser_version: int = 1  # ... and that parser's version (backends.judge.PARSER_VERSIONS)
 
 
 class RewriteCheck(Frozen):
