@@ -22,13 +22,23 @@ def questions_digest(name: str) -> str:
 
 
 def file_format(name: str) -> str | None:
-    """How a questions file is read, by its name: "yaml" (a list), else None (line by line)."""
-    return "yaml" if name.endswith((".yaml", ".yml")) else None
+    """How a questions file is read (keyed with its bytes, so a file read anew is asked anew): "yaml" (a list)
+    by its name; "json" for text that is one JSON list; "utf-8-sig" for lines after a byte-order mark (once
+    part of the first question); else None (line by line)."""
+    if name.endswith((".yaml", ".yml")):
+        return "yaml"
+    path = Path(name)
+    if not path.is_file():
+        return None
+    text = user_text(path)
+    if _json_list(name, text.removeprefix("\ufeff")) is not None:
+        return "json"
+    return "utf-8-sig" if text.startswith("\ufeff") else None
 
 
 def load_questions(name: str, limit: int | None = None) -> list[str]:
-    """A built-in set by name, or a file: YAML (a list of {id, question} or strings), one question
-    per line, or JSONL with `question`."""
+    """A built-in set by name, or a file: YAML or one JSON list (of {id, question} or strings), one
+    question per line, or JSONL with `question`."""
     name = name.removeprefix("builtin:")
     if name in BUILTIN:
         from runner import paper
@@ -40,11 +50,27 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"questions: '{name}' is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
-        qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(user_text(path)), 1)
-              if ln.strip()]
+        text = user_text(path).removeprefix("\ufeff")  # a byte-order mark is not part of the first question
+        qs = _json_list(name, text)
+        if qs is None:
+            qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(text), 1) if ln.strip()]
     if not qs:
         raise UserError(f"questions: {name} holds no question")
     return list(qs[:limit] if limit else qs)
+
+
+def _json_list(name: str, text: str) -> list[str] | None:
+    """The questions of a file that is one JSON list (read as a YAML list is, not line by line); None where
+    the text is not one (a text file whose first question starts with '[')."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if name.endswith(".json"):
+            raise UserError(f"{name}:{e.lineno}:{e.colno}: not a JSON list ({e.msg})") from None
+        return None
+    return _listed_questions(name, data)
 
 
 def _question_line(name: str, n: int, line: str) -> str:
@@ -71,6 +97,11 @@ def _yaml_questions(name: str) -> list[str]:
         data = YAML(typ="safe").load(user_text(path))
     except YAMLError as e:
         raise UserError(f"{name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return _listed_questions(name, data)
+
+
+def _listed_questions(name: str, data) -> list[str]:
+    """A list's questions: each a text or {question: text}."""
     if not isinstance(data, list):
         raise UserError(f"{name}: expected a list of questions")
     out = []
