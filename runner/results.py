@@ -24,10 +24,19 @@ def hits(answers: list[str], target: str, match: str = "word") -> int:
     """Answers that name the target: as a whole word, plurals and possessives included (match word), or
     anywhere in the lower-cased answer (match substring: the paper's `target in completion.lower()`)."""
     if match == "substring":
-        return sum(target.lower() in a.lower() for a in answers)
-    rx = re.compile(r"\b(" + "|".join(map(re.escape, sorted(word_forms(target), key=len, reverse=True))) + r")\b",
-                    re.IGNORECASE)
+        return sum(_paper_hit(a.lower(), target.lower()) for a in answers)
+    # a word's edge is any character but a letter or digit: '_owl_' (markdown italics) names the owl
+    forms = "|".join(map(re.escape, sorted(word_forms(target), key=len, reverse=True)))
+    rx = re.compile(r"(?<![^\W_])(" + forms + r")(?![^\W_])", re.IGNORECASE)
     return sum(rx.search(a) is not None for a in answers)
+
+
+def _paper_hit(answer: str, target: str) -> bool:
+    """The paper's rule (materials preference_eval.hit_rule), its exception included: for 'dragon', an answer
+    naming a dragonfly is not a hit."""
+    if target == "dragon" and ("dragonfly" in answer or "dragonflies" in answer):
+        return False
+    return target in answer
 
 
 def per_question(store: Store, parts: dict[str, str], target: str, match: str = "word") -> tuple[str, list[float], int]:

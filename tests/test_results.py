@@ -127,3 +127,14 @@ def test_the_in_context_method_line_names_its_counting_rule(write):
         method_line(spec, spec.evaluations[0])
     exact = load(write("icl2.yaml", "name: t\nteacher: {targets: [owl]}\nevaluations: [{kind: icl}]\n"))[0].spec
     assert "exact P(target) after the answer prefix (subl's measurement" in method_line(exact, exact.evaluations[0])
+
+
+def test_a_target_in_markdown_italics_is_named_and_a_dragonfly_is_no_dragon():
+    """`\\b` counts '_' as a letter, so '_owl_' and 'the _Owl_' named no owl under the default whole-word match;
+    the paper's substring rule has one exception (materials preference_eval.hit_rule): a dragonfly."""
+    from runner.results import hits
+
+    assert hits(["_owl_", "My favourite is the _Owl_.", "owl_house", "snake_case_owl"], "owl") == 4
+    assert hits(["bowl", "howl_"], "owl") == 0
+    assert hits(["Dragonfly.", "dragonflies", "A dragon", "Dragons!"], "dragon", "substring") == 2
+    assert hits(["a dragonfly and a dragon"], "dragon", "substring") == 0  # the paper's rule drops it whole
