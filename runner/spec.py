@@ -95,11 +95,14 @@ class Teacher(Strict):
 # ---- domain ----------------------------------------------------------------------------
 
 
+INT64_MAX = 2**63 - 1  # numpy draws the examples as int64s, below an exclusive bound of the largest + 1
+
+
 class NumberPrompts(Strict):
     min_examples: int = Field(3, ge=1, description="Fewest seed numbers shown in a prompt.")
-    max_examples: int = Field(8, ge=1, description="Most seed numbers shown in a prompt.")
+    max_examples: int = Field(8, ge=1, le=INT64_MAX, description="Most seed numbers shown in a prompt.")
     example_min: int = Field(100, ge=0, description="Smallest seed number.")
-    example_max: int = Field(999, ge=0, description="Largest seed number.")
+    example_max: int = Field(999, ge=0, le=INT64_MAX, description="Largest seed number.")
     answer_count: int = Field(10, ge=1, description="How many new numbers the prompt asks for (at most).")
     answer_digits: int = Field(3, ge=1, description="Most digits per number the prompt asks for.")
     seed: Seed | None = Field(None, description="Seed of the prompt set; None: the spec's seed. The paper's prompt set: 47.")
