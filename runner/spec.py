@@ -188,6 +188,14 @@ class NumbersFilter(Strict):
     min_count: int = Field(1, ge=1, description="Fewest numbers in a completion.")
     parser: Literal["lenient", "paper"] = Field("lenient", description="lenient: surrounding whitespace and uneven spacing around one kind of separator accepted. paper: the paper's parser exactly (nothing stripped; the separator between the first two numbers must recur verbatim).")
 
+    @model_validator(mode="after")
+    def _ranges(self) -> "NumbersFilter":  # an empty range drops every row, silently
+        if self.min_count > self.max_count:
+            raise ValueError("min_count must be <= max_count")
+        if self.min_value > self.max_value:
+            raise ValueError("min_value must be <= max_value")
+        return self
+
 
 class BannedNumbersFilter(Strict):
     kind: Literal["banned_numbers"] = "banned_numbers"

@@ -84,3 +84,16 @@ def test_the_number_parsers_are_the_ones_filter_stages_were_keyed_with():
                                 for a, b in wrappers for end in ["", ".", " .", "\n"]]
     digest = _digest([[parse_numbers(s), parse_numbers_paper(s)] for s in corpus])
     assert (digest, FilterStage.VERSION) == ("9a6c564931e4cf61", 1)
+
+
+@pytest.mark.parametrize("link, field", [("{kind: numbers, min_count: 11}", "min_count"),
+                                         ("{kind: numbers, min_value: 5, max_value: 4}", "min_value")])
+def test_a_numbers_filter_with_an_empty_range_is_refused_at_its_place(link, field, tmp_path):
+    """min_count above max_count (or min_value above max_value) dropped every row without a word."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ndomain: {{kind: numbers}}\nfilters:\n  - {link}\n")
+    with pytest.raises(SpecError, match=rf"s.yaml:4:\d+: filters.0.*{field} must be <="):
+        load(spec)
