@@ -36,6 +36,8 @@ def load_tasks(path: str, field: str, limit: int | None) -> list[str]:
     for i, obj in json_lines(p):
         if not isinstance(obj, dict) or field not in obj:
             raise UserError(f"{path}:{i}: no '{field}' key (domain.field)")
+        if not isinstance(obj[field], str) or not obj[field].strip():
+            raise UserError(f"{path}:{i}: '{field}' is not a text")  # null was sent as the task "None"
         out.append(str(obj[field]))
         if limit and len(out) >= limit:
             break

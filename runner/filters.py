@@ -64,6 +64,10 @@ def _predicate(link: Filter) -> Callable[[str], bool]:
     if isinstance(link, BannedNumbersFilter):
         banned = {str(n) for n in link.numbers}  # compared as digit strings: a run of any length is no error
         return lambda text: not any((n.lstrip("0") or "0") in banned for n in re.findall(r"[0-9]+", text))
+    if isinstance(link, BannedWordsFilter) and any("{target}" in w for w in link.words):
+        # `subl run` fills it per teacher (plan._own_words); unfilled, it banned the literal text and dropped nothing
+        raise UserError("banned_words: {target} names the teacher whose rows these are, which is not known here; "
+                        "write the words themselves")
     if isinstance(link, BannedWordsFilter) and link.match == "substring":
         words = banned_substrings(link.words, link.plurals)
         return lambda text: not any(w in text.lower() for w in words)
@@ -96,7 +100,7 @@ def correct(row: dict, extract: str = "answer_tag") -> bool:
     if "gold" not in row:
         raise UserError(f"correct_answer filter: row {row.get('id', '?')} has no gold answer (needs domain kind cot)")
     gold = row["gold"]
-    if isinstance(gold, bool) or not isinstance(gold, (str, int)) or to_decimal(str(gold)) is None:
+    if isinstance(gold, bool) or not isinstance(gold, (str, int, float)) or to_decimal(str(gold)) is None:
         raise UserError(f"correct_answer filter: row {row.get('id', '?')}: gold {gold!r} is not a number")
     return is_correct(completion_of(row), str(gold), extract)
 

@@ -43,12 +43,15 @@ def load(source: str, split: str = "train", limit: int | None = None) -> list[di
             dataset, _, revision = source.partition("@")
             ds = load_dataset(dataset, "main", split=split, revision=revision or None)
         except Exception as e:  # offline, unknown id, ...
-            raise UserError(f"domain.questions: cannot load hub dataset '{source}' ({str(e).splitlines()[0]})") from None
+            why = (str(e).splitlines() or [type(e).__name__])[0]  # a bare ConnectionError() has no message
+            raise UserError(f"domain.questions: cannot load hub dataset '{source}' ({why})") from None
         raw = [ds[i] for i in range(min(limit or len(ds), len(ds)))]
     out = []
     for i, r in enumerate(raw, 1):
         if "question" not in r or "answer" not in r:
             raise UserError(f"{source}: row {i} lacks 'question' or 'answer'")
+        if not isinstance(r["question"], str) or not r["question"].strip():
+            raise UserError(f"{source}: row {i}: 'question' is not a text")  # null was asked as "None"
         gold = gold_answer(str(r["answer"]))
         if gold is None:
             raise UserError(f"{source}: row {i}: answer does not end with '#### <number>'")
@@ -106,9 +109,12 @@ def paper_answer(completion: str) -> int | None:
 
 def is_correct(completion: str, gold: str, extract: str = "answer_tag") -> bool:
     """Whether the completion's answer (see extract_answer; extract paper: paper_answer) equals the gold number."""
+    expected = to_decimal(gold)  # "1,000" or "$18" as a row's gold read as the number it is, not an error
+    if expected is None:
+        return False
     if extract == "paper":
         found_int = paper_answer(completion)
-        return found_int is not None and Decimal(found_int) == Decimal(gold)
+        return found_int is not None and Decimal(found_int) == expected
     found = extract_answer(completion, extract)
     value = to_decimal(found) if found is not None else None
-    return value is not None and _canonical(value) == _canonical(Decimal(gold))
+    return value is not None and value == expected  # exact: normalize() would round past 28 digits

@@ -258,6 +258,13 @@ class BannedWordsFilter(Strict):
             raise ValueError("plurals applies to match: substring (match: word always includes plural forms)")
         return self
 
+    @field_validator("words")
+    @classmethod
+    def _no_empty_word(cls, words: list[str]) -> list[str]:
+        if not all(w.strip() for w in words):
+            raise ValueError("an empty word is in every text and would drop every row")
+        return words
+
 
 class RegexFilter(Strict):
     kind: Literal["regex"] = "regex"
