@@ -20,9 +20,9 @@ class LinkCount:
     detail: dict | None = None  # judge links: score summary (mean, CODE, REFUSAL, unparseable counts)
 
     @property
-    def pass_rate(self) -> float:
+    def pass_rate(self) -> float | None:
         total = self.kept + self.dropped
-        return self.kept / total if total else 0.0
+        return self.kept / total if total else None  # no row: no rate (not 0%)
 
 
 def word_forms(word: str) -> list[str]:

@@ -100,3 +100,19 @@ def test_a_hub_error_without_a_message_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(UserError, match=r"cannot load hub dataset 'openai/gsm8k' \(ConnectionError\)"):
         gsm8k.load("openai/gsm8k")
+
+
+def test_subl_filter_prints_no_rate_for_no_rows_and_never_rounds_onto_100(tmp_path):
+    """0 of 0 rows printed 'pass 0.0%', and 1,999 kept of 2,000 'pass 100.0%' (the tables print 99.95%)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndomain: {kind: numbers}\nfilters: [{kind: numbers}, {kind: banned_numbers, numbers: [7]}]\n")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"prompt": "p", "completion": "{"7" if i == 0 else "1, 2"}"}}\n' for i in range(2000)))
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "filter", str(spec), str(rows), str(tmp_path / "o.jsonl")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "pass 99.95%" in out.stdout and "pass 100.0%" not in out.stdout.split("\n")[1]
+    rows.write_text('{"prompt": "p", "completion": "x"}\n')
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "filter", str(spec), str(rows), str(tmp_path / "o.jsonl")],
+                         capture_output=True, text=True)
+    banned = next(ln for ln in out.stdout.splitlines() if ln.startswith("banned_numbers"))
+    assert "kept       0  dropped       0" in banned and "pass      -" in banned, out.stdout
