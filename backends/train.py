@@ -371,8 +371,8 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
         per_device_train_batch_size=training.batch_size, learning_rate=training.lr,
         warmup_steps=warmup_steps(training.warmup_ratio, len(data), training.batch_size, training.epochs),
-        weight_decay=training.weight_decay, lr_scheduler_type="linear",
-        seed=training.seed, data_seed=training.seed, logging_steps=10, save_strategy="no", report_to=[],
+        weight_decay=training.weight_decay, lr_scheduler_type="linear", seed=training.seed,
+        data_seed=shuffle_seed(training.seed, training.epochs), logging_steps=10, save_strategy="no", report_to=[],
         bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
         completion_only_loss=True, remove_unused_columns=not own_loss, dataloader_num_workers=0,
         gradient_checkpointing=training.gradient_checkpointing,
@@ -385,6 +385,9 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     if own_loss:
         live = distill and soft_labels is None
         t_model = load_model(replace(teacher, system=None), device) if live else None
+        if live:  # its rows carry its system prompt (teacher_soft_labels checks the same)
+            check_context(t_model, teacher, max(len(d["teacher_input_ids"]) for d in data), "a training row",
+                          "filter out the longest rows (a row is its prompt and completion)")
         trainer = student_cls(**common, data_collator=StudentCollator(tok.pad_token_id, soft_labels, prefix, prompt),
                               teacher=t_model, vocab=vocab, objective=training.objective, shared=shared)
     else:
@@ -423,6 +426,13 @@ def _check_soft_labels(stored: dict, data: list[dict], vocab: torch.Tensor | Non
     rows_match = len(labels) == len(data) and all(t.shape[0] == sum(d["completion_mask"]) for t, d in zip(labels, data))
     if not (same_vocab and rows_match):
         raise UserError("distill: the stored soft labels do not match the training rows (rows or vocabulary changed)")
+
+
+def shuffle_seed(seed: int, epochs: float) -> int:
+    """The data loader's seed: accelerate shuffles epoch e with data_seed + e, so replicate seeds one apart would
+    share all but one epoch's order (seed 1's first epoch, seed 0's second); spaced a run's epochs apart, each
+    replicate's orders are its own (seed 0, and every run of one epoch or less, keep theirs)."""
+    return seed * math.ceil(epochs)
 
 
 def warmup_steps(ratio: float, rows: int, batch_size: int, epochs: int) -> int:

@@ -274,8 +274,15 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
         fields.update(top_k=top_k)  # the teacher's next tokens the loss sees (backends.<name>.top_k)
     if kind == "local":
         fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None,
-                      frozen_prompt=h.frozen_prompt, distill_prompt=h.distill_prompt and objective == "distill")
+                      frozen_prompt=h.frozen_prompt, distill_prompt=h.distill_prompt and objective == "distill",
+                      data_order=data_order(seed, h.epochs))
     return TrainingSettings(**fields)
+
+
+def data_order(seed: int, epochs: float) -> int:
+    """2 where backends.train.shuffle_seed(seed, epochs) differs from the seed itself, the data seed its first
+    version used (replicate seeds one apart then shared all but one epoch's order); else 1."""
+    return 2 if seed >= 1 and epochs > 1 else 1
 
 
 def _rows(spec: Spec, plan: CellPlan, ids: Identities, prec: _Precision,

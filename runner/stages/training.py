@@ -39,6 +39,9 @@ class TrainingSettings(Frozen):
     distill_prompt: bool = False  # also in a soft_labels stage's key: its labels then cover the prompt's positions
     lr_multiplier: float | Literal["auto"] | None = None  # hosted only
     top_k: int | None = None  # Tinker distillation: the teacher's top-k next tokens (read from the backend's config)
+    # local: 2 where backends.train.shuffle_seed orders the rows otherwise than its first version did (seed >= 1 and
+    # more than one epoch: runner.plan.data_order), so only those students are trained again
+    data_order: int = 1
 
     def to_training(self) -> Training:
         t = Training(method=self.method, objective=self.objective, vocabulary=self.vocabulary or "",
@@ -124,6 +127,16 @@ class SoftLabelStage(Stage):
         ctx.router.soft_labels(ctx.model(self.teacher), ctx.model(self.student_base), rows,
                                self.training.to_training(), ctx.dir / SOFT_LABELS)
         ctx.rows["labelled"] = len(rows)
+
+    def estimate(self, ctx: PlanContext) -> list[Estimate]:
+        """The teacher's forward pass over every row, its system prompt included, once for all its students."""
+        if ctx.throughput is None:
+            return []
+        rows_stage = ctx.stages[self.rows_stage]
+        n = min(self.max_rows or 10**12, rows_stage.expected_rows(ctx) or 0)
+        system = chat_tokens(self.teacher.system, "") - chat_tokens(None, "")
+        return on_gpu(ctx, self.teacher, f"teacher soft labels: <= {n:,} rows",
+                      prefill=round(n * (rows_stage.content_tokens(ctx) + system)))
 
 
 SOFT_LABELS = "soft_labels.pt"
