@@ -40,20 +40,22 @@ def _short(v: Any) -> str:
 
 def read_yaml(path: Path) -> CommentedMap:
     """Parse one YAML file with the round-trip loader (keeps line numbers)."""
-    if path.is_dir():
-        raise SpecError(f"{path}: is a folder, not a spec file")
-    if not path.is_file():
-        raise SpecError(f"{path}: file not found")
     try:
+        if path.is_dir():
+            raise SpecError(f"{path}: is a folder, not a spec file")
+        if not path.is_file():
+            raise SpecError(f"{path}: file not found")
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raw = e.object[:e.start]
         line, col = raw.count(b"\n") + 1, e.start - (raw.rfind(b"\n") + 1) + 1
         raise SpecError(f"{path}:{line}:{col}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
-    except OSError as e:
-        raise SpecError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise SpecError(f"{path}: cannot be read ({_why(e)})") from None
     try:
         data = YAML(typ="rt").load(text)
+    except RecursionError:  # ruamel reads nesting recursively; where it gave up is not known
+        raise SpecError(f"{path}: nested too deeply to read (more than a few hundred levels of [ ] or {{ }})") from None
     except ReaderError as e:  # control characters, NUL bytes: not a YAML text
         line = text.count("\n", 0, e.position) + 1
         col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
@@ -63,12 +65,21 @@ def read_yaml(path: Path) -> CommentedMap:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         started = e.context_mark if e.problem and e.context else None  # where the unfinished part began
         also = f" ({e.context} at {started.line + 1}:{started.column + 1})" if started else ""
-        raise SpecError(f"{where}: YAML syntax error: {e.problem or e.context}{also}") from None
+        problem = re.sub(r' with value ".*"\)$', "", e.problem or e.context, flags=re.S)  # a duplicate key's
+        problem = re.sub(r"\s*\n\s*", " ", problem)  # values, which may be long or span lines: still one line
+        raise SpecError(f"{where}: YAML syntax error: {problem}{also}") from None
+    except Exception as e:  # the reader's own failure on odd YAML (a mapping merged into itself)
+        raise SpecError(f"{path}: YAML the reader cannot take ({type(e).__name__}: {e})") from None
     if data is None:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):
         raise SpecError(f"{path}:1:1: the spec must be a mapping of keys")
     return data
+
+
+def _why(e: Exception) -> str:
+    """An OSError's reason without its (maybe very long) file name."""
+    return getattr(e, "strerror", None) or str(e)
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -85,16 +96,25 @@ def _origins(node: Any, path: Path, prefix: tuple = (), out: dict | None = None)
     """Map every key path in a YAML tree to (file, line, col) of its key."""
     out = {} if out is None else out
     if isinstance(node, CommentedMap):
-        for k in node:  # a key merged in by `<<` (or in an !!omap) has no place of its own: its mapping's
-            line, col = ((node.lc.data or {}).get(k) or (node.lc.line, node.lc.col))[:2]  # all merged: no data
-            out[prefix + (k,)] = (path, line + 1, col + 1)
-            _origins(node[k], path, prefix + (k,), out)
+        for k in node:  # an !!omap's keys have no place of their own: their mapping's
+            line, col = ((node.lc.data or {}).get(k) or _merged_place(node, k) or (node.lc.line, node.lc.col))[:2]
+            out[prefix + (str(k),)] = (path, line + 1, col + 1)  # as _plain (and so pydantic) spells the key
+            _origins(node[k], path, prefix + (str(k),), out)
     elif isinstance(node, CommentedSeq):
         for i, v in enumerate(node):
             line, col = node.lc.item(i)
             out[prefix + (i,)] = (path, line + 1, col + 1)
             _origins(v, path, prefix + (i,), out)
     return out
+
+
+def _merged_place(node: CommentedMap, key: Any) -> list | None:
+    """(line, col) of a key merged in by `<<`: in the mapping it was merged from."""
+    for m in getattr(node, "merge", None) or []:
+        m = m[1] if isinstance(m, tuple) else m  # ruamel < 0.19: (position, mapping) pairs
+        if isinstance(m, CommentedMap) and key in m:
+            return (m.lc.data or {}).get(key) or _merged_place(m, key)
+    return None
 
 
 def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
@@ -107,22 +127,26 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
     if parent is None:
         return data, origins
     where = "%s:%d:%d" % origins[("extends",)]
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or not parent.strip():  # '' would name the spec's own folder
         raise SpecError(f"{where}: extends: must be a file path")
-    ppath = (path.parent / parent).resolve()
-    if ppath in _seen:
-        raise SpecError(f"{where}: extends: cycle through {parent}")
-    if ppath.is_dir():
-        raise SpecError(f"{where}: extends: {parent} is a folder, not a spec file")
-    if not ppath.is_file():
-        raise SpecError(f"{where}: extends: file not found: {parent}")
+    try:
+        ppath = (path.parent / parent).resolve()
+        if ppath in _seen:
+            raise SpecError(f"{where}: extends: cycle through {parent}")
+        if ppath.is_dir():
+            raise SpecError(f"{where}: extends: {parent} is a folder, not a spec file")
+        if not ppath.is_file():
+            raise SpecError(f"{where}: extends: file not found: {parent}")
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{where}: extends: not a usable file name ({_why(e)})") from None
     base, base_origins = load_raw(ppath, _seen + (path.resolve(),))
     if not base:  # nothing to inherit: a truncated or wrong file, not what the spec meant
         raise SpecError(f"{where}: extends: {parent} is empty")
     base = dict(base)
     base.pop("matrix", None) if "matrix" in data else None
-    for key in base.get("matrix") or {}:  # the inherited sweep would silently overwrite the child's own value
-        if _has(data, key.split(".")):
+    sweep = base.get("matrix") if isinstance(base.get("matrix"), dict) else {}  # not a mapping: validate says so
+    for key in sweep:  # the inherited sweep would silently overwrite the child's own value
+        if isinstance(key, str) and _has(data, key.split(".")):
             where = "%s:%d:%d" % origins[tuple(key.split("."))]
             raise SpecError(f"{where}: {key}: swept by the matrix of {parent}, which would overwrite this value; "
                             "set matrix here too (matrix: {} drops the sweep)")
@@ -174,11 +198,15 @@ def _message(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _clean_loc(loc: tuple, raw: Any) -> tuple:
-    """Drop pydantic's union-tag segments (e.g. filters.0.numbers), which are not YAML keys."""
+def _clean_loc(loc: tuple, raw: Any, missing: bool = False) -> tuple:
+    """Drop pydantic's union-tag segments (filters.0.numbers, teacher.trait.str), which are not YAML keys."""
     out, node, entered = [], raw, True
-    for part in loc:  # the tag comes right after entering its mapping, even where a field has its name (judge)
-        if entered and isinstance(node, dict) and node.get("kind") == part:
+    for i, part in enumerate(loc):  # a kind's tag comes right after entering its mapping, even where a field has
+        tagged = entered and isinstance(node, dict) and node.get("kind") == part  # its name (judge)
+        # another union member's name (str, FinetuneTrait, a kind-less domain's numbers) is no key of the value
+        member = isinstance(part, str) and not (isinstance(node, dict) and part in node) \
+            and not (missing and i == len(loc) - 1)
+        if tagged or member:
             entered = False
             continue
         entered = True
@@ -190,17 +218,42 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
     return tuple(out)
 
 
+def _first_error(e: ValidationError, raw: Any) -> tuple[tuple, dict]:
+    """The first error and its YAML key path; where it is one member's of a union that every member refused, the
+    member error that reached deepest into the value (an unknown key in a finetune mapping, not 'a valid string')."""
+    def clean(err: dict) -> tuple:
+        return _clean_loc(tuple(err["loc"]), raw, err["type"] == "missing")
+
+    first = e.errors()[0]
+    loc = clean(first)
+    if len(loc) == len(first["loc"]):
+        return loc, first
+    rivals = [(clean(err), err) for err in e.errors() if clean(err)[:len(loc)] == loc]
+    return max(rivals, key=lambda r: len(r[0]))  # the first of the deepest
+
+
+def _named(loc: tuple, msg: str, raw: Any) -> tuple[tuple, str]:
+    """A check that names its field first (students.1.name: ..., a section's controls: ...) is placed at that field:
+    the spec's always, a section's where the spec sets it."""
+    named = re.match(r"^([\w.]+): (.*)$", msg)
+    if not named:
+        return loc, msg
+    field = tuple(int(p) if p.isdigit() else p for p in named.group(1).split("."))
+    if loc:
+        try:
+            raw_get(raw, loc + field)
+        except (KeyError, IndexError, TypeError):
+            return loc, msg  # a field the section leaves to its default: the section's place
+    return loc + field, named.group(2)
+
+
 def validate(raw: dict, origins: dict) -> Spec:
     """Validate a raw mapping; the first problem becomes a SpecError with its place."""
     try:
         return Spec.model_validate(resolve_paths(_plain(raw), origins))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc, msg = _clean_loc(tuple(err["loc"]), _plain(raw)), _message(err)
-        named = re.match(r"^([\w.]+): (.*)$", msg)  # a cross-field check names its field first
-        if not loc and named:
-            loc = tuple(int(p) if p.isdigit() else p for p in named.group(1).split("."))
-            msg = named.group(2)
+        loc, err = _first_error(e, _plain(raw))
+        loc, msg = _named(loc, _message(err), _plain(raw))
         dotted = ".".join(map(str, loc)) or "spec"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise SpecError(f"{_locate(origins, loc)}: {dotted}: {msg}{more}") from None
@@ -303,28 +356,41 @@ MODEL_FIELDS = [("teacher", "base"), ("students", "*", "base"), ("filters", "*",
                 ("filters", "*", "judge", "model"), ("evaluations", "*", "model"), ("evaluations", "*", "judge", "model")]
 
 
-def resolve_paths(raw: dict, origins: dict, overrides: dict | None = None) -> dict:
+def resolve_paths(raw: dict, origins: dict, overrides: dict | None = None, picks: dict | None = None) -> dict:
     """Make every data path absolute, read from the folder of the file that sets it (the matrix
-    entry's file for a matrix override); a missing file is a SpecError at its place. A model given as a
+    entry's file for a matrix override; `picks`: the index of each override in its matrix list, to place an
+    error at that value); a missing file is a SpecError at its place. A model given as a
     local folder (./, /, ~) must exist too (it is read from where subl runs, as backends.embedded does)."""
     for pattern in MODEL_FIELDS:
         for loc in _matches(raw, pattern):
-            ref = raw_get(raw, loc)
-            if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().is_dir():
-                where = _origin_of(origins, loc, overrides)
-                raise SpecError("%s:%d:%d: " % where + f"{'.'.join(map(str, loc))}: local model folder not found: {ref}")
+            ref, place = raw_get(raw, loc), "%s:%d:%d: " % _origin_of(origins, loc, overrides, picks)
+            try:
+                found = not ref.startswith((".", "/", "~")) or Path(ref).expanduser().is_dir()
+            except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL byte, ~nosuchuser
+                raise SpecError(place + f"{'.'.join(map(str, loc))}: not a usable folder name ({_why(e)})") from None
+            if not found:
+                raise SpecError(place + f"{'.'.join(map(str, loc))}: local model folder not found: {ref}")
     for pattern, kind in PATH_FIELDS:
         for loc in _matches(raw, pattern):
-            where = _origin_of(origins, loc, overrides)
-            value, must_exist = _resolve_one(raw_get(raw, loc), kind, Path(where[0]).resolve().parent)
+            where = _origin_of(origins, loc, overrides, picks)
             dotted, place = ".".join(map(str, loc)), "%s:%d:%d: " % where
-            for path in [value] if must_exist else _per_target(raw, loc, value, kind):
-                if not Path(path).exists():
-                    raise SpecError(place + f"{dotted}: file not found: {path}")
-                if Path(path).is_dir() and loc[0] not in FOLDERS_ALLOWED:
-                    raise SpecError(place + f"{dotted}: {path} is a folder, not a file")
+            try:
+                value = _checked_path(raw, loc, kind, Path(where[0]).resolve().parent, place + f"{dotted}: ")
+            except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL byte, ~nosuchuser
+                raise SpecError(place + f"{dotted}: not a usable file name ({_why(e)})") from None
             raw = _set_path(raw, loc, value)
     return raw
+
+
+def _checked_path(raw: dict, loc: tuple, kind: str, folder: Path, place: str) -> str:
+    """One path field's resolved value, once the files it names are found (`place` starts the SpecError)."""
+    value, must_exist = _resolve_one(raw_get(raw, loc), kind, folder)
+    for path in [value] if must_exist else _per_target(raw, loc, value, kind):
+        if not Path(path).exists():
+            raise SpecError(place + f"file not found: {path}")
+        if Path(path).is_dir() and loc[0] not in FOLDERS_ALLOWED:
+            raise SpecError(place + f"{path} is a folder, not a file")
+    return value
 
 
 def _per_target(raw: dict, loc: tuple, value: str, kind: str) -> list[str]:
@@ -339,10 +405,14 @@ def _per_target(raw: dict, loc: tuple, value: str, kind: str) -> list[str]:
     return [value.replace("{target}", str(n)) for n in (names if isinstance(names, list) else [])]
 
 
-def _origin_of(origins: dict, loc: tuple, overrides: dict | None) -> tuple:
+def _origin_of(origins: dict, loc: tuple, overrides: dict | None, picks: dict | None = None) -> tuple:
+    dotted = ".".join(map(str, loc))
     for key in overrides or {}:
-        if ".".join(map(str, loc)).startswith(key):
-            return origins.get(("matrix", key), origins[()])
+        if dotted == key or dotted.startswith(key + "."):  # not theorem_lm.questions for a sweep over theorem
+            keys = ("matrix", key) + ((picks[key],) + loc[len(key.split(".")):] if picks else ())
+            while len(keys) > 2 and keys not in origins:
+                keys = keys[:-1]
+            return origins.get(keys, origins[()])
     keys = loc
     while keys and keys not in origins:
         keys = keys[:-1]
@@ -400,17 +470,17 @@ def load(path: Path | str) -> list[Cell]:
             except ValueError as e:
                 raise SpecError(f"{_locate(origins, ('matrix', k))}: matrix.{k}: {e}") from None
         try:
-            cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over))))
+            cells.append(Cell(over, Spec.model_validate(resolve_paths(cell_raw, origins, over, index))))
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = _clean_loc(tuple(err["loc"]), cell_raw)
+            loc, err = _first_error(e, cell_raw)
+            loc, msg = _named(loc, _message(err), cell_raw)
             dotted = ".".join(map(str, loc))
             key = next((k for k in sorted(keys, key=len, reverse=True)  # the matrix key whose value failed
                         if dotted == k or dotted.startswith(k + ".") or (dotted and k.startswith(dotted + "."))), None)
             # at the failing value inside the matrix (its list item, and the place within it), else the matrix line
             inside = loc[len(key.split(".")):] if key and dotted.startswith(key + ".") else ()
             where = _locate(origins, ("matrix", key, index[key]) + inside if key else ("matrix",))
-            raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {_message(err)}") from None
+            raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {msg}") from None
     _check_one_teacher_per_target(cells, origins)
     return cells
 
@@ -424,6 +494,7 @@ def _check_one_teacher_per_target(cells: list[Cell], origins: dict) -> None:
         if "{target}" not in t.trait_text:
             seen.setdefault(t.trait_text, set()).add(tuple(t.targets))
     if any(len(targets) > 1 for targets in seen.values()):
-        raise SpecError(f"{_locate(origins, ('matrix', 'teacher.targets'))}: matrix.teacher.targets: the trait has no "
+        key = "teacher" if "teacher" in cells[0].overrides else "teacher.targets"  # the key that sweeps targets
+        raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: the trait has no "
                         "{target}, so every cell's teacher would be one and the same; write {target} where each "
                         "target's name goes")
