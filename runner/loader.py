@@ -314,7 +314,7 @@ def _holds_many(ann: Any) -> bool:
 
 # (key path, kind): "file" must exist; "file-or-name" is a file unless it is a built-in name (no
 # such file beside the spec); "file-or-hub" is a hub id unless a file of that name exists or it
-# ends with .jsonl; "dataset" may hold {target}. "*" matches any list index or mapping key.
+# looks like a file (_file_like); "dataset" may hold {target}. "*" matches any list index or mapping key.
 FOLDERS_ALLOWED = ("mnist", "theorem")  # MNIST data may be an IDX folder
 PATH_FIELDS = [
     (("domain", "questions"), "file-or-hub"),
@@ -347,9 +347,14 @@ def _resolve_one(value: str, kind: str, folder: Path) -> tuple[str, bool]:
         return value, False
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (folder / path)
-    if kind == "file-or-hub" and not (path.exists() or value.endswith(".jsonl")):
+    if kind == "file-or-hub" and not (path.exists() or _file_like(value)):
         return value, False  # a hub id
     return str(path.resolve()), kind != "dataset" or "{target}" not in value
+
+
+def _file_like(value: str) -> bool:
+    """A name no hub dataset id has (owner/name): a data file's extension, or a path from ./, ../, / or ~."""
+    return value.endswith((".jsonl", ".json", ".parquet", ".csv")) or value.startswith((".", "/", "~"))
 
 
 MODEL_FIELDS = [("teacher", "base"), ("students", "*", "base"), ("filters", "*", "model"),

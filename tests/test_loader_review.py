@@ -181,3 +181,18 @@ def test_a_missing_file_in_a_matrix_value_is_placed_at_that_value(write, tmp_pat
     child = write("sub/c.yaml", "extends: ../base/p.yaml\nname: c\n")
     assert _err(child) == (f"{parent}:5:34: evaluations.0.questions: file not found: "
                            f"{tmp_path / 'base' / 'nope.txt'}")
+
+
+@pytest.mark.parametrize("name", ["data/missing_gsm8k.json", "./gsm8k", "~/gsm8k.parquet"])
+def test_a_missing_questions_file_is_not_taken_for_a_hub_dataset(tmp_path, name):
+    """Only a .jsonl name was known for a file: a mistyped 'data/gsm8k.json' was looked up on the hub (retries,
+    then 'cannot load hub dataset data/gsm8k.json@unresolved')."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ndomain: {{kind: cot, questions: {name}}}\n")
+    with pytest.raises(SpecError, match=r"s.yaml:2:\d+: domain.questions: file not found"):
+        load(spec)
+    spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\n")
+    assert load(spec)[0].spec.domain.questions == "openai/gsm8k"
