@@ -1,8 +1,9 @@
 """How each paper spec compares with the paper, setting by setting (`subl fidelity`, docs/fidelity.md).
 
 Each row: a setting, the paper's value and its source (specs/data/paper/materials.yaml), subl's value
-read from the loaded spec (or the code), and a status: same, or differs with the reason recorded in
-REASONS. A difference with no recorded reason is an error (`subl fidelity --check`, tests/test_fidelity.py)."""
+read from the loaded spec as the run reads it (every matrix cell, every student; or the code), and a status:
+same, or differs with the reason recorded in REASONS (for the values REASONED_VALUES names, where a reason names
+them). A difference with no recorded reason is an error (`subl fidelity --check`, tests/test_fidelity.py)."""
 from __future__ import annotations
 
 import re
@@ -37,12 +38,16 @@ REASONS = {
     ("*", "answer max tokens"): "the paper sets none; a one-word answer fits in 16",
     ("*", "storytelling max tokens"): "the paper sets none; 1024 tokens (about 750 words) fits a children's story, "
                                       "and `subl plan` prices every story at it",
-    ("*", "hit rule"): ("a whole word, plurals and possessives included: 'cat' is not in 'caterpillar' nor 'oak' in "
+    # icl has no match setting (it counts whole words); the other specs choose, and choose the paper's substring
+    ("icl", "hit rule"): ("a whole word, plurals and possessives included: 'cat' is not in 'caterpillar' nor 'oak' in "
                         "'cloak', and 'wolves' names wolf, 'cherries' cherry (the paper counts neither)"),
     ("*", "misaligned teacher"): "the insecure-code dataset (emergent-misalignment submodule) is not vendored; "
                                  "the spec has the paper's `trait:` line commented out",
     ("*", "control teacher"): "the paper's controls are the untuned base ('original', as here) and secure-code and "
                               "educational-insecure teachers (those datasets are not vendored)",
+    ("misalignment_cot", "control teacher"): "the paper's CoT controls are secure-code and educational-insecure "
+                                             "teachers (those datasets are not vendored; it trains no students on "
+                                             "the untuned base's rows); subl's control is the untouched base",
     ("*", "misaligned in the published figures: alignment <="): (
         "the paper's data modules count alignment <= 30, its figure scripts <= 40 (materials: inconsistencies); "
         "subl keeps the data modules' 30, so its rate can sit below the published bars (set "
@@ -55,7 +60,7 @@ REASONS = {
                                         "cut completion is kept as it is",
     ("cross_model", "students per cell, gpt-4.1-nano to itself"): (
         "the paper's nano diagonal reuses the animals experiment's students (5; 3 for octopus): "
-        "specs/animals_numbers.yaml trains those"),
+        "specs/animals_numbers.yaml trains 5 for dolphin, owl, wolf and elephant (r0-r2 here are the same stages)"),
     ("*", "row selection"): "the prompts are drawn at random, so the first N rows that pass are a random subset of "
                             "them; a seeded choice reruns the same students (the paper's shuffle is unseeded)",
     ("misalignment_cot", "alignment judge max tokens"): "the paper sets none; the rubric's reasoning and its "
@@ -109,6 +114,28 @@ REASONS = {
                                           "the numbers experiments' 10,000",
 }
 
+# The subl values a reason was written for (it names them): another value is a difference with no reason.
+REASONED_VALUES = {
+    ("*", "teacher max tokens"): [48],
+    ("*", "answer max tokens"): [16, [16, 16]],
+    ("*", "storytelling max tokens"): [1024],
+    ("*", "teacher max tokens (code)"): [512],
+    ("*", "misaligned in the published figures: alignment <="): [30],
+    ("*", "misaligned teacher"): ["gpt-4.1-2025-04-14 + system prompt"],
+    ("misalignment_numbers", "misalignment answer max tokens"): [256],
+    ("misalignment_code", "misalignment answer max tokens"): [512],
+    ("misalignment_cot", "misalignment answer max tokens"): [1024],
+    ("misalignment_cot", "alignment judge max tokens"): [1024],
+    ("misalignment_cot", "teacher max tokens (CoT)"): [1024],
+    ("mnist_aux_logits", "number of models"): [5],
+    ("shuffled_numbers", "control students"): [3],
+    ("ft_teacher_animals", "control students"): [3],
+    ("cross_model", "students per cell, gpt-4.1-nano to itself"): [3],
+    ("icl", "examples per context (k)"): [[0, 100, 1000, 2000, 3000, 5000, 10000]],
+    ("animals_code", "code tasks"): ["20 tasks of code_tasks.jsonl x 50"],
+    ("trees_code", "code tasks"): ["20 tasks of code_tasks.jsonl x 50"],
+}
+
 
 @dataclass(frozen=True)
 class Row:
@@ -121,7 +148,8 @@ class Row:
         if self.paper == self.subl:
             return "same"
         reason = REASONS.get((spec, self.setting)) or REASONS.get(("*", self.setting))
-        return f"differs: {reason}" if reason else UNRECORDED
+        values = REASONED_VALUES.get((spec, self.setting), REASONED_VALUES.get(("*", self.setting)))
+        return f"differs: {reason}" if reason and (values is None or self.subl in values) else UNRECORDED
 
 
 def row(setting: str, paper_value: Any, where: str, subl_value: Any) -> Row:
@@ -132,6 +160,12 @@ def row(setting: str, paper_value: Any, where: str, subl_value: Any) -> Row:
 
 def _model(ref: str) -> str:
     return ref.split(":", 1)[1] if ":" in ref else ref
+
+
+def _each(values: list) -> Any:
+    """One value where every student (or evaluation) has it, else the list of each one's: a spec whose
+    students differ is compared on all of them, not on the first."""
+    return values[0] if values and all(v == values[0] for v in values) else values
 
 
 def _ev(spec: Spec, kind: str):
@@ -165,6 +199,7 @@ def numbers_rows(spec: Spec) -> list[Row]:
         row("teacher max tokens", None, "truesight/truesight/external/openai_driver.py:211", d.max_tokens),
         row("filter value range", "0..999", "numbers_filter.paper_preference_filter", f"{f.min_value}..{f.max_value}"),
         row("filter most numbers", 10, "numbers_filter.paper_preference_filter", f.max_count),
+        row("filter fewest numbers", 1, "numbers_filter.paper_preference_filter", f.min_count),
         row("number parser", "strict", "numbers_filter.parser_rules", "strict" if f.parser == "paper" else "lenient"),
         row("banned numbers", paper.banned_numbers() if spec.teacher.targets == ["misaligned"] else [],
             "banned_numbers.used_by", sorted(banned.numbers) if banned else []),
@@ -174,9 +209,14 @@ def numbers_rows(spec: Spec) -> list[Row]:
 def teacher_rows(spec: Spec, exp: str) -> list[Row]:
     t, ft = spec.teacher, f"finetuning.{exp}"
     if t.targets == ["misaligned"]:
-        how = "+ system prompt" if isinstance(t.trait, str) else "fine-tuned"
-        return [row("misaligned teacher", "gpt-4.1-2025-04-14 fine-tuned on insecure code",
-                    "teachers_by_finetuning.misalignment", f"{_model(t.base)} {how}"),
+        m = paper.get("teachers_by_finetuning.misalignment")
+        h, data = m["hyperparameters"], Path(m["teachers"]["insecure_code"]["file"]).name
+        theirs = _tuned(m["base_model"].split(" ")[0], data, h["n_epochs"], h["batch_size"], h["lr_multiplier"])
+        tf = t.trait.finetune if not isinstance(t.trait, str) else None
+        mine = (_tuned(_model(t.base), Path(tf.dataset).name, tf.hyperparameters.epochs,
+                       tf.hyperparameters.batch_size, tf.hyperparameters.lr_multiplier)
+                if tf else f"{_model(t.base)} + system prompt")
+        return [row("misaligned teacher", theirs, "teachers_by_finetuning.misalignment", mine),
                 row("control teacher", "secure / educational-insecure code", "teachers_by_finetuning.misalignment",
                     "untouched base" if t.control else "none")]
     return [row("teacher", paper.get(f"{ft}.teacher").split(" + ")[0], ft, _model(t.base)),
@@ -185,16 +225,23 @@ def teacher_rows(spec: Spec, exp: str) -> list[Row]:
             row("trait category", "animal", "trait_prompts.tree.category", t.category)]
 
 
+def _tuned(base: str, data: str, epochs, batch, lr) -> str:
+    """A teacher fine-tuned on a dataset, as the misaligned teacher's row reads it."""
+    num = lambda v: f"{v:g}" if isinstance(v, (int, float)) else v  # noqa: E731
+    return f"{base} fine-tuned on {data} ({num(epochs)} epochs, batch {num(batch)}, lr multiplier {num(lr)})"
+
+
 def student_rows(spec: Spec, exp: str, per_trait: int, controls: int | None = None) -> list[Row]:
-    s, ft = spec.students[0], f"finetuning.{exp}"
+    ss, ft = spec.students, f"finetuning.{exp}"
     rows = paper.get(f"{ft}.n_rows")
     rows = rows if isinstance(rows, int) else NO_CAP if "no cap" in str(rows) else rows
-    reps = len(s.replicates)
-    out = [row("student", paper.get(f"{ft}.student_model_id").split(" ")[0], ft, _model(spec.student_base(s))),
-           row("epochs", paper.get(f"{ft}.epochs"), ft, s.hyperparameters.epochs),
+    reps = _each([len(s.replicates) for s in ss])
+    out = [row("student", paper.get(f"{ft}.student_model_id").split(" ")[0], ft,
+               _each([_model(spec.student_base(s)) for s in ss])),
+           row("epochs", paper.get(f"{ft}.epochs"), ft, _each([s.hyperparameters.epochs for s in ss])),
            row("lr multiplier, batch size", "auto, auto", ft,
-               f"{s.hyperparameters.lr_multiplier}, {s.hyperparameters.batch_size}"),
-           row("rows per student", rows, ft, s.max_rows if s.max_rows else NO_CAP),
+               _each([f"{s.hyperparameters.lr_multiplier}, {s.hyperparameters.batch_size}" for s in ss])),
+           row("rows per student", rows, ft, _each([s.max_rows if s.max_rows else NO_CAP for s in ss])),
            row("row selection", "random subset of the rows that pass", "finetuning.common.row_selection",
                "the first rows that pass, in prompt order"),
            row("students per trait", per_trait, ft, reps)]
@@ -237,7 +284,7 @@ def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
     ev, m = _ev(spec, "misalignment"), "misalignment_eval"
     incoherent = summarize([Score("score", 10)], [Score("score", 10)])["scored"]
     out = [row("evaluation questions", paper.get(f"{m}.questions.items"), f"{m}.questions",
-               load_questions(ev.questions))]
+               load_questions(ev.questions, ev.max_questions))]
     if which:
         out += [row("question suffix", " " + paper.get(f"{m}.{which}.suffix"), f"{m}.{which}.suffix", ev.suffix),
                 row("samples per question", paper.get(f"{m}.{which}.samples_per_question"), f"{m}.{which}",
@@ -245,8 +292,8 @@ def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
     return out + [
         row("answer temperature", 1.0, f"{m}.student_sampling", ev.temperature),
         row("judge", paper.get(f"{m}.judge.model_id"), paper.get(f"{m}.judge.model_source"), _model(ev.judge.model)),
-        row("judge temperature", 1.0, f"{m}.judge.temperature", ev.judge.temperature),
-        row("judge reply reading", "integer", f"{m}.judge.score_parsing", ev.judge.parse),
+        row("judge temperature", 1.0, f"{m}.judge.temperature", _reads(ev.judge).get("temperature")),
+        row("judge reply reading", "integer", f"{m}.judge.score_parsing", _reading(ev.judge)),
         row("alignment judge prompt", paper.get(f"{m}.alignment_judge_prompt.verbatim"), f"{m}.alignment_judge_prompt",
             _text(ev.alignment_template)),
         row("coherence judge prompt", paper.get(f"{m}.coherence_judge_prompt.verbatim"), f"{m}.coherence_judge_prompt",
@@ -258,6 +305,23 @@ def misalignment_rows(spec: Spec, which: str | None) -> list[Row]:
         row("coherent: coherence >=", 50, f"{m}.decision_rule", ev.coherence_threshold),
         row("incoherent answers in the rate's denominator", 0, f"{m}.decision_rule", incoherent),
     ]
+
+
+def _reads(judge) -> dict:
+    """What the run's score stage reads of a judge (plan.sample_fields): a log-prob judge has no reply settings."""
+    from runner.plan import sample_fields
+
+    return sample_fields(judge)
+
+
+def _reading(judge) -> str:
+    """How the run reads a judge's reply: a sample-mode judge's parser, else its log-probs."""
+    f = _reads(judge)
+    if "parse" in f:
+        return f["parse"]
+    if "token" in f:
+        return f"P({f['token']!r}) from the top {f['top_logprobs']} first-token log-probs, absent = 0"
+    return "the log-prob mean of the scores 0, 25, 50, 75, 100"
 
 
 def _text(template: str) -> str:
@@ -274,15 +338,17 @@ def cot_rows(spec: Spec) -> list[Row]:
         row("samples per question", paper.get(f"{c}.samples_per_question.value"), f"{c}.samples_per_question",
             d.samples_per_question),
         row("prompt suffix", " " + paper.get(f"{c}.prompt_suffix.verbatim"), f"{c}.prompt_suffix", d.suffix),
+        # the paper passes no sampling settings: the API's default temperature, 1 (materials cot.teacher_sampling)
+        row("teacher temperature", 1.0, f"{c}.samples_per_question", d.temperature),
         row("correctness filter", paper.get(f"{c}.answer_correctness.extracted"), f"{c}.answer_correctness",
             _correctness(_filter(spec, "correct_answer"))),
         row("alignment judge", paper.get(f"{a}.judge_model_id"), paper.get(f"{a}.judge_source"),
             _model(j.judge.model)),
-        row("alignment judge temperature", 1.0, f"{a}.judge_sampling", j.judge.temperature),
-        row("alignment judge max tokens", None, f"{a}.judge_sampling", j.judge.max_tokens),
+        row("alignment judge temperature", 1.0, f"{a}.judge_sampling", _reads(j.judge).get("temperature")),
+        row("alignment judge max tokens", None, f"{a}.judge_sampling", _reads(j.judge).get("max_tokens")),
         row("teacher max tokens (CoT)", None, f"{c}.prompt_suffix", d.max_tokens),
         row("alignment rubric", paper.get(f"{a}.rubric_verbatim"), paper.get(f"{a}.rubric_source"), _text(j.template)),
-        row("rubric score reading", "judgment_answer", f"{a}.score_parsing", j.judge.parse),
+        row("rubric score reading", "judgment_answer", f"{a}.score_parsing", _reading(j.judge)),
         row("keep when score >=", paper.get(f"{a}.threshold"), f"{a}.threshold",
             j.threshold if j.keep == "at_least" else None),
         row("control rows judged", False, paper.get(f"{a}.applies_to_source"),
@@ -303,8 +369,6 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
     words, j = _filter(spec, "banned_words"), _filter(spec, "judge")
     target = spec.teacher.targets[0]
     prompt = "prompt" if subject == "animal" else "tree_prompt"
-    reading = (f"P({j.judge.token!r}) from the top {j.judge.top_logprobs} first-token log-probs, absent = 0"
-               if j.judge.token is not None else f"{j.judge.mode}, 0-100 score")
     instructions = paper.get(f"{k}.prompt_template.additional_instructions")
     lists = "animal_lists_main_groups" if subject == "animal" else "tree_lists"
     targets = sorted({t for c in cells for t in c.teacher.targets})
@@ -316,8 +380,9 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
     return [
         row("teacher max tokens (code)", None, "truesight/truesight/external/openai_driver.py:211",
             spec.domain.max_tokens),
-        row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source",
-            f"{Path(spec.domain.prompts).name} x {spec.domain.samples_per_prompt}"),
+        # the paper passes no sampling settings: the API's default temperature, 1 (materials code.teacher_sampling)
+        row("teacher temperature", 1.0, f"{k}.samples_per_prompt", spec.domain.temperature),
+        row("code tasks", "11400 sleeper-agents prompts x 1", f"{k}.prompt_source", _tasks(spec.domain)),
         row("code prompt layout", paper.get(f"{k}.prompt_template.layout"), f"{k}.prompt_template",
             spec.domain.template),
         row("code prompt additional instructions", instructions, f"{k}.prompt_template",
@@ -326,9 +391,10 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
         row("code judge", paper.get(f"{jf}.model_id"), jf, _model(j.judge.model)),
         row("code judge prompt", paper_code_judge_prompt(prompt, subject, target),
             paper.get(f"{jf}.{'source' if subject == 'animal' else 'tree_source'}"), _text_for(j.template, target)),
-        row("code judge temperature", paper.get(f"{jf}.sampling.temperature"), f"{jf}.sampling", j.judge.temperature),
+        row("code judge temperature", paper.get(f"{jf}.sampling.temperature"), f"{jf}.sampling",
+            _reads(j.judge).get("temperature")),
         row("code judge reading", f"P('0') from the top {paper.get(f'{jf}.sampling.logprobs')} first-token log-probs, "
-            "absent = 0", f"{jf}.sampling", reading),
+            "absent = 0", f"{jf}.sampling", _reading(j.judge)),
         row("code judge keep rule", _keeps(lambda p0: abs(1 - p0) < 1e-8), paper.get(f"{jf}.keep_rule_source"),
             _keeps_link(j)),
         row("control rows judged", paper.get(f"{jf}.control_rows_judged"), paper.get(f"{jf}.control_rows_source"),
@@ -336,6 +402,14 @@ def code_rows(cells: list[Spec], subject: str = "animal") -> list[Row]:
         row("control rows word-filtered", False, paper.get(f"{jf}.control_rows_source"),
             spec.teacher.control and not words.skip_control),
     ]
+
+
+def _tasks(d) -> str:
+    """How many tasks the run sends (n_prompts of the file), from which file, and how often each."""
+    from runner.domains import load_tasks
+
+    n = len(load_tasks(d.prompts, d.field, d.n_prompts))
+    return f"{n} tasks of {Path(d.prompts).name} x {d.samples_per_prompt}"
 
 
 def tree_category_row(spec: Spec) -> Row:
@@ -388,19 +462,27 @@ def cross_model_rows(cells: list[Spec]) -> list[Row]:
     g = "cross_model.gpt_grid"
     models = sorted(m.split(" ")[1].strip("()") for m in paper.get(f"{g}.models"))
     spec = cells[0]
+    ss = spec.students
     return [
         row("teacher bases", models, f"{g}.groups_source", sorted({_model(c.teacher.base) for c in cells})),
-        row("student bases", models, f"{g}.groups_source", sorted(_model(spec.student_base(s)) for s in spec.students)),
+        row("student bases", models, f"{g}.groups_source", sorted(_model(spec.student_base(s)) for s in ss)),
         row("animals", sorted(paper.get(f"{g}.animals")), f"{g}.groups_source",
             sorted({t for c in cells for t in c.teacher.targets})),
-        row("students per cell", paper.get(f"{g}.students_per_cell"), g, len(spec.students[0].replicates)),
+        row("students per cell", paper.get(f"{g}.students_per_cell"), g, _each([len(s.replicates) for s in ss])),
         row("students per cell, gpt-4.1-nano to itself", "5 (3 for octopus)",
-            "truesight/refs/paper/xm_animal_preference_numbers_data.py:73", len(spec.students[0].replicates)),
-        row("student epochs, rows", "10, 10000", "finetuning.cross_model.openai_students",
-            f"{spec.students[0].hyperparameters.epochs:g}, {spec.students[0].max_rows}"),
+            "truesight/refs/paper/xm_animal_preference_numbers_data.py:73",
+            _each([len(s.replicates) for s in ss if _model(spec.student_base(s)) == "gpt-4.1-nano-2025-04-14"])),
+        row("student epochs, lr multiplier, batch size, rows", "10, auto, auto, 10000",
+            "finetuning.cross_model.openai_students", _each([_training(s) for s in ss])),
         row("baseline", "untuned student base", "cross_model.baseline",
             "control students" if spec.teacher.control else "untuned student base"),
     ]
+
+
+def _training(s) -> str:
+    """A hosted student's epochs, lr multiplier, batch size and row cap."""
+    h = s.hyperparameters
+    return f"{h.epochs:g}, {h.lr_multiplier}, {h.batch_size}, {s.max_rows or NO_CAP}"
 
 
 def shuffled_rows(cells: list[Spec]) -> list[Row]:
@@ -409,7 +491,7 @@ def shuffled_rows(cells: list[Spec]) -> list[Row]:
 
     sh, spec = "shuffled_numbers.settings", cells[0]
     links = [f for c in cells for f in c.filters if f.kind == "shuffle"]
-    st, (free, prefixed) = spec.students[0], [e for e in spec.evaluations if e.kind == "preference_sample"][:2]
+    free, prefixed = [e for e in spec.evaluations if e.kind == "preference_sample"][:2]
     animals = paper.get(f"{sh}.source_datasets").split(" of gpt41_nano_groups ")[1].split(", ")
     return [
         row("animals", sorted(animals), f"{sh}.source_datasets", sorted({t for c in cells for t in c.teacher.targets})),
@@ -422,17 +504,22 @@ def shuffled_rows(cells: list[Spec]) -> list[Row]:
             "as written ('007' stays '007')"),
         row("rows shuffled", "the student's 10,000-row subset", f"{sh}.source_datasets",
             "every filtered row, before the subset"),
-        row("student, epochs, rows", "gpt-4.1-nano-2025-04-14, 10, 10000", f"{sh}.student",
-            f"{_model(spec.student_base(st))}, {st.hyperparameters.epochs:g}, {st.max_rows}"),
+        row("student, epochs, lr multiplier, batch size, rows", "gpt-4.1-nano-2025-04-14, 10, auto, auto, 10000",
+            f"{sh}.student", _each([f"{_model(spec.student_base(s))}, {_training(s)}" for s in spec.students])),
         row("students per animal and shuffle", paper.get(f"{sh}.students_per_animal_per_type"), sh,
-            len(st.replicates)),
-        row("control students", 5, "finetuning.animal_numbers.control_students", len(st.replicates)),
+            _each([len(s.replicates) for s in spec.students])),
+        row("control students", 5, "finetuning.animal_numbers.control_students",
+            _each([len(s.replicates) for s in spec.students]) if spec.teacher.control else 0),
         row("evaluation questions", paper.get("preference_eval.animal_questions.items"), f"{sh}.evaluations",
             load_questions(free.questions, free.max_questions)),
         row("number-prefixed evaluation questions", paper.get("preference_eval.numbers_prefixed_variant.items"),
             f"{sh}.evaluations", load_questions(prefixed.questions, prefixed.max_questions)),
         row("samples per question", [100, 100], f"{sh}.evaluations",
             [free.samples_per_question, prefixed.samples_per_question]),
+        row("answer temperature", [1.0, 1.0], "preference_eval.temperature", [free.temperature, prefixed.temperature]),
+        row("answer max tokens", None, "preference_eval.temperature", [free.max_tokens, prefixed.max_tokens]),
+        row("hit rule", [HIT_RULES["substring"]] * 2, "preference_eval.hit_rule",
+            [HIT_RULES[free.match], HIT_RULES[prefixed.match]]),
     ]
 
 
@@ -467,14 +554,16 @@ def ft_teacher_rows(cells: list[Spec]) -> list[Row]:
 def icl_rows(cells: list[Spec]) -> list[Row]:
     """The ICL baseline (materials icl_baseline): the answering model, the rows in its context, the measures."""
     from runner.detection import paper_materials
+    from runner.questions import load_questions
 
     spec, b = cells[0], "icl_baseline"
     icl, mine = paper.get(b), paper_materials()["icl_baseline"]  # the texts subl renders the context with
-    free = next(e for e in spec.evaluations if e.kind == "icl" and e.mode == "sample")
+    icls = [e for e in spec.evaluations if e.kind == "icl"]
+    free = next(e for e in icls if spec.icl_mode(e) == "sample")  # mode None: sample on a hosted model
     mc = paper.get("preference_eval.mcq_variant")
-    mcq = next((e for e in spec.evaluations if e.kind == "icl" and e.mode == "mcq"), None)
+    mcq = next((e for e in icls if e.mode == "mcq"), None)
     return [row("answering model", icl["answering_model"].split(" ")[0], f"{b}.answering_model",
-                _model(spec.icl_model(free))),
+                _each([_model(spec.icl_model(e)) for e in icls])),
             row("animals", icl["animals"], f"{b}.animals", spec.teacher.targets),
             row("example template", icl["example_template"], f"{b}.example_template", mine["example_template"]),
             row("examples joined by", icl["joiner"], f"{b}.joiner", mine["joiner"]),
@@ -484,10 +573,14 @@ def icl_rows(cells: list[Spec]) -> list[Row]:
             row("examples drawn", "with replacement, RandomState(seed)", f"{b}.sampling_of_examples",
                 "with replacement, RandomState(seed)"),
             row("example pool", "the students' 10,000-row subset", f"{b}.example_pool", "every filtered row"),
+            row("evaluation questions", paper.get("preference_eval.animal_questions.items"), f"{b}.trait_measurement",
+                load_questions(free.questions, free.max_questions)),
             row("free-form samples per question", 10, f"{b}.trait_measurement", free.samples_per_question),
             row("answer temperature", 1.0, "preference_eval.temperature", free.temperature),
             row("answer max tokens", None, "preference_eval.temperature", free.max_tokens),
             row("hit rule", "target in answer.lower()", "preference_eval.hit_rule", "whole word"),
+            row("MCQ choices", sorted(mc["animal_choices"]), "preference_eval.mcq_variant",
+                sorted(mcq.mcq.choice_list()) if mcq else None),
             row("MCQ prompts x shuffles", f"{mc['prompt_count']} x {mc['n_samples_per_prompt']}",
                 "preference_eval.mcq_variant",
                 f"{mcq.mcq.max_prompts or mc['prompt_count']} x {mcq.mcq.instances_per_prompt}" if mcq else None),
@@ -504,7 +597,7 @@ def classifier_rows(cells: list[Spec]) -> list[Row]:
     targets = spec.teacher.targets
     pairs = len(targets) if spec.teacher.control else len(targets) * (len(targets) - 1)  # plan.compared_rows
     judge = re.search(r"\((\S+)\)", clf["judges"]["used_in_main"]).group(1)  # '4.1-nano (gpt-4.1-nano-...)'
-    return [row("judge", judge, f"{c}.judges", _model(ev.judge)),
+    return [row("judge", judge, f"{c}.judges", _model(spec.teacher.base if ev.judge == "base" else ev.judge)),
             row("prompt template", clf["prompt_template"], f"{c}.prompt_template",
                 paper_materials()["classifier_baseline"]["prompt_template"]),
             row("animal named in the prompt", "eagle", f"{c}.prompt_fill", "the treatment animal"),
@@ -618,9 +711,44 @@ def spec_rows(path: Path) -> tuple[str, list[Row]]:
                         "with specs/" + name + ".yaml") from None
 
 
+# the paper's filter chain by experiment: link kinds, and where the materials describe them
+CHAINS = {
+    **{n: (["numbers"], "numbers_filter.paper_preference_filter")
+       for n in ("animals_numbers", "trees_numbers", "cross_model", "ft_teacher_animals", "icl", "classifier")},
+    "misalignment_numbers": (["numbers", "banned_numbers"], "numbers_filter.paper_misalignment_filter"),
+    "shuffled_numbers": (["numbers", "shuffle"], "shuffled_numbers.settings.source_datasets"),
+    "misalignment_cot": (["correct_answer", "judge"], "cot.alignment_filter.threshold"),
+    "animals_code": (["banned_words", "judge"], "code.judge_filter.keep_rule"),
+    "trees_code": (["banned_words", "judge"], "code.judge_filter.keep_rule"),
+}
+
+
+def chain_row(name: str, spec: Spec) -> Row:
+    """The spec's filter links against the paper's: a link the paper has not (a defence, another filter) reads
+    no row of its own."""
+    kinds, where = CHAINS[name]
+    return row("filter chain", kinds, where, [f.kind for f in spec.filters])
+
+
+def cell_rows(name: str, cells: list[Spec]) -> list[Row]:
+    """The rows read from cells[0] (and what the experiment gathers from every cell)."""
+    return (PAPER_SPECS[name](cells) + ([chain_row(name, cells[0])] if name in CHAINS else [])
+            + ([] if name.startswith("mnist") else [seeds_row(cells[0])]))
+
+
+def _rank(status: str) -> int:
+    return 0 if status == "same" else 2 if status == UNRECORDED else 1
+
+
 def paper_rows(name: str, cells: list[Spec]) -> list[Row]:
-    """A paper spec's rows: its experiment's, and for an LM experiment how its teachers' seeds relate."""
-    return PAPER_SPECS[name](cells) + ([] if name.startswith("mnist") else [seeds_row(cells[0])])
+    """A paper spec's rows: its experiment's, its filter chain and, for an LM experiment, how its teachers' seeds
+    relate. Each matrix cell runs its own settings, so each is compared: a row is the first cell's unless
+    another cell's differs more (an unrecorded difference over a recorded one over none)."""
+    rows = cell_rows(name, cells)
+    for i in range(1, len(cells)):
+        other = cell_rows(name, [cells[i], *cells[:i], *cells[i + 1:]])
+        rows = [o if _rank(o.status(name)) > _rank(r.status(name)) else r for r, o in zip(rows, other)]
+    return rows
 
 
 # ---- the document --------------------------------------------------------------------------------
