@@ -130,14 +130,14 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
     if not isinstance(parent, str) or not parent.strip():  # '' would name the spec's own folder
         raise SpecError(f"{where}: extends: must be a file path")
     try:
-        ppath = (path.parent / parent).resolve()
+        ppath = (path.parent / Path(parent).expanduser()).resolve()  # ~ as in data paths
         if ppath in _seen:
             raise SpecError(f"{where}: extends: cycle through {parent}")
         if ppath.is_dir():
             raise SpecError(f"{where}: extends: {parent} is a folder, not a spec file")
         if not ppath.is_file():
             raise SpecError(f"{where}: extends: file not found: {parent}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # ~nosuchuser: RuntimeError
         raise SpecError(f"{where}: extends: not a usable file name ({_why(e)})") from None
     base, base_origins = load_raw(ppath, _seen + (path.resolve(),))
     if not base:  # nothing to inherit: a truncated or wrong file, not what the spec meant

@@ -196,3 +196,17 @@ def test_a_missing_questions_file_is_not_taken_for_a_hub_dataset(tmp_path, name)
         load(spec)
     spec.write_text("name: s\ndomain: {kind: cot, questions: openai/gsm8k}\n")
     assert load(spec)[0].spec.domain.questions == "openai/gsm8k"
+
+
+def test_extends_reads_a_home_path_as_data_paths_do(tmp_path, monkeypatch):
+    """`extends: ~/base.yaml` was read as a folder named '~' beside the spec: file not found."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "base.yaml").write_text("name: base\nseed: 7\n")
+    monkeypatch.setenv("HOME", str(home))
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: ~/base.yaml\nname: child\n")
+    assert load(child)[0].spec.seed == 7
+    child.write_text("extends: ~nosuchuser_subl/base.yaml\nname: child\n")
+    with pytest.raises(SpecError, match=r"child.yaml:1:1: extends: not a usable file name"):
+        load(child)
