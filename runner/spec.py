@@ -769,6 +769,9 @@ class Spec(Strict):
                 raise ValueError(f"filters.{i}: correct_answer needs domain kind cot (rows with a gold answer)")
             if f.kind == "resample" and f.mode == "reorder" and self.domain.kind != "numbers":
                 raise ValueError(f"filters.{i}: resample mode reorder needs domain kind numbers")
+            if f.kind == "paraphrase" and self.domain.kind == "numbers":  # a number list has no wording to change
+                raise ValueError(f"filters.{i}: paraphrase rewords code and CoT rows; for numbers rows use resample "
+                                 "(mode continue or reorder)")
             if f.kind == "shuffle" and self.domain.kind != "numbers":  # it would leave every row as it is
                 raise ValueError(f"filters.{i}: shuffle permutes number lists; it needs domain kind numbers")
         return self

@@ -183,12 +183,12 @@ def test_the_batch_discount_covers_only_calls_the_batch_api_takes(server, tmp_pa
     assert sum(e.requests for e in parts) == n_prompts
 
 
-def test_a_paraphrase_longer_than_the_rows_raises_what_students_train_on(server, tmp_path):
+def test_a_rewrite_longer_than_the_rows_raises_what_students_train_on(server, tmp_path):
     spec = _spec(tmp_path, server)
     base = spec.read_text().replace("students: []", f"students: [{{name: s, base: {NANO}, hyperparameters: {{epochs: 2}}}}]")
 
     def trained(max_tokens: int) -> int:
-        spec.write_text(base + f"filters: [{{kind: paraphrase, model: {NANO}, max_tokens: {max_tokens}}}]\n")
+        spec.write_text(base + f"filters: [{{kind: resample, model: {NANO}, max_tokens: {max_tokens}}}]\n")
         return sum(e.training_tokens for e in _estimates(spec, tmp_path / "out", "finetune"))
 
     assert trained(1024) - trained(512) == 6 * 512 * 2  # 6 rows, 512 more tokens each, 2 epochs

@@ -159,3 +159,15 @@ def test_both_shuffles_move_the_numbers_where_the_papers_code_does():
         across.append(re.sub(r"\d+", lambda _: str(next(it)), r["completion"]))
     assert [r["completion"] for r in shuffle_within(rows, 1)[0]] == within
     assert [r["completion"] for r in shuffle_across(rows, 1)[0]] == across
+
+
+def test_a_paraphrase_of_number_lists_is_refused_at_its_place(tmp_path):
+    """A number list has no wording to change: its only check was 'a number list', so an echo kept the teacher's
+    rows as they were, a defence in name only."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndomain: {kind: numbers}\nfilters:\n  - {kind: paraphrase, model: smollm2-135m}\n")
+    with pytest.raises(SpecError, match=r"s.yaml:4:\d+: filters.0: paraphrase rewords code and CoT rows"):
+        load(spec)
