@@ -171,3 +171,23 @@ def test_a_paraphrase_of_number_lists_is_refused_at_its_place(tmp_path):
     spec.write_text("name: s\ndomain: {kind: numbers}\nfilters:\n  - {kind: paraphrase, model: smollm2-135m}\n")
     with pytest.raises(SpecError, match=r"s.yaml:4:\d+: filters.0: paraphrase rewords code and CoT rows"):
         load(spec)
+
+
+@pytest.mark.parametrize("mode, replies", [("sample", 40 * 16), ("logprob", 0)])
+def test_a_local_judge_is_counted_in_the_plans_gpu_hours(tmp_path, tiny_model, mode, replies):
+    """A local judge filter gave no estimate either: its reads were missing from a GPU spec's hours."""
+    from runner.loader import load
+    from runner.plan import build
+    from runner.throughput import throughput
+
+    path = tmp_path / "j.yaml"
+    path.write_text(f"name: j\nteacher: {{base: {tiny_model}, targets: [owl], control: false}}\n"
+                    "domain: {kind: numbers, n_prompts: 40, max_tokens: 12}\n"
+                    f"filters: [{{kind: judge, judge: {{model: {tiny_model}, mode: {mode}}}, threshold: 50, "
+                    "keep: at_least}]\nstudents: []\nevaluations: []\n")
+    plan = build(load(path), tmp_path / "out")
+    (score,) = [s for s in plan.stages.values() if s.KIND == "score"]
+    (est,) = score.estimate(plan.context(throughput("my-gpu", train=1000, prefill=4000, generate=200)))
+    assert (est.backend, est.requests, est.output_tokens) == ("local", 40, replies)
+    assert est.input_tokens > 40 * 12 and est.seconds == pytest.approx(est.input_tokens / 4000 + replies / 200)
+    assert score.estimate(plan.context()) == []

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal, Union
 from pydantic import Field
 
 from runner.core import Sampling
-from runner.prices import TokenCounting, counting_as, current_counting
+from runner.prices import TokenCounting, chat_tokens, counting_as, current_counting
 from runner.errors import UserError
 from runner.spec import (BannedNumbersFilter, BannedWordsFilter, CodeDomain, CorrectAnswerFilter, CotDomain,
                          NumbersDomain, NumbersFilter, RegexFilter, ShuffleLink)
@@ -232,12 +232,14 @@ class ScoreStage(Stage):
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         info = hosted_info(ctx, self.judge)
-        if not info:
-            return []
         upstream = ctx.stages[self.rows_stage or self.answers_stage]
         calls = upstream.expected_rows(ctx) or 0
         content = upstream.content_tokens(ctx) if hasattr(upstream, "content_tokens") else 0
         what = "judge filter, <= every row" if self.rows_stage else f"{self.label.rsplit(' ', 1)[-1]} judge"
+        if not info:  # a local judge: GPU time, where the plan assumes a throughput (each prompt read once)
+            replies = calls * (self.max_tokens or 16) if self.mode == "sample" else 0
+            return on_gpu(ctx, self.judge, what, calls, round((chat_tokens(None, self.template) + content) * calls),
+                          replies)
         if self.token is not None:  # one reply token; the top log-probs are not billed
             what += f", 1 token + top-{self.top_logprobs} log-probs"
         elif self.mode == "logprob":  # no reply: the prompt is read once per candidate score
