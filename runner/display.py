@@ -75,6 +75,8 @@ def p_text(c: dict) -> str:
     floor, p = c.get("min_p"), c["p_value"]
     if p is None:
         return "- (not tested)"
+    if floor == 1 and c.get("unit", "question") == "question":  # a sign flip with no nonzero difference sees nothing
+        return "1 (no pair differs)"
     at_floor = bool(floor) and p <= floor * (1 + 1e-9)
     # a floor never reads as below itself (0.0625, not 0.062): no test of these sizes gives less
     text = _widened(lambda d: f"{p:.{d}g}", range(2, 8), lambda t: (float(t) not in SIGNIFICANCE_LEVELS or

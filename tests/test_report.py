@@ -198,6 +198,8 @@ def test_a_comparison_shows_its_ratio_interval_and_when_p_is_the_floor():
     assert ratio_text(row) == "1.084x [1.013, 1.160]" and p_text(row) == "0.1 (the floor)"
     for floor, text in ((0.0625, "0.0625"), (2 / 252, "0.00794"), (2 / 70, "0.029")):  # never below the floor
         assert p_text({"p_value": floor, "min_p": floor}) == f"{text} (the floor)"
+    # every question's difference 0: read '1 (the floor)', as if 1 were a result the test could have beaten
+    assert p_text({"p_value": 1.0, "min_p": 1.0}) == "1 (no pair differs)"
     assert ratio_text({"ratio": None}) == "-" and p_text({"p_value": 0.4, "min_p": 0.1}) == "0.4"
     assert ratio_text({"ratio": 0.9, "ratio_ci": None}) == "0.900x"  # unbounded Fieller interval: none shown
 
