@@ -7,8 +7,8 @@ import json
 import numpy as np
 
 from runner.plan import CellPlan, compared_rows
-from runner.stats import (CI_METHOD, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci, sign_flip_min_p,
-                          sign_flip_p)
+from runner.stats import (CI_METHOD, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci, rate_ci,
+                          sign_flip_min_p, sign_flip_p)
 from runner.store import Store, stage_output
 
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
@@ -40,12 +40,14 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
             metric, n_samples = per_seed[0][0], per_seed[0][2]
             vals = list(np.mean([v for _, v, _ in per_seed], axis=0))
             values[(rows, k, t)] = (metric, vals, [float(np.mean(v)) for _, v, _ in per_seed])
-            mean, lo, hi = mean_ci(vals, within=UNIT_RANGE)
+            samples = n_samples * len(entries)  # the ICL draws' answers pooled per question
+            mean, lo, hi, how = rate_ci(vals, samples) if metric.startswith("rate(") else (
+                *mean_ci(vals, within=UNIT_RANGE), CI_METHOD)
             evaluations.append({
                 "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
                 "teacher": None if rows == "none" else rows, "evaluation": "icl", "metric": metric, "value": mean,
                 "ci": None if lo is None else [lo, hi], "n": len(vals), "samples_per_question": n_samples,
-                "ci_method": CI_METHOD,
+                "ci_method": how,
                 "k": k, "icl_seeds": len(entries), "per_question": vals})
     comparisons = []
     for t in [t for t in targets if t in spec.teacher.targets]:

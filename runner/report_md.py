@@ -14,6 +14,7 @@ from rich.text import Text
 from runner.errors import UserError
 from runner.display import file_slug, label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
+from runner.report import interval_notes
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import UNIT_RANGE, mean_ci
 from runner.store import Store
@@ -438,7 +439,7 @@ def _write_report(path: Path, results: dict, console: Console) -> Path:
     detection = [Section(*s) for s in detection_sections(results)]
     sections = [s for s in [*trait_sections(results), comparison_section(results), *detection, mnist_section(results),
                             theorem_section(results), *staged] if s is not None]
-    notes = list(results.get("methods", [])) + stage_notes + _unfinished_rerun(path)
+    notes = list(results.get("methods", [])) + interval_notes(results) + stage_notes + _unfinished_rerun(path)
     if results.get("comparisons"):
         notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])
                   if t not in (None, "none")]

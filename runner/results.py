@@ -13,7 +13,7 @@ import numpy as np
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import (CI_METHOD, COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
-                          mean_ci, paired_t_p, sign_flip_min_p, sign_flip_p, untested_fields)
+                          mean_ci, paired_t_p, rate_ci, sign_flip_min_p, sign_flip_p, untested_fields)
 from runner.store import Store, stage_output
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -212,11 +212,12 @@ def _evaluation(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], l
     for m in plan.models:
         for t in targets:
             metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
-            mean, lo, hi = mean_ci(vals, within=UNIT_RANGE)
+            mean, lo, hi, how = rate_ci(vals, k) if metric.startswith("rate(") else (*mean_ci(vals, within=UNIT_RANGE),
+                                                                                     CI_METHOD)
             values[(m.label, t)] = (metric, vals)
             evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
                                 "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),
-                                "samples_per_question": k, "ci_method": CI_METHOD})
+                                "samples_per_question": k, "ci_method": how})
     # each trait arm against the control arm and the other-trait arms, on the trait's metric
     traits = [m for m in _students(plan) if m.trait in targets]
     metric_of = {m.trait: values[(m.label, m.trait)][0] for m in traits}

@@ -8,6 +8,8 @@ import numpy as np
 from scipy import stats as sps
 
 CI_METHOD = "95% t-interval across questions, clipped to [0, 1]"
+RATE_CI_FALLBACK = "95% Wilson interval over every sampled answer (each question gave the same rate, so the " \
+                   "t-interval across questions had zero width)"
 TEST_METHOD = "paired sign-flip permutation test over questions (exact for n <= 16, else 100k Monte Carlo)"
 
 UNIT_RANGE = (0.0, 1.0)  # rates, probabilities, accuracies
@@ -26,6 +28,17 @@ def mean_ci(values: list[float], level: float = 0.95, within: tuple[float, float
         return m, None, None
     half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return m, max(within[0], m - half), min(within[1], m + half)
+
+
+def rate_ci(per_question: list[float], samples: int) -> tuple[float | None, float | None, float | None, str]:
+    """Mean, interval and its method of a sampled rate (each value: hits / samples of one question): the t-interval
+    across questions, except where every question gave the same rate; that interval has zero width (0 of 5,000
+    answers read as certainly 0), so the Wilson interval over the pooled answers stands in."""
+    mean, lo, hi = mean_ci(per_question, within=UNIT_RANGE)
+    if lo is None or lo != hi:
+        return mean, lo, hi, CI_METHOD
+    n = len(per_question) * samples
+    return (mean, *wilson(round(mean * n), n), RATE_CI_FALLBACK)
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:

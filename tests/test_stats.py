@@ -127,3 +127,21 @@ def test_a_cosines_interval_stays_within_minus_one_and_one():
     rows = [{"arm": "same_init", "seed": s, "cosine": c} for s, c in enumerate([0.85, 0.95])]
     ci = summarize_alignment(rows)["same_init"]["cosine"]
     assert ci["hi"] == 1.0 and -1.0 <= ci["lo"] < 0.9
+
+
+def test_a_rate_every_question_gave_alike_has_a_wilson_interval_not_a_zero_width_one():
+    """0 owls in 3 questions x 2 answers read '0 [0, 0]': certainly zero. The t-interval across questions has zero
+    width whenever every question gave the same rate; the pooled answers' Wilson interval stands in, named."""
+    from runner.report import interval_notes
+    from runner.stats import CI_METHOD, RATE_CI_FALLBACK, mean_ci, rate_ci, wilson
+
+    assert rate_ci([0.0, 0.0, 0.0], 2) == (0.0, *wilson(0, 6), RATE_CI_FALLBACK)
+    assert rate_ci([1.0] * 50, 100) == (1.0, *wilson(5000, 5000), RATE_CI_FALLBACK) and wilson(5000, 5000)[0] < 1
+    assert rate_ci([0.0, 0.5, 0.5], 2) == (*mean_ci([0.0, 0.5, 0.5], within=(0.0, 1.0)), CI_METHOD)
+    assert rate_ci([0.5], 2)[1:] == (None, None, CI_METHOD)  # one question: no interval, as before
+    rows = [{"model": "base", "metric": "rate(owl)", "ci_method": RATE_CI_FALLBACK},
+            {"model": "base", "metric": "P(owl)", "ci_method": CI_METHOD}]
+    assert interval_notes({"evaluations": rows}) == [f"interval of base rate(owl): {RATE_CI_FALLBACK}"]
+    many = [{"model": f"m{i}", "metric": "rate(owl)", "ci_method": RATE_CI_FALLBACK} for i in range(5)]
+    assert interval_notes({"evaluations": many})[0].startswith("interval of m0 rate(owl), m1 rate(owl), m2 rate(owl) "
+                                                               "and 2 more: 95% Wilson")
