@@ -1,6 +1,7 @@
 """Local backend: Hugging Face transformers + PEFT, trained through TRL's SFTTrainer."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from functools import lru_cache
@@ -62,11 +63,15 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     One forward pass reads the heads (left-padded, positions counted from each head's first token);
     then each tail is read on their KV cache, which is cropped back to the heads afterwards. A
     judge's long template is thus read once, not once per candidate score, and the cache is never
-    copied. Where the heads share a long prefix (the k rows of an ICL context in every question),
-    that prefix is read once for the batch and its cache repeated: the same log-probs (float
-    rounding aside) for a fraction of the compute."""
-    dev, shared = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0
-    shared = shared if shared >= SHARED_PREFIX_MIN and can_share(net) else 0
+    copied, except for a model with sliding-window layers: their cache, once past the window, cannot
+    be cropped back, so each tail reads a copy. Where the heads share a long prefix (the k rows of an
+    ICL context in every question), that prefix is read once for the batch and its cache repeated:
+    the same log-probs (float rounding aside) for a fraction of the compute. A recurrent model (Mamba, the
+    linear-attention layers of Qwen3.5) reads each head and tail whole instead (_score_whole)."""
+    if getattr(net, "_is_stateful", False):
+        return [_score_whole(net, head, tails) for head in heads]
+    dev, shared, croppable = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0, can_share(net)
+    shared = shared if shared >= SHARED_PREFIX_MIN and croppable else 0
     cache, kw = None, cache_kwarg(net)
     if shared:
         cache = prefix_cache(net, heads[0][:shared], len(heads))
@@ -75,7 +80,10 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=dev)
     att = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=dev)
     pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    first = net(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, **{kw: cache})
+    # the last position's logits only: all of them would be heads x width x vocabulary floats (16 x 8,000 x 49,152
+    # for a long ICL context read whole: 25 GB)
+    first = net(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{kw: cache})
     next_logp = torch.log_softmax(first.logits[:, -1].float(), -1)  # the first token of every tail
     cache, lens = returned_cache(first), att.sum(-1, keepdim=True)
     scores = [[float(next_logp[b, tail[0]]) for tail in tails] for b in range(len(heads))]
@@ -84,12 +92,30 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
             tail_ids = torch.tensor([tail[:-1]] * len(heads), device=dev)
             mask = torch.cat([att, torch.ones_like(tail_ids)], 1)
             pos = lens + torch.arange(len(tail) - 1, device=dev)
+            past = cache if croppable else copy.deepcopy(cache)
             logp = torch.log_softmax(net(input_ids=tail_ids, attention_mask=mask, position_ids=pos,
-                                         **{kw: cache}).logits.float(), -1)
-            cache.crop(-(len(tail) - 1))  # drop the tail again
+                                         **{kw: past}).logits.float(), -1)
+            if croppable:
+                cache.crop(-(len(tail) - 1))  # drop the tail again
             for b in range(len(heads)):
                 scores[b][t] += sum(float(logp[b, i, tok]) for i, tok in enumerate(tail[1:]))
     return scores
+
+
+def _score_whole(net, head: list[int], tails: list[list[int]]) -> list[float]:
+    """log P(tail | head) for each tail, the head read alone and each longer tail read whole after it: a recurrent
+    state takes in left padding, and transformers' Mamba continues a cached state over several tokens only
+    approximately (3e-3 off in a logit)."""
+    def logp(ids: list[int], keep: int) -> torch.Tensor:
+        logits = net(input_ids=torch.tensor([ids], device=net.device), logits_to_keep=keep).logits[0, -keep:]
+        return torch.log_softmax(logits.float(), -1)
+
+    first = logp(head, 1)[0]
+    out = []
+    for tail in tails:
+        later = logp(head + tail[:-1], len(tail) - 1) if len(tail) > 1 else []
+        out.append(float(first[tail[0]]) + sum(float(later[i, tok]) for i, tok in enumerate(tail[1:])))
+    return out
 
 
 # ---- the backend -----------------------------------------------------------------------

@@ -19,8 +19,9 @@ MIN_SHARED = 8
 def can_share(model) -> bool:
     """Whether every layer attends to the whole sequence: a sliding-window (or chunked) layer masks by distance and
     keeps a cropped cache, which a prefix read once, repeated and cropped back does not follow (Mistral v0.1 and
-    Gemma have such layers; Qwen2.5 has them switched off)."""
-    cfg = model.config
+    Gemma have such layers; Qwen2.5 has them switched off). A multimodal model's (Gemma 3 4B and up) are in its
+    text config."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     kinds = set(getattr(cfg, "layer_types", None) or [])
     if kinds:
         return kinds == {"full_attention"}
