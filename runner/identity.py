@@ -65,9 +65,23 @@ TRAINER_FILES = {"training_args.bin", "trainer_state.json"}  # a Trainer's recor
 
 def folder_digest(folder: Path) -> str:
     """A digest over the model files of a folder (names and contents): the files at its top level, where
-    from_pretrained reads them (a checkpoint-N/ subfolder or a trainer's records leave the model what it is)."""
-    return _files_digest(folder, [p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILES
-                                  and p.name not in TRAINER_FILES], "model folder", "model files")
+    from_pretrained reads them (a checkpoint-N/ subfolder or a trainer's records leave the model what it is),
+    and those it reads below it (read_below)."""
+    top = [p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILES and p.name not in TRAINER_FILES]
+    return _files_digest(folder, sorted(set(top) | set(read_below(folder, top))), "model folder", "model files")
+
+
+def read_below(folder: Path, top: list[Path]) -> list[Path]:
+    """The files from_pretrained reads beyond the top level: the shards a *.index.json names (a weight_map may
+    name "weights/model-00001.safetensors"), and the tokenizer's additional_chat_templates/*.jinja."""
+    named: set[str] = set()
+    for index in (p for p in top if p.name.endswith(".index.json")):
+        try:
+            named |= {v for v in json.loads(index.read_text()).get("weight_map", {}).values() if isinstance(v, str)}
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            continue  # not an index transformers could read either
+    shards = [folder / name for name in named if (folder / name).is_file()]
+    return shards + [p for p in (folder / "additional_chat_templates").glob("*.jinja") if p.is_file()]
 
 
 def data_digest(folder: Path) -> str:
@@ -107,6 +121,9 @@ class Identities:
         from backends.embedded import EMBEDDED, resolve
 
         path = Path(resolve(ref))
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{ref}: a file, not a model folder (a hub id, a folder from save_pretrained, or an "
+                            "embedded name)")
         if ref in EMBEDDED or path.exists():
             if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
                 raise UserError(f"{ref}: a PEFT adapter folder (adapter_config.json, no config.json); transformers "
@@ -178,7 +195,7 @@ def hub_marker(repo_id: str, revision: str, provisional: bool) -> str:
     if revision == UNRESOLVED:
         return ""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
 
     texts: dict[str, str] = {}
     for name in FILES:
@@ -189,6 +206,10 @@ def hub_marker(repo_id: str, revision: str, provisional: bool) -> str:
                                                local_files_only=provisional)).read_text()
         except RemoteEntryNotFoundError:
             continue
+        except RevisionNotFoundError:  # its first line is only "404 Client Error. (Request ID: ...)"
+            raise UserError(f"model {repo_id}: the hub no longer has revision {revision}, its pin in "
+                            "hub_revisions.json; delete that entry to pin the hub's newest (its stages then run "
+                            "again)") from None
         except Exception as e:  # not cached and the hub out of reach, gated, ...
             if provisional or name != FILES[0]:
                 continue
