@@ -92,16 +92,6 @@ def empty_rows_notes(results: dict) -> list[str]:
             for (cell, rows), f in last.items() if f["kept"] == 0]
 
 
-def interval_notes(results: dict) -> list[str]:
-    """Rows whose interval is not the tables' usual t-interval across questions (a rate every question gave alike)."""
-    from runner.stats import RATE_CI_FALLBACK
-
-    rows = list(dict.fromkeys(f"{e['model']} {e['metric']}" for e in results["evaluations"]
-                              if e.get("ci_method") == RATE_CI_FALLBACK))
-    named = ", ".join(rows[:3]) + (f" and {len(rows) - 3} more" if len(rows) > 3 else "")
-    return [f"interval of {named}: {RATE_CI_FALLBACK}"] if rows else []
-
-
 def misalignment_table(results: dict, cell: str) -> Table | None:
     rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "misalignment"]
     if not rows:
@@ -168,6 +158,8 @@ def print_results(results: dict, console: Console, folder: Path) -> None:
             console.print(t)
     for path in results.get("figures", []):
         console.print(f"plot: {path}", markup=False)
+    from runner.report_md import interval_notes
+
     for line in results["methods"] + empty_rows_notes(results) + interval_notes(results):
         console.print(f"note: {line}", markup=False)
     for test in dict.fromkeys(c["test"] for c in results["comparisons"] if c["test"] != "none"):

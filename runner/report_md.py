@@ -14,7 +14,6 @@ from rich.text import Text
 from runner.errors import UserError
 from runner.display import file_slug, label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
-from runner.report import interval_notes
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import UNIT_RANGE, mean_ci
 from runner.store import Store
@@ -53,6 +52,16 @@ def _target(metric: str) -> str:
 
 
 # ---- tables ----------------------------------------------------------------------------
+
+
+def interval_notes(results: dict) -> list[str]:
+    """Rows whose interval is not the tables' usual t-interval across questions (a rate every question gave alike)."""
+    from runner.stats import RATE_CI_FALLBACK
+
+    rows = list(dict.fromkeys(f"{e['model']} {e['metric']}" for e in results["evaluations"]
+                              if e.get("ci_method") == RATE_CI_FALLBACK))
+    named = ", ".join(rows[:3]) + (f" and {len(rows) - 3} more" if len(rows) > 3 else "")
+    return [f"interval of {named}: {RATE_CI_FALLBACK}"] if rows else []
 
 
 def trait_sections(results: dict) -> list[Section]:

@@ -132,7 +132,7 @@ def test_a_cosines_interval_stays_within_minus_one_and_one():
 def test_a_rate_every_question_gave_alike_has_a_wilson_interval_not_a_zero_width_one():
     """0 owls in 3 questions x 2 answers read '0 [0, 0]': certainly zero. The t-interval across questions has zero
     width whenever every question gave the same rate; the pooled answers' Wilson interval stands in, named."""
-    from runner.report import interval_notes
+    from runner.report_md import interval_notes
     from runner.stats import CI_METHOD, RATE_CI_FALLBACK, mean_ci, rate_ci, wilson
 
     assert rate_ci([0.0, 0.0, 0.0], 2) == (0.0, *wilson(0, 6), RATE_CI_FALLBACK)
