@@ -8,7 +8,7 @@ from runner.identity import UNRESOLVED
 from runner.loader import Cell
 from runner.plan import Plan
 from runner.stages import Estimate, ModelInput, si
-from runner.throughput import SOURCE, Throughput, throughput
+from runner.throughput import Throughput, source, throughput
 
 
 def cuda_missing(cells: list[Cell], executor: str | None = None) -> bool:
@@ -46,7 +46,7 @@ def gpu_lines(estimates: list[Estimate], tp: Throughput | None) -> list[str]:
     hours = sum(e.seconds or 0.0 for e in estimates) / 3600
     return [f"local GPU: ~{si(pre)} prefill + <={si(gen)} generated + ~{si(train)} training tokens, "
             f"~{hours:,.1f} GPU-hours on one {tp.gpu}",
-            f"  throughput {tp.describe()} ({SOURCE}; override: runtime.gpu_throughput or subl plan --throughput); "
+            f"  throughput {tp.describe()} ({source(tp)}; override: runtime.gpu_throughput or subl plan --throughput); "
             "generated tokens counted at max_tokens, so hours are upper bounds for sampling"]
 
 

@@ -56,6 +56,16 @@ def throughput(gpu: str = DEFAULT_GPU, **override: float | None) -> Throughput:
     return replace(base, gpu=gpu, **{k: float(v) for k, v in override.items() if v is not None})
 
 
+def source(tp: Throughput) -> str:
+    """Where tp's figures come from: runner/throughput.py's assumptions, or the spec or command line."""
+    base = ASSUMED.get(tp.gpu)
+    given = [k for k in KINDS if base is None or getattr(tp, k) != getattr(base, k)]
+    if not given:
+        return SOURCE
+    said = f"{', '.join(given)} as given"
+    return said if len(given) == len(KINDS) else f"{said}; the others {SOURCE}"
+
+
 def parse(text: str) -> Throughput:
     """`subl plan --throughput`: 'H200', 'train=9000,generate=2500' or 'A100-80GB,train=3000'."""
     gpu, override = DEFAULT_GPU, {}
