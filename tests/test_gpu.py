@@ -208,3 +208,24 @@ def test_scoring_and_soft_labels_read_float32_weights_where_the_device_would_loa
     assert loaded[-1] == torch.bfloat16  # sampling: the device's own dtype (a second model, not the scoring one)
     train.teacher_soft_labels(ref, [{"prompt": "1, 2", "completion": "3, 4"}], None, "auto")
     assert loaded[-1] == torch.float32
+
+
+def test_a_local_stage_counts_tokens_as_an_open_model_may(spec, tmp_path):
+    """Local stages were counted as OpenAI's o200k counts (three digits a token, no default system prompt), so the
+    Qwen spec's GPU-hours were ~25% low (11.8 for ~14.7): every digit is a token and a template's default system
+    prompt is bounded, as for Tinker; a local teacher's completion of max_tokens is not tripled for its student."""
+    from runner.prices import O200K, TINKER, counting_as
+    from runner.stages.costs import estimate_of
+
+    plan = build(load(spec), tmp_path / "out")
+    ctx = plan.context(throughput("my-gpu", train=1000, prefill=4000, generate=200))
+    gen = next(s for s in plan.stages.values() if s.KIND == "generate")
+    ft = next(s for s in plan.stages.values() if s.KIND == "finetune")
+    with counting_as(O200K):
+        o200k_gen = gen.estimate(ctx)[0].input_tokens
+    with counting_as(TINKER):
+        open_gen = gen.estimate(ctx)[0].input_tokens
+    assert open_gen > o200k_gen and estimate_of(gen, ctx)[0].input_tokens == open_gen
+    rows, epochs, max_tokens = 30, 3, 20
+    prompt_part = estimate_of(ft, ctx)[0].training_tokens - rows * epochs * max_tokens
+    assert 0 < prompt_part < rows * epochs * open_gen / 40  # completions at max_tokens each, not 3 x max_tokens

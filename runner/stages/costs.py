@@ -8,26 +8,29 @@ from runner.stages import Estimate, ModelInput, PlanContext, base_of
 
 
 def estimate_of(stage, ctx: PlanContext) -> list[Estimate]:
-    """stage.estimate(ctx), with a stage that calls a Tinker model counting tokens as its models may (every
-    digit a token, as Qwen's tokenizers split them, where o200k, which the estimates follow, groups three; a
-    template's default system prompt), so its bound holds."""
-    with counting_as(TINKER if _calls_tinker(stage, ctx) else O200K):
+    """stage.estimate(ctx), with a stage that calls a Tinker model, or only local models, counting tokens as open
+    models may (every digit a token, as Qwen's, Llama 2's, Mistral's and Gemma's tokenizers split them, where
+    o200k, which the estimates follow, groups three; a template's default system prompt), so its bound holds."""
+    with counting_as(TINKER if _open_models(stage, ctx) else O200K):
         return stage.estimate(ctx)
 
 
-def _calls_tinker(stage, ctx: PlanContext) -> bool:
+def _open_models(stage, ctx: PlanContext) -> bool:
+    """Whether the stage calls a Tinker model, or no model but local ones."""
     refs = [base_of(v, ctx.stages).ref for _, v in stage if isinstance(v, ModelInput)]
-    return any(_tinker(ctx.backends.get(backend_name(r))) for r in refs if backend_name(r) != "local")
+    hosted = [r for r in refs if backend_name(r) != "local"]
+    return any(_tinker(ctx.backends.get(backend_name(r))) for r in hosted) or (bool(refs) and not hosted)
 
 
 def written_tokens(ctx: PlanContext | None, writer: ModelInput, max_tokens: int) -> int:
     """A completion of at most max_tokens of `writer`'s tokens, in the tokens of the model now estimated: a writer
-    counted as o200k puts up to three digits in a token, which a reader that splits digits (Tinker's) reads as
-    three tokens."""
+    counted as o200k puts up to three digits in a token, which a reader that splits digits (Tinker's, a local
+    model's) reads as three tokens."""
     if ctx is None:
         return max_tokens
-    tinker = _tinker(ctx.backends.get(backend_name(base_of(writer, ctx.stages).ref)))
-    ratio = (TINKER if tinker else O200K).digits_per_token / current_counting().digits_per_token
+    ref = base_of(writer, ctx.stages).ref
+    open_model = backend_name(ref) == "local" or _tinker(ctx.backends.get(backend_name(ref)))
+    ratio = (TINKER if open_model else O200K).digits_per_token / current_counting().digits_per_token
     return round(max_tokens * max(1.0, ratio))
 
 
