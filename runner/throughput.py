@@ -68,9 +68,11 @@ def source(tp: Throughput) -> str:
 
 def parse(text: str) -> Throughput:
     """`subl plan --throughput`: 'H200', 'train=9000,generate=2500' or 'A100-80GB,train=3000'."""
-    gpu, override = DEFAULT_GPU, {}
+    gpu, override = None, {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
+            if gpu is not None:  # two GPUs: which one the rates are for is not said
+                raise UserError(f"--throughput {text}: names two GPUs ({gpu}, {part}); name one")
             gpu = part
             continue
         k, _, v = part.partition("=")
@@ -82,4 +84,4 @@ def parse(text: str) -> Throughput:
             raise UserError(f"--throughput {text}: {k.strip()}={v} is not a number of tokens/s") from None
         if not 0 < override[k.strip()] < float("inf"):
             raise UserError(f"--throughput {text}: {k.strip()} must be a positive, finite number of tokens/s")
-    return throughput(gpu, **override)
+    return throughput(gpu or DEFAULT_GPU, **override)

@@ -100,6 +100,8 @@ def test_throughput_figures_and_overrides():
     for bad in ("TPU", "train=fast", "speed=3", "train=-1"):
         with pytest.raises(UserError):
             parse(bad)
+    with pytest.raises(UserError, match="names two GPUs"):  # the last one won, without a word
+        parse("H200,A100-80GB,train=9000")
     assert parse("TPU,train=1,prefill=2,generate=3").gpu == "TPU"  # an unknown GPU with every figure given
 
 
