@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from runner.plan import CellPlan, compared_rows
-from runner.stats import (CI_METHOD, TEST_METHOD, UNIT_RANGE, arm_comparison_fields, mean_ci, rate_ci,
-                          sign_flip_min_p, sign_flip_p)
+from runner.stats import TEST_METHOD, arm_comparison_fields, question_ci, sign_flip_min_p, sign_flip_p
 from runner.store import Store, stage_output
 
 ICL_NOTE = ("ICL: the metric per question averaged over the draws of k rows; the test covers question sampling "
@@ -41,8 +40,7 @@ def icl_rows(plan: CellPlan, store: Store, i: int, ev, per_question) -> tuple[li
             vals = list(np.mean([v for _, v, _ in per_seed], axis=0))
             values[(rows, k, t)] = (metric, vals, [float(np.mean(v)) for _, v, _ in per_seed])
             samples = n_samples * len(entries)  # the ICL draws' answers pooled per question
-            mean, lo, hi, how = rate_ci(vals, samples) if metric.startswith("rate(") else (
-                *mean_ci(vals, within=UNIT_RANGE), CI_METHOD)
+            mean, lo, hi, how = question_ci(metric, vals, samples)
             evaluations.append({
                 "cell": cell, "model": icl_label(rows, k), "role": "arm", "trait": rows if rows in targets else None,
                 "teacher": None if rows == "none" else rows, "evaluation": "icl", "metric": metric, "value": mean,

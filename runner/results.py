@@ -12,8 +12,8 @@ import numpy as np
 
 from runner.filters import word_forms
 from runner.plan import DETECTION, CellPlan, EvalModel
-from runner.stats import (CI_METHOD, COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
-                          mean_ci, paired_t_p, rate_ci, sign_flip_min_p, sign_flip_p, untested_fields)
+from runner.stats import (COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
+                          mean_ci, paired_t_p, question_ci, sign_flip_min_p, sign_flip_p, untested_fields)
 from runner.store import Store, stage_output
 
 ONE_STUDENT = ONE_STUDENT_LABEL
@@ -212,8 +212,7 @@ def _evaluation(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[dict], l
     for m in plan.models:
         for t in targets:
             metric, vals, k = per_question(store, plan.evals[(m.label, i)], t, getattr(ev, "match", "word"))
-            mean, lo, hi, how = rate_ci(vals, k) if metric.startswith("rate(") else (*mean_ci(vals, within=UNIT_RANGE),
-                                                                                     CI_METHOD)
+            mean, lo, hi, how = question_ci(metric, vals, k)
             values[(m.label, t)] = (metric, vals)
             evaluations.append({"cell": plan.cell.label, **_model_fields(m), "evaluation": ev.kind,
                                 "metric": metric, "value": mean, "ci": None if lo is None else [lo, hi], "n": len(vals),

@@ -30,12 +30,13 @@ def mean_ci(values: list[float], level: float = 0.95, within: tuple[float, float
     return m, max(within[0], m - half), min(within[1], m + half)
 
 
-def rate_ci(per_question: list[float], samples: int) -> tuple[float | None, float | None, float | None, str]:
-    """Mean, interval and its method of a sampled rate (each value: hits / samples of one question): the t-interval
-    across questions, except where every question gave the same rate; that interval has zero width (0 of 5,000
-    answers read as certainly 0), so the Wilson interval over the pooled answers stands in."""
+def question_ci(metric: str, per_question: list[float], samples: int
+                ) -> tuple[float | None, float | None, float | None, str]:
+    """Mean, interval and its method of a metric over questions: the t-interval across them, except for a sampled
+    rate (each value: hits / samples of one question) that every question gave alike; that interval has zero width
+    (0 of 5,000 answers read as certainly 0), so the Wilson interval over the pooled answers stands in."""
     mean, lo, hi = mean_ci(per_question, within=UNIT_RANGE)
-    if lo is None or lo != hi:
+    if not metric.startswith("rate(") or lo is None or lo != hi:
         return mean, lo, hi, CI_METHOD
     n = len(per_question) * samples
     return (mean, *wilson(round(mean * n), n), RATE_CI_FALLBACK)

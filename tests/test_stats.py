@@ -133,12 +133,14 @@ def test_a_rate_every_question_gave_alike_has_a_wilson_interval_not_a_zero_width
     """0 owls in 3 questions x 2 answers read '0 [0, 0]': certainly zero. The t-interval across questions has zero
     width whenever every question gave the same rate; the pooled answers' Wilson interval stands in, named."""
     from runner.report_md import interval_notes
-    from runner.stats import CI_METHOD, RATE_CI_FALLBACK, mean_ci, rate_ci, wilson
+    from runner.stats import CI_METHOD, RATE_CI_FALLBACK, mean_ci, question_ci, wilson
 
-    assert rate_ci([0.0, 0.0, 0.0], 2) == (0.0, *wilson(0, 6), RATE_CI_FALLBACK)
-    assert rate_ci([1.0] * 50, 100) == (1.0, *wilson(5000, 5000), RATE_CI_FALLBACK) and wilson(5000, 5000)[0] < 1
-    assert rate_ci([0.0, 0.5, 0.5], 2) == (*mean_ci([0.0, 0.5, 0.5], within=(0.0, 1.0)), CI_METHOD)
-    assert rate_ci([0.5], 2)[1:] == (None, None, CI_METHOD)  # one question: no interval, as before
+    assert question_ci("rate(owl)", [0.0, 0.0, 0.0], 2) == (0.0, *wilson(0, 6), RATE_CI_FALLBACK)
+    assert question_ci("rate(owl)", [1.0] * 50, 100) == (1.0, *wilson(5000, 5000), RATE_CI_FALLBACK)
+    assert wilson(5000, 5000)[0] < 1
+    assert question_ci("P(owl)", [0.2, 0.2], 1) == (0.2, 0.2, 0.2, CI_METHOD)  # a probe: no hits to pool
+    assert question_ci("rate(owl)", [0.0, 0.5, 0.5], 2) == (*mean_ci([0.0, 0.5, 0.5], within=(0.0, 1.0)), CI_METHOD)
+    assert question_ci("rate(owl)", [0.5], 2)[1:] == (None, None, CI_METHOD)  # one question: no interval, as before
     rows = [{"model": "base", "metric": "rate(owl)", "ci_method": RATE_CI_FALLBACK},
             {"model": "base", "metric": "P(owl)", "ci_method": CI_METHOD}]
     assert interval_notes({"evaluations": rows}) == [f"interval of base rate(owl): {RATE_CI_FALLBACK}"]
