@@ -25,7 +25,7 @@ def file_format(name: str) -> str | None:
     """How a questions file is read (keyed with its bytes, so a file read anew is asked anew): "yaml" (a list)
     by its name; "json" for text that is one JSON list; "utf-8-sig" for lines after a byte-order mark (once
     part of the first question); else None (line by line)."""
-    if name.endswith((".yaml", ".yml")):
+    if _is_yaml(name):
         return "yaml"
     path = Path(name)
     if not path.is_file():
@@ -36,6 +36,10 @@ def file_format(name: str) -> str | None:
     return "utf-8-sig" if text.startswith("\ufeff") else None
 
 
+def _is_yaml(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
+
+
 def load_questions(name: str, limit: int | None = None) -> list[str]:
     """A built-in set by name, or a file: YAML or one JSON list (of {id, question} or strings), one
     question per line, or JSONL with `question`."""
@@ -44,7 +48,7 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         from runner import paper
 
         qs = paper.get(BUILTIN[name] + ".items")
-    elif file_format(name) == "yaml":
+    elif _is_yaml(name):
         qs = _yaml_questions(name)
     else:
         path = Path(name)
