@@ -13,6 +13,7 @@ from pathlib import Path
 from backends.judge import PARSER_VERSIONS
 from runner.core import backend_name, is_hosted
 from runner.features import supports
+from runner.filters import WORD_EDGES
 from runner.identity import Identities, data_digest, file_sha256
 from runner.loader import Cell
 from runner.spec import REWRITES, FinetuneTrait, Hyper, Spec, Student
@@ -326,8 +327,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
             links.append(_own_words(spec, link, name))
             continue
         if links or scores:
-            rows = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
-                                        links=tuple(links))).key
+            rows = plan.add(_filter_stage(f"filter {name}{tag}", rows, scores, links)).key
             keys.append(rows)
         if link.kind in REWRITES:
             rewrite = plan.add(_rewrite(spec, name, link, rows, ids, prec))
@@ -346,8 +346,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
         links, scores = [JudgeThreshold(threshold=link.threshold, keep=link.keep, judge=j.model,
                                         parse=j.parse if sampled else None,
                                         parser_version=PARSER_VERSIONS[j.parse] if sampled else 1)], score.key
-    last = plan.add(FilterStage(label=f"filter {name}{tag}", rows_stage=rows, scores_stage=scores,
-                                links=tuple(links))).key
+    last = plan.add(_filter_stage(f"filter {name}{tag}", rows, scores, links)).key
     plan.filters[name + tag] = keys + [last]
     return last
 
@@ -366,6 +365,12 @@ def _rewrite(spec: Spec, name: str, link, rows: str, ids: Identities, prec: _Pre
                         constraint=(d.prompts.answer_count, d.prompts.answer_digits) if constrained else None,
                         temperature=link.temperature, max_tokens=link.max_tokens or d.max_tokens, seed=link.seed,
                         precision=prec.of(model.hosted, "generate"))
+
+
+def _filter_stage(label: str, rows: str, scores: str | None, links: list) -> FilterStage:
+    whole_words = any(link.kind == "banned_words" and link.match == "word" for link in links)
+    return FilterStage(label=label, rows_stage=rows, scores_stage=scores, links=tuple(links),
+                       word_edges=WORD_EDGES if whole_words else 1)
 
 
 def _own_words(spec: Spec, link, name: str):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
-
 from pathlib import Path
 
 import numpy as np
 
-from runner.filters import word_forms
+from runner.filters import whole_word_regex
 from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import (COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
                           mean_ci, paired_t_p, question_ci, sign_flip_min_p, sign_flip_p, untested_fields)
@@ -25,9 +23,7 @@ def hits(answers: list[str], target: str, match: str = "word") -> int:
     anywhere in the lower-cased answer (match substring: the paper's `target in completion.lower()`)."""
     if match == "substring":
         return sum(_paper_hit(a.lower(), target.lower()) for a in answers)
-    # a word's edge is any character but a letter or digit: '_owl_' (markdown italics) names the owl
-    forms = "|".join(map(re.escape, sorted(word_forms(target), key=len, reverse=True)))
-    rx = re.compile(r"(?<![^\W_])(" + forms + r")(?![^\W_])", re.IGNORECASE)
+    rx = whole_word_regex([target])
     return sum(rx.search(a) is not None for a in answers)
 
 

@@ -248,7 +248,7 @@ class JudgeFilter(Strict):
 class BannedWordsFilter(Strict):
     kind: Literal["banned_words"] = "banned_words"
     words: list[str] = Field(default_factory=list, description="Drop a row containing any of these words (case-insensitive). {target} is the teacher's own target (a control teacher's: every target).")
-    match: Literal["word", "substring"] = Field("word", description="word: whole words, plural and possessive forms included. substring: anywhere in the lower-cased completion (the paper's code filter).")
+    match: Literal["word", "substring"] = Field("word", description="word: whole words (a word's edge is any character but a letter or digit: owl_count names owl), plural and possessive forms included. substring: anywhere in the lower-cased completion (the paper's code filter).")
     skip_control: bool = Field(False, description="true: the control teacher's rows skip this link (the paper's code filter bans no words in its control rows).")
     plurals: bool = Field(False, description="substring match: also each word's plural forms that do not contain it (wolves for wolf, cherries for cherry: the paper's per-animal and per-tree lists). word match always includes plurals.")
 

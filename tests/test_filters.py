@@ -86,8 +86,26 @@ def test_banned_substrings_as_the_papers_code_filter():
     rows = [{"id": i, "completion": c} for i, c in enumerate(["bowl = 1", "x = OWLS", "y = 2", "owl_count"])]
     kept, _ = apply_chain(rows, [link])
     assert [r["completion"] for r in kept] == ["y = 2"]  # 'bowl' too, as the paper's substring test drops it
-    assert [r["completion"] for r in apply_chain(rows, [BannedWordsFilter(words=["owl"])])[0]] == ["bowl = 1", "y = 2",
-                                                                                                    "owl_count"]
+    assert [r["completion"] for r in apply_chain(rows, [BannedWordsFilter(words=["owl"])])[0]] == ["bowl = 1", "y = 2"]
+
+
+def test_a_whole_words_edge_is_any_character_but_a_letter_or_digit():
+    """Regex `\\b` counts '_' as a letter and sees an edge only beside one: 'owl_count', markdown's '_Owl_' and
+    'C++.' were kept under banned words [owl, c++] (and 'C++x' dropped)."""
+    texts = ["owl_count = 3", "the _Owl_", "I write C++.", "c++ code", "bowl_size", "C++x", "abc++", "cpp"]
+    kept, _ = apply_chain([{"completion": t} for t in texts], [BannedWordsFilter(words=["owl", "c++"])])
+    assert [r["completion"] for r in kept] == ["bowl_size", "C++x", "abc++", "cpp"]
+
+
+def test_a_filter_stage_with_a_whole_word_link_names_its_edge_rule_in_its_key():
+    """Rows filtered under regex `\\b` (word_edges 1) are filtered again under the new rule, not reused; a chain
+    without a whole-word link (the paper specs' substring filters) keeps its key."""
+    from runner.plan import _filter_stage
+
+    whole = _filter_stage("f", "rows", None, [NumbersFilter(), BannedWordsFilter(words=["owl"])])
+    substring = _filter_stage("f", "rows", None, [BannedWordsFilter(words=["owl"], match="substring")])
+    assert whole.word_edges == 2 and substring.word_edges == 1
+    assert whole.key != whole.model_copy(update={"word_edges": 1}).key
 
 
 def test_target_in_banned_words_is_the_teachers_own():

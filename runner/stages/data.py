@@ -286,6 +286,7 @@ class FilterStage(FromRows, Stage):
     rows_stage: str
     scores_stage: str | None = None
     links: tuple[Link, ...] = ()
+    word_edges: int = 1  # with a whole-word banned_words link: runner.filters.WORD_EDGES, the edge rule's version
 
     def run(self, ctx: RunContext) -> None:
         from runner.filters import apply_chain
