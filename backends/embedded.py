@@ -41,6 +41,7 @@ def materialize(name: str) -> Path:
     out = cache_dir() / name
     if (out / "config.json").is_file():
         return out
+    _remove_killed_conversions(out)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +67,25 @@ def materialize(name: str) -> Path:
     finally:  # an interrupted or lost conversion leaves no half-written copy (about 540 MB) behind
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _remove_killed_conversions(out: Path) -> None:
+    """The temporary copies (about 540 MB each) that conversions on this host left when killed outright
+    (SIGKILL, out of memory: no `finally` runs). A live process's copy stays; other hosts' pids are not ours to read."""
+    for tmp in out.parent.glob(f"{out.name}.tmp-{socket.gethostname()}-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def resolve(ref: str) -> str:

