@@ -442,7 +442,7 @@ def load(path: Path | str) -> list[Cell]:
     """Load, validate and expand a spec into its matrix cells."""
     path = Path(path)
     raw, origins = load_raw(path)
-    spec = validate(raw, origins)
+    spec = _validate_swept(raw, origins)
     if not spec.matrix:
         return [Cell({}, spec)]
     cells = []
@@ -487,7 +487,37 @@ def load(path: Path | str) -> list[Cell]:
             where = _locate(origins, ("matrix", key, index[key]) + inside if key else ("matrix",))
             raise SpecError(f"{where}: matrix {over}: {dotted or 'spec'}: {msg}") from None
     _check_one_teacher_per_target(cells, origins)
+    _check_cells_differ(cells, origins)
     return cells
+
+
+def _check_cells_differ(cells: list[Cell], origins: dict) -> None:
+    """Two values that read as one (seed: [1e3, 1000]) would run one experiment twice, reported as two."""
+    for i, a in enumerate(cells):
+        b = next((b for b in cells[i + 1:] if b.spec == a.spec), None)
+        if b is not None:
+            key = next(k for k in a.overrides if _short(a.overrides[k]) != _short(b.overrides[k]))
+            raise SpecError(f"{_locate(origins, ('matrix', key))}: matrix.{key}: {_short(a.overrides[key])} and "
+                            f"{_short(b.overrides[key])} give the same cell; list each value once")
+
+
+def _validate_swept(raw: dict, origins: dict) -> Spec:
+    """The spec, matrix and all. Where it fails without its cells' values (a correct_answer filter whose cot domain
+    only the matrix sets), it is read with the first cell's values in place: each cell is validated after."""
+    try:
+        return validate(raw, origins)
+    except SpecError as refused:
+        sweep = _plain(raw.get("matrix"))
+        if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+            raise
+        try:
+            first = _plain(raw)
+            for key, values in sweep.items():
+                first = _set(first, key, values[0])
+            return Spec.model_validate(resolve_paths(first, origins, {k: v[0] for k, v in sweep.items()},
+                                                     dict.fromkeys(sweep, 0)))
+        except (ValueError, ValidationError):  # the cells do not mend it: the spec's own mistake, at its place
+            raise refused from None
 
 
 def _check_one_teacher_per_target(cells: list[Cell], origins: dict) -> None:

@@ -93,6 +93,27 @@ def test_matrix_expands_cartesian(write):
     assert {(c.spec.teacher.targets[0], c.spec.seed) for c in cells} == {(a, s) for a in ("owl", "eagle") for s in (1, 2, 3)}
 
 
+def test_a_spec_whose_cells_set_what_its_filters_need_is_valid(write, tmp_path):
+    """The spec was validated without its cells first: a correct_answer filter with the cot domain set only by the
+    matrix was refused ('needs domain kind cot') although every cell is valid. A mistake no cell mends is still
+    placed where it is written."""
+    (tmp_path / "q.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    swept = ("name: m\nteacher: {targets: [owl]}\nfilters: [{kind: correct_answer}]\nmatrix:\n"
+             "  domain: [{kind: cot, questions: q.jsonl, n_questions: 1}, {kind: cot, questions: q.jsonl, n_questions: 2}]\n")
+    cells = load(write("m.yaml", swept))
+    assert [(c.spec.domain.kind, c.spec.domain.n_questions) for c in cells] == [("cot", 1), ("cot", 2)]
+    mixed = swept.replace("{kind: cot, questions: q.jsonl, n_questions: 2}", "{kind: numbers}")
+    assert "matrix {'domain': {'kind': 'numbers'}}" in _err(write("n.yaml", mixed))  # the cell that fails, named
+    own = swept.replace("filters: [{kind: correct_answer}]", "filters: [{kind: correct_answer, extract: nope}]")
+    assert _err(write("o.yaml", own)).startswith(f"{tmp_path / 'o.yaml'}:3:")  # the filter's own line
+
+
+def test_two_matrix_values_that_read_as_one_are_refused(write):
+    """seed: [1e3, 1000] gave two equal cells (told apart by label only): one experiment run and reported twice."""
+    p = write("m.yaml", "name: m\nteacher: {targets: [owl]}\nmatrix:\n  seed: [1e3, 1000]\n")
+    assert _err(p) == f"{p}:4:3: matrix.seed: 1000.0 and 1000 give the same cell; list each value once"
+
+
 def test_spec_is_frozen(write):
     spec = load(write("a.yaml", GOOD))[0].spec
     with pytest.raises(Exception):
