@@ -333,7 +333,7 @@ def _chain(spec: Spec, plan: CellPlan, name: str, model: ModelInput, ids: Identi
             rewrite = plan.add(_rewrite(spec, name, link, rows, ids, prec))
             rows = rewrite.key
             keys.append(rows)
-            links, scores = [RewriteCheck(domain=spec.domain.kind, how=rewrite.how, checks=CHECKS,
+            links, scores = [RewriteCheck(domain=spec.domain.kind, how=rewrite.how, checks=CHECKS[rewrite.how],
                                           rewriter=rewrite.link_name())], None  # applied by the next filter stage
             continue
         j = link.judge

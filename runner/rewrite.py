@@ -64,14 +64,18 @@ def _parses(code: str) -> bool:
         return False
 
 
-CHECKS = 2  # the checks' version, in the key of the filter stage that applies them. 2: CoT and code continuations
-# are checked as paraphrases are; a tagged CoT answer must stay tagged; a code fence may carry any label
+# The checks' version per rewrite, in the key of the filter stage that applies them. 2: CoT and code continuations
+# are checked as paraphrases are; a tagged CoT answer must stay tagged; a code fence may carry any label.
+# 3 (paraphrase alone, so no other rewrite's rows are filtered again): a paraphrase that is its original is dropped
+CHECKS = {"continue": 2, "reorder": 2, "paraphrase": 3}
 
 
 def drop_reason(domain: str, how: str, old: str, new: str) -> str | None:
     """Why a rewrite of `old` into `new` is dropped, or None to keep it."""
     if not new.strip():
         return "empty"
+    if how == "paraphrase" and new.split() == old.split():  # whitespace aside: the row as the teacher wrote it
+        return "unchanged"
     if domain == "numbers":
         if parse_numbers(new) is None:
             return "not a number list"

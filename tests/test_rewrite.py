@@ -52,6 +52,16 @@ def test_code_paraphrase_must_still_parse():
     assert drop_reason("code", "paraphrase", old, "```python\ndef g(y)\n    return y +\n```") == "code no longer parses"
 
 
+def test_a_paraphrase_that_is_its_original_is_dropped():
+    """An echo passed every check, so the defence kept the teacher's row as it was written (reorder already dropped
+    its echoes); a continuation that happens to match is the unrelated model's own text, and is kept."""
+    code = "```python\ndef f(x):\n    return x + 1\n```"
+    assert drop_reason("code", "paraphrase", code, code.replace("    ", "  ") + "\n") == "unchanged"
+    cot = "<think>2 + 3 = 5</think><answer>5</answer>"
+    assert drop_reason("cot", "paraphrase", cot, cot) == "unchanged"
+    assert drop_reason("cot", "continue", cot, cot) is None
+
+
 def test_rewrites_are_kept_whole_and_checked_after_with_counts_by_reason():
     texts = ["20, 0, 10", "1, 11, 99", "no numbers", "23, 3, 13"]
     rows = rewritten(NUMBERS, texts)
@@ -232,7 +242,7 @@ def test_cot_paraphrase_on_a_hosted_model_drops_rows_whose_answer_changes(tmp_pa
 
     rows = read_jsonl(store.path(stage.key) / "rows.jsonl")
     assert len(rows) == 3  # every paid rewrite is kept; the checks are a free link after
-    kept, (count,) = apply_chain(rows, [RewriteCheck(domain="cot", how="paraphrase", checks=CHECKS,
+    kept, (count,) = apply_chain(rows, [RewriteCheck(domain="cot", how="paraphrase", checks=CHECKS["paraphrase"],
                                                      rewriter=stage.link_name())])
     assert [r["id"] for r in kept] == [0] and kept[0]["gold"] == "0"
     assert (count.link, count.kept, count.dropped, count.detail) == \
@@ -291,7 +301,7 @@ def test_a_change_to_the_checks_reruns_no_rewrite(tmp_path, tiny_model, other_ti
         return {s.KIND + ":" + s.label: s.key for s in cell.stages}
 
     before = keys()
-    monkeypatch.setattr(runner.plan, "CHECKS", runner.rewrite.CHECKS + 1)
+    monkeypatch.setattr(runner.plan, "CHECKS", {how: v + 1 for how, v in runner.rewrite.CHECKS.items()})
     after = keys()
     changed = {k for k in before if before[k] != after[k]}
     assert before.keys() == after.keys()

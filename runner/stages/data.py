@@ -156,7 +156,7 @@ class RewriteCheck(Frozen):
     kind: Literal["rewrite_check"] = "rewrite_check"
     domain: Literal["numbers", "cot", "code"]
     how: Literal["continue", "reorder", "paraphrase"]
-    checks: int  # runner.rewrite.CHECKS: the checks' version
+    checks: int  # runner.rewrite.CHECKS[how]: the checks' version
     rewriter: str = ""  # the rewriting link, for tables
 
 
