@@ -25,7 +25,6 @@ CANDIDATES = ["0", "25", "50", "75", "100"]
 CHUNK = 16
 
 
-
 def score_pairs(backend, judge: ModelRef, mode: str, template: str, pairs: list[tuple[str, str]],
                 answer_prefix: str | None = None, max_tokens: int = 16, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, temperature: float = 0.0,
