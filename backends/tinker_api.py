@@ -108,10 +108,18 @@ def sdk():
         raise UserError(f"cannot import {name} ({e}); `pip install tinker` for the Tinker backend") from None
 
 
-def types():
-    import tinker.types
+def _tinker():
+    """The SDK (its errors and types); one line where it is not installed."""
+    try:
+        import tinker
+        import tinker.types
+    except ImportError as e:
+        raise UserError(f"cannot import tinker ({e}); `pip install tinker` for the Tinker backend") from None
+    return tinker
 
-    return tinker.types
+
+def types():
+    return _tinker().types
 
 
 # ---- errors ----------------------------------------------------------------------------
@@ -119,8 +127,7 @@ def types():
 
 def session_expired(exc: BaseException) -> bool:
     """The service no longer knows our session (404/410 naming the session)."""
-    import tinker
-
+    tinker = _tinker()
     return isinstance(exc, tinker.APIStatusError) and exc.status_code in (404, 410) and \
         "session" in api_message(exc).lower()
 
@@ -128,8 +135,7 @@ def session_expired(exc: BaseException) -> bool:
 def transient(exc: BaseException) -> bool:
     """Worth retrying: rate limits, 408/409, 5xx, connection errors, lost futures, expired sessions,
     and asynchronous requests that failed on the server's side."""
-    import tinker
-
+    tinker = _tinker()
     if isinstance(exc, (tinker.APIConnectionError, TimeoutError)):
         return True
     if isinstance(exc, tinker.APIStatusError):

@@ -25,7 +25,8 @@ class TinkerPrice:
     train: float  # USD per 1M trained tokens
 
 
-# Longest prefix wins ("Qwen/Qwen3-8B" prices "Qwen/Qwen3-8B-Base").
+# Longest prefix wins ("Qwen/Qwen3-8B" prices "Qwen/Qwen3-8B-Base"), short of a ':' (a `:peft:<context>` id is an
+# extended-context variant the service prices higher: unpriced unless named).
 TABLE: dict[str, TinkerPrice] = {
     "Qwen/Qwen3-4B-Instruct-2507": TinkerPrice(0.07, 0.22, 0.22),
     "Qwen/Qwen3-8B": TinkerPrice(0.13, 0.40, 0.40),
@@ -58,7 +59,7 @@ def price_for(model: str, overrides: dict[str, list[float]] | None = None) -> Ti
 
 
 def _longest_prefix(model: str, names) -> str | None:
-    return max((k for k in names if model.startswith(k)), key=len, default=None)
+    return max((k for k in names if model.startswith(k) and ":" not in model[len(k):]), key=len, default=None)
 
 
 @dataclass(frozen=True)

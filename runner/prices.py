@@ -105,13 +105,15 @@ class TokenCounting:
     """How the estimates count a model's tokens without its tokenizer."""
 
     digits_per_token: int = 3  # OpenAI's o200k (and Llama 3) group three digits; Qwen's tokenizers split each
-    default_system: int = 0  # tokens a chat template adds to a request without a system prompt
+    template_extra: int = 0  # tokens a chat template adds to a request beyond MESSAGE_OVERHEAD and REPLY_OVERHEAD
 
 
 O200K = TokenCounting()
-# Tinker's models: every digit a token, and Qwen2.5's default system prompt ("You are Qwen, created by Alibaba
-# Cloud. You are a helpful assistant.", about 25 tokens with its markers): an upper bound for the models it offers
-TINKER = TokenCounting(digits_per_token=1, default_system=32)
+# Tinker's models: every digit a token, and what their templates add to every request, a system prompt given or
+# not: Qwen2.5's default system prompt ("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+# about 25 tokens with its markers), Llama 3's date header (~22), Qwen3's empty thinking block, ChatML's 5 tokens
+# a message (not 3): an upper bound for the models it offers
+TINKER = TokenCounting(digits_per_token=1, template_extra=32)
 _COUNTING: ContextVar[TokenCounting] = ContextVar("token_counting", default=O200K)
 
 
@@ -152,10 +154,9 @@ def estimate_tokens(text: str) -> int:
 
 
 def chat_tokens(system: str | None, user: str) -> int:
-    """Estimated prompt tokens of one chat request (a template's default system prompt where it has none)."""
+    """Estimated prompt tokens of one chat request (with what the template adds: TokenCounting.template_extra)."""
     msgs = ([system] if system else []) + [user]
-    default = 0 if system else _COUNTING.get().default_system
-    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD + default
+    return sum(estimate_tokens(m) + MESSAGE_OVERHEAD for m in msgs) + REPLY_OVERHEAD + _COUNTING.get().template_extra
 
 
 def inference_cost(price: Price | None, fine_tuned: bool, tokens_in: int, tokens_out: int, batch: bool) -> float | None:
