@@ -289,8 +289,8 @@ class RequestCache:
         if path and path.exists():
             raw = path.read_bytes()
             whole = raw[: raw.rfind(b"\n") + 1]
-            if len(whole) != len(raw):  # a torn last line from a kill: drop it
-                path.write_bytes(whole)
+            if len(whole) != len(raw):  # a torn last line from a kill: cut off in place (a rewrite that a kill
+                os.truncate(path, len(whole))  # cut short would lose every answer paid for)
             self.data = records_by_key(whole)
 
     def get(self, key: str) -> dict | None:
@@ -532,8 +532,13 @@ class OpenAIBackend:
                 import openai
 
                 timeout = openai.Timeout(self.retry.timeout, connect=min(self.retry.connect, self.retry.timeout))
-                self._client = openai.OpenAI(api_key=self._key(), base_url=self.cfg.base_url, max_retries=0,
-                                             timeout=timeout)
+                key = self._key()
+                try:
+                    self._client = openai.OpenAI(api_key=key, base_url=self.cfg.base_url, max_retries=0,
+                                                 timeout=timeout)
+                except Exception as e:  # a malformed base_url (httpx's InvalidURL: a bad port, an unclosed bracket)
+                    raise UserError(redact(_one_line(f"backend '{self.name}': cannot use base_url {self.endpoint} "
+                                                     f"({type(e).__name__}: {e})"))) from None
             return self._client
 
     def call(self, what: str, fn: Callable, *args, abort: threading.Event | None = None, **kw):
@@ -909,7 +914,9 @@ class OpenAIBackend:
         while parts:
             part = parts.pop(0)
             try:
-                self._log_failed(self._batch_part(part, cache))
+                # a run of this stage into another outputs folder sending this part now: in turn, then it adopts
+                with one_at_a_time(_digest([stage_tag(), sorted(k for k, _ in part)], 16)):
+                    self._log_failed(self._batch_part(part, cache))
             except EnqueuedTokenLimit as e:
                 if e.limit and sum(map(input_tokens, (b for _, b in part))) <= 0.9 * e.limit \
                         and self._other_batch_done():

@@ -100,14 +100,15 @@ def grace_seconds() -> float:
 
 
 def never_reached(exc: BaseException) -> bool:
-    """The request never got to the server: the connection was refused or not made in time."""
+    """The request never got to the server: the connection was refused or not made in time, or base_url names
+    no protocol httpx speaks (`localhost:8000/v1`: a configuration error, not worth retrying)."""
     try:
         import httpx2 as httpx  # what newer openai SDKs are built on
     except ImportError:
         import httpx
 
     cause = exc.__cause__ or exc.__context__
-    return isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout))
+    return isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
 
 
 def ambiguous(exc: BaseException) -> bool:
