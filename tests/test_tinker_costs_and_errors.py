@@ -45,3 +45,38 @@ def test_a_tinker_request_with_a_system_prompt_counts_what_the_template_adds(tin
         actual = sum(len(chat_ids(tok, system, q)) for q in questions)
         with counting_as(TINKER):
             assert sum(chat_tokens(system, q) for q in questions) >= actual, system
+
+
+def test_a_tinker_distill_students_own_forward_pass_is_priced_as_training(tmp_path):
+    """The custom loss's forward pass of the student was priced at the prefill rate ($0.13/M on Qwen3-8B); the
+    service bills a training client's passes as training ($0.40/M), so the stage's bound fell ~29% short."""
+    from backends.tinker_prices import price_for
+    from runner.loader import load
+    from runner.plan import build
+    from runner.stages.training import FinetuneStage
+    from tests.test_tinker import QUICKSTART
+
+    spec = tmp_path / "tk.yaml"
+    spec.write_text(QUICKSTART)
+    plan = build(load(spec), tmp_path / "out")
+    ctx = plan.context()
+    distill = next(st for st in plan.stages.values() if isinstance(st, FinetuneStage) and st.teacher)
+    forward = next(e for e in distill.estimate(ctx) if "custom loss" in e.note)
+    assert forward.training_tokens > 0 and forward.input_tokens == 0
+    assert forward.cost == pytest.approx(forward.training_tokens * price_for("Qwen/Qwen3-8B").train / 1e6)
+
+
+def test_a_tinker_log_prob_read_is_priced_with_the_token_it_samples(tmp_path):
+    """compute_logprobs samples one token a request, billed at the sampling rate; the probe, log-prob judge, ICL,
+    classifier and MCQ estimates counted no output on Tinker (a bound below the charge, by $0.40 per 1M reads)."""
+    from runner.loader import load
+    from runner.plan import build
+    from runner.stages.evaluation import ProbeStage
+    from tests.test_tinker import QUICKSTART
+
+    spec = tmp_path / "tk.yaml"
+    spec.write_text(QUICKSTART)
+    plan = build(load(spec), tmp_path / "out")
+    probe = next(st for st in plan.stages.values() if isinstance(st, ProbeStage))
+    (est,) = [e for e in probe.estimate(plan.context()) if e.requests]
+    assert est.output_tokens == est.requests > 0

@@ -82,9 +82,9 @@ def _on_tinker(name: str, model_id: str, cfg, requests: int, note: str, **tokens
 
 def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, tokens_in: int, tokens_out: int,
                  batch: bool = False) -> Estimate:
-    if _tinker(cfg):
+    if _tinker(cfg):  # a log-prob read samples one token too (the SDK's compute_logprobs), billed as sampled
         return _on_tinker(name, model_id, cfg, requests, "fine-tuned weights" if tuned else "", prefill=tokens_in,
-                          sampled=tokens_out)
+                          sampled=max(tokens_out, requests))
     price = price_for(model_id, _prices(cfg))
     # a fine-tuned model the spec names by id: fine-tuned prices, unless the spec prices that very id
     named_ft = model_id.startswith("ft:") and model_id not in (_prices(cfg) or {})

@@ -117,8 +117,8 @@ class GenerateStage(Stage):
 
 def _batched(n: int, batch_size: int) -> int:
     """Of n rows generated a chunk of batch_size at a time, those the Batch API (half price) takes: the chunks
-    of at least BATCH_MIN_REQUESTS requests (the rest go direct). A batch line that fails is re-sent direct at
-    full price, which this bound does not foresee."""
+    of at least BATCH_MIN_REQUESTS requests (the rest go direct). A batch line that fails is sent again in a
+    new batch, never directly at full price unless the spec says so (batch_api: false)."""
     from runner.prices import BATCH_MIN_REQUESTS
 
     if batch_size < BATCH_MIN_REQUESTS:

@@ -188,11 +188,12 @@ class FinetuneStage(Stage):
     def _hosted_distill(self, ctx: PlanContext, student: tuple, n: int, per_row: float, tokens: int) -> list[Estimate]:
         """A hosted distill (Tinker) also reads the teacher's top-k at every row (one sampled token each), once
         for all the students that share them (topk_reader), and its custom loss runs a forward pass of the
-        student before each forward_backward."""
+        student before each forward_backward, billed as training (the service's billing names no other event for a
+        training client's forward pass; the prefill rate, lower, was no bound)."""
         teacher = hosted_info(ctx, self.teacher) if self.teacher else None
         if not teacher:
             return []
-        forward = chat_request(*student, 0, tokens, 0)
+        forward = training(student, tokens, "")
         reader = self.topk_reader(ctx)
         shared = "" if reader.key == self.key else f"teacher top-k reads counted under {reader.label or reader.key}"
         forward.note = ", ".join(x for x in (forward.note, "custom loss: a forward pass per step", shared) if x)
