@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runner.core import enter_stage, leave_stage
+from runner.errors import UserError
 
 PACKAGES = ("subl", "torch", "transformers", "peft", "trl", "accelerate", "pydantic", "openai", "numpy")
 
@@ -47,8 +48,6 @@ def package_versions() -> dict[str, str]:
 
 class Store:
     def __init__(self, root: Path | str = "outputs"):
-        from runner.errors import UserError
-
         self.root = Path(root).resolve()
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--outputs {root}: a file, not a folder")
@@ -56,8 +55,6 @@ class Store:
 
     def make_folders(self, run_name: str) -> None:
         """Create the stages folder and a run's folder, so an unusable --outputs stops the run before any work."""
-        from runner.errors import UserError
-
         for folder in (self.stages, self.root / run_name):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +77,9 @@ class Store:
             return False
 
     def manifest(self, key: str) -> dict:
-        return json.loads((self.path(key) / "manifest.json").read_text())
+        """A built stage's manifest (check done() first); a key it lacks is one line naming it."""
+        path = self.path(key) / "manifest.json"
+        return json.loads(path.read_text(), object_hook=lambda obj: StageOutput(obj, path))
 
     def lock_path(self, key: str) -> Path:
         return self.stages / f".{key}.lock"
@@ -89,14 +88,23 @@ class Store:
     def claim(self, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
         """Hold the stage's lock; yield whether it still needs building (another run may have
         finished it meanwhile). The lock is an flock on a file, so a dead holder releases it."""
-        self.stages.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path(key), "a") as fd:
+        path = self.lock_path(key)
+        try:
+            self.stages.mkdir(parents=True, exist_ok=True)
+            fd = open(path, "a")
+        except OSError as e:  # a read-only outputs folder (a Ray node's mount, say)
+            raise UserError(f"{path}: cannot create this stage's lock file ({_why(e)})") from None
+        with fd:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait(f"waiting for another run that is building {key}")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait:
+                        on_wait(f"waiting for another run that is building {key}")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:  # ENOLCK: a network filesystem without its lock service
+                raise UserError(f"{path}: cannot lock it ({_why(e)}); --outputs must be on a filesystem with file "
+                                "locks, which keep two runs from building one stage at once") from None
             try:
                 yield not self.done(key)
             finally:
@@ -160,37 +168,69 @@ class Build:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class StageFileError(UserError, ValueError):
+    """A stage's file that is missing or not what subl wrote (a hand edit, a damaged disk): one line naming it and
+    how to build the stage again; a ValueError too, so a reader that tolerates damage (subl status) goes on."""
+
+
+def _damaged(where: Path | str, problem: str, path: Path) -> StageFileError:
+    return StageFileError(f"{where}: {problem}; delete {Path(path).parent} to build that stage again")
+
+
+def _why(e: BaseException) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """A stage's rows (a torn last line, killed mid-write, is ignored); a missing file, a line that is not a JSON
+    object, or a row without a key a reader asks for, is one line naming it."""
+    try:
+        with open(path) as f:
+            lines = list(f)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise _damaged(path, f"a stage's rows, cannot read them ({_why(e)})", path) from None
     rows = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):  # a torn last line (killed mid-write) is ignored
-                rows.append(json.loads(line))
+    for n, line in enumerate(lines, 1):
+        if not line.endswith("\n"):
+            continue
+        try:
+            row = json.loads(line, object_hook=lambda obj: StageOutput(obj, path))
+        except (ValueError, RecursionError) as e:
+            row, problem = None, f"a stage's row, not JSON ({_why(e)})"
+        else:
+            problem = None if isinstance(row, dict) else f"a stage's row, not a JSON object ({type(row).__name__})"
+        if problem:
+            raise _damaged(f"{path}:{n}", problem, path) from None
+        rows.append(row)
     return rows
 
 
-def stage_output(path: Path) -> dict:
-    """A finished stage's JSON output: a missing, torn or hand-damaged file is one line naming it and how to
-    rebuild the stage (its manifest is whole, so the stage counts as done and every rerun would read it again)."""
-    from runner.errors import UserError
+class StageOutput(dict):
+    """A finished stage's JSON object (and each object in it): a key it lacks is one line naming the file."""
 
+    def __init__(self, value: dict, path: Path):
+        super().__init__(value)
+        self.path = path
+
+    def __missing__(self, key):
+        raise _damaged(self.path, f"a finished stage's output, has no {key!r}", self.path)
+
+
+def stage_output(path: Path) -> dict:
+    """A finished stage's JSON output: a missing, torn or hand-damaged file, or one without a key a reader asks
+    for, is one line naming it and how to rebuild the stage (its manifest is whole, so the stage counts as done
+    and every rerun would read it again)."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(), object_hook=lambda obj: StageOutput(obj, path))
     except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
-        value, problem = None, f"cannot read it ({why})"
-    else:
-        problem = None if isinstance(value, dict) else f"not a JSON object ({type(value).__name__})"
-    if problem:
-        raise UserError(f"{path}: a finished stage's output, {problem}; delete {path.parent} to build that stage "
-                        "again") from None
+        raise _damaged(path, f"a finished stage's output, cannot read it ({_why(e)})", path) from None
+    if not isinstance(value, dict):
+        raise _damaged(path, f"a finished stage's output, not a JSON object ({type(value).__name__})", path)
     return value
 
 
 def user_text(path: Path | str) -> str:
     """A user's text file; one that is not UTF-8 is a one-line UserError naming it."""
-    from runner.errors import UserError
-
     try:
         return Path(path).read_text()
     except UnicodeDecodeError as e:
@@ -206,8 +246,6 @@ def text_lines(text: str) -> list[str]:
 def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a user's JSONL file; a bad line is a
     one-line UserError naming file:line:col."""
-    from runner.errors import UserError
-
     for n, line in enumerate(text_lines(user_text(path)), 1):
         if line.strip():
             try:

@@ -182,12 +182,13 @@ class RunContext:
     def model(self, m: ModelInput):
         """The loadable ModelRef of a model input (a stage-made model is read from its model.json)."""
         from runner.core import ModelRef
+        from runner.store import stage_output
 
         if m.from_stage:
-            raw = json.loads((self.path(m.from_stage) / "model.json").read_text())
             folder = self.path(m.from_stage)
-            raw = {k: str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v for k, v in raw.items()}
-            stored = raw["base"].split(":", 1)
+            made = stage_output(folder / "model.json")  # a missing or damaged file: one line naming it
+            stored = made["base"].split(":", 1)
+            raw = {k: str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v for k, v in made.items()}
             if m.backend and m.backend != "local" and len(stored) == 2 and stored[0] != m.backend:
                 raw["base"] = f"{m.backend}:{stored[1]}"  # the backend was renamed in the spec since (same key)
             return ModelRef(**{**raw, "system": m.system})
