@@ -155,21 +155,27 @@ def scale_pixels(u8: torch.Tensor) -> torch.Tensor:
 
 def to_tensors(data: MnistData):
     """(x_train uint8 [N, 784] (scaled per batch, cheaper to gather), y_train, x_test float32, y_test)."""
-    def u8(a):
+    def u8(a, split: str):
         a = np.ascontiguousarray(a)
         if a.dtype != np.uint8 or math.prod(a.shape[1:]) != 784:
             raise MnistDataError(f"MNIST images must be uint8 28x28, got {a.dtype} {a.shape[1:]}")
+        if not len(a):  # an empty test split divided by zero; an empty train split trained nothing, silently
+            raise MnistDataError(f"MNIST x_{split} holds no images")
         return torch.from_numpy(a.reshape(len(a), 784))
 
     def y(a, n_images: int, split: str):
-        a = np.asarray(a, np.int64)
+        a = np.asarray(a)  # a float label 3.5 was read as class 3
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.isfinite(a).all() and (a == a.round()).all()):
+            raise MnistDataError(f"MNIST y_{split} must be whole-number class indices, got {a.dtype} values"
+                                 + (" that are not whole numbers" if a.dtype.kind == "f" else ""))
+        a = a.astype(np.int64)
         if a.ndim != 1 or len(a) != n_images:
             raise MnistDataError(f"MNIST y_{split} must be 1-D class indices, one per image of x_{split} "
                                  f"({n_images}), got shape {a.shape}")
         if len(a) and not 0 <= a.min() <= a.max() < N_CLASSES:
             raise MnistDataError(f"MNIST labels must be 0..9, got {a.min()}..{a.max()}")
         return torch.from_numpy(a)
-    x_train, x_test = u8(data.x_train), u8(data.x_test)
+    x_train, x_test = u8(data.x_train, "train"), u8(data.x_test, "test")
     return (x_train, y(data.y_train, len(x_train), "train"), scale_pixels(x_test),
             y(data.y_test, len(x_test), "test"))
 

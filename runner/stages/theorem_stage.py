@@ -14,6 +14,7 @@ from runner.theorem_lm_spec import TheoremLmSpec
 
 class TheoremMnistStage(Stage):
     KIND: ClassVar[str] = "theorem"
+    VERSION: ClassVar[int] = 2  # 2: pixels scaled as the MNIST stage scales them (x * (1/127.5) - 1, was x / 127.5 - 1)
     settings: TheoremSpec  # its `data` path is blanked: `data` keys the file's contents
     data: FileInput | None = None  # None: torchvision's MNIST, as for MnistStage
     seed: int
