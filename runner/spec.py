@@ -727,6 +727,16 @@ class Spec(Strict):
                              "(it supervises the prompt's positions)")
 
     @model_validator(mode="after")
+    def _own_settings(self) -> "Spec":
+        """A settings section of another experiment would be ignored (experiment: theorem_mnist with mnist: {m:
+        10} ran with the theorem's m)."""
+        for section, experiment in (("mnist", "mnist"), ("theorem", "theorem_mnist"), ("theorem_lm", "theorem_lm")):
+            if section in self.model_fields_set and self.experiment != experiment:
+                raise ValueError(f"{section}: settings of experiment {experiment}, which this spec (experiment: "
+                                 f"{self.experiment}) does not run; remove them, or set experiment: {experiment}")
+        return self
+
+    @model_validator(mode="after")
     def _theorem_lm(self) -> "Spec":
         if self.experiment == "theorem_lm" and self.backend_kind(self.teacher.base) != "local":
             raise ValueError("experiment: theorem_lm takes gradients of the teacher's base, which must be local")

@@ -56,3 +56,16 @@ def test_the_theorem_stages_pixel_scaling_is_pinned_to_its_version():
     x, _ = mnist_float(synth(20, 10))
     digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
     assert (digest, TheoremMnistStage.VERSION) == ("da39d63096c1ad40", 2)
+
+
+@pytest.mark.parametrize("experiment, section", [("theorem_mnist", "mnist: {m: 10}"), ("mnist", "theorem: {m: 10}"),
+                                                 ("llm", "theorem_lm: {seeds: 2}")])
+def test_a_settings_section_of_another_experiment_is_refused_at_its_line(write, experiment, section):
+    """experiment: theorem_mnist with mnist: {m: 10} planned and ran with the theorem's m = 3, without a word."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    path = write("s.yaml", f"name: s\nexperiment: {experiment}\n{section}\n")
+    with pytest.raises(SpecError, match=rf"s\.yaml:3:1: {section.split(':')[0]}: settings of experiment .* which this "
+                                        rf"spec \(experiment: {experiment}\) does not run"):
+        load(path)
