@@ -178,7 +178,7 @@ def filter_cmd(spec: Path, src: Path, dst: Path,
                cell: str = typer.Option(None, help="A matrix spec's cell whose chain to apply, by its label "
                                                   "as `subl plan` prints it (needed where the cells' chains differ).")) -> None:
     """Apply a spec's filter chain to a JSONL file of {prompt, completion} or {messages} rows."""
-    from runner.display import pass_rate_text
+    from runner.display import pct
     from runner.filters import apply_chain
 
     chain = _filter_chain(spec, cell)
@@ -205,7 +205,7 @@ def filter_cmd(spec: Path, src: Path, dst: Path,
     except OSError as e:
         raise UserError(f"{dst}: cannot write it ({e.strerror})") from None
     for c in counts:
-        out.print(f"{c.link:16s} kept {c.kept:7d}  dropped {c.dropped:7d}  pass {pass_rate_text(c.pass_rate):>6s}", markup=False)
+        out.print(f"{c.link:16s} kept {c.kept:7d}  dropped {c.dropped:7d}  pass {pct(c.pass_rate):>6s}", markup=False)
     out.print(f"{'total':16s} kept {len(kept):7d} of {len(rows)} -> {dst}", markup=False)
 
 

@@ -16,8 +16,8 @@ def usd(x: float) -> str:
 
 
 def num(v: float | None, spec: str = ".3g") -> str:
-    """v in `spec`; a significant-figures spec gets more figures where it would round v onto 1 (a rate of
-    0.9996 is not '1': every answer named the target)."""
+    """v in `spec`; a significant-figures spec gets more figures where it would round v onto 1 or -1 (a rate of
+    0.9996 is not '1': every answer named the target; a cosine of -0.99996 is not '-1')."""
     if v is None:
         return "-"
     m = re.fullmatch(r"\.(\d+)([g%])", spec)
@@ -25,7 +25,7 @@ def num(v: float | None, spec: str = ".3g") -> str:
         return format(v, spec)
     n = int(m.group(1))
     if m.group(2) == "g":
-        return _widened(lambda d: format(v, f".{d}g"), range(n, n + 7), lambda t: float(t) != 1.0 or v == 1.0)
+        return _widened(lambda d: format(v, f".{d}g"), range(n, n + 7), lambda t: abs(float(t)) != 1.0 or abs(v) == 1.0)
     # a share as a percentage, not rounded onto 0% or 100% (a misaligned rate of 0.04% is not '0.0%': none misaligned)
     return _widened(lambda d: f"{v:.{d}%}", range(n, n + 6),
                     lambda t: float(t[:-1]) not in (0.0, 100.0) or v in (0.0, 1.0))
@@ -63,10 +63,10 @@ def _off_one(x: float, decimals: int) -> str:
     return _widened(lambda d: f"{x:.{d}f}", range(decimals, decimals + 6), lambda t: float(t) != 1.0 or x == 1.0)
 
 
-def pass_rate_text(rate: float | None) -> str:
+def pct(share: float | None) -> str:
     """A share as a percentage with one decimal, more where that would round it onto 0% or 100% (one row
     dropped of 10,000 is 99.99%, not 100.0%)."""
-    return num(rate, ".1%")
+    return num(share, ".1%")
 
 
 def p_text(c: dict) -> str:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runner.display import label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
+from runner.display import label_of, metric_name, num, p_text, pct, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -69,7 +69,7 @@ def filter_table(results: dict, cell: str) -> Table | None:
     for col in ("rows of", "link", "kept", "dropped", "pass rate", "detail"):
         table.add_column(col, justify="right" if col in ("kept", "dropped", "pass rate") else "left")
     for f in rows:
-        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), pass_rate_text(f["pass_rate"]),
+        add_text_row(table, f["rows"], f["link"], str(f["kept"]), str(f["dropped"]), pct(f["pass_rate"]),
                      link_detail(f.get("detail")))
     return table
 
@@ -92,11 +92,20 @@ def empty_rows_notes(results: dict) -> list[str]:
             for (cell, rows), f in last.items() if f["kept"] == 0]
 
 
-def misalignment_table(results: dict, cell: str) -> Table | None:
-    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "misalignment"]
+def misalignment_tables(results: dict, cell: str) -> list[Table]:
+    """One table per misalignment evaluation of the spec (each a model's rows once)."""
+    labels = dict.fromkeys(label_of(e) for e in results["evaluations"]
+                           if e["cell"] == cell and e["evaluation"] == "misalignment")
+    return [misalignment_table(results, cell, label) for label in labels]
+
+
+def misalignment_table(results: dict, cell: str, label: str | None = None) -> Table | None:
+    rows = [e for e in results["evaluations"] if e["cell"] == cell and e["evaluation"] == "misalignment"
+            and label in (None, label_of(e))]
     if not rows:
         return None
-    table = Table(title="misalignment: answers and judge outcomes")
+    named = f" ({label})" if label not in (None, "misalignment") else ""
+    table = Table(title=Text(f"misalignment{named}: answers and judge outcomes"))
     for col in ("model", "misaligned [95% CI]", "mean alignment [95% CI]", "answers", "scored", "misaligned",
                 "incoherent", "code", "refusal", "unparseable (judge align/coh)"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -135,14 +144,14 @@ def mnist_table(results: dict) -> Table | None:
         table.add_column(col)
     for cell, arms in summaries.items():
         for arm, s in arms.items():
-            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
-            add_text_row(table, cell, arm, f"{s['mean']:.1%}", ci, " ".join(f"{v:.1%}" for v in s["values"]))
+            ci = f"[{pct(s['lo'])}, {pct(s['hi'])}]" if s.get("lo") is not None else "-"
+            add_text_row(table, cell, arm, pct(s["mean"]), ci, " ".join(map(pct, s["values"])))
     return table
 
 
 def print_results(results: dict, console: Console, folder: Path) -> None:
     for cell in [c["label"] for c in results["cells"]]:
-        for t in (filter_table(results, cell), evaluation_table(results, cell), misalignment_table(results, cell),
+        for t in (filter_table(results, cell), evaluation_table(results, cell), *misalignment_tables(results, cell),
                   comparison_table(results, cell)):
             if t is not None:
                 console.print(t)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.display import file_slug, label_of, metric_name, num, p_text, pass_rate_text, ratio_text, with_ci
+from runner.display import file_slug, label_of, metric_name, num, p_text, pct, ratio_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_figures, detection_sections
 from runner.stats import UNIT_RANGE, mean_ci
@@ -138,7 +138,7 @@ def stage_sections(results: dict, store: Store) -> tuple[list[Section], list[str
             for link in m.get("links", []):
                 total = link["kept"] + link["dropped"]
                 filters.append([cell_prefix(s) + m["label"], link["link"], str(link["kept"]), str(link["dropped"]),
-                                pass_rate_text(link["kept"] / total if total else None)])
+                                pct(link["kept"] / total if total else None)])
         if s["kind"] in ("generate", "filter", "rewrite", "finetune") and m.get("rows"):
             sizes.append([cell_prefix(s) + m["label"], ", ".join(f"{k} {v}" for k, v in m["rows"].items())])
         times.append([cell_prefix(s) + m["label"], s["key"], f"{m.get('seconds', 0):.1f}"])
@@ -169,8 +169,8 @@ def mnist_section(results: dict) -> Section | None:
     rows = []
     for cell, arms in mnist_summaries(results).items():
         for arm, s in arms.items():
-            ci = f"[{s['lo']:.1%}, {s['hi']:.1%}]" if s.get("lo") is not None else "-"
-            rows.append([cell, arm, f"{s['mean']:.1%}", ci, str(s["n"]), " ".join(f"{v:.1%}" for v in s["values"])])
+            ci = f"[{pct(s['lo'])}, {pct(s['hi'])}]" if s.get("lo") is not None else "-"
+            rows.append([cell, arm, pct(s["mean"]), ci, str(s["n"]), " ".join(map(pct, s["values"]))])
     headers = ["cell", "arm", "test accuracy", "95% CI (seeds)", "seeds", "per seed"]
     return Section("MNIST: test accuracy of the regular logits", headers, rows) if rows else None
 
@@ -361,7 +361,8 @@ def markdown(results: dict, sections: list[Section], facts: list[tuple[str, str]
     lines += [results["notes"].strip(), ""] if results.get("notes") else []
     lines += ["| | |", "|---|---|"] + [f"| {k} | {_md_cell(v)} |" for k, v in facts] + [""]
     for s in sections:
-        lines += [f"## {s.title}", "", "| " + " | ".join(s.headers) + " |", "|" + "---|" * len(s.headers)]
+        lines += [f"## {s.title}", "", "| " + " | ".join(map(_md_cell, s.headers)) + " |",
+                  "|" + "---|" * len(s.headers)]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows] + [""]
         lines += [s.legend, ""] if s.legend else []
     if figures:

@@ -12,7 +12,7 @@ from runner.filters import whole_word_regex
 from runner.plan import DETECTION, CellPlan, EvalModel
 from runner.stats import (COSINE_RANGE, ONE_STUDENT_LABEL, TEST_METHOD, UNIT_RANGE, arm_comparison_fields,
                           mean_ci, paired_t_p, question_ci, sign_flip_min_p, sign_flip_p, untested_fields)
-from runner.store import Store, stage_output
+from runner.store import Store, damaged, stage_output
 
 ONE_STUDENT = ONE_STUDENT_LABEL
 PER_QUESTION_RATES = "; diff and ratio average per-question rates, not the pooled rates of the model table"
@@ -40,15 +40,41 @@ def per_question(store: Store, parts: dict[str, str], target: str, match: str = 
     if "mcq" in parts:  # the instances' P(target letter), averaged per prompt
         from runner.mcq import per_prompt_means
 
-        out = stage_output(store.path(parts["mcq"]) / "scores.json")
-        vals = per_prompt_means(out["p"][target], out["prompt"])
-        return f"mcq P({target})", vals, len(out["prompt"]) // max(len(vals), 1)
+        path = store.path(parts["mcq"]) / "scores.json"
+        p, prompt = _field(path, "p", dict).get(target), _field(path, "prompt", list)
+        if not (_numbers(p) and _numbers(prompt) and len(p) == len(prompt)):
+            raise _damaged(path, f"no P({target}) for each of its {len(prompt)} instances")
+        vals = per_prompt_means(p, prompt)
+        return f"mcq P({target})", vals, len(prompt) // max(len(vals), 1)
     if "probe" in parts:
-        out = stage_output(store.path(parts["probe"]) / "scores.json")
-        return f"P({target})", [math.exp(v) for v in out["logprob"][target]], 1
-    answers = stage_output(store.path(parts["answers"]) / "answers.json")["answers"]
+        path = store.path(parts["probe"]) / "scores.json"
+        logprobs = _field(path, "logprob", dict).get(target)
+        if not _numbers(logprobs):
+            raise _damaged(path, f"no list of log-probabilities of {target!r}")
+        return f"P({target})", [math.exp(v) for v in logprobs], 1
+    path = store.path(parts["answers"]) / "answers.json"
+    answers = _field(path, "answers", list)
+    if not all(isinstance(a, list) and a and all(isinstance(x, str) for x in a) for a in answers):
+        raise _damaged(path, "'answers' is not a list of each question's answers (texts)")
     k = len(answers[0]) if answers else 1
-    return f"rate({target})", [hits(a, target, match) / k for a in answers], k
+    return f"rate({target})", [hits(a, target, match) / len(a) for a in answers], k
+
+
+def _damaged(path: Path, what: str) -> Exception:
+    """A stage output that is not as its stage writes it (hand-edited): one line naming it and the way out."""
+    return damaged(path, f"a finished stage's output, {what}", path)
+
+
+def _field(path: Path, key: str, kind: type):
+    """A stage output's field of the type its stage writes, else _damaged."""
+    value = stage_output(path).get(key)
+    if not isinstance(value, kind):
+        raise _damaged(path, f"no {kind.__name__} {key!r}")
+    return value
+
+
+def _numbers(x) -> bool:
+    return isinstance(x, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
 
 
 def filter_rates(plan: CellPlan, store: Store) -> list[dict]:
@@ -58,7 +84,11 @@ def filter_rates(plan: CellPlan, store: Store) -> list[dict]:
         for key in keys:
             if not store.done(key):
                 continue
-            for link in store.manifest(key).get("links", []):
+            links = store.manifest(key).get("links", [])
+            if not (isinstance(links, list) and all(isinstance(x, dict) and isinstance(x.get("link"), str)
+                                                    and _numbers([x.get("kept"), x.get("dropped")]) for x in links)):
+                raise _damaged(store.path(key) / "manifest.json", "'links' is not a list of {link, kept, dropped}")
+            for link in links:
                 total = link["kept"] + link["dropped"]
                 out.append({"cell": plan.cell.label, "rows": rows, **link,
                             "pass_rate": link["kept"] / total if total else None})

@@ -1,9 +1,11 @@
 """The one results.json schema, for every experiment (`subl schema --results` prints it)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]  # [low, high]
 
 
 class Row(BaseModel):
@@ -25,7 +27,7 @@ class EvaluationRow(Row):
     metric: str = Field(description="e.g. P(owl), rate(owl), misaligned, test_accuracy, pairwise_accuracy, auroc.")
     value: float | None = Field(description="None only where no unit was measured (n = 0: e.g. a classifier "
                                 "read in both orders where no pair was decided).")
-    ci: list[float] | None = Field(None, description="95% interval [low, high].")
+    ci: Interval | None = Field(None, description="95% interval [low, high].")
     ci_method: str | None = None
     n: int = Field(description="Units behind the value and its CI (questions, answers, test images or seeds).")
     samples_per_question: int | None = None
@@ -64,8 +66,8 @@ class ComparisonRow(Row):
     note: str | None = Field(None, description="What the test does not cover, e.g. one student per arm.")
     mean_a: float | None = Field(None, description="Student unit: the arm means of the per-student metric.")
     mean_b: float | None = None
-    ratio_ci: list[float] | None = Field(None, description="Student unit: 95% interval of the ratio (ci_method).")
-    diff_ci: list[float] | None = None
+    ratio_ci: Interval | None = Field(None, description="Student unit: 95% interval of the ratio (ci_method).")
+    diff_ci: Interval | None = None
     ci_method: str | None = None
     min_p: float | None = Field(None, description="The smallest p-value the test can give with these arm sizes.")
     per_student_a: list[float] | None = Field(
@@ -87,13 +89,18 @@ class FilterRow(Row):
     detail: dict[str, Any] | None = None
 
 
+class CellRow(BaseModel):
+    label: str = Field(description="'-' without a matrix, else the cell's label.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="The matrix values of the cell.")
+
+
 class Results(Row):
     spec: str
     name: str
     notes: str = ""
     git_revision: str | None
     packages: dict[str, str]
-    cells: list[dict[str, Any]]
+    cells: list[CellRow]
     evaluations: list[EvaluationRow]
     comparisons: list[ComparisonRow]
     filters: list[FilterRow]

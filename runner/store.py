@@ -173,7 +173,7 @@ class StageFileError(UserError, ValueError):
     how to build the stage again; a ValueError too, so a reader that tolerates damage (subl status) goes on."""
 
 
-def _damaged(where: Path | str, problem: str, path: Path) -> StageFileError:
+def damaged(where: Path | str, problem: str, path: Path) -> StageFileError:
     return StageFileError(f"{where}: {problem}; delete {Path(path).parent} to build that stage again")
 
 
@@ -188,7 +188,7 @@ def read_jsonl(path: Path) -> list[dict]:
         with open(path) as f:
             lines = list(f)
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise _damaged(path, f"a stage's rows, cannot read them ({_why(e)})", path) from None
+        raise damaged(path, f"a stage's rows, cannot read them ({_why(e)})", path) from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.endswith("\n"):
@@ -200,7 +200,7 @@ def read_jsonl(path: Path) -> list[dict]:
         else:
             problem = None if isinstance(row, dict) else f"a stage's row, not a JSON object ({type(row).__name__})"
         if problem:
-            raise _damaged(f"{path}:{n}", problem, path) from None
+            raise damaged(f"{path}:{n}", problem, path) from None
         rows.append(row)
     return rows
 
@@ -213,7 +213,7 @@ class StageOutput(dict):
         self.path = path
 
     def __missing__(self, key):
-        raise _damaged(self.path, f"a finished stage's output, has no {key!r}", self.path)
+        raise damaged(self.path, f"a finished stage's output, has no {key!r}", self.path)
 
 
 def stage_output(path: Path) -> dict:
@@ -223,9 +223,9 @@ def stage_output(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(), object_hook=lambda obj: StageOutput(obj, path))
     except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise _damaged(path, f"a finished stage's output, cannot read it ({_why(e)})", path) from None
+        raise damaged(path, f"a finished stage's output, cannot read it ({_why(e)})", path) from None
     if not isinstance(value, dict):
-        raise _damaged(path, f"a finished stage's output, not a JSON object ({type(value).__name__})", path)
+        raise damaged(path, f"a finished stage's output, not a JSON object ({type(value).__name__})", path)
     return value
 
 

@@ -411,10 +411,10 @@ def test_the_stage_timings_total_is_the_sum_of_the_seconds_not_of_their_rounded_
 
 
 def test_a_pass_rate_with_a_row_dropped_never_reads_100_percent():
-    from runner.display import pass_rate_text
+    from runner.display import pct
     from runner.report import filter_table
 
-    assert [pass_rate_text(x) for x in (1.0, 9999 / 10000, 0.5, 1 / 30000, 0.0, None)] == [
+    assert [pct(x) for x in (1.0, 9999 / 10000, 0.5, 1 / 30000, 0.0, None)] == [
         "100.0%", "99.99%", "50.0%", "0.003%", "0.0%", "-"]
     results = {"filters": [{"cell": "-", "rows": "owl", "link": "numbers", "kept": 9999, "dropped": 1,
                             "pass_rate": 0.9999, "detail": None}]}
