@@ -12,7 +12,7 @@ import torch
 from backends.base import ModelRef, Progress, Sampling, Training
 from backends.hf import (cache_kwarg, chat_ids, check_context, load_model, load_tokenizer, pick_device,  # noqa: F401
                         returned_cache, turn_end_id)  # (re-exported)
-from backends.shared_prefix import can_share, prefix_cache, shared_prefix_len
+from backends.shared_prefix import can_share, is_recurrent, prefix_cache, shared_prefix_len
 from runner.errors import UserError
 
 # ---- constrained decoding --------------------------------------------------------------
@@ -68,7 +68,7 @@ def score_tails(net, pad: int, heads: list[list[int]], tails: list[list[int]]) -
     ICL context in every question), that prefix is read once for the batch and its cache repeated:
     the same log-probs (float rounding aside) for a fraction of the compute. A recurrent model (Mamba, the
     linear-attention layers of Qwen3.5) reads each head and tail whole instead (_score_whole)."""
-    if getattr(net, "_is_stateful", False):
+    if is_recurrent(net):
         return [_score_whole(net, head, tails) for head in heads]
     dev, shared, croppable = net.device, shared_prefix_len(heads) if len(heads) > 1 else 0, can_share(net)
     shared = shared if shared >= SHARED_PREFIX_MIN and croppable else 0

@@ -21,11 +21,22 @@ def can_share(model) -> bool:
     keeps a cropped cache, which a prefix read once, repeated and cropped back does not follow (Mistral v0.1 and
     Gemma have such layers; Qwen2.5 has them switched off). A multimodal model's (Gemma 3 4B and up) are in its
     text config."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = _text_config(model)
     kinds = set(getattr(cfg, "layer_types", None) or [])
     if kinds:
         return kinds == {"full_attention"}
     return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
+
+
+def is_recurrent(model) -> bool:
+    """Whether a layer carries a state instead of keys and values (Mamba, Qwen3.5's linear attention): transformers
+    4.x marks such a model `_is_stateful`; 5.x names those layers linear_attention in the config's layer_types."""
+    kinds = set(getattr(_text_config(model), "layer_types", None) or [])
+    return bool(getattr(model, "_is_stateful", False) or kinds & {"linear_attention", "mamba"})
+
+
+def _text_config(model):
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
 def split_shared(data: list[dict]) -> tuple[list[int], list[dict]]:
