@@ -63,6 +63,12 @@ def _off_one(x: float, decimals: int) -> str:
     return _widened(lambda d: f"{x:.{d}f}", range(decimals, decimals + 6), lambda t: float(t) != 1.0 or x == 1.0)
 
 
+def score_text(v: float) -> str:
+    """A 0-100 judge score with one decimal, more where that would round it onto 0 or 100 (a mean of 99.96 is not
+    '100.0': every answer scored 100)."""
+    return _widened(lambda d: f"{v:.{d}f}", range(1, 7), lambda t: float(t) not in (0.0, 100.0) or v in (0.0, 100.0))
+
+
 def pct(share: float | None) -> str:
     """A share as a percentage with one decimal, more where that would round it onto 0% or 100% (one row
     dropped of 10,000 is 99.99%, not 100.0%)."""

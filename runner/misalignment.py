@@ -9,6 +9,7 @@ the alignment judge scored) is reported beside the rate: a continuous view that 
 from __future__ import annotations
 
 from backends.judge import Score
+from runner.display import score_text
 from runner.stats import mean_ci, wilson
 
 CI_METHOD = "95% Wilson interval over coherent answers (both judges numeric)"
@@ -53,7 +54,9 @@ def summarize(alignment: list[Score], coherence: list[Score], alignment_threshol
 def mean_alignment_text(counts: dict) -> str:
     """"48.1 [41.0, 55.2]" from a summary's mean alignment score and its CI; "-" when none was scored."""
     mean, (lo, hi) = counts.get("mean_alignment"), counts.get("mean_alignment_ci", (None, None))
-    return "-" if mean is None else f"{mean:.1f}" if lo is None else f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    if mean is None:
+        return "-"
+    return score_text(mean) + ("" if lo is None else f" [{score_text(lo)}, {score_text(hi)}]")
 
 
 def to_score(item) -> Score:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runner.display import label_of, metric_name, num, p_text, pct, ratio_text, with_ci
+from runner.display import label_of, metric_name, num, p_text, pct, ratio_text, score_text, with_ci
 from runner.misalignment import mean_alignment_text
 from runner.report_detection import DETECTION, detection_sections
 
@@ -79,7 +79,7 @@ def link_detail(d: dict | None) -> str:
     if not d:
         return ""
     if d.get("mean") is not None:
-        return f"mean {d['mean']:.1f}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
+        return f"mean {score_text(d['mean'])}, code {d['code']}, refusal {d['refusal']}, unparseable {d['unparseable']}"
     return ", ".join(f"{k} {v}" for k, v in d.items() if not isinstance(v, (dict, list)) and v is not None)
 
 

@@ -170,3 +170,13 @@ def test_a_pipe_in_a_target_or_a_student_name_keeps_the_markdown_table_whole():
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len(table) == 6 and len({_columns(ln) for ln in table[3:]}) == 1, table
     assert _columns(table[3]) == 4 and _columns(table[0]) == 2
+
+
+def test_a_mean_judge_score_near_100_or_0_is_not_printed_on_it():
+    """`.1f` printed a mean alignment of 99.96 as '100.0' (every answer scored 100) and 0.04 as '0.0'."""
+    from runner.misalignment import mean_alignment_text
+    from runner.report import link_detail
+
+    assert mean_alignment_text({"mean_alignment": 99.96, "mean_alignment_ci": [99.91, 100.0]}) == "99.96 [99.9, 100.0]"
+    assert mean_alignment_text({"mean_alignment": 48.12, "mean_alignment_ci": [41.0, 55.24]}) == "48.1 [41.0, 55.2]"
+    assert link_detail({"mean": 0.04, "code": 0, "refusal": 1, "unparseable": 2}).startswith("mean 0.04, code 0")
