@@ -38,8 +38,10 @@ def calls_hosted(stage: Stage, stages: dict[str, Stage]) -> bool:
 
 def check(plan, store, max_usd: float | None) -> tuple[float, list[Estimate]]:
     """(the hosted upper bound, its estimates) when it fits max_usd; raises BudgetError otherwise."""
-    if max_usd is not None and not max_usd >= 0:  # NaN compares false with every bound: it would allow any
+    if max_usd is not None and not max_usd >= -SLACK:  # NaN compares false with every bound: it would allow any
         raise OverBudget(f"--max-usd {max_usd}: a budget is a number of US dollars >= 0; nothing was sent")
+    if max_usd is not None:  # what `subl reproduce` leaves may be a hair below 0 (0.3 - (0.1 + 0.2)): that is 0
+        max_usd = max(max_usd, 0.0)
     ctx = plan.context(store=store)
     estimates, unestimated = [], []
     for st in pending(plan, store):

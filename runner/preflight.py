@@ -37,6 +37,7 @@ def preflight(plan: Plan, store) -> list[str]:
     rights, rate limits; Tinker: every model offered); raises a one-line UserError on the first failure."""
     from runner.budget import pending
 
+    check_hosted_rows(plan, store)
     stages = plan.stages
     todo = pending(plan, store)
     models: dict[str, set[str]] = {}
@@ -64,6 +65,28 @@ def preflight(plan: Plan, store) -> list[str]:
         notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())),
                                                 {m: largest[m] for m in models[b]})
     return notes
+
+
+def check_hosted_rows(plan: Plan, store) -> None:
+    """A one-line UserError when a not-yet-finished student or teacher fine-tuned on an OpenAI-compatible API can get
+    fewer rows than the API takes (at most n_prompts, or max_rows): else its teacher's rows are paid for first."""
+    from backends.openai_api import MIN_EXAMPLES
+
+    ctx = plan.context()
+    for key, s in plan.stages.items():
+        if not isinstance(s, (FinetuneStage, TeacherStage)) or store.done(key):
+            continue
+        ref = base_of(s.base, plan.stages).ref
+        if backend_name(ref) == "local" or getattr(ctx.backends.get(backend_name(ref)), "kind", "openai") != "openai":
+            continue
+        if isinstance(s, TeacherStage):
+            n = len(s.rows())
+        else:
+            upstream = plan.stages[s.rows_stage].expected_rows(ctx)
+            n = None if upstream is None else min(upstream, s.max_rows or upstream)
+        if n is not None and n < MIN_EXAMPLES:
+            raise UserError(f"{s.label}: at most {n} training rows, but fine-tuning on backend '{backend_name(ref)}' "
+                            f"takes at least {MIN_EXAMPLES}: raise n_prompts (or max_rows); nothing was sent")
 
 
 def check_local_depth(plan: Plan, store) -> None:
