@@ -57,7 +57,7 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         text = user_text(path).removeprefix("\ufeff")  # a byte-order mark is not part of the first question
         qs = _json_list(name, text)
         if qs is None:
-            qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(text), 1) if ln.strip()]
+            qs = [question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(text), 1) if ln.strip()]
     if not qs:
         raise UserError(f"questions: {name} holds no question")
     return list(qs[:limit] if limit else qs)
@@ -77,7 +77,7 @@ def _json_list(name: str, text: str) -> list[str] | None:
     return _listed_questions(name, data)
 
 
-def _question_line(name: str, n: int, line: str) -> str:
+def question_line(name: str, n: int, line: str) -> str:
     """A text line is the question; a JSON line ({...}) holds it under `question`."""
     if not line.startswith("{"):
         return line
