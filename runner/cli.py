@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,15 +24,28 @@ MAX_USD = typer.Option(None, "--max-usd", envvar="SUBL_MAX_USD", min=0.0,
                        "estimate, checked before anything is sent (default: no hosted spending).")
 
 
+def one_line(text: str) -> str:
+    """A message as one line: control characters (a newline in a file's name) written as escapes."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2."""
+    args = sys.argv[1:]
+    empty = [i for i, a in enumerate(args) if a == "" or (a.startswith("--") and a.endswith("="))]
+    if empty:  # an unset shell variable ("$OUT"): Path("") is the current folder, which would be used silently
+        i = empty[0]
+        where = f"{args[i]!r}" if args[i] else f"argument {i + 1}{f' (after {args[i - 1]})' if i else ''}"
+        err.print(one_line(f"error: {where} is empty, perhaps an unset shell variable; subl would read it as the "
+                           "current folder"), markup=False)
+        sys.exit(2)
     try:
         code = app(standalone_mode=False)  # returns a typer.Exit's code instead of raising it
         if code == 130:  # click turns Ctrl-C into Abort, then exit code 130, before the handler below sees it
             err.print("interrupted: finished stages are kept; rerun to resume", markup=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as e:
-        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        err.print(one_line(f"error: {e}"), markup=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished stages are kept; rerun to resume", markup=False)
@@ -45,15 +59,19 @@ def main() -> None:
             raise
         sys.exit(2)
     except Exception as e:  # click usage errors and the like
-        if isinstance(e, _usage_errors()):
-            err.print(f"error: {e.format_message()} (see subl --help, or subl COMMAND --help)", markup=False,
-                      soft_wrap=True)
+        if isinstance(e, _usage_errors()):  # a bare `subl` has no message: its help is printed above
+            err.print(one_line(f"error: {e.format_message() or 'no command given'} (see subl --help, or subl "
+                               "COMMAND --help)"), markup=False, soft_wrap=True)
             sys.exit(2)
         if os.environ.get("SUBL_DEBUG"):
             raise
+        if isinstance(e, OSError) and e.filename is not None:  # a name too long, a folder without access
+            err.print(one_line(f"error: {e.filename}: {e.strerror or e}"), markup=False, soft_wrap=True)
+            sys.exit(2)
         from backends.openai_api import redact  # an exception's text may quote a request or a header
 
-        err.print(redact(f"internal error: {type(e).__name__}: {e} (set SUBL_DEBUG=1 for a traceback)"), markup=False)
+        err.print(one_line(redact(f"internal error: {type(e).__name__}: {e} (set SUBL_DEBUG=1 for a traceback)")),
+                  markup=False)
         sys.exit(1)
 
 
@@ -82,7 +100,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Spec files.")) -> Non
             cells = load(f)
             out.print(f"{f}: ok ({len(cells)} cell{'s' if len(cells) != 1 else ''})", markup=False)
         except UserError as e:
-            err.print(str(e), markup=False, soft_wrap=True)
+            err.print(one_line(str(e)), markup=False, soft_wrap=True)
             bad += 1
     if bad:
         raise typer.Exit(2)
@@ -179,6 +197,7 @@ def filter_cmd(spec: Path, src: Path, dst: Path,
                                                   "as `subl plan` prints it (needed where the cells' chains differ).")) -> None:
     """Apply a spec's filter chain to a JSONL file of {prompt, completion} or {messages} rows."""
     from runner.display import pct
+    from runner.files import write_text_atomic
     from runner.filters import apply_chain
 
     chain = _filter_chain(spec, cell)
@@ -199,9 +218,11 @@ def filter_cmd(spec: Path, src: Path, dst: Path,
         kept, counts = apply_chain(rows, chain)
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
+    if dst.exists() and dst.samefile(src):  # the dropped rows would be gone
+        raise UserError(f"{dst}: is the rows file being filtered; write the kept rows to another file")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(dst, "".join(json.dumps(r) + "\n" for r in kept))  # Ctrl-C leaves no cut-short file
     except OSError as e:
         raise UserError(f"{dst}: cannot write it ({e.strerror})") from None
     for c in counts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -114,11 +115,20 @@ def format_files(files: list[Path], check: bool) -> list[Path]:
         if not path.is_file():
             raise UserError(f"{path}: file not found")
         text = user_text(path)
-        new = canonical(text, str(path))
+        try:
+            new = canonical(text, str(path))
+        except RecursionError:  # ruamel reads and writes nesting recursively
+            raise UserError(f"{path}: nested too deeply to format (more than a few hundred levels of [ ] or {{ }}); "
+                            "file left as is") from None
         if new != text:
             changed.append(path)
             if not check:  # beside it, then renamed over it: Ctrl-C never leaves a spec cut short
-                tmp = path.with_name(f".{path.name}.fmt-tmp")
-                tmp.write_text(new)
-                os.replace(tmp, path)
+                real = path.resolve()  # a symlink stays one (renaming over it made it a copy of its target)
+                tmp = real.with_name(f".{real.name}.fmt-tmp")
+                try:
+                    tmp.write_text(new)
+                    shutil.copymode(real, tmp)
+                    os.replace(tmp, real)
+                finally:
+                    tmp.unlink(missing_ok=True)
     return changed

@@ -149,6 +149,9 @@ def run_spec(path: Path, outputs: Path, console: Console, executor: str | None =
     refuse_without_cuda(path, cells, kind)
     if address and kind != "ray":
         raise UserError("--address needs --executor ray (or runtime.executor: ray in the spec)")
+    if cpus is not None and (kind != "ray" or address):  # it sizes a local Ray instance, and was silently ignored
+        raise UserError(f"--cpus {cpus}: sets the CPUs of a local Ray instance, so it needs --executor ray (or "
+                        "runtime.executor: ray in the spec) and no --address")
     if kind == "ray":
         from runner.ray_executor import check_outputs, cluster, describe
 
