@@ -135,6 +135,9 @@ def run_one(path: Path, outputs: Path, console: Console, max_usd: float | None =
 def reproduce(folders: list[Path], outputs: Path, console: Console, max_usd: float | None = None) -> int:
     """Run the specs of `folders` in name order; print the summary table; 1 if any failed. max_usd caps the
     hosted upper bounds of all the specs together: each runs only if its bound fits what the ones before left."""
+    files = [str(f) for f in folders if Path(f).exists() and not Path(f).is_dir()]
+    if files:
+        raise UserError(f"{', '.join(files)}: a file, not a folder of specs (subl run runs one spec)")
     missing = [str(f) for f in folders if not Path(f).is_dir()]
     if missing:
         raise UserError(f"no such folder: {', '.join(missing)}")

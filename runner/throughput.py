@@ -69,6 +69,8 @@ def source(tp: Throughput) -> str:
 def parse(text: str) -> Throughput:
     """`subl plan --throughput`: 'H200', 'train=9000,generate=2500' or 'A100-80GB,train=3000'."""
     gpu, override = None, {}
+    if not any(p.strip() for p in text.split(",")):  # ',' named nothing, and read as the default GPU
+        raise UserError(f"--throughput {text!r}: names no GPU and no rate (e.g. H200, or train=9000)")
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             if gpu is not None:  # two GPUs: which one the rates are for is not said

@@ -102,6 +102,9 @@ def test_throughput_figures_and_overrides():
             parse(bad)
     with pytest.raises(UserError, match="names two GPUs"):  # the last one won, without a word
         parse("H200,A100-80GB,train=9000")
+    for empty in (",", " , "):  # named nothing, and was read as the default GPU
+        with pytest.raises(UserError, match="names no GPU and no rate"):
+            parse(empty)
     assert parse("TPU,train=1,prefill=2,generate=3").gpu == "TPU"  # an unknown GPU with every figure given
 
 

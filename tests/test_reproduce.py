@@ -92,6 +92,17 @@ def test_reproduce_with_no_specs_is_a_one_line_error(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == f"error: no *.yaml specs in {tmp_path}"
 
 
+def test_reproduce_of_a_spec_file_says_it_is_a_file(tmp_path):
+    """`subl reproduce spec.yaml` said 'no such folder' of a file that is there."""
+    from runner.errors import UserError
+    from runner.reproduce import reproduce as reproduce_folders
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\n")
+    with pytest.raises(UserError, match=r"s\.yaml: a file, not a folder of specs \(subl run runs one spec\)"):
+        reproduce_folders([spec], tmp_path / "out", None)
+
+
 def test_headline_gives_every_matrix_cells_mnist_and_theorem_arms():
     from runner.reproduce import headline
 
