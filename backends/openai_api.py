@@ -610,16 +610,19 @@ class OpenAIBackend:
 
     # -- checks before spending
 
-    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int]) -> list[str]:
+    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int],
+                  top_logprobs: frozenset[str] = frozenset()) -> list[str]:
         """Check, before anything is paid for, that the key works, every model exists, the
-        organisation may fine-tune each of `finetune_models`, and the largest single request
+        organisation may fine-tune each of `finetune_models`, each model of `top_logprobs` answers with
+        top log-probs (a judge, classifier or MCQ reads them), and the largest single request
         (prompt + max_tokens of one completion; `n` is chunked to fit) to each model is within its
         tokens-per-minute limit. Returns notes; a failure is a one-line UserError.
 
         Costs: models.list and models.retrieve are free; the fine-tuning probe is a jobs.create
         naming a file that cannot exist (no job is made, nothing is billed); where no response
         so far carried x-ratelimit-limit-tokens, one chat completion with max_tokens=1 reads it
-        (about ten input tokens and one output token)."""
+        (about ten input tokens and one output token), as does the log-prob probe of each model of
+        `top_logprobs` (which also reads the limit)."""
         ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in models]
         ft_ids = [m.partition(":")[2] if m.startswith(f"{self.name}:") else m for m in finetune_models]
         self.call("key check (models.list)", self.client.models.list)
@@ -629,6 +632,8 @@ class OpenAIBackend:
             self._learn_tpm(m, raw.headers)
         notes += [self._probe_finetuning(m) for m in dict.fromkeys(ft_ids)]
         for ref, m in dict.fromkeys(zip(models, ids)):
+            if ref in top_logprobs:
+                notes.append(self._check_top_logprobs(m))
             notes.append(self._check_tpm(m, largest.get(ref, 0)))  # each model's own largest request
         return notes
 
@@ -661,6 +666,17 @@ class OpenAIBackend:
         except UserError as e:
             raise UserError(f"{e}; the preflight's probe job {job.id} may still be running: cancel it") from None
         return f"backend '{self.name}': fine-tuning {model} is allowed (the probe's job {job.id} was cancelled at once)"
+
+    def _check_top_logprobs(self, model: str) -> str:
+        """One token asked with its top log-prob: an endpoint that gives none (many OpenAI-compatible servers) was
+        found only when the judge ran, after the rows it judges were paid for."""
+        resp = self.call(f"log-prob probe {model}", self._chat, {"model": model, "max_tokens": 1, "logprobs": True,
+                         "top_logprobs": 1, "messages": [{"role": "user", "content": "Hi"}]})
+        if _first_top(next(iter(getattr(resp, "choices", None) or []), None)) is None:
+            raise UserError(f"backend '{self.name}': {model} answered a probe without top_logprobs, which a log-prob "
+                            "judge, classifier or MCQ here reads; this endpoint does not return log-probs (a judge: "
+                            "`mode: sample`; a classifier: `read: reply`); nothing else was sent")
+        return f"backend '{self.name}': {model}: answers with top log-probs"
 
     def _check_tpm(self, model: str, largest_request_tokens: int) -> str:
         if rate_model(model) not in self.tpm and largest_request_tokens > 0:

@@ -416,7 +416,8 @@ class TinkerBackend:
         self._check_offered(mid)
         return mid
 
-    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int]) -> list[str]:
+    def preflight(self, models: list[str], finetune_models: list[str], largest: dict[str, int],
+                  top_logprobs: frozenset[str] = frozenset()) -> list[str]:
         """Before anything is paid for: the key is accepted and every model is offered (one capabilities
         request), for training where it is fine-tuned and for sampling where it is sampled, with a context
         that holds the largest request, so a student base the service lacks stops the run before the

@@ -43,6 +43,7 @@ def preflight(plan: Plan, store) -> list[str]:
     models: dict[str, set[str]] = {}
     tune: dict[str, set[str]] = {}
     largest: dict[str, int] = {}
+    reads_top = {base_of(m, stages).ref for s in todo for m in [_top_logprobs_model(s)] if m is not None}
     ctx = plan.context()
     for s in todo:
         for name, value in s:
@@ -63,8 +64,24 @@ def preflight(plan: Plan, store) -> list[str]:
         if kind == "openai" and not cfgs[b].preflight:
             continue
         notes += router.get(f"{b}:x").preflight(sorted(models[b]), sorted(tune.get(b, ())),
-                                                {m: largest[m] for m in models[b]})
+                                                {m: largest[m] for m in models[b]}, frozenset(reads_top & models[b]))
     return notes
+
+
+def _top_logprobs_model(s: Stage) -> ModelInput | None:
+    """The model a stage reads first-token top log-probs of, if it does (a chat judge's token score, a classifier
+    or MCQ reading top_logprobs)."""
+    from runner.stages.data import ScoreStage
+    from runner.stages.detection_stage import ClassifierStage
+    from runner.stages.mcq_stage import McqStage
+
+    if isinstance(s, ScoreStage) and s.token is not None:
+        return s.judge
+    if isinstance(s, ClassifierStage) and s.mode == "top_logprobs":
+        return s.judge
+    if isinstance(s, McqStage) and s.mcq.read == "top_logprobs":
+        return s.model
+    return None
 
 
 def check_hosted_rows(plan: Plan, store) -> None:

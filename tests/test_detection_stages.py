@@ -357,8 +357,9 @@ evaluations:
             assert len(p["top"]) == 3 and p["choice"] == ("A" if p["A"] > p["B"] else "B")
             assert p["choice"] == max(p["top"], key=p["top"].get)
     # generation 3 x 20; icl: k=0 once, k=2 per rows (3), 3 questions each (both samples in one request);
-    # the classifier: one request per pair and two per pair for the per-row variant; the preflight's probe
-    assert server.counts["chat"] == 3 * 20 + 4 * 3 + 3 * pairs + 1
+    # the classifier: one request per pair and two per pair for the per-row variant; the preflight's probes (the
+    # rate limit's, and the judge's top log-probs)
+    assert server.counts["chat"] == 3 * 20 + 4 * 3 + 3 * pairs + 2
     assert all(e["counts"]["n_unreadable"] == 0 for e in acc)
 
 

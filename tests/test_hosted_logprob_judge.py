@@ -105,12 +105,15 @@ matrix:
     return spec
 
 
-def test_a_run_on_a_server_without_logprobs_exits_2_with_one_line(server, tmp_path):
+def test_a_run_on_a_server_without_logprobs_exits_2_with_one_line_before_any_paid_request(server, tmp_path):
+    """Found only when the judge ran, the teacher's rows (62 chat requests here) paid for first; the preflight's
+    probe now asks for one top log-prob."""
     server.no_logprobs = True
     r = _cli(["run", str(_small_code_spec(tmp_path, server.base_url)), "--outputs", str(tmp_path / "out")], {ENV: KEY})
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1, err
-    assert "gpt-4.1-2025-04-14 answered without top_logprobs" in err and "Traceback" not in err
+    assert "gpt-4.1-2025-04-14 answered a probe without top_logprobs" in err and "Traceback" not in err
+    assert server.counts.get("chat", 0) <= 2  # the preflight's probes only
 
 
 @pytest.mark.slow

@@ -76,3 +76,4 @@ def test_guard_a_hosted_student_with_ten_possible_rows_passes_the_preflight(serv
     spec = _spec(tmp_path / "s.yaml", server, n=10, students=f"[{{name: s, base: {NANO}}}]")
     store = Store(tmp_path / "out")
     assert any("fine-tuning" in n for n in preflight(build(load(spec), store.root), store))
+
