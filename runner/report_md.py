@@ -398,13 +398,29 @@ def write_report(target: Path, outputs: Path, console: Console) -> Path:
     path = results_path(target, outputs)
     results = read_results(path)
     try:
-        return _write_report(path, results, console)
+        return _write_report(path, results, console, _spec_moved(target, results))
     except (KeyError, TypeError, AttributeError, ValueError, IndexError):
         why = damage(results)  # a file that is not what subl writes is the user's to fix; one that is, our bug
         if why is None:
             raise
         raise UserError(f"{path}: not a results.json subl writes ({why}); rerun `subl run` on its spec to write "
                         "it again") from None
+
+
+def _spec_moved(target: Path, results: dict) -> list[str]:
+    """A note where the spec file named is not the one these results were run from (edited since, another spec of
+    that name, or a subl update that changed its defaults): the figures would otherwise pass for the file's."""
+    if Path(target).suffix not in (".yaml", ".yml") or not isinstance(results.get("spec_hash"), str):
+        return []
+    from runner.loader import load
+    from runner.plan import spec_hash
+
+    now = spec_hash(load(Path(target)))
+    if now == results["spec_hash"]:
+        return []
+    return [f"{target} is not the spec these results were run from (spec hash {now}; the results': "
+            f"{results['spec_hash']}): edited since, another spec of that name, or new defaults; `subl run {target}` "
+            "brings them up to date"]
 
 
 def read_results(path: Path) -> dict:
@@ -442,14 +458,14 @@ def _unfinished_rerun(path: Path) -> list[str]:
             "results of the run before it"] if newer else []
 
 
-def _write_report(path: Path, results: dict, console: Console) -> Path:
+def _write_report(path: Path, results: dict, console: Console, moved: list[str] = ()) -> Path:
     folder, name = path.parent, results.get("name", path.parent.name)
     store = Store(folder.parent)
     staged, stage_notes = stage_sections(results, store)
     detection = [Section(*s) for s in detection_sections(results)]
     sections = [s for s in [*trait_sections(results), comparison_section(results), *detection, mnist_section(results),
                             theorem_section(results), *staged] if s is not None]
-    notes = list(results.get("methods", [])) + interval_notes(results) + stage_notes + _unfinished_rerun(path)
+    notes = [*moved, *results.get("methods", [])] + interval_notes(results) + stage_notes + _unfinished_rerun(path)
     if results.get("comparisons"):
         notes += [f"test: {t}" for t in dict.fromkeys(c.get("test") for c in results["comparisons"])
                   if t not in (None, "none")]

@@ -465,3 +465,23 @@ def test_the_terminal_evaluation_table_says_how_many_questions_each_rate_rests_o
     out = text.getvalue()
     assert "P(owl) [95% CI, n=50]" in out and "rate(owl) [95% CI]" in out
     assert "0.3 [0.24, 0.36] n=50" in out and "0.4 [0.32, 0.48] n=5" in out
+
+
+def test_a_report_of_a_spec_edited_since_its_run_says_so(run: Path, tmp_path: Path):
+    """`subl report spec.yaml` read outputs/<name>/results.json whatever the spec now says: after an edit (or for
+    another spec of that name) the old figures passed for the file's."""
+    from runner.loader import load
+    from runner.plan import spec_hash
+
+    spec = tmp_path / "fake.yaml"
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "spec_hash": spec_hash(load(spec))}))
+    buf = io.StringIO()
+    write_report(spec, run.parent, Console(file=buf, width=300))
+    assert "is not the spec these results were run from" not in buf.getvalue()
+    spec.write_text(SPEC.replace("n_prompts: 10", "n_prompts: 20"))
+    buf = io.StringIO()
+    md = write_report(spec, run.parent, Console(file=buf, width=300)).read_text()
+    said = f"{spec} is not the spec these results were run from"
+    assert said in buf.getvalue() and said in md
+    write_report(run, run.parent, Console(file=io.StringIO()))  # a run folder names no spec file to compare
