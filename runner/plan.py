@@ -160,32 +160,7 @@ def questions_input(name: str) -> FileInput:
 
     if name in BUILTIN:
         return FileInput(path=f"builtin:{name}", sha256=questions_digest(name))
-    fmt = file_format(name)  # the same bytes read otherwise
-    if fmt is None and _split_otherwise(name):
-        fmt = "newlines"
-    return file_input(name).model_copy(update={"format": fmt})
-
-
-def _split_otherwise(name: str) -> bool:
-    """Whether a questions file read line by line gives other questions split at newlines only (since 2026-12-02)
-    than split as str.splitlines split it before (also at U+2028, U+0085, form feeds): such a file's stages, built
-    under the same key from other questions, are not reused. A file that was an error then keeps its key."""
-    from runner.errors import UserError
-    from runner.questions import question_line
-    from runner.store import text_lines, user_text
-
-    if not Path(name).is_file():
-        return False
-    text = user_text(name)
-
-    def read(lines: list[str]) -> list[str]:
-        return [question_line(name, n, x.strip()) for n, x in enumerate(lines, 1) if x.strip()]
-
-    try:
-        before = read(text.splitlines())
-    except UserError:  # a JSON line split apart: no stage was built from it
-        return False
-    return before != read(text_lines(text))
+    return file_input(name).model_copy(update={"format": file_format(name)})  # the same bytes read otherwise
 
 
 class _Precision:

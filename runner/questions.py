@@ -24,7 +24,8 @@ def questions_digest(name: str) -> str:
 def file_format(name: str) -> str | None:
     """How a questions file is read (keyed with its bytes, so a file read anew is asked anew): "yaml" (a list)
     by its name; "json" for text that is one JSON list; "utf-8-sig" for lines after a byte-order mark (once
-    part of the first question); else None (line by line)."""
+    part of the first question); "newlines" for lines that str.splitlines, as used before 2026-12-02, split
+    otherwise (at U+2028, U+0085, form feeds); else None (line by line)."""
     if _is_yaml(name):
         return "yaml"
     path = Path(name)
@@ -33,7 +34,22 @@ def file_format(name: str) -> str | None:
     text = user_text(path)
     if _json_list(name, text.removeprefix("\ufeff")) is not None:
         return "json"
-    return "utf-8-sig" if text.startswith("\ufeff") else None
+    if text.startswith("\ufeff"):
+        return "utf-8-sig"
+    return "newlines" if _split_otherwise(name, text) else None
+
+
+def _split_otherwise(name: str, text: str) -> bool:
+    """Whether split at newlines only, the file gives other questions than split as str.splitlines split it
+    (stages built from those under the same key are not reused); a file that was an error then keeps its key."""
+    def read(lines: list[str]) -> list[str]:
+        return [_question_line(name, n, x.strip()) for n, x in enumerate(lines, 1) if x.strip()]
+
+    try:
+        before = read(text.splitlines())
+    except UserError:  # a JSON line split apart: no stage was built from it
+        return False
+    return before != read(text_lines(text))
 
 
 def _is_yaml(name: str) -> bool:
@@ -57,7 +73,7 @@ def load_questions(name: str, limit: int | None = None) -> list[str]:
         text = user_text(path).removeprefix("\ufeff")  # a byte-order mark is not part of the first question
         qs = _json_list(name, text)
         if qs is None:
-            qs = [question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(text), 1) if ln.strip()]
+            qs = [_question_line(name, n, ln.strip()) for n, ln in enumerate(text_lines(text), 1) if ln.strip()]
     if not qs:
         raise UserError(f"questions: {name} holds no question")
     return list(qs[:limit] if limit else qs)
@@ -77,7 +93,7 @@ def _json_list(name: str, text: str) -> list[str] | None:
     return _listed_questions(name, data)
 
 
-def question_line(name: str, n: int, line: str) -> str:
+def _question_line(name: str, n: int, line: str) -> str:
     """A text line is the question; a JSON line ({...}) holds it under `question`."""
     if not line.startswith("{"):
         return line
