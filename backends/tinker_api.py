@@ -101,21 +101,21 @@ def checkpoint_step(ck, fingerprint: str, steps: int) -> int | None:
 
 def sdk():
     """The module whose ServiceClient and RestClient are used: tinker, or a test fake."""
-    name = os.environ.get("SUBL_TINKER_CLIENTS") or "tinker"
+    return _imported(os.environ.get("SUBL_TINKER_CLIENTS") or "tinker")
+
+
+def _tinker():
+    """The SDK itself (its errors and types), whatever module serves the clients."""
+    _imported("tinker.types")
+    return _imported("tinker")
+
+
+def _imported(name: str):
+    """A module; one line where it cannot be imported (tinker not installed)."""
     try:
         return importlib.import_module(name)
     except ImportError as e:
         raise UserError(f"cannot import {name} ({e}); `pip install tinker` for the Tinker backend") from None
-
-
-def _tinker():
-    """The SDK (its errors and types); one line where it is not installed."""
-    try:
-        import tinker
-        import tinker.types
-    except ImportError as e:
-        raise UserError(f"cannot import tinker ({e}); `pip install tinker` for the Tinker backend") from None
-    return tinker
 
 
 def types():
