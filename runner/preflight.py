@@ -37,14 +37,12 @@ def preflight(plan: Plan, store) -> list[str]:
     rights, rate limits; Tinker: every model offered); raises a one-line UserError on the first failure."""
     from runner.budget import pending
 
-    check_hosted_rows(plan, store)
-    stages = plan.stages
-    todo = pending(plan, store)
+    stages, todo, ctx = plan.stages, pending(plan, store), plan.context()
+    check_hosted_rows(todo, stages, ctx)
     models: dict[str, set[str]] = {}
     tune: dict[str, set[str]] = {}
     largest: dict[str, int] = {}
     reads_top = {base_of(m, stages).ref for s in todo for m in [_top_logprobs_model(s)] if m is not None}
-    ctx = plan.context()
     for s in todo:
         for name, value in s:
             if isinstance(value, ModelInput):
@@ -84,22 +82,21 @@ def _top_logprobs_model(s: Stage) -> ModelInput | None:
     return None
 
 
-def check_hosted_rows(plan: Plan, store) -> None:
+def check_hosted_rows(todo: list[Stage], stages: dict[str, Stage], ctx) -> None:
     """A one-line UserError when a not-yet-finished student or teacher fine-tuned on an OpenAI-compatible API can get
     fewer rows than the API takes (at most n_prompts, or max_rows): else its teacher's rows are paid for first."""
     from backends.openai_api import MIN_EXAMPLES
 
-    ctx = plan.context()
-    for key, s in plan.stages.items():
-        if not isinstance(s, (FinetuneStage, TeacherStage)) or store.done(key):
+    for s in todo:
+        if not isinstance(s, (FinetuneStage, TeacherStage)):
             continue
-        ref = base_of(s.base, plan.stages).ref
+        ref = base_of(s.base, stages).ref
         if backend_name(ref) == "local" or getattr(ctx.backends.get(backend_name(ref)), "kind", "openai") != "openai":
             continue
         if isinstance(s, TeacherStage):
             n = len(s.rows())
         else:
-            upstream = plan.stages[s.rows_stage].expected_rows(ctx)
+            upstream = stages[s.rows_stage].expected_rows(ctx)
             n = None if upstream is None else min(upstream, s.max_rows or upstream)
         if n is not None and n < MIN_EXAMPLES:
             raise UserError(f"{s.label}: at most {n} training rows, but fine-tuning on backend '{backend_name(ref)}' "
