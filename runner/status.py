@@ -55,6 +55,29 @@ def run_stages(info: dict, store_root: Path = Path("outputs")) -> tuple[list[dic
         return [], f"stages unknown: {e}"
 
 
+def moved_keys(info: dict, stages: list[dict], store_root: Path) -> tuple[set[str], str | None]:
+    """Recorded stages that the run's spec file no longer plans (a subl update moved their keys, or the spec
+    changed): `subl run` builds them anew, so they are not "done" for that spec. With a line saying why."""
+    spec = info.get("spec")
+    if not isinstance(spec, str) or not Path(spec).is_file():
+        return set(), None
+    from runner.loader import load
+    from runner.plan import build, plan_stages, spec_hash
+
+    try:
+        cells = load(Path(spec))
+        planned = {s["key"] for s in plan_stages(build(cells, store_root, provisional=True))}
+    except (UserError, KeyError, TypeError) as e:
+        return set(), f"the spec file does not plan now: {e}"
+    moved = {s["key"] for s in stages} - planned
+    if not moved:
+        return set(), None
+    why = ("this subl keys them otherwise (an update moved their keys)" if spec_hash(cells) == info.get("spec_hash")
+           else "the spec file (or a default) changed since the run")
+    return moved, (f"{len(moved)} of these stages are not in the spec's plan now: {why}; `subl run {spec}` builds "
+                   "what the plan needs anew")
+
+
 # ---- one stage folder ------------------------------------------------------------------
 
 
@@ -266,10 +289,12 @@ def status_lines(root: Path) -> list[str]:
     _refuse_inner_folder(root)
     store, lines, listed, counts = Store(root), [], set(), {}
 
-    def rows(stages: list[dict]) -> list[tuple]:
+    def rows(stages: list[dict], moved: set[str] = frozenset()) -> list[tuple]:
         out = []
         for s in stages:
             st = inspect(store, s["key"], s.get("total"))
+            if s["key"] in moved and st["state"] == "done":
+                st = {**st, "state": "superseded", "detail": st["detail"] + "; not in the spec's plan now"}
             if s["key"] not in listed:  # a stage shared by runs counts once
                 counts[st["state"]] = counts.get(st["state"], 0) + 1
                 listed.add(s["key"])
@@ -282,8 +307,9 @@ def status_lines(root: Path) -> list[str]:
         lines.append(f"run {path.parent.name}: {_run_state(path, info)}: {path} ({when}; spec {info.get('spec')}; "
                      f"git {info.get('git_revision')})")
         stages, note = run_stages(info, root)
-        lines += [f"    ({note})"] if note else []
-        lines += _table(rows(stages)) if stages else []
+        moved, moved_note = moved_keys(info, stages, root) if stages and not note else (set(), None)
+        lines += [f"    ({n})" for n in (note, moved_note) if n]
+        lines += _table(rows(stages, moved)) if stages else []
     others = [{"key": k} for k in _stage_keys(store) if k not in listed]
     if others:
         lines.append(f"stages in {store.stages} that no run lists ({len(others)}):")

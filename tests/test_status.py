@@ -179,3 +179,37 @@ def test_a_run_folder_or_the_stages_folder_is_named_not_listed_as_holding_no_sta
         with pytest.raises(UserError, match=f"{what}; subl status takes the outputs folder that holds it"):
             status_lines(tmp_path / "outputs" / folder)
     assert "generate-k1" in "\n".join(status_lines(tmp_path / "outputs"))
+
+
+def test_a_recorded_stage_the_spec_no_longer_plans_is_not_shown_done(write, tmp_path: Path):
+    """After an update moved a stage's key, status showed the run's old stage "done" although `subl run` would
+    build it again under its new key."""
+    from runner.plan import spec_hash
+
+    spec = write("part.yaml", SPEC)
+    store = Store(tmp_path / "outputs")
+    cells = load(spec)
+    planned = plan_stages(build(cells, store.root))
+    old = {"cell": "-", "key": "filter-00000000000000aa", "kind": "filter", "label": "filter owl", "total": None}
+    for s in (planned[0], old):
+        store.path(s["key"]).mkdir(parents=True)
+        (store.path(s["key"]) / "manifest.json").write_text(json.dumps({"label": s["label"], "seconds": 1,
+                                                                          "key_scheme": 2}))
+    run = tmp_path / "outputs" / "part"
+    run.mkdir()
+    results = {"spec": str(spec), "spec_hash": spec_hash(cells), "stages": [planned[0], old]}
+    (run / "results.json").write_text(json.dumps(results))
+
+    lines = status_lines(tmp_path / "outputs")
+    assert next(ln for ln in lines if old["key"] in ln).split()[0] == "superseded"
+    assert next(ln for ln in lines if planned[0]["key"] in ln).split()[0] == "done"
+    assert any("1 of these stages are not in the spec's plan now: this subl keys them otherwise" in ln for ln in lines)
+    assert lines[-1].startswith("1 done, 1 superseded")
+
+    spec.write_text(SPEC.replace("12", "13"))  # the spec edited since: every recorded stage may be superseded
+    text = "\n".join(status_lines(tmp_path / "outputs"))
+    assert "the spec file (or a default) changed since the run" in text
+
+    spec.write_text("name: [")
+    text = "\n".join(status_lines(tmp_path / "outputs"))
+    assert "the spec file does not plan now: " in text and text.count("superseded") == 0
