@@ -121,6 +121,8 @@ def load_raw(path: Path, _seen: tuple = ()) -> tuple[dict, dict]:
     """The merged raw mapping of a spec and its `extends` chain, with key origins."""
     path = Path(path)
     data = read_yaml(path)
+    if not data and not _seen:  # a spec's own file, empty or comments only (a base it extends may be empty)
+        raise SpecError(f"{path}:1:1: the spec is empty: it needs at least `name` and what to run (see specs/)")
     origins = _origins(data, path)
     origins.setdefault((), (path, 1, 1))
     parent = data.get("extends")

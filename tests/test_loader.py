@@ -59,6 +59,13 @@ def test_extends_of_an_empty_file_is_refused(write):
     assert _err(p) == f"{p}:2:1: extends: empty.yaml is empty"
 
 
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "---\n"])
+def test_an_empty_spec_says_so(write, text):
+    """It said 'name: required field is missing', as if one key were all a spec lacked."""
+    p = write("a.yaml", text)
+    assert _err(p) == f"{p}:1:1: the spec is empty: it needs at least `name` and what to run (see specs/)"
+
+
 def test_matrix_over_unknown_key(write):
     p = write("a.yaml", "name: t\nmatrix:\n  teacher.colour: [red, blue]\n")
     assert _err(p) == f"{p}:3:3: matrix.teacher.colour: names no field of the spec"
