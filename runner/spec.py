@@ -734,6 +734,11 @@ class Spec(Strict):
             if section in self.model_fields_set and self.experiment != experiment:
                 raise ValueError(f"{section}: settings of experiment {experiment}, which this spec (experiment: "
                                  f"{self.experiment}) does not run; remove them, or set experiment: {experiment}")
+        unread = ("domain", "filters", "students", "evaluations") + (("teacher",) if "mnist" in self.experiment else ())
+        for section in unread if self.experiment != "llm" else ():  # theorem_lm: its own number prompts and rows
+            if section in self.model_fields_set:
+                raise ValueError(f"{section}: experiment {self.experiment} does not read it (an llm experiment's "
+                                 "section); remove it")
         return self
 
     @model_validator(mode="after")

@@ -69,3 +69,20 @@ def test_a_settings_section_of_another_experiment_is_refused_at_its_line(write, 
     with pytest.raises(SpecError, match=rf"s\.yaml:3:1: {section.split(':')[0]}: settings of experiment .* which this "
                                         rf"spec \(experiment: {experiment}\) does not run"):
         load(path)
+
+
+@pytest.mark.parametrize("experiment, section", [("mnist", "domain: {kind: numbers, n_prompts: 5}"),
+                                                 ("theorem_mnist", "evaluations: []"),
+                                                 ("theorem_lm", "filters: []"), ("theorem_lm", "students: [{name: s}]"),
+                                                 ("mnist", "teacher: {targets: [owl]}")])
+def test_an_llm_section_under_another_experiment_is_refused_at_its_line(write, experiment, section):
+    """experiment: theorem_lm with domain: {kind: code} stepped on the default number prompts, without a word."""
+    from runner.errors import SpecError
+    from runner.loader import load
+
+    path = write("s.yaml", f"name: s\nexperiment: {experiment}\n{section}\n")
+    with pytest.raises(SpecError, match=rf"s\.yaml:3:1: {section.split(':')[0]}: experiment {experiment} does not "
+                                        r"read it \(an llm experiment's section\); remove it"):
+        load(path)
+    path.write_text(f"name: s\nexperiment: {experiment}\n")
+    load(path)
