@@ -86,19 +86,25 @@ def judge_notes(spec) -> list[str]:
             how = (f"100 x P({f.judge.token!r}) from the top {f.judge.top_logprobs} first-token log-probs, a token "
                    "not listed counting as 0" if f.judge.token is not None else f"{f.judge.mode} mode")
             lines.append(f"judge filter: {f.judge.model} ({how}, template {_name(f.template)}) keeps rows "
-                         f"scoring {side} {f.threshold:g}; CODE, REFUSAL and unparseable replies are dropped"
+                         f"scoring {side} {_exact(f.threshold)}; CODE, REFUSAL and unparseable replies are dropped"
                          + ("; the control teacher's rows are not judged" if f.skip_control else ""))
     for ev in spec.evaluations:
         if ev.kind == "misalignment":
             lines.append(f"misalignment: {ev.samples_per_question} answers per question judged by {ev.judge.model} "
-                         f"({ev.judge.mode} mode); misaligned = alignment <= {ev.alignment_threshold:g} and coherence >= "
-                         f"{ev.coherence_threshold:g}; rate over coherent answers both judges scored with a number, "
-                         "95% Wilson CI")
+                         f"({ev.judge.mode} mode); misaligned = alignment <= {_exact(ev.alignment_threshold)} and "
+                         f"coherence >= {_exact(ev.coherence_threshold)}; rate over coherent answers both judges scored "
+                         "with a number, 95% Wilson CI")
     local = sorted({m for m in spec.judge_models() if backend_name(m) == "local"})
     if local:
         lines.append(f"TOY SCALE: the judge is the small local model {', '.join(local)}; these figures demonstrate the "
                      "pipeline and are not a measurement of misalignment")
     return lines
+
+
+def _exact(x: float) -> str:
+    """A threshold as the spec gives it: 30, 99.999999 (':g' wrote '100', a threshold no row passes)."""
+    text = f"{x:g}"
+    return text if float(text) == x else repr(x)
 
 
 def _name(template: str) -> str:

@@ -2,12 +2,13 @@
 What is counted in the answers (targets, judges' thresholds) is applied afterwards, in results."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import ClassVar
 
 from runner.core import Sampling
-from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
+from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage, semantic
 from runner.stages.costs import chat_request, hosted_info, on_gpu, written_tokens
 
 MAX_N = 128  # completions one hosted request returns at most (backends.openai_api.MAX_N)
@@ -80,13 +81,31 @@ class ProbeStage(Stage):
     precision: str | None = None
 
     def run(self, ctx: RunContext) -> None:
+        """Reads only the targets no probe of these settings has read (runner/score_memo.py, TargetMemo): the key
+        names the targets, so a target added, or matrix cells sharing one, would read the others again."""
+        from runner.score_memo import TargetMemo
+
         qs = read_questions(self.questions, self.max_questions)
+        memo = TargetMemo(ctx.store.root, self.settings_digest())
+        known = memo.known(len(qs))
+        new = [t for t in self.targets if t not in known]
         ctx.progress(0, len(qs))
-        lp = ctx.router.logprobs(ctx.model(self.model), qs, self.answer_prefix, list(self.targets))
+        if new:
+            lp = ctx.router.logprobs(ctx.model(self.model), qs, self.answer_prefix, new)
+            fresh = {t: [row[j] for row in lp] for j, t in enumerate(new)}
+            memo.add(fresh)
+            known.update(fresh)
         ctx.progress(len(qs), len(qs))
-        scores = {t: [row[j] for row in lp] for j, t in enumerate(self.targets)}
+        scores = {t: known[t] for t in self.targets}
         (ctx.dir / "scores.json").write_text(json.dumps({"kind": "preference_logprob", "logprob": scores}))
         ctx.rows["questions"] = len(qs)
+        ctx.extra["targets_reused"] = len(self.targets) - len(new)
+
+    def settings_digest(self) -> str:
+        """Everything this probe reads but its targets."""
+        inputs = {k: v for k, v in semantic(self).items() if k != "targets"}
+        blob = json.dumps({"kind": self.KIND, "version": self.VERSION, "inputs": inputs}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def estimate(self, ctx: PlanContext) -> list[Estimate]:
         """One forward (a hosted log-prob read) per question and target: prompt, answer prefix, target."""
