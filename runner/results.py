@@ -174,6 +174,10 @@ def misalignment_rows(plan: CellPlan, store: Store, i: int, ev) -> tuple[list[di
         answers = stage_output(store.path(parts["answers"]) / "answers.json")["answers"]
         parse = ev.judge.parse if ev.judge.mode == "sample" else None  # the stored replies, read as the spec says
         al, co = (read_scores(store.path(parts[side]), parse) for side in ("alignment", "coherence"))
+        for side, scores in (("alignment", al), ("coherence", co)):
+            if len(scores) != sum(map(len, answers)):
+                raise _damaged(store.path(parts[side]) / "scores.json", f"{len(scores)} scores for "
+                               f"{sum(map(len, answers))} answers")
         s = summarize(al, co, *args)
         per_q[m.label], at = [], 0
         for ans in answers:

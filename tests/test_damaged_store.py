@@ -157,3 +157,22 @@ def test_a_stage_made_models_damaged_model_json_is_one_line(tmp_path):
         ctx.model(m)
     path.write_text('{"base": "./model"}')
     assert ctx.model(m).base == str(path.parent / "model")
+
+
+def test_misalignment_scores_of_another_length_than_the_answers_are_one_line(tmp_path):
+    """A judge's scores.json with a score missing was a ValueError from summarize: internal error, exit 1."""
+    from types import SimpleNamespace
+
+    from runner.results import misalignment_rows
+
+    store = Store(tmp_path)
+    _stage_file(store, "answers-1", "answers.json", json.dumps({"questions": ["q"], "answers": [["a", "b"]]}))
+    two = json.dumps({"scores": [["score", 10.0], ["score", 90.0]], "raw": ["10", "90"]})
+    _stage_file(store, "score-a", "scores.json", two)
+    _stage_file(store, "score-c", "scores.json", json.dumps({"scores": [["score", 90.0]], "raw": ["90"]}))
+    plan = SimpleNamespace(models=[SimpleNamespace(label="base")], cell=SimpleNamespace(label="-"),
+                           evals={("base", 0): {"answers": "answers-1", "alignment": "score-a", "coherence": "score-c"}})
+    ev = SimpleNamespace(alignment_threshold=30, coherence_threshold=50, judge=SimpleNamespace(mode="logprob"))
+    with pytest.raises(UserError, match=r"score-c/scores\.json: a finished stage's output, 1 scores for 2 answers; "
+                                        r"delete .*score-c"):
+        misalignment_rows(plan, store, 0, ev)
