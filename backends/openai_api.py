@@ -482,6 +482,22 @@ def input_tokens(body: dict) -> int:
     return chat_tokens(system, "".join(m["content"] for m in body["messages"] if m["role"] != "system"))
 
 
+def completions_per_call(cfg, model_id: str, input_tokens: int, max_tokens: int | None) -> int:
+    """Completions one call of a prompt may ask for: MAX_N, or as many as fit the model's tokens-per-minute limit
+    learned so far in this process (a call over it is refused as too large, whatever the wait)."""
+    tpm = LEARNED_TPM.get(redact(hosted_endpoint(cfg)), {}).get(rate_model(model_id))
+    if not tpm:
+        return MAX_N
+    return max(1, min(MAX_N, (tpm - input_tokens) // max(1, max_tokens or 1)))
+
+
+def sample_calls(cfg, model_id: str, input_tokens: int, n: int, max_tokens: int | None) -> int:
+    """Calls that `n` completions of one prompt take: requests of MAX_N, each split to fit the learned limit;
+    every call sends the prompt again."""
+    per = completions_per_call(cfg, model_id, input_tokens, max_tokens)
+    return sum(-(-min(MAX_N, n - start) // per) for start in range(0, n, MAX_N))
+
+
 def rate_model(model_id: str) -> str:
     """The model whose rate limit a call counts against: a fine-tuned model ('ft:BASE:org::id') shares its base's,
     a dated snapshot ('gpt-4.1-2025-04-14') its alias's."""
@@ -794,10 +810,7 @@ class OpenAIBackend:
     def _fits(self, body: dict) -> int:
         """Completions one call of this request may ask for: MAX_N, or as many as fit the model's known
         tokens-per-minute limit (a call over it is refused as too large, whatever the wait)."""
-        tpm = self.tpm.get(rate_model(body["model"]))
-        if not tpm:
-            return MAX_N
-        return max(1, min(MAX_N, (tpm - input_tokens(body)) // max(1, body.get("max_tokens") or 1)))
+        return completions_per_call(self.cfg, body["model"], input_tokens(body), body.get("max_tokens"))
 
     @staticmethod
     def _unanswered(requests: list[tuple[str, dict]], cache: RequestCache) -> list[tuple[str, dict]]:

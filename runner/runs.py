@@ -182,6 +182,9 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     check_local_depth(plan, store)
     for note in preflight(plan, store):  # a refused key or fine-tuning right stops here, before any spending
         console.print(f"check: {note}", markup=False)
+    if hosted and (again := budget.check(plan, store, max_usd)[0]) > total:  # a stated tokens-per-minute limit
+        console.print(f"spend: with the tokens-per-minute limits the servers state, up to {usd(again)}",  # splits
+                      markup=False)  # sampled requests, each call sending its prompt again
     for note in _slow_bf16(cells):
         console.print(f"warning: {note}", markup=False)
     for line in alias_lines(plan):

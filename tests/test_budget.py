@@ -328,3 +328,35 @@ def test_a_budget_that_is_not_a_number_allows_nothing(server, tmp_path):
         check(build(load(spec), store.root), store, float("nan"))
     r = _cli(["run", str(spec), "--outputs", str(tmp_path / "out"), "--max-usd", "nan"], {ENV: KEY})
     assert r.returncode == 2 and _paid(server) == [], r.stderr
+
+
+def test_a_stated_rate_limit_that_splits_sampled_answers_raises_the_bound_before_they_are_sent(server, tmp_path):
+    """100 answers per question under a 1,000-token-per-minute limit go out in calls of ~60, each sending the
+    question again; the bound counted one call per question (input tokens below what was sent). The limit is
+    learned at preflight, so the check runs again then, with the calls the backend will make."""
+    server.tpm_limit = 1000
+    out = tmp_path / "out"
+    first = _spec(tmp_path, server).read_text()
+    rows_only = tmp_path / "rows.yaml"
+    rows_only.write_text(first.replace("evaluations:\n", "evaluations: []\n").split("  - {kind: preference_sample")[0])
+    assert _cli(["run", str(rows_only), "--outputs", str(out), "--max-usd", "1"], {ENV: KEY}).returncode == 0
+    spec = _spec(tmp_path, server).parent / "answers.yaml"
+    spec.write_text(first.replace("samples_per_question: 2", "samples_per_question: 100"))
+    before = server.counts["chat"]
+    r = _cli(["run", str(spec), "--outputs", str(out), "--max-usd", "1"], {ENV: KEY})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "spend: with the tokens-per-minute limits the servers state, up to $" in r.stdout, r.stdout
+
+    from runner.loader import load
+    from runner.plan import build
+    from runner.stages.costs import estimate_of
+    from runner.store import Store
+    from backends.openai_api import LEARNED_TPM, hosted_endpoint, redact
+
+    cells = load(spec)
+    LEARNED_TPM.setdefault(redact(hosted_endpoint(cells[0].spec.backends["openai"])), {})["gpt-4.1-nano"] = 1000
+    plan = build(cells, Store(tmp_path / "empty").root)
+    answers = [s for s in plan.stages.values() if s.KIND == "answers"]
+    planned = sum(e.requests for s in answers for e in estimate_of(s, plan.context()))
+    sent = server.counts["chat"] - before - 1  # less preflight's rate-limit probe
+    assert planned == sent > 2 * 2  # two questions per model, each split into calls

@@ -94,6 +94,17 @@ def chat_request(name: str, model_id: str, cfg, tuned: bool, requests: int, toke
                     inference_cost(price, tuned, tokens_in, tokens_out, batch), note=note)
 
 
+def sample_calls(info: tuple, tokens_in: int, n: int, max_tokens: int) -> int:
+    """Calls that n sampled completions of one prompt of tokens_in take on a hosted model (each sends the prompt):
+    requests of at most 128, split further to fit a tokens-per-minute limit the server stated in this process."""
+    name, model_id, cfg, _ = info
+    if _tinker(cfg):
+        return -(-n // 128)
+    from backends.openai_api import sample_calls as calls
+
+    return calls(cfg, model_id, tokens_in, n, max_tokens)
+
+
 def judge_calls(info: tuple, template: str, calls: int, content_tokens: float, max_tokens: int, what: str) -> Estimate:
     """Calls to a hosted judge: the template plus the judged text in, max_tokens out."""
     name, model_id, cfg, tuned = info

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from runner.core import Sampling
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage, semantic
-from runner.stages.costs import chat_request, hosted_info, on_gpu, written_tokens
+from runner.stages.costs import chat_request, hosted_info, on_gpu, sample_calls, written_tokens
 
 MAX_N = 128  # completions one hosted request returns at most (backends.openai_api.MAX_N)
 
@@ -63,10 +63,10 @@ class AnswersStage(Stage):
             n = len(qs) * self.samples_per_question
             return on_gpu(ctx, self.model, f"{n:,} answers", n, sum(chat_tokens(self.model.system, q) for q in qs)
                           * self.samples_per_question, n * self.max_tokens)
-        chunks = math.ceil(self.samples_per_question / MAX_N)
-        tin = sum(chat_tokens(self.model.system, q) for q in qs) * chunks
+        per_q = [chat_tokens(self.model.system, q) for q in qs]  # each call of a question sends it again
+        calls = [sample_calls(info, t, self.samples_per_question, self.max_tokens) for t in per_q]
         tout = len(qs) * self.samples_per_question * self.max_tokens
-        return [chat_request(*info, len(qs) * chunks, tin, tout)]
+        return [chat_request(*info, sum(calls), sum(t * c for t, c in zip(per_q, calls)), tout)]
 
 
 class ProbeStage(Stage):
