@@ -6,8 +6,11 @@ same completion cross-entropy for an SFT student fed its frozen lower layers' st
 """
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -253,6 +256,36 @@ def _trainer_classes():
     return SFTTrainer, StudentTrainer
 
 
+CHECKPOINT_SECONDS = 600  # a LoRA student's trainer state is saved this often; a killed run resumes from it
+
+
+class _Checkpoints(TrainerCallback):
+    """Asks the trainer to save its state (adapter, optimiser, schedule, RNG) every `every` seconds."""
+
+    def __init__(self, every: float):
+        self.every, self.last = every, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.last >= self.every and state.global_step < state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The latest whole checkpoint the trainer saved in `folder` (a stage's partial folder, which survives a kill):
+    one a kill tore while saving (no readable trainer_state.json, written last) is passed over."""
+    whole = []
+    for d in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            whole.append((int(d.name.split("-")[1]), d))
+        except (OSError, ValueError, IndexError):
+            continue
+    return str(max(whole)[1]) if whole else None
+
+
 class _Progress(TrainerCallback):
     def __init__(self, progress: Progress | None):
         self.progress = progress
@@ -263,11 +296,25 @@ class _Progress(TrainerCallback):
 
 
 def check_lora_targets(model, targets, base: str) -> None:
-    """peft's error for LoRA targets that name no module of the model, as one line: a spec's mistake."""
-    names = [n for n, _ in model.named_modules()]
-    if not any(n == t or n.endswith("." + t) for t in targets for n in names):
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(f"lora_targets {', '.join(targets)}: no module of {base} has that name; its linear "
+    """peft's and TRL's errors for LoRA targets, as one line: a spec's mistake. A name must match some module (peft's
+    rule: one that matches nothing beside names that do is ignored); every module a name matches must be one peft
+    adapts (a linear or embedding layer), and not the output layer (TRL computes the logits from its weight)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    named = list(model.named_modules())
+    hits = {t: [m for n, m in named if n == t or n.endswith("." + t)] for t in targets}
+    for t, found in hits.items():
+        if not any(hits.values()):
+            problem = f"no module of {base} has that name"
+        elif any(m is head for m in found):
+            problem = f"{base}'s output layer, which the trainer reads directly (an adapter there is never trained)"
+        elif not all(isinstance(m, (torch.nn.Linear, torch.nn.Embedding, Conv1D)) for m in found):
+            problem = f"a {type(found[0]).__name__} of {base}, not a linear layer LoRA can adapt"
+        else:
+            continue
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in named if isinstance(m, torch.nn.Linear) and m is not head})
+        raise UserError(f"lora_targets {', '.join(targets) if not any(hits.values()) else t}: {problem}; its linear "
                         f"modules: {', '.join(leaves)}")
 
 
@@ -367,12 +414,14 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         else:
             _attach_teacher(data, ModelRef(base, revision=revision), rows, teacher, training.distill_prompt)
     dev, dtype = pick_device(device)
+    saves = training.method == "lora"  # a full fine-tune's state is the model and Adam's twice over: none saved
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), num_train_epochs=training.epochs,
         per_device_train_batch_size=training.batch_size, learning_rate=training.lr,
         warmup_steps=warmup_steps(training.warmup_ratio, len(data), training.batch_size, training.epochs),
         weight_decay=training.weight_decay, lr_scheduler_type="linear", seed=training.seed,
         data_seed=shuffle_seed(training.seed, training.epochs), logging_steps=10, save_strategy="no", report_to=[],
+        save_total_limit=1,  # _Checkpoints asks for the saves; the last one is kept
         bf16=dtype == torch.bfloat16 or cpu_bf16, use_cpu=dev == "cpu", disable_tqdm=True, max_length=None,
         completion_only_loss=True, remove_unused_columns=not own_loss, dataloader_num_workers=0,
         gradient_checkpointing=training.gradient_checkpointing,
@@ -381,7 +430,7 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
     one_device(args)
     sft_cls, student_cls = _trainer_classes()
     common = dict(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
-                  callbacks=[_Progress(progress)])
+                  callbacks=[_Progress(progress)] + ([_Checkpoints(CHECKPOINT_SECONDS)] if saves else []))
     if own_loss:
         live = distill and soft_labels is None
         t_model = load_model(replace(teacher, system=None), device) if live else None
@@ -394,7 +443,8 @@ def train(base: str, rows: list[dict], training: Training, out_dir: Path, teache
         trainer = sft_cls(**common)
     trainer.remove_callback(_first_printer())
     with top_layers_only(model, first) if prefix is not None else nullcontext():
-        trainer.train()
+        trainer.train(resume_from_checkpoint=last_checkpoint(out_dir / "trainer") if saves else None)
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)  # its checkpoints served a resume only
     save = out_dir / "model"
     model.save_pretrained(save)  # LoRA: the adapter only; full: the whole model
     if training.method == "full":
@@ -435,12 +485,14 @@ def shuffle_seed(seed: int, epochs: float) -> int:
     return seed * math.ceil(epochs)
 
 
-def warmup_steps(ratio: float, rows: int, batch_size: int, epochs: int) -> int:
+def warmup_steps(ratio: float, rows: int, batch_size: int, epochs: float) -> int:
     """The warm-up as a step count, ceil(ratio x the steps of the run), as transformers 5 reads a float
-    warmup_steps; an int means the same under every transformers version (4.x took a float as steps)."""
+    warmup_steps; an int means the same under every transformers version (4.x took a float as steps). The run's
+    steps are the Trainer's: ceil(epochs x steps per epoch), a fractional epoch's last step whole (ratio x
+    steps per epoch x epochs, the first version, warmed up a step less on some fractional-epoch runs)."""
     if not 0 <= ratio < 1:
         raise UserError(f"warmup_ratio {ratio}: must be in [0, 1)")
-    return math.ceil(ratio * math.ceil(rows / batch_size) * epochs)
+    return math.ceil(ratio * math.ceil(epochs * math.ceil(rows / batch_size)))
 
 
 def _first_printer():

@@ -276,7 +276,8 @@ def training_settings(method: str, objective: str, h: Hyper, seed: int, kind: st
     if kind == "local":
         fields.update(gradient_checkpointing=h.gradient_checkpointing, lora_layers=h.lora_layers if lora else None,
                       frozen_prompt=h.frozen_prompt, distill_prompt=h.distill_prompt and objective == "distill",
-                      data_order=data_order(seed, h.epochs))
+                      data_order=data_order(seed, h.epochs),
+                      warmup_rule=2 if h.warmup_ratio > 0 and h.epochs != int(h.epochs) else 1)
     return TrainingSettings(**fields)
 
 

@@ -42,6 +42,9 @@ class TrainingSettings(Frozen):
     # local: 2 where backends.train.shuffle_seed orders the rows otherwise than its first version did (seed >= 1 and
     # more than one epoch: runner.plan.data_order), so only those students are trained again
     data_order: int = 1
+    # local: 2 where backends.train.warmup_steps counts its ratio of the steps the trainer runs, which its first
+    # version undercounted by one on some fractional-epoch runs (warmup_ratio > 0 and epochs not whole: plan.py)
+    warmup_rule: int = 1
 
     def to_training(self) -> Training:
         t = Training(method=self.method, objective=self.objective, vocabulary=self.vocabulary or "",
