@@ -296,8 +296,9 @@ class _Progress(TrainerCallback):
 
 
 def check_lora_targets(model, targets, base: str) -> None:
-    """peft's and TRL's errors for LoRA targets, as one line: a spec's mistake. A name must match some module (peft's
-    rule: one that matches nothing beside names that do is ignored); every module a name matches must be one peft
+    """peft's and TRL's errors for LoRA targets, as one line: a spec's mistake. Every name must match some module
+    (peft ignores one that matches nothing beside names that do: a typo, or the default list on a model that names
+    its layers otherwise, trained fewer layers without a word); every module a name matches must be one peft
     adapts (a linear or embedding layer), and not the output layer (TRL computes the logits from its weight)."""
     from transformers.pytorch_utils import Conv1D
 
@@ -305,7 +306,7 @@ def check_lora_targets(model, targets, base: str) -> None:
     named = list(model.named_modules())
     hits = {t: [m for n, m in named if n == t or n.endswith("." + t)] for t in targets}
     for t, found in hits.items():
-        if not any(hits.values()):
+        if not found:
             problem = f"no module of {base} has that name"
         elif any(m is head for m in found):
             problem = f"{base}'s output layer, which the trainer reads directly (an adapter there is never trained)"
@@ -314,7 +315,8 @@ def check_lora_targets(model, targets, base: str) -> None:
         else:
             continue
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in named if isinstance(m, torch.nn.Linear) and m is not head})
-        raise UserError(f"lora_targets {', '.join(targets) if not any(hits.values()) else t}: {problem}; its linear "
+        named_t = ", ".join(x for x in targets if not hits[x]) if not found else t
+        raise UserError(f"lora_targets {named_t}: {problem}; its linear "
                         f"modules: {', '.join(leaves)}")
 
 
