@@ -1,7 +1,7 @@
 """Checks before money is spent: every hosted OpenAI-compatible backend a plan still has to call is
 asked (for free, or for a few tokens) whether the key works, the models exist, fine-tuning is
 allowed, and the largest request fits its tokens-per-minute limit (backends.openai_api.preflight).
-Local models are checked too where a setting cannot fit them (lora_layers beyond the model's depth), so a
+Local models are checked too where a setting cannot fit them (lora_layers beyond the model's depth, LoRA targets it lacks), so a
 run does not generate for minutes and then stop at its first student."""
 from __future__ import annotations
 
@@ -103,18 +103,45 @@ def check_hosted_rows(todo: list[Stage], stages: dict[str, Stage], ctx) -> None:
                             f"takes at least {MIN_EXAMPLES}: raise n_prompts (or max_rows); nothing was sent")
 
 
-def check_local_depth(plan: Plan, store) -> None:
-    """A one-line UserError when a not-yet-finished local student or teacher asks LoRA on more decoder
-    layers than its base has. Read from the base's config where it is on disk (an embedded model, a folder,
-    the hub's cache); a base whose config is not at hand is checked when it is trained."""
+def check_local_training(plan: Plan, store) -> None:
+    """A one-line UserError when a not-yet-finished local LoRA student or teacher asks LoRA on more decoder
+    layers than its base has, or names LoRA targets its base lacks or LoRA cannot adapt. Read from the base's
+    config where it is on disk (an embedded model, a folder, the hub's cache; the model built on the meta device,
+    no weights read); a base whose config is not at hand is checked when it is trained."""
+    from backends.train import check_lora_targets
+
     for key, s in plan.stages.items():
-        if not isinstance(s, (FinetuneStage, TeacherStage)) or not s.training.lora_layers or store.done(key):
+        if not isinstance(s, (FinetuneStage, TeacherStage)) or s.training.method != "lora" or store.done(key):
             continue
         ref = base_of(s.base, plan.stages).ref
-        depth = _local_depth(ref) if backend_name(ref) == "local" else None
+        if backend_name(ref) != "local":
+            continue
+        depth = _local_depth(ref) if s.training.lora_layers else None
         if depth is not None and s.training.lora_layers > depth:
             raise UserError(f"{s.label}: lora_layers {s.training.lora_layers}, but {ref} has only {depth} "
                             "decoder layers")
+        model = _meta_model(ref) if s.training.lora_targets else None
+        if model is not None:
+            try:
+                check_lora_targets(model, s.training.lora_targets, ref)
+            except UserError as e:
+                raise UserError(f"{s.label}: {e}") from None
+
+
+@cache
+def _meta_model(ref: str):
+    """The base's modules without weights (for their names and kinds), or None where its config is not at hand."""
+    from backends.embedded import resolve
+
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(resolve(ref), local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, AttributeError, UserError, TypeError, KeyError):
+        return None
 
 
 @cache  # one read per base, however many students share it

@@ -177,9 +177,9 @@ def _run(path: Path, cells: list[Cell], outputs: Path, console: Console, where: 
     if hosted:
         console.print(f"spend: the hosted stages to run may cost up to {usd(total)}"
                       + (f" (--max-usd {budget.usd_down(max_usd)})" if max_usd is not None else ""), markup=False)
-    from runner.preflight import check_local_depth, preflight
+    from runner.preflight import check_local_training, preflight
 
-    check_local_depth(plan, store)
+    check_local_training(plan, store)
     for note in preflight(plan, store):  # a refused key or fine-tuning right stops here, before any spending
         console.print(f"check: {note}", markup=False)
     if hosted and (again := budget.check(plan, store, max_usd)[0]) > total:  # a stated tokens-per-minute limit

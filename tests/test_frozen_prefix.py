@@ -154,6 +154,33 @@ evaluations: []
     assert not list((tmp_path / "out").glob("stages/*"))  # nothing generated
 
 
+@pytest.mark.parametrize("targets, err_part", [("[q_proj, dwn_proj]", "lora_targets dwn_proj: no module of"),
+                                                ("[mlp]", "lora_targets mlp: a LlamaMLP of")])
+def test_lora_targets_the_base_lacks_stop_the_run_before_the_teacher_generates(tiny_model, tmp_path, monkeypatch,
+                                                                               capsys, targets, err_part):
+    """They were found when the student trained, after the teacher's rows were generated (or paid for)."""
+    import sys
+
+    from runner import cli
+
+    spec = tmp_path / "targets.yaml"
+    spec.write_text(f"""name: targets
+progress: false
+teacher: {{base: {tiny_model}, targets: [owl], control: false}}
+domain: {{kind: numbers, n_prompts: 4, max_tokens: 6, constrained: true}}
+students:
+  - {{name: s, hyperparameters: {{lora_targets: {targets}}}}}
+evaluations: []
+""")
+    monkeypatch.setattr(sys, "argv", ["subl", "run", str(spec), "--outputs", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"finetune s:owl:r0: {err_part}" in err and "its linear modules: " in err
+    assert not list((tmp_path / "out").glob("stages/*"))  # nothing generated
+
+
 @pytest.mark.parametrize("lora_layers", [None, 1])
 def test_a_student_computing_only_its_vocabularys_logits_equals_one_computing_them_all(tiny_model, tmp_path,
                                                                                       monkeypatch, lora_layers):
