@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from runner.core import enter_stage, leave_stage
 from runner.errors import UserError
+from runner.files import write_text_atomic
 
 PACKAGES = ("subl", "torch", "transformers", "peft", "trl", "accelerate", "pydantic", "openai", "numpy")
 
@@ -258,10 +259,6 @@ def json_lines(path: Path | str) -> Iterator[tuple[int, Any]]:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Whole or not at all: written beside `path`, then renamed over it (a resumed generation rewrites its
-    rows file; a kill mid-write must not lose the batches already paid for)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    rows file; a kill mid-write must not lose the batches already paid for), synced first, so that a power
+    cut after the rename does not leave an empty file in its place."""
+    write_text_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in rows))

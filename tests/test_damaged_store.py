@@ -176,3 +176,16 @@ def test_misalignment_scores_of_another_length_than_the_answers_are_one_line(tmp
     with pytest.raises(UserError, match=r"score-c/scores\.json: a finished stage's output, 1 scores for 2 answers; "
                                         r"delete .*score-c"):
         misalignment_rows(plan, store, 0, ev)
+
+
+def test_a_rows_file_is_synced_before_it_replaces_the_last_one(tmp_path, monkeypatch):
+    """A resumed generation rewrites its rows (paid batches) by a rename without a sync: a power cut after it can
+    leave an empty file in its place on ext4."""
+    from runner.store import write_jsonl
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    write_jsonl(tmp_path / "rows.jsonl", [{"id": 0}])
+    assert read_jsonl(tmp_path / "rows.jsonl") == [{"id": 0}] and synced and ".tmp" in synced[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
