@@ -7,6 +7,8 @@ import math
 from dataclasses import replace
 from typing import ClassVar, Literal
 
+from pydantic import model_validator
+
 from runner.core import Sampling
 from runner.errors import UserError
 from runner.stages import Estimate, FileInput, ModelInput, PlanContext, RunContext, Stage
@@ -143,6 +145,15 @@ class ClassifierStage(Stage):
     top_logprobs: int | None = None  # top_logprobs mode: how many first-token log-probs the API returns
     materials: str | None = None  # CLASSIFIER_TEXTS of the paper's materials (the A/B prompt template)
     precision: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _order_seed(cls, data):
+        """Both orders ask every pair both ways and judge it by both reads, so the seeded order changes no result:
+        seed 0 there, so another seed does not pay for the same reads again (seed 0 keys unchanged)."""
+        if isinstance(data, dict) and data.get("both_orders"):
+            return {**data, "seed": 0}
+        return data
 
     def pairs(self, ctx: RunContext) -> list[dict]:
         from runner.detection import classifier_pairs
